@@ -1,0 +1,16 @@
+"""ssrconv: ship SSR-Net to ONNX, TFLite and CoreML, prove parity, measure speed.
+
+``import ssrconv`` stays light: TensorFlow, coremltools and onnxruntime are imported
+only by the functions that need them.
+"""
+
+import os
+
+# TensorFlow's C++ start-up chatter (CPU feature notes, oneDNN banners) buries ssrconv's own
+# output; users can still raise it by setting the variable themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from ssrconv._version import __version__  # noqa: E402
+from ssrconv.errors import AssetError, InputError, SsrconvError, WeightsError  # noqa: E402
+
+__all__ = ["__version__", "AssetError", "InputError", "SsrconvError", "WeightsError"]

@@ -1,0 +1,19 @@
+"""The project's own errors: each carries one line a user can act on."""
+
+
+class SsrconvError(Exception):
+    """Base class: the CLI prints ``str(err)`` on one line and exits non-zero."""
+
+    exit_code = 1
+
+
+class AssetError(SsrconvError):
+    """A registry asset (weights, detector) could not be found, fetched or verified."""
+
+
+class WeightsError(SsrconvError):
+    """A weights file does not fit the model it is being loaded into."""
+
+
+class InputError(SsrconvError):
+    """An input file or directory (image, face folder, ...) is missing or unusable."""

@@ -1,0 +1,66 @@
+"""Shared fixtures. Real weights and faces come from the environment, never from a fixed path.
+
+``SSRCONV_ASSETS`` names the directory holding the published weights, ``SSRCONV_FACES`` the
+UTKFace-style labelled chips, ``SSRCONV_IMAGES`` the sample photographs. Outside CI a missing
+variable skips the tests that need it (with the reason); in CI (``CI=true``) it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _need_dir(variable: str) -> Path:
+    value = os.environ.get(variable)
+    if value and Path(value).is_dir():
+        return Path(value)
+    message = f"{variable} is not set to a directory (see README, 'Running the tests')"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must provide it", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    return _need_dir("SSRCONV_ASSETS")
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    return _need_dir("SSRCONV_FACES")
+
+
+@pytest.fixture(scope="session")
+def images_dir() -> Path:
+    return _need_dir("SSRCONV_IMAGES")
+
+
+@pytest.fixture(scope="session")
+def faces(faces_dir):
+    """All labelled chips of SSRCONV_FACES, prepared by the one preprocessing contract."""
+    from ssrconv.reference.preprocess import load_faces
+
+    return load_faces(faces_dir)
+
+
+@pytest.fixture(scope="session")
+def reference_age_gender(assets_dir):
+    """The default reference (age-wiki + gender-wiki) in one model."""
+    from ssrconv.reference import load_reference
+
+    return load_reference("age-gender")
+
+
+@pytest.fixture
+def isolated_assets(tmp_path, monkeypatch):
+    """An empty mirror and cache, and no network: nothing resolves unless the test puts it there."""
+    mirror = tmp_path / "mirror"
+    cache = tmp_path / "cache"
+    mirror.mkdir()
+    monkeypatch.setenv("SSRCONV_ASSETS", str(mirror))
+    monkeypatch.setenv("SSRCONV_CACHE", str(cache))
+    monkeypatch.setenv("SSRCONV_MIRROR_URL", "http://127.0.0.1:9/")  # discard port: refused
+    return mirror, cache
