@@ -64,3 +64,14 @@ def isolated_assets(tmp_path, monkeypatch):
     monkeypatch.setenv("SSRCONV_CACHE", str(cache))
     monkeypatch.setenv("SSRCONV_MIRROR_URL", "http://127.0.0.1:9/")  # discard port: refused
     return mirror, cache
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory, assets_dir, faces_dir):
+    """``ssrconv export --to all`` of the default age-gender reference, done once per session
+    (int8 calibrated on SSRCONV_FACES)."""
+    from ssrconv.exporter import export
+
+    out = tmp_path_factory.mktemp("export") / "all"
+    export(to=("all",), calibration=faces_dir, out=out)
+    return out

@@ -13,4 +13,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from ssrconv._version import __version__  # noqa: E402
 from ssrconv.errors import AssetError, InputError, SsrconvError, WeightsError  # noqa: E402
 
-__all__ = ["__version__", "AssetError", "InputError", "SsrconvError", "WeightsError"]
+
+
+def export(options=None, progress=None, **kwargs):
+    """Export SSR-Net; see :func:`ssrconv.exporter.export` (imported lazily: it is heavy)."""
+    from ssrconv.exporter import export as _export
+
+    return _export(options, progress=progress, **kwargs)
+
+
+__all__ = ["__version__", "export", "AssetError", "InputError", "SsrconvError", "WeightsError"]

@@ -203,3 +203,16 @@ def count_macs(model: keras.Model) -> int:
             c_in, c_out = layer.kernel.shape
             total += c_in * c_out
     return int(total)
+
+
+OUTPUT_NAMES = {"age": ("age",), "gender": ("p_male",), "age-gender": ("age", "p_male")}
+
+
+def with_named_outputs(model: keras.Model, task: str) -> keras.Model:
+    """The same graph with outputs named as exported artifacts name them: ``age`` (years)
+    and/or ``p_male``. The age-gender model already has those names."""
+    if task == "age-gender":
+        return model
+    (name,) = OUTPUT_NAMES[task]
+    output = layers.Identity(name=name)(model.outputs[0])
+    return keras.Model(model.inputs, output, name=f"{model.name}_export")

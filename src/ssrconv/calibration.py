@@ -1,0 +1,38 @@
+"""The one calibration iterator that feeds every quantizer (TFLite's representative_dataset,
+onnxruntime's CalibrationDataReader): real face images prepared by the preprocessing contract."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Model inputs used to calibrate int8 ranges, with where they came from."""
+
+    inputs: np.ndarray  # N x 64 x 64 x 3 float32 BGR 0..255
+    source: str
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike, limit: int = 300) -> "CalibrationSet":
+        """Face images of ``directory`` (aligned chips, padded by the contract), at most ``limit``."""
+        from ssrconv.reference.preprocess import load_faces
+
+        faces = load_faces(directory, limit=limit)
+        return cls(inputs=faces.inputs, source=str(Path(directory)))
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def batches(self, batch_size: int = 1) -> Iterator[np.ndarray]:
+        """The inputs in order, ``batch_size`` at a time."""
+        for start in range(0, len(self.inputs), batch_size):
+            yield self.inputs[start:start + batch_size]
+
+    def describe(self) -> dict:
+        return {"kind": "real faces", "source": self.source, "images": len(self)}

@@ -1,0 +1,112 @@
+"""CoreML export: an mlprogram (fp16 or fp32 compute) converted with coremltools on any OS.
+
+Input ``face_bgr`` is a plain float32 tensor with a flexible batch (1..256) by default; with
+``--image-input`` it is a CoreML ImageType with **BGR** colour layout, scale 1 and no bias, so
+an app can hand camera pixels straight in (SSR-Net was trained on ``cv2.imread`` BGR images;
+declaring RGB here, as some SSR-Net CoreML ports do, silently swaps the channels).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from ssrconv.reference.preprocess import INPUT_SIZE
+
+MAX_BATCH = 256
+OUTPUT_DESCRIPTIONS = {
+    "age": "Estimated age in years (SSR-Net soft stagewise regression, 0..101)",
+    "p_male": "Probability that the face is male (SSR-Net gender head, IMDB-WIKI convention)",
+}
+
+
+def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
+    """Convert ``model`` to an .mlpackage directory at ``dest``."""
+    ct = _coremltools()
+    if options.image_input:
+        inputs = [ct.ImageType(name="face_bgr", shape=(1, INPUT_SIZE, INPUT_SIZE, 3),
+                               color_layout=ct.colorlayout.BGR, scale=1.0, bias=[0.0, 0.0, 0.0])]
+    else:
+        inputs = [ct.TensorType(name="face_bgr",
+                                shape=(ct.RangeDim(1, MAX_BATCH, 1), INPUT_SIZE, INPUT_SIZE, 3))]
+    precision = ct.precision.FLOAT16 if target.precision == "fp16" else ct.precision.FLOAT32
+    with warnings.catch_warnings():
+        # coremltools 9.0 warns that TF 2.21 is untested; the conversion is verified by parity.
+        warnings.simplefilter("ignore")
+        ml = ct.convert(model, source="tensorflow", convert_to="mlprogram", inputs=inputs,
+                        compute_precision=precision, minimum_deployment_target=ct.target.iOS15)
+    # The TF graph's output tensors are called Identity, Identity_1, ... in model output order.
+    spec = ml.get_spec()
+    for feature, name in zip(list(spec.description.output), model.output_names):
+        if feature.name != name:
+            ct.utils.rename_feature(spec, feature.name, name)
+    ml = ct.models.MLModel(spec, weights_dir=ml.weights_dir, skip_model_load=True)
+    ml.author = "ssrconv (SSR-Net by T.-Y. Yang et al., IJCAI 2018)"
+    ml.license = "Apache-2.0 (SSR-Net weights: shamangary/SSR-Net)"
+    ml.short_description = (
+        "SSR-Net age/gender estimation. Input: a 64x64 face crop, BGR, 0..255 (detector box grown "
+        "by 0.4 of its size on each side, clipped, resized with bilinear interpolation).")
+    ml.version = metadata.get("ssrconv.version", "")
+    ml.input_description["face_bgr"] = (
+        "64x64 face crop, BGR colour order, pixel values 0..255 (no normalisation)")
+    for name in model.output_names:
+        ml.output_description[name] = OUTPUT_DESCRIPTIONS[name]
+    ml.user_defined_metadata.update(metadata)
+    ml.save(str(dest))
+    return {"format": "mlprogram", "image_input": bool(options.image_input),
+            "minimum_deployment_target": "iOS15"}
+
+
+def _coremltools():
+    """coremltools, imported with its logger at ERROR: off macOS it logs one warning per
+    missing native proxy, and the "TF version untested" warning (conversion is verified by
+    parity instead)."""
+    import logging
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    import coremltools
+
+    return coremltools
+
+
+_ARRAY_DTYPES = {65568: "float32", 65552: "float16", 65600: "float64", 131104: "int32"}
+
+
+def describe(path: Path) -> dict:
+    """Inputs/outputs from the package's spec, and the MIL op counts, read back."""
+    from collections import Counter
+
+    ct = _coremltools()
+    spec = ct.utils.load_spec(str(path))
+
+    def io(features):
+        out = []
+        for f in features:
+            kind = f.type.WhichOneof("Type")
+            if kind == "imageType":
+                colour = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(
+                    f.type.imageType.colorSpace)
+                out.append({"name": f.name, "shape": [1, int(f.type.imageType.height),
+                                                      int(f.type.imageType.width), 3],
+                            "dtype": f"image({colour})", "quantization": None,
+                            "description": f.shortDescription})
+                continue
+            array = f.type.multiArrayType
+            shape = list(array.shape)
+            ranges = array.shapeRange.sizeRanges
+            if ranges:
+                shape = [int(r.lowerBound) if r.lowerBound == r.upperBound else None for r in ranges]
+            out.append({"name": f.name, "shape": shape or None,
+                        "dtype": _ARRAY_DTYPES.get(array.dataType, str(array.dataType)),
+                        "quantization": None, "description": f.shortDescription})
+        return out
+
+    ops = Counter()
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            ops.update(op.type for op in block.operations)
+    return {"inputs": io(spec.description.input), "outputs": io(spec.description.output),
+            "ops": dict(sorted(ops.items())), "float_ops": dict(sorted(ops.items())),
+            "integer_only": False,
+            "metadata": dict(spec.description.metadata.userDefined),
+            "author": spec.description.metadata.author}

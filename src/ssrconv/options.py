@@ -1,0 +1,136 @@
+"""Export options: a frozen dataclass, validated once, before any work starts."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssrconv.errors import SsrconvError
+from ssrconv.reference import TASKS
+from ssrconv.targets import (
+    DEFAULT_PRECISION,
+    FAMILIES,
+    INT8_IO_TYPES,
+    PRECISIONS,
+    TARGETS,
+    Target,
+    precisions_of,
+)
+
+
+class OptionsError(SsrconvError):
+    """An impossible or malformed combination of export options."""
+
+    exit_code = 2
+
+
+def _as_tuple(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export. ``to`` holds families ("onnx", "tflite", "coreml") or "all";
+    ``precision`` holds precisions or is empty for each family's default (all of them with "all").
+    """
+
+    to: tuple[str, ...] = ("all",)
+    precision: tuple[str, ...] = ()
+    task: str = "age-gender"
+    age_weights: str | None = None
+    gender_weights: str | None = None
+    calibration: Path | None = None
+    out: Path = Path("ssrconv-out")
+    opset: int = 17
+    int8_io: str = "float32"
+    image_input: bool = False
+    calibration_limit: int = 300
+    targets: tuple[Target, ...] = field(init=False)
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise fields once, here
+        to = _as_tuple(self.to) or ("all",)
+        for family in to:
+            if family != "all" and family not in FAMILIES:
+                raise OptionsError(f"unknown target {family!r}: choose from {', '.join(FAMILIES)}, all")
+        precision = _as_tuple(self.precision)
+        for p in precision:
+            if p not in PRECISIONS:
+                raise OptionsError(f"unknown precision {p!r}: choose from {', '.join(PRECISIONS)}")
+        if self.task not in TASKS:
+            raise OptionsError(f"unknown task {self.task!r}: choose from {', '.join(TASKS)}")
+        if self.int8_io not in INT8_IO_TYPES:
+            raise OptionsError(f"unknown int8 I/O type {self.int8_io!r}: choose from "
+                               f"{', '.join(INT8_IO_TYPES)}")
+        if not (7 <= int(self.opset) <= 21):
+            raise OptionsError(f"--opset {self.opset} is outside the range tf2onnx supports (7..21)")
+        if self.calibration_limit < 1:
+            raise OptionsError("--calibration-limit must be at least 1")
+        set_(self, "to", to)
+        set_(self, "precision", precision)
+        set_(self, "out", Path(self.out).expanduser())
+        if self.calibration is not None:
+            set_(self, "calibration", Path(self.calibration).expanduser())
+        set_(self, "targets", tuple(self._select_targets()))
+        self._check_combinations()
+
+    def _select_targets(self) -> list[Target]:
+        families = FAMILIES if "all" in self.to else tuple(dict.fromkeys(self.to))
+        chosen = []
+        for family in families:
+            offered = precisions_of(family)
+            if not self.precision:
+                wanted = offered if "all" in self.to else [DEFAULT_PRECISION[family]]
+            elif "all" in self.to:
+                wanted = [p for p in self.precision if p in offered]
+            else:
+                missing = [p for p in self.precision if p not in offered]
+                if missing:
+                    raise OptionsError(f"{family} has no {missing[0]} export (available: "
+                                       f"{', '.join(offered)})")
+                wanted = list(self.precision)
+            chosen += [TARGETS[f"{family}-{p}"] for p in dict.fromkeys(wanted)]
+        if not chosen:
+            raise OptionsError(f"no target offers precision {', '.join(self.precision)}")
+        return chosen
+
+    def _check_combinations(self) -> None:
+        keys = {t.key for t in self.targets}
+        if "tflite-int8" in keys:
+            if self.calibration is None:
+                raise OptionsError("tflite int8 needs --calibration DIR (a directory of face images); "
+                                   "or leave int8 out with --precision")
+        elif self.calibration is not None:
+            raise OptionsError("--calibration applies to int8 exports only; add --precision int8")
+        if self.int8_io != "float32" and "tflite-int8" not in keys:
+            raise OptionsError("--int8-io applies to the tflite int8 export only")
+        if self.image_input and not any(t.family == "coreml" for t in self.targets):
+            raise OptionsError("--image-input applies to CoreML exports only")
+
+    def check_paths(self) -> None:
+        """Check the output directory is writable and the calibration directory usable,
+        creating nothing but the output directory itself."""
+        from ssrconv.reference.preprocess import list_images
+
+        if self.calibration is not None:
+            if not self.calibration.is_dir():
+                raise OptionsError(f"--calibration {self.calibration}: not a directory")
+            if not list_images(self.calibration):
+                raise OptionsError(f"--calibration {self.calibration}: no images in this directory")
+        if self.out.exists() and not self.out.is_dir():
+            raise OptionsError(f"--out {self.out}: exists and is not a directory")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.out, prefix=".ssrconv-write-test-"):
+                pass
+        except OSError as err:
+            raise OptionsError(f"--out {self.out}: not writable ({err.strerror or err}); "
+                               "choose another directory") from None
+        if not os.access(self.out, os.W_OK):
+            raise OptionsError(f"--out {self.out}: not writable; choose another directory")

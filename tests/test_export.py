@@ -1,0 +1,203 @@
+"""Exports: every target from the real weights, loadable, described truthfully by its manifest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssrconv.targets import TARGETS
+
+pytestmark = pytest.mark.slow
+
+
+def _manifest(export_dir, key):
+    target = TARGETS[key]
+    path = export_dir / target.filename("age-gender")
+    return path, json.loads((export_dir / (path.name + ".json")).read_text())
+
+
+def test_every_target_exported_with_manifest_and_index(export_dir):
+    index = json.loads((export_dir / "index.json").read_text())
+    assert sorted(e["target"] for e in index["artifacts"]) == sorted(TARGETS)
+    for entry in index["artifacts"]:
+        assert (export_dir / entry["file"]).exists()
+        assert (export_dir / entry["manifest"]).is_file()
+    leftovers = [p.name for p in export_dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("key", list(TARGETS))
+def test_manifest_matches_file_on_disk(export_dir, key):
+    from ssrconv.exporter import artifact_digest
+
+    path, manifest = _manifest(export_dir, key)
+    size, sha = artifact_digest(path)
+    assert manifest["bytes"] == size and manifest["sha256"] == sha
+    assert manifest["target"] == key and manifest["file"] == path.name
+    assert manifest["weights"]["age"]["name"] == "age-wiki"
+    assert manifest["weights"]["gender"]["name"] == "gender-wiki"
+    assert manifest["preprocessing"]["colour"] == "BGR"
+    assert {"tensorflow", "onnx", "coremltools", "tf2onnx"} <= set(manifest["tools"])
+    assert [o["name"] for o in manifest["outputs"]] == ["age", "p_male"]
+    assert manifest["inputs"][0]["name"] == "face_bgr"
+
+
+def test_onnx_checker_runtime_and_metadata(export_dir, faces):
+    import onnx
+    import onnxruntime as ort
+
+    path, manifest = _manifest(export_dir, "onnx-fp32")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["ssrconv.preprocessing"])["colour"] == "BGR"
+    assert meta["ssrconv.weights.age.sha256"] == manifest["weights"]["age"]["sha256"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert manifest["opset"] == 17
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.type for i in session.get_inputs()] == ["tensor(float)"]
+    for batch in (1, 5):
+        age, p_male = session.run(["age", "p_male"], {"face_bgr": faces.inputs[:batch]})
+        assert age.shape == (batch, 1) and np.all(np.isfinite(age)) and np.all((0 <= p_male) & (p_male <= 1))
+
+
+@pytest.mark.parametrize("key", [k for k in TARGETS if k.startswith("tflite")])
+def test_tflite_loads_and_manifest_io_matches_interpreter(export_dir, faces, key):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    path, manifest = _manifest(export_dir, key)
+    interpreter = Interpreter(
+        model_path=str(path),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    runner = interpreter.get_signature_runner()
+    for entry, (name, detail) in zip(manifest["inputs"] + manifest["outputs"],
+                                     list(runner.get_input_details().items())
+                                     + list(runner.get_output_details().items())):
+        assert entry["name"] == name and entry["dtype"] == np.dtype(detail["dtype"]).name
+        scale, zero_point = detail["quantization"]
+        if entry["quantization"] is None:
+            assert scale == 0.0
+        else:
+            assert entry["quantization"] == {"scale": pytest.approx(scale), "zero_point": zero_point}
+    feed = faces.inputs[:1]
+    out = runner(face_bgr=feed)
+    assert out["age"].shape == (1, 1) and np.all(np.isfinite(out["age"]))
+
+
+def test_int8_is_fully_integer_and_says_so(export_dir):
+    _, manifest = _manifest(export_dir, "tflite-int8")
+    assert manifest["integer_only"] is True
+    assert set(manifest["float_ops"]) <= {"QUANTIZE", "DEQUANTIZE"}
+    assert manifest["ops"]["CONV_2D"] == 28
+    assert manifest["calibration"] == {"kind": "real faces", "source": manifest["calibration"]["source"],
+                                       "images": 300}
+    _, fp32 = _manifest(export_dir, "tflite-fp32")
+    assert fp32["integer_only"] is False and fp32["calibration"] is None
+    _, dynamic = _manifest(export_dir, "tflite-dynamic")
+    assert dynamic["integer_only"] is False and "CONV_2D" in dynamic["float_ops"]
+
+
+@pytest.mark.parametrize("key", ["coreml-fp16", "coreml-fp32"])
+def test_coreml_spec_matches_manifest(export_dir, key):
+    import coremltools as ct
+
+    path, manifest = _manifest(export_dir, key)
+    spec = ct.utils.load_spec(str(path))
+    assert spec.WhichOneof("Type") == "mlProgram"
+    assert [i.name for i in spec.description.input] == [e["name"] for e in manifest["inputs"]]
+    assert [o.name for o in spec.description.output] == [e["name"] for e in manifest["outputs"]]
+    for feature, entry in zip(spec.description.output, manifest["outputs"]):
+        assert feature.shortDescription == entry["description"] and entry["description"]
+    assert "BGR" in spec.description.input[0].shortDescription
+    assert spec.description.metadata.license.startswith("Apache-2.0")
+    assert spec.description.metadata.userDefined["ssrconv.weights.age"] == "age-wiki"
+    weights = (path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin").stat().st_size
+    assert weights > 100_000  # the weights are in the package, not lost
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ssrconv.cli", *args], capture_output=True,
+                          text=True, timeout=600, cwd=cwd)
+
+
+def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
+    out = tmp_path / "one"
+    result = _cli("export", "--to", "tflite", "--precision", "int8", "--task", "age",
+                  "--int8-io", "uint8", "--calibration", str(faces_dir), "--calibration-limit", "50",
+                  "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "ssrnet_age_int8.tflite.json").read_text())
+    assert [o["name"] for o in manifest["outputs"]] == ["age"]
+    assert manifest["inputs"][0]["dtype"] == "uint8" and manifest["outputs"][0]["dtype"] == "uint8"
+    assert manifest["inputs"][0]["quantization"]["scale"] > 0
+    assert manifest["calibration"]["images"] == 50
+
+    result = _cli("export", "--to", "coreml", "--task", "gender", "--image-input", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "ssrnet_gender_fp16.mlpackage.json").read_text())
+    assert manifest["inputs"][0]["dtype"] == "image(BGR)" and manifest["image_input"] is True
+    index = json.loads((out / "index.json").read_text())
+    assert len(index["artifacts"]) == 2  # merged with the earlier export into the same directory
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--to", "tensorrt"], "Invalid value for '--to'"),
+    (["--to", "onnx", "--precision", "int8"], "onnx has no int8 export"),
+    (["--to", "tflite", "--precision", "int8"], "needs --calibration"),
+    (["--to", "onnx", "--int8-io", "uint8"], "--int8-io applies"),
+    (["--to", "onnx", "--image-input"], "--image-input applies"),
+    (["--to", "onnx", "--weights", "yunet"], "not SSR-Net weights"),
+])
+def test_bad_options_one_line_nothing_written(tmp_path, args, needle):
+    out = tmp_path / "out"
+    result = _cli("export", *args, "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_bad_paths_one_line_nothing_written(tmp_path, assets_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    cases = [
+        (["--to", "tflite", "--precision", "int8", "--calibration", str(tmp_path / "missing")],
+         "not a directory"),
+        (["--to", "tflite", "--precision", "int8", "--calibration", str(empty)], "no images"),
+    ]
+    for args, needle in cases:
+        out = tmp_path / "out"
+        result = _cli("export", *args, "--out", str(out))
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not out.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = _cli("export", "--to", "onnx", "--out", str(blocker / "sub"))
+    assert result.returncode == 2 and "not writable" in result.stderr
+    result = _cli("export", "--to", "onnx", "--out", str(blocker))
+    assert result.returncode == 2 and "not a directory" in result.stderr
+
+
+def test_failure_mid_conversion_leaves_directory_as_it_was(tmp_path, assets_dir, monkeypatch):
+    from ssrconv.converters import tflite
+    from ssrconv.exporter import export
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("existing")
+
+    def half_written(model, target, options, dest, calibration, metadata):
+        dest.write_bytes(b"TFL3 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tflite, "convert", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        export(to=("onnx", "tflite"), out=out)
+    # onnx finished before the interrupt and stays complete; the tflite half-file is gone.
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["keep.txt", "ssrnet_age_gender_fp32.onnx", "ssrnet_age_gender_fp32.onnx.json"]
