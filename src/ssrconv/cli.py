@@ -117,10 +117,175 @@ def export(to, precision, task, weights, calibration, calibration_limit, out, op
     click.echo(f"index: {options.out / 'index.json'}")
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Write a report atomically (temp file + rename), so a failed run leaves no half report."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        raise SsrconvError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+@cli.command()
+@click.argument("export_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--model", "model", type=click.Path(path_type=Path), default=None,
+              help="Check one artifact instead of a whole export directory.")
+@click.option("--faces", "faces_dir", type=click.Path(path_type=Path), required=True,
+              envvar="SSRCONV_FACES", show_envvar=True,
+              help="Directory of real face chips (UTKFace-style) to compare on.")
+@click.option("--limit", type=int, default=None, help="Use at most this many faces.")
+@click.option("--synthetic", type=int, default=64, show_default=True,
+              help="Seeded synthetic inputs to add (reported, not budgeted).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--budget", "budget_overrides", multiple=True, metavar="CLASS.STAT=VALUE",
+              help="Override a budget, e.g. int8.mean_age=0.2 (classes fp32, fp16, int8; stats "
+                   "max_age, mean_age, p99_age, max_p_male, min_gender_agreement).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
+@click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown table here.")
+@click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="Write JUnit XML here.")
+def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_overrides, json_out, md_out,
+           junit_out) -> int:
+    """Compare every artifact with the Keras reference on real faces; exit 1 if a budget breaks."""
+    import json
+
+    from ssrconv.parity import artifact_paths, check, parse_budget_overrides, render_junit, render_markdown
+    from ssrconv.reference.preprocess import load_faces
+
+    if (export_dir is None) == (model is None):
+        raise click.UsageError("give an export directory or --model PATH (one of them)")
+    budgets = parse_budget_overrides(budget_overrides)
+    paths = artifact_paths(model or export_dir)
+    faces = load_faces(faces_dir, limit=limit)
+    report = check(paths, faces.inputs, faces_dir=str(faces_dir), synthetic=synthetic, seed=seed,
+                   budgets=budgets, progress=lambda m: click.echo(m, err=True),
+                   raise_on_failure=False)
+    markdown = render_markdown(report)
+    click.echo(markdown)
+    if json_out:
+        _write_text(json_out, json.dumps(report.as_dict(), indent=2) + "\n")
+    if md_out:
+        _write_text(md_out, markdown)
+    if junit_out:
+        _write_text(junit_out, render_junit(report))
+    if not report.passed:
+        broken = sum(not r.passed for r in report.results)
+        _echo_err(f"parity budget broken for {broken} of {len(report.results)} artifacts")
+        return 1
+    click.echo(f"parity ok: {len(report.results)} artifacts within budget", err=True)
+    return 0
+
+
+@cli.command(name="eval")
+@click.argument("faces_dir", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="An exported artifact (.onnx, .tflite, .mlpackage).")
+@click.option("--backend", type=click.Choice(["keras", "onnx", "tflite", "coreml"]), default=None,
+              help="Backend (default: from --model's suffix, or keras without --model).")
+@click.option("--age-weights", default=None, metavar="NAME|PATH", help="Keras backend: age weights.")
+@click.option("--gender-weights", default=None, metavar="NAME|PATH", help="Keras backend: gender weights.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              help="Write per-image predictions and the summary here.")
+def eval_(faces_dir, model, backend, age_weights, gender_weights, json_out) -> None:
+    """Age MAE (adults 16+ and all) and gender accuracy on labelled faces."""
+    import json
+
+    from ssrconv.evaluate import evaluate, render_summary
+    from ssrconv.reference.preprocess import load_faces
+    from ssrconv.runtimes import load_runtime
+
+    if model is None and backend not in (None, "keras"):
+        raise click.UsageError(f"--backend {backend} needs --model PATH")
+    options = {}
+    if model is None:
+        backend = "keras"
+        options = {"task": "age-gender", "age_weights": age_weights, "gender_weights": gender_weights}
+    elif age_weights or gender_weights:
+        raise click.UsageError("--age-weights/--gender-weights apply to the keras backend only")
+    faces = load_faces(faces_dir)
+    runtime = load_runtime(model, backend=backend, **options)
+    result = evaluate(runtime, faces)
+    click.echo(render_summary(result["summary"]))
+    if json_out:
+        _write_text(json_out, json.dumps(result, indent=2) + "\n")
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(["keras", "onnx", "tflite", "coreml"]), default=None,
+              help="Backend (default: from --model's suffix, or keras without --model).")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="An exported artifact (.onnx, .tflite, .mlpackage).")
+@click.option("--detector", type=click.Choice(["yunet", "haar"]), default="yunet", show_default=True,
+              help="Face detector (haar: OpenCV's bundled cascade, a weaker fallback).")
+@click.option("--min-face", type=int, default=0, show_default=True,
+              help="Ignore faces whose box is smaller than this many pixels.")
+@click.option("--every", type=int, default=1, show_default=True,
+              help="Videos: process every Nth frame.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write annotated images/videos and predictions.{json,csv} here.")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+@click.option("--compare", is_flag=True, help="Also run the Keras reference and print the differences.")
+def predict(inputs, backend, model, detector, min_face, every, out, fmt, compare) -> int:
+    """Ages and genders of the faces in images, directories of images, or videos."""
+    from ssrconv.detect import make_detector
+    from ssrconv.predict import Predictor, to_csv, to_json
+    from ssrconv.runtimes import load_runtime
+
+    if every < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--every")
+    if min_face < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--min-face")
+    if model is None and backend not in (None, "keras"):
+        raise click.UsageError(f"--backend {backend} needs --model PATH")
+    if model is not None and backend is not None:
+        from ssrconv.runtimes import backend_for
+
+        if backend_for(model) != backend:
+            raise click.UsageError(f"--model {model} is a {backend_for(model)} artifact, not {backend}")
+    runtime = load_runtime(model, backend="keras" if model is None else None)
+    found_detector = make_detector(detector)
+    if found_detector.is_fallback:
+        click.echo(f"note: using the {detector} detector, a fallback that misses more faces than yunet",
+                   err=True)
+    reference = load_runtime(backend="keras") if compare else None
+    predictor = Predictor(runtime, found_detector, min_face=min_face, reference=reference)
+    result = predictor.run(list(inputs), out_dir=out, every=every,
+                           progress=lambda m: click.echo(m, err=True))
+    text = to_json(result) if fmt == "json" else to_csv(result)
+    click.echo(text, nl=False)
+    if out is not None:
+        _write_text(out / f"predictions.{fmt}", text)
+    if compare and result.records:
+        diffs = [abs(r["age_diff"]) for r in result.records if "age_diff" in r]
+        if diffs:
+            click.echo(f"compare: {runtime.engine} vs keras reference: max |age diff| "
+                       f"{max(diffs):.4f} y over {len(diffs)} faces", err=True)
+    if not result.ok:
+        _echo_err(f"{len(result.failures)} of the inputs could not be processed (see 'failures')")
+        return 1
+    return 0
+
+
 def _fields(options) -> dict:
     import dataclasses
 
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.init}
+
+
+def _register_bench() -> None:
+    """`ssrconv bench` lives in ssrconv.benchmarks.command (click only at import time)."""
+    from ssrconv.benchmarks.command import bench
+
+    cli.add_command(bench)
+
+
+_register_bench()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ssrconv._imports import coremltools
 from ssrconv.reference.preprocess import INPUT_SIZE
 
 MAX_BATCH = 256
@@ -22,7 +23,7 @@ OUTPUT_DESCRIPTIONS = {
 
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` to an .mlpackage directory at ``dest``."""
-    ct = _coremltools()
+    ct = coremltools()
     if options.image_input:
         inputs = [ct.ImageType(name="face_bgr", shape=(1, INPUT_SIZE, INPUT_SIZE, 3),
                                color_layout=ct.colorlayout.BGR, scale=1.0, bias=[0.0, 0.0, 0.0])]
@@ -57,18 +58,6 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
             "minimum_deployment_target": "iOS15"}
 
 
-def _coremltools():
-    """coremltools, imported with its logger at ERROR: off macOS it logs one warning per
-    missing native proxy, and the "TF version untested" warning (conversion is verified by
-    parity instead)."""
-    import logging
-
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-    import coremltools
-
-    return coremltools
-
-
 _ARRAY_DTYPES = {65568: "float32", 65552: "float16", 65600: "float64", 131104: "int32"}
 
 
@@ -76,7 +65,7 @@ def describe(path: Path) -> dict:
     """Inputs/outputs from the package's spec, and the MIL op counts, read back."""
     from collections import Counter
 
-    ct = _coremltools()
+    ct = coremltools()
     spec = ct.utils.load_spec(str(path))
 
     def io(features):

@@ -14,7 +14,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     import onnx
     import tf2onnx
 
-    from ssrconv._tf import tensorflow
+    from ssrconv._imports import tensorflow
 
     tf = tensorflow()
     spec = [tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32, name="face_bgr")]

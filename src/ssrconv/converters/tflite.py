@@ -40,7 +40,7 @@ def _saved_model_dir(model) -> str:
 
 
 def _converter(model, target, options, calibration):
-    from ssrconv._tf import tensorflow
+    from ssrconv._imports import tensorflow
 
     tf = tensorflow()
     conv = tf.lite.TFLiteConverter.from_saved_model(_saved_model_dir(model))
@@ -61,7 +61,7 @@ def _converter(model, target, options, calibration):
 
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` to a .tflite at ``dest`` for ``target.precision``."""
-    from ssrconv._tf import silenced_fd2
+    from ssrconv._imports import silenced_fd2
 
     conv = _converter(model, target, options, calibration)
     # The MLIR converter and calibrator print diagnostics from C++ ("fully_quantize: 0, ...")
@@ -80,7 +80,7 @@ def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bo
     """An ai-edge-litert Interpreter (no TensorFlow import), with or without XNNPACK."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from ssrconv._tf import silenced_fd2
+    from ssrconv._imports import silenced_fd2
 
     kwargs = {"model_path": str(path), "num_threads": num_threads}
     if not use_xnnpack:

@@ -12,7 +12,7 @@ Importing this module imports Keras (and so TensorFlow): keep it out of ``ssrcon
 
 from __future__ import annotations
 
-from ssrconv._tf import tensorflow
+from ssrconv._imports import tensorflow
 
 tensorflow()  # quiet import of TF before Keras pulls it in
 

@@ -1,4 +1,4 @@
-"""Import TensorFlow once, without its C++ start-up chatter on the terminal.
+"""Import TensorFlow (and coremltools) once, without their start-up chatter on the terminal.
 
 TF 2.21 logs through absl before ``TF_CPP_MIN_LOG_LEVEL`` is read (oneDNN banners, "could not
 find cuda drivers", a cuInit failure on CPU-only machines), so the environment variable alone
@@ -43,3 +43,20 @@ def tensorflow():
 
         tf.config.list_physical_devices()  # platform (CUDA probe) initialisation happens now
     return tf
+
+
+@functools.cache
+def coremltools():
+    """The ``coremltools`` module, imported quietly.
+
+    coremltools imports TensorFlow (so that goes first, quietly), then logs a warning per
+    missing native proxy off macOS and "TensorFlow 2.21 has not been tested": its logger is set
+    to ERROR. Conversions are verified by parity instead.
+    """
+    import logging
+
+    tensorflow()
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    import coremltools as ct
+
+    return ct

@@ -1,0 +1,1 @@
+"""Size and speed of every backend, measured side by side (``ssrconv bench``)."""

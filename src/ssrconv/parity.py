@@ -1,0 +1,289 @@
+"""Parity: run an artifact on its own runtime and compare it with the Keras reference.
+
+Inputs are real faces (the budgets are judged on them, in years of age and gender agreement)
+plus a seeded set of synthetic inputs (reported, to show behaviour off the data manifold).
+Every statistic is collected for every artifact; :func:`check` raises :class:`ParityError`
+holding the full report when any budget is broken, and the CLI decides what is fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ssrconv.errors import SsrconvError
+from ssrconv.targets import BUDGETS, Budget
+
+
+class ParityError(SsrconvError):
+    """At least one artifact broke its budget; ``report`` holds every result."""
+
+    def __init__(self, report: "ParityReport"):
+        self.report = report
+        broken = [f"{r.artifact}: {'; '.join(r.violations)}" for r in report.results if not r.passed]
+        super().__init__("parity budget broken: " + " | ".join(broken))
+
+
+@dataclass
+class HeadStats:
+    """Absolute differences of one head against the reference."""
+
+    max_abs: float
+    mean_abs: float
+    p99_abs: float
+    cosine: float
+    agreement: float | None = None  # gender only: fraction with the same p > 0.5 label
+
+
+@dataclass
+class ParityResult:
+    artifact: str
+    target: str
+    engine: str
+    budget: dict
+    faces: int
+    synthetic: int
+    real: dict[str, HeadStats]
+    synthetic_stats: dict[str, HeadStats]
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+
+@dataclass
+class ParityReport:
+    faces_dir: str
+    results: list[ParityResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def as_dict(self) -> dict:
+        return {"faces_dir": self.faces_dir, "passed": self.passed,
+                "results": [{**asdict(r), "passed": r.passed} for r in self.results]}
+
+
+def head_stats(got: np.ndarray, want: np.ndarray, head: str) -> HeadStats:
+    """Difference statistics of ``got`` against ``want`` (float64 arithmetic)."""
+    got = np.asarray(got, np.float64)
+    want = np.asarray(want, np.float64)
+    diff = np.abs(got - want)
+    if not np.all(np.isfinite(got)):
+        return HeadStats(float("inf"), float("inf"), float("inf"), float("nan"),
+                         0.0 if head == "p_male" else None)
+    norm = np.linalg.norm(got) * np.linalg.norm(want)
+    cosine = float(got @ want / norm) if norm > 0 else float("nan")
+    agreement = float(np.mean((got > 0.5) == (want > 0.5))) if head == "p_male" else None
+    return HeadStats(float(diff.max()), float(diff.mean()), float(np.percentile(diff, 99)),
+                     cosine, agreement)
+
+
+def violations(stats: dict[str, HeadStats], budget: Budget) -> list[str]:
+    """Every broken budget line, naming the statistic, the measured value and the limit."""
+    broken = []
+    age = stats.get("age")
+    if age is not None:
+        for name, value, limit in (("max age diff", age.max_abs, budget.max_age),
+                                   ("mean age diff", age.mean_abs, budget.mean_age),
+                                   ("p99 age diff", age.p99_abs, budget.p99_age)):
+            if limit is not None and not value <= limit:
+                broken.append(f"{name} {value:.4g} y > {limit:g} y")
+    gender = stats.get("p_male")
+    if gender is not None:
+        if budget.max_p_male is not None and not gender.max_abs <= budget.max_p_male:
+            broken.append(f"max P(male) diff {gender.max_abs:.3g} > {budget.max_p_male:g}")
+        if budget.min_gender_agreement is not None and not gender.agreement >= budget.min_gender_agreement:
+            broken.append(f"gender agreement {gender.agreement:.2%} < {budget.min_gender_agreement:.0%}")
+    return broken
+
+
+def synthetic_inputs(n: int, seed: int = 0) -> np.ndarray:
+    """Seeded synthetic faces-shaped inputs: uniform noise, smooth gradients, flat fields."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 64, 64, 3), np.float32)
+    yy, xx = np.mgrid[0:64, 0:64] / 63.0
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:
+            out[i] = rng.uniform(0, 255, (64, 64, 3))
+        elif kind == 1:
+            a, b, c = rng.uniform(-1, 1, 3)
+            base = 127.5 + 127.5 * np.tanh(a * xx + b * yy + c)
+            out[i] = np.clip(base[..., None] + rng.normal(0, 10, (64, 64, 3)), 0, 255)
+        else:
+            out[i] = rng.uniform(0, 255, (1, 1, 3))
+    return out
+
+
+def parse_budget_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Budget]:
+    """``["int8.mean_age=0.2", ...]`` -> the budget table with those values replaced."""
+    table = dict(BUDGETS)
+    for item in items:
+        try:
+            key, value = item.split("=", 1)
+            klass, stat = key.split(".", 1)
+            table[klass] = replace(table[klass], **{stat: float(value)})
+        except (ValueError, KeyError, TypeError):
+            fields = ", ".join(Budget.__dataclass_fields__)
+            raise SsrconvError(f"--budget {item!r}: expected CLASS.STAT=VALUE with CLASS in "
+                               f"{', '.join(BUDGETS)} and STAT in {fields}") from None
+    return table
+
+
+def artifact_paths(path: str | os.PathLike) -> list[Path]:
+    """The artifacts of an export directory (from its index.json, else by suffix), or one file."""
+    path = Path(path)
+    if not path.exists():
+        raise SsrconvError(f"{path}: no such file or directory")
+    if not path.is_dir() or path.suffix == ".mlpackage":
+        return [path]
+    index = path / "index.json"
+    if index.is_file():
+        try:
+            entries = json.loads(index.read_text())["artifacts"]
+            return [path / e["file"] for e in entries]
+        except (ValueError, KeyError, TypeError) as err:
+            raise SsrconvError(f"{index}: unreadable index ({err}); re-run ssrconv export") from None
+    found = sorted(p for p in path.iterdir() if p.suffix in (".onnx", ".tflite", ".mlpackage"))
+    if not found:
+        raise SsrconvError(f"{path}: no artifacts (.onnx, .tflite, .mlpackage) in this directory")
+    return found
+
+
+def read_manifest(artifact: Path) -> dict | None:
+    """The manifest beside ``artifact``, or None when there is none."""
+    manifest = artifact.with_name(artifact.name + ".json")
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text())
+    except ValueError as err:
+        raise SsrconvError(f"{manifest}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or "target" not in data:
+        raise SsrconvError(f"{manifest}: not an ssrconv manifest (no 'target')")
+    return data
+
+
+class _References:
+    """Keras reference outputs, computed once per weights combination."""
+
+    def __init__(self, age_weights=None, gender_weights=None):
+        self.defaults = (age_weights, gender_weights)
+        self.cache: dict[tuple, dict[str, np.ndarray]] = {}
+
+    def outputs(self, manifest: dict | None, inputs: np.ndarray, key: str) -> dict[str, np.ndarray]:
+        from ssrconv.runtimes import load_runtime
+
+        age, gender = self.defaults
+        if manifest is not None:
+            weights = manifest.get("weights", {})
+            age = weights.get("age", {}).get("name", age)
+            gender = weights.get("gender", {}).get("name", gender)
+        cache_key = (age, gender, key)
+        if cache_key not in self.cache:
+            runtime = load_runtime(backend="keras", task="age-gender", age_weights=age,
+                                   gender_weights=gender)
+            self.cache[cache_key] = runtime.run(inputs)
+        return self.cache[cache_key]
+
+
+def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: int = 64,
+          seed: int = 0, budgets: dict[str, Budget] | None = None, age_weights=None,
+          gender_weights=None, progress=None, raise_on_failure: bool = True) -> ParityReport:
+    """Compare every artifact in ``paths`` with the reference; raise ParityError if any budget
+    is broken (after measuring all of them)."""
+    from ssrconv.runtimes import load_runtime
+    from ssrconv.targets import TARGETS
+
+    budgets = budgets or BUDGETS
+    say = progress or (lambda message: None)
+    synth = synthetic_inputs(synthetic, seed) if synthetic else np.empty((0, 64, 64, 3), np.float32)
+    references = _References(age_weights, gender_weights)
+    results = []
+    for number, path in enumerate(paths, start=1):
+        manifest = read_manifest(path)
+        target = manifest["target"] if manifest else _guess_target(path)
+        budget_class = TARGETS[target].budget_class if target in TARGETS else "fp32"
+        budget = budgets[budget_class]
+        runtime = load_runtime(path)
+        say(f"[{number}/{len(paths)}] {path.name} on {runtime.engine} ({budget_class} budget)")
+        real_ref = references.outputs(manifest, faces, "real")
+        real_got = _run_batched(runtime, faces)
+        real = {h: head_stats(real_got[h], real_ref[h], h) for h in runtime.heads}
+        synth_stats = {}
+        if len(synth):
+            synth_ref = references.outputs(manifest, synth, "synthetic")
+            synth_got = _run_batched(runtime, synth)
+            synth_stats = {h: head_stats(synth_got[h], synth_ref[h], h) for h in runtime.heads}
+        result = ParityResult(artifact=path.name, target=target, engine=runtime.engine,
+                              budget=budget.as_dict(), faces=len(faces), synthetic=len(synth),
+                              real=real, synthetic_stats=synth_stats,
+                              violations=violations(real, budget))
+        say(f"      {'ok' if result.passed else 'BROKEN: ' + '; '.join(result.violations)}")
+        results.append(result)
+    report = ParityReport(faces_dir=faces_dir, results=results)
+    if raise_on_failure and not report.passed:
+        raise ParityError(report)
+    return report
+
+
+def _run_batched(runtime, inputs: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+    parts = [runtime.run(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
+    return {h: np.concatenate([p[h] for p in parts]) for h in runtime.heads}
+
+
+def _guess_target(path: Path) -> str:
+    """Best guess of a manifest-less artifact's target from its name (fp32 budget otherwise)."""
+    from ssrconv.runtimes import backend_for
+
+    family = backend_for(path)
+    for precision in ("int8", "dynamic", "fp16", "fp32"):
+        if precision in path.name:
+            return f"{family}-{precision}"
+    return f"{family}-fp32"
+
+
+def render_markdown(report: ParityReport) -> str:
+    """A Markdown table: one row per artifact, the statistics the budgets judge."""
+    lines = [f"Parity against the Keras reference on {report.results[0].faces if report.results else 0} "
+             f"real faces ({report.faces_dir}); synthetic inputs reported separately.", "",
+             "| artifact | engine | max age diff (y) | mean | p99 | P(male) max diff | gender agreement "
+             "| synthetic max age diff | result |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in report.results:
+        age, gender = r.real.get("age"), r.real.get("p_male")
+        synth_age = r.synthetic_stats.get("age")
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r.artifact, r.engine,
+            f"{age.max_abs:.2g}" if age else "-", f"{age.mean_abs:.2g}" if age else "-",
+            f"{age.p99_abs:.2g}" if age else "-",
+            f"{gender.max_abs:.2g}" if gender else "-",
+            f"{gender.agreement:.1%}" if gender else "-",
+            f"{synth_age.max_abs:.2g}" if synth_age else "-",
+            "pass" if r.passed else "**FAIL**: " + "; ".join(r.violations)))
+    return "\n".join(lines) + "\n"
+
+
+def render_junit(report: ParityReport) -> str:
+    """JUnit XML: one test case per artifact, a failure element naming each broken budget."""
+    from xml.sax.saxutils import escape, quoteattr
+
+    failures = sum(not r.passed for r in report.results)
+    cases = []
+    for r in report.results:
+        body = ""
+        if not r.passed:
+            message = "; ".join(r.violations)
+            body = f"<failure message={quoteattr(message)}>{escape(message)}</failure>"
+        cases.append(f'  <testcase classname="ssrconv.parity" name={quoteattr(r.artifact)}>'
+                     f"{body}</testcase>")
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="ssrconv-parity" '
+            f'tests="{len(report.results)}" failures="{failures}">\n' + "\n".join(cases)
+            + "\n</testsuite>\n")

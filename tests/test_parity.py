@@ -1,0 +1,108 @@
+"""Parity and eval: every export within its budget on real faces, and the gate can fail."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssrconv.parity import head_stats, parse_budget_overrides, violations
+from ssrconv.targets import BUDGETS
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ssrconv.cli", *args], capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_parity_passes_for_every_artifact_of_export_all(export_dir, faces_dir, tmp_path):
+    junit = tmp_path / "parity.xml"
+    report = tmp_path / "parity.json"
+    result = _cli("parity", str(export_dir), "--faces", str(faces_dir), "--json", str(report),
+                  "--junit", str(junit))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(report.read_text())
+    assert data["passed"] is True and len(data["results"]) == 7
+    engines = {r["target"]: r["engine"] for r in data["results"]}
+    assert engines["coreml-fp16"] in ("coreml", "coreml-mil-numpy")  # never skipped
+    for r in data["results"]:
+        assert r["faces"] == 300 and r["synthetic"] == 64
+        assert set(r["real"]) == {"age", "p_male"}
+    assert 'failures="0"' in junit.read_text()
+
+
+def _corrupt_onnx(src, dst):
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(src))
+    biggest = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    array = numpy_helper.to_array(biggest).copy()
+    array *= 1.05  # one weight tensor perturbed by 5%
+    biggest.CopyFrom(numpy_helper.from_array(array, biggest.name))
+    onnx.save(proto, str(dst))
+
+
+def test_parity_fails_on_a_corrupted_artifact(export_dir, faces_dir, tmp_path):
+    src = export_dir / "ssrnet_age_gender_fp32.onnx"
+    bad = tmp_path / "ssrnet_age_gender_fp32.onnx"
+    _corrupt_onnx(src, bad)
+    shutil.copy(export_dir / (src.name + ".json"), tmp_path / (bad.name + ".json"))
+    junit = tmp_path / "parity.xml"
+    result = _cli("parity", "--model", str(bad), "--faces", str(faces_dir), "--limit", "60",
+                  "--junit", str(junit))
+    assert result.returncode == 1
+    assert "max age diff" in result.stdout and "FAIL" in result.stdout
+    assert "parity budget broken" in result.stderr and "Traceback" not in result.stderr
+    assert 'failures="1"' in junit.read_text()
+
+
+def test_eval_reproduces_reference_mae_from_every_fp32_artifact(export_dir, faces_dir, tmp_path):
+    from ssrconv.evaluate import evaluate
+    from ssrconv.reference.preprocess import load_faces
+    from ssrconv.runtimes import load_runtime
+
+    faces = load_faces(faces_dir)
+    reference = evaluate(load_runtime(backend="keras"), faces)["summary"]
+    assert reference["adults"] == 240
+    for name in ("ssrnet_age_gender_fp32.onnx", "ssrnet_age_gender_fp32.tflite",
+                 "ssrnet_age_gender_fp32.mlpackage"):
+        summary = evaluate(load_runtime(export_dir / name), faces)["summary"]
+        assert abs(summary["age_mae_adults"] - reference["age_mae_adults"]) <= 0.01, name
+        assert abs(summary["age_mae_all"] - reference["age_mae_all"]) <= 0.01, name
+        assert summary["gender_accuracy_all"] == reference["gender_accuracy_all"], name
+
+
+def test_eval_cli_writes_predictions(export_dir, faces_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    result = _cli("eval", str(faces_dir), "--model", str(export_dir / "ssrnet_age_gender_int8.tflite"),
+                  "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "age MAE" in result.stdout and "tflite" in result.stdout
+    data = json.loads(out.read_text())
+    assert len(data["predictions"]) == 300
+    first = data["predictions"][0]
+    assert set(first) == {"file", "age", "p_male", "label_age", "label_male"}
+
+
+def test_budget_logic_and_overrides():
+    budgets = parse_budget_overrides(["int8.mean_age=0.2"])
+    assert budgets["int8"].mean_age == 0.2 and budgets["fp32"] == BUDGETS["fp32"]
+    with pytest.raises(Exception, match="CLASS.STAT=VALUE"):
+        parse_budget_overrides(["int9.mean_age=1"])
+    want = np.linspace(10, 60, 100)
+    ok = {"age": head_stats(want + 0.005, want, "age")}
+    assert violations(ok, BUDGETS["fp32"]) == []
+    bad = {"age": head_stats(want + 0.5, want, "age")}
+    assert violations(bad, BUDGETS["fp32"]) == ["max age diff 0.5 y > 0.01 y"]
+    p = np.linspace(0, 1, 101)
+    flipped = {"p_male": head_stats(1 - p, p, "p_male")}
+    assert any("gender agreement" in v for v in violations(flipped, BUDGETS["fp16"]))
+    nan = {"age": head_stats(want * np.nan, want, "age")}
+    assert violations(nan, BUDGETS["int8"])  # NaN never passes
