@@ -150,8 +150,13 @@ def load_faces(directory: str | os.PathLike, limit: int | None = None) -> FaceSe
     paths = list_images(directory)
     if limit is not None:
         paths = paths[:limit]
+    return load_face_files(paths, name=str(directory))
+
+
+def load_face_files(paths: list[Path], name: str = "face list") -> FaceSet:
+    """Load the given aligned face chips as model inputs (see :func:`prepare_chip`)."""
     if not paths:
-        raise InputError(f"{directory}: no images ({', '.join(IMAGE_SUFFIXES)}) in this directory")
+        raise InputError(f"{name}: no images ({', '.join(IMAGE_SUFFIXES)}) in this directory")
     inputs, ages, males = [], [], []
     for path in paths:
         inputs.append(prepare_chip(read_image(path)))
