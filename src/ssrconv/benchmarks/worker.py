@@ -1,0 +1,313 @@
+"""``python -m ssrconv.benchmarks.worker``: one backend in its own process, driven by the harness.
+
+Each backend runs in a process of its own so that TFLite never shares a process with
+TensorFlow, each peak RSS belongs to one backend, and a backend that crashes (a segfault, a
+"double free") takes down only its worker: the harness reports it as failed and goes on.
+
+Protocol: the harness writes one JSON object per line on stdin; the worker answers each with one
+JSON line on its private copy of the original stdout (``{"ok": true, ...}`` or
+``{"ok": false, "error": "one line"}``). File descriptor 1 is pointed at stderr at start-up, so
+whatever a library prints cannot corrupt the protocol. Commands:
+
+``load``    backend, path, threads, inputs (.npy of N x 64 x 64 x 3 float32), batches, modes,
+            options -> engine, heads, import_s, load_s, first_ms {mode: {batch: ms}}, info
+``warmup``  mode, batch, n -> untimed calls
+``time``    mode, batch, n -> ns: per-call times; overhead_ns: the same loop around an empty call
+``stats``   -> peak RSS, whether TensorFlow is in sys.modules
+``exit``
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import signal
+import sys
+import time
+
+import numpy as np
+
+MAX_DISTINCT_BATCHES = 8  # pre-made inputs cycled through, so no call reuses the previous array
+MIN_CALLS = 2  # a block cut short by its time budget still times at least this many calls
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def make_batches(pool: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Distinct contiguous float32 batches of ``batch`` faces drawn in order from ``pool``
+    (wrapping around), made before timing so no copy is timed."""
+    count = max(1, min(MAX_DISTINCT_BATCHES, len(pool) // batch))
+    return [np.ascontiguousarray(pool[(i * batch + np.arange(batch)) % len(pool)], np.float32)
+            for i in range(count)]
+
+
+def time_calls(fn, batches: list[np.ndarray], n: int, budget_s: float | None = None,
+               min_calls: int = MIN_CALLS) -> list[int]:
+    """Up to ``n`` calls of ``fn`` cycling over ``batches``, each timed alone with
+    perf_counter_ns; stops early once ``budget_s`` seconds are spent and ``min_calls`` are done
+    (so a 200 ms Keras call does not hold the whole round hostage).
+
+    The garbage collector is paused inside the block (as timeit does) so a collection
+    triggered by one backend's garbage does not land in a random call; it runs before.
+    """
+    clock = time.perf_counter_ns
+    count = len(batches)
+    out = []
+    deadline = None if budget_s is None else clock() + int(budget_s * 1e9)
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(n):
+            x = batches[i % count]
+            start = clock()
+            fn(x)
+            end = clock()
+            out.append(end - start)
+            if deadline is not None and end > deadline and len(out) >= min_calls:
+                break
+    finally:
+        gc.enable()
+    return out
+
+
+class _Noop:
+    """An empty runtime: timing its ``run`` the same way measures the harness's own cost."""
+
+    def run(self, batch):
+        return {}
+
+
+class FakeRuntime:
+    """A stand-in backend for tests of the harness (no real library): busy-waits ``delay_us``
+    per call, and can kill its own process with a signal at ``crash`` ("load" or "time")."""
+
+    backend = "fake"
+    engine = "fake"
+
+    def __init__(self, delay_us: float = 0.0, crash: str | None = None,
+                 crash_signal: str = "SIGSEGV", heads=("age", "p_male")):
+        self.delay_ns = int(delay_us * 1000)
+        self.crash = crash
+        self.crash_signal = crash_signal
+        self.heads = tuple(heads)
+        if crash == "load":
+            self.die()
+
+    def die(self):
+        os.kill(os.getpid(), getattr(signal, self.crash_signal))
+        time.sleep(5)  # the signal is asynchronous: never answer meanwhile
+
+    def run(self, batch):
+        end = time.perf_counter_ns() + self.delay_ns
+        while time.perf_counter_ns() < end:
+            pass
+        return {h: np.zeros(len(batch), np.float32) for h in self.heads}
+
+
+class Gemm:
+    """numpy float32 square matrix multiply: the machine's reference compute rate."""
+
+    backend = "gemm"
+    engine = "numpy-float32-gemm"
+    heads = ()
+
+    def __init__(self, size: int = 512):
+        rng = np.random.default_rng(0)
+        self.size = size
+        self.a = rng.standard_normal((size, size), dtype=np.float32)
+        self.b = rng.standard_normal((size, size), dtype=np.float32)
+        self.c = np.empty((size, size), np.float32)
+
+    def run(self, batch):
+        np.matmul(self.a, self.b, out=self.c)
+        return self.c
+
+
+def _import_backend(backend: str, threads: int | None) -> dict:
+    """Import the backend's library (timed separately from loading the model); set threads
+    where they are process settings rather than load options. Returns what was set."""
+    info = {}
+    if backend == "keras":
+        from ssrconv._imports import tensorflow
+
+        tf = tensorflow()
+        if threads:
+            try:  # must happen before TensorFlow's runtime starts; the env vars cover it too
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError as err:
+                info["thread_setting_error"] = str(err)
+        info["tf_intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
+        info["tf_inter_op_threads"] = tf.config.threading.get_inter_op_parallelism_threads()
+    elif backend == "onnx":
+        import onnxruntime  # noqa: F401
+    elif backend == "tflite":
+        import ai_edge_litert.interpreter  # noqa: F401
+    elif backend == "coreml":
+        from ssrconv._imports import coremltools
+
+        coremltools()
+    return info
+
+
+def _blas_limit(threads: int) -> dict:
+    """Cap BLAS threads with threadpoolctl when it is installed (the harness also starts the
+    GEMM worker with OPENBLAS_NUM_THREADS etc. set, which works without it)."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        return {"threadpoolctl": None}
+    limiter = threadpool_limits(limits=threads, user_api="blas")
+    return {"threadpoolctl": [{k: p.get(k) for k in ("internal_api", "num_threads", "version",
+                                                      "architecture")}
+                              for p in threadpool_info()], "_limiter": limiter}
+
+
+class Worker:
+    """The state of one worker: its runtime, its pre-made batches, its modes."""
+
+    def __init__(self):
+        self.rss_start = peak_rss_bytes()
+        self.runtime = None
+        self.batches: dict[int, list[np.ndarray]] = {}
+        self.calls: dict[str, object] = {}
+        self._keep = []
+
+    def handle(self, request: dict) -> dict:
+        command = request.get("cmd")
+        handler = getattr(self, f"cmd_{command}", None)
+        if handler is None:
+            raise ValueError(f"unknown command {command!r}")
+        return handler(request)
+
+    def cmd_load(self, req: dict) -> dict:
+        backend = req["backend"]
+        threads = req.get("threads")
+        options = dict(req.get("options") or {})
+        info: dict = {}
+        started = time.perf_counter()
+        if backend == "gemm":
+            limits = _blas_limit(threads or 1)
+            self._keep.append(limits.pop("_limiter", None))
+            info.update(limits)
+            runtime = Gemm(int(options.get("size", 512)))
+            import_s = 0.0
+            load_s = time.perf_counter() - started
+        elif backend == "fake":
+            import_s = 0.0
+            runtime = FakeRuntime(**options)
+            load_s = time.perf_counter() - started
+        else:
+            info.update(_import_backend(backend, threads))
+            import_s = time.perf_counter() - started
+            from ssrconv.runtimes import load_runtime
+
+            started = time.perf_counter()
+            runtime = load_runtime(req.get("path"), backend=backend, num_threads=threads, **options)
+            load_s = time.perf_counter() - started
+        self.runtime = runtime
+        if getattr(runtime, "threads", None) is not None:
+            info["runtime_threads"] = runtime.threads  # what the runtime was built with
+        if backend == "keras":
+            info.update(self._keras_info(runtime))
+        pool = np.load(req["inputs"]) if req.get("inputs") else np.zeros((1, 64, 64, 3), np.float32)
+        modes = req.get("modes") or ["run"]
+        for mode in modes:
+            if mode == "predict":
+                self.calls[mode] = runtime.run_predict
+            else:
+                self.calls[mode] = runtime.run
+        first_ms: dict = {}
+        for batch in req.get("batches") or [1]:
+            self.batches[batch] = make_batches(pool, batch)
+        for mode in modes:
+            first_ms[mode] = {}
+            for batch in req.get("batches") or [1]:
+                # The first call of each mode and batch size pays for tracing, allocation and
+                # delegate preparation: reported on its own, never mixed into the timed runs.
+                first_ms[mode][str(batch)] = time_calls(self.calls[mode], self.batches[batch][:1], 1)[0] / 1e6
+        return {"engine": getattr(runtime, "engine", backend), "heads": list(getattr(runtime, "heads", ())),
+                "import_s": import_s, "load_s": load_s, "first_ms": first_ms, "info": info,
+                "pid": os.getpid(), "inputs": int(len(pool))}
+
+    @staticmethod
+    def _keras_info(runtime) -> dict:
+        from ssrconv.reference.model import count_macs, count_params
+
+        model = runtime.reference.model
+        heads = max(len(runtime.heads), 1)
+        return {"weights_files": [str(w.path) for w in runtime.reference.weights.values()],
+                "params_per_head": count_params(model) // heads,
+                "macs_per_head": count_macs(model) // heads}
+
+    def _fn(self, req: dict):
+        mode = req.get("mode", "run")
+        if mode not in self.calls:
+            raise ValueError(f"mode {mode!r} was not loaded")
+        batch = int(req["batch"])
+        if batch not in self.batches:
+            raise ValueError(f"batch {batch} was not prepared at load")
+        return self.calls[mode], self.batches[batch]
+
+    def cmd_warmup(self, req: dict) -> dict:
+        fn, batches = self._fn(req)
+        time_calls(fn, batches, int(req["n"]), req.get("budget_s"))
+        return {}
+
+    def cmd_time(self, req: dict) -> dict:
+        fn, batches = self._fn(req)
+        n = int(req["n"])
+        if isinstance(self.runtime, FakeRuntime) and self.runtime.crash == "time":
+            self.runtime.die()
+        ns = time_calls(fn, batches, n, req.get("budget_s"))
+        overhead = time_calls(_Noop().run, batches, len(ns))
+        return {"ns": ns, "overhead_ns": overhead}
+
+    def cmd_stats(self, req: dict) -> dict:
+        return {"peak_rss_bytes": peak_rss_bytes(), "rss_before_load_bytes": self.rss_start,
+                "tensorflow_imported": "tensorflow" in sys.modules,
+                "keras_imported": "keras" in sys.modules,
+                "onnxruntime_imported": "onnxruntime" in sys.modules}
+
+    def cmd_exit(self, req: dict) -> dict:
+        return {}
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    message = text[0] if text else ""
+    from ssrconv.errors import SsrconvError
+
+    if isinstance(err, SsrconvError):
+        return message
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
+def main() -> None:
+    """Serve requests from stdin until ``exit`` or end of input (the harness went away)."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # library chatter on fd 1 must not corrupt the protocol
+    sys.stdout = sys.stderr
+    worker = Worker()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        try:
+            reply = {"ok": True, **worker.handle(request)}
+        except Exception as err:  # reported to the harness as this backend's failure
+            reply = {"ok": False, "error": _one_line(err)}
+        protocol.write(json.dumps(reply) + "\n")
+        protocol.flush()
+        if request.get("cmd") == "exit" or (request.get("cmd") == "load" and not reply["ok"]):
+            break
+
+
+if __name__ == "__main__":
+    main()
