@@ -216,7 +216,7 @@ class Worker:
             info["runtime_threads"] = runtime.threads  # what the runtime was built with
         if backend == "keras":
             info.update(self._keras_info(runtime))
-        pool = np.load(req["inputs"]) if req.get("inputs") else np.zeros((1, 64, 64, 3), np.float32)
+        pool = np.load(req["inputs"], allow_pickle=False) if req.get("inputs") else np.zeros((1, 64, 64, 3), np.float32)
         modes = req.get("modes") or ["run"]
         for mode in modes:
             if mode == "predict":
