@@ -34,6 +34,11 @@ def test_parity_passes_for_every_artifact_of_export_all(export_dir, faces_dir, t
     for r in data["results"]:
         assert r["faces"] == 300 and r["synthetic"] == 64
         assert set(r["real"]) == {"age", "p_male"}
+        # stage-by-stage drift is located in every backend (9 stage tensors per head)
+        assert r["stages"] is not None and len(r["stages"]) == 18, r["stages_note"]
+        if r["target"].endswith("fp32"):
+            assert max(r["stages"].values()) < 1e-3, r["artifact"]
+    assert "Where drift starts" in result.stdout
     assert 'failures="0"' in junit.read_text()
 
 

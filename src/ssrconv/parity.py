@@ -50,6 +50,8 @@ class ParityResult:
     real: dict[str, HeadStats]
     synthetic_stats: dict[str, HeadStats]
     violations: list[str] = field(default_factory=list)
+    stages: dict[str, float] | None = None  # stage tensor -> max |diff| on the first faces
+    stages_note: str = ""
 
     @property
     def passed(self) -> bool:
@@ -171,14 +173,18 @@ def read_manifest(artifact: Path) -> dict | None:
     return data
 
 
+STAGE_FACES = 64
+
+
 class _References:
-    """Keras reference outputs, computed once per weights combination."""
+    """Keras reference runtimes and outputs, built once per weights combination."""
 
     def __init__(self, age_weights=None, gender_weights=None):
         self.defaults = (age_weights, gender_weights)
+        self.runtimes: dict[tuple, object] = {}
         self.cache: dict[tuple, dict[str, np.ndarray]] = {}
 
-    def outputs(self, manifest: dict | None, inputs: np.ndarray, key: str) -> dict[str, np.ndarray]:
+    def runtime(self, manifest: dict | None):
         from ssrconv.runtimes import load_runtime
 
         age, gender = self.defaults
@@ -186,12 +192,34 @@ class _References:
             weights = manifest.get("weights", {})
             age = weights.get("age", {}).get("name", age)
             gender = weights.get("gender", {}).get("name", gender)
-        cache_key = (age, gender, key)
-        if cache_key not in self.cache:
-            runtime = load_runtime(backend="keras", task="age-gender", age_weights=age,
-                                   gender_weights=gender)
-            self.cache[cache_key] = runtime.run(inputs)
-        return self.cache[cache_key]
+        if (age, gender) not in self.runtimes:
+            self.runtimes[(age, gender)] = load_runtime(backend="keras", task="age-gender",
+                                                        age_weights=age, gender_weights=gender)
+        return self.runtimes[(age, gender)], (age, gender)
+
+    def outputs(self, manifest: dict | None, inputs: np.ndarray, key: str) -> dict[str, np.ndarray]:
+        runtime, weights = self.runtime(manifest)
+        if (weights, key) not in self.cache:
+            self.cache[(weights, key)] = runtime.run(inputs)
+        return self.cache[(weights, key)]
+
+
+def stage_differences(runtime, reference, inputs: np.ndarray) -> tuple[dict[str, float] | None, str]:
+    """Max |diff| of every stage tensor (probabilities, deltas, local deltas) against the
+    reference, or (None, why) when the runtime cannot expose them."""
+    from ssrconv.runtimes.stages import StagesUnavailable, stage_specs
+
+    specs = stage_specs(runtime.heads)
+    both = set(runtime.heads) == {"age", "p_male"}
+    try:
+        got = runtime.stage_outputs(inputs, specs)
+    except StagesUnavailable as err:
+        return None, str(err)
+    # The reference is the two-head model: its layers always carry the head prefix.
+    ref_specs = specs if both else stage_specs(("age", "p_male"))
+    want = reference.stage_outputs(inputs, ref_specs)
+    return {s.key: float(np.max(np.abs(got[s.key].astype(np.float64) - want[s.key])))
+            for s in specs}, ""
 
 
 def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: int = 64,
@@ -222,10 +250,13 @@ def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: 
             synth_ref = references.outputs(manifest, synth, "synthetic")
             synth_got = _run_batched(runtime, synth)
             synth_stats = {h: head_stats(synth_got[h], synth_ref[h], h) for h in runtime.heads}
+        reference, _ = references.runtime(manifest)
+        stages, stages_note = stage_differences(runtime, reference, faces[:STAGE_FACES])
         result = ParityResult(artifact=path.name, target=target, engine=runtime.engine,
                               budget=budget.as_dict(), faces=len(faces), synthetic=len(synth),
                               real=real, synthetic_stats=synth_stats,
-                              violations=violations(real, budget))
+                              violations=violations(real, budget), stages=stages,
+                              stages_note=stages_note)
         say(f"      {'ok' if result.passed else 'BROKEN: ' + '; '.join(result.violations)}")
         results.append(result)
     report = ParityReport(faces_dir=faces_dir, results=results)
@@ -268,6 +299,21 @@ def render_markdown(report: ParityReport) -> str:
             f"{gender.agreement:.1%}" if gender else "-",
             f"{synth_age.max_abs:.2g}" if synth_age else "-",
             "pass" if r.passed else "**FAIL**: " + "; ".join(r.violations)))
+    lines += ["", f"Where drift starts: max |diff| of the stage tensors on the first {STAGE_FACES} "
+              "faces (stage probabilities, width shifts delta_k, local shifts; both heads).", "",
+              "| artifact | stage probabilities | deltas | local deltas | largest |",
+              "|---|---|---|---|---|"]
+    for r in report.results:
+        if r.stages is None:
+            lines.append(f"| {r.artifact} | - | - | - | n/a: {r.stages_note} |")
+            continue
+        by_kind = {}
+        for key, value in r.stages.items():
+            kind = ("deltas" if ".delta_s" in key else "local" if ".local_delta" in key else "probs")
+            by_kind[kind] = max(by_kind.get(kind, 0.0), value)
+        worst = max(r.stages, key=r.stages.get)
+        lines.append(f"| {r.artifact} | {by_kind.get('probs', 0):.2g} | {by_kind.get('deltas', 0):.2g} "
+                     f"| {by_kind.get('local', 0):.2g} | {worst} ({r.stages[worst]:.2g}) |")
     return "\n".join(lines) + "\n"
 
 

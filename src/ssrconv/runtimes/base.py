@@ -33,6 +33,14 @@ class Runtime(ABC):
                                f"{array.shape}")
         return np.ascontiguousarray(array, dtype=np.float32)
 
+    def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
+        """The stage tensors named by ``specs`` (see :mod:`ssrconv.runtimes.stages`) for
+        ``batch``, as float32 {spec.key: (N, units)}; StagesUnavailable when this runtime
+        cannot expose them."""
+        from ssrconv.runtimes.stages import StagesUnavailable
+
+        raise StagesUnavailable(f"{self.engine} exposes the model outputs only")
+
     def describe(self) -> dict:
         return {"backend": self.backend, "engine": self.engine,
                 "path": str(self.path) if self.path else None, "heads": list(self.heads)}

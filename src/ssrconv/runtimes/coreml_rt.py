@@ -97,3 +97,17 @@ class MilNumpyRuntime(_CoreMLBase):
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = self.check_batch(batch)
         return self._outputs(self.program.run({self.input_name: batch}), len(batch))
+
+    def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
+        from ssrconv.runtimes.stages import find_unique
+
+        shapes = self.program.intermediate_names()
+        names = []
+        for spec in specs:
+            candidates = {n: n for n, shape in shapes.items()
+                          if len(shape) == 2 and not isinstance(shape[-1], str) and shape[-1] == spec.units}
+            names.append(find_unique(spec, candidates))
+        batch = self.check_batch(batch)
+        results = self.program.run({self.input_name: batch}, capture=frozenset(names))
+        return {s.key: np.asarray(results[n], np.float32).reshape(len(batch), -1)
+                for s, n in zip(specs, names)}

@@ -34,6 +34,17 @@ class KerasRuntime(Runtime):
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return {head: np.asarray(o)[:, 0].astype(np.float32) for head, o in zip(self.heads, outputs)}
 
+    def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
+        import keras
+
+        key = tuple(s.layer for s in specs)
+        if getattr(self, "_stage_key", None) != key:
+            stages = keras.Model(self._model.inputs,
+                                 [self._model.get_layer(s.layer).output for s in specs])
+            self._stage_model, self._stage_key = stages, key
+        outputs = self._stage_model([self.check_batch(batch)], training=False)
+        return {s.key: np.asarray(o, dtype=np.float32) for s, o in zip(specs, outputs)}
+
     def run_predict(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Through ``model.predict`` (what most users time: includes Keras' per-call overhead)."""
         outputs = self._model.predict(self.check_batch(batch), verbose=0)

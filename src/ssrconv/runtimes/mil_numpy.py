@@ -517,8 +517,14 @@ class MilProgram:
 
     # -- running -----------------------------------------------------------------------
 
-    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Evaluate the program: {input name: array} -> {output name: array}."""
+    def intermediate_names(self) -> dict[str, tuple]:
+        """{variable name: declared shape} of every op result (for locating stage tensors)."""
+        return {op.outputs[0].name: tuple(op.outputs[0].shape or ()) for op in self._plan}
+
+    def run(self, feeds: Mapping[str, Any], capture: frozenset[str] = frozenset()
+            ) -> dict[str, np.ndarray]:
+        """Evaluate the program: {input name: array} -> {output name: array}, plus the
+        intermediate variables named in ``capture`` (by variable name)."""
         missing = [n for n in self.input_names if n not in feeds]
         extra = [n for n in feeds if n not in self.input_names]
         if missing or extra:
@@ -533,13 +539,14 @@ class MilProgram:
         if fixed_one and batches != {1}:
             if len(batches) != 1:
                 raise InputError(f"{self.source}: inputs disagree on the batch size {batches}")
-            rows = [self._run_once({k: v[i:i + 1] for k, v in tensors.items()})
+            rows = [self._run_once({k: v[i:i + 1] for k, v in tensors.items()}, capture)
                     for i in range(batches.pop())]
-            return {name: np.concatenate([r[name] for r in rows], axis=0)
-                    for name in self.output_names}
-        return self._run_once(tensors)
+            return {name: np.concatenate([r[name] for r in rows], axis=0) for name in rows[0]}
+        return self._run_once(tensors, capture)
 
-    def _run_once(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_once(self, tensors: dict[str, np.ndarray], capture: frozenset[str] = frozenset()
+                  ) -> dict[str, np.ndarray]:
+        captured: dict[str, np.ndarray] = {}
         env: dict[int, Any] = dict(self._consts)
         for spec in self._inputs:
             env[id(spec.var)] = tensors[spec.name]
@@ -570,9 +577,11 @@ class MilProgram:
                 value = value.astype(out_dtype, copy=False)  # the program's declared dtype
             self._check_shape(op, out, value)
             env[id(out)] = value
+            if out.name in capture:
+                captured[out.name] = value
             for var_id in self._release[i]:
                 env.pop(var_id, None)
-        return {var.name: np.asarray(env[id(var)]) for var in self._output_vars}
+        return {**captured, **{var.name: np.asarray(env[id(var)]) for var in self._output_vars}}
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -38,6 +38,31 @@ class OnnxRuntime(Runtime):
         self.heads = tuple(outputs)
         self.threads = num_threads
 
+    def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
+        """A second session on the same graph with the stage tensors added as outputs."""
+        import onnx
+        import onnxruntime as ort
+
+        from ssrconv.runtimes.stages import find_unique
+
+        key = tuple(s.key for s in specs)
+        if getattr(self, "_stage_key", None) != key:
+            proto = onnx.load(str(self.path))
+            produced = {name: name for node in proto.graph.node for name in node.output}
+            names = [find_unique(s, produced) for s in specs]
+            for name in names:
+                proto.graph.output.append(
+                    onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self._stage_session = ort.InferenceSession(proto.SerializeToString(), options,
+                                                       providers=["CPUExecutionProvider"])
+            self._stage_names, self._stage_key = names, key
+        results = self._stage_session.run(self._stage_names,
+                                          {self.input_name: self.check_batch(batch)})
+        return {s.key: np.asarray(r, np.float32).reshape(len(batch), -1)
+                for s, r in zip(specs, results)}
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         results = self.session.run(list(self.heads), {self.input_name: self.check_batch(batch)})
         return {head: np.asarray(r).reshape(len(r), -1)[:, 0].astype(np.float32)

@@ -59,14 +59,52 @@ class TFLiteRuntime(Runtime):
                                f"outputs {list(self.outputs)})")
         self.heads = tuple(h for h in HEADS if h in self.outputs)
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        batch = self.check_batch(batch)
+    def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
+        """Stage tensors from a second interpreter that keeps every intermediate tensor
+        (builtin kernels: a delegate's internal tensors are not preserved), dequantized."""
+        import warnings
+
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        from ssrconv.runtimes.stages import find_unique
+
+        key = tuple(s.key for s in specs)
+        if getattr(self, "_stage_key", None) != key:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
+                interpreter = Interpreter(
+                    model_path=str(self.path), experimental_preserve_all_tensors=True,
+                    experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
+            produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
+            chosen = []
+            for spec in specs:
+                candidates = {tensors[i]["name"]: tensors[i] for i in produced
+                              if len(tensors[i]["shape_signature"]) == 2
+                              and tensors[i]["shape_signature"][-1] == spec.units}
+                chosen.append(find_unique(spec, candidates))
+            self._stage_interpreter, self._stage_tensors, self._stage_key = interpreter, chosen, key
+        interpreter = self._stage_interpreter
+        runner = interpreter.get_signature_runner()
+        runner(face_bgr=self._feed(self.check_batch(batch)))
+        out = {}
+        for spec, detail in zip(specs, self._stage_tensors):
+            value = interpreter.get_tensor(detail["index"])
+            if np.dtype(detail["dtype"]).kind in "iu":
+                value = dequantize(value, *detail["quantization"])
+            out[spec.key] = np.asarray(value, np.float32).reshape(len(batch), -1)
+        return out
+
+    def _feed(self, batch: np.ndarray) -> np.ndarray:
         detail = self.inputs["face_bgr"]
-        feed = batch
         if np.dtype(detail["dtype"]).kind in "iu":
             scale, zero_point = detail["quantization"]
-            feed = quantize(batch, scale, zero_point, detail["dtype"])
-        results = self.runner(face_bgr=feed)
+            return quantize(batch, scale, zero_point, detail["dtype"])
+        return batch
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self.check_batch(batch)
+        results = self.runner(face_bgr=self._feed(batch))
         out = {}
         for head in self.heads:
             value = np.asarray(results[head])
