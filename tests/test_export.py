@@ -88,11 +88,15 @@ def test_tflite_loads_and_manifest_io_matches_interpreter(export_dir, faces, key
     assert out["age"].shape == (1, 1) and np.all(np.isfinite(out["age"]))
 
 
-def test_int8_is_fully_integer_and_says_so(export_dir):
+def test_int8_backbone_is_integer_head_float_and_says_so(export_dir):
     _, manifest = _manifest(export_dir, "tflite-int8")
-    assert manifest["integer_only"] is True
-    assert set(manifest["float_ops"]) <= {"QUANTIZE", "DEQUANTIZE"}
-    assert manifest["ops"]["CONV_2D"] == 28
+    # every convolution and pool computes in int8; only the SSR head is left in float
+    assert manifest["ops"]["CONV_2D"] == 28 and manifest["ops"]["DEPTHWISE_CONV_2D"] == 10
+    assert not {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D"} & set(manifest["float_ops"])
+    assert set(manifest["float_ops"]) <= {"FULLY_CONNECTED", "MUL", "ADD", "DIV", "SUM", "TANH",
+                                          "RESHAPE", "QUANTIZE", "DEQUANTIZE"}
+    assert manifest["float_ops"]["FULLY_CONNECTED"] == manifest["ops"]["FULLY_CONNECTED"]
+    assert manifest["integer_only"] is False and "float: the SSR head" in manifest["int8_recipe"]
     assert manifest["calibration"] == {"kind": "real faces", "source": manifest["calibration"]["source"],
                                        "images": 300}
     _, fp32 = _manifest(export_dir, "tflite-fp32")
@@ -132,7 +136,9 @@ def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "ssrnet_age_int8.tflite.json").read_text())
     assert [o["name"] for o in manifest["outputs"]] == ["age"]
-    assert manifest["inputs"][0]["dtype"] == "uint8" and manifest["outputs"][0]["dtype"] == "uint8"
+    # camera bytes in; the float head gives float years out
+    assert manifest["inputs"][0]["dtype"] == "uint8" and manifest["outputs"][0]["dtype"] == "float32"
+    assert manifest["int8_io"] == {"input": "uint8", "outputs": "float32"}
     assert manifest["inputs"][0]["quantization"]["scale"] > 0
     assert manifest["calibration"]["images"] == 50
 

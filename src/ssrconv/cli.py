@@ -94,7 +94,7 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               show_default=True, help="Output directory.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--int8-io", type=click.Choice(["float32", "int8", "uint8"]), default="float32",
-              show_default=True, help="I/O type of the tflite int8 model (uint8: camera bytes).")
+              show_default=True, help="Input type of the tflite int8 model (uint8: camera bytes); outputs stay float32.")
 @click.option("--image-input", is_flag=True,
               help="CoreML: declare the input as an ImageType (BGR, scale 1) instead of a tensor.")
 def export(to, precision, task, weights, calibration, calibration_limit, out, opset, int8_io,

@@ -49,13 +49,6 @@ def _converter(model, target, options, calibration):
         conv.target_spec.supported_types = [tf.float16]
     elif target.precision == "dynamic":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif target.precision == "int8":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: ([b] for b in calibration.batches(1))
-        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[options.int8_io]
-        conv.inference_input_type = io_type
-        conv.inference_output_type = io_type
     return conv
 
 
@@ -63,17 +56,38 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     """Convert ``model`` to a .tflite at ``dest`` for ``target.precision``."""
     from ssrconv._imports import silenced_fd2
 
-    conv = _converter(model, target, options, calibration)
     # The MLIR converter and calibrator print diagnostics from C++ ("fully_quantize: 0, ...")
     # and a UserWarning about input statistics; failures still raise ConverterError.
-    with silenced_fd2(), warnings.catch_warnings():
+    with silenced_fd2(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        flatbuffer = conv.convert()
+        if target.precision == "int8":
+            flatbuffer = _convert_int8(model, options, calibration)
+        else:
+            flatbuffer = _converter(model, target, options, calibration).convert()
     dest.write_bytes(flatbuffer)
     extra = {}
     if target.precision == "int8":
-        extra["int8_io"] = options.int8_io
+        extra["int8_io"] = {"input": options.int8_io, "outputs": "float32"}
+        extra["int8_recipe"] = INT8_RECIPE
     return extra
+
+
+INT8_RECIPE = (
+    "int8: every convolution and pool (99.9% of the multiply-adds), per-channel weights; float: "
+    "the SSR head (Dense, Multiply, merge: rank-2 tensors). Average pools become fixed depthwise "
+    "convolutions, tanh follows max-pool, cross-layer equalization of the relu stream, GPTQ "
+    "rounding with bias correction, tanh inputs clipped to [-4, 4], MSE-optimal relu ranges. "
+    "See docs/INT8.md.")
+
+
+def _convert_int8(model, options, calibration) -> bytes:
+    """The int8 recipe of :mod:`ssrconv.converters.tflite_int8`, outputs named by a dict."""
+    import keras
+
+    from ssrconv.converters.tflite_int8 import convert_int8
+
+    named = keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)))
+    return convert_int8(named, calibration.inputs, dynamic_batch=True, input_type=options.int8_io)
 
 
 def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bool = True):

@@ -10,12 +10,18 @@ from ssrconv.errors import SsrconvError
 from ssrconv.runtimes.base import HEADS, Runtime, dequantize, quantize
 
 
-def has_integer_compute(interpreter) -> bool:
-    """True when a CONV_2D reads int8 activations (a full-integer model)."""
+def has_int8_dense(interpreter) -> bool:
+    """True when a FULLY_CONNECTED op computes in int8.
+
+    That is where a naive full-int8 SSR-Net breaks XNNPACK: dead Dense units calibrate to a
+    ~1e-8 output scale, the FC requantization scale exceeds XNNPACK's limit of 256, the delegate
+    fails in allocate_tensors and ai-edge-litert 2.3 then dies with "double free"
+    (docs/INT8.md). ssrconv's int8 export keeps the dense head in float.
+    """
     tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
     for op in interpreter._get_ops_details():
-        if op["op_name"] == "CONV_2D" and op["inputs"][0] in tensors:
-            if np.dtype(tensors[op["inputs"][0]]["dtype"]) == np.int8:
+        if op["op_name"] == "FULLY_CONNECTED" and op["outputs"][0] in tensors:
+            if np.dtype(tensors[op["outputs"][0]]["dtype"]) == np.int8:
                 return True
     return False
 
@@ -23,9 +29,8 @@ def has_integer_compute(interpreter) -> bool:
 class TFLiteRuntime(Runtime):
     """A .tflite artifact through its signature runner.
 
-    ``use_xnnpack=None`` picks automatically: XNNPACK for float models; the builtin kernels for
-    full-integer models, because XNNPACK fails on the naive int8 SSR-Net graph and the process
-    can then die with "double free" (docs/TFLITE.md).
+    ``use_xnnpack=None`` picks automatically: XNNPACK, except for models with int8 dense
+    layers (see :func:`has_int8_dense`), which get the builtin kernels.
     """
 
     backend = "tflite"
@@ -39,7 +44,7 @@ class TFLiteRuntime(Runtime):
         except (ValueError, RuntimeError) as err:
             raise SsrconvError(f"{path}: not a loadable TFLite model ({str(err).splitlines()[0][:200]})") from None
         if use_xnnpack is None:
-            use_xnnpack = not has_integer_compute(probe)
+            use_xnnpack = not has_int8_dense(probe)
         if use_xnnpack or num_threads:
             self.interpreter = load_interpreter(self.path, num_threads=num_threads,
                                                 use_xnnpack=use_xnnpack)
