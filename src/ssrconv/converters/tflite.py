@@ -73,11 +73,10 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
 
 
 INT8_RECIPE = (
-    "int8: every convolution and pool (99.9% of the multiply-adds), per-channel weights; float: "
-    "the SSR head (Dense, Multiply, merge: rank-2 tensors). Average pools become fixed depthwise "
-    "convolutions, tanh follows max-pool, cross-layer equalization of the relu stream, GPTQ "
-    "rounding with bias correction, tanh inputs clipped to [-4, 4], MSE-optimal relu ranges. "
-    "See docs/INT8.md.")
+    "int8: the relu stream (conv2d_1..4 and their pools, 73% of the multiply-adds), per-channel "
+    "weights; float: the tanh stream, the 1x1 summary convs and the SSR head. Average pools "
+    "become fixed depthwise convolutions, cross-layer equalization (age head), GPTQ rounding "
+    "with bias correction, MSE-optimal relu ranges. See docs/INT8.md.")
 
 
 def _convert_int8(model, options, calibration) -> bytes:

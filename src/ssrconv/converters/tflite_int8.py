@@ -264,6 +264,28 @@ def _mse_clip(a, grid=np.linspace(0.2, 1.0, 81)):
     return best[1]
 
 
+# Backbone layers kept in float besides the head. The tanh stream (conv2d_5..8, 23% of the
+# multiply-adds) quantizes pre-tanh values whose useful range is the steep part of tanh, and the
+# 1x1 "summary" convs feed the products the stage widths are computed from; with both in int8
+# the age p99 sat at 1.03-1.10 years on XNNPACK (budget 1.0). docs/INT8.md has the table.
+FLOAT_BACKBONE = (
+    [f"conv2d_{k}" for k in (5, 6, 7, 8)] + [f"batch_normalization_{k}" for k in (5, 6, 7, 8)]
+    + [f"activation_{k}" for k in (5, 6, 7, 8)] + [f"max_pooling2d_{k}" for k in (1, 2, 3)]
+    + [f"conv2d_{k}" for k in range(9, 15)]
+    + ["max_pooling2d_4", "average_pooling2d_4_dw", "max_pooling2d_5", "average_pooling2d_5_dw"])
+
+
+def float_backbone_layers(model) -> list[str]:
+    """The FLOAT_BACKBONE layers of ``model`` (with their ``age_``/``gender_`` prefixes)."""
+    wanted = set(FLOAT_BACKBONE)
+    names = []
+    for layer in model.layers:
+        base = layer.name.split("_", 1)[1] if layer.name.startswith(("age_", "gender_")) else layer.name
+        if base in wanted:
+            names.append(layer.name)
+    return names
+
+
 def m_has_gender_head(model) -> bool:
     return any(l.name.endswith("pred_gender_stage1") for l in model.layers)
 
@@ -279,7 +301,7 @@ def _is_gender_layer(name: str) -> bool:
 def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = True, input_type: str = "float32",
                  alpha: float = ALPHA, round_weights: bool = True, tanh_clip: float | None = TANH_CLIP,
                  mse_clip: bool = True, float_head: bool = True, extra_float_layers=(), return_info: bool = False,
-                 short_names: bool = False):
+                 short_names: bool = False, float_backbone: bool = True):
     """Full-int8 TFLite (int8 backbone, float SSR head) of an ssrconv reference Keras model -> flatbuffer bytes."""
     from ssrconv._imports import tensorflow
 
@@ -350,6 +372,8 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     g, sg, ops = _ops(calibrated)
     ol = _op_layers(sg, ops, layer_names)
     float_layers = set(extra_float_layers)
+    if float_backbone:
+        float_layers |= set(float_backbone_layers(inner))
     if float_head:
         float_layers |= {l.name for l in inner.layers if not isinstance(l, keras.layers.InputLayer) and len(l.output.shape) <= 2}
     producer = {o: k for k, (_, op) in enumerate(ops) for o in op.outputs}
@@ -378,7 +402,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     g2, sg2, ops2 = _ops(tfl)
     for name, op in ops2:
         dt = sg2.tensors[op.outputs[0]].type
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D") and not extra_float_layers:
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D") and not float_layers - {l.name for l in inner.layers if len(l.output.shape) <= 2}:
             assert dt == fb.TensorType.INT8, (name, sg2.tensors[op.outputs[0]].name)
         if name == "FULLY_CONNECTED" and float_head:
             assert dt == fb.TensorType.FLOAT32, (name, sg2.tensors[op.outputs[0]].name)
