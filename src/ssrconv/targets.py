@@ -66,8 +66,8 @@ TARGETS: dict[str, Target] = {
         Target("tflite", "dynamic", ".tflite", "tflite", "int8",
                "TFLite dynamic range: int8 weights, float activations"),
         Target("tflite", "int8", ".tflite", "tflite", "int8",
-               "TFLite int8: every convolution and pool in int8 (weights and activations), "
-               "SSR head in float; calibrated"),
+               "TFLite int8: convolutions and pools in int8 (weights and activations) except "
+               "each stream's first block; SSR head in float; calibrated"),
         Target("coreml", "fp16", ".mlpackage", "coreml", "fp16", "CoreML mlprogram, float16 compute"),
         Target("coreml", "fp32", ".mlpackage", "coreml", "fp32", "CoreML mlprogram, float32 compute"),
     )

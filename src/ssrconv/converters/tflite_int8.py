@@ -28,6 +28,7 @@ import warnings
 
 import numpy as np
 
+from ssrconv.converters.tflite_flatbuffer import operators, pack, schema
 
 ALPHA = 0.75          # CLE strength (0 = none, 1 = full range equalization)
 CLE_PCT = 99.99       # percentile of |activation| used as channel range for CLE
@@ -214,24 +215,6 @@ def round_kernels(model, cal):
     return model
 
 
-# ------------------------------------------------------------------------------------------- TFLite flatbuffer utils
-def _fb():
-    from tensorflow.lite.python import schema_py_generated as fb
-    return fb
-
-
-def _ops(tfl):
-    fb = _fb()
-    names = {v: k for k, v in fb.BuiltinOperator.__dict__.items() if not k.startswith("_")}
-    g = fb.ModelT.InitFromObj(fb.Model.GetRootAsModel(tfl, 0))
-    sg = g.subgraphs[0]
-    out = []
-    for op in sg.operators:
-        c = g.operatorCodes[op.opcodeIndex]
-        out.append((names[max(c.builtinCode, c.deprecatedBuiltinCode)], op))
-    return g, sg, out
-
-
 def _op_layers(sg, ops, layer_names):
     """Per op: the Keras layer names appearing as name scopes ('<layer>' or '<layer>_<n>') in its output tensor name."""
     ln = set(layer_names); res = []
@@ -246,12 +229,6 @@ def _op_layers(sg, ops, layer_names):
     return res
 
 
-def _pack(g):
-    import flatbuffers
-    b = flatbuffers.Builder(1024); b.Finish(g.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
-
-
 def _mse_clip(a, grid=np.linspace(0.2, 1.0, 81)):
     a = a.reshape(-1)
     if len(a) > 2_000_000:
@@ -264,15 +241,15 @@ def _mse_clip(a, grid=np.linspace(0.2, 1.0, 81)):
     return best[1]
 
 
-# Backbone layers kept in float besides the head. The tanh stream (conv2d_5..8, 23% of the
-# multiply-adds) quantizes pre-tanh values whose useful range is the steep part of tanh, and the
-# 1x1 "summary" convs feed the products the stage widths are computed from; with both in int8
-# the age p99 sat at 1.03-1.10 years on XNNPACK (budget 1.0). docs/INT8.md has the table.
+# Backbone layers kept in float besides the head: the first convolution block of each stream
+# (conv2d_1 + its average pool, conv2d_5 + its max pool). Their 62x62x(32|16) outputs are the
+# largest activations of the model, and quantizing them was the biggest single error: with every
+# other convolution in int8 the age p99 is 0.92 y on XNNPACK (all int8: 1.07; budget 1.0). In
+# float they cost no time: XNNPACK's int8 kernel pads the 3 input channels per tap to 8 and runs
+# these two layers no faster than float32 (docs/INT8.md has the per-layer timings).
 FLOAT_BACKBONE = (
-    [f"conv2d_{k}" for k in (5, 6, 7, 8)] + [f"batch_normalization_{k}" for k in (5, 6, 7, 8)]
-    + [f"activation_{k}" for k in (5, 6, 7, 8)] + [f"max_pooling2d_{k}" for k in (1, 2, 3)]
-    + [f"conv2d_{k}" for k in range(9, 15)]
-    + ["max_pooling2d_4", "average_pooling2d_4_dw", "max_pooling2d_5", "average_pooling2d_5_dw"])
+    ["conv2d_1", "batch_normalization_1", "activation_1", "average_pooling2d_1_dw",
+     "conv2d_5", "batch_normalization_5", "activation_5", "max_pooling2d_1"])
 
 
 def float_backbone_layers(model) -> list[str]:
@@ -300,8 +277,7 @@ def _is_gender_layer(name: str) -> bool:
 # ------------------------------------------------------------------------------------------------------ the recipe
 def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = True, input_type: str = "float32",
                  alpha: float = ALPHA, round_weights: bool = True, tanh_clip: float | None = TANH_CLIP,
-                 mse_clip: bool = True, float_head: bool = True, extra_float_layers=(), return_info: bool = False,
-                 short_names: bool = False, float_backbone: bool = True):
+                 mse_clip: bool = True, float_head: bool = True, extra_float_layers=(), return_info: bool = False, float_backbone: bool = True):
     """Full-int8 TFLite (int8 backbone, float SSR head) of an ssrconv reference Keras model -> flatbuffer bytes."""
     from ssrconv._imports import tensorflow
 
@@ -332,7 +308,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
         calibrated = conv.convert()
 
     # ---- step 4: edit calibrated ranges
-    g, sg, ops = _ops(calibrated)
+    g, sg, ops = operators(calibrated)
     ol = _op_layers(sg, ops, layer_names)
     def tensor_of(layer):                              # output tensor of the last op implementing `layer`
         ks = [k for k, c in enumerate(ol) if layer in c]
@@ -366,10 +342,10 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
                 continue
             hi = _mse_clip(a); t.quantization.max = np.array([min(hi, float(t.quantization.max[0]))], np.float32)
             edits[n] = hi
-    calibrated = _pack(g)
+    calibrated = pack(g)
 
     # ---- step 5: float head by Keras layer, quantize
-    g, sg, ops = _ops(calibrated)
+    g, sg, ops = operators(calibrated)
     ol = _op_layers(sg, ops, layer_names)
     float_layers = set(extra_float_layers)
     if float_backbone:
@@ -398,35 +374,17 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
                                         output_data_type=tf.float32,
                                         denylisted_nodes=deny_nodes)
     # ---- checks
-    fb = _fb()
-    g2, sg2, ops2 = _ops(tfl)
+    fb = schema()
+    g2, sg2, ops2 = operators(tfl)
     for name, op in ops2:
         dt = sg2.tensors[op.outputs[0]].type
         if name in ("CONV_2D", "DEPTHWISE_CONV_2D") and not float_layers - {l.name for l in inner.layers if len(l.output.shape) <= 2}:
             assert dt == fb.TensorType.INT8, (name, sg2.tensors[op.outputs[0]].name)
         if name == "FULLY_CONNECTED" and float_head:
             assert dt == fb.TensorType.FLOAT32, (name, sg2.tensors[op.outputs[0]].name)
-    if short_names:
-        tfl = _short_tensor_names(tfl, layer_names)
     if return_info:
         return tfl, {"float_layers": sorted(float_layers), "deny_nodes": len(deny_nodes), "mse_clip": edits}
     return tfl
-
-
-def _short_tensor_names(tfl, layer_names):
-    """Fused TFLite tensor names ('functional_1/ssrnet_age_1/activation_1_1/Relu;functional_1/...') are ~40% of the
-    file. Rename internal tensors to '<keras layer>/<k>' (signature I/O tensors keep their names)."""
-    g, sg, ops = _ops(tfl)
-    keep = set(sg.inputs) | set(sg.outputs)
-    ln = sorted(layer_names, key=len, reverse=True)
-    for i, t in enumerate(sg.tensors):
-        if i in keep:
-            continue
-        name = t.name.decode()
-        first = re.split(r"[;]", name)[0]
-        hit = next((n for n in ln if re.search(r"(^|/)" + re.escape(n) + r"(_\d+)?(/|$)", first)), None)
-        t.name = f"{hit or 't'}/{i}".encode()
-    return _pack(g)
 
 
 def _ops_name(ops, op):
