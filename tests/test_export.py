@@ -204,6 +204,10 @@ def test_failure_mid_conversion_leaves_directory_as_it_was(tmp_path, assets_dir,
     monkeypatch.setattr(tflite, "convert", half_written)
     with pytest.raises(KeyboardInterrupt):
         export(to=("onnx", "tflite"), out=out)
-    # onnx finished before the interrupt and stays complete; the tflite half-file is gone.
+    # onnx finished before the interrupt and stays complete (and indexed); the tflite
+    # half-file is gone.
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["keep.txt", "ssrnet_age_gender_fp32.onnx", "ssrnet_age_gender_fp32.onnx.json"]
+    assert names == ["index.json", "keep.txt", "ssrnet_age_gender_fp32.onnx",
+                     "ssrnet_age_gender_fp32.onnx.json"]
+    index = json.loads((out / "index.json").read_text())
+    assert [e["file"] for e in index["artifacts"]] == ["ssrnet_age_gender_fp32.onnx"]

@@ -17,3 +17,12 @@ class WeightsError(SsrconvError):
 
 class InputError(SsrconvError):
     """An input file or directory (image, face folder, ...) is missing or unusable."""
+
+
+class ModelFileError(SsrconvError):
+    """An exported model file (.onnx, .tflite, .mlpackage) is unreadable, corrupt or foreign:
+    refused before its runtime is handed the bytes, or when the runtime cannot load or run it."""
+
+
+class ManifestError(InputError):
+    """A manifest (``<artifact>.json``) or ``index.json`` is unreadable or malformed."""

@@ -8,7 +8,6 @@ holding the full report when any budget is broken, and the CLI decides what is f
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -141,36 +140,20 @@ def parse_budget_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Budg
 
 def artifact_paths(path: str | os.PathLike) -> list[Path]:
     """The artifacts of an export directory (from its index.json, else by suffix), or one file."""
+    from ssrconv.exporter import ARTIFACT_SUFFIXES, read_index
+
     path = Path(path)
     if not path.exists():
         raise SsrconvError(f"{path}: no such file or directory")
     if not path.is_dir() or path.suffix == ".mlpackage":
         return [path]
-    index = path / "index.json"
-    if index.is_file():
-        try:
-            entries = json.loads(index.read_text())["artifacts"]
-            return [path / e["file"] for e in entries]
-        except (ValueError, KeyError, TypeError) as err:
-            raise SsrconvError(f"{index}: unreadable index ({err}); re-run ssrconv export") from None
-    found = sorted(p for p in path.iterdir() if p.suffix in (".onnx", ".tflite", ".mlpackage"))
+    entries = read_index(path)
+    if entries is not None:
+        return [path / e["file"] for e in entries]
+    found = sorted(p for p in path.iterdir() if p.suffix in ARTIFACT_SUFFIXES)
     if not found:
         raise SsrconvError(f"{path}: no artifacts (.onnx, .tflite, .mlpackage) in this directory")
     return found
-
-
-def read_manifest(artifact: Path) -> dict | None:
-    """The manifest beside ``artifact``, or None when there is none."""
-    manifest = artifact.with_name(artifact.name + ".json")
-    if not manifest.is_file():
-        return None
-    try:
-        data = json.loads(manifest.read_text())
-    except ValueError as err:
-        raise SsrconvError(f"{manifest}: not valid JSON ({err})") from None
-    if not isinstance(data, dict) or "target" not in data:
-        raise SsrconvError(f"{manifest}: not an ssrconv manifest (no 'target')")
-    return data
 
 
 STAGE_FACES = 64
@@ -227,6 +210,7 @@ def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: 
           gender_weights=None, progress=None, raise_on_failure: bool = True) -> ParityReport:
     """Compare every artifact in ``paths`` with the reference; raise ParityError if any budget
     is broken (after measuring all of them)."""
+    from ssrconv.exporter import read_manifest
     from ssrconv.runtimes import load_runtime
     from ssrconv.targets import TARGETS
 

@@ -140,7 +140,8 @@ def coreml_timable() -> bool:
 
 def artifact_entry(path: str | os.PathLike) -> Entry:
     """The row of one exported artifact, described from its manifest (or its name)."""
-    from ssrconv.parity import _guess_target, read_manifest
+    from ssrconv.exporter import read_manifest
+    from ssrconv.parity import _guess_target
     from ssrconv.runtimes import backend_for
 
     path = Path(path)

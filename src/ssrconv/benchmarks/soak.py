@@ -32,6 +32,22 @@ def current_rss_bytes() -> int:
         return 0
 
 
+def settled_rss_bytes() -> int:
+    """Resident set size after a garbage collection and glibc's ``malloc_trim(0)``, so freed
+    but cached heap (a large decoded image a moment ago) is not read as growth; where there
+    is no glibc, plain :func:`current_rss_bytes`."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return current_rss_bytes()
+
+
 def soak_one(path: str | None, n: int, backend: str | None = None) -> dict:
     """Run ``n`` batch-1 inferences on one runtime in this process; RSS samples along the way."""
     from ssrconv.runtimes import load_runtime

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.converters.tflite_flatbuffer import compact
+from ssrconv.errors import ModelFileError
 
 # Ops that only move a tensor between float and integer at the model boundary.
 BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -95,20 +96,126 @@ def _convert_int8(model, options, calibration) -> bytes:
     return convert_int8(named, calibration.inputs, dynamic_batch=True, input_type=options.int8_io)
 
 
-def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bool = True):
-    """An ai-edge-litert Interpreter (no TensorFlow import), with or without XNNPACK."""
+# Larger than any tensor an SSR-Net export has (the biggest activation is 64x64x32 float32,
+# 512 KB per face) by a wide margin, and far below what a corrupt shape asks for: one flipped
+# bit in a dimension made allocate_tensors try to fill 19 GB and hang the process (docs/BAD_INPUTS.md).
+MAX_TENSOR_BYTES = 256 * 2**20
+_ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8,
+             13: 4, 15: 2, 16: 4}  # schema TensorType -> bytes per element (string: none)
+
+
+def check_flatbuffer(data: bytes, path: Path) -> None:
+    """Refuse a .tflite whose tables point outside themselves or whose tensors cannot be sane.
+
+    The runtime's own flatbuffer verifier checks the layout only; the interpreter then trusts
+    indices and shapes. Mutated files showed what slips through: tensor names that are not
+    UTF-8 (UnicodeDecodeError in the Python wrapper) and a dimension grown to 33,554,448
+    (a 19 GB allocation: the process hangs). This walks the model with the schema's own
+    reader before any byte reaches C++: operator and signature indices in range, shapes
+    non-negative with bounded sizes, constant buffers exactly as long as their shape says.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    def bad(why: str) -> ModelFileError:
+        return ModelFileError(f"{path}: not a loadable TFLite model ({why}); re-export it with "
+                              "ssrconv export")
+
+    if len(data) < 8 or not schema.Model.ModelBufferHasIdentifier(data, 0):
+        raise bad("no TFL3 flatbuffer identifier")
+    try:
+        model = schema.Model.GetRootAs(data, 0)
+        n_buffers, n_codes = model.BuffersLength(), model.OperatorCodesLength()
+        buffer_bytes = {}
+        for b in range(n_buffers):
+            buffer = model.Buffers(b)
+            size = buffer.Size() if buffer.Offset() > 1 else buffer.DataLength()
+            if buffer.Offset() > 1 and buffer.Offset() + size > len(data):
+                raise bad(f"buffer {b} lies beyond the end of the file")
+            buffer_bytes[b] = size
+        for g in range(model.SubgraphsLength()):
+            graph = model.Subgraphs(g)
+            n_tensors = graph.TensorsLength()
+            for t in range(n_tensors):
+                tensor = graph.Tensors(t)
+                (tensor.Name() or b"").decode("utf-8")
+                shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
+                if any(d < 0 for d in shape):
+                    raise bad(f"tensor {t} has a negative dimension {shape}")
+                itemsize = _ITEMSIZE.get(tensor.Type())
+                count = 1
+                for d in shape:
+                    count *= d
+                if count * (itemsize or 1) > MAX_TENSOR_BYTES:
+                    raise bad(f"tensor {t} declares shape {shape} ({count * (itemsize or 1):,} bytes)")
+                if not 0 <= tensor.Buffer() < max(n_buffers, 1):
+                    raise bad(f"tensor {t} points at buffer {tensor.Buffer()} of {n_buffers}")
+                stored = buffer_bytes.get(tensor.Buffer(), 0)
+                if (stored and itemsize and tensor.Sparsity() is None
+                        and stored != count * itemsize):
+                    raise bad(f"tensor {t} has shape {shape} but {stored:,} bytes of data")
+            indices = [graph.InputsAsNumpy(), graph.OutputsAsNumpy()]
+            for o in range(graph.OperatorsLength()):
+                op = graph.Operators(o)
+                if not 0 <= op.OpcodeIndex() < n_codes:
+                    raise bad(f"operator {o} has opcode {op.OpcodeIndex()} of {n_codes}")
+                indices += [op.InputsAsNumpy(), op.OutputsAsNumpy()]
+            for group in indices:
+                for i in (group if not isinstance(group, int) else []):
+                    if not -1 <= int(i) < n_tensors:
+                        raise bad(f"subgraph {g} refers to tensor {int(i)} of {n_tensors}")
+        for s in range(model.SignatureDefsLength()):
+            signature = model.SignatureDefs(s)
+            (signature.SignatureKey() or b"").decode("utf-8")
+            if not 0 <= signature.SubgraphIndex() < model.SubgraphsLength():
+                raise bad(f"signature {s} refers to subgraph {signature.SubgraphIndex()}")
+            n_tensors = model.Subgraphs(signature.SubgraphIndex()).TensorsLength()
+            maps = [signature.Inputs(i) for i in range(signature.InputsLength())]
+            maps += [signature.Outputs(i) for i in range(signature.OutputsLength())]
+            for tensor_map in maps:
+                (tensor_map.Name() or b"").decode("utf-8")
+                if not 0 <= tensor_map.TensorIndex() < n_tensors:
+                    raise bad(f"signature {s} refers to tensor {tensor_map.TensorIndex()}")
+    except ModelFileError:
+        raise
+    except UnicodeDecodeError:
+        raise bad("a tensor or signature name is not UTF-8 text") from None
+    except Exception as err:  # noqa: BLE001 - the generated reader fails with struct/index errors
+        raise bad(f"unreadable flatbuffer: {type(err).__name__}") from None
+
+
+def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
+                     preserve_all_tensors: bool = False):
+    """An ai-edge-litert Interpreter (no TensorFlow import), with or without XNNPACK.
+
+    The file is read once and checked by :func:`check_flatbuffer` before the interpreter (C++)
+    sees it; the interpreter gets those same bytes. ModelFileError for an unreadable,
+    corrupt or unloadable file.
+    """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from ssrconv._imports import silenced_fd2
 
-    kwargs = {"model_path": str(path), "num_threads": num_threads}
-    if not use_xnnpack:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
+    check_flatbuffer(data, path)
+    kwargs = {"model_content": data, "num_threads": num_threads}
+    if not use_xnnpack or preserve_all_tensors:
+        # A delegate's internal tensors are not preserved: debugging reads need the builtins.
         kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if preserve_all_tensors:
+        kwargs["experimental_preserve_all_tensors"] = True
     # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." goes to fd 2 from C++;
     # real failures raise ValueError/RuntimeError with their message.
-    with silenced_fd2():
-        interpreter = Interpreter(**kwargs)
-        interpreter.allocate_tensors()
+    try:
+        with silenced_fd2(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
+            interpreter = Interpreter(**kwargs)
+            interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as err:
+        raise ModelFileError(f"{path}: not a loadable TFLite model "
+                             f"({str(err).splitlines()[0][:200]})") from None
     return interpreter
 
 

@@ -41,6 +41,15 @@ class Runtime(ABC):
 
         raise StagesUnavailable(f"{self.engine} exposes the model outputs only")
 
+    def head_values(self, head: str, value, n: int) -> np.ndarray:
+        """One head's output for a batch of ``n`` as (n,) float32; a clear error when the model
+        gave anything but one value per face (a corrupt or foreign model can)."""
+        value = np.asarray(value)
+        if value.size != n:
+            raise SsrconvError(f"{self.path}: output {head!r} has shape {value.shape} for a batch "
+                               f"of {n} faces (expected one value per face); not an SSR-Net export")
+        return value.reshape(n).astype(np.float32)
+
     def describe(self) -> dict:
         return {"backend": self.backend, "engine": self.engine,
                 "path": str(self.path) if self.path else None, "heads": list(self.heads)}

@@ -46,7 +46,7 @@ class _CoreMLBase(Runtime):
     backend = "coreml"
 
     def _outputs(self, results: dict, n: int) -> dict[str, np.ndarray]:
-        return {h: np.asarray(results[h], dtype=np.float32).reshape(n, -1)[:, 0] for h in self.heads}
+        return {h: self.head_values(h, results[h], n) for h in self.heads}
 
 
 class CoreMLNativeRuntime(_CoreMLBase):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import SsrconvError
+from ssrconv.errors import ModelFileError, SsrconvError
 from ssrconv.runtimes.base import HEADS, Runtime
 
 
@@ -17,17 +17,36 @@ class OnnxRuntime(Runtime):
     engine = "onnxruntime-cpu"
 
     def __init__(self, path: Path, num_threads: int | None = None):
+        import contextlib
+        import io
+
+        import onnx
         import onnxruntime as ort
 
+        try:
+            data = Path(path).read_bytes()
+        except OSError as err:
+            raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
+        try:
+            # Parsed and checked by onnx first: onnxruntime's own parse errors quote the corrupt
+            # bytes and then fail to decode them (UnicodeDecodeError), after printing a banner.
+            self.proto = onnx.load_model_from_string(data)
+            onnx.checker.check_model(self.proto)
+        except Exception as err:  # noqa: BLE001 - protobuf DecodeError, ValidationError, ...
+            raise ModelFileError(f"{path}: not a valid ONNX model ({_first_line(err)}); re-export "
+                                 "it with ssrconv export") from None
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if num_threads:
             options.intra_op_num_threads = num_threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            # onnxruntime prints an "EP Error" banner on stdout before re-raising a load error;
+            # stdout carries predict's JSON, so the banner is kept off it.
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # onnxruntime raises its own exception types for bad files
-            raise SsrconvError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0][:200]})") from None
+            raise ModelFileError(f"{path}: onnxruntime cannot load it ({_first_line(err)})") from None
         inputs = self.session.get_inputs()
         outputs = [o.name for o in self.session.get_outputs()]
         if len(inputs) != 1 or not set(outputs) <= set(HEADS) or not outputs:
@@ -47,7 +66,8 @@ class OnnxRuntime(Runtime):
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:
-            proto = onnx.load(str(self.path))
+            proto = onnx.ModelProto()
+            proto.CopyFrom(self.proto)
             produced = {name: name for node in proto.graph.node for name in node.output}
             names = [find_unique(s, produced) for s in specs]
             for name in names:
@@ -64,6 +84,14 @@ class OnnxRuntime(Runtime):
                 for s, r in zip(specs, results)}
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        results = self.session.run(list(self.heads), {self.input_name: self.check_batch(batch)})
-        return {head: np.asarray(r).reshape(len(r), -1)[:, 0].astype(np.float32)
-                for head, r in zip(self.heads, results)}
+        batch = self.check_batch(batch)
+        try:
+            results = self.session.run(list(self.heads), {self.input_name: batch})
+        except Exception as err:  # noqa: BLE001 - onnxruntime's Fail/InvalidArgument/... types
+            raise SsrconvError(f"{self.path}: onnxruntime cannot run it ({_first_line(err)})") from None
+        return {head: self.head_values(head, r, len(batch)) for head, r in zip(self.heads, results)}
+
+
+def _first_line(err: Exception) -> str:
+    """The first line of an error message, bounded (runtime messages can be pages long)."""
+    return (str(err).splitlines() or [type(err).__name__])[0][:200]

@@ -39,10 +39,7 @@ class TFLiteRuntime(Runtime):
         from ssrconv.converters.tflite import load_interpreter
 
         self.path = Path(path)
-        try:
-            probe = load_interpreter(self.path, use_xnnpack=False)
-        except (ValueError, RuntimeError) as err:
-            raise SsrconvError(f"{path}: not a loadable TFLite model ({str(err).splitlines()[0][:200]})") from None
+        probe = load_interpreter(self.path, use_xnnpack=False)  # checked before C++ reads it
         if use_xnnpack is None:
             use_xnnpack = not has_int8_dense(probe)
         if use_xnnpack or num_threads:
@@ -67,19 +64,12 @@ class TFLiteRuntime(Runtime):
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
         """Stage tensors from a second interpreter that keeps every intermediate tensor
         (builtin kernels: a delegate's internal tensors are not preserved), dequantized."""
-        import warnings
-
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
+        from ssrconv.converters.tflite import load_interpreter
         from ssrconv.runtimes.stages import find_unique
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "preserve_all_tensors is for debugging"
-                interpreter = Interpreter(
-                    model_path=str(self.path), experimental_preserve_all_tensors=True,
-                    experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            interpreter = load_interpreter(self.path, preserve_all_tensors=True)
             tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
             produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
             chosen = []
@@ -109,12 +99,16 @@ class TFLiteRuntime(Runtime):
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = self.check_batch(batch)
-        results = self.runner(face_bgr=self._feed(batch))
+        try:
+            results = self.runner(face_bgr=self._feed(batch))
+        except (ValueError, RuntimeError) as err:  # a kernel refused to prepare or invoke
+            raise SsrconvError(f"{self.path}: the TFLite runtime cannot run it "
+                               f"({str(err).splitlines()[0][:200]})") from None
         out = {}
         for head in self.heads:
             value = np.asarray(results[head])
             d = self.outputs[head]
             if np.dtype(d["dtype"]).kind in "iu":
                 value = dequantize(value, *d["quantization"])
-            out[head] = value.reshape(len(value), -1)[:, 0].astype(np.float32)
+            out[head] = self.head_values(head, value, len(batch))
         return out
