@@ -114,7 +114,9 @@ def check_flatbuffer(data: bytes, path: Path) -> None:
     reader before any byte reaches C++: operator and signature indices in range, shapes
     non-negative with bounded sizes, constant buffers exactly as long as their shape says.
     """
-    from ai_edge_litert import schema_py_generated as schema
+    from ssrconv.converters.tflite_flatbuffer import schema as flatbuffer_schema
+
+    schema = flatbuffer_schema()
 
     def bad(why: str) -> ModelFileError:
         return ModelFileError(f"{path}: not a loadable TFLite model ({why}); re-export it with "

@@ -21,8 +21,9 @@ _DEQUANTIZE_FP16_VERSION = 3
 
 
 def schema():
-    """The TFLite flatbuffer schema module (generated Python, shipped with TensorFlow)."""
-    from tensorflow.lite.python import schema_py_generated as fb
+    """The TFLite flatbuffer schema module (generated Python, as ai-edge-litert ships it: no
+    TensorFlow import)."""
+    from ai_edge_litert import schema_py_generated as fb
     return fb
 
 
