@@ -260,6 +260,9 @@ def check_on_grid(float_proto, quantized_proto, tolerance: float = 0.01) -> int:
         if off > tolerance:
             raise RuntimeError(f"{base}: int8 weights off the GPTQ grid by {off:.3f} of a step")
         checked += 1
+    if not checked:
+        raise RuntimeError("no int8 weight found to check against its float kernel: "
+                           "onnxruntime's naming of quantized initializers changed?")
     return checked
 
 
