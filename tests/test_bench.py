@@ -271,7 +271,7 @@ def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path):
     rows = {r["name"]: r for r in report["results"]}
     assert "real faces" in report["inputs"]
     targets = {r["target"] for r in rows.values()}
-    assert {"keras-fp32", "onnx-fp32", "tflite-fp32", "tflite-int8"} <= targets
+    assert {"keras-fp32", "onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"} <= targets
     for row in rows.values():
         if row["backend"] == "coreml" and sys.platform != "darwin":
             assert row["status"] == "not-timed" and "macOS" in row["note"]

@@ -105,6 +105,38 @@ def test_int8_backbone_is_integer_head_float_and_says_so(export_dir):
     assert dynamic["integer_only"] is False and "CONV_2D" in dynamic["float_ops"]
 
 
+def test_onnx_int8_relu_stream_fused_to_qlinearconv_and_says_so(export_dir, faces):
+    import onnx
+    import onnxruntime as ort
+
+    path, manifest = _manifest(export_dir, "onnx-int8")
+    # per head: conv2d_1..4 and the three average pools (fixed depthwise convs) are quantized
+    # (QDQ) and onnxruntime fuses each into a QLinearConv; everything else stays float
+    assert manifest["integer_ops"] == {"Conv": 2 * 7}
+    assert manifest["onnxruntime_ops"]["ops"]["QLinearConv"] == 2 * 7
+    assert manifest["float_ops"]["MatMul"] == manifest["ops"]["MatMul"]  # the SSR head
+    assert manifest["float_ops"]["Conv"] == manifest["ops"]["Conv"] - 2 * 7
+    assert manifest["integer_only"] is False and "float: the tanh stream" in manifest["int8_recipe"]
+    assert manifest["calibration"]["images"] == 300 and manifest["opset"] == 17
+    assert [(e["name"], e["dtype"]) for e in manifest["inputs"]] == [("face_bgr", "float32")]
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    from onnx import numpy_helper
+
+    int8 = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer
+            if i.data_type == onnx.TensorProto.INT8}
+    kernels = [n for n in int8 if n.endswith("_quantized")]
+    # 8 conv kernels, plus the 1/4 pool kernel tf2onnx shares between the six 2x2 pools
+    assert len(kernels) == 2 * 4 + 1
+    assert all(not z.any() for n, z in int8.items() if n.endswith("_zero_point"))  # symmetric
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["ssrconv.weights.age.sha256"] == manifest["weights"]["age"]["sha256"]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        age, p_male = session.run(["age", "p_male"], {"face_bgr": faces.inputs[:batch]})
+        assert age.shape == (batch, 1) and np.all(np.isfinite(age)) and np.all((0 <= p_male) & (p_male <= 1))
+
+
 @pytest.mark.parametrize("key", ["coreml-fp16", "coreml-fp32"])
 def test_coreml_spec_matches_manifest(export_dir, key):
     import coremltools as ct
@@ -152,8 +184,9 @@ def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
 
 @pytest.mark.parametrize("args,needle", [
     (["--to", "tensorrt"], "Invalid value for '--to'"),
-    (["--to", "onnx", "--precision", "int8"], "onnx has no int8 export"),
+    (["--to", "coreml", "--precision", "int8"], "coreml has no int8 export"),
     (["--to", "tflite", "--precision", "int8"], "needs --calibration"),
+    (["--to", "onnx", "--precision", "int8"], "onnx int8 needs --calibration"),
     (["--to", "onnx", "--int8-io", "uint8"], "--int8-io applies"),
     (["--to", "onnx", "--image-input"], "--image-input applies"),
     (["--to", "onnx", "--weights", "yunet"], "not SSR-Net weights"),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ssrconv.parity import head_stats, parse_budget_overrides, violations
-from ssrconv.targets import BUDGETS
+from ssrconv.targets import BUDGETS, TARGETS
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ def test_parity_passes_for_every_artifact_of_export_all(export_dir, faces_dir, t
                   "--junit", str(junit))
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(report.read_text())
-    assert data["passed"] is True and len(data["results"]) == 7
+    assert data["passed"] is True and len(data["results"]) == len(TARGETS)
     engines = {r["target"]: r["engine"] for r in data["results"]}
     assert engines["coreml-fp16"] in ("coreml", "coreml-mil-numpy")  # never skipped
     for r in data["results"]:
@@ -38,6 +38,10 @@ def test_parity_passes_for_every_artifact_of_export_all(export_dir, faces_dir, t
         assert r["stages"] is not None and len(r["stages"]) == 18, r["stages_note"]
         if r["target"].endswith("fp32"):
             assert max(r["stages"].values()) < 1e-3, r["artifact"]
+    int8 = [r for r in data["results"] if r["target"].endswith("int8")]
+    assert sorted(r["target"] for r in int8) == ["onnx-int8", "tflite-int8"]
+    for r in int8:  # judged against the int8 budget on all 300 real faces
+        assert r["budget"] == BUDGETS["int8"].as_dict() and r["passed"], r
     assert "Where drift starts" in result.stdout
     assert 'failures="0"' in junit.read_text()
 

@@ -44,5 +44,25 @@ class CalibrationSet:
         for start in range(0, len(self.inputs), batch_size):
             yield self.inputs[start:start + batch_size]
 
+    def onnx_reader(self, input_name: str):
+        """These inputs, one face per call, as an onnxruntime ``CalibrationDataReader`` feeding
+        ``input_name`` (imported here: onnxruntime stays out of ``import ssrconv``)."""
+        from onnxruntime.quantization import CalibrationDataReader
+
+        batches = self.batches
+
+        class _Reader(CalibrationDataReader):
+            def __init__(self):
+                self._it = batches(1)
+
+            def get_next(self):
+                batch = next(self._it, None)
+                return None if batch is None else {input_name: batch}
+
+            def rewind(self):
+                self._it = batches(1)
+
+        return _Reader()
+
     def describe(self) -> dict:
         return {"kind": "real faces", "source": self.source, "images": len(self)}

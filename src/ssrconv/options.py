@@ -102,10 +102,11 @@ class ExportOptions:
 
     def _check_combinations(self) -> None:
         keys = {t.key for t in self.targets}
-        if "tflite-int8" in keys:
+        int8 = [t for t in self.targets if t.precision == "int8"]
+        if int8:
             if self.calibration is None:
-                raise OptionsError("tflite int8 needs --calibration DIR (a directory of face images); "
-                                   "or leave int8 out with --precision")
+                raise OptionsError(f"{' and '.join(t.family for t in int8)} int8 needs --calibration "
+                                   "DIR (a directory of face images); or leave int8 out with --precision")
         elif self.calibration is not None:
             raise OptionsError("--calibration applies to int8 exports only; add --precision int8")
         if self.int8_io != "float32" and "tflite-int8" not in keys:

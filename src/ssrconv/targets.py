@@ -60,6 +60,10 @@ TARGETS: dict[str, Target] = {
     t.key: t
     for t in (
         Target("onnx", "fp32", ".onnx", "onnx", "fp32", "ONNX (tf2onnx), float32"),
+        Target("onnx", "int8", ".onnx", "onnx", "int8",
+               "ONNX int8: static QDQ (onnxruntime.quantization, uint8 activations, int8 "
+               "per-channel weights) on the relu stream's convolutions and pools, the rest "
+               "float; calibrated"),
         Target("tflite", "fp32", ".tflite", "tflite", "fp32", "TFLite, float32"),
         Target("tflite", "fp16", ".tflite", "tflite", "fp16",
                "TFLite, float16 weights (dequantized to float32 at load)"),

@@ -8,29 +8,47 @@ from pathlib import Path
 from ssrconv.reference.preprocess import INPUT_SIZE
 
 
-def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
-    """Convert ``model`` to ONNX at ``dest``: input ``face_bgr`` with a dynamic ``batch`` dim,
-    outputs named as the model's, the preprocessing contract and provenance in metadata_props."""
-    import onnx
+def to_proto(model, opset: int):
+    """tf2onnx of ``model``: input ``face_bgr`` with a dynamic ``batch`` dim, outputs named as
+    the model's."""
     import tf2onnx
 
     from ssrconv._imports import tensorflow
 
     tf = tensorflow()
     spec = [tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32, name="face_bgr")]
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=int(options.opset))
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=int(opset))
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim[0]
         if dim.dim_param or not dim.dim_value:
             dim.dim_param = "batch"  # tf2onnx names it "unk__NN"
+    return proto
+
+
+def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
+    """Convert ``model`` to ONNX at ``dest`` (fp32, or int8: static QDQ, see
+    :mod:`ssrconv.converters.onnx_int8`), the preprocessing contract and provenance in
+    metadata_props."""
+    import onnx
+
+    extra = {"opset": int(options.opset)}
+    if target.precision == "int8":
+        from ssrconv.converters import onnx_int8
+
+        proto = onnx_int8.convert_int8(model, calibration,
+                                       lambda keras_model: to_proto(keras_model, options.opset))
+        extra["int8_recipe"] = onnx_int8.INT8_RECIPE
+    else:
+        proto = to_proto(model, options.opset)
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.producer_name = "ssrconv (tf2onnx)"
+    proto.producer_name = "ssrconv (tf2onnx)" + (" + onnxruntime.quantization"
+                                                 if target.precision == "int8" else "")
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(dest))
-    return {"opset": int(options.opset)}
+    return extra
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 3: "int8", 2: "uint8", 6: "int32", 7: "int64"}
@@ -55,10 +73,65 @@ def describe(path: Path) -> dict:
         return out
 
     ops = Counter(node.op_type for node in proto.graph.node)
+    integer_ops, float_ops = _split_qdq(proto)
     opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    return {"inputs": io(proto.graph.input), "outputs": io(proto.graph.output),
-            "ops": dict(sorted(ops.items())), "float_ops": dict(sorted(ops.items())),
-            "integer_only": False, "opset": opset,
-            "metadata": {p.key: p.value for p in proto.metadata_props}}
+    described = {"inputs": io(proto.graph.input), "outputs": io(proto.graph.output),
+                 "ops": dict(sorted(ops.items())), "float_ops": dict(sorted(float_ops.items())),
+                 "integer_only": bool(ops) and not float_ops, "opset": opset,
+                 "metadata": {p.key: p.value for p in proto.metadata_props}}
+    if integer_ops:
+        described["integer_ops"] = dict(sorted(integer_ops.items()))
+        described["onnxruntime_ops"] = _runtime_ops(path)
+    return described
+
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def _split_qdq(proto):
+    """(integer, float) op counts of a QDQ graph. A node computes in integer when every input
+    that is not an initializer comes out of a DequantizeLinear and every output goes only into
+    QuantizeLinear nodes (the groups onnxruntime fuses into QLinear* kernels); QuantizeLinear /
+    DequantizeLinear themselves are counted in neither."""
+    from collections import Counter
+
+    initializers = {i.name for i in proto.graph.initializer}
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in proto.graph.output}
+    integer, floating = Counter(), Counter()
+    for node in proto.graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        inputs = [i for i in node.input if i and i not in initializers]
+        fed = all(i in producer and producer[i].op_type == "DequantizeLinear" for i in inputs)
+        drains = all(o not in graph_outputs and consumers.get(o)
+                     and all(c.op_type == "QuantizeLinear" for c in consumers[o])
+                     for o in node.output)
+        (integer if inputs and fed and drains else floating)[node.op_type] += 1
+    return integer, floating
+
+
+def _runtime_ops(path: Path) -> dict:
+    """Op counts of the graph onnxruntime (CPU, default optimizations) actually runs: shows
+    which DequantizeLinear/QuantizeLinear groups it fused into QLinear* kernels."""
+    import tempfile
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="ssrconv-ort-opt-") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = 1
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    ops = Counter(node.op_type for node in optimized.graph.node)
+    return {"onnxruntime": ort.__version__, "ops": dict(sorted(ops.items()))}
 
 

@@ -1,0 +1,274 @@
+"""The int8 ONNX export of SSR-Net: static QDQ quantization with onnxruntime.quantization,
+calibrated through the one CalibrationSet (docs/INT8.md, "ONNX int8", has the measurements).
+
+Recipe (convert_int8):
+ 1. Keras-level preparation on a clone, shared with the int8 TFLite recipe
+    (:mod:`ssrconv.converters.tflite_int8`): exact rewrites (average pools -> fixed depthwise
+    convs, max-pool before tanh, static-shape flatten), cross-layer equalization of the age
+    head's relu stream, GPTQ rounding of every conv kernel onto its per-output-channel
+    symmetric int8 grid (scale max|w|/127: what ORT computes with per_channel=True, symmetric
+    int8 weights and reduce_range=False, so the integers ORT derives are the ones GPTQ chose)
+    with bias correction.
+ 2. Two more exact rewrites for onnxruntime: BatchNorm folded into its convolution (per output
+    channel, so the GPTQ grid is kept), and the input zero-padded from 3 to 4 channels for the
+    convs that read it (the kernels get a zero input channel): MLAS's fast symmetric u8s8
+    convolution (indirect conv, AVX512-VNNI) needs input channels % 4 == 0; with 3 the first
+    conv falls back to im2col + GEMM and ran slower in int8 than in float.
+ 3. tf2onnx, then ``quantize_static``: QDQ format, uint8 activations, int8 symmetric
+    per-channel weights (U8S8, the x86 fast path), MinMax calibration over the calibration
+    faces; only the nodes of INT8_LAYERS are quantized (Conv, Relu, MaxPool). onnxruntime's
+    graph optimizer fuses each DequantizeLinear -> Conv -> QuantizeLinear group into a
+    QLinearConv at session creation; everything else (the SSR head, ...) runs in float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+INPUT_CHANNELS = 4  # MLAS symmetric conv kernels need input channels % 4 == 0
+
+# Base layer names (without the age_/gender_ prefix) quantized to int8: the relu stream
+# (conv2d_1..4 with their BN-folded activations and depthwise pools, 73% of the multiply-adds).
+# The tanh stream, the 1x1 summary convs and the head stay float, as in the TFLite recipe:
+# docs/INT8.md has the parity and latency of the alternatives.
+INT8_LAYERS = tuple(
+    [f"conv2d_{k}" for k in (1, 2, 3, 4)] + [f"activation_{k}" for k in (1, 2, 3, 4)]
+    + [f"average_pooling2d_{k}_dw" for k in (1, 2, 3)])
+
+OP_TYPES = ("Conv", "Relu", "MaxPool")
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def fold_batchnorm(model):
+    """A clone of ``model`` with every Conv2D -> BatchNormalization pair folded into the conv
+    (kernel and bias scaled per output channel; exact in float up to rounding)."""
+    from ssrconv.converters.tflite_int8 import _consumers, _producer
+
+    keras = _keras()
+    consumers = _consumers(model)
+    folds = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            conv = _producer(layer)
+            if type(conv) is keras.layers.Conv2D and consumers.get(conv.name) == [layer.name]:
+                folds[layer.name] = conv.name
+
+    def call(layer, *args, **kwargs):
+        return args[0] if layer.name in folds else layer(*args, **kwargs)
+
+    new = keras.models.clone_model(model, call_function=call)
+    for layer in model.layers:
+        if layer.weights and layer.name not in folds:
+            new.get_layer(layer.name).set_weights(layer.get_weights())
+    for bn_name, conv_name in folds.items():
+        bn = model.get_layer(bn_name)
+        gamma, beta, mean, var = bn.get_weights()
+        factor = gamma / np.sqrt(var + bn.epsilon)
+        conv = model.get_layer(conv_name)
+        kernel, *bias = conv.get_weights()
+        bias = bias[0] if bias else np.zeros(kernel.shape[-1], np.float32)
+        new_conv = new.get_layer(conv_name)
+        if not new_conv.use_bias:
+            raise ValueError(f"{conv_name}: folding BatchNorm needs a conv with a bias")
+        new_conv.set_weights([(kernel * factor).astype(np.float32),
+                              ((bias - mean) * factor + beta).astype(np.float32)])
+    return new
+
+
+def _make_channel_pad():
+    keras = _keras()
+
+    class ChannelPad(keras.layers.Layer):
+        """Zero channels appended to an NHWC tensor."""
+
+        def __init__(self, extra: int, **kwargs):
+            super().__init__(**kwargs)
+            self.extra = int(extra)
+
+        def call(self, x):
+            return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, self.extra]])
+
+        def compute_output_shape(self, shape):
+            return (*shape[:-1], shape[-1] + self.extra)
+
+    return ChannelPad
+
+
+def pad_input_channels(model, channels: int = INPUT_CHANNELS):
+    """A clone whose convs reading the model input read it zero-padded to ``channels``
+    channels, their kernels extended by zero input channels (exact)."""
+    keras = _keras()
+    extra = channels - model.input_shape[-1]
+    if extra <= 0:
+        return model
+    source = model.layers[0]
+    first = {layer.name for layer in model.layers
+             if isinstance(layer, keras.layers.Conv2D) and layer._inbound_nodes
+             and layer.input._keras_history[0] is source}
+    padded = {}
+    ChannelPad = _make_channel_pad()
+
+    def call(layer, *args, **kwargs):
+        if layer.name in first:
+            if "x" not in padded:
+                padded["x"] = ChannelPad(extra, name="input_channel_pad")(args[0])
+            return layer(padded["x"], **kwargs)
+        return layer(*args, **kwargs)
+
+    new = keras.models.clone_model(model, call_function=call)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        weights = layer.get_weights()
+        if layer.name in first:
+            kernel = weights[0]
+            zeros = np.zeros((*kernel.shape[:2], extra, kernel.shape[3]), kernel.dtype)
+            weights[0] = np.concatenate([kernel, zeros], axis=2)
+        new.get_layer(layer.name).set_weights(weights)
+    return new
+
+
+def round_int8_kernels(model, cal: np.ndarray, int8_layers=INT8_LAYERS):
+    """GPTQ rounding with bias correction (tflite_int8's ``round_kernels``) of the Conv2D
+    kernels that will run in int8 only: rounding a kernel that stays float only adds error."""
+    from ssrconv.converters.tflite_int8 import _gptq_channel, _patch_stats
+
+    keras = _keras()
+    wanted = set(int8_layers)
+    for layer in model.layers:
+        if type(layer) is not keras.layers.Conv2D or _base_name(layer.name) not in wanted:
+            continue
+        weights = layer.get_weights()
+        kernel = weights[0].reshape(-1, weights[0].shape[-1]).astype(np.float64)
+        covariance, mean = _patch_stats(model, layer, cal)
+        rounded = np.stack([np.multiply(*_gptq_channel(kernel[:, c], covariance))
+                            for c in range(kernel.shape[1])], 1)
+        if layer.use_bias:
+            weights[1] = (weights[1] - mean @ (rounded - kernel)).astype(np.float32)
+        weights[0] = rounded.reshape(weights[0].shape).astype(np.float32)
+        layer.set_weights(weights)
+    return model
+
+
+def prepare(model, calibration_inputs: np.ndarray, int8_layers=INT8_LAYERS):
+    """Steps 1 and 2 of the recipe on a clone of ``model`` (the reference is not touched)."""
+    from ssrconv.converters.tflite_int8 import ALPHA, _is_gender_layer, equalize, m_has_gender_head, rewrite
+
+    cal = np.asarray(calibration_inputs, np.float32)
+    prepared = rewrite(model)
+    skip = _is_gender_layer if m_has_gender_head(prepared) else (lambda name: False)
+    equalize(prepared, cal, ALPHA, skip=skip)
+    round_int8_kernels(prepared, cal, int8_layers)
+    return pad_input_channels(fold_batchnorm(prepared))
+
+
+def _base_name(layer_name: str) -> str:
+    for prefix in ("age_", "gender_"):
+        if layer_name.startswith(prefix):
+            return layer_name[len(prefix):]
+    return layer_name
+
+
+def node_layers(node_name: str, layer_names: set[str]) -> set[str]:
+    """The Keras layers named as scopes in a tf2onnx node name
+    ('model_1/age_conv2d_2_1/BiasAdd' -> {'age_conv2d_2'})."""
+    found = set()
+    for part in node_name.split("/"):
+        match = re.fullmatch(r"(.+?)(_\d+)?", part)
+        for candidate in (part, match.group(1) if match else part):
+            if candidate in layer_names:
+                found.add(candidate)
+    return found
+
+
+def int8_nodes(proto, layer_names, int8_layers=INT8_LAYERS, op_types=OP_TYPES) -> list[str]:
+    """Names of the ONNX nodes to quantize: of ``op_types``, in a layer of ``int8_layers``."""
+    names = set(layer_names)
+    wanted = set(int8_layers)
+    picked = []
+    for node in proto.graph.node:
+        if node.op_type in op_types and any(_base_name(n) in wanted
+                                            for n in node_layers(node.name, names)):
+            picked.append(node.name)
+    return picked
+
+
+def convert_int8(model, calibration, to_proto, int8_layers=INT8_LAYERS):
+    """The quantized ONNX ModelProto of ``model`` (steps 1-3). ``to_proto(keras_model)`` is the
+    fp32 converter (tf2onnx with the export's input signature and opset)."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from ssrconv._imports import silenced_fd2
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # Keras warns on every sub-model call of the GPTQ pass
+        prepared = prepare(model, calibration.inputs, int8_layers)
+        proto = to_proto(prepared)
+    nodes = int8_nodes(proto, [layer.name for layer in prepared.layers], int8_layers)
+    if not nodes:
+        raise RuntimeError("no ONNX node matched the int8 layers: tf2onnx node naming changed?")
+    input_name = proto.graph.input[0].name
+    with tempfile.TemporaryDirectory(prefix="ssrconv-onnx-int8-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(proto, str(src))
+        with silenced_fd2():
+            quantize_static(
+                str(src), str(dst), calibration.onnx_reader(input_name),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                per_channel=True, reduce_range=False,
+                op_types_to_quantize=list(OP_TYPES), nodes_to_quantize=nodes,
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+        quantized = onnx.load(str(dst))
+    check_on_grid(proto, quantized)
+    return quantized
+
+
+def check_on_grid(float_proto, quantized_proto, tolerance: float = 0.01) -> int:
+    """Every int8 weight onnxruntime derived is the integer GPTQ chose: the float kernel of
+    the prepared graph divided by its per-channel scale is within ``tolerance`` of a step of
+    the stored integer. Returns the number of kernels checked; raises if one is off-grid (a
+    scale convention that differs from GPTQ's max|w|/127 would make ORT re-round them)."""
+    from onnx import numpy_helper
+
+    floats = {i.name: i for i in float_proto.graph.initializer}
+    stored = {i.name: i for i in quantized_proto.graph.initializer}
+    checked = 0
+    for name, tensor in stored.items():
+        base = name[:-len("_quantized")] if name.endswith("_quantized") else None
+        if base is None or base not in floats or tensor.data_type != 3:  # 3: INT8
+            continue
+        q = numpy_helper.to_array(tensor).astype(np.float64)
+        w = numpy_helper.to_array(floats[base]).astype(np.float64)
+        scale = numpy_helper.to_array(stored[base + "_scale"]).astype(np.float64)
+        scale = scale.reshape((-1,) + (1,) * (w.ndim - 1)) if scale.ndim else scale
+        off = np.abs(w / scale - q).max()
+        if off > tolerance:
+            raise RuntimeError(f"{base}: int8 weights off the GPTQ grid by {off:.3f} of a step")
+        checked += 1
+    if not checked:
+        raise RuntimeError("no int8 weight found to check against its float kernel: "
+                           "onnxruntime's naming of quantized initializers changed?")
+    return checked
+
+
+INT8_RECIPE = (
+    "static QDQ (onnxruntime.quantization), U8S8: uint8 activations, int8 symmetric per-channel "
+    "weights; int8: the relu stream (conv2d_1..4 and their pools), fused into QLinearConv by "
+    "onnxruntime at load; float: the tanh stream, the 1x1 summary convs and the SSR head. BatchNorm "
+    "folded, input padded to 4 channels, cross-layer equalization (age head), GPTQ rounding with "
+    "bias correction. See docs/INT8.md.")
