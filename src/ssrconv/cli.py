@@ -89,7 +89,7 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="Directory of face images (aligned chips) to calibrate int8 on. Without "
                    "it, int8 is calibrated data-free: on inputs distilled from the model's "
-                   "BatchNorm statistics (ZeroQ), seeded, about a minute.")
+                   "BatchNorm statistics (ZeroQ), seeded; adds 1-3 minutes on 2 cores.")
 @click.option("--calibration-limit", type=int, default=300, show_default=True,
               help="Use at most this many calibration images.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ssrconv-out"),
