@@ -185,8 +185,7 @@ def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
 @pytest.mark.parametrize("args,needle", [
     (["--to", "tensorrt"], "Invalid value for '--to'"),
     (["--to", "coreml", "--precision", "int8"], "coreml has no int8 export"),
-    (["--to", "tflite", "--precision", "int8"], "needs --calibration"),
-    (["--to", "onnx", "--precision", "int8"], "onnx int8 needs --calibration"),
+    (["--to", "tflite", "--calibration", "."], "--calibration applies to int8 exports only"),
     (["--to", "onnx", "--int8-io", "uint8"], "--int8-io applies"),
     (["--to", "onnx", "--image-input"], "--image-input applies"),
     (["--to", "onnx", "--weights", "yunet"], "not SSR-Net weights"),

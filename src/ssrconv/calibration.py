@@ -1,14 +1,19 @@
 """The one calibration iterator that feeds every quantizer (TFLite's representative_dataset,
-onnxruntime's CalibrationDataReader): real face images prepared by the preprocessing contract."""
+onnxruntime's CalibrationDataReader): real face images prepared by the preprocessing contract,
+or, with no face directory, inputs distilled from the model's own BatchNorm statistics (ZeroQ)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+DATA_FREE_KIND = "data-free (ZeroQ: BatchNorm statistics)"
+REAL_KIND = "real faces"
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,8 @@ class CalibrationSet:
 
     inputs: np.ndarray  # N x 64 x 64 x 3 float32 BGR 0..255
     source: str
+    kind: str = REAL_KIND
+    details: dict = field(default_factory=dict)  # how the inputs were made (data-free)
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike, limit: int = 300) -> "CalibrationSet":
@@ -35,6 +42,17 @@ class CalibrationSet:
             paths = [paths[i] for i in picks]
         faces = load_face_files(paths, name=str(directory))
         return cls(inputs=faces.inputs, source=str(Path(directory)))
+
+    @classmethod
+    def distilled(cls, model, images: int = 64, seed: int = 0, iterations: int = 100,
+                  batch_size: int = 32, progress: Callable[[str], None] | None = None,
+                  **options) -> "CalibrationSet":
+        """Data-free calibration inputs: ``images`` inputs distilled from ``model``'s BatchNorm
+        statistics as in ZeroQ (Cai et al., CVPR 2020). See :func:`distill_inputs`."""
+        inputs, details = distill_inputs(model, images=images, seed=seed, iterations=iterations,
+                                         batch_size=batch_size, progress=progress, **options)
+        return cls(inputs=inputs, source="distilled from the model's BatchNorm statistics",
+                   kind=DATA_FREE_KIND, details=details)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -65,4 +83,111 @@ class CalibrationSet:
         return _Reader()
 
     def describe(self) -> dict:
-        return {"kind": "real faces", "source": self.source, "images": len(self)}
+        return {"kind": self.kind, "source": self.source, "images": len(self), **self.details}
+
+
+# ------------------------------------------------------------------------------ data-free (ZeroQ)
+PIXEL_CENTER = 127.5  # the input domain is BGR 0..255: a Gaussian centred in it,
+PIXEL_SCALE = 64.0    # ~95% inside [0, 255] before the first projection
+
+
+def batchnorm_layers(model) -> list:
+    """Every BatchNormalization layer of ``model`` (both heads of the age-gender model)."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found += batchnorm_layers(layer)
+    return found
+
+
+def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100,
+                   batch_size: int = 32, lr: float = 0.1, normalized: bool = True,
+                   clip: bool = True, progress: Callable[[str], None] | None = None,
+                   ) -> tuple[np.ndarray, dict]:
+    """Distil ``images`` model inputs whose BatchNorm input statistics match the stored ones.
+
+    Each batch of ``batch_size`` starts from seeded Gaussian noise in the input domain
+    (BGR, mean 127.5, std 64, clipped to 0..255) and is optimised with Adam (``lr`` in units of
+    64 grey levels), the gradient taken through the Keras model, so that for every BatchNorm
+    layer the per-channel mean and standard deviation over (N, H, W) of the layer's input match
+    its ``moving_mean`` and ``sqrt(moving_variance + epsilon)``. The loss is ZeroQ's:
+    sum over layers of ||mu_batch - mu_bn||_2 + ||sigma_batch - sigma_bn||_2, with each channel's
+    difference divided by sigma_bn when ``normalized`` (the first convolutions see raw pixels,
+    so their statistics are in the hundreds and would otherwise drown the deeper layers').
+    After every step the inputs are projected back onto [0, 255] when ``clip``.
+
+    Returns the inputs (float32, N x 64 x 64 x 3) and a description: kind, iterations, seed,
+    loss before and after (mean over batches), seconds.
+    """
+    from ssrconv._imports import tensorflow
+
+    tf = tensorflow()
+    import keras
+
+    say = progress or (lambda message: None)
+    bns = batchnorm_layers(model)
+    if not bns:
+        raise ValueError("the model has no BatchNormalization layers to distil inputs from")
+    probe = keras.Model(model.inputs, [bn.input for bn in bns])
+    targets = []
+    for bn in bns:
+        mean = np.asarray(bn.moving_mean, np.float32)
+        std = np.sqrt(np.asarray(bn.moving_variance, np.float32) + bn.epsilon)
+        targets.append((tf.constant(mean), tf.constant(std)))
+
+    def loss_of(x):
+        total = 0.0
+        for out, (mean, std) in zip(probe(x, training=False), targets):
+            m, v = tf.nn.moments(out, axes=[0, 1, 2])
+            s = tf.sqrt(v + 1e-3)
+            if normalized:
+                total += tf.norm((m - mean) / std) + tf.norm((s - std) / std)
+            else:
+                total += tf.norm(m - mean) + tf.norm(s - std)
+        return total
+
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    lo, hi = -PIXEL_CENTER / PIXEL_SCALE, (255.0 - PIXEL_CENTER) / PIXEL_SCALE
+    rng = np.random.default_rng(seed)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8  # Adam, written out: its state is reset per batch
+
+    @tf.function(reduce_retracing=True)
+    def optimise(z0):
+        z, m, v = z0, tf.zeros_like(z0), tf.zeros_like(z0)
+        for t in tf.range(1, iterations + 1):
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                loss = loss_of(PIXEL_CENTER + PIXEL_SCALE * z)
+            g = tape.gradient(loss, z)
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g * g
+            tf_ = tf.cast(t, tf.float32)
+            step = lr * (m / (1 - beta1 ** tf_)) / (tf.sqrt(v / (1 - beta2 ** tf_)) + eps)
+            z = z - step
+            if clip:
+                z = tf.clip_by_value(z, lo, hi)
+        return z, loss_of(PIXEL_CENTER + PIXEL_SCALE * z)
+
+    started = time.perf_counter()
+    out, first, last = [], [], []
+    n_batches = -(-images // batch_size)
+    for b in range(n_batches):
+        n = min(batch_size, images - b * batch_size)
+        init = rng.standard_normal((n, *shape)).astype(np.float32)
+        z0 = tf.constant(np.clip(init, lo, hi) if clip else init)
+        first.append(float(loss_of(PIXEL_CENTER + PIXEL_SCALE * z0)))
+        z, loss = optimise(z0)
+        last.append(float(loss))
+        say(f"      distilled {b * batch_size + n}/{images} inputs (BatchNorm loss "
+            f"{first[-1]:.1f} -> {last[-1]:.2f}, {time.perf_counter() - started:.0f} s)")
+        out.append(PIXEL_CENTER + PIXEL_SCALE * z.numpy())
+    inputs = np.concatenate(out).astype(np.float32)
+    details = {"iterations": iterations, "batch_size": batch_size, "seed": seed,
+               "batchnorm_layers": len(bns), "initial_loss": round(float(np.mean(first)), 4),
+               "final_loss": round(float(np.mean(last)), 4),
+               "seconds": round(time.perf_counter() - started, 1)}
+    return inputs, details

@@ -87,7 +87,9 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               help="Weights (registry name or .h5 path); repeat for age and gender. "
                    "Default: age-wiki, gender-wiki.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help="Directory of face images (aligned chips) to calibrate int8 on.")
+              help="Directory of face images (aligned chips) to calibrate int8 on. Without "
+                   "it, int8 is calibrated data-free: on inputs distilled from the model's "
+                   "BatchNorm statistics (ZeroQ), seeded; adds 1-3 minutes on 2 cores.")
 @click.option("--calibration-limit", type=int, default=300, show_default=True,
               help="Use at most this many calibration images.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ssrconv-out"),

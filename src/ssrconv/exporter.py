@@ -302,8 +302,13 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
         model = with_named_outputs(reference.model, options.task)
         calibration = None
         if any(t.precision == "int8" for t in options.targets):
-            say(f"reading calibration faces from {options.calibration}")
-            calibration = CalibrationSet.from_dir(options.calibration, options.calibration_limit)
+            if options.calibration is not None:
+                say(f"reading calibration faces from {options.calibration}")
+                calibration = CalibrationSet.from_dir(options.calibration, options.calibration_limit)
+            else:
+                say("no --calibration: distilling data-free calibration inputs from the model's "
+                    "BatchNorm statistics (ZeroQ)")
+                calibration = CalibrationSet.distilled(model, progress=say)
         metadata = _model_metadata(reference, options.task)
         tools = library_versions()
         for number, target in enumerate(options.targets, start=1):

@@ -102,12 +102,9 @@ class ExportOptions:
 
     def _check_combinations(self) -> None:
         keys = {t.key for t in self.targets}
-        int8 = [t for t in self.targets if t.precision == "int8"]
-        if int8:
-            if self.calibration is None:
-                raise OptionsError(f"{' and '.join(t.family for t in int8)} int8 needs --calibration "
-                                   "DIR (a directory of face images); or leave int8 out with --precision")
-        elif self.calibration is not None:
+        # int8 without --calibration is calibrated data-free (inputs distilled from the model's
+        # BatchNorm statistics, ZeroQ): see CalibrationSet.distilled.
+        if self.calibration is not None and not any(t.precision == "int8" for t in self.targets):
             raise OptionsError("--calibration applies to int8 exports only; add --precision int8")
         if self.int8_io != "float32" and "tflite-int8" not in keys:
             raise OptionsError("--int8-io applies to the tflite int8 export only")

@@ -1,0 +1,108 @@
+"""Calibration sets: real faces, and data-free inputs distilled from the model's BatchNorm
+statistics (ZeroQ) for int8 exports made without --calibration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssrconv.calibration import DATA_FREE_KIND
+
+
+@pytest.fixture(scope="module")
+def age_model(assets_dir):
+    from ssrconv.reference import load_reference
+
+    return load_reference("age").model
+
+
+def _batchnorm_mismatch(model, inputs: np.ndarray) -> float:
+    """Mean over BatchNorm layers and channels of |batch mean - moving mean| / moving std plus
+    |batch std / moving std - 1|, computed here in numpy from the layers' inputs."""
+    import keras
+
+    from ssrconv.calibration import batchnorm_layers
+
+    bns = batchnorm_layers(model)
+    outs = keras.Model(model.inputs, [bn.input for bn in bns]).predict(inputs, verbose=0)
+    total = []
+    for bn, out in zip(bns, outs):
+        flat = np.asarray(out, np.float64).reshape(-1, out.shape[-1])
+        std = np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
+        total.append(np.mean(np.abs(flat.mean(0) - np.asarray(bn.moving_mean)) / std
+                             + np.abs(flat.std(0) / std - 1)))
+    return float(np.mean(total))
+
+
+def test_distillation_matches_batchnorm_statistics_and_is_seeded(age_model):
+    from ssrconv.calibration import CalibrationSet
+
+    kwargs = dict(images=8, iterations=30, batch_size=8)
+    first = CalibrationSet.distilled(age_model, seed=3, **kwargs)
+    info = first.describe()
+    assert info["kind"] == DATA_FREE_KIND
+    assert (info["images"], info["iterations"], info["seed"], info["batchnorm_layers"]) == (8, 30, 3, 8)
+    assert info["final_loss"] < info["initial_loss"] / 3
+    assert first.inputs.shape == (8, 64, 64, 3) and first.inputs.dtype == np.float32
+    assert first.inputs.min() >= 0 and first.inputs.max() <= 255  # the model's input domain
+
+    # measured independently of the optimiser's own loss: the random start (iterations=0)
+    # against the distilled inputs
+    start = CalibrationSet.distilled(age_model, seed=3, **{**kwargs, "iterations": 0})
+    assert start.describe()["final_loss"] == pytest.approx(info["initial_loss"], rel=1e-4)
+    assert _batchnorm_mismatch(age_model, first.inputs) < _batchnorm_mismatch(age_model, start.inputs) / 3
+
+    again = CalibrationSet.distilled(age_model, seed=3, **kwargs)
+    np.testing.assert_array_equal(again.inputs, first.inputs)
+    other = CalibrationSet.distilled(age_model, seed=4, **{**kwargs, "iterations": 0})
+    assert not np.allclose(other.inputs, start.inputs)
+
+
+def test_distillation_in_uneven_batches(age_model):
+    from ssrconv.calibration import CalibrationSet
+
+    calibration = CalibrationSet.distilled(age_model, images=5, iterations=2, batch_size=3)
+    assert len(calibration) == 5 and calibration.describe()["batch_size"] == 3
+    assert [len(b) for b in calibration.batches(2)] == [2, 2, 1]
+
+
+def test_real_faces_describe_themselves(faces_dir):
+    from ssrconv.calibration import CalibrationSet
+
+    calibration = CalibrationSet.from_dir(faces_dir, limit=5)
+    assert calibration.describe() == {"kind": "real faces", "source": str(faces_dir), "images": 5}
+
+
+@pytest.mark.slow
+def test_int8_export_without_calibration_is_data_free_and_within_budget(tmp_path, assets_dir,
+                                                                        faces_dir, faces):
+    """`ssrconv export --precision int8` with no --calibration: distilled inputs, recorded in
+    the manifest, and the int8 parity budget and accuracy hold on the real faces."""
+    from ssrconv.evaluate import evaluate
+    from ssrconv.parity import check
+    from ssrconv.runtimes import load_runtime
+
+    out = tmp_path / "data-free"
+    result = subprocess.run([sys.executable, "-m", "ssrconv.cli", "export", "--to", "tflite",
+                             "--precision", "int8", "--out", str(out)],
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr
+    assert "distilling data-free calibration inputs" in result.stderr
+    path = out / "ssrnet_age_gender_int8.tflite"
+    calibration = json.loads((out / (path.name + ".json")).read_text())["calibration"]
+    assert calibration["kind"] == DATA_FREE_KIND and calibration["images"] == 64
+    assert calibration["seed"] == 0 and calibration["iterations"] > 0
+    assert calibration["final_loss"] < calibration["initial_loss"] / 5
+
+    report = check([path], faces.inputs, str(faces_dir), synthetic=0, raise_on_failure=False)
+    (r,) = report.results
+    assert r.budget["mean_age"] == 0.3 and r.budget["p99_age"] == 1.0
+    assert r.passed, r.violations
+
+    got = evaluate(load_runtime(path), faces)["summary"]
+    want = evaluate(load_runtime(backend="keras"), faces)["summary"]
+    assert abs(got["age_mae_adults"] - want["age_mae_adults"]) <= 0.15
