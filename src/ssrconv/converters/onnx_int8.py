@@ -3,9 +3,9 @@ calibrated through the one CalibrationSet (docs/INT8.md, "ONNX int8", has the me
 
 Recipe (convert_int8):
  1. Keras-level preparation on a clone, shared with the int8 TFLite recipe
-    (:mod:`ssrconv.converters.tflite_int8`): exact rewrites (average pools -> fixed depthwise
+    (:mod:`ssrconv.converters.int8_prep`): exact rewrites (average pools -> fixed depthwise
     convs, max-pool before tanh, static-shape flatten), cross-layer equalization of the age
-    head's relu stream, GPTQ rounding of every conv kernel onto its per-output-channel
+    head's relu stream, GPTQ rounding of every int8 conv kernel onto its per-output-channel
     symmetric int8 grid (scale max|w|/127: what ORT computes with per_channel=True, symmetric
     int8 weights and reduce_range=False, so the integers ORT derives are the ones GPTQ chose)
     with bias correction.
@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ssrconv.converters.int8_prep import _keras, base_name
+
 INPUT_CHANNELS = 4  # MLAS symmetric conv kernels need input channels % 4 == 0
 
 # Base layer names (without the age_/gender_ prefix) quantized to int8: the relu stream
@@ -45,24 +47,18 @@ INT8_LAYERS = tuple(
 OP_TYPES = ("Conv", "Relu", "MaxPool")
 
 
-def _keras():
-    import keras
-
-    return keras
-
-
 def fold_batchnorm(model):
     """A clone of ``model`` with every Conv2D -> BatchNormalization pair folded into the conv
     (kernel and bias scaled per output channel; exact in float up to rounding)."""
-    from ssrconv.converters.tflite_int8 import _consumers, _producer
+    from ssrconv.converters.int8_prep import consumers, producer
 
     keras = _keras()
-    consumers = _consumers(model)
+    readers = consumers(model)
     folds = {}
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            conv = _producer(layer)
-            if type(conv) is keras.layers.Conv2D and consumers.get(conv.name) == [layer.name]:
+            conv = producer(layer)
+            if type(conv) is keras.layers.Conv2D and readers.get(conv.name) == [layer.name]:
                 folds[layer.name] = conv.name
 
     def call(layer, *args, **kwargs):
@@ -140,45 +136,18 @@ def pad_input_channels(model, channels: int = INPUT_CHANNELS):
     return new
 
 
-def round_int8_kernels(model, cal: np.ndarray, int8_layers=INT8_LAYERS):
-    """GPTQ rounding with bias correction (tflite_int8's ``round_kernels``) of the Conv2D
-    kernels that will run in int8 only: rounding a kernel that stays float only adds error."""
-    from ssrconv.converters.tflite_int8 import _gptq_channel, _patch_stats
-
-    keras = _keras()
-    wanted = set(int8_layers)
-    for layer in model.layers:
-        if type(layer) is not keras.layers.Conv2D or _base_name(layer.name) not in wanted:
-            continue
-        weights = layer.get_weights()
-        kernel = weights[0].reshape(-1, weights[0].shape[-1]).astype(np.float64)
-        covariance, mean = _patch_stats(model, layer, cal)
-        rounded = np.stack([np.multiply(*_gptq_channel(kernel[:, c], covariance))
-                            for c in range(kernel.shape[1])], 1)
-        if layer.use_bias:
-            weights[1] = (weights[1] - mean @ (rounded - kernel)).astype(np.float32)
-        weights[0] = rounded.reshape(weights[0].shape).astype(np.float32)
-        layer.set_weights(weights)
-    return model
-
-
 def prepare(model, calibration_inputs: np.ndarray, int8_layers=INT8_LAYERS):
     """Steps 1 and 2 of the recipe on a clone of ``model`` (the reference is not touched)."""
-    from ssrconv.converters.tflite_int8 import ALPHA, _is_gender_layer, equalize, m_has_gender_head, rewrite
+    from ssrconv.converters.int8_prep import (ALPHA, equalize, has_gender_head, is_gender_layer,
+                                              round_kernels, rewrite)
 
     cal = np.asarray(calibration_inputs, np.float32)
     prepared = rewrite(model)
-    skip = _is_gender_layer if m_has_gender_head(prepared) else (lambda name: False)
+    skip = is_gender_layer if has_gender_head(prepared) else (lambda name: False)
     equalize(prepared, cal, ALPHA, skip=skip)
-    round_int8_kernels(prepared, cal, int8_layers)
+    wanted = set(int8_layers)
+    round_kernels(prepared, cal, only=lambda name: base_name(name) in wanted)
     return pad_input_channels(fold_batchnorm(prepared))
-
-
-def _base_name(layer_name: str) -> str:
-    for prefix in ("age_", "gender_"):
-        if layer_name.startswith(prefix):
-            return layer_name[len(prefix):]
-    return layer_name
 
 
 def node_layers(node_name: str, layer_names: set[str]) -> set[str]:
@@ -199,7 +168,7 @@ def int8_nodes(proto, layer_names, int8_layers=INT8_LAYERS, op_types=OP_TYPES) -
     wanted = set(int8_layers)
     picked = []
     for node in proto.graph.node:
-        if node.op_type in op_types and any(_base_name(n) in wanted
+        if node.op_type in op_types and any(base_name(n) in wanted
                                             for n in node_layers(node.name, names)):
             picked.append(node.name)
     return picked

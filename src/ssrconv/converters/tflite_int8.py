@@ -28,191 +28,11 @@ import warnings
 
 import numpy as np
 
+from ssrconv.converters.int8_prep import (ALPHA, _keras, base_name, equalize, has_gender_head, is_gender_layer,
+                                          round_kernels, rewrite)
 from ssrconv.converters.tflite_flatbuffer import operators, pack, schema
 
-ALPHA = 0.75          # CLE strength (0 = none, 1 = full range equalization)
-CLE_PCT = 99.99       # percentile of |activation| used as channel range for CLE
 TANH_CLIP = 4.0       # calibrated range of tanh inputs clipped to [-T, T]
-
-
-# ----------------------------------------------------------------------------------------------- graph utilities
-def _keras():
-    import keras
-    return keras
-
-
-def _consumers(model):
-    cons = {}
-    for l in model.layers:
-        for node in l._inbound_nodes:
-            for t in node.input_tensors:
-                cons.setdefault(t._keras_history[0].name, []).append(l.name)
-    return cons
-
-
-def _producer(layer):
-    return layer.input._keras_history[0] if not isinstance(layer.input, list) else None
-
-
-def _make_static_flatten():
-    keras = _keras()
-
-    class StaticFlatten(keras.layers.Layer):
-        def call(self, x):
-            return keras.ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
-
-        def compute_output_shape(self, s):
-            return (s[0], int(np.prod(s[1:])))
-    return StaticFlatten
-
-
-def rewrite(model):
-    """Step 1 (exact): DW-conv pools, max-pool before tanh, static-shape flatten. Layer names kept ('_dw' for pools)."""
-    keras = _keras()
-    StaticFlatten = _make_static_flatten()
-    cons = _consumers(model)
-    swap = {}
-    for l in model.layers:
-        if isinstance(l, keras.layers.Activation) and l.get_config()["activation"] == "tanh":
-            c = cons.get(l.name, [])
-            if len(c) == 1 and isinstance(model.get_layer(c[0]), keras.layers.MaxPooling2D):
-                swap[l.name] = c[0]
-    pool_to_tanh = {v: k for k, v in swap.items()}
-
-    def clone(l):
-        if isinstance(l, keras.layers.AveragePooling2D):
-            assert l.padding == "valid" and tuple(l.strides) == tuple(l.pool_size)
-            return keras.layers.DepthwiseConv2D(l.pool_size, strides=l.strides, padding="valid", use_bias=False, name=l.name + "_dw")
-        if isinstance(l, keras.layers.Flatten):
-            return StaticFlatten(name=l.name)
-        return l.__class__.from_config(l.get_config())
-
-    def call(layer, *a, **k):
-        if layer.name in swap:
-            return a[0]
-        out = layer(*a, **k)
-        if layer.name in pool_to_tanh:
-            out = keras.layers.Activation("tanh", name=pool_to_tanh[layer.name])(out)
-        return out
-
-    new = keras.models.clone_model(model, clone_function=clone, call_function=call)
-    for l in model.layers:
-        if isinstance(l, keras.layers.AveragePooling2D):
-            nl = new.get_layer(l.name + "_dw")
-            nl.set_weights([np.full(nl.kernel.shape, 1 / np.prod(l.pool_size), np.float32)])
-        elif l.weights:
-            new.get_layer(l.name).set_weights(l.get_weights())
-    return new
-
-
-# ----------------------------------------------------------------------------------- step 2: cross-layer equalization
-def equalize(model, cal, alpha=ALPHA, pct=CLE_PCT, skip=lambda name: False):
-    """Scale relu conv blocks (Conv -> BN -> relu [-> avg/DW pool]) whose consumers are all Conv2D,
-    except those whose activation layer name satisfies ``skip``."""
-    keras = _keras()
-    cons = _consumers(model)
-    plans = []
-    for l in model.layers:
-        if not (isinstance(l, keras.layers.Activation) and l.get_config()["activation"] == "relu"):
-            continue
-        if skip(l.name):
-            continue
-        bn = _producer(l)
-        if not isinstance(bn, keras.layers.BatchNormalization):
-            continue
-        readers, ok = [], True
-        for c in cons.get(l.name, []):
-            cl = model.get_layer(c)
-            if isinstance(cl, (keras.layers.AveragePooling2D, keras.layers.DepthwiseConv2D)) and not isinstance(cl, keras.layers.Conv2D) \
-                    or (isinstance(cl, keras.layers.DepthwiseConv2D) and cl.name.endswith("_dw")):
-                for cc in cons.get(c, []):
-                    ccl = model.get_layer(cc)
-                    ok &= isinstance(ccl, keras.layers.Conv2D) and not isinstance(ccl, keras.layers.DepthwiseConv2D)
-                    readers.append(cc)
-            elif isinstance(cl, keras.layers.Conv2D) and not isinstance(cl, keras.layers.DepthwiseConv2D):
-                readers.append(c)
-            else:
-                ok = False
-        if ok and readers:
-            plans.append((l.name, bn.name, readers))
-    if not plans:
-        return model
-    outs = keras.Model(model.inputs, [model.get_layer(a).output for a, _, _ in plans]).predict(cal, verbose=0)
-    outs = outs if isinstance(outs, list) else [outs]
-    for (act, bn, readers), o in zip(plans, outs):
-        r = np.maximum(np.percentile(np.abs(o.reshape(-1, o.shape[-1])), pct, axis=0), 1e-6)
-        s = (r.max() / r) ** alpha
-        g, b, mu, var = model.get_layer(bn).get_weights()
-        model.get_layer(bn).set_weights([g * s, b * s, mu, var])
-        for n in readers:
-            w = model.get_layer(n).get_weights(); w[0] = w[0] / s[None, None, :, None]
-            model.get_layer(n).set_weights(w)
-    return model
-
-
-# ------------------------------------------------------------------------- step 3: int8-grid rounding of conv kernels
-def _patch_stats(model, layer, cal, bs=25):
-    import tensorflow as tf
-    keras = _keras()
-    sub = keras.Model(model.inputs, layer.input)
-    kh, kw = layer.kernel_size; st = layer.strides
-    H = S = None; n = 0
-    for i in range(0, len(cal), bs):
-        a = sub(cal[i:i + bs], training=False)
-        p = tf.image.extract_patches(a, [1, kh, kw, 1], [1, st[0], st[1], 1], [1, 1, 1, 1], "VALID")
-        p = tf.reshape(p, [-1, p.shape[-1]]).numpy().astype(np.float64)   # (kh, kw, cin) order == kernel.reshape(-1, cout)
-        H = p.T @ p if H is None else H + p.T @ p
-        S = p.sum(0) if S is None else S + p.sum(0); n += len(p)
-    m = S / n
-    return H / n - np.outer(m, m), m
-
-
-def _gptq_channel(w, C):
-    s = np.abs(w).max() / 127
-    if s == 0:
-        return np.zeros_like(w), 1.0
-    K = len(w); order = np.argsort(-np.abs(w))        # largest first: exact on the grid, keeps the scale
-    Cp = C[np.ix_(order, order)]
-    Hinv = np.linalg.inv(Cp + (1e-6 * np.mean(np.diag(Cp)) + 1e-12) * np.eye(K))
-    U = np.linalg.cholesky(Hinv).T
-    wp = w[order].copy(); q = np.zeros(K)
-    for i in range(K):
-        q[i] = np.clip(np.round(wp[i] / s), -127, 127)
-        wp[i + 1:] -= (wp[i] - q[i] * s) / U[i, i] * U[i, i + 1:]
-    qq = np.empty(K); qq[order] = q
-    # +/-1 coordinate polish of d^T C d
-    imax = np.argmax(np.abs(w)); d = qq * s - w; g = C @ d; diag = np.diag(C)
-    for _ in range(50):
-        improved = False
-        for i in range(K):
-            if i == imax:
-                continue
-            for step in (-1, 1):
-                if abs(qq[i] + step) > 127:
-                    continue
-                dl = step * s
-                if 2 * dl * g[i] + dl * dl * diag[i] < -1e-12 * max(1.0, abs(diag[i])):
-                    qq[i] += step; g += C[:, i] * dl; improved = True
-                    break
-        if not improved:
-            break
-    return qq, s
-
-
-def round_kernels(model, cal):
-    keras = _keras()
-    for l in model.layers:
-        if not isinstance(l, keras.layers.Conv2D) or isinstance(l, keras.layers.DepthwiseConv2D):
-            continue
-        wts = l.get_weights(); w = wts[0]
-        K = w.reshape(-1, w.shape[-1]).astype(np.float64)
-        C, m = _patch_stats(model, l, cal)
-        Kq = np.stack([np.multiply(*_gptq_channel(K[:, c], C)) for c in range(K.shape[1])], 1)
-        if l.use_bias:
-            wts[1] = (wts[1] - m @ (Kq - K)).astype(np.float32)         # bias correction
-        wts[0] = Kq.reshape(w.shape).astype(np.float32)
-        l.set_weights(wts)
-    return model
 
 
 def _op_layers(sg, ops, layer_names):
@@ -255,23 +75,7 @@ FLOAT_BACKBONE = (
 def float_backbone_layers(model) -> list[str]:
     """The FLOAT_BACKBONE layers of ``model`` (with their ``age_``/``gender_`` prefixes)."""
     wanted = set(FLOAT_BACKBONE)
-    names = []
-    for layer in model.layers:
-        base = layer.name.split("_", 1)[1] if layer.name.startswith(("age_", "gender_")) else layer.name
-        if base in wanted:
-            names.append(layer.name)
-    return names
-
-
-def m_has_gender_head(model) -> bool:
-    return any(l.name.endswith("pred_gender_stage1") for l in model.layers)
-
-
-def _is_gender_layer(name: str) -> bool:
-    """Layers of the gender head: prefixed ``gender_`` in the two-head model; in a gender-only
-    model every layer. Equalizing the gender head's relu stream flips 8 of 300 dev faces'
-    P(male) > 0.5 (97.3% agreement, max diff 1.0); without it: 100%, max diff 0.12."""
-    return name.startswith("gender_") or not name.startswith("age_")
+    return [layer.name for layer in model.layers if base_name(layer.name) in wanted]
 
 
 # ------------------------------------------------------------------------------------------------------ the recipe
@@ -288,9 +92,10 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
 
     m = rewrite(model)                                   # exact clone: DW pools, pool->tanh, static flatten
     if alpha:
-        equalize(m, cal, alpha, skip=_is_gender_layer if m_has_gender_head(m) else (lambda n: False))
+        equalize(m, cal, alpha, skip=is_gender_layer if has_gender_head(m) else (lambda n: False))
     if round_weights:
-        round_kernels(m, cal)
+        stays_float = set(extra_float_layers) | (set(float_backbone_layers(m)) if float_backbone else set())
+        round_kernels(m, cal, only=lambda name: name not in stays_float)
     if not dynamic_batch:
         x = keras.Input(batch_shape=(1, *m.input_shape[1:]), name=m.inputs[0].name)
         m = keras.Model(x, m(x))
