@@ -38,13 +38,22 @@ readme-figures: setup
 	@test -n "$$SSRCONV_FACES" -a -n "$$SSRCONV_IMAGES" || { echo "readme-figures: set SSRCONV_FACES and SSRCONV_IMAGES" >&2; exit 2; }
 	rm -rf $(FIG) && mkdir -p $(FIG)
 	$(BIN)/ssrconv export --to all --calibration "$$SSRCONV_FACES" --out $(FIG)/export
-	$(BIN)/ssrconv parity $(FIG)/export --faces "$$SSRCONV_FACES" --markdown $(FIG)/parity.md
-	$(BIN)/ssrconv bench --all $(FIG)/export --threads 1 --batch 8 --markdown $(FIG)/bench.md --plot docs/bench.png
-	$(BIN)/ssrconv eval "$$SSRCONV_FACES" > $(FIG)/eval.txt
-	for m in fp32.onnx int8.tflite fp16.mlpackage; do $(BIN)/ssrconv eval "$$SSRCONV_FACES" --model $(FIG)/export/ssrnet_age_gender_$$m >> $(FIG)/eval.txt; done
+	$(BIN)/ssrconv parity $(FIG)/export --faces "$$SSRCONV_FACES" --json $(FIG)/parity.json --markdown $(FIG)/parity.md
+	$(BIN)/ssrconv bench --all $(FIG)/export --threads 1 --batch 8 --json $(FIG)/bench.json --markdown $(FIG)/bench.md --plot docs/bench.png
+	# int8 (issue 6): the age-only int8 file, and int8 calibrated data-free (no --calibration)
+	$(BIN)/ssrconv export --to tflite --precision int8 --task age --calibration "$$SSRCONV_FACES" --out $(FIG)/age
+	$(BIN)/ssrconv export --to tflite --to onnx --precision int8 --out $(FIG)/datafree
+	$(BIN)/ssrconv parity $(FIG)/datafree --faces "$$SSRCONV_FACES" --json $(FIG)/parity_datafree.json
+	$(BIN)/ssrconv eval "$$SSRCONV_FACES" --json $(FIG)/eval_keras.json > $(FIG)/eval.txt
+	for m in export/ssrnet_age_gender_fp32.onnx export/ssrnet_age_gender_int8.tflite export/ssrnet_age_gender_int8.onnx export/ssrnet_age_gender_fp16.mlpackage datafree/ssrnet_age_gender_int8.tflite datafree/ssrnet_age_gender_int8.onnx; do \
+	  $(BIN)/ssrconv eval "$$SSRCONV_FACES" --model $(FIG)/$$m --json $(FIG)/eval_$$(echo $$m | tr / _).json >> $(FIG)/eval.txt || exit 1; done
+	$(BIN)/python tools/int8_report.py --bench $(FIG)/bench.json --parity "real-face=$(FIG)/parity.json" \
+	  --parity "data-free=$(FIG)/parity_datafree.json" --age-int8 $(FIG)/age/ssrnet_age_int8.tflite \
+	  --eval $(FIG)/eval_keras.json $(foreach m,export_ssrnet_age_gender_int8.tflite export_ssrnet_age_gender_int8.onnx datafree_ssrnet_age_gender_int8.tflite datafree_ssrnet_age_gender_int8.onnx,--eval $(FIG)/eval_$(m).json) > $(FIG)/int8.md
 	$(BIN)/ssrconv predict "$$SSRCONV_IMAGES/group_t1.jpg" --model $(FIG)/export/ssrnet_age_gender_int8.tflite --format csv --out $(FIG)/predict > $(FIG)/predict.csv
 	$(BIN)/python tools/splice_readme.py README.md parity $(FIG)/parity.md
 	$(BIN)/python tools/splice_readme.py README.md bench $(FIG)/bench.md
+	$(BIN)/python tools/splice_readme.py README.md int8 $(FIG)/int8.md
 	{ echo '```'; cat $(FIG)/eval.txt; echo '```'; } > $(FIG)/eval.md && $(BIN)/python tools/splice_readme.py README.md eval $(FIG)/eval.md
 	{ echo '```'; cat $(FIG)/predict.csv; echo '```'; } > $(FIG)/predict.md && $(BIN)/python tools/splice_readme.py README.md predict $(FIG)/predict.md
 
