@@ -175,7 +175,7 @@ def check_flatbuffer(data: bytes, path: Path) -> None:
     except UnicodeDecodeError:
         raise bad("a tensor or signature name is not UTF-8 text") from None
     except Exception as err:  # noqa: BLE001 - the generated reader fails with struct/index errors
-        raise bad(f"unreadable flatbuffer: {type(err).__name__}") from None
+        raise bad(f"corrupt or truncated flatbuffer: {str(err)[:100] or type(err).__name__}") from None
 
 
 def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
