@@ -7,7 +7,7 @@ index readers, and the artifact loaders (.onnx, .tflite, .mlpackage: random byte
 overwritten bytes, truncations of real exports).
 
 Examples per property: ``SSRCONV_FUZZ_EXAMPLES`` (default 200 for the cheap properties, a
-quarter of it for the .tflite/.onnx loaders and a tenth for .mlpackage, whose examples each
+quarter of it for the .tflite/.onnx loaders and a fifteenth for .mlpackage, whose examples each
 load a model); CI runs the default,
 ``SSRCONV_FUZZ_EXAMPLES=5000`` is the long run. A faulthandler watchdog turns a hang inside a
 runtime (C++ code a hypothesis deadline cannot interrupt) into a failed run with a traceback.
@@ -32,7 +32,7 @@ from ssrconv.errors import InputError, ManifestError, SsrconvError
 
 EXAMPLES = int(os.environ.get("SSRCONV_FUZZ_EXAMPLES", "200"))
 MODEL_EXAMPLES = max(10, EXAMPLES // 4)
-PACKAGE_EXAMPLES = max(5, EXAMPLES // 10)  # each loads a CoreML package: ~1 s
+PACKAGE_EXAMPLES = max(5, EXAMPLES // 15)  # each loads a CoreML package: ~1-2 s
 WATCHDOG_SECONDS = 120  # one example; the slowest real load (CoreML package) takes ~0.2 s
 
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,

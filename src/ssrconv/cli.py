@@ -19,7 +19,13 @@ from ssrconv.errors import SsrconvError
 _DEBUG = False
 
 
+_INTERRUPTED = False
+
+
 def _raise_interrupt(signum, frame):
+    """SIGINT/SIGTERM: remember it, then unwind like Ctrl-C (exports clean up on the way)."""
+    global _INTERRUPTED
+    _INTERRUPTED = True
     raise KeyboardInterrupt
 
 
@@ -292,27 +298,32 @@ _register_bench()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turn errors into one line and an exit code."""
-    # SIGTERM unwinds like Ctrl-C, so exports clean their temporary files up.
+    global _INTERRUPTED
+    _INTERRUPTED = False
+    # SIGTERM unwinds like Ctrl-C, so exports clean their temporary files up; both are
+    # remembered, so an interrupt a library re-raises as its own error is still reported as one.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         result = cli.main(args=argv, prog_name="ssrconv", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         _echo_err("interrupted")
         sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except SsrconvError as err:
+    except Exception as err:
+        if _INTERRUPTED:
+            # TensorFlow, tracing a function for tf2onnx when SIGTERM arrived, re-raised the
+            # KeyboardInterrupt as "TypeError: Failed to convert elements of (None, 90) ...".
+            _echo_err("interrupted")
+            sys.exit(130)
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
         if _DEBUG:
             raise
-        _echo_err(str(err))
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        _echo_err("interrupted")
-        sys.exit(130)
-    except Exception as err:  # an ssrconv bug or an unexpected library failure
-        if _DEBUG:
-            raise
+        if isinstance(err, SsrconvError):
+            _echo_err(str(err))
+            sys.exit(err.exit_code)
+        # an ssrconv bug or an unexpected library failure
         _echo_err(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)")
         sys.exit(2)
     sys.exit(result if isinstance(result, int) else 0)

@@ -10,7 +10,8 @@ contract, one batch per image, annotated copies written) in chunks; each chunk's
 counted and dropped, so what stays resident is what the predict path itself keeps. RSS is read
 after ``gc.collect()`` and ``malloc_trim(0)`` (otherwise it swings by ~25 MB with whether a
 large photo was decoded just before). The report gives RSS after warm-up, at the end, and the
-growth (target: < 5 MB). A benchmark script, not a
+growth (target: < 5 MB), plus the median of the last quarter of the RSS samples minus that of
+the second quarter (a leak keeps climbing; the swings do not). A benchmark script, not a
 unit test: a few thousand images take a minute or two.
 """
 
@@ -106,6 +107,13 @@ def soak_predict(model: str | None, images: list[Path], warmup: int, annotate_di
     if after_warmup is None:
         after_warmup, warm_started = settled_rss_bytes(), time.perf_counter()
     end = settled_rss_bytes()
+    # RSS swings by a few MB with the sizes of recent images (OpenCV's buffers, heap
+    # fragmentation), so one reading against another can show growth that is not a leak.
+    # A leak keeps climbing: compare the median of the last quarter of the samples with the
+    # median of the second quarter.
+    quarter = max(1, len(samples) // 4)
+    late = (float(np.median(samples[-quarter:])) - float(np.median(samples[quarter:2 * quarter]))
+            if len(samples) >= 4 else None)  # too short a run to say
     return {"model": model or "keras", "engine": runtime.engine, "images": len(images),
             "warmup_images": min(warmup, len(images)), "faces": faces, "failures": failures,
             "seconds": round(time.perf_counter() - started, 2),
@@ -113,6 +121,7 @@ def soak_predict(model: str | None, images: list[Path], warmup: int, annotate_di
             "rss_after_warmup_mb": round(after_warmup / 2**20, 2),
             "rss_end_mb": round(end / 2**20, 2),
             "growth_mb": round((end - after_warmup) / 2**20, 2),
+            "late_growth_mb": None if late is None else round(late / 2**20, 2),
             "rss_samples_mb": [round(s / 2**20, 2) for s in samples]}
 
 
@@ -135,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         images = make_images(args.faces, args.photos, args.images, tmp / "in")
         result = soak_predict(args.model, images, args.warmup,
                               None if args.no_annotate else tmp / "annotated", progress=say)
-    print("| model | engine | images | faces | RSS after warm-up (MB) | RSS at end (MB) | growth (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | engine | images | warm-up | faces | RSS after warm-up (MB) | RSS at end (MB) "
+          "| growth (MB) | last vs second quarter (MB) | RSS range (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {Path(result['model']).name} | {result['engine']} | {result['images']:,} | "
-          f"{result['faces']:,} | {result['rss_after_warmup_mb']} | {result['rss_end_mb']} | "
-          f"{result['growth_mb']} |")
+          f"{result['warmup_images']:,} | {result['faces']:,} | {result['rss_after_warmup_mb']} | "
+          f"{result['rss_end_mb']} | {result['growth_mb']} | {result['late_growth_mb']} | "
+          f"{min(result['rss_samples_mb'])}-{max(result['rss_samples_mb'])} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if result["failures"] == 0 else 1

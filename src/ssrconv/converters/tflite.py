@@ -155,16 +155,37 @@ def check_flatbuffer(data: bytes, path: Path) -> None:
                 if (stored and itemsize and tensor.Sparsity() is None
                         and stored != count * itemsize):
                     raise bad(f"tensor {t} has shape {shape} but {stored:,} bytes of data")
-            indices = [graph.InputsAsNumpy(), graph.OutputsAsNumpy()]
+            def tensor_list(vector) -> list[int]:
+                values = [] if isinstance(vector, int) else [int(i) for i in vector]  # 0: absent
+                for i in values:
+                    if not -1 <= i < n_tensors:
+                        raise bad(f"subgraph {g} refers to tensor {i} of {n_tensors}")
+                return values
+
+            # Data flow, in execution (operator) order: every tensor an operator reads is a
+            # graph input, a constant, a variable or the output of an earlier operator, and no
+            # tensor is written twice. A flipped offset that pointed one CONV_2D at another
+            # operator's tensor lists passed every check above and crashed XNNPACK (SIGSEGV).
+            available = set(tensor_list(graph.InputsAsNumpy()))
+            for t in range(n_tensors):
+                tensor = graph.Tensors(t)
+                if buffer_bytes.get(tensor.Buffer(), 0) or tensor.IsVariable():
+                    available.add(t)
             for o in range(graph.OperatorsLength()):
                 op = graph.Operators(o)
                 if not 0 <= op.OpcodeIndex() < n_codes:
                     raise bad(f"operator {o} has opcode {op.OpcodeIndex()} of {n_codes}")
-                indices += [op.InputsAsNumpy(), op.OutputsAsNumpy()]
-            for group in indices:
-                for i in (group if not isinstance(group, int) else []):
-                    if not -1 <= int(i) < n_tensors:
-                        raise bad(f"subgraph {g} refers to tensor {int(i)} of {n_tensors}")
+                for i in tensor_list(op.InputsAsNumpy()):
+                    if i >= 0 and i not in available:
+                        raise bad(f"operator {o} reads tensor {i}, which no earlier operator "
+                                  "writes")
+                for i in tensor_list(op.OutputsAsNumpy()):
+                    if i in available:
+                        raise bad(f"operator {o} writes tensor {i}, which is already written")
+                    available.add(i)
+            for i in tensor_list(graph.OutputsAsNumpy()):
+                if i not in available:
+                    raise bad(f"subgraph {g} output tensor {i} is never written")
         for s in range(model.SignatureDefsLength()):
             signature = model.SignatureDefs(s)
             (signature.SignatureKey() or b"").decode("utf-8")
@@ -182,7 +203,7 @@ def check_flatbuffer(data: bytes, path: Path) -> None:
     except UnicodeDecodeError:
         raise bad("a tensor or signature name is not UTF-8 text") from None
     except Exception as err:  # noqa: BLE001 - the generated reader fails with struct/index errors
-        raise bad(f"unreadable flatbuffer: {type(err).__name__}") from None
+        raise bad(f"corrupt or truncated flatbuffer: {str(err)[:100] or type(err).__name__}") from None
 
 
 def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
