@@ -16,6 +16,9 @@ from ssrconv.errors import SsrconvError
 DETECTORS = ("yunet", "haar")
 # YuNet cost grows with the pixel count; faces SSR-Net can read survive this downscale.
 YUNET_MAX_SIDE = 1600
+# Smaller images hold no face worth a 64x64 chip; on a 1x1 image YuNet once returned an
+# infinite box (its anchors assume at least one 32-px stride cell).
+YUNET_MIN_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class YuNetDetector(Detector):
         import cv2
 
         h, w = image.shape[:2]
+        if min(h, w) < YUNET_MIN_SIDE:
+            return []
         scale = min(1.0, YUNET_MAX_SIDE / max(h, w))
         small = image if scale == 1.0 else cv2.resize(image, (max(1, round(w * scale)),
                                                               max(1, round(h * scale))),
@@ -66,8 +71,11 @@ class YuNetDetector(Detector):
             return []
         faces = []
         for row in found:
+            if not np.all(np.isfinite(row)):
+                continue  # seen once on a 1x1 image: an infinite box (OverflowError downstream)
             x, y, bw, bh = (float(v) / scale for v in row[:4])
-            faces.append(Face((x, y, bw, bh), float(row[-1])))
+            if bw >= 1 and bh >= 1:
+                faces.append(Face((x, y, bw, bh), float(row[-1])))
         return faces
 
 
