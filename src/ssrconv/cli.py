@@ -296,6 +296,16 @@ def _register_bench() -> None:
 _register_bench()
 
 
+def _exit_interrupted() -> None:
+    """One line, exit 130. An object a library was building when the signal landed can fail
+    in its finalizer at exit (TensorFlow's ApiDefMap: "Exception ignored in ... __del__" and a
+    traceback); after an interrupt that is noise, so it is dropped (kept with --debug)."""
+    _echo_err("interrupted")
+    if not _DEBUG:
+        sys.unraisablehook = lambda unraisable: None
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turn errors into one line and an exit code."""
     global _INTERRUPTED
@@ -307,14 +317,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = cli.main(args=argv, prog_name="ssrconv", standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        _echo_err("interrupted")
-        sys.exit(130)
+        _exit_interrupted()
     except Exception as err:
         if _INTERRUPTED:
             # TensorFlow, tracing a function for tf2onnx when SIGTERM arrived, re-raised the
             # KeyboardInterrupt as "TypeError: Failed to convert elements of (None, 90) ...".
-            _echo_err("interrupted")
-            sys.exit(130)
+            _exit_interrupted()
         if isinstance(err, click.ClickException):
             err.show()
             sys.exit(err.exit_code)
