@@ -120,8 +120,8 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     so their statistics are in the hundreds and would otherwise drown the deeper layers').
     After every step the inputs are projected back onto [0, 255] when ``clip``.
 
-    Returns the inputs (float32, N x 64 x 64 x 3) and a description: kind, iterations, seed,
-    loss before and after (mean over batches), seconds.
+    Returns the inputs (float32, N x 64 x 64 x 3) and how they were made: iterations, batch
+    size, seed, number of BatchNorm layers, loss before and after (mean over batches), seconds.
     """
     from ssrconv._imports import tensorflow
 
@@ -137,13 +137,13 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     for bn in bns:
         mean = np.asarray(bn.moving_mean, np.float32)
         std = np.sqrt(np.asarray(bn.moving_variance, np.float32) + bn.epsilon)
-        targets.append((tf.constant(mean), tf.constant(std)))
+        targets.append((tf.constant(mean), tf.constant(std), float(bn.epsilon)))
 
     def loss_of(x):
         total = 0.0
-        for out, (mean, std) in zip(probe(x, training=False), targets):
+        for out, (mean, std, epsilon) in zip(probe(x, training=False), targets):
             m, v = tf.nn.moments(out, axes=[0, 1, 2])
-            s = tf.sqrt(v + 1e-3)
+            s = tf.sqrt(v + epsilon)  # as the layer's own sigma
             if normalized:
                 total += tf.norm((m - mean) / std) + tf.norm((s - std) / std)
             else:
