@@ -30,4 +30,7 @@ def test_soak_predict_smoke(tmp_path, export_dir, faces_dir, images_dir, capsys)
     assert result["engine"].startswith("tflite")
     assert 0 < result["rss_after_warmup_mb"] and 0 < result["rss_end_mb"]
     assert abs(result["growth_mb"] - (result["rss_end_mb"] - result["rss_after_warmup_mb"])) < 0.02
+    ends = result["rss_pass_ends_mb"]  # default: two passes over the same images
+    assert result["passes"] == 2 and len(ends) == 2
+    assert abs(result["growth_between_passes_mb"] - (ends[1] - ends[0])) < 0.02
     assert "| ssrnet_age_gender_fp32.tflite | tflite" in capsys.readouterr().out

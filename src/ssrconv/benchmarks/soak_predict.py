@@ -77,8 +77,12 @@ def make_images(faces: Path | None, photos: Path | None, count: int, dest: Path,
 
 
 def soak_predict(model: str | None, images: list[Path], warmup: int, annotate_dir: Path | None,
-                 progress=None) -> dict:
-    """Run predict over ``images`` in this process; RSS after ``warmup`` images and at the end."""
+                 progress=None, passes: int = 1) -> dict:
+    """Run predict over ``images`` (``passes`` times) in this process; RSS after ``warmup``
+    images, at the end, and at the end of each pass.
+
+    RSS depends on which images were decoded last, so the fair comparison is at the same
+    point of the same sequence: the end of the first pass against the end of the last."""
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor
     from ssrconv.runtimes import load_runtime
@@ -91,7 +95,9 @@ def soak_predict(model: str | None, images: list[Path], warmup: int, annotate_di
     samples = []
     started = time.perf_counter()
     step = max(CHUNK, len(images) // SAMPLES)
-    for start in range(0, len(images), CHUNK):
+    pass_ends = []
+    schedule = [(p, start) for p in range(passes) for start in range(0, len(images), CHUNK)]
+    for p, start in schedule:
         if after_warmup is None and start >= warmup:
             after_warmup, warm_started = settled_rss_bytes(), time.perf_counter()
         result = predictor.run(images[start:start + CHUNK], out_dir=annotate_dir)
@@ -100,10 +106,13 @@ def soak_predict(model: str | None, images: list[Path], warmup: int, annotate_di
         if annotate_dir is not None:
             for name in result.annotated:  # keep the disk flat: the write path is what counts
                 os.unlink(name)
-        if start % step == 0:
+        if start % step == 0 and p == 0:
             samples.append(settled_rss_bytes())
             say(f"soak_predict: {min(start + CHUNK, len(images)):,}/{len(images):,} images, {faces:,} faces, "
                 f"RSS {samples[-1] / 2**20:.1f} MB")
+        if start + CHUNK >= len(images):
+            pass_ends.append(settled_rss_bytes())
+            say(f"soak_predict: pass {p + 1}/{passes} done, RSS {pass_ends[-1] / 2**20:.1f} MB")
     if after_warmup is None:
         after_warmup, warm_started = settled_rss_bytes(), time.perf_counter()
     end = settled_rss_bytes()
@@ -122,6 +131,9 @@ def soak_predict(model: str | None, images: list[Path], warmup: int, annotate_di
             "rss_end_mb": round(end / 2**20, 2),
             "growth_mb": round((end - after_warmup) / 2**20, 2),
             "late_growth_mb": None if late is None else round(late / 2**20, 2),
+            "passes": passes, "rss_pass_ends_mb": [round(r / 2**20, 2) for r in pass_ends],
+            "growth_between_passes_mb": (round((pass_ends[-1] - pass_ends[0]) / 2**20, 2)
+                                         if passes > 1 else None),
             "rss_samples_mb": [round(s / 2**20, 2) for s in samples]}
 
 
@@ -133,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=300, help="images before the first RSS reading")
     parser.add_argument("--faces", type=Path, default=os.environ.get("SSRCONV_FACES"))
     parser.add_argument("--photos", type=Path, default=os.environ.get("SSRCONV_IMAGES"))
+    parser.add_argument("--passes", type=int, default=2,
+                        help="process the images this many times; growth = RSS at the end of the "
+                             "last pass minus at the end of the first")
     parser.add_argument("--no-annotate", action="store_true", help="skip writing annotated copies")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -143,14 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         say(f"soak_predict: generating {args.images:,} images into {tmp / 'in'}")
         images = make_images(args.faces, args.photos, args.images, tmp / "in")
         result = soak_predict(args.model, images, args.warmup,
-                              None if args.no_annotate else tmp / "annotated", progress=say)
+                              None if args.no_annotate else tmp / "annotated", progress=say,
+                              passes=args.passes)
     print("| model | engine | images | warm-up | faces | RSS after warm-up (MB) | RSS at end (MB) "
-          "| growth (MB) | last vs second quarter (MB) | RSS range (MB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| growth (MB) | last vs second quarter (MB) | RSS range (MB) | passes | RSS at pass ends (MB) "
+          "| growth between passes (MB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"| {Path(result['model']).name} | {result['engine']} | {result['images']:,} | "
           f"{result['warmup_images']:,} | {result['faces']:,} | {result['rss_after_warmup_mb']} | "
           f"{result['rss_end_mb']} | {result['growth_mb']} | {result['late_growth_mb']} | "
-          f"{min(result['rss_samples_mb'])}-{max(result['rss_samples_mb'])} |")
+          f"{min(result['rss_samples_mb'])}-{max(result['rss_samples_mb'])} | {result['passes']} | "
+          f"{', '.join(str(r) for r in result['rss_pass_ends_mb'])} | {result['growth_between_passes_mb']} |")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if result["failures"] == 0 else 1
