@@ -1,6 +1,6 @@
 """Soak for predict: thousands of images through detection + crops + model in one process.
 
-    python -m ssrconv.benchmarks.soak_predict [--model PATH] [--images 3000] [--json OUT]
+    python -m ssrconv.benchmarks.soak_predict [--model PATH] [--images 3000] [--passes 2] [--json OUT]
 
 The images are generated into a temporary directory (deleted afterwards) from the face chips
 in ``$SSRCONV_FACES`` and the photos in ``$SSRCONV_IMAGES`` (``--faces``/``--photos``): each
@@ -11,8 +11,10 @@ counted and dropped, so what stays resident is what the predict path itself keep
 after ``gc.collect()`` and ``malloc_trim(0)`` (otherwise it swings by ~25 MB with whether a
 large photo was decoded just before). The report gives RSS after warm-up, at the end, and the
 growth (target: < 5 MB), plus the median of the last quarter of the RSS samples minus that of
-the second quarter (a leak keeps climbing; the swings do not). A benchmark script, not a
-unit test: a few thousand images take a minute or two.
+the second quarter (a leak keeps climbing; the swings do not), and with ``--passes N`` (default
+2) the RSS at the end of each pass over the same images: the end of the last pass minus the end
+of the first is the growth after a warm-up that has seen every image size. A benchmark script,
+not a unit test: a few thousand images take a minute or two per pass.
 """
 
 from __future__ import annotations
