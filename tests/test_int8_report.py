@@ -46,6 +46,7 @@ def test_parity_and_mae_rows(tmp_path, capsys):
              {"summary": {"backend": "tflite", "model": "out/ssrnet_age_gender_int8.tflite",
                           "age_mae_adults": 9.40}}]
     (mae,) = tool.mae_rows(evals)
+    assert mae[0] == "age MAE on adults, out/ssrnet_age_gender_int8.tflite"
     assert mae[2] == "9.400 y (+0.220)" and mae[3] == "not met"
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"settings": {}, "results": []}))

@@ -68,7 +68,8 @@ def mae_rows(evals: list[dict]) -> list[list[str]]:
         if s is ref or "int8" not in str(s.get("model", "")):
             continue
         delta = s["age_mae_adults"] - ref["age_mae_adults"]
-        rows.append([f"age MAE on adults, {Path(str(s['model'])).name}",
+        model = Path(str(s["model"]))
+        rows.append([f"age MAE on adults, {model.parent.name}/{model.name}",
                      f"within {MAE_MARGIN} y of the fp32 reference ({ref['age_mae_adults']:.3f} y)",
                      f"{s['age_mae_adults']:.3f} y ({delta:+.3f})",
                      "met" if abs(delta) <= MAE_MARGIN else "not met"])

@@ -64,7 +64,7 @@ def _mse_clip(a, grid=np.linspace(0.2, 1.0, 81)):
 # Backbone layers kept in float besides the head: the first convolution block of each stream
 # (conv2d_1 + its average pool, conv2d_5 + its max pool). Their 62x62x(32|16) outputs are the
 # largest activations of the model, and quantizing them was the biggest single error: with every
-# other convolution in int8 the age p99 is 0.92 y on XNNPACK (all int8: 1.07; budget 1.0). In
+# other convolution in int8 the age p99 is 0.90-0.93 y on XNNPACK (all int8: 1.07; budget 1.0). In
 # float they cost no time: XNNPACK's int8 kernel pads the 3 input channels per tap to 8 and runs
 # these two layers no faster than float32 (docs/INT8.md has the per-layer timings).
 FLOAT_BACKBONE = (
