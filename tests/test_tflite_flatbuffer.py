@@ -28,12 +28,17 @@ def small_tflite() -> bytes:
     return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-def _run(tfl: bytes, x: np.ndarray) -> np.ndarray:
-    from ai_edge_litert.interpreter import Interpreter
+def _interpreter(tfl: bytes):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_content=tfl, num_threads=1)
+    interpreter = Interpreter(model_content=tfl, num_threads=1, experimental_op_resolver_type=(
+        OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
     interpreter.allocate_tensors()
-    return interpreter.get_signature_runner()(face_bgr=x)["age"]
+    return interpreter
+
+
+def _run(tfl: bytes, x: np.ndarray) -> np.ndarray:
+    return _interpreter(tfl).get_signature_runner()(face_bgr=x)["age"]
 
 
 def _names(tfl: bytes) -> list[str]:
@@ -66,3 +71,23 @@ def test_fp16_constants_are_stored_half_and_expanded_at_load(small_tflite):
     reference = _run(small_tflite, x)
     assert np.allclose(_run(half, x), reference, rtol=2e-3, atol=1e-2 * float(np.abs(reference).max()))
     assert len(half) < len(tfb.compact(small_tflite))
+
+
+def test_int8_dense_layers_are_found_in_the_flatbuffer(small_tflite):
+    """TFLiteRuntime keeps XNNPACK away from models with int8 dense layers (docs/INT8.md)."""
+    from ssrconv._imports import tensorflow
+    from ssrconv.runtimes.tflite_rt import has_int8_dense
+
+    tf = tensorflow()
+    import keras
+
+    x = keras.Input((8,))
+    model = keras.Model(x, keras.layers.Dense(3, activation="relu")(x))
+    rng = np.random.default_rng(3)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([rng.normal(size=(1, 8)).astype(np.float32)]
+                                                for _ in range(8))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    assert has_int8_dense(_interpreter(converter.convert()))
+    assert not has_int8_dense(_interpreter(small_tflite))

@@ -206,23 +206,31 @@ def check_flatbuffer(data: bytes, path: Path) -> None:
         raise bad(f"corrupt or truncated flatbuffer: {str(err)[:100] or type(err).__name__}") from None
 
 
-def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
-                     preserve_all_tensors: bool = False):
-    """An ai-edge-litert Interpreter (no TensorFlow import), with or without XNNPACK.
-
-    The file is read once and checked by :func:`check_flatbuffer` before the interpreter (C++)
-    sees it; the interpreter gets those same bytes. ModelFileError for an unreadable,
-    corrupt or unloadable file.
-    """
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    from ssrconv._imports import silenced_fd2
-
+def read_model(path: Path) -> bytes:
+    """The bytes of a .tflite file, checked by :func:`check_flatbuffer`; ModelFileError for an
+    unreadable or corrupt file."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
         raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
     check_flatbuffer(data, path)
+    return data
+
+
+def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bool = True,
+                     preserve_all_tensors: bool = False, data: bytes | None = None):
+    """An ai-edge-litert Interpreter (no TensorFlow import), with or without XNNPACK.
+
+    The interpreter (C++) gets bytes checked by :func:`read_model`: ``data`` when the caller
+    already has them, else the file read once. ModelFileError for an unreadable, corrupt or
+    unloadable file.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from ssrconv._imports import silenced_fd2
+
+    if data is None:
+        data = read_model(path)
     kwargs = {"model_content": data, "num_threads": num_threads}
     if not use_xnnpack or preserve_all_tensors:
         # A delegate's internal tensors are not preserved: debugging reads need the builtins.

@@ -36,15 +36,16 @@ class TFLiteRuntime(Runtime):
     backend = "tflite"
 
     def __init__(self, path: Path, num_threads: int | None = None, use_xnnpack: bool | None = None):
-        from ssrconv.converters.tflite import load_interpreter
+        from ssrconv.converters.tflite import load_interpreter, read_model
 
         self.path = Path(path)
-        probe = load_interpreter(self.path, use_xnnpack=False)  # checked before C++ reads it
+        self._data = read_model(self.path)  # read and checked once, before C++ sees it
+        probe = load_interpreter(self.path, use_xnnpack=False, data=self._data)
         if use_xnnpack is None:
             use_xnnpack = not has_int8_dense(probe)
         if use_xnnpack or num_threads:
             self.interpreter = load_interpreter(self.path, num_threads=num_threads,
-                                                use_xnnpack=use_xnnpack)
+                                                use_xnnpack=use_xnnpack, data=self._data)
         else:
             self.interpreter = probe
         self.engine = "tflite+xnnpack" if use_xnnpack else "tflite-builtin"
@@ -69,7 +70,7 @@ class TFLiteRuntime(Runtime):
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:
-            interpreter = load_interpreter(self.path, preserve_all_tensors=True)
+            interpreter = load_interpreter(self.path, preserve_all_tensors=True, data=self._data)
             tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
             produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
             chosen = []
