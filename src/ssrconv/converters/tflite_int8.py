@@ -91,11 +91,12 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     cal = np.asarray(calibration_inputs, np.float32)
 
     m = rewrite(model)                                   # exact clone: DW pools, pool->tanh, static flatten
+    # Backbone layers that stay float (layer names survive the rewrite and the batch wrapper).
+    float_backbone_set = set(extra_float_layers) | (set(float_backbone_layers(m)) if float_backbone else set())
     if alpha:
         equalize(m, cal, alpha, skip=is_gender_layer if has_gender_head(m) else (lambda n: False))
     if round_weights:
-        stays_float = set(extra_float_layers) | (set(float_backbone_layers(m)) if float_backbone else set())
-        round_kernels(m, cal, only=lambda name: name not in stays_float)
+        round_kernels(m, cal, only=lambda name: name not in float_backbone_set)
     if not dynamic_batch:
         x = keras.Input(batch_shape=(1, *m.input_shape[1:]), name=m.inputs[0].name)
         m = keras.Model(x, m(x))
@@ -152,9 +153,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     # ---- step 5: float head by Keras layer, quantize
     g, sg, ops = operators(calibrated)
     ol = _op_layers(sg, ops, layer_names)
-    float_layers = set(extra_float_layers)
-    if float_backbone:
-        float_layers |= set(float_backbone_layers(inner))
+    float_layers = set(float_backbone_set)
     if float_head:
         float_layers |= {l.name for l in inner.layers if not isinstance(l, keras.layers.InputLayer) and len(l.output.shape) <= 2}
     producer = {o: k for k, (_, op) in enumerate(ops) for o in op.outputs}
