@@ -28,12 +28,12 @@ from pathlib import Path
 from ssrconv._version import __version__
 from ssrconv.errors import ManifestError, SsrconvError
 from ssrconv.options import ExportOptions
-from ssrconv.targets import Target
+from ssrconv.targets import TARGETS, Target
 
 MANIFEST_SCHEMA = "ssrconv.artifact/1"
 INDEX_SCHEMA = "ssrconv.index/1"
 INDEX_NAME = "index.json"
-ARTIFACT_SUFFIXES = (".onnx", ".tflite", ".mlpackage")
+ARTIFACT_SUFFIXES = tuple(sorted({t.suffix for t in TARGETS.values()}))
 
 
 @dataclass(frozen=True)
