@@ -15,9 +15,10 @@ import pytest
 
 from ssrconv.benchmarks import stats
 from ssrconv.benchmarks.fingerprint import fingerprint, one_line, parse_cpuinfo
-from ssrconv.benchmarks.harness import COREML_NOT_TIMED, Entry, Settings, artifact_entry, run_bench
-from ssrconv.benchmarks.report import (build_report, render_json, render_markdown, render_plot,
-                                       render_text, write_atomic)
+from ssrconv.atomic import write_atomic
+from ssrconv.benchmarks.harness import Entry, Settings, artifact_entry, run_bench
+from ssrconv.benchmarks.report import build_report, render_json, render_markdown, render_plot, render_text
+from ssrconv.runtimes.coreml_rt import not_timable_reason
 from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES, size_info
 
 TINY = dict(runs=4, warmup=1, rounds=2, batch=4)
@@ -136,7 +137,7 @@ def _fake_entries() -> list[Entry]:
             timed("a.onnx", "onnx", "fp32", 600), timed("a.tflite", "tflite", "fp32", 400),
             timed("a_int8.tflite", "tflite", "int8", 800)]
     coreml = Entry("a.mlpackage", "coreml", "coreml-fp16", "fp16", timed=False,
-                   note=COREML_NOT_TIMED, status="not-timed", heads=["age", "p_male"])
+                   note=not_timable_reason(), status="not-timed", heads=["age", "p_male"])
     failed = Entry("bad.tflite", "tflite", "tflite-fp32", "fp32", status="failed",
                    error="load: worker killed by signal SIGSEGV")
     return rows + [coreml, failed]
@@ -240,9 +241,43 @@ def test_cli_errors(tmp_path):
     _one_line_error(_cli("--all", str(empty)), "no artifacts")
     onnx = tmp_path / "x.onnx"
     onnx.write_bytes(b"not really")
-    _one_line_error(_cli("--backend", "coreml", "--model", str(onnx)), "--backend coreml", "onnx")
-    _one_line_error(_cli("--backend", "onnx"), "needs --model")
+    _one_line_error(_cli("--backend", "coreml", "--model", str(onnx)), "x.onnx", "not a valid ONNX")
     _one_line_error(_cli("--backend", "keras", "--plot", str(tmp_path / "x.jpg")), ".png")
+
+
+def test_backend_without_model_uses_or_makes_the_default_export(tmp_path, monkeypatch):
+    """`ssrconv bench --backend onnx` verbatim: with no ssrconv-out/ it exports that backend's
+    precisions there first, saying so (the export itself is stubbed here: the real one is the
+    exporter's own tests)."""
+    import ssrconv.exporter
+    from ssrconv.benchmarks import command
+
+    monkeypatch.chdir(tmp_path)
+    calls, said = [], []
+    monkeypatch.setattr(ssrconv.exporter, "export", lambda options, progress=None: calls.append(options) or [])
+    assert command._default_artifacts("onnx", said.append) == []
+    (options,) = calls
+    assert options.to == ("onnx",) and set(options.precision) == {"fp32", "int8"}
+    assert options.out == command.DEFAULT_EXPORT_DIR and "exporting" in said[0]
+
+
+@pytest.mark.slow
+def test_backend_tflite_verbatim_times_the_default_export(export_dir, tmp_path):
+    """The design card's `ssrconv bench --backend tflite`, run where ssrconv-out/ exists: every
+    tflite artifact there, beside the reference."""
+    import shutil
+
+    shutil.copytree(export_dir, tmp_path / "ssrconv-out")
+    json_out = tmp_path / "b.json"
+    out = subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", "--backend", "tflite",
+                          "--runs", "2", "--warmup", "1", "--rounds", "1", "--batch", "2",
+                          "--json", str(json_out)], capture_output=True, text=True, timeout=900,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = [r["name"] for r in json.loads(json_out.read_text())["results"]]
+    assert sorted(n for n in names if n.endswith(".tflite")) == sorted(
+        p.name for p in export_dir.glob("*.tflite"))
+    assert any(n.startswith("keras") for n in names) and "timing the tflite artifacts" in out.stderr
     usage = _cli()
     assert usage.returncode == 2 and "--all DIR" in usage.stderr
 
@@ -311,14 +346,20 @@ def test_single_tflite_worker_does_not_import_tensorflow(export_dir, tmp_path, p
 
 
 @pytest.mark.slow
-def test_corrupt_tflite_fails_alone(export_dir, tmp_path):
-    """Random bytes named .tflite: that row fails (load error or crash); onnx still runs."""
+def test_corrupt_tflite_refused_before_timing(export_dir, tmp_path):
+    """Random bytes named .tflite are refused by the read path, in one line, before any worker
+    is started; a verified artifact's row is measured."""
+    from ssrconv.artifacts import open_artifact
+    from ssrconv.errors import ModelFileError
+
     corrupt = tmp_path / "corrupt.tflite"
     corrupt.write_bytes(os.urandom(4096))
-    rows = [artifact_entry(corrupt), artifact_entry(export_dir / "ssrnet_age_gender_fp32.onnx")]
+    with pytest.raises(ModelFileError, match="corrupt.tflite") as err:
+        open_artifact(corrupt)
+    assert "\n" not in str(err.value)
+    out = _cli("--model", str(corrupt), "--runs", "2")
+    assert out.returncode == 1 and "corrupt.tflite" in out.stderr and "Traceback" not in out.stderr
+    rows = [artifact_entry(open_artifact(export_dir / "ssrnet_age_gender_fp32.onnx"))]
     report = run_bench(rows, Settings(**TINY))
-    by_name = {r["name"]: r for r in report["results"]}
-    assert by_name["corrupt.tflite"]["status"] == "failed"
-    assert by_name["corrupt.tflite"]["error"]
-    onnx = by_name["ssrnet_age_gender_fp32.onnx"]
+    (onnx,) = report["results"]
     assert onnx["status"] == "ok" and onnx["latency"]["4"]["per_face_us"]["median"] > 0

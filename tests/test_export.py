@@ -32,7 +32,7 @@ def test_every_target_exported_with_manifest_and_index(export_dir):
 
 @pytest.mark.parametrize("key", list(TARGETS))
 def test_manifest_matches_file_on_disk(export_dir, key):
-    from ssrconv.exporter import artifact_digest
+    from ssrconv.artifacts import artifact_digest
 
     path, manifest = _manifest(export_dir, key)
     size, sha = artifact_digest(path)

@@ -185,15 +185,15 @@ def test_real_read_only_and_full_tmpfs(case, tmp_path, assets_dir, monkeypatch, 
 def _check_directory_consistent(out: Path) -> list[str]:
     """Every manifest matches its file, the index lists exactly the artifacts on disk, no
     temporary file is left. Returns the artifact names."""
-    from ssrconv.exporter import ARTIFACT_SUFFIXES, manifest_matches, read_index, read_manifest
+    from ssrconv.artifacts import open_artifact, read_index
+    from ssrconv.targets import format_of
 
     names = sorted(p.name for p in out.iterdir())
     assert not [n for n in names if n.startswith(".")], names  # no temporaries left
-    artifacts = [n for n in names if Path(n).suffix in ARTIFACT_SUFFIXES]
+    artifacts = [n for n in names if format_of(n) is not None]
     for name in artifacts:
-        manifest = read_manifest(out / name)
-        assert manifest is not None and manifest["file"] == name
-        assert manifest_matches(out / name, manifest), f"{name}: manifest describes another file"
+        artifact = open_artifact(out / name)  # IntegrityError if the manifest describes another file
+        assert artifact.managed and artifact.manifest["file"] == name
     entries = read_index(out)
     assert sorted(e["file"] for e in entries) == artifacts
     for entry in entries:
@@ -211,7 +211,8 @@ def test_concurrent_commits_never_interleave(tmp_path):
     script = r"""
 import fcntl, os, sys
 from pathlib import Path
-from ssrconv.exporter import _commit, artifact_digest, manifest_matches, read_index, read_manifest
+from ssrconv.artifacts import artifact_digest, read_index, read_manifest
+from ssrconv.exporter import _commit
 out, tag = Path(sys.argv[1]), sys.argv[2]
 for i in range(60):
     tmp = out / f".m.{tag}.{i}.part.onnx"
@@ -222,7 +223,7 @@ for i in range(60):
     fd = os.open(out, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
     manifest = read_manifest(out / "m.onnx")
-    if not manifest_matches(out / "m.onnx", manifest) or read_index(out)[0]["sha256"] != manifest["sha256"]:
+    if artifact_digest(out / "m.onnx") != (manifest["bytes"], manifest["sha256"]) or read_index(out)[0]["sha256"] != manifest["sha256"]:
         sys.exit(f"inconsistent after commit {i} of {tag}")
     os.close(fd)
 """

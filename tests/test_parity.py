@@ -59,17 +59,24 @@ def _corrupt_onnx(src, dst):
 
 
 def test_parity_fails_on_a_corrupted_artifact(export_dir, faces_dir, tmp_path):
+    """A perturbed model breaks its budget when unmanaged (no manifest: judged on the precision
+    read from the file, fp32), and is refused before running when its manifest is beside it
+    (the bytes are not the ones the manifest records)."""
     src = export_dir / "ssrnet_age_gender_fp32.onnx"
     bad = tmp_path / "ssrnet_age_gender_fp32.onnx"
     _corrupt_onnx(src, bad)
-    shutil.copy(export_dir / (src.name + ".json"), tmp_path / (bad.name + ".json"))
     junit = tmp_path / "parity.xml"
     result = _cli("parity", "--model", str(bad), "--faces", str(faces_dir), "--limit", "60",
                   "--junit", str(junit))
     assert result.returncode == 1
     assert "max age diff" in result.stdout and "FAIL" in result.stdout
-    assert "parity budget broken" in result.stderr and "Traceback" not in result.stderr
+    assert "parity failed for 1 of 1" in result.stderr and "Traceback" not in result.stderr
+    assert "unmanaged" in result.stderr
     assert 'failures="1"' in junit.read_text()
+    shutil.copy(export_dir / (src.name + ".json"), tmp_path / (bad.name + ".json"))
+    result = _cli("parity", "--model", str(bad), "--faces", str(faces_dir), "--limit", "60")
+    assert result.returncode == 1 and "not the ones its manifest records" in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 def test_eval_reproduces_reference_mae_from_every_fp32_artifact(export_dir, faces_dir, tmp_path):

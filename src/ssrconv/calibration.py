@@ -28,19 +28,12 @@ class CalibrationSet:
     @classmethod
     def from_dir(cls, directory: str | os.PathLike, limit: int = 300) -> "CalibrationSet":
         """Face images of ``directory`` (aligned chips, padded by the contract), at most ``limit``
-        of them, spread evenly over the name-sorted list.
-
-        Taking the first ``limit`` would be biased: UTKFace names start with the age, so the first
-        100 files are the youngest faces, and ranges calibrated on them clip every older face's
-        prediction (measured: all ages above 44 came out as 43.9 years).
+        of them, spread evenly over the name-sorted list (the one rule:
+        :func:`ssrconv.reference.preprocess.spread_pick`, which says why).
         """
-        from ssrconv.reference.preprocess import list_images, load_face_files
+        from ssrconv.reference.preprocess import load_faces
 
-        paths = list_images(directory)
-        if len(paths) > limit:
-            picks = np.unique(np.linspace(0, len(paths) - 1, limit).round().astype(int))
-            paths = [paths[i] for i in picks]
-        faces = load_face_files(paths, name=str(directory))
+        faces = load_faces(directory, limit)
         return cls(inputs=faces.inputs, source=str(Path(directory)))
 
     @classmethod

@@ -13,8 +13,13 @@ from pathlib import Path
 
 import click
 
+from ssrconv.atomic import write_atomic
 from ssrconv._version import __version__
 from ssrconv.errors import SsrconvError
+from ssrconv.targets import BACKENDS, ENGINES, FAMILIES, INT8_IO_TYPES, PRECISIONS, artifact_suffixes
+
+_TASKS = ("age", "gender", "age-gender")  # = ssrconv.reference.TASKS (kept light: no import)
+_SUFFIXES = ", ".join(artifact_suffixes())
 
 _DEBUG = False
 
@@ -81,13 +86,13 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
 
 @cli.command()
 @click.option("--to", "to", multiple=True, default=("all",), show_default=True,
-              type=click.Choice(["onnx", "tflite", "coreml", "all"]),
+              type=click.Choice([*FAMILIES, "all"]),
               help="Target family; repeat for several.")
-@click.option("--precision", multiple=True, type=click.Choice(["fp32", "fp16", "dynamic", "int8"]),
+@click.option("--precision", multiple=True, type=click.Choice(PRECISIONS),
               help="Precision; repeat for several. Default: each family's default "
                    "(onnx fp32, tflite fp32, coreml fp16), or every precision with --to all.")
 @click.option("--task", default="age-gender", show_default=True,
-              type=click.Choice(["age", "gender", "age-gender"]),
+              type=click.Choice(_TASKS),
               help="age-gender: one artifact with both heads sharing the input.")
 @click.option("--weights", multiple=True, metavar="NAME|PATH",
               help="Weights (registry name or .h5 path); repeat for age and gender. "
@@ -101,7 +106,7 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ssrconv-out"),
               show_default=True, help="Output directory.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
-@click.option("--int8-io", type=click.Choice(["float32", "int8", "uint8"]), default="float32",
+@click.option("--int8-io", type=click.Choice(INT8_IO_TYPES), default="float32",
               show_default=True, help="Input type of the tflite int8 model (uint8: camera bytes); outputs stay float32.")
 @click.option("--image-input", is_flag=True,
               help="CoreML: declare the input as an ImageType (BGR, scale 1) instead of a tensor.")
@@ -125,19 +130,7 @@ def export(to, precision, task, weights, calibration, calibration_limit, out, op
     click.echo(f"index: {options.out / 'index.json'}")
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write a report atomically (temp file + rename), so a failed run leaves no half report."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise SsrconvError(f"{path}: cannot write ({err.strerror or err})") from None
+_ENGINE_HELP = ("Run on this engine instead of the format's default (" + ", ".join(ENGINES) + ").")
 
 
 @cli.command()
@@ -147,88 +140,120 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--faces", "faces_dir", type=click.Path(path_type=Path), required=True,
               envvar="SSRCONV_FACES", show_envvar=True,
               help="Directory of real face chips (UTKFace-style) to compare on.")
-@click.option("--limit", type=int, default=None, help="Use at most this many faces.")
+@click.option("--limit", type=int, default=None,
+              help="Use at most this many faces, spread over the directory (not the first N).")
 @click.option("--synthetic", type=int, default=64, show_default=True,
               help="Seeded synthetic inputs to add (reported, not budgeted).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--budget", "budget_overrides", multiple=True, metavar="CLASS.STAT=VALUE",
               help="Override a budget, e.g. int8.mean_age=0.2 (classes fp32, fp16, int8; stats "
                    "max_age, mean_age, p99_age, max_p_male, min_gender_agreement).")
+@click.option("--weights", multiple=True, type=click.Path(path_type=Path), metavar="PATH",
+              help="Weights files the artifacts may have been exported from (found by sha256); "
+                   "the reference of unmanaged artifacts. Repeat for age and gender.")
+@click.option("--engine", default=None, type=click.Choice(list(ENGINES)), help=_ENGINE_HELP)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown table here.")
 @click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="Write JUnit XML here.")
-def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_overrides, json_out, md_out,
-           junit_out) -> int:
-    """Compare every artifact with the Keras reference on real faces; exit 1 if a budget breaks."""
+def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_overrides, weights, engine,
+           json_out, md_out, junit_out) -> int:
+    """Compare every artifact with the reference built from its own weights, on real faces;
+    exit 1 if any artifact breaks its budget or fails to verify, load or run."""
     import json
 
-    from ssrconv.parity import artifact_paths, check, parse_budget_overrides, render_junit, render_markdown
+    from ssrconv.artifacts import discover
+    from ssrconv.parity import check, parse_budget_overrides, render_junit, render_markdown
     from ssrconv.reference.preprocess import load_faces
+    from ssrconv.runtimes import is_weights_file
 
     if (export_dir is None) == (model is None):
         raise click.UsageError("give an export directory or --model PATH (one of them)")
+    if is_weights_file(model or export_dir):
+        raise click.UsageError(
+            f"{model or export_dir} is a weights file: parity compares exported artifacts with "
+            "the reference built from their weights; export first (ssrconv export --weights "
+            f"{model or export_dir} --out DIR) and run ssrconv parity DIR")
     budgets = parse_budget_overrides(budget_overrides)
-    paths = artifact_paths(model or export_dir)
+    age_weights, gender_weights = _split_weights(tuple(str(w) for w in weights))
+    found = discover(model or export_dir)
     faces = load_faces(faces_dir, limit=limit)
-    report = check(paths, faces.inputs, faces_dir=str(faces_dir), synthetic=synthetic, seed=seed,
-                   budgets=budgets, progress=lambda m: click.echo(m, err=True),
-                   raise_on_failure=False)
+    report = check(found, faces.inputs, faces_dir=str(faces_dir), synthetic=synthetic, seed=seed,
+                   budgets=budgets, age_weights=age_weights, gender_weights=gender_weights,
+                   weights_candidates=weights, engine=engine,
+                   progress=lambda m: click.echo(m, err=True), raise_on_failure=False)
     markdown = render_markdown(report)
     click.echo(markdown)
     if json_out:
-        _write_text(json_out, json.dumps(report.as_dict(), indent=2) + "\n")
+        write_atomic(json_out, json.dumps(report.as_dict(), indent=2) + "\n")
     if md_out:
-        _write_text(md_out, markdown)
+        write_atomic(md_out, markdown)
     if junit_out:
-        _write_text(junit_out, render_junit(report))
+        write_atomic(junit_out, render_junit(report))
     if not report.passed:
-        broken = sum(not r.passed for r in report.results)
-        _echo_err(f"parity budget broken for {broken} of {len(report.results)} artifacts")
+        broken = [r.artifact for r in report.results if not r.passed]
+        _echo_err(f"parity failed for {len(broken)} of {len(report.results)} artifacts: "
+                  f"{', '.join(broken)}")
         return 1
     click.echo(f"parity ok: {len(report.results)} artifacts within budget", err=True)
     return 0
 
 
+def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
+                   age_weights=None, gender_weights=None):
+    """The runtime eval and predict use: an artifact on its (or the given) engine, the reference
+    built from a weights file given as --model, or the default reference."""
+    from ssrconv.runtimes import REFERENCE_BACKEND, is_weights_file, load_runtime
+
+    if model is None:
+        if backend not in (None, REFERENCE_BACKEND):
+            raise click.UsageError(f"--backend {backend} needs --model PATH")
+        if engine is not None:
+            raise click.UsageError("--engine applies to --model artifacts")
+        return load_runtime(backend=REFERENCE_BACKEND, task="age-gender",
+                            age_weights=age_weights, gender_weights=gender_weights)
+    if age_weights or gender_weights:
+        raise click.UsageError("--age-weights/--gender-weights build the reference: drop --model "
+                               "(or give the weights file itself as --model)")
+    if is_weights_file(model) and engine is not None:
+        raise click.UsageError(f"--engine runs artifacts; {model} is a weights file")
+    return load_runtime(model, backend=backend, engine=engine)
+
+
 @cli.command(name="eval")
 @click.argument("faces_dir", type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(path_type=Path), default=None,
-              help="An exported artifact (.onnx, .tflite, .mlpackage).")
-@click.option("--backend", type=click.Choice(["keras", "onnx", "tflite", "coreml"]), default=None,
-              help="Backend (default: from --model's suffix, or keras without --model).")
+              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5): the reference "
+                   "built from it.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Backend (default: from --model's format, or keras without --model).")
+@click.option("--engine", default=None, type=click.Choice(list(ENGINES)), help=_ENGINE_HELP)
 @click.option("--age-weights", default=None, metavar="NAME|PATH", help="Keras backend: age weights.")
 @click.option("--gender-weights", default=None, metavar="NAME|PATH", help="Keras backend: gender weights.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Write per-image predictions and the summary here.")
-def eval_(faces_dir, model, backend, age_weights, gender_weights, json_out) -> None:
+def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, json_out) -> None:
     """Age MAE (adults 16+ and all) and gender accuracy on labelled faces."""
     import json
 
     from ssrconv.evaluate import evaluate, render_summary
     from ssrconv.reference.preprocess import load_faces
-    from ssrconv.runtimes import load_runtime
 
-    if model is None and backend not in (None, "keras"):
-        raise click.UsageError(f"--backend {backend} needs --model PATH")
-    options = {}
-    if model is None:
-        backend = "keras"
-        options = {"task": "age-gender", "age_weights": age_weights, "gender_weights": gender_weights}
-    elif age_weights or gender_weights:
-        raise click.UsageError("--age-weights/--gender-weights apply to the keras backend only")
+    runtime = _model_runtime(model, backend, engine, age_weights, gender_weights)
     faces = load_faces(faces_dir)
-    runtime = load_runtime(model, backend=backend, **options)
     result = evaluate(runtime, faces)
     click.echo(render_summary(result["summary"]))
     if json_out:
-        _write_text(json_out, json.dumps(result, indent=2) + "\n")
+        write_atomic(json_out, json.dumps(result, indent=2) + "\n")
 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["keras", "onnx", "tflite", "coreml"]), default=None,
-              help="Backend (default: from --model's suffix, or keras without --model).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Backend (default: from --model's format, or keras without --model).")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
-              help="An exported artifact (.onnx, .tflite, .mlpackage).")
+              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5): the reference "
+                   "built from it.")
+@click.option("--engine", default=None, type=click.Choice(list(ENGINES)), help=_ENGINE_HELP)
 @click.option("--detector", type=click.Choice(["yunet", "haar"]), default="yunet", show_default=True,
               help="Face detector (haar: OpenCV's bundled cascade, a weaker fallback).")
 @click.option("--min-face", type=int, default=0, show_default=True,
@@ -239,36 +264,29 @@ def eval_(faces_dir, model, backend, age_weights, gender_weights, json_out) -> N
               help="Write annotated images/videos and predictions.{json,csv} here.")
 @click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
 @click.option("--compare", is_flag=True, help="Also run the Keras reference and print the differences.")
-def predict(inputs, backend, model, detector, min_face, every, out, fmt, compare) -> int:
+def predict(inputs, backend, model, engine, detector, min_face, every, out, fmt, compare) -> int:
     """Ages and genders of the faces in images, directories of images, or videos."""
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor, to_csv, to_json
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.runtimes import REFERENCE_BACKEND, load_runtime
 
     if every < 1:
         raise click.BadParameter("must be at least 1", param_hint="--every")
     if min_face < 0:
         raise click.BadParameter("must be >= 0", param_hint="--min-face")
-    if model is None and backend not in (None, "keras"):
-        raise click.UsageError(f"--backend {backend} needs --model PATH")
-    if model is not None and backend is not None:
-        from ssrconv.runtimes import backend_for
-
-        if backend_for(model) != backend:
-            raise click.UsageError(f"--model {model} is a {backend_for(model)} artifact, not {backend}")
-    runtime = load_runtime(model, backend="keras" if model is None else None)
+    runtime = _model_runtime(model, backend, engine)
     found_detector = make_detector(detector)
     if found_detector.is_fallback:
         click.echo(f"note: using the {detector} detector, a fallback that misses more faces than yunet",
                    err=True)
-    reference = load_runtime(backend="keras") if compare else None
+    reference = load_runtime(backend=REFERENCE_BACKEND) if compare else None
     predictor = Predictor(runtime, found_detector, min_face=min_face, reference=reference)
     result = predictor.run(list(inputs), out_dir=out, every=every,
                            progress=lambda m: click.echo(m, err=True))
     text = to_json(result) if fmt == "json" else to_csv(result)
     click.echo(text, nl=False)
     if out is not None:
-        _write_text(out / f"predictions.{fmt}", text)
+        write_atomic(out / f"predictions.{fmt}", text)
     if compare and result.records:
         diffs = [abs(r["age_diff"]) for r in result.records if "age_diff" in r]
         if diffs:

@@ -26,3 +26,23 @@ class ModelFileError(SsrconvError):
 
 class ManifestError(InputError):
     """A manifest (``<artifact>.json``) or ``index.json`` is unreadable or malformed."""
+
+
+class OptionsError(SsrconvError):
+    """An impossible or malformed combination of options (a usage error: exit code 2)."""
+
+    exit_code = 2
+
+
+class MissingExtraError(SsrconvError):
+    """A command needs a pip extra (converters, an engine) that is not installed."""
+
+
+class IntegrityError(ModelFileError):
+    """An artifact's bytes on disk are not the bytes its manifest (or the index) records: the
+    file was replaced or edited after export, or a commit was torn. Never trusted."""
+
+
+class Int8RecipeError(SsrconvError):
+    """An int8 recipe's own check failed (a converter or quantizer behaved unlike the recipe
+    expects): the export is refused rather than shipped wrong."""

@@ -13,9 +13,9 @@ def evaluate(runtime, faces) -> dict:
     Age MAE is reported on adults (16+, the ages SSR-Net's training sets cover well) and on all
     labelled faces; gender accuracy compares P(male) > 0.5 with the label.
     """
-    from ssrconv.parity import _run_batched
+    from ssrconv.parity import run_batched
 
-    outputs = _run_batched(runtime, faces.inputs)
+    outputs = run_batched(runtime, faces.inputs)
     labelled = np.isfinite(faces.ages)
     adults = labelled & (faces.ages >= ADULT_AGE)
     summary: dict = {"backend": runtime.backend, "engine": runtime.engine,

@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssrconv.errors import SsrconvError
+from ssrconv.errors import OptionsError
 from ssrconv.reference import TASKS
 from ssrconv.targets import (
     DEFAULT_PRECISION,
@@ -18,12 +18,6 @@ from ssrconv.targets import (
     Target,
     precisions_of,
 )
-
-
-class OptionsError(SsrconvError):
-    """An impossible or malformed combination of export options."""
-
-    exit_code = 2
 
 
 def _as_tuple(value) -> tuple[str, ...]:

@@ -8,7 +8,6 @@ holding the full report when any budget is broken, and the CLI decides what is f
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -51,6 +50,10 @@ class ParityResult:
     violations: list[str] = field(default_factory=list)
     stages: dict[str, float] | None = None  # stage tensor -> max |diff| on the first faces
     stages_note: str = ""
+    managed: bool = True
+    sha256: str = ""
+    weights: dict[str, str] = field(default_factory=dict)  # the reference's weights per head
+    error: str | None = None  # the artifact could not be verified, loaded or run
 
     @property
     def passed(self) -> bool:
@@ -138,52 +141,61 @@ def parse_budget_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Budg
     return table
 
 
-def artifact_paths(path: str | os.PathLike) -> list[Path]:
-    """The artifacts of an export directory (from its index.json, else by suffix), or one file."""
-    from ssrconv.exporter import ARTIFACT_SUFFIXES, read_index
-
-    path = Path(path)
-    if not path.exists():
-        raise SsrconvError(f"{path}: no such file or directory")
-    if not path.is_dir() or path.suffix == ".mlpackage":
-        return [path]
-    entries = read_index(path)
-    if entries is not None:
-        return [path / e["file"] for e in entries]
-    found = sorted(p for p in path.iterdir() if p.suffix in ARTIFACT_SUFFIXES)
-    if not found:
-        raise SsrconvError(f"{path}: no artifacts (.onnx, .tflite, .mlpackage) in this directory")
-    return found
-
-
 STAGE_FACES = 64
 
 
-class _References:
-    """Keras reference runtimes and outputs, built once per weights combination."""
+def find_weights(head: str, entry: dict, candidates=()) -> str:
+    """The weights (registry name or path) whose sha256 is the one ``entry`` (a manifest's
+    ``weights[head]``) records: its own name first, then the registry, then ``candidates``
+    (paths the user gave). WeightsError naming the head, the name and the hash otherwise: an
+    export is never compared with weights it was not made from."""
+    from ssrconv.errors import AssetError, WeightsError
+    from ssrconv.reference.assets import ASSETS, resolve
 
-    def __init__(self, age_weights=None, gender_weights=None):
-        self.defaults = (age_weights, gender_weights)
+    want = entry.get("sha256")
+    names = [entry.get("name")] + [a.name for a in ASSETS.values() if a.sha256 == want]
+    for name in [n for n in names if n] + [str(c) for c in candidates]:
+        try:
+            if resolve(name, download=name in ASSETS).sha256 == want:
+                return name
+        except (AssetError, OSError):
+            continue
+    raise WeightsError(f"the {head} weights {entry.get('name')!r} (sha256 {str(want)[:16]}...) "
+                       "this artifact was exported from are not here; pass them with --weights PATH")
+
+
+class References:
+    """Reference runtimes and outputs, one per weights combination, built on first use.
+
+    A managed artifact is compared with the weights its manifest names, found by sha256
+    (:func:`find_weights`); an unmanaged one with ``age_weights``/``gender_weights`` (default:
+    the registry defaults).
+    """
+
+    def __init__(self, age_weights=None, gender_weights=None, candidates=()):
+        self.defaults = {"age": age_weights, "gender": gender_weights}
+        self.candidates = tuple(candidates)
         self.runtimes: dict[tuple, object] = {}
         self.cache: dict[tuple, dict[str, np.ndarray]] = {}
 
-    def runtime(self, manifest: dict | None):
+    def weights_for(self, artifact) -> tuple:
+        chosen = dict(self.defaults)
+        for head, entry in artifact.weights.items():
+            chosen[head] = find_weights(head, entry, self.candidates)
+        return chosen["age"], chosen["gender"]
+
+    def runtime(self, weights: tuple):
         from ssrconv.runtimes import load_runtime
 
-        age, gender = self.defaults
-        if manifest is not None:
-            weights = manifest.get("weights", {})
-            age = weights.get("age", {}).get("name", age)
-            gender = weights.get("gender", {}).get("name", gender)
-        if (age, gender) not in self.runtimes:
-            self.runtimes[(age, gender)] = load_runtime(backend="keras", task="age-gender",
-                                                        age_weights=age, gender_weights=gender)
-        return self.runtimes[(age, gender)], (age, gender)
+        if weights not in self.runtimes:
+            age, gender = weights
+            self.runtimes[weights] = load_runtime(backend="keras", task="age-gender",
+                                                  age_weights=age, gender_weights=gender)
+        return self.runtimes[weights]
 
-    def outputs(self, manifest: dict | None, inputs: np.ndarray, key: str) -> dict[str, np.ndarray]:
-        runtime, weights = self.runtime(manifest)
+    def outputs(self, weights: tuple, inputs: np.ndarray, key: str) -> dict[str, np.ndarray]:
         if (weights, key) not in self.cache:
-            self.cache[(weights, key)] = runtime.run(inputs)
+            self.cache[(weights, key)] = run_batched(self.runtime(weights), inputs)
         return self.cache[(weights, key)]
 
 
@@ -205,43 +217,39 @@ def stage_differences(runtime, reference, inputs: np.ndarray) -> tuple[dict[str,
             for s in specs}, ""
 
 
-def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: int = 64,
-          seed: int = 0, budgets: dict[str, Budget] | None = None, age_weights=None,
-          gender_weights=None, progress=None, raise_on_failure: bool = True) -> ParityReport:
-    """Compare every artifact in ``paths`` with the reference; raise ParityError if any budget
-    is broken (after measuring all of them)."""
-    from ssrconv.exporter import read_manifest
-    from ssrconv.runtimes import load_runtime
-    from ssrconv.targets import TARGETS
+def _failed(path: Path, reason: str, target: str = "-", engine: str = "-") -> ParityResult:
+    return ParityResult(artifact=path.name, target=target, engine=engine, budget={}, faces=0,
+                        synthetic=0, real={}, synthetic_stats={}, violations=[reason],
+                        error=reason)
+
+
+def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, seed: int = 0,
+          budgets: dict[str, Budget] | None = None, age_weights=None, gender_weights=None,
+          weights_candidates=(), engine: str | None = None, progress=None,
+          raise_on_failure: bool = True) -> ParityReport:
+    """Compare every artifact of ``items`` (paths, or :class:`ssrconv.artifacts.Found` from
+    :func:`ssrconv.artifacts.discover`) with the reference built from its own weights.
+
+    Each artifact is opened and verified (bytes against its manifest) before anything trusts
+    it; one that fails to verify, load or run becomes a failed row with its reason and the
+    others are still measured. Raises ParityError when any row failed (after all of them),
+    unless ``raise_on_failure`` is False.
+    """
+    from ssrconv.artifacts import Found
 
     budgets = budgets or BUDGETS
     say = progress or (lambda message: None)
     synth = synthetic_inputs(synthetic, seed) if synthetic else np.empty((0, 64, 64, 3), np.float32)
-    references = _References(age_weights, gender_weights)
+    references = References(age_weights, gender_weights, weights_candidates)
     results = []
-    for number, path in enumerate(paths, start=1):
-        manifest = read_manifest(path)
-        target = manifest["target"] if manifest else _guess_target(path)
-        budget_class = TARGETS[target].budget_class if target in TARGETS else "fp32"
-        budget = budgets[budget_class]
-        runtime = load_runtime(path)
-        say(f"[{number}/{len(paths)}] {path.name} on {runtime.engine} ({budget_class} budget)")
-        real_ref = references.outputs(manifest, faces, "real")
-        real_got = _run_batched(runtime, faces)
-        real = {h: head_stats(real_got[h], real_ref[h], h) for h in runtime.heads}
-        synth_stats = {}
-        if len(synth):
-            synth_ref = references.outputs(manifest, synth, "synthetic")
-            synth_got = _run_batched(runtime, synth)
-            synth_stats = {h: head_stats(synth_got[h], synth_ref[h], h) for h in runtime.heads}
-        reference, _ = references.runtime(manifest)
-        stages, stages_note = stage_differences(runtime, reference, faces[:STAGE_FACES])
-        result = ParityResult(artifact=path.name, target=target, engine=runtime.engine,
-                              budget=budget.as_dict(), faces=len(faces), synthetic=len(synth),
-                              real=real, synthetic_stats=synth_stats,
-                              violations=violations(real, budget), stages=stages,
-                              stages_note=stages_note)
-        say(f"      {'ok' if result.passed else 'BROKEN: ' + '; '.join(result.violations)}")
+    for number, item in enumerate(items, start=1):
+        found = item if isinstance(item, Found) else Found(Path(item))
+        try:
+            result = _check_one(found, faces, synth, budgets, references, engine, number,
+                                len(items), say)
+        except SsrconvError as err:
+            result = _failed(found.path, str(err))
+            say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
         results.append(result)
     report = ParityReport(faces_dir=faces_dir, results=results)
     if raise_on_failure and not report.passed:
@@ -249,25 +257,46 @@ def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: 
     return report
 
 
-def _run_batched(runtime, inputs: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+def _check_one(found, faces, synth, budgets, references, engine, number, total, say) -> ParityResult:
+    artifact = found.open()
+    budget = artifact.budget(budgets)
+    weights = references.weights_for(artifact)
+    runtime = artifact.runtime(engine=engine)
+    managed = "" if artifact.managed else ", unmanaged: precision read from the file"
+    say(f"[{number}/{total}] {artifact.label} on {runtime.engine} ({artifact.budget_class} "
+        f"budget{managed})")
+    real_ref = references.outputs(weights, faces, "real")
+    real_got = run_batched(runtime, faces)
+    real = {h: head_stats(real_got[h], real_ref[h], h) for h in runtime.heads}
+    synth_stats = {}
+    if len(synth):
+        synth_ref = references.outputs(weights, synth, "synthetic")
+        synth_got = run_batched(runtime, synth)
+        synth_stats = {h: head_stats(synth_got[h], synth_ref[h], h) for h in runtime.heads}
+    stages, stages_note = stage_differences(runtime, references.runtime(weights),
+                                            faces[:STAGE_FACES])
+    result = ParityResult(artifact=artifact.label, target=artifact.target.key,
+                          engine=runtime.engine, budget=budget.as_dict(), faces=len(faces),
+                          synthetic=len(synth), real=real, synthetic_stats=synth_stats,
+                          violations=violations(real, budget), stages=stages,
+                          stages_note=stages_note, managed=artifact.managed,
+                          sha256=artifact.sha256,
+                          weights={"age": str(weights[0] or "age-wiki"),
+                                   "gender": str(weights[1] or "gender-wiki")})
+    say(f"      {'ok' if result.passed else 'BROKEN: ' + '; '.join(result.violations)}")
+    return result
+
+
+def run_batched(runtime, inputs: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+    """Run ``inputs`` through ``runtime`` in batches of ``batch``."""
     parts = [runtime.run(inputs[i:i + batch]) for i in range(0, len(inputs), batch)]
     return {h: np.concatenate([p[h] for p in parts]) for h in runtime.heads}
 
 
-def _guess_target(path: Path) -> str:
-    """Best guess of a manifest-less artifact's target from its name (fp32 budget otherwise)."""
-    from ssrconv.runtimes import backend_for
-
-    family = backend_for(path)
-    for precision in ("int8", "dynamic", "fp16", "fp32"):
-        if precision in path.name:
-            return f"{family}-{precision}"
-    return f"{family}-fp32"
-
-
 def render_markdown(report: ParityReport) -> str:
     """A Markdown table: one row per artifact, the statistics the budgets judge."""
-    lines = [f"Parity against the Keras reference on {report.results[0].faces if report.results else 0} "
+    faces = max((r.faces for r in report.results), default=0)
+    lines = [f"Parity against the Keras reference on {faces} "
              f"real faces ({report.faces_dir}); synthetic inputs reported separately.", "",
              "| artifact | engine | max age diff (y) | mean | p99 | P(male) max diff | gender agreement "
              "| synthetic max age diff | result |",
@@ -289,7 +318,7 @@ def render_markdown(report: ParityReport) -> str:
               "|---|---|---|---|---|"]
     for r in report.results:
         if r.stages is None:
-            lines.append(f"| {r.artifact} | - | - | - | n/a: {r.stages_note} |")
+            lines.append(f"| {r.artifact} | - | - | - | n/a: {r.stages_note or 'not run'} |")
             continue
         by_kind = {}
         for key, value in r.stages.items():

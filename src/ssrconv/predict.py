@@ -11,13 +11,13 @@ import csv
 import io
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ssrconv.atomic import fsync_path, place, temp_path, write_atomic
 from ssrconv.errors import InputError, SsrconvError
 from ssrconv.reference.preprocess import IMAGE_SUFFIXES, crop_face, read_image
 
@@ -76,15 +76,6 @@ def annotate(image: np.ndarray, records: list[dict]) -> np.ndarray:
         cv2.putText(canvas, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (0, 0, 0), thickness, cv2.LINE_AA)
     return canvas
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class Predictor:
@@ -173,7 +164,7 @@ class Predictor:
             ok, encoded = cv2.imencode(".jpg", annotate(image, records))
             if not ok:
                 raise InputError(f"{path}: could not encode the annotated image")
-            _write_atomic(out_dir / name, encoded.tobytes())
+            write_atomic(out_dir / name, encoded.tobytes())
             result.annotated.append(str(out_dir / name))
         return records
 
@@ -201,7 +192,7 @@ class Predictor:
                     if out_dir is not None:
                         if writer is None:
                             final = out_dir / self._out_name(path, ".mp4", used)
-                            tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.mp4")
+                            tmp = temp_path(final, ".mp4")
                             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"),
                                                      fps / every, (frame.shape[1], frame.shape[0]))
                         writer.write(annotate(frame, found))
@@ -211,7 +202,8 @@ class Predictor:
             if writer is not None:
                 writer.release()
                 writer = None
-                os.replace(tmp, final)
+                fsync_path(tmp)
+                place(tmp, final)
                 result.annotated.append(str(final))
         finally:
             capture.release()

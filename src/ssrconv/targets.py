@@ -1,15 +1,30 @@
-"""The table of export targets: one row per (family, precision), with its file suffix, the
-runtime that runs it and its default parity budget. Everything that varies by target reads
-this table instead of branching on strings elsewhere.
+"""THE format table: every fact about a file format, an engine and an export target lives in
+one row here, and everything else (CLI choices, ``open_artifact``, ``load_runtime``, bench
+planning, parity discovery, soak) derives from it. Adding a format is one :class:`Format` row,
+its :class:`Target` rows, one converter module and one runtime module.
+
+- :class:`Format`: a file family: its suffix, whether it is a directory package, the module
+  that converts to it, verifies its bytes before a runtime sees them and reads its facts back
+  (``convert``/``verify``/``describe``/``file_precision``), the engines that read it (the first
+  is the default) and the pip extra holding its converter.
+- :class:`Engine`: something that executes artifacts: the formats it reads, the factory that
+  loads an artifact into a :class:`~ssrconv.runtimes.base.Runtime`, and the pip extra (with
+  the import it needs) that brings it.
+- :class:`Target`: one exportable (family, precision) with its parity budget class.
+
+This module imports nothing heavy.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
-FAMILIES = ("onnx", "tflite", "coreml")
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
+WEIGHTS_SUFFIX = ".h5"  # the published weights: not an artifact (the reference is built from them)
 
 
 @dataclass(frozen=True)
@@ -31,22 +46,142 @@ BUDGETS = {
     "fp16": Budget(max_age=0.25, mean_age=0.05, min_gender_agreement=1.0),
     "int8": Budget(mean_age=0.3, p99_age=1.0, min_gender_agreement=0.99),
 }
+# The budget class a precision is judged by (an unmanaged file: the precision read from it).
+BUDGET_OF_PRECISION = {"fp32": "fp32", "fp16": "fp16", "dynamic": "int8", "int8": "int8"}
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Something that executes artifacts of the formats it ``reads``."""
+
+    name: str
+    reads: tuple[str, ...]  # format families
+    factory: str  # "module:callable"; called as factory(path, num_threads=, precision=, **options)
+    extra: str | None  # pip extra that brings it; None: the base install
+    needs: tuple[str, ...]  # importable modules that must be present
+    description: str
+    # "module:function" returning why this engine's speed here says nothing about the real
+    # runtime's (None: it does), e.g. CoreML's numpy interpreter off macOS.
+    untimed: str | None = None
+
+    def why_not_timed(self) -> str | None:
+        """None when timing this engine here measures the runtime users deploy, else why not."""
+        if self.untimed is None:
+            return None
+        module, name = self.untimed.split(":")
+        return getattr(importlib.import_module(module), name)()
+
+    def installed(self) -> bool:
+        """True when every module the engine needs can be imported (found, not imported)."""
+        return all(importlib.util.find_spec(m) is not None for m in self.needs)
+
+    def load(self, path: Path, num_threads: int | None = None, precision: str | None = None,
+             **options):
+        """The engine's Runtime for ``path`` (its libraries are imported only now)."""
+        from ssrconv.errors import MissingExtraError
+
+        if not self.installed():
+            hint = f"pip install 'ssrconv[{self.extra}]'" if self.extra else "reinstall ssrconv"
+            raise MissingExtraError(f"engine {self.name} is not installed here (needs "
+                                    f"{', '.join(self.needs)}): {hint}")
+        module, name = self.factory.split(":")
+        factory = getattr(importlib.import_module(module), name)
+        return factory(Path(path), num_threads=num_threads, precision=precision, **options)
+
+
+@dataclass(frozen=True)
+class Format:
+    """A file format ssrconv exports and reads."""
+
+    family: str
+    suffix: str
+    package: bool  # a directory package (several files, hashed and committed as one)
+    module: str  # ssrconv.converters.<module>: convert, describe, verify, file_precision
+    engines: tuple[str, ...]  # engine names; the first is the default
+    extra: str  # pip extra holding the converter
+    default_precision: str
+    description: str
+
+    def converter(self):
+        """The format's converter/reader module (imported lazily: converting is heavy, reading
+        needs only the runtime libraries)."""
+        return importlib.import_module(f"ssrconv.converters.{self.module}")
+
+    @property
+    def engine(self) -> Engine:
+        return ENGINES[self.engines[0]]
+
+
+ENGINES: dict[str, Engine] = {e.name: e for e in (
+    Engine("onnxruntime", ("onnx",), "ssrconv.runtimes.onnx_rt:OnnxRuntime", None,
+           ("onnxruntime", "onnx"), "onnxruntime, CPU execution provider"),
+    Engine("litert", ("tflite",), "ssrconv.runtimes.tflite_rt:TFLiteRuntime", None,
+           ("ai_edge_litert",), "ai-edge-litert (TFLite without TensorFlow), XNNPACK"),
+    Engine("coreml", ("coreml",), "ssrconv.runtimes.coreml_rt:load_coreml", "export",
+           ("coremltools",), "CoreML on macOS; a numpy interpreter of the MIL program elsewhere",
+           untimed="ssrconv.runtimes.coreml_rt:not_timable_reason"),
+)}
+
+FORMATS: dict[str, Format] = {f.family: f for f in (
+    Format("onnx", ".onnx", False, "onnx", ("onnxruntime",), "export", "fp32", "ONNX"),
+    Format("tflite", ".tflite", False, "tflite", ("litert",), "export", "fp32", "TFLite flatbuffer"),
+    Format("coreml", ".mlpackage", True, "coreml", ("coreml",), "export", "fp16",
+           "CoreML ML Program package"),
+)}
+FAMILIES = tuple(FORMATS)
+REFERENCE_BACKEND = "keras"  # the reference itself, built from weights (not a format)
+BACKENDS = (REFERENCE_BACKEND, *FAMILIES)
+# The one suffix map of the project.
+_BY_SUFFIX = {f.suffix: f for f in FORMATS.values()}
+
+
+def format_of(path: str | Path) -> Format | None:
+    """The format of a path, from its suffix (None: not an artifact ssrconv knows)."""
+    return _BY_SUFFIX.get(Path(path).suffix.lower())
+
+
+def artifact_suffixes() -> tuple[str, ...]:
+    """Every artifact suffix, for messages and directory scans."""
+    return tuple(_BY_SUFFIX)
+
+
+def engines_reading(family: str) -> list[Engine]:
+    """Every engine that reads ``family``, the format's default first."""
+    default = FORMATS[family].engines
+    others = [e for e in ENGINES.values() if family in e.reads and e.name not in default]
+    return [ENGINES[n] for n in default] + others
+
+
+def get_engine(name: str) -> Engine:
+    """The engine called ``name``; a one-line error listing the engines otherwise."""
+    from ssrconv.errors import OptionsError
+
+    try:
+        return ENGINES[name]
+    except KeyError:
+        raise OptionsError(f"unknown engine {name!r}: known engines are {', '.join(ENGINES)}") from None
 
 
 @dataclass(frozen=True)
 class Target:
-    """One exportable artifact kind."""
+    """One exportable artifact kind: a format at a precision."""
 
     family: str
     precision: str
-    suffix: str
-    runtime: str
     budget_class: str  # key into BUDGETS
     description: str
 
     @property
     def key(self) -> str:
         return f"{self.family}-{self.precision}"
+
+    @property
+    def format(self) -> Format:
+        return FORMATS[self.family]
+
+    @property
+    def suffix(self) -> str:
+        return self.format.suffix
 
     @property
     def budget(self) -> Budget:
@@ -59,25 +194,23 @@ class Target:
 TARGETS: dict[str, Target] = {
     t.key: t
     for t in (
-        Target("onnx", "fp32", ".onnx", "onnx", "fp32", "ONNX (tf2onnx), float32"),
-        Target("onnx", "int8", ".onnx", "onnx", "int8",
+        Target("onnx", "fp32", "fp32", "ONNX (tf2onnx), float32"),
+        Target("onnx", "int8", "int8",
                "ONNX int8: static QDQ (onnxruntime.quantization, uint8 activations, int8 "
                "per-channel weights) on the relu stream's convolutions and pools, the rest "
                "float; calibrated"),
-        Target("tflite", "fp32", ".tflite", "tflite", "fp32", "TFLite, float32"),
-        Target("tflite", "fp16", ".tflite", "tflite", "fp16",
-               "TFLite, float16 weights (dequantized to float32 at load)"),
-        Target("tflite", "dynamic", ".tflite", "tflite", "int8",
-               "TFLite dynamic range: int8 weights, float activations"),
-        Target("tflite", "int8", ".tflite", "tflite", "int8",
+        Target("tflite", "fp32", "fp32", "TFLite, float32"),
+        Target("tflite", "fp16", "fp16", "TFLite, float16 weights (dequantized to float32 at load)"),
+        Target("tflite", "dynamic", "int8", "TFLite dynamic range: int8 weights, float activations"),
+        Target("tflite", "int8", "int8",
                "TFLite int8: convolutions and pools in int8 (weights and activations) except "
                "each stream's first block; SSR head in float; calibrated"),
-        Target("coreml", "fp16", ".mlpackage", "coreml", "fp16", "CoreML mlprogram, float16 compute"),
-        Target("coreml", "fp32", ".mlpackage", "coreml", "fp32", "CoreML mlprogram, float32 compute"),
+        Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute"),
+        Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute"),
     )
 }
 
-DEFAULT_PRECISION = {"onnx": "fp32", "tflite": "fp32", "coreml": "fp16"}
+DEFAULT_PRECISION = {f.family: f.default_precision for f in FORMATS.values()}
 
 
 def precisions_of(family: str) -> list[str]:
@@ -86,8 +219,10 @@ def precisions_of(family: str) -> list[str]:
 
 
 def get_target(key: str) -> Target:
-    """The row ``family-precision``; ValueError listing the table otherwise."""
+    """The row ``family-precision``; a one-line error listing the table otherwise."""
+    from ssrconv.errors import OptionsError
+
     try:
         return TARGETS[key]
     except KeyError:
-        raise ValueError(f"unknown target {key!r}: known targets are {', '.join(TARGETS)}") from None
+        raise OptionsError(f"unknown target {key!r}: known targets are {', '.join(TARGETS)}") from None

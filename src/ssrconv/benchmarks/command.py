@@ -11,49 +11,70 @@ from pathlib import Path
 import click
 
 from ssrconv.errors import SsrconvError
+from ssrconv.targets import BACKENDS
 
-_BACKENDS = ("keras", "onnx", "tflite", "coreml")  # = ssrconv.runtimes.BACKENDS, without importing it
-_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml"}
+DEFAULT_EXPORT_DIR = Path("ssrconv-out")  # = ExportOptions.out's default
 
 
-def _plan(backend: str | None, model: Path | None, all_dir: Path | None, with_keras: bool) -> list:
+def _plan(backend: str | None, model: Path | None, all_dir: Path | None, with_keras: bool,
+          progress) -> list:
     """The rows to benchmark, or a one-line error for an impossible request."""
+    from ssrconv.artifacts import open_all, open_artifact
     from ssrconv.benchmarks.harness import artifact_entry, keras_entries
+    from ssrconv.runtimes import REFERENCE_BACKEND, is_weights_file
 
     if all_dir is not None:
         if backend or model:
             raise click.UsageError("--all DIR benchmarks every artifact of DIR: do not combine it "
                                    "with --backend or --model")
-        from ssrconv.parity import artifact_paths
-
         if not all_dir.is_dir():
             raise SsrconvError(f"{all_dir}: not a directory (--all takes an export directory)")
-        paths = [p for p in artifact_paths(all_dir) if p.exists()]
-        if not paths:
-            raise SsrconvError(f"{all_dir}: no artifacts (.onnx, .tflite, .mlpackage) to "
-                               "benchmark; run ssrconv export --out DIR first")
-        return keras_entries() + [artifact_entry(p) for p in paths]
-    if backend is None and model is None:
-        raise click.UsageError("give --backend NAME [--model PATH], --model PATH, or --all DIR")
+        return keras_entries() + [artifact_entry(a) for a in open_all(all_dir)]
     if model is not None:
-        if not model.exists():
-            raise SsrconvError(f"{model}: no such file")
-        suffix = model.suffix.lower()
-        family = _SUFFIXES.get(suffix)
-        if family is None:
-            raise SsrconvError(f"{model}: unknown artifact type {suffix or '(no suffix)'!r}; "
-                               "expected .onnx, .tflite or .mlpackage")
-        if backend == "keras":
-            raise SsrconvError("--backend keras times the built-in reference (weights from the "
-                               f"registry); drop --model {model}")
-        if backend is not None and backend != family:
-            raise SsrconvError(f"--backend {backend} cannot run {model} (a {family} artifact); "
-                               f"use --backend {family} or omit --backend")
-        return (keras_entries() if with_keras else []) + [artifact_entry(model)]
-    if backend != "keras":
-        raise SsrconvError(f"--backend {backend} needs --model PATH (an exported "
-                           f"{'.mlpackage' if backend == 'coreml' else '.' + backend} file)")
-    return keras_entries()
+        if is_weights_file(model):
+            if backend not in (None, REFERENCE_BACKEND):
+                raise SsrconvError(f"{model} is a weights file: --backend {REFERENCE_BACKEND} "
+                                   f"times it, not {backend}")
+            return keras_entries(weights=model)
+        if backend == REFERENCE_BACKEND:
+            raise SsrconvError(f"--backend {REFERENCE_BACKEND} times the reference; give it a "
+                               f"weights file (.h5) as --model, or drop --model {model}")
+        artifact = open_artifact(model)
+        if backend is not None and backend != artifact.format.family:
+            raise SsrconvError(f"--backend {backend} cannot run {model} (a "
+                               f"{artifact.format.family} artifact); use --backend "
+                               f"{artifact.format.family} or omit --backend")
+        return (keras_entries() if with_keras else []) + [artifact_entry(artifact)]
+    if backend is None:
+        raise click.UsageError("give --backend NAME, --model PATH, or --all DIR")
+    if backend == REFERENCE_BACKEND:
+        return keras_entries()
+    return keras_entries() + [artifact_entry(a) for a in _default_artifacts(backend, progress)]
+
+
+def _default_artifacts(family: str, progress) -> list:
+    """Every artifact of ``family`` in the default export directory, exporting them there
+    first (and saying so) when it holds none: `ssrconv bench --backend tflite` works verbatim."""
+    from ssrconv.artifacts import discover
+
+    found = []
+    if DEFAULT_EXPORT_DIR.is_dir():
+        found = [f.open() for f in discover(DEFAULT_EXPORT_DIR) if f.path.exists()]
+    chosen = [a for a in found if a.format.family == family]
+    if chosen:
+        progress(f"timing the {family} artifacts of {DEFAULT_EXPORT_DIR}/ "
+                 f"({', '.join(a.label for a in chosen)})")
+        return chosen
+    from ssrconv.exporter import export
+    from ssrconv.options import ExportOptions
+    from ssrconv.targets import precisions_of
+
+    progress(f"no {family} artifacts in {DEFAULT_EXPORT_DIR}/: exporting every {family} "
+             f"precision there first ({', '.join(precisions_of(family))}; int8 calibrated "
+             "data-free unless exported with --calibration)")
+    options = ExportOptions(to=(family,), precision=tuple(precisions_of(family)),
+                            out=DEFAULT_EXPORT_DIR)
+    return list(export(options, progress=progress))
 
 
 def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()) -> None:
@@ -68,10 +89,12 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
 
 
 @click.command()
-@click.option("--backend", type=click.Choice(_BACKENDS), default=None,
-              help="Backend to time (keras needs no --model; the others take --model PATH).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Backend to time: without --model, every artifact of that backend in "
+                   "ssrconv-out/ (exported there first when it has none), beside the reference.")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
-              help="Exported artifact (.onnx, .tflite, .mlpackage); its backend by default.")
+              help="One artifact (its backend by default), or a weights file (.h5): the "
+                   "reference built from it.")
 @click.option("--all", "all_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Benchmark every artifact of an export directory plus the Keras reference, "
                    "interleaved in one run.")
@@ -108,7 +131,8 @@ def bench(backend, model, all_dir, threads, batch, runs, warmup, rounds, block_s
     to stderr, the table to stdout. Exits 1 if any backend failed (the others are reported).
     """
     from ssrconv.benchmarks.harness import Settings, run_bench
-    from ssrconv.benchmarks.report import render_json, render_markdown, render_plot, render_text, write_atomic
+    from ssrconv.atomic import write_atomic
+    from ssrconv.benchmarks.report import render_json, render_markdown, render_plot, render_text
 
     _check_output(json_out, "--json")
     _check_output(md_out, "--markdown")
@@ -117,8 +141,9 @@ def bench(backend, model, all_dir, threads, batch, runs, warmup, rounds, block_s
         raise SsrconvError(f"--faces {faces_dir}: not a directory")
     settings = Settings(threads=threads, batch=batch, runs=runs, warmup=warmup, rounds=rounds,
                         block_seconds=block_seconds, faces_dir=str(faces_dir) if faces_dir else None)
-    entries = _plan(backend, model, all_dir, with_keras)
-    report = run_bench(entries, settings, progress=lambda m: click.echo(f"bench: {m}", err=True))
+    say = lambda m: click.echo(f"bench: {m}", err=True)  # noqa: E731
+    entries = _plan(backend, model, all_dir, with_keras, say)
+    report = run_bench(entries, settings, progress=say)
     click.echo(render_text(report), nl=False)
     if json_out:
         write_atomic(json_out, render_json(report))

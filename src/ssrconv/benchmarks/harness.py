@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import select
 import signal
 import subprocess
@@ -27,8 +26,6 @@ from pathlib import Path
 
 from ssrconv.errors import SsrconvError
 
-COREML_NOT_TIMED = ("latency: not measured (CoreML runtime needs macOS; the numpy MIL "
-                    "interpreter is a correctness tool, not a speed proxy)")
 GEMM_KEY = "gemm"
 _WORKER_NUMBERS = itertools.count(1)
 
@@ -117,49 +114,35 @@ class Entry:
         self.worker_key = self.worker_key or self.name
 
 
-def keras_entries(predict: bool = True) -> list[Entry]:
+def keras_entries(predict: bool = True, weights: str | os.PathLike | None = None) -> list[Entry]:
     """The Keras reference: model call, and model.predict (what most users time), sharing one
-    worker process (same model; predict adds only Keras' per-call machinery)."""
-    rows = [Entry("keras (model call)", "keras", "keras-fp32", "fp32", mode="run",
-                  options={"task": "age-gender"}, worker_key="keras", heads=["age", "p_male"])]
+    worker process (same model; predict adds only Keras' per-call machinery). ``weights``: one
+    weights file (its head read from its layers) instead of the default age-gender pair."""
+    options, heads, label = {"task": "age-gender"}, ["age", "p_male"], "keras"
+    if weights is not None:
+        from ssrconv.reference.assets import resolve
+        from ssrconv.reference.weights import read_h5_weights
+
+        task = read_h5_weights(resolve(weights).path).task
+        options = {"task": task, f"{task}_weights": str(weights)}
+        heads, label = (["age"] if task == "age" else ["p_male"]), f"keras {Path(weights).name}"
+    rows = [Entry(f"{label} (model call)", "keras", "keras-fp32", "fp32", mode="run",
+                  options=options, worker_key="keras", heads=heads)]
     if predict:
-        rows.append(Entry("keras (model.predict)", "keras", "keras-fp32", "fp32", mode="predict",
-                          options={"task": "age-gender"}, worker_key="keras",
-                          heads=["age", "p_male"]))
+        rows.append(Entry(f"{label} (model.predict)", "keras", "keras-fp32", "fp32",
+                          mode="predict", options=options, worker_key="keras", heads=heads))
     return rows
 
 
-def coreml_timable() -> bool:
-    """True where the real CoreML runtime can be timed (macOS with coremltools' native part)."""
-    if platform.system() != "Darwin":
-        return False
-    from ssrconv.runtimes.coreml_rt import coreml_available
-
-    return coreml_available()
-
-
-def artifact_entry(path: str | os.PathLike) -> Entry:
-    """The row of one exported artifact, described from its manifest (or its name)."""
-    from ssrconv.exporter import read_manifest
-    from ssrconv.parity import _guess_target
-    from ssrconv.runtimes import backend_for
-
-    path = Path(path)
-    backend = backend_for(path)
-    manifest = read_manifest(path)
-    target = manifest["target"] if manifest else _guess_target(path)
-    precision = manifest.get("precision") if manifest else target.split("-", 1)[1]
-    task = manifest.get("task") if manifest else ("age-gender" if "age_gender" in path.name
-                                                   else None)
-    heads = {"age": ["age"], "gender": ["p_male"], "age-gender": ["age", "p_male"]}.get(task, [])
-    entry = Entry(path.name, backend, target, precision, path=str(path), heads=heads)
-    if backend == "coreml":
-        if coreml_timable():
-            # Never the MIL interpreter: its speed says nothing about CoreML's.
-            entry.options = {"engine": "coreml"}
-        else:
-            entry.timed = False
-            entry.note = COREML_NOT_TIMED
+def artifact_entry(artifact) -> Entry:
+    """The row of one opened, verified artifact (:func:`ssrconv.artifacts.open_artifact`)."""
+    heads = list(artifact.heads or ())
+    entry = Entry(artifact.label, artifact.format.family, artifact.target.key, artifact.precision,
+                  path=str(artifact.path), heads=heads)
+    reason = artifact.format.engine.why_not_timed()
+    if reason is not None:
+        entry.timed = False
+        entry.note = reason
     return entry
 
 

@@ -85,18 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.one is not None or args.backend:
         print(json.dumps(soak_one(args.one or None, args.n, args.backend)))
         return 0
-    from ssrconv.parity import artifact_paths
-    from ssrconv.runtimes.coreml_rt import coreml_available
+    from ssrconv.artifacts import open_all
 
-    paths = artifact_paths(args.export_dir)
-    if not coreml_available():
-        # Off macOS CoreML runs on the numpy MIL interpreter (~0.1 s a call): a correctness
-        # tool, not what an app ships, so soaking it says nothing about the CoreML runtime.
-        skipped = [p.name for p in paths if p.suffix == ".mlpackage"]
-        if skipped:
-            print(f"soak: skipping {', '.join(skipped)} (CoreML runtime needs macOS)", file=sys.stderr)
-        paths = [p for p in paths if p.suffix != ".mlpackage"]
-    jobs = [(["--one", str(p)], p.name) for p in paths]
+    artifacts = open_all(args.export_dir)
+    # An engine whose speed here says nothing about the deployed runtime (CoreML's numpy MIL
+    # interpreter off macOS, ~0.1 s a call) says nothing about its memory either: skipped.
+    for artifact in artifacts:
+        reason = artifact.format.engine.why_not_timed()
+        if reason:
+            print(f"soak: skipping {artifact.label} ({reason})", file=sys.stderr)
+    jobs = [(["--one", str(a.path)], a.label) for a in artifacts
+            if a.format.engine.why_not_timed() is None]
     if args.keras:
         jobs.insert(0, (["--one", "", "--backend", "keras"], "keras"))
     results = []

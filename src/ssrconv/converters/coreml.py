@@ -105,3 +105,27 @@ def describe(path: Path) -> dict:
             "integer_only": False,
             "metadata": dict(spec.description.metadata.userDefined),
             "author": spec.description.metadata.author}
+
+
+def verify(path: Path) -> None:
+    """A structural check of an .mlpackage (a directory with its Manifest.json and an ML
+    Program spec) before coremltools or the MIL interpreter reads it."""
+    from ssrconv.errors import ModelFileError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFileError(f"{path}: not an .mlpackage directory; re-export it with ssrconv export")
+    if not (path / "Manifest.json").is_file():
+        raise ModelFileError(f"{path}: no Manifest.json in the package; re-export it with ssrconv export")
+    if not any(path.glob("Data/com.apple.CoreML/*.mlmodel")):
+        raise ModelFileError(f"{path}: no model spec (Data/com.apple.CoreML/*.mlmodel) in the "
+                             "package; re-export it with ssrconv export")
+
+
+def file_precision(path: Path) -> str:
+    """fp16 when the ML Program computes in float16 (most of its ops produce fp16), else fp32."""
+    from ssrconv.runtimes.mil_numpy import MilProgram
+
+    verify(path)
+    dtypes = MilProgram.from_mlpackage(path).compute_dtypes
+    return "fp16" if dtypes.get("fp16", 0) > dtypes.get("fp32", 0) else "fp32"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ssrconv.errors import Int8RecipeError
+
 ALPHA = 0.75          # CLE strength (0 = none, 1 = full range equalization)
 CLE_PCT = 99.99       # percentile of |activation| used as channel range for CLE
 
@@ -57,7 +59,9 @@ def rewrite(model):
 
     def clone(l):
         if isinstance(l, keras.layers.AveragePooling2D):
-            assert l.padding == "valid" and tuple(l.strides) == tuple(l.pool_size)
+            if l.padding != "valid" or tuple(l.strides) != tuple(l.pool_size):
+                raise Int8RecipeError(f"{l.name}: only valid, non-overlapping average pools are "
+                                      "rewritten as depthwise convolutions")
             return keras.layers.DepthwiseConv2D(l.pool_size, strides=l.strides, padding="valid", use_bias=False, name=l.name + "_dw")
         if isinstance(l, keras.layers.Flatten):
             return StaticFlatten(name=l.name)
@@ -143,8 +147,8 @@ def _patch_stats(model, layer, cal, bs=25):
     return H / n - np.outer(m, m), m
 
 
-def _gptq_channel(w, C):
-    s = np.abs(w).max() / 127
+def _gptq_channel(w, C, qmax: int = 127):
+    s = np.abs(w).max() / qmax
     if s == 0:
         return np.zeros_like(w), 1.0
     K = len(w); order = np.argsort(-np.abs(w))        # largest first: exact on the grid, keeps the scale
@@ -153,7 +157,7 @@ def _gptq_channel(w, C):
     U = np.linalg.cholesky(Hinv).T
     wp = w[order].copy(); q = np.zeros(K)
     for i in range(K):
-        q[i] = np.clip(np.round(wp[i] / s), -127, 127)
+        q[i] = np.clip(np.round(wp[i] / s), -qmax, qmax)
         wp[i + 1:] -= (wp[i] - q[i] * s) / U[i, i] * U[i, i + 1:]
     qq = np.empty(K); qq[order] = q
     # +/-1 coordinate polish of d^T C d
@@ -164,7 +168,7 @@ def _gptq_channel(w, C):
             if i == imax:
                 continue
             for step in (-1, 1):
-                if abs(qq[i] + step) > 127:
+                if abs(qq[i] + step) > qmax:
                     continue
                 dl = step * s
                 if 2 * dl * g[i] + dl * dl * diag[i] < -1e-12 * max(1.0, abs(diag[i])):
@@ -175,9 +179,10 @@ def _gptq_channel(w, C):
     return qq, s
 
 
-def round_kernels(model, cal, only=lambda name: True):
+def round_kernels(model, cal, only=lambda name: True, qmax: int = 127):
     """GPTQ rounding with bias correction of the Conv2D kernels whose layer name satisfies
-    ``only``: those that will run in int8 (rounding a kernel that stays float only adds error)."""
+    ``only`` (those that will run in int8: rounding a kernel that stays float only adds error),
+    onto the symmetric per-channel grid ``[-qmax, qmax] * max|w| / qmax``."""
     keras = _keras()
     for l in model.layers:
         if not isinstance(l, keras.layers.Conv2D) or isinstance(l, keras.layers.DepthwiseConv2D) or not only(l.name):
@@ -185,7 +190,7 @@ def round_kernels(model, cal, only=lambda name: True):
         wts = l.get_weights(); w = wts[0]
         K = w.reshape(-1, w.shape[-1]).astype(np.float64)
         C, m = _patch_stats(model, l, cal)
-        Kq = np.stack([np.multiply(*_gptq_channel(K[:, c], C)) for c in range(K.shape[1])], 1)
+        Kq = np.stack([np.multiply(*_gptq_channel(K[:, c], C, qmax)) for c in range(K.shape[1])], 1)
         if l.use_bias:
             wts[1] = (wts[1] - m @ (Kq - K)).astype(np.float32)         # bias correction
         wts[0] = Kq.reshape(w.shape).astype(np.float32)

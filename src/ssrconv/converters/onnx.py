@@ -135,3 +135,47 @@ def _runtime_ops(path: Path) -> dict:
     return {"onnxruntime": ort.__version__, "ops": dict(sorted(ops.items()))}
 
 
+
+
+def read_model(path: Path):
+    """The parsed, checked ModelProto of an .onnx file; ModelFileError for an unreadable,
+    corrupt or invalid file. (onnxruntime's own parse errors quote the corrupt bytes and then
+    fail to decode them, after printing a banner: onnx sees the bytes first.)"""
+    import onnx
+
+    from ssrconv.errors import ModelFileError
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        proto = onnx.load_model_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as err:  # noqa: BLE001 - protobuf DecodeError, ValidationError, ...
+        first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise ModelFileError(f"{path}: not a valid ONNX model ({first}); re-export it with "
+                             "ssrconv export") from None
+    return proto
+
+
+def verify(path: Path) -> None:
+    """Refuse a corrupt .onnx before onnxruntime is handed its bytes."""
+    read_model(path)
+
+
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+                  "QLinearMatMul", "MatMulInteger", "ConvInteger"}
+
+
+def file_precision(path: Path) -> str:
+    """The precision an .onnx file computes in, read from the graph: int8 when it quantizes,
+    fp16 when its weights are float16, else fp32."""
+    import onnx
+
+    proto = read_model(path)
+    if any(node.op_type in _QUANTIZED_OPS for node in proto.graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer):
+        return "fp16"
+    return "fp32"

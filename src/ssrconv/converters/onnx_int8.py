@@ -33,8 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.converters.int8_prep import _keras, base_name
+from ssrconv.errors import Int8RecipeError
 
 INPUT_CHANNELS = 4  # MLAS symmetric conv kernels need input channels % 4 == 0
+# Weights on a 7-bit grid, [-64, 64] (onnxruntime's reduce_range=True for int8). On x86 CPUs
+# without AVX512-VNNI / AVX-VNNI, MLAS's u8s8 kernels multiply with VPMADDUBSW, whose int16 pair
+# sums saturate for uint8 activations x int8 weights above 32767 / 255 / 2 = 64: with full
+# [-127, 127] weights the same file measured mean 5.6 y / p99 20 y off the reference on an AVX2
+# AMD EPYC (and 0.16 / 0.82 y on a VNNI Xeon). onnxruntime's quantization docs recommend
+# reduce_range for such machines; an exported file must be right on any CPU it lands on.
+WEIGHT_QMAX = 64
 
 # Base layer names (without the age_/gender_ prefix) quantized to int8: the relu stream
 # (conv2d_1..4 with their BN-folded activations and depthwise pools, 73% of the multiply-adds).
@@ -146,7 +154,7 @@ def prepare(model, calibration_inputs: np.ndarray, int8_layers=INT8_LAYERS):
     skip = is_gender_layer if has_gender_head(prepared) else (lambda name: False)
     equalize(prepared, cal, ALPHA, skip=skip)
     wanted = set(int8_layers)
-    round_kernels(prepared, cal, only=lambda name: base_name(name) in wanted)
+    round_kernels(prepared, cal, only=lambda name: base_name(name) in wanted, qmax=WEIGHT_QMAX)
     return pad_input_channels(fold_batchnorm(prepared))
 
 
@@ -188,7 +196,7 @@ def convert_int8(model, calibration, to_proto, int8_layers=INT8_LAYERS):
         proto = to_proto(prepared)
     nodes = int8_nodes(proto, [layer.name for layer in prepared.layers], int8_layers)
     if not nodes:
-        raise RuntimeError("no ONNX node matched the int8 layers: tf2onnx node naming changed?")
+        raise Int8RecipeError("no ONNX node matched the int8 layers: tf2onnx node naming changed?")
     input_name = proto.graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="ssrconv-onnx-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
@@ -198,7 +206,7 @@ def convert_int8(model, calibration, to_proto, int8_layers=INT8_LAYERS):
                 str(src), str(dst), calibration.onnx_reader(input_name),
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                per_channel=True, reduce_range=False,
+                per_channel=True, reduce_range=True,  # the [-64, 64] grid: WEIGHT_QMAX
                 op_types_to_quantize=list(OP_TYPES), nodes_to_quantize=nodes,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
@@ -210,8 +218,9 @@ def convert_int8(model, calibration, to_proto, int8_layers=INT8_LAYERS):
 def check_on_grid(float_proto, quantized_proto, tolerance: float = 0.01) -> int:
     """Every int8 weight onnxruntime derived is the integer GPTQ chose: the float kernel of
     the prepared graph divided by its per-channel scale is within ``tolerance`` of a step of
-    the stored integer. Returns the number of kernels checked; raises if one is off-grid (a
-    scale convention that differs from GPTQ's max|w|/127 would make ORT re-round them)."""
+    the stored integer, and within the 7-bit range. Returns the number of kernels checked;
+    raises if one is off-grid (a scale convention that differs from GPTQ's
+    max|w|/WEIGHT_QMAX would make ORT re-round them)."""
     from onnx import numpy_helper
 
     floats = {i.name: i for i in float_proto.graph.initializer}
@@ -227,17 +236,21 @@ def check_on_grid(float_proto, quantized_proto, tolerance: float = 0.01) -> int:
         scale = scale.reshape((-1,) + (1,) * (w.ndim - 1)) if scale.ndim else scale
         off = np.abs(w / scale - q).max()
         if off > tolerance:
-            raise RuntimeError(f"{base}: int8 weights off the GPTQ grid by {off:.3f} of a step")
+            raise Int8RecipeError(f"{base}: int8 weights off the GPTQ grid by {off:.3f} of a "
+                                  "step (onnxruntime's weight scale convention changed?)")
+        if np.abs(q).max() > WEIGHT_QMAX:
+            raise Int8RecipeError(f"{base}: int8 weights outside [-{WEIGHT_QMAX}, {WEIGHT_QMAX}]: "
+                                  "they would saturate u8s8 kernels on CPUs without VNNI")
         checked += 1
     if not checked:
-        raise RuntimeError("no int8 weight found to check against its float kernel: "
-                           "onnxruntime's naming of quantized initializers changed?")
+        raise Int8RecipeError("no int8 weight found to check against its float kernel: "
+                              "onnxruntime's naming of quantized initializers changed?")
     return checked
 
 
 INT8_RECIPE = (
     "static QDQ (onnxruntime.quantization), U8S8: uint8 activations, int8 symmetric per-channel "
-    "weights; int8: the relu stream (conv2d_1..4 and their pools), fused into QLinearConv by "
+    "weights on a 7-bit grid [-64, 64] (no VPMADDUBSW saturation on CPUs without VNNI); int8: the relu stream (conv2d_1..4 and their pools), fused into QLinearConv by "
     "onnxruntime at load; float: the tanh stream, the 1x1 summary convs and the SSR head. BatchNorm "
     "folded, input padded to 4 channels, cross-layer equalization (age head), GPTQ rounding with "
     "bias correction. See docs/INT8.md.")

@@ -100,8 +100,29 @@ def _convert_int8(model, options, calibration) -> bytes:
 # 512 KB per face) by a wide margin, and far below what a corrupt shape asks for: one flipped
 # bit in a dimension made allocate_tensors try to fill 19 GB and hang the process (docs/BAD_INPUTS.md).
 MAX_TENSOR_BYTES = 256 * 2**20
-_ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 8: 8, 9: 1, 10: 8, 11: 16, 12: 8,
-             13: 4, 15: 2, 16: 4}  # schema TensorType -> bytes per element (string: none)
+
+
+def _itemsizes() -> dict[int, int | None]:
+    """Schema TensorType value -> bytes per element, derived from the type names of the schema
+    (FLOAT32 -> 4, COMPLEX64 -> 8, INT4 -> 1 rounded up, BOOL -> 1; STRING, RESOURCE and
+    VARIANT have no fixed size: None)."""
+    import re
+
+    from ssrconv.converters.tflite_flatbuffer import schema
+
+    types = schema().TensorType
+    sizes: dict[int, int | None] = {}
+    for name in dir(types):
+        value = getattr(types, name)
+        if name.startswith("_") or not isinstance(value, int):
+            continue
+        bits = re.search(r"(\d+)$", name)
+        sizes[value] = (1 if name == "BOOL" else None if bits is None
+                        else max(1, int(bits.group(1)) // 8))
+    return sizes
+
+
+_ITEMSIZE = _itemsizes()
 
 
 def check_flatbuffer(data: bytes, path: Path) -> None:
@@ -143,7 +164,7 @@ def check_flatbuffer(data: bytes, path: Path) -> None:
                 shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
                 if any(d < 0 for d in shape):
                     raise bad(f"tensor {t} has a negative dimension {shape}")
-                itemsize = _ITEMSIZE.get(tensor.Type())
+                itemsize = _ITEMSIZE.get(tensor.Type())  # None: no fixed size (string, resource)
                 count = 1
                 for d in shape:
                     count *= d
@@ -288,3 +309,25 @@ def describe(path: Path) -> dict:
             "outputs": io_list(runner.get_output_details()),
             "ops": dict(sorted(ops.items())), "float_ops": dict(sorted(float_ops.items())),
             "integer_only": integer_only}
+
+
+def verify(path: Path) -> None:
+    """Refuse a corrupt .tflite before the C++ interpreter is handed its bytes."""
+    read_model(path)
+
+
+def file_precision(path: Path) -> str:
+    """The precision a .tflite file computes in, read from its tensors: int8 when operators
+    produce integer activations, dynamic when only weights are int8, fp16 for float16 weights,
+    else fp32."""
+    interpreter = load_interpreter(path, use_xnnpack=False)
+    tensors = {d["index"]: np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
+    produced = {i for op in interpreter._get_ops_details() for i in op["outputs"] if i >= 0}
+    kinds = {tensors[i] for i in tensors}
+    if any(tensors[i] in (np.dtype(np.int8), np.dtype(np.uint8)) for i in produced if i in tensors):
+        return "int8"
+    if np.dtype(np.int8) in kinds:
+        return "dynamic"
+    if np.dtype(np.float16) in kinds:
+        return "fp16"
+    return "fp32"

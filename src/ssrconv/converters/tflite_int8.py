@@ -31,6 +31,7 @@ import numpy as np
 from ssrconv.converters.int8_prep import (ALPHA, _keras, base_name, equalize, has_gender_head, is_gender_layer,
                                           round_kernels, rewrite)
 from ssrconv.converters.tflite_flatbuffer import operators, pack, schema
+from ssrconv.errors import Int8RecipeError
 
 TANH_CLIP = 4.0       # calibrated range of tanh inputs clipped to [-T, T]
 
@@ -138,8 +139,9 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
         for l in inner.layers:
             is_relu_act = isinstance(l, keras.layers.Activation) and l.get_config()["activation"] == "relu"
             is_relu_conv = type(l) is keras.layers.Conv2D and l.get_config()["activation"] == "relu"
-            is_pool = isinstance(l, keras.layers.Conv2D) and l.name.endswith("_dw")
-            if (is_relu_act or is_relu_conv or is_pool) and len(l.output.shape) == 4:
+            # The average pools (DepthwiseConv2D "_dw" layers: not Conv2D subclasses in Keras 3)
+            # are not clipped: their inputs' clipped relu ranges bound them (docs/INT8.md).
+            if (is_relu_act or is_relu_conv) and len(l.output.shape) == 4:
                 relu_like.append(l.name)
         acts = keras.Model(inner.inputs, [inner.get_layer(n).output for n in relu_like]).predict(cal, verbose=0)
         for n, a in zip(relu_like, acts):
@@ -169,7 +171,9 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
                 denied.add(k); changed = True
     matched = set().union(*[ol[k] for k in denied]) if denied else set()
     unmatched = {n for n in float_layers - matched if not isinstance(inner.get_layer(n), (keras.layers.Dropout, keras.layers.Identity))}
-    assert not unmatched, f"float layers without a TFLite op: {sorted(unmatched)}"
+    if unmatched:
+        raise Int8RecipeError(f"int8 TFLite: float layers without a TFLite op: {sorted(unmatched)} "
+                              "(the converter's tensor naming changed?)")
     deny_nodes = [sg.tensors[ops[k][1].outputs[0]].name.decode() for k in sorted(denied)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -177,15 +181,23 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
                                         input_data_type={"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[input_type],
                                         output_data_type=tf.float32,
                                         denylisted_nodes=deny_nodes)
-    # ---- checks
+    # ---- checks: every convolution/pool runs in int8 unless it implements a float layer, and
+    # the dense head is float: the recipe as documented, or the export is refused.
     fb = schema()
     g2, sg2, ops2 = operators(tfl)
-    for name, op in ops2:
+    ol2 = _op_layers(sg2, ops2, layer_names)
+    for (name, op), layers in zip(ops2, ol2):
         dt = sg2.tensors[op.outputs[0]].type
-        if name in ("CONV_2D", "DEPTHWISE_CONV_2D") and not float_layers - {l.name for l in inner.layers if len(l.output.shape) <= 2}:
-            assert dt == fb.TensorType.INT8, (name, sg2.tensors[op.outputs[0]].name)
-        if name == "FULLY_CONNECTED" and float_head:
-            assert dt == fb.TensorType.FLOAT32, (name, sg2.tensors[op.outputs[0]].name)
+        tensor = sg2.tensors[op.outputs[0]].name.decode(errors="replace")
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D") and layers:
+            want = fb.TensorType.FLOAT32 if layers & float_layers else fb.TensorType.INT8
+            if dt != want:
+                raise Int8RecipeError(f"int8 TFLite: {name} {tensor} computes in "
+                                      f"{'int8' if dt == fb.TensorType.INT8 else 'float'}, not as "
+                                      "the recipe says (denylist not honoured?)")
+        if name == "FULLY_CONNECTED" and float_head and dt != fb.TensorType.FLOAT32:
+            raise Int8RecipeError(f"int8 TFLite: dense layer {tensor} was quantized; the SSR head "
+                                  "must stay float (XNNPACK refuses int8 dense layers here)")
     if return_info:
         return tfl, {"float_layers": sorted(float_layers), "deny_nodes": len(deny_nodes), "mse_clip": edits}
     return tfl

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -212,11 +211,12 @@ def _download(asset: Asset) -> ResolvedAsset:
         raise AssetError(f"cannot create the cache directory {target_dir}: {err.strerror}; "
                          "set SSRCONV_CACHE to a writable directory") from None
     url = _download_url(asset)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{asset.filename}.", suffix=".part", dir=target_dir)
-    tmp = Path(tmp_name)
+    from ssrconv.atomic import fsync_dir, temp_path
+
+    tmp = temp_path(target_dir / asset.filename, ".part")
     try:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "xb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                     for chunk in iter(lambda: response.read(1 << 16), b""):
@@ -227,6 +227,8 @@ def _download(asset: Asset) -> ResolvedAsset:
             except (urllib.error.URLError, OSError, ValueError) as err:
                 reason = getattr(err, "reason", None) or err
                 raise AssetError(_missing_message(asset, reason=str(reason))) from None
+            out.flush()
+            os.fsync(out.fileno())
         actual = digest.hexdigest()
         if actual != asset.sha256:
             raise AssetError(
@@ -235,6 +237,7 @@ def _download(asset: Asset) -> ResolvedAsset:
             )
         final = target_dir / asset.filename
         os.replace(tmp, final)
+        fsync_dir(target_dir)
         return ResolvedAsset(path=final, source="download", sha256=actual, asset=asset)
     finally:
         tmp.unlink(missing_ok=True)

@@ -145,12 +145,25 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
+def spread_pick(paths: list[Path], limit: int | None) -> list[Path]:
+    """At most ``limit`` of the name-sorted ``paths``, spread evenly over the list.
+
+    Taking the first ``limit`` would be biased: UTKFace names start with the age, so the first
+    files are the youngest faces (measured on int8 calibration: all ages above 44 came out as
+    43.9 years). The one subsetting rule of parity, eval and calibration.
+    """
+    if limit is None or len(paths) <= limit:
+        return list(paths)
+    picks = np.unique(np.linspace(0, len(paths) - 1, limit).round().astype(int))
+    return [paths[i] for i in picks]
+
+
 def load_faces(directory: str | os.PathLike, limit: int | None = None) -> FaceSet:
-    """Load the aligned face chips of ``directory`` as model inputs (see :func:`prepare_chip`)."""
-    paths = list_images(directory)
-    if limit is not None:
-        paths = paths[:limit]
-    return load_face_files(paths, name=str(directory))
+    """Load the aligned face chips of ``directory`` as model inputs (see :func:`prepare_chip`),
+    at most ``limit`` of them (:func:`spread_pick`)."""
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit}: must be at least 1")
+    return load_face_files(spread_pick(list_images(directory), limit), name=str(directory))
 
 
 def load_face_files(paths: list[Path], name: str = "face list") -> FaceSet:

@@ -1,8 +1,10 @@
-"""One Runtime per backend, the single place each backend is loaded and driven.
+"""One Runtime per engine; :func:`load_runtime` is the single place an artifact or the
+reference is loaded for parity, eval, bench, predict and soak.
 
 Every runtime takes a float32 BGR batch (N x 64 x 64 x 3, 0..255) and returns
 ``{"age": (N,), "p_male": (N,)}`` (the heads the artifact has), handling quantized I/O with the
-model's own scale and zero-point. Parity, bench and predict all go through :func:`load_runtime`.
+model's own scale and zero-point. Which engine reads which file comes from the format table
+(:mod:`ssrconv.targets`); artifacts are opened and verified by :mod:`ssrconv.artifacts`.
 """
 
 from __future__ import annotations
@@ -12,58 +14,61 @@ from pathlib import Path
 
 from ssrconv.errors import SsrconvError
 from ssrconv.runtimes.base import Runtime
-
-BACKENDS = ("keras", "onnx", "tflite", "coreml")
-_SUFFIX_BACKEND = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", ".h5": "keras"}
+from ssrconv.targets import BACKENDS, REFERENCE_BACKEND, WEIGHTS_SUFFIX
 
 
 class RuntimeError_(SsrconvError):
     """An artifact could not be loaded or run by its runtime."""
 
 
-def backend_for(path: str | os.PathLike) -> str:
-    """The backend that runs an artifact, from its suffix."""
-    suffix = Path(path).suffix.lower()
-    try:
-        return _SUFFIX_BACKEND[suffix]
-    except KeyError:
-        raise RuntimeError_(f"{path}: unknown artifact type {suffix or '(no suffix)'!r}; expected "
-                            ".onnx, .tflite or .mlpackage") from None
+def is_weights_file(path: str | os.PathLike | None) -> bool:
+    """True for a weights file (``.h5``): the reference is built from it, it is not exported."""
+    return path is not None and Path(path).suffix.lower() == WEIGHTS_SUFFIX
+
+
+def reference_from_weights(path: str | os.PathLike) -> Runtime:
+    """The reference built from one weights file (age or gender, read from its layers)."""
+    from ssrconv.reference.assets import resolve
+    from ssrconv.reference.weights import read_h5_weights
+    from ssrconv.runtimes.keras_rt import KerasRuntime
+
+    task = read_h5_weights(resolve(path).path).task
+    runtime = KerasRuntime(task=task, **{f"{task}_weights": path})
+    runtime.path = Path(path)  # reports name the weights file the reference was built from
+    return runtime
 
 
 def load_runtime(path: str | os.PathLike | None = None, backend: str | None = None,
-                 num_threads: int | None = None, **options) -> Runtime:
-    """Load an artifact (or the Keras reference when ``backend="keras"`` and no path).
+                 num_threads: int | None = None, engine: str | None = None,
+                 **options) -> Runtime:
+    """Load an artifact on its engine, or the reference.
 
-    ``num_threads`` caps the backend's intra-op threads (None: the backend's default).
-    Extra ``options`` go to the backend (e.g. ``task``/``age_weights`` for keras,
-    ``use_xnnpack`` for tflite, ``engine`` for coreml).
+    ``path`` None with ``backend="keras"``: the reference (``task``/``age_weights``/
+    ``gender_weights`` in ``options``). A weights file (``.h5``): the reference built from it.
+    Anything else is opened and verified by :func:`ssrconv.artifacts.open_artifact` and run on
+    ``engine`` (default: its format's first engine). ``backend``, when given with a path, must
+    be the artifact's family. ``num_threads`` caps the engine's intra-op threads.
     """
-    if backend is None:
-        if path is None:
-            raise RuntimeError_("give an artifact path or a backend")
-        backend = backend_for(path)
-    if backend not in BACKENDS:
+    from ssrconv.artifacts import open_artifact
+
+    if backend is not None and backend not in BACKENDS:
         raise RuntimeError_(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise RuntimeError_(f"{path}: no such file")
-    if backend == "keras":
+    if path is None:
+        if backend != REFERENCE_BACKEND:
+            raise RuntimeError_("give an artifact path, or backend='keras' for the reference")
         from ssrconv.runtimes.keras_rt import KerasRuntime
 
         return KerasRuntime(**options)
-    if backend == "onnx":
-        from ssrconv.runtimes.onnx_rt import OnnxRuntime
-
-        return OnnxRuntime(path, num_threads=num_threads)
-    if backend == "tflite":
-        from ssrconv.runtimes.tflite_rt import TFLiteRuntime
-
-        return TFLiteRuntime(path, num_threads=num_threads, **options)
-    from ssrconv.runtimes.coreml_rt import load_coreml
-
-    return load_coreml(path, **options)
+    if is_weights_file(path):
+        if backend not in (None, REFERENCE_BACKEND):
+            raise RuntimeError_(f"{path} is a weights file: the {REFERENCE_BACKEND} reference "
+                                f"runs it, not {backend}")
+        return reference_from_weights(path)
+    artifact = open_artifact(path)
+    if backend not in (None, artifact.format.family):
+        raise RuntimeError_(f"{path} is a {artifact.format.family} artifact, not {backend}")
+    return artifact.runtime(engine=engine, num_threads=num_threads, **options)
 
 
-__all__ = ["BACKENDS", "Runtime", "RuntimeError_", "backend_for", "load_runtime"]
+__all__ = ["BACKENDS", "REFERENCE_BACKEND", "Runtime", "RuntimeError_", "is_weights_file",
+           "load_runtime", "reference_from_weights"]

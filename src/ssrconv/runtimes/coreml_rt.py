@@ -7,6 +7,7 @@ honouring its fp16 casts. ``engine`` says which one ran: ``coreml`` or ``coreml-
 
 from __future__ import annotations
 
+import importlib
 import platform
 from pathlib import Path
 
@@ -23,16 +24,28 @@ def coreml_available() -> bool:
         return False
     try:
         coremltools()
-        import coremltools.libcoremlpython  # noqa: F401
+        # importlib: an `import coremltools.x` statement here would make `coremltools` a local
+        # name and the call above an UnboundLocalError (on macOS, the one place this runs).
+        importlib.import_module("coremltools.libcoremlpython")
     except ImportError:
         return False
     return True
 
 
-def load_coreml(path: Path, engine: str | None = None) -> Runtime:
-    """The CoreML runtime for ``path``: ``engine`` "coreml", "coreml-mil-numpy" or None (auto)."""
-    if engine is None:
-        engine = "coreml" if coreml_available() else "coreml-mil-numpy"
+def not_timable_reason() -> str | None:
+    """None where the real CoreML runtime runs (and can be timed), else why it is not timed."""
+    if platform.system() == "Darwin" and coreml_available():
+        return None
+    return ("latency: not measured (CoreML runtime needs macOS; the numpy MIL interpreter is a "
+            "correctness tool, not a speed proxy)")
+
+
+def load_coreml(path: Path, num_threads: int | None = None, precision: str | None = None,
+                kind: str | None = None) -> Runtime:
+    """The CoreML runtime for ``path``: ``kind`` "coreml" (the framework, macOS),
+    "coreml-mil-numpy" or None (the framework where it exists, else the interpreter).
+    (CoreML picks its own threads; the MIL interpreter runs numpy's.)"""
+    engine = kind or ("coreml" if coreml_available() else "coreml-mil-numpy")
     if engine == "coreml":
         if not coreml_available():
             raise SsrconvError("the CoreML runtime needs macOS; use engine coreml-mil-numpy here")

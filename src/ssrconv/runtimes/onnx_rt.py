@@ -16,25 +16,16 @@ class OnnxRuntime(Runtime):
     backend = "onnx"
     engine = "onnxruntime-cpu"
 
-    def __init__(self, path: Path, num_threads: int | None = None):
+    def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         import contextlib
         import io
 
-        import onnx
         import onnxruntime as ort
 
-        try:
-            data = Path(path).read_bytes()
-        except OSError as err:
-            raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
-        try:
-            # Parsed and checked by onnx first: onnxruntime's own parse errors quote the corrupt
-            # bytes and then fail to decode them (UnicodeDecodeError), after printing a banner.
-            self.proto = onnx.load_model_from_string(data)
-            onnx.checker.check_model(self.proto)
-        except Exception as err:  # noqa: BLE001 - protobuf DecodeError, ValidationError, ...
-            raise ModelFileError(f"{path}: not a valid ONNX model ({_first_line(err)}); re-export "
-                                 "it with ssrconv export") from None
+        from ssrconv.converters.onnx import read_model
+
+        self.proto = read_model(path)  # parsed and checked by onnx before onnxruntime sees it
+        data = self.proto.SerializeToString()
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if num_threads:

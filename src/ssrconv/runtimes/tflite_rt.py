@@ -35,7 +35,8 @@ class TFLiteRuntime(Runtime):
 
     backend = "tflite"
 
-    def __init__(self, path: Path, num_threads: int | None = None, use_xnnpack: bool | None = None):
+    def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None,
+                 use_xnnpack: bool | None = None):
         from ssrconv.converters.tflite import load_interpreter, read_model
 
         self.path = Path(path)

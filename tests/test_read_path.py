@@ -1,0 +1,178 @@
+"""The verified read path (ssrconv.artifacts) and the gate it makes: the cases of issue 12.
+
+Each case fooled `ssrconv parity` before the read path verified bytes against manifests:
+a user's `.h5` ran the default weights, a swapped file passed under its old manifest, one
+truncated artifact hid the others' results.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssrconv.artifacts import discover, open_artifact
+from ssrconv.errors import IntegrityError, ModelFileError
+from ssrconv.targets import ENGINES, FORMATS, TARGETS, artifact_suffixes, format_of
+
+
+def _cli(*args, timeout=900):
+    return subprocess.run([sys.executable, "-m", "ssrconv.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tampered_weights(tmp_path_factory, assets_dir):
+    """A copy of age-wiki with one conv kernel multiplied by 3 (a 'fine-tuned' user file)."""
+    import h5py
+
+    path = tmp_path_factory.mktemp("weights") / "my_weights.h5"
+    shutil.copy(assets_dir / "ssrnet_age_wiki.h5", path)
+    with h5py.File(path, "r+") as h5:
+        kernels = []
+        h5.visit(lambda name: kernels.append(name) if name.endswith("kernel:0") and "conv2d_1/" in name else None)
+        h5[kernels[0]][...] = h5[kernels[0]][...] * 3
+    return path
+
+
+def test_the_table_is_the_one_suffix_map():
+    """Every target's suffix comes from its format row, every format has a default engine that
+    reads it, and no module outside the table maps suffixes to families."""
+    assert {t.suffix for t in TARGETS.values()} == set(artifact_suffixes())
+    for fmt in FORMATS.values():
+        assert fmt.family in fmt.engine.reads
+        assert format_of(f"x{fmt.suffix}") is fmt
+    for engine in ENGINES.values():
+        assert set(engine.reads) <= set(FORMATS)
+    src = Path(__file__).resolve().parents[1] / "src" / "ssrconv"
+    offenders = []
+    for file in src.rglob("*.py"):
+        if file.name == "targets.py":
+            continue
+        text = file.read_text()
+        for suffix in artifact_suffixes():
+            if f'"{suffix}":' in text or f"'{suffix}':" in text:
+                offenders.append(f"{file.name}: {suffix}")
+    assert not offenders, offenders
+
+
+def test_weights_file_is_not_an_artifact(tampered_weights, faces_dir):
+    result = _cli("parity", "--model", tampered_weights, "--faces", faces_dir)
+    assert result.returncode == 2
+    assert "weights file" in result.stderr and "export" in result.stderr
+    assert "Traceback" not in result.stderr and "within budget" not in result.stderr
+
+
+def test_eval_of_a_weights_file_uses_those_weights(tampered_weights, faces_dir):
+    """eval --model my_weights.h5 reports that file's MAE (not the default weights' 9.18 y)."""
+    mine = _cli("eval", faces_dir, "--model", tampered_weights, "--json", tampered_weights.with_suffix(".json"))
+    assert mine.returncode == 0, mine.stderr
+    summary = json.loads(tampered_weights.with_suffix(".json").read_text())["summary"]
+    assert "my_weights.h5" in summary["model"]
+    default = _cli("eval", faces_dir)
+    assert default.returncode == 0, default.stderr
+    default_mae = float(default.stdout.split("age MAE ")[1].split(" y")[0])
+    assert abs(summary["age_mae_adults"] - default_mae) > 0.5, (summary, default_mae)
+    assert "p_male" not in json.loads(tampered_weights.with_suffix(".json").read_text())["predictions"][0]
+
+
+@pytest.mark.slow
+def test_export_of_user_weights_is_checked_against_those_weights(tampered_weights, faces_dir, tmp_path):
+    """Parity builds the reference from the weights the manifest names (by sha256)."""
+    out = tmp_path / "mine"
+    result = _cli("export", "--to", "onnx", "--task", "age", "--weights", tampered_weights, "--out", out)
+    assert result.returncode == 0, result.stderr
+    parity = _cli("parity", out, "--faces", faces_dir, "--limit", "40", "--json", out / "p.json")
+    assert parity.returncode == 0, parity.stdout + parity.stderr
+    (row,) = json.loads((out / "p.json").read_text())["results"]
+    assert row["weights"]["age"] == str(tampered_weights) and row["real"]["age"]["max_abs"] < 0.01
+    moved = tmp_path / "elsewhere.h5"
+    shutil.move(tampered_weights, moved)  # the recorded path is gone: found again by sha256 only
+    try:
+        lost = _cli("parity", out, "--faces", faces_dir, "--limit", "8")
+        assert lost.returncode == 1 and "--weights" in lost.stdout
+        found = _cli("parity", out, "--faces", faces_dir, "--limit", "8", "--weights", moved)
+        assert found.returncode == 0, found.stdout + found.stderr
+    finally:
+        shutil.move(moved, tampered_weights)
+
+
+@pytest.fixture
+def export_copy(export_dir, tmp_path):
+    copy = tmp_path / "export"
+    shutil.copytree(export_dir, copy)
+    return copy
+
+
+def test_swapped_file_fails_verification(export_copy, faces_dir):
+    """The fp32 .tflite copied over the int8 one (its manifest still says int8): refused with
+    both hashes, the other artifacts still measured, exit 1."""
+    int8 = export_copy / "ssrnet_age_gender_int8.tflite"
+    shutil.copy(export_copy / "ssrnet_age_gender_fp32.tflite", int8)
+    with pytest.raises(IntegrityError, match="not the ones its manifest records") as err:
+        open_artifact(int8)
+    assert int8.name in str(err.value) and "\n" not in str(err.value)
+    result = _cli("parity", export_copy, "--faces", faces_dir, "--limit", "16", "--synthetic", "0",
+                  "--json", export_copy / "p.json")
+    assert result.returncode == 1
+    rows = {r["artifact"]: r for r in json.loads((export_copy / "p.json").read_text())["results"]}
+    assert len(rows) == len(list(export_copy.glob("*.json"))) - 2  # every artifact, one row each
+    assert not rows[int8.name]["passed"] and "manifest records" in rows[int8.name]["error"]
+    assert all(r["passed"] for name, r in rows.items() if name != int8.name), rows
+
+
+def test_one_truncated_artifact_does_not_hide_the_others(export_copy, faces_dir):
+    onnx = export_copy / "ssrnet_age_gender_fp32.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:20_000])
+    result = _cli("parity", export_copy, "--faces", faces_dir, "--limit", "16", "--synthetic", "0",
+                  "--json", export_copy / "p.json", "--junit", export_copy / "p.xml")
+    assert result.returncode == 1, result.stderr
+    report = json.loads((export_copy / "p.json").read_text())
+    failed = [r for r in report["results"] if not r["passed"]]
+    assert [r["artifact"] for r in failed] == [onnx.name]
+    assert "manifest records" in failed[0]["error"]
+    assert sum(r["passed"] for r in report["results"]) == len(report["results"]) - 1
+    assert 'failures="1"' in (export_copy / "p.xml").read_text()
+    assert "Traceback" not in result.stderr
+
+
+def test_unmanaged_artifact_reads_its_precision_from_the_file(export_dir, tmp_path):
+    """A user's own file, without a manifest, named to mislead: its budget follows its bytes."""
+    for source, precision in (("ssrnet_age_gender_int8.tflite", "int8"),
+                              ("ssrnet_age_gender_dynamic.tflite", "dynamic"),
+                              ("ssrnet_age_gender_fp16.tflite", "fp16"),
+                              ("ssrnet_age_gender_int8.onnx", "int8")):
+        mislabelled = tmp_path / f"model_fp32{Path(source).suffix}"
+        shutil.copy(export_dir / source, mislabelled)
+        artifact = open_artifact(mislabelled)
+        assert not artifact.managed and artifact.precision == precision, source
+    plain = tmp_path / "int8_but_really_fp32.onnx"
+    shutil.copy(export_dir / "ssrnet_age_gender_fp32.onnx", plain)
+    assert open_artifact(plain).budget_class == "fp32"
+
+
+def test_discover_reports_what_the_index_does_not_list(export_copy):
+    stray = export_copy / "stray.tflite"
+    shutil.copy(export_copy / "ssrnet_age_gender_fp32.tflite", stray)
+    (export_copy / "ssrnet_age_gender_fp16.tflite").unlink()
+    problems = {f.path.name: f.problem for f in discover(export_copy) if f.problem}
+    assert "index.json" in problems["stray.tflite"]
+    assert "missing" in problems["ssrnet_age_gender_fp16.tflite"]
+    with pytest.raises(ModelFileError, match="stray.tflite"):
+        [f for f in discover(export_copy) if f.path == stray][0].open()
+
+
+def test_engine_that_does_not_read_the_format_is_refused(export_dir):
+    artifact = open_artifact(export_dir / "ssrnet_age_gender_fp32.onnx")
+    from ssrconv.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="does not read .onnx"):
+        artifact.runtime(engine="litert")
+    runtime = artifact.runtime(engine="onnxruntime")
+    out = runtime.run(np.full((2, 64, 64, 3), 100, np.float32))
+    assert out["age"].shape == (2,)
