@@ -1,4 +1,4 @@
-"""The commit protocol (docs/COMMIT.md): signals deferred for the whole process, SIGKILL at
+"""The commit protocol (docs/READ_PATH.md): signals deferred for the whole process, SIGKILL at
 every step detected by the verifying readers, packages replaced without a missing moment."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Durable, atomic writes: the one helper every writer of ssrconv uses (artifacts, manifests,
 the index, reports, predictions, downloaded assets).
 
-The protocol (docs/COMMIT.md): write a temporary file in the destination's own directory,
+The protocol (docs/READ_PATH.md): write a temporary file in the destination's own directory,
 fsync it, rename it over the destination, fsync the directory. A reader sees the old file or the
 new one, never a mix, and after a crash or power loss the rename is either on disk or not.
 Directory packages (``.mlpackage``, ``.openvino``, ...) are swapped with

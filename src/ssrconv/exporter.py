@@ -3,7 +3,7 @@
 For each artifact: convert into a hidden temporary path inside the output directory, read the
 file back (I/O names, shapes, dtypes, quantization, ops), write the manifest and the new
 ``index.json`` to temporary files, then rename the three into place (:func:`_commit`,
-docs/COMMIT.md). The renames happen while holding an exclusive lock on the output directory (so
+docs/READ_PATH.md). The renames happen while holding an exclusive lock on the output directory (so
 a concurrent export into the same directory cannot interleave its renames and index update with
 ours) and with SIGINT/SIGTERM deferred for the whole process. An exception, a full disk, Ctrl-C or SIGTERM at any point leaves the directory as it
 was (no half-written model, no temporary file, no manifest or index pointing at nothing).
@@ -80,7 +80,7 @@ def _index_entries(out: Path, new: dict[str, dict]) -> list[dict]:
 
 
 def _commit(out: Path, tmp: Path, final: Path, manifest: dict) -> None:
-    """Put a converted artifact, its manifest and the updated index into place (docs/COMMIT.md).
+    """Put a converted artifact, its manifest and the updated index into place (docs/READ_PATH.md).
 
     Everything that can run out of space is written and fsynced first (the model, the manifest
     and index temporaries). Then, under the directory lock with SIGINT/SIGTERM deferred for the

@@ -50,6 +50,7 @@ class ParityResult:
     violations: list[str] = field(default_factory=list)
     stages: dict[str, float] | None = None  # stage tensor -> max |diff| on the first faces
     stages_note: str = ""
+    stages_engine: str = ""  # what computed the stage tensors (may differ from ``engine``)
     managed: bool = True
     sha256: str = ""
     weights: dict[str, str] = field(default_factory=dict)  # the reference's weights per head
@@ -279,7 +280,9 @@ def _check_one(found, faces, synth, budgets, references, engine, number, total, 
                           engine=runtime.engine, budget=budget.as_dict(), faces=len(faces),
                           synthetic=len(synth), real=real, synthetic_stats=synth_stats,
                           violations=violations(real, budget), stages=stages,
-                          stages_note=stages_note, managed=artifact.managed,
+                          stages_note=stages_note,
+                          stages_engine=runtime.stage_engine or runtime.engine,
+                          managed=artifact.managed,
                           sha256=artifact.sha256,
                           weights={"age": str(weights[0] or "age-wiki"),
                                    "gender": str(weights[1] or "gender-wiki")})
@@ -313,19 +316,21 @@ def render_markdown(report: ParityReport) -> str:
             f"{synth_age.max_abs:.2g}" if synth_age else "-",
             "pass" if r.passed else "**FAIL**: " + "; ".join(r.violations)))
     lines += ["", f"Where drift starts: max |diff| of the stage tensors on the first {STAGE_FACES} "
-              "faces (stage probabilities, width shifts delta_k, local shifts; both heads).", "",
-              "| artifact | stage probabilities | deltas | local deltas | largest |",
-              "|---|---|---|---|---|"]
+              "faces (stage probabilities, width shifts delta_k, local shifts; both heads), on "
+              "the engine named (TFLite's come from its builtin kernels: XNNPACK keeps no "
+              "intermediate tensors).", "",
+              "| artifact | stage engine | stage probabilities | deltas | local deltas | largest |",
+              "|---|---|---|---|---|---|"]
     for r in report.results:
         if r.stages is None:
-            lines.append(f"| {r.artifact} | - | - | - | n/a: {r.stages_note or 'not run'} |")
+            lines.append(f"| {r.artifact} | - | - | - | - | n/a: {r.stages_note or 'not run'} |")
             continue
         by_kind = {}
         for key, value in r.stages.items():
             kind = ("deltas" if ".delta_s" in key else "local" if ".local_delta" in key else "probs")
             by_kind[kind] = max(by_kind.get(kind, 0.0), value)
         worst = max(r.stages, key=r.stages.get)
-        lines.append(f"| {r.artifact} | {by_kind.get('probs', 0):.2g} | {by_kind.get('deltas', 0):.2g} "
+        lines.append(f"| {r.artifact} | {r.stages_engine} | {by_kind.get('probs', 0):.2g} | {by_kind.get('deltas', 0):.2g} "
                      f"| {by_kind.get('local', 0):.2g} | {worst} ({r.stages[worst]:.2g}) |")
     return "\n".join(lines) + "\n"
 

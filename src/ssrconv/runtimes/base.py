@@ -20,6 +20,9 @@ class Runtime(ABC):
     engine: str = ""
     path: Path | None = None
     heads: tuple[str, ...] = ()
+    # What computes the stage tensors of stage_outputs, when not ``engine`` (TFLite reads them
+    # from a delegate-free interpreter: XNNPACK does not preserve intermediate tensors).
+    stage_engine: str | None = None
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -34,6 +34,7 @@ class TFLiteRuntime(Runtime):
     """
 
     backend = "tflite"
+    stage_engine = "tflite-builtin"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None,
                  use_xnnpack: bool | None = None):
