@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import InputError, SsrconvError
-from ssrconv.reference.preprocess import IMAGE_SUFFIXES, crop_face, read_image
+from ssrconv.reference.preprocess import IMAGE_SUFFIXES, check_regular_file, crop_face, read_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 CSV_FIELDS = ("source", "frame", "face", "x", "y", "w", "h", "score", "age", "p_male", "gender",
@@ -134,11 +134,16 @@ class Predictor:
         say = progress or (lambda message: None)
         result = PredictResult()
         files = list(expand_inputs(inputs))
+        if not files:
+            # exit 0 with nothing processed looked like success
+            raise InputError(f"no image or video files in {', '.join(str(i) for i in inputs)}")
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
         used_names: set[str] = set()
         for number, path in enumerate(files, start=1):
             try:
+                # stat before opening: a named pipe would block forever, /dev/zero never end
+                check_regular_file(path)
                 if path.suffix.lower() in VIDEO_SUFFIXES:
                     records = self._video(path, out_dir, every, used_names, result)
                 else:
@@ -162,8 +167,6 @@ class Predictor:
     def _image(self, path: Path, out_dir, used, result) -> list[dict]:
         import cv2
 
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"{path}: not an image or video file (by its suffix)")
         image = read_image(path)

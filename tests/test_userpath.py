@@ -1,0 +1,121 @@
+"""A new user's path (issue 16): phone photos with EXIF orientation, inputs that must not hang or
+pass silently, the sample photos as assets, full photos as faces, report file modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssrconv.cli import main
+
+# EXIF Orientation -> the transpose that makes the stored (sideways) image from the upright one
+# (what a phone writes); a viewer, and ssrconv, undo it.
+STORED_FROM_UPRIGHT = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+                       8: Image.Transpose.ROTATE_270}
+
+
+def _rotated_copy(source, dest, orientation: int, crop_wide: bool = True):
+    """``source`` stored rotated with EXIF Orientation=``orientation``; also returns the upright
+    RGB image. Cropped to a non-square frame, so a missed rotation changes the shape too."""
+    upright = Image.open(source).convert("RGB")
+    if crop_wide:
+        upright = upright.crop((0, 0, upright.width, upright.height * 3 // 4))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright.transpose(STORED_FROM_UPRIGHT[orientation]).save(dest, exif=exif, quality=95)
+    return upright
+
+
+def _run(capsys, *args) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_read_image_applies_exif_orientation(images_dir, tmp_path, orientation):
+    from ssrconv.reference.preprocess import read_image
+
+    path = tmp_path / f"astronaut_o{orientation}.jpg"
+    upright = np.asarray(_rotated_copy(images_dir / "astronaut.png", path, orientation))[..., ::-1]
+    image = read_image(path)
+    assert image.shape == upright.shape  # (384, 512, 3): the displayed frame, not the stored one
+    assert np.abs(image.astype(int) - upright).mean() < 3  # JPEG noise only
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_rotated_astronaut_predicts_like_upright(images_dir, tmp_path, capsys, assets_dir, orientation):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    # PNG (eXIf chunk, which OpenCV honours too): lossless, so the only difference between the
+    # two files is the orientation. JPEG copies differ by re-encoding noise (up to 1.1 y here).
+    upright = _rotated_copy(images_dir / "astronaut.png", photos / "rotated.png", orientation)
+    upright.save(photos / "upright.png")
+    out = tmp_path / "out"
+    code, stdout, _ = _run(capsys, "predict", photos, "--out", out)
+    assert code == 0
+    faces = {r["source"].split("/")[-1]: r for r in json.loads(stdout)["faces"]}
+    assert set(faces) == {"rotated.png", "upright.png"}  # one face each
+    rotated, straight = faces["rotated.png"], faces["upright.png"]
+    assert straight["gender"] == rotated["gender"] == "F"  # sideways she came out male, 33.9 y
+    assert rotated["age"] == straight["age"] and rotated["box"] == straight["box"]  # displayed frame
+    annotated = Image.open(out / "rotated_annotated.jpg")
+    assert annotated.size == upright.size  # the annotated copy is upright
+
+
+def test_named_pipe_device_and_directory_are_refused_without_reading(tmp_path, capsys):
+    from ssrconv.errors import InputError
+    from ssrconv.reference.preprocess import read_image
+
+    fifo = tmp_path / "stuck.jpg"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    for path, words in ((fifo, "named pipe"), ("/dev/zero", "device"), (folder, "directory")):
+        result: list = []
+        # a read of the pipe would block this thread forever: give it a deadline
+        worker = threading.Thread(target=lambda: result.append(_catch(read_image, path)), daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), f"read_image({path}) hangs"
+        assert isinstance(result[0], InputError) and words in str(result[0])
+
+
+def _catch(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as err:  # the test inspects it
+        return err
+
+
+def test_predict_refuses_a_named_pipe_in_one_line(tmp_path, assets_dir):
+    # a subprocess with a deadline: main() sets signal handlers (main thread only), and a
+    # reader blocked on the pipe could not be interrupted in-process
+    fifo = tmp_path / "stuck.jpg"
+    os.mkfifo(fifo)
+    try:
+        result = subprocess.run([sys.executable, "-m", "ssrconv.cli", "predict", str(fifo)],
+                                capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("ssrconv predict on a named pipe hangs")
+    assert result.returncode == 1
+    failures = json.loads(result.stdout)["failures"]
+    assert len(failures) == 1 and "named pipe" in failures[0]["error"]
+    assert "1 of the inputs could not be processed" in result.stderr
+
+
+def test_predict_on_an_empty_directory_is_an_error(tmp_path, capsys, assets_dir):
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    (empty / ".hidden.jpg").write_bytes(b"")  # hidden files are not inputs
+    code, stdout, stderr = _run(capsys, "predict", empty)
+    assert code == 1 and stdout == ""
+    assert stderr.strip().splitlines() == [f"ssrconv: error: no image or video files in {empty}"]
