@@ -119,3 +119,95 @@ def test_predict_on_an_empty_directory_is_an_error(tmp_path, capsys, assets_dir)
     code, stdout, stderr = _run(capsys, "predict", empty)
     assert code == 1 and stdout == ""
     assert stderr.strip().splitlines() == [f"ssrconv: error: no image or video files in {empty}"]
+
+
+# ------------------------------------------------------------------ photos as faces
+@pytest.fixture(scope="module")
+def photos_dir(tmp_path_factory, assets_dir):
+    """A user's directory of full photos: the two samples (6 + 1 faces)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("photos")
+    for name in ("t1.jpg", "astronaut.png"):
+        shutil.copy(assets_dir / name, root / name)
+    return root
+
+
+def test_dev_chips_all_stay_chips_and_are_read_as_before(faces_dir):
+    from ssrconv.reference.preprocess import load_faces
+
+    auto = load_faces(faces_dir)
+    forced = load_faces(faces_dir, kind="chips")
+    assert auto.origin["chips"] == auto.origin["files"] == len(auto) == 300
+    assert auto.origin["photos"] == 0 and auto.origin["labelled"] == 300
+    assert np.array_equal(auto.inputs, forced.inputs) and auto.names == forced.names
+    assert np.array_equal(auto.ages, forced.ages, equal_nan=True)
+
+
+def test_a_directory_of_photos_gives_every_detected_face(photos_dir):
+    from ssrconv.reference.preprocess import CHIP_RULE, crop_face, load_faces, read_image
+    from ssrconv.detect import YuNetDetector
+
+    faces = load_faces(photos_dir)
+    # before: each whole photo was taken as one chip, 2 "faces"
+    assert len(faces) == 7 and faces.origin["photos"] == 2 and faces.origin["chips"] == 0
+    assert faces.names == ["astronaut.png#0"] + [f"t1.jpg#{i}" for i in range(6)]
+    assert faces.origin["decided_by"] == CHIP_RULE and "2 files" in faces.describe()
+    assert not np.isfinite(faces.ages).any()  # unlabelled, still usable for parity
+    image = read_image(photos_dir / "astronaut.png")
+    (face,) = YuNetDetector().detect(image)
+    assert np.array_equal(faces.inputs[0], crop_face(image, face.box))  # the one contract
+    assert len(load_faces(photos_dir, kind="chips")) == 2  # forced: the old reading
+
+
+def test_labels_csv_beside_photos(photos_dir, tmp_path):
+    import shutil
+
+    from ssrconv.errors import InputError
+    from ssrconv.reference.preprocess import load_faces
+
+    for name in ("t1.jpg", "astronaut.png"):
+        shutil.copy(photos_dir / name, tmp_path / name)
+    (tmp_path / "labels.csv").write_text("file,age,gender\nastronaut.png,42,F\nt1.jpg,30,M\n"
+                                         "t1.jpg#2,25,male\n")
+    faces = load_faces(tmp_path)
+    labelled = {n: (a, m) for n, a, m in zip(faces.names, faces.ages, faces.is_male) if np.isfinite(a)}
+    # a per-file label cannot say which of t1.jpg's 6 faces it is: only the #2 row applies there
+    assert labelled == {"astronaut.png#0": (42.0, 0.0), "t1.jpg#2": (25.0, 1.0)}
+    (tmp_path / "labels.csv").write_text("file,age,gender\nastronaut.png,42,X\n")
+    with pytest.raises(InputError, match=r"labels.csv:2: gender 'X'"):
+        load_faces(tmp_path)
+
+
+def test_calibration_from_a_directory_of_photos(photos_dir):
+    from ssrconv.calibration import CalibrationSet
+
+    calibration = CalibrationSet.from_dir(photos_dir)
+    assert len(calibration) == 7
+    assert calibration.describe()["photos"] == 2 and calibration.describe()["files"] == 2
+
+
+@pytest.fixture(scope="module")
+def tflite_fp32(tmp_path_factory, assets_dir):
+    from ssrconv.exporter import export
+
+    out = tmp_path_factory.mktemp("export")
+    (artifact,) = export(to=("tflite",), precision=("fp32",), out=out)
+    return artifact.path
+
+
+def test_parity_with_no_faces_runs_on_the_sample_photos(tflite_fp32, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SSRCONV_FACES", raising=False)
+    report = tmp_path / "parity.json"
+    code, stdout, stderr = _run(capsys, "parity", "--model", tflite_fp32, "--json", report)
+    assert code == 0, stderr
+    assert "no --faces and no SSRCONV_FACES: using the built-in sample photos" in stderr
+    data = json.loads(report.read_text())
+    assert data["faces_dir"].endswith("t1.jpg, astronaut.png: 7 faces from 2 files")
+    assert "7 real faces" in stdout
+
+
+def test_parity_on_a_directory_of_photos_counts_their_faces(tflite_fp32, photos_dir, capsys):
+    code, stdout, stderr = _run(capsys, "parity", "--model", tflite_fp32, "--faces", photos_dir)
+    assert code == 0, stderr
+    assert "7 real faces" in stdout and f"faces: {photos_dir}: 7 faces from 2 files" in stderr

@@ -26,22 +26,23 @@ class CalibrationSet:
     details: dict = field(default_factory=dict)  # how the inputs were made (data-free)
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike, limit: int = 300) -> "CalibrationSet":
-        """Face images of ``directory`` (aligned chips, padded by the contract), at most ``limit``
-        of them, spread evenly over the name-sorted list.
+    def from_dir(cls, directory: str | os.PathLike, limit: int = 300, kind: str = "auto") -> "CalibrationSet":
+        """Faces of ``directory`` (aligned chips and/or photos, as :func:`load_faces` reads
+        them), at most ``limit`` of them, spread evenly over the name-sorted list.
 
         Taking the first ``limit`` would be biased: UTKFace names start with the age, so the first
         100 files are the youngest faces, and ranges calibrated on them clip every older face's
         prediction (measured: all ages above 44 came out as 43.9 years).
         """
-        from ssrconv.reference.preprocess import list_images, load_face_files
+        from ssrconv.reference.preprocess import LABELS_FILE, list_images, load_face_files, read_labels
 
-        paths = list_images(directory)
-        if len(paths) > limit:
-            picks = np.unique(np.linspace(0, len(paths) - 1, limit).round().astype(int))
-            paths = [paths[i] for i in picks]
-        faces = load_face_files(paths, name=str(directory))
-        return cls(inputs=faces.inputs, source=str(Path(directory)))
+        paths = _spread(list_images(directory), limit)
+        faces = load_face_files(paths, name=str(directory), kind=kind,
+                                labels=read_labels(Path(directory) / LABELS_FILE))
+        keep = _spread(list(range(len(faces))), limit)  # photos give several faces per file
+        return cls(inputs=faces.inputs[keep], source=str(Path(directory)),
+                   details={"files": faces.origin["files"], "chips": faces.origin["chips"],
+                            "photos": faces.origin["photos"], "faces_kind": kind})
 
     @classmethod
     def distilled(cls, model, images: int = 64, seed: int = 0, iterations: int = 100,
@@ -84,6 +85,14 @@ class CalibrationSet:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "source": self.source, "images": len(self), **self.details}
+
+
+def _spread(items: list, limit: int) -> list:
+    """At most ``limit`` of ``items``, evenly spaced over the list (first and last kept)."""
+    if len(items) <= limit:
+        return items
+    picks = np.unique(np.linspace(0, len(items) - 1, limit).round().astype(int))
+    return [items[i] for i in picks]
 
 
 # ------------------------------------------------------------------------------ data-free (ZeroQ)

@@ -140,14 +140,39 @@ def _write_text(path: Path, text: str) -> None:
         raise SsrconvError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
+def _load_faces_for(faces_dir: Path | None, kind: str, limit: int | None):
+    """--faces (chips or photos), or the built-in sample photos when none is given; says which."""
+    from ssrconv.reference.preprocess import load_faces, load_sample_faces
+
+    if faces_dir is None:
+        faces = load_sample_faces()
+        click.echo(f"faces: no --faces and no SSRCONV_FACES: using the built-in sample photos "
+                   f"(t1.jpg, astronaut.png): {faces.describe()}", err=True)
+        return faces
+    faces = load_faces(faces_dir, limit=limit, kind=kind)
+    click.echo(f"faces: {faces_dir}: {faces.describe()}", err=True)
+    return faces
+
+
+def _faces_label(faces_dir: Path | None, faces) -> str:
+    """Where the parity faces came from, for the report: directory, faces, files."""
+    where = str(faces_dir) if faces_dir is not None else "built-in sample photos t1.jpg, astronaut.png"
+    o = faces.origin
+    return f"{where}: {len(faces)} faces from {o['files']} files" if o else where
+
+
 @cli.command()
 @click.argument("export_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--model", "model", type=click.Path(path_type=Path), default=None,
               help="Check one artifact instead of a whole export directory.")
-@click.option("--faces", "faces_dir", type=click.Path(path_type=Path), required=True,
+@click.option("--faces", "faces_dir", type=click.Path(path_type=Path), default=None,
               envvar="SSRCONV_FACES", show_envvar=True,
-              help="Directory of real face chips (UTKFace-style) to compare on.")
-@click.option("--limit", type=int, default=None, help="Use at most this many faces.")
+              help="Directory of aligned face chips or of photos to compare on. Without it, "
+                   "the 7 faces of the 2 built-in sample photos.")
+@click.option("--faces-kind", type=click.Choice(["auto", "chips", "photos"]), default="auto",
+              show_default=True, help="How --faces files are read: auto decides per file "
+              "(one face filling the image: a chip; else a photo, faces detected with YuNet).")
+@click.option("--limit", type=int, default=None, help="Use at most this many face files.")
 @click.option("--synthetic", type=int, default=64, show_default=True,
               help="Seeded synthetic inputs to add (reported, not budgeted).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -157,20 +182,19 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown table here.")
 @click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="Write JUnit XML here.")
-def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_overrides, json_out, md_out,
-           junit_out) -> int:
+def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, budget_overrides,
+           json_out, md_out, junit_out) -> int:
     """Compare every artifact with the Keras reference on real faces; exit 1 if a budget breaks."""
     import json
 
     from ssrconv.parity import artifact_paths, check, parse_budget_overrides, render_junit, render_markdown
-    from ssrconv.reference.preprocess import load_faces
 
     if (export_dir is None) == (model is None):
         raise click.UsageError("give an export directory or --model PATH (one of them)")
     budgets = parse_budget_overrides(budget_overrides)
     paths = artifact_paths(model or export_dir)
-    faces = load_faces(faces_dir, limit=limit)
-    report = check(paths, faces.inputs, faces_dir=str(faces_dir), synthetic=synthetic, seed=seed,
+    faces = _load_faces_for(faces_dir, faces_kind, limit)
+    report = check(paths, faces.inputs, faces_dir=_faces_label(faces_dir, faces), synthetic=synthetic, seed=seed,
                    budgets=budgets, progress=lambda m: click.echo(m, err=True),
                    raise_on_failure=False)
     markdown = render_markdown(report)
@@ -197,14 +221,15 @@ def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_override
               help="Backend (default: from --model's suffix, or keras without --model).")
 @click.option("--age-weights", default=None, metavar="NAME|PATH", help="Keras backend: age weights.")
 @click.option("--gender-weights", default=None, metavar="NAME|PATH", help="Keras backend: gender weights.")
+@click.option("--faces-kind", type=click.Choice(["auto", "chips", "photos"]), default="auto",
+              show_default=True, help="How FACES_DIR files are read (see parity --help).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Write per-image predictions and the summary here.")
-def eval_(faces_dir, model, backend, age_weights, gender_weights, json_out) -> None:
+def eval_(faces_dir, model, backend, age_weights, gender_weights, faces_kind, json_out) -> None:
     """Age MAE (adults 16+ and all) and gender accuracy on labelled faces."""
     import json
 
     from ssrconv.evaluate import evaluate, render_summary
-    from ssrconv.reference.preprocess import load_faces
     from ssrconv.runtimes import load_runtime
 
     if model is None and backend not in (None, "keras"):
@@ -215,7 +240,7 @@ def eval_(faces_dir, model, backend, age_weights, gender_weights, json_out) -> N
         options = {"task": "age-gender", "age_weights": age_weights, "gender_weights": gender_weights}
     elif age_weights or gender_weights:
         raise click.UsageError("--age-weights/--gender-weights apply to the keras backend only")
-    faces = load_faces(faces_dir)
+    faces = _load_faces_for(faces_dir, faces_kind, None)
     runtime = load_runtime(model, backend=backend, **options)
     result = evaluate(runtime, faces)
     click.echo(render_summary(result["summary"]))
