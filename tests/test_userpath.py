@@ -211,3 +211,29 @@ def test_parity_on_a_directory_of_photos_counts_their_faces(tflite_fp32, photos_
     code, stdout, stderr = _run(capsys, "parity", "--model", tflite_fp32, "--faces", photos_dir)
     assert code == 0, stderr
     assert "7 real faces" in stdout and f"faces: {photos_dir}: 7 faces from 2 files" in stderr
+
+
+# ------------------------------------------------------------------ progress
+def test_predict_over_a_directory_prints_no_line_per_file(images_dir, tmp_path, capsys, assets_dir):
+    import shutil
+
+    for i in range(3):
+        shutil.copy(images_dir / "astronaut.png", tmp_path / f"a{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    code, stdout, stderr = _run(capsys, "predict", tmp_path)
+    assert code == 1 and len(json.loads(stdout)["faces"]) == 3
+    # not a TTY: no bar, no per-file lines; one line for the skipped file and the error
+    assert stderr.strip().splitlines() == [
+        f"skipped: {tmp_path / 'broken.jpg'}: not a decodable image (JPEG, PNG, BMP, WebP, TIFF)",
+        "ssrconv: error: 1 of the inputs could not be processed (see 'failures')"]
+
+
+def test_progress_bar_draws_on_a_terminal_only(monkeypatch, capsys):
+    from ssrconv.progress import progress
+
+    monkeypatch.setenv("SSRCONV_PROGRESS", "1")
+    assert list(progress(range(3), desc="reading")) == [0, 1, 2]
+    assert "reading" in capsys.readouterr().err
+    monkeypatch.delenv("SSRCONV_PROGRESS")
+    assert list(progress(range(3), desc="reading")) == [0, 1, 2]
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a TTY

@@ -181,9 +181,12 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
                 z = tf.clip_by_value(z, lo, hi)
         return z, loss_of(PIXEL_CENTER + PIXEL_SCALE * z)
 
+    from ssrconv.progress import bar
+
     started = time.perf_counter()
     out, first, last = [], [], []
     n_batches = -(-images // batch_size)
+    shown = bar(total=images, desc="distilling calibration inputs", unit="input")
     for b in range(n_batches):
         n = min(batch_size, images - b * batch_size)
         init = rng.standard_normal((n, *shape)).astype(np.float32)
@@ -191,9 +194,12 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
         first.append(float(loss_of(PIXEL_CENTER + PIXEL_SCALE * z0)))
         z, loss = optimise(z0)
         last.append(float(loss))
+        shown.clear()
         say(f"      distilled {b * batch_size + n}/{images} inputs (BatchNorm loss "
             f"{first[-1]:.1f} -> {last[-1]:.2f}, {time.perf_counter() - started:.0f} s)")
         out.append(PIXEL_CENTER + PIXEL_SCALE * z.numpy())
+        shown.update(n)
+    shown.close()
     inputs = np.concatenate(out).astype(np.float32)
     details = {"iterations": iterations, "batch_size": batch_size, "seed": seed,
                "batchnorm_layers": len(bns), "initial_loss": round(float(np.mean(first)), 4),

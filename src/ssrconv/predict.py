@@ -130,7 +130,13 @@ class Predictor:
 
     def run(self, inputs: list[str | os.PathLike], out_dir: Path | None = None, every: int = 1,
             progress: Callable[[str], None] | None = None) -> PredictResult:
-        """Process every input; failures are collected, never fatal to the others."""
+        """Process every input; failures are collected, never fatal to the others.
+
+        Progress is a bar on a terminal (files done, faces found); ``progress`` gets one line
+        per skipped input only (the reason), not one per file.
+        """
+        from ssrconv.progress import bar
+
         say = progress or (lambda message: None)
         result = PredictResult()
         files = list(expand_inputs(inputs))
@@ -140,19 +146,25 @@ class Predictor:
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
         used_names: set[str] = set()
-        for number, path in enumerate(files, start=1):
-            try:
-                # stat before opening: a named pipe would block forever, /dev/zero never end
-                check_regular_file(path)
-                if path.suffix.lower() in VIDEO_SUFFIXES:
-                    records = self._video(path, out_dir, every, used_names, result)
-                else:
-                    records = self._image(path, out_dir, used_names, result)
-                result.records.extend(records)
-                say(f"[{number}/{len(files)}] {path.name}: {len({(r['frame'], r['face']) for r in records})} faces")
-            except SsrconvError as err:
-                result.failures.append({"source": str(path), "error": str(err)})
-                say(f"[{number}/{len(files)}] {path.name}: skipped ({err})")
+        faces = 0
+        with bar(total=len(files), desc="predict", unit="file") as shown:
+            for path in files:
+                try:
+                    # stat before opening: a named pipe would block forever, /dev/zero never end
+                    check_regular_file(path)
+                    if path.suffix.lower() in VIDEO_SUFFIXES:
+                        records = self._video(path, out_dir, every, used_names, result)
+                    else:
+                        records = self._image(path, out_dir, used_names, result)
+                    result.records.extend(records)
+                    faces += len(records)
+                except SsrconvError as err:
+                    result.failures.append({"source": str(path), "error": str(err)})
+                    shown.clear()
+                    say(f"skipped: {err}")
+                    shown.refresh()
+                shown.set_postfix_str(f"{faces} faces", refresh=False)
+                shown.update(1)
         return result
 
     def _out_name(self, path: Path, suffix: str, used: set[str]) -> str:
