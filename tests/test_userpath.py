@@ -237,3 +237,33 @@ def test_progress_bar_draws_on_a_terminal_only(monkeypatch, capsys):
     monkeypatch.delenv("SSRCONV_PROGRESS")
     assert list(progress(range(3), desc="reading")) == [0, 1, 2]
     assert capsys.readouterr().err == ""  # pytest's stderr is not a TTY
+
+
+# ------------------------------------------------------------------ report modes
+def test_reports_get_the_artifacts_mode_not_0600(tmp_path):
+    from ssrconv.atomic import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "parity.json", "{}\n")
+        write_atomic(tmp_path / "bench.png", b"\x89PNG")
+        (tmp_path / "artifact.onnx").write_bytes(b"x")  # how converters write artifacts
+        os.umask(0o077)
+        write_atomic(tmp_path / "private.md", "x")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"parity.json": 0o644, "bench.png": 0o644, "artifact.onnx": 0o644,
+                     "private.md": 0o600}
+    assert (tmp_path / "parity.json").read_text() == "{}\n"
+
+
+def test_predict_writes_predictions_and_annotated_copies_0644(images_dir, tmp_path, capsys, assets_dir):
+    old = os.umask(0o022)
+    try:
+        code, _, _ = _run(capsys, "predict", images_dir / "astronaut.png", "--out", tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert code == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes == {"astronaut_annotated.jpg": 0o644, "predictions.json": 0o644}

@@ -126,18 +126,10 @@ def export(to, precision, task, weights, calibration, calibration_limit, out, op
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write a report atomically (temp file + rename), so a failed run leaves no half report."""
-    import os
-    import tempfile
+    """Write a report atomically, mode from the umask like the artifacts (ssrconv.atomic)."""
+    from ssrconv.atomic import write_atomic
 
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise SsrconvError(f"{path}: cannot write ({err.strerror or err})") from None
+    write_atomic(path, text)
 
 
 def _load_faces_for(faces_dir: Path | None, kind: str, limit: int | None):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssrconv.atomic import write_atomic
 from ssrconv.errors import InputError, SsrconvError
 from ssrconv.reference.preprocess import IMAGE_SUFFIXES, check_regular_file, crop_face, read_image
 
@@ -76,15 +77,6 @@ def annotate(image: np.ndarray, records: list[dict]) -> np.ndarray:
         cv2.putText(canvas, text, (x + 2, top + th + 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (0, 0, 0), thickness, cv2.LINE_AA)
     return canvas
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class Predictor:
@@ -188,7 +180,7 @@ class Predictor:
             ok, encoded = cv2.imencode(".jpg", annotate(image, records))
             if not ok:
                 raise InputError(f"{path}: could not encode the annotated image")
-            _write_atomic(out_dir / name, encoded.tobytes())
+            write_atomic(out_dir / name, encoded.tobytes())
             result.annotated.append(str(out_dir / name))
         return records
 

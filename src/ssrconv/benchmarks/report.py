@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
 
+from ssrconv.atomic import write_atomic  # noqa: F401  (re-exported for the bench command)
 from ssrconv.benchmarks import stats
 from ssrconv.benchmarks.fingerprint import one_line
 from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES
-from ssrconv.errors import SsrconvError
 
 SCHEMA = "ssrconv.bench/1"
 PREDICT_ROW = "keras (model.predict)"
@@ -280,24 +277,6 @@ def _json_safe(value):
 def render_json(report: dict) -> str:
     """The report as strict JSON (NaN -> null)."""
     return json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write a report through a temporary file renamed into place: a failed run leaves no
-    half-written report."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=str(path.parent) if str(path.parent) else ".",
-                                   prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data.encode() if isinstance(data, str) else data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as err:
-        raise SsrconvError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
 def render_plot(report: dict) -> bytes:
