@@ -267,3 +267,20 @@ def test_predict_writes_predictions_and_annotated_copies_0644(images_dir, tmp_pa
     assert code == 0
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
     assert modes == {"astronaut_annotated.jpg": 0o644, "predictions.json": 0o644}
+
+
+# ------------------------------------------------------------------ the users' CI template
+def test_ci_template_passes_zizmor():
+    """zizmor (test extra) finds nothing: read-only token, no persisted credentials, actions
+    pinned by commit hash. Offline: no GitHub API lookups."""
+    from pathlib import Path
+
+    template = Path(__file__).parent.parent / ".github" / "workflows" / "ssrconv-parity.yml"
+    zizmor = Path(sys.executable).parent / "zizmor"
+    result = subprocess.run([str(zizmor), "--offline", "--no-progress", str(template)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No findings to report" in result.stdout + result.stderr
+    text = template.read_text()
+    assert "permissions:\n  contents: read" in text
+    assert text.count("persist-credentials: false") == text.count("actions/checkout@") == 2
