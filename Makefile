@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= ssrconv-out
 
-.PHONY: setup demo test test-fast readme-figures clean
+.PHONY: setup demo test test-fast readme-figures model-card clean
 
 setup: $(VENV)/.installed
 
@@ -57,6 +57,19 @@ readme-figures: setup
 	$(BIN)/python tools/splice_readme.py README.md int8 $(FIG)/int8.md
 	{ echo '```'; cat $(FIG)/eval.txt; echo '```'; } > $(FIG)/eval.md && $(BIN)/python tools/splice_readme.py README.md eval $(FIG)/eval.md
 	{ echo '```'; cat $(FIG)/predict.csv; echo '```'; } > $(FIG)/predict.md && $(BIN)/python tools/splice_readme.py README.md predict $(FIG)/predict.md
+
+# docs/MODEL_CARD.md: `ssrconv eval` of every published weight set on SSRCONV_FACES (the seven
+# sets in four age+gender pairs; megaage-asian has no gender head, it is paired with gender-wiki).
+CARD := $(OUT)/model-card
+CARD_PAIRS := imdb__imdb wiki__wiki morph2__morph2 megaage-asian__wiki
+model-card: setup
+	@test -n "$$SSRCONV_FACES" || { echo "model-card: set SSRCONV_FACES to labelled faces" >&2; exit 2; }
+	rm -rf $(CARD) && mkdir -p $(CARD)
+	for pair in $(CARD_PAIRS); do \
+	  $(BIN)/ssrconv eval "$$SSRCONV_FACES" --age-weights age-$${pair%__*} --gender-weights gender-$${pair#*__} \
+	    --json $(CARD)/eval_$$pair.json || exit 1; done
+	$(BIN)/python tools/model_card.py --faces-label "the 300 UTKFace dev chips (SSRCONV_FACES)" \
+	  $(foreach p,$(CARD_PAIRS),$(CARD)/eval_$(p).json) > docs/MODEL_CARD.md
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache build src/*.egg-info

@@ -109,14 +109,16 @@ class Predictor:
             if "age" in outputs:
                 r["age"] = round(float(outputs["age"][i]), 3)
             if "p_male" in outputs:
-                r["p_male"] = round(float(outputs["p_male"][i]), 5)
+                # SSR-Net's gender head is a regression: raw outputs reach 1.05 and below 0.
+                # Users see a probability, clipped to [0, 1]; p_male_diff compares raw outputs.
+                r["p_male"] = round(float(np.clip(outputs["p_male"][i], 0.0, 1.0)), 5)
                 r["gender"] = "M" if outputs["p_male"][i] > 0.5 else "F"
             if reference is not None:
                 if "age" in outputs:
                     r["ref_age"] = round(float(reference["age"][i]), 3)
                     r["age_diff"] = round(float(outputs["age"][i] - reference["age"][i]), 4)
                 if "p_male" in outputs:
-                    r["ref_p_male"] = round(float(reference["p_male"][i]), 5)
+                    r["ref_p_male"] = round(float(np.clip(reference["p_male"][i], 0.0, 1.0)), 5)
                     r["p_male_diff"] = round(float(outputs["p_male"][i] - reference["p_male"][i]), 6)
         return records
 
