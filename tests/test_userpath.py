@@ -284,3 +284,55 @@ def test_ci_template_passes_zizmor():
     text = template.read_text()
     assert "permissions:\n  contents: read" in text
     assert text.count("persist-credentials: false") == text.count("actions/checkout@") == 2
+
+
+# ------------------------------------------------------------------ eval figures for the model card
+class _FixedRuntime:
+    backend = engine = "fixed"
+    path = None
+    heads = ("age", "p_male")
+
+    def __init__(self, age, p_male):
+        self.age, self.p_male = np.asarray(age, np.float32), np.asarray(p_male, np.float32)
+
+    def run(self, batch):
+        n = len(batch)
+        return {"age": self.age[:n], "p_male": self.p_male[:n]}
+
+
+def test_eval_reports_rmse_bands_and_raw_p_male():
+    from ssrconv.evaluate import evaluate, render_summary
+    from ssrconv.reference.preprocess import FaceSet
+
+    ages = [10, 20, 40, 50, 70, np.nan]
+    faces = FaceSet(names=list("abcdef"), inputs=np.zeros((6, 64, 64, 3), np.float32),
+                    ages=np.array(ages, float), is_male=np.array([1, 0, 1, 0, 1, np.nan], float))
+    runtime = _FixedRuntime([16, 23, 36, 50, 58, 30], [1.04, 0.2, 0.7, -0.01, 0.4, 0.5])
+    s = evaluate(runtime, faces)["summary"]
+    assert s["age_mae_all"] == pytest.approx((6 + 3 + 4 + 0 + 12) / 5)
+    assert s["age_rmse_all"] == pytest.approx(np.sqrt((36 + 9 + 16 + 0 + 144) / 5))
+    assert s["age_rmse_adults"] == pytest.approx(np.sqrt((9 + 16 + 0 + 144) / 4))
+    assert {b: v["mae"] for b, v in s["age_bands"].items()} == {
+        "0-15": 6.0, "16-30": 3.0, "31-45": 4.0, "46-60": 0.0, "61+": 12.0}
+    assert s["age_bands"]["61+"]["mean_signed_error"] == -12.0  # the elderly under-estimated
+    assert s["age_bands"]["0-15"]["mean_signed_error"] == 6.0
+    assert s["predicted_age_min"] == 16.0
+    assert s["p_male_raw_max"] == pytest.approx(1.04) and s["p_male_raw_outside_0_1"] == 2
+    assert s["gender_accuracy_all"] == pytest.approx(4 / 5)
+    assert "age RMSE" in render_summary(s) and "61+ 12.0 y (1)" in render_summary(s)
+
+
+def test_predict_shows_p_male_clipped_to_0_1():
+    from ssrconv.detect import Face
+    from ssrconv.predict import Predictor
+
+    class _Detector:
+        def detect(self, image):
+            return [Face((10, 10, 30, 30), 0.9), Face((60, 10, 30, 30), 0.9)]
+
+    predictor = Predictor(_FixedRuntime([30, 40], [1.05, -0.02]), _Detector(),
+                          reference=_FixedRuntime([30, 40], [1.0, 0.0]))
+    records = predictor.faces_of(np.zeros((100, 100, 3), np.uint8), "x.jpg")
+    assert [r["p_male"] for r in records] == [1.0, 0.0]
+    assert [r["gender"] for r in records] == ["M", "F"]
+    assert [r["p_male_diff"] for r in records] == pytest.approx([0.05, -0.02], abs=1e-6)  # raw
