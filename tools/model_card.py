@@ -97,28 +97,39 @@ def render(reports: list[tuple[str, str, dict]], faces_label: str) -> str:
             continue
         seen_gender.add(gender)
         lines.append(f"| gender-{gender} | {s['gender_accuracy_adults']:.1%} | {s['gender_accuracy_all']:.1%} | "
-                     f"{s['p_male_raw_min']:.3f} / {s['p_male_raw_max']:.3f} | "
+                     f"{s['p_male_raw_min']:.6f} / {s['p_male_raw_max']:.6f} | "
                      f"{s['p_male_raw_outside_0_1']} of {s['faces']} |")
-    lows = [s["predicted_age_min"] for _, _, s in reports]
-    old = [(a, s["age_bands"]["61+"]["mean_signed_error"]) for a, _, s in reports]
-    young = [(a, s["age_bands"]["0-15"]["mean_signed_error"]) for a, _, s in reports]
-    raw_max = max(s.get("p_male_raw_max", 0) for _, _, s in reports)
+    age_sets = list(_unique_age(reports))
+    lows = ", ".join(f"age-{a} {s['predicted_age_min']:.1f}" for a, _, s in age_sets)
+    young = ", ".join(f"age-{a} {s['age_bands']['0-15']['mean_signed_error']:+.1f}" for a, _, s in age_sets)
+    old = ", ".join(f"age-{a} {s['age_bands']['61+']['mean_signed_error']:+.1f}" for a, _, s in age_sets)
+    floor = [a for a, _, s in age_sets if s["predicted_age_min"] >= 15]
+    gender_sets = [(g, s) for g, s in _unique_gender(reports)]
+    above = ", ".join(f"gender-{g} {s['p_male_raw_max']:.7f} ({s['p_male_raw_outside_0_1']} faces)"
+                      for g, s in gender_sets)
     lines += [
         "", "## Measured biases", "",
-        f"- **A floor near adulthood.** The lowest age any weight set predicted on these faces is "
-        f"{min(lows):.1f} y (per set: " + ", ".join(f"{a} {s['predicted_age_min']:.1f}" for a, _, s in
-                                                   _unique_age(reports)) + "). Children are "
-        "over-estimated (mean signed error 0-15: " + ", ".join(
-            f"{a} {e:+.1f}" for a, e in _unique(young) if e is not None) + " y): the training sets hold few "
-        "children, so do not use SSR-Net to tell minors from adults.",
-        "- **The elderly are under-estimated** (mean signed error 61+: " + ", ".join(
-            f"{a} {e:+.1f}" for a, e in _unique(old) if e is not None) + " y).",
-        f"- **P(male) is a regression output, not a probability**: raw values reach {raw_max:.3f} "
-        "(and go below 0) before clipping. `ssrconv predict` shows P(male) clipped to [0, 1] (the "
-        "gender call, > 0.5, is made on the raw value, which gives the same answer); `ssrconv eval` "
-        "and parity compare the raw outputs.",
+        f"- **Lowest prediction** per age set: {lows} y. "
+        + (", ".join(f"age-{a}" for a in floor) + " never predicted below 15 y (few children in "
+           "their training photos). " if floor else "")
+        + f"Mean signed error on the 0-15 band (prediction - label): {young} y. Do not use "
+        "SSR-Net to tell minors from adults.",
+        f"- **The elderly are under-estimated** by every set (mean signed error 61+: {old} y).",
+        f"- **P(male) above 1 before clipping**: the head's soft stagewise sum lands slightly "
+        f"outside [0, 1] in float32; largest raw values: {above}. `ssrconv predict` shows "
+        "P(male) clipped to [0, 1] (the M/F call, > 0.5, is the same on the raw value); `ssrconv "
+        "eval` and parity compare the raw outputs.",
+    ]
+    for g, s in gender_sets:
+        if s["gender_accuracy_all"] is not None and s["gender_accuracy_all"] < 0.5:
+            lines.append(
+                f"- **gender-{g} reads as P(female) on these faces**: P(male) > 0.5 agrees with the "
+                f"label on {s['gender_accuracy_all']:.1%} of them ({1 - s['gender_accuracy_all']:.1%} "
+                "inverted). Its training labels may use the opposite convention; until that is "
+                "settled, do not use it for gender.")
+    lines += [
         "- The MORPH2 and MegaAge-Asian sets are narrow in who they show (booking photos; East Asian "
-        "faces): expect them to be worse outside that population, as on these UTKFace faces.",
+        "faces): expect them to be worse outside that population.",
         "- Accuracy was not measured per ethnicity or per gender here; UTKFace's names carry a race "
         "label, but 300 faces are too few to report per group honestly.",
         "", "## Provenance and licences", "",
@@ -140,6 +151,14 @@ def _unique(pairs):
         if a not in seen:
             seen.add(a)
             yield a, e
+
+
+def _unique_gender(reports):
+    seen = set()
+    for _, g, s in reports:
+        if g not in seen and "gender_accuracy_all" in s:
+            seen.add(g)
+            yield g, s
 
 
 def _unique_age(reports):
