@@ -93,11 +93,14 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               help="Weights (registry name or .h5 path); repeat for age and gender. "
                    "Default: age-wiki, gender-wiki.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help="Directory of face images (aligned chips) to calibrate int8 on. Without "
+              help="Directory of face images (aligned chips or photos) to calibrate int8 on. Without "
                    "it, int8 is calibrated data-free: on inputs distilled from the model's "
                    "BatchNorm statistics (ZeroQ), seeded; adds 1-3 minutes on 2 cores.")
 @click.option("--calibration-limit", type=int, default=300, show_default=True,
               help="Use at most this many calibration images.")
+@click.option("--faces-kind", "calibration_kind", type=click.Choice(["auto", "chips", "photos"]),
+              default="auto", show_default=True,
+              help="How --calibration files are read (aligned chips or photos; see parity --help).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ssrconv-out"),
               show_default=True, help="Output directory.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
@@ -105,14 +108,15 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               show_default=True, help="Input type of the tflite int8 model (uint8: camera bytes); outputs stay float32.")
 @click.option("--image-input", is_flag=True,
               help="CoreML: declare the input as an ImageType (BGR, scale 1) instead of a tensor.")
-def export(to, precision, task, weights, calibration, calibration_limit, out, opset, int8_io,
-           image_input) -> None:
+def export(to, precision, task, weights, calibration, calibration_limit, calibration_kind, out, opset,
+           int8_io, image_input) -> None:
     """Export SSR-Net to ONNX, TFLite and/or CoreML, each file with a JSON manifest."""
     from ssrconv.exporter import export as run_export
     from ssrconv.options import ExportOptions
 
     options = ExportOptions(to=to, precision=precision, task=task, calibration=calibration,
-                            calibration_limit=calibration_limit, out=out, opset=opset,
+                            calibration_limit=calibration_limit, calibration_kind=calibration_kind,
+                            out=out, opset=opset,
                             int8_io=int8_io, image_input=image_input)
     age, gender = _split_weights(weights)
     if (age and task == "gender") or (gender and task == "age"):
