@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= ssrconv-out
 
-.PHONY: setup demo test test-fast readme-figures clean
+.PHONY: setup demo test test-fast readme-figures model-card clean
 
 setup: $(VENV)/.installed
 
@@ -17,12 +17,13 @@ $(VENV)/.installed: pyproject.toml
 
 # The main job on the default pretrained weights (age-wiki + gender-wiki): export every target,
 # check each against the reference on real faces (fails on a broken budget), benchmark them all.
-# Needs a directory of labelled face chips in SSRCONV_FACES (int8 calibration and parity).
+# Needs no data of one's own: without SSRCONV_FACES, int8 is calibrated data-free and parity runs
+# on the 7 faces of the built-in sample photos (assets, downloaded or from SSRCONV_ASSETS).
+# With SSRCONV_FACES (aligned chips or photos), both use those faces.
 demo: setup
-	@test -n "$$SSRCONV_FACES" || { echo "make demo: set SSRCONV_FACES to a directory of face chips (see README)" >&2; exit 2; }
 	$(BIN)/ssrconv info
-	$(BIN)/ssrconv export --to all --calibration "$$SSRCONV_FACES" --out $(OUT)
-	$(BIN)/ssrconv parity $(OUT) --faces "$$SSRCONV_FACES" --json $(OUT)/parity.json --markdown $(OUT)/parity.md --junit $(OUT)/parity.xml
+	$(BIN)/ssrconv export --to all $${SSRCONV_FACES:+--calibration "$$SSRCONV_FACES"} --out $(OUT)
+	$(BIN)/ssrconv parity $(OUT) --json $(OUT)/parity.json --markdown $(OUT)/parity.md --junit $(OUT)/parity.xml
 	$(BIN)/ssrconv bench --all $(OUT) --json $(OUT)/bench.json --markdown $(OUT)/bench.md --plot $(OUT)/bench.png
 
 # The whole suite, slow tests included (CI runs exactly this).
@@ -56,6 +57,19 @@ readme-figures: setup
 	$(BIN)/python tools/splice_readme.py README.md int8 $(FIG)/int8.md
 	{ echo '```'; cat $(FIG)/eval.txt; echo '```'; } > $(FIG)/eval.md && $(BIN)/python tools/splice_readme.py README.md eval $(FIG)/eval.md
 	{ echo '```'; cat $(FIG)/predict.csv; echo '```'; } > $(FIG)/predict.md && $(BIN)/python tools/splice_readme.py README.md predict $(FIG)/predict.md
+
+# docs/MODEL_CARD.md: `ssrconv eval` of every published weight set on SSRCONV_FACES (the seven
+# sets in four age+gender pairs; megaage-asian has no gender head, it is paired with gender-wiki).
+CARD := $(OUT)/model-card
+CARD_PAIRS := imdb__imdb wiki__wiki morph2__morph2 megaage-asian__wiki
+model-card: setup
+	@test -n "$$SSRCONV_FACES" || { echo "model-card: set SSRCONV_FACES to labelled faces" >&2; exit 2; }
+	rm -rf $(CARD) && mkdir -p $(CARD)
+	for pair in $(CARD_PAIRS); do \
+	  $(BIN)/ssrconv eval "$$SSRCONV_FACES" --age-weights age-$${pair%__*} --gender-weights gender-$${pair#*__} \
+	    --json $(CARD)/eval_$$pair.json || exit 1; done
+	$(BIN)/python tools/model_card.py --faces-label "the 300 UTKFace dev chips (SSRCONV_FACES)" \
+	  $(foreach p,$(CARD_PAIRS),$(CARD)/eval_$(p).json) > docs/MODEL_CARD.md
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache build src/*.egg-info

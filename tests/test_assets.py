@@ -159,3 +159,31 @@ def test_missing_file_on_mirror_is_one_clear_line(http_mirror):
         resolve("age-imdb")
     assert "404" in str(err.value) or "Not Found" in str(err.value)
     assert "SSRCONV_ASSETS" in str(err.value)
+
+
+def test_sample_photos_are_registry_assets_with_licence_and_url(assets_dir):
+    from ssrconv.reference.assets import SAMPLE_PHOTOS, sample_photos
+
+    notice = (assets_dir / "LICENSE.samples.txt").read_text()
+    assert [ASSETS[n].filename for n in SAMPLE_PHOTOS] == ["t1.jpg", "astronaut.png"]
+    assert {ASSETS[n].licence for n in SAMPLE_PHOTOS} == {"MIT", "public domain"}
+    for name in SAMPLE_PHOTOS:
+        assert f"URL: {ASSETS[name].url}" in notice
+    assert sample_photos() == [assets_dir / "t1.jpg", assets_dir / "astronaut.png"]
+
+
+def test_sample_photos_download_into_cache_like_the_weights(assets_dir, http_mirror, isolated_assets):
+    from ssrconv.reference.assets import sample_photos
+
+    _, cache = isolated_assets
+    shutil.copy(assets_dir / "t1.jpg", http_mirror)
+    (http_mirror / "astronaut.png").write_bytes(b"not the published photo")
+    with pytest.raises(AssetError, match="astronaut.png has sha256"):
+        sample_photos()
+    shutil.copy(assets_dir / "astronaut.png", http_mirror)
+    assert sample_photos() == [cache / "t1.jpg", cache / "astronaut.png"]
+
+
+def test_a_user_photo_named_like_a_sample_is_not_hash_checked(tmp_path):
+    (tmp_path / "t1.jpg").write_bytes(b"my own photo")
+    assert resolve(tmp_path / "t1.jpg").asset is None

@@ -53,7 +53,6 @@ print("committed", flush=True)
 
 def _tiny_onnx(value: float) -> bytes:
     """A valid one-node ONNX model (the verifier runs onnx.checker), distinct per ``value``."""
-    import onnx
     from onnx import TensorProto, helper
 
     node = helper.make_node("Constant", [], ["age"], value=helper.make_tensor(

@@ -26,15 +26,18 @@ class CalibrationSet:
     details: dict = field(default_factory=dict)  # how the inputs were made (data-free)
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike, limit: int = 300) -> "CalibrationSet":
-        """Face images of ``directory`` (aligned chips, padded by the contract), at most ``limit``
-        of them, spread evenly over the name-sorted list (the one rule:
+    def from_dir(cls, directory: str | os.PathLike, limit: int = 300, kind: str = "auto") -> "CalibrationSet":
+        """Faces of ``directory`` (aligned chips and/or photos, as :func:`load_faces` reads
+        them), at most ``limit`` of them, spread evenly over the name-sorted list (the one rule:
         :func:`ssrconv.reference.preprocess.spread_pick`, which says why).
         """
-        from ssrconv.reference.preprocess import load_faces
+        from ssrconv.reference.preprocess import load_faces, spread_pick
 
-        faces = load_faces(directory, limit)
-        return cls(inputs=faces.inputs, source=str(Path(directory)))
+        faces = load_faces(directory, limit, kind=kind)
+        keep = spread_pick(list(range(len(faces))), limit)  # photos give several faces per file
+        return cls(inputs=faces.inputs[keep], source=str(Path(directory)),
+                   details={"files": faces.origin["files"], "chips": faces.origin["chips"],
+                            "photos": faces.origin["photos"], "faces_kind": kind})
 
     @classmethod
     def distilled(cls, model, images: int = 64, seed: int = 0, iterations: int = 100,
@@ -165,9 +168,12 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
                 z = tf.clip_by_value(z, lo, hi)
         return z, loss_of(PIXEL_CENTER + PIXEL_SCALE * z)
 
+    from ssrconv.progress import bar
+
     started = time.perf_counter()
     out, first, last = [], [], []
     n_batches = -(-images // batch_size)
+    shown = bar(total=images, desc="distilling calibration inputs", unit="input")
     for b in range(n_batches):
         n = min(batch_size, images - b * batch_size)
         init = rng.standard_normal((n, *shape)).astype(np.float32)
@@ -175,9 +181,12 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
         first.append(float(loss_of(PIXEL_CENTER + PIXEL_SCALE * z0)))
         z, loss = optimise(z0)
         last.append(float(loss))
+        shown.clear()
         say(f"      distilled {b * batch_size + n}/{images} inputs (BatchNorm loss "
             f"{first[-1]:.1f} -> {last[-1]:.2f}, {time.perf_counter() - started:.0f} s)")
         out.append(PIXEL_CENTER + PIXEL_SCALE * z.numpy())
+        shown.update(n)
+    shown.close()
     inputs = np.concatenate(out).astype(np.float32)
     details = {"iterations": iterations, "batch_size": batch_size, "seed": seed,
                "batchnorm_layers": len(bns), "initial_loss": round(float(np.mean(first)), 4),

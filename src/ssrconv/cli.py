@@ -98,11 +98,14 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               help="Weights (registry name or .h5 path); repeat for age and gender. "
                    "Default: age-wiki, gender-wiki.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
-              help="Directory of face images (aligned chips) to calibrate int8 on. Without "
+              help="Directory of face images (aligned chips or photos) to calibrate int8 on. Without "
                    "it, int8 is calibrated data-free: on inputs distilled from the model's "
                    "BatchNorm statistics (ZeroQ), seeded; adds 1-3 minutes on 2 cores.")
 @click.option("--calibration-limit", type=int, default=300, show_default=True,
               help="Use at most this many calibration images.")
+@click.option("--faces-kind", "calibration_kind", type=click.Choice(["auto", "chips", "photos"]),
+              default="auto", show_default=True,
+              help="How --calibration files are read (aligned chips or photos; see parity --help).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ssrconv-out"),
               show_default=True, help="Output directory.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
@@ -110,14 +113,15 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               show_default=True, help="Input type of the tflite int8 model (uint8: camera bytes); outputs stay float32.")
 @click.option("--image-input", is_flag=True,
               help="CoreML: declare the input as an ImageType (BGR, scale 1) instead of a tensor.")
-def export(to, precision, task, weights, calibration, calibration_limit, out, opset, int8_io,
-           image_input) -> None:
+def export(to, precision, task, weights, calibration, calibration_limit, calibration_kind, out, opset,
+           int8_io, image_input) -> None:
     """Export SSR-Net to ONNX, TFLite and/or CoreML, each file with a JSON manifest."""
     from ssrconv.exporter import export as run_export
     from ssrconv.options import ExportOptions
 
     options = ExportOptions(to=to, precision=precision, task=task, calibration=calibration,
-                            calibration_limit=calibration_limit, out=out, opset=opset,
+                            calibration_limit=calibration_limit, calibration_kind=calibration_kind,
+                            out=out, opset=opset,
                             int8_io=int8_io, image_input=image_input)
     age, gender = _split_weights(weights)
     if (age and task == "gender") or (gender and task == "age"):
@@ -133,15 +137,40 @@ def export(to, precision, task, weights, calibration, calibration_limit, out, op
 _ENGINE_HELP = ("Run on this engine instead of the format's default (" + ", ".join(ENGINES) + ").")
 
 
+def _load_faces_for(faces_dir: Path | None, kind: str, limit: int | None):
+    """--faces (chips or photos), or the built-in sample photos when none is given; says which."""
+    from ssrconv.reference.preprocess import load_faces, load_sample_faces
+
+    if faces_dir is None:
+        faces = load_sample_faces()
+        click.echo(f"faces: no --faces and no SSRCONV_FACES: using the built-in sample photos "
+                   f"(t1.jpg, astronaut.png): {faces.describe()}", err=True)
+        return faces
+    faces = load_faces(faces_dir, limit=limit, kind=kind)
+    click.echo(f"faces: {faces_dir}: {faces.describe()}", err=True)
+    return faces
+
+
+def _faces_label(faces_dir: Path | None, faces) -> str:
+    """Where the parity faces came from, for the report: directory, faces, files."""
+    where = str(faces_dir) if faces_dir is not None else "built-in sample photos t1.jpg, astronaut.png"
+    o = faces.origin
+    return f"{where}: {len(faces)} faces from {o['files']} files" if o else where
+
+
 @cli.command()
 @click.argument("export_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--model", "model", type=click.Path(path_type=Path), default=None,
               help="Check one artifact instead of a whole export directory.")
-@click.option("--faces", "faces_dir", type=click.Path(path_type=Path), required=True,
+@click.option("--faces", "faces_dir", type=click.Path(path_type=Path), default=None,
               envvar="SSRCONV_FACES", show_envvar=True,
-              help="Directory of real face chips (UTKFace-style) to compare on.")
+              help="Directory of aligned face chips or of photos to compare on. Without it, "
+                   "the 7 faces of the 2 built-in sample photos.")
+@click.option("--faces-kind", type=click.Choice(["auto", "chips", "photos"]), default="auto",
+              show_default=True, help="How --faces files are read: auto decides per file "
+              "(one face filling the image: a chip; else a photo, faces detected with YuNet).")
 @click.option("--limit", type=int, default=None,
-              help="Use at most this many faces, spread over the directory (not the first N).")
+              help="Use at most this many face files, spread over the directory (not the first N).")
 @click.option("--synthetic", type=int, default=64, show_default=True,
               help="Seeded synthetic inputs to add (reported, not budgeted).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -155,15 +184,14 @@ _ENGINE_HELP = ("Run on this engine instead of the format's default (" + ", ".jo
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown table here.")
 @click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="Write JUnit XML here.")
-def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_overrides, weights, engine,
-           json_out, md_out, junit_out) -> int:
+def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, budget_overrides,
+           weights, engine, json_out, md_out, junit_out) -> int:
     """Compare every artifact with the reference built from its own weights, on real faces;
     exit 1 if any artifact breaks its budget or fails to verify, load or run."""
     import json
 
     from ssrconv.artifacts import discover
     from ssrconv.parity import check, parse_budget_overrides, render_junit, render_markdown
-    from ssrconv.reference.preprocess import load_faces
     from ssrconv.runtimes import is_weights_file
 
     if (export_dir is None) == (model is None):
@@ -176,10 +204,10 @@ def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_override
     budgets = parse_budget_overrides(budget_overrides)
     age_weights, gender_weights = _split_weights(tuple(str(w) for w in weights))
     found = discover(model or export_dir)
-    faces = load_faces(faces_dir, limit=limit)
-    report = check(found, faces.inputs, faces_dir=str(faces_dir), synthetic=synthetic, seed=seed,
-                   budgets=budgets, age_weights=age_weights, gender_weights=gender_weights,
-                   weights_candidates=weights, engine=engine,
+    faces = _load_faces_for(faces_dir, faces_kind, limit)
+    report = check(found, faces.inputs, faces_dir=_faces_label(faces_dir, faces),
+                   synthetic=synthetic, seed=seed, budgets=budgets, age_weights=age_weights,
+                   gender_weights=gender_weights, weights_candidates=weights, engine=engine,
                    progress=lambda m: click.echo(m, err=True), raise_on_failure=False)
     markdown = render_markdown(report)
     click.echo(markdown)
@@ -229,17 +257,19 @@ def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
 @click.option("--engine", default=None, type=click.Choice(list(ENGINES)), help=_ENGINE_HELP)
 @click.option("--age-weights", default=None, metavar="NAME|PATH", help="Keras backend: age weights.")
 @click.option("--gender-weights", default=None, metavar="NAME|PATH", help="Keras backend: gender weights.")
+@click.option("--faces-kind", type=click.Choice(["auto", "chips", "photos"]), default="auto",
+              show_default=True, help="How FACES_DIR files are read (see parity --help).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Write per-image predictions and the summary here.")
-def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, json_out) -> None:
+def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, faces_kind,
+          json_out) -> None:
     """Age MAE (adults 16+ and all) and gender accuracy on labelled faces."""
     import json
 
     from ssrconv.evaluate import evaluate, render_summary
-    from ssrconv.reference.preprocess import load_faces
 
     runtime = _model_runtime(model, backend, engine, age_weights, gender_weights)
-    faces = load_faces(faces_dir)
+    faces = _load_faces_for(faces_dir, faces_kind, None)
     result = evaluate(runtime, faces)
     click.echo(render_summary(result["summary"]))
     if json_out:

@@ -152,7 +152,8 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
         if any(t.precision == "int8" for t in options.targets):
             if options.calibration is not None:
                 say(f"reading calibration faces from {options.calibration}")
-                calibration = CalibrationSet.from_dir(options.calibration, options.calibration_limit)
+                calibration = CalibrationSet.from_dir(options.calibration, options.calibration_limit,
+                                                      kind=options.calibration_kind)
             else:
                 say("no --calibration: distilling data-free calibration inputs from the model's "
                     "BatchNorm statistics (ZeroQ)")

@@ -45,6 +45,7 @@ class ExportOptions:
     int8_io: str = "float32"
     image_input: bool = False
     calibration_limit: int = 300
+    calibration_kind: str = "auto"  # how --calibration files are read: auto, chips, photos
     targets: tuple[Target, ...] = field(init=False)
 
     def __post_init__(self):

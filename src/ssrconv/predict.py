@@ -19,7 +19,7 @@ import numpy as np
 
 from ssrconv.atomic import fsync_path, place, temp_path, write_atomic
 from ssrconv.errors import InputError, SsrconvError
-from ssrconv.reference.preprocess import IMAGE_SUFFIXES, crop_face, read_image
+from ssrconv.reference.preprocess import IMAGE_SUFFIXES, check_regular_file, crop_face, read_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 CSV_FIELDS = ("source", "frame", "face", "x", "y", "w", "h", "score", "age", "p_male", "gender",
@@ -108,37 +108,56 @@ class Predictor:
             if "age" in outputs:
                 r["age"] = round(float(outputs["age"][i]), 3)
             if "p_male" in outputs:
-                r["p_male"] = round(float(outputs["p_male"][i]), 5)
+                # SSR-Net's gender head is a regression: raw outputs reach 1.05 and below 0.
+                # Users see a probability, clipped to [0, 1]; p_male_diff compares raw outputs.
+                r["p_male"] = round(float(np.clip(outputs["p_male"][i], 0.0, 1.0)), 5)
                 r["gender"] = "M" if outputs["p_male"][i] > 0.5 else "F"
             if reference is not None:
                 if "age" in outputs:
                     r["ref_age"] = round(float(reference["age"][i]), 3)
                     r["age_diff"] = round(float(outputs["age"][i] - reference["age"][i]), 4)
                 if "p_male" in outputs:
-                    r["ref_p_male"] = round(float(reference["p_male"][i]), 5)
+                    r["ref_p_male"] = round(float(np.clip(reference["p_male"][i], 0.0, 1.0)), 5)
                     r["p_male_diff"] = round(float(outputs["p_male"][i] - reference["p_male"][i]), 6)
         return records
 
     def run(self, inputs: list[str | os.PathLike], out_dir: Path | None = None, every: int = 1,
             progress: Callable[[str], None] | None = None) -> PredictResult:
-        """Process every input; failures are collected, never fatal to the others."""
+        """Process every input; failures are collected, never fatal to the others.
+
+        Progress is a bar on a terminal (files done, faces found); ``progress`` gets one line
+        per skipped input only (the reason), not one per file.
+        """
+        from ssrconv.progress import bar
+
         say = progress or (lambda message: None)
         result = PredictResult()
         files = list(expand_inputs(inputs))
+        if not files:
+            # exit 0 with nothing processed looked like success
+            raise InputError(f"no image or video files in {', '.join(str(i) for i in inputs)}")
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
         used_names: set[str] = set()
-        for number, path in enumerate(files, start=1):
-            try:
-                if path.suffix.lower() in VIDEO_SUFFIXES:
-                    records = self._video(path, out_dir, every, used_names, result)
-                else:
-                    records = self._image(path, out_dir, used_names, result)
-                result.records.extend(records)
-                say(f"[{number}/{len(files)}] {path.name}: {len({(r['frame'], r['face']) for r in records})} faces")
-            except SsrconvError as err:
-                result.failures.append({"source": str(path), "error": str(err)})
-                say(f"[{number}/{len(files)}] {path.name}: skipped ({err})")
+        faces = 0
+        with bar(total=len(files), desc="predict", unit="file") as shown:
+            for path in files:
+                try:
+                    # stat before opening: a named pipe would block forever, /dev/zero never end
+                    check_regular_file(path)
+                    if path.suffix.lower() in VIDEO_SUFFIXES:
+                        records = self._video(path, out_dir, every, used_names, result)
+                    else:
+                        records = self._image(path, out_dir, used_names, result)
+                    result.records.extend(records)
+                    faces += len(records)
+                except SsrconvError as err:
+                    result.failures.append({"source": str(path), "error": str(err)})
+                    shown.clear()
+                    say(f"skipped: {err}")
+                    shown.refresh()
+                shown.set_postfix_str(f"{faces} faces", refresh=False)
+                shown.update(1)
         return result
 
     def _out_name(self, path: Path, suffix: str, used: set[str]) -> str:
@@ -153,8 +172,6 @@ class Predictor:
     def _image(self, path: Path, out_dir, used, result) -> list[dict]:
         import cv2
 
-        if not path.exists():
-            raise InputError(f"{path}: no such file")
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"{path}: not an image or video file (by its suffix)")
         image = read_image(path)

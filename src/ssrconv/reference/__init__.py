@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ssrconv.reference.assets import (
     DEFAULT_AGE_WEIGHTS,
@@ -14,6 +15,9 @@ from ssrconv.reference.assets import (
     ResolvedAsset,
     resolve,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TASKS = ("age", "gender", "age-gender")
 

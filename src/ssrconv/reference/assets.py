@@ -1,4 +1,5 @@
-"""Registry of downloadable assets (pretrained weights, face detector), sha256-checked.
+"""Registry of downloadable assets (pretrained weights, face detector, two sample photographs),
+sha256-checked.
 
 Resolution order for a registry name (first hit wins):
 
@@ -35,7 +36,7 @@ class Asset:
     filename: str
     url: str
     sha256: str
-    kind: str  # "age", "gender", "detector", "config"
+    kind: str  # "age", "gender", "detector", "config", "sample"
     description: str
     licence: str = "Apache-2.0"
 
@@ -74,8 +75,21 @@ ASSETS: dict[str, Asset] = {
               "face_detection_yunet_2023mar.onnx",
               "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4", "detector",
               "YuNet face detector (cv2.FaceDetectorYN), 640x640"),
+        # The built-in faces of a first run with no data of one's own (parity, make demo): 7 faces.
+        Asset("sample-t1", "t1.jpg",
+              "https://github.com/deepinsight/insightface/raw/master/python-package/insightface/"
+              "data/images/t1.jpg",
+              "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489", "sample",
+              "group photograph, 6 faces (insightface package sample data)", licence="MIT"),
+        Asset("sample-astronaut", "astronaut.png",
+              "https://github.com/scikit-image/scikit-image/raw/main/skimage/data/astronaut.png",
+              "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5", "sample",
+              "astronaut Eileen Collins, 1 face (NASA; scikit-image sample data)",
+              licence="public domain"),
     )
 }
+SAMPLE_PHOTOS = tuple(name for name, a in ASSETS.items() if a.kind == "sample")
+SAMPLE_FACES = 7  # YuNet finds 6 in t1.jpg and 1 in astronaut.png
 
 DEFAULT_AGE_WEIGHTS = "age-wiki"
 DEFAULT_GENDER_WEIGHTS = "gender-wiki"
@@ -161,10 +175,16 @@ def resolve(name_or_path: str | os.PathLike, *, download: bool = True) -> Resolv
         raise AssetError(f"{path}: no such file")
     if not path.is_file():
         raise AssetError(f"{path}: not a regular file")
-    by_filename = {a.filename: a for a in ASSETS.values()}
+    # Samples are left out: a user's own photo may well be called t1.jpg.
+    by_filename = {a.filename: a for a in ASSETS.values() if a.kind != "sample"}
     if path.name in by_filename:
         return _verified(path, by_filename[path.name], "path")
     return ResolvedAsset(path=path, source="path", sha256=sha256_of(path), asset=None)
+
+
+def sample_photos(*, download: bool = True) -> list[Path]:
+    """The sample photographs (resolved like the weights: mirror, cache, download), in order."""
+    return [_resolve_name(ASSETS[name], download=download).path for name in SAMPLE_PHOTOS]
 
 
 def _resolve_name(asset: Asset, *, download: bool) -> ResolvedAsset:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,18 +57,48 @@ def to_bgr_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def check_regular_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file (symlinks followed); an InputError naming it otherwise.
+
+    Checked with ``stat`` before any byte is read: opening a named pipe blocks until a writer
+    comes (``ssrconv predict`` hung forever on one), and ``/dev/zero`` never ends.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{path}: is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+                stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise InputError(f"{path}: {kind}, not an image file: give a regular file")
+    return path
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file as HxWx3 uint8 BGR; an InputError naming the file otherwise."""
+    """Decode an image file as HxWx3 uint8 BGR, upright; an InputError naming the file otherwise.
+
+    The EXIF orientation (JPEG, PNG eXIf, WebP, TIFF) is applied, so the pixels, and every box
+    found in them, are in the frame a photo viewer shows: a phone photo stored sideways with
+    Orientation=6 was read sideways before and mispredicted (astronaut: 33.9 y male instead of
+    26.2 y female). ``IMREAD_UNCHANGED`` ignores EXIF; ``IMREAD_COLOR | IMREAD_ANYDEPTH`` applies
+    it and still keeps 16-bit samples (reduced to 8 bits by :func:`to_bgr_uint8`); alpha is
+    dropped, as it was before (no compositing).
+    """
     import cv2
 
-    path = Path(path)
+    path = check_regular_file(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)  # np.fromfile handles unicode paths; imread may not
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror})") from None
     if data.size == 0:
         raise InputError(f"{path}: empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if image is None:
         raise InputError(f"{path}: not a decodable image (JPEG, PNG, BMP, WebP, TIFF)")
     return to_bgr_uint8(image, name=str(path))
@@ -123,17 +154,48 @@ def parse_utkface_label(filename: str) -> tuple[int, bool] | None:
     return int(match.group(1)), match.group(2) == "0"
 
 
+FACE_KINDS = ("auto", "chips", "photos")
+# Chip vs photo, per file, with --faces-kind auto. Measured with YuNet (score >= 0.7): on the 300
+# UTKFace dev chips (200x200) exactly one face each, covering 65-93 % of the image (median 83 %);
+# on the sample photos 6 faces (largest 1.3 % of t1.jpg) and 1 face (3.9 % of astronaut.png).
+CHIP_MIN_COVERAGE = 0.25
+CHIP_MAX_SIDE = 256
+CHIP_RULE = (f"a file is an aligned chip when YuNet finds exactly one face covering at least "
+             f"{CHIP_MIN_COVERAGE:.0%} of the image, or no face in an image of at most "
+             f"{CHIP_MAX_SIDE} px a side; otherwise a photo, every face found cropped by the "
+             f"contract (box grown by {MARGIN})")
+LABELS_FILE = "labels.csv"
+
+
 @dataclass(frozen=True)
 class FaceSet:
-    """Prepared face chips of one directory, with labels where the file name carries them."""
+    """Prepared model inputs of one directory, with labels where known.
+
+    A face comes from an aligned chip (the whole file) or from a photo (one detected face of it,
+    named ``file#i``, faces numbered left to right). ``origin`` says how many faces came from how
+    many files and which rule decided chip vs photo.
+    """
 
     names: list[str]
     inputs: np.ndarray  # N x 64 x 64 x 3 float32 BGR
     ages: np.ndarray  # float, NaN where unlabelled
     is_male: np.ndarray  # float 1.0 / 0.0, NaN where unlabelled
+    origin: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def describe(self) -> str:
+        """One line: faces, files, chips/photos, the rule that decided."""
+        o = self.origin
+        if not o:
+            return f"{len(self)} faces"
+        text = (f"{len(self)} faces from {o['files']} files ({o['chips']} aligned chips, "
+                f"{o['photos']} photos with {o['photo_faces']} faces")
+        if o.get("files_without_face"):
+            text += f", {len(o['files_without_face'])} photos without a face"
+        text += f"), {o['labelled']} labelled; chip vs photo: {o['decided_by']}"
+        return text
 
 
 def list_images(directory: str | os.PathLike) -> list[Path]:
@@ -145,8 +207,8 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def spread_pick(paths: list[Path], limit: int | None) -> list[Path]:
-    """At most ``limit`` of the name-sorted ``paths``, spread evenly over the list.
+def spread_pick(paths: list, limit: int | None) -> list:
+    """At most ``limit`` of the name-sorted ``paths`` (or any list), spread evenly over it.
 
     Taking the first ``limit`` would be biased: UTKFace names start with the age, so the first
     files are the youngest faces (measured on int8 calibration: all ages above 44 came out as
@@ -158,23 +220,127 @@ def spread_pick(paths: list[Path], limit: int | None) -> list[Path]:
     return [paths[i] for i in picks]
 
 
-def load_faces(directory: str | os.PathLike, limit: int | None = None) -> FaceSet:
-    """Load the aligned face chips of ``directory`` as model inputs (see :func:`prepare_chip`),
-    at most ``limit`` of them (:func:`spread_pick`)."""
+def load_faces(directory: str | os.PathLike, limit: int | None = None, kind: str = "auto",
+               detector=None) -> FaceSet:
+    """The faces of ``directory``: aligned chips (see :func:`prepare_chip`) and/or full photos
+    (faces detected with YuNet, cropped by :func:`crop_face`), decided per file by
+    :data:`CHIP_RULE` with ``kind="auto"``, or forced with ``"chips"`` / ``"photos"``. Labels
+    come from a ``labels.csv`` beside the images (columns file, age, gender) or else from
+    UTKFace-style names. ``limit`` caps the number of files read (:func:`spread_pick`)."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit {limit}: must be at least 1")
-    return load_face_files(spread_pick(list_images(directory), limit), name=str(directory))
+    paths = spread_pick(list_images(directory), limit)
+    labels = read_labels(Path(directory) / LABELS_FILE)
+    return load_face_files(paths, name=str(directory), kind=kind, detector=detector, labels=labels)
 
 
-def load_face_files(paths: list[Path], name: str = "face list") -> FaceSet:
-    """Load the given aligned face chips as model inputs (see :func:`prepare_chip`)."""
+def read_labels(path: Path) -> dict[str, tuple[float, float]]:
+    """``labels.csv`` as {file or file#i: (age or NaN, is_male 1/0 or NaN)}; {} when absent."""
+    import csv
+
+    if not path.is_file():
+        return {}
+    out: dict[str, tuple[float, float]] = {}
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "file" not in reader.fieldnames:
+            raise InputError(f"{path}: needs a header row with the columns file, age, gender")
+        for number, row in enumerate(reader, start=2):
+            age_text = (row.get("age") or "").strip()
+            gender = (row.get("gender") or "").strip().lower()
+            try:
+                age = float(age_text) if age_text else np.nan
+            except ValueError:
+                raise InputError(f"{path}:{number}: age {age_text!r} is not a number") from None
+            if gender not in _GENDERS:
+                raise InputError(f"{path}:{number}: gender {row.get('gender')!r}: use M or F "
+                                 "(or male/female), empty when unknown")
+            out[(row.get("file") or "").strip()] = (age, _GENDERS[gender])
+    return out
+
+
+_GENDERS = {"m": 1.0, "male": 1.0, "f": 0.0, "female": 0.0, "": np.nan}
+
+
+def _label_for(name: str, face_name: str, single: bool, labels: dict) -> tuple[float, float]:
+    if face_name in labels:
+        return labels[face_name]
+    if single and name in labels:  # a per-file label says whose face only when there is one
+        return labels[name]
+    parsed = parse_utkface_label(name) if single else None
+    return (np.nan, np.nan) if parsed is None else (float(parsed[0]), float(parsed[1]))
+
+
+def load_face_files(paths: list[Path], name: str = "face list", kind: str = "auto",
+                    detector=None, labels: dict | None = None) -> FaceSet:
+    """The faces of the given files (see :func:`load_faces`)."""
+    if kind not in FACE_KINDS:
+        raise InputError(f"faces kind {kind!r}: choose from {', '.join(FACE_KINDS)}")
     if not paths:
         raise InputError(f"{name}: no images ({', '.join(IMAGE_SUFFIXES)}) in this directory")
-    inputs, ages, males = [], [], []
-    for path in paths:
-        inputs.append(prepare_chip(read_image(path)))
-        label = parse_utkface_label(path.name)
-        ages.append(np.nan if label is None else label[0])
-        males.append(np.nan if label is None else float(label[1]))
-    return FaceSet(names=[p.name for p in paths], inputs=np.stack(inputs),
-                   ages=np.array(ages, dtype=np.float64), is_male=np.array(males, dtype=np.float64))
+    from ssrconv.progress import progress
+
+    labels = labels or {}
+    if kind != "chips" and detector is None:
+        from ssrconv.detect import YuNetDetector
+
+        detector = YuNetDetector()
+    names, inputs, ages, males = [], [], [], []
+    chips = photos = photo_faces = 0
+    without_face: list[str] = []
+    for path in progress(paths, desc=f"reading faces ({kind})", unit="file"):
+        image = read_image(path)
+        found = [] if kind == "chips" else sorted(detector.detect(image), key=lambda f: f.box[0])
+        if kind == "chips" or (kind == "auto" and _is_chip(image, found)):
+            chips += 1
+            crops, face_names = [prepare_chip(image)], [path.name]
+        else:
+            photos += 1
+            crops, face_names = [], []
+            for face in found:
+                try:
+                    crops.append(crop_face(image, face.box))
+                except InputError:
+                    continue  # a box wholly outside the image
+                face_names.append(f"{path.name}#{len(face_names)}")
+            photo_faces += len(crops)
+            if not crops:
+                without_face.append(path.name)
+        for crop, face_name in zip(crops, face_names):
+            age, male = _label_for(path.name, face_name, len(crops) == 1, labels)
+            names.append(face_name)
+            inputs.append(crop)
+            ages.append(age)
+            males.append(male)
+    if not inputs:
+        raise InputError(f"{name}: no face found in its {len(paths)} images "
+                         "(give aligned chips with --faces-kind chips, or photos with faces)")
+    ages_arr = np.array(ages, dtype=np.float64)
+    decided = {"auto": CHIP_RULE, "chips": "forced: every file is an aligned chip",
+               "photos": "forced: every file is a photo"}[kind]
+    origin = {"source": name, "files": len(paths), "faces": len(inputs), "chips": chips,
+              "photos": photos, "photo_faces": photo_faces, "files_without_face": without_face,
+              "labelled": int(np.isfinite(ages_arr).sum()), "kind": kind, "decided_by": decided,
+              "labels": LABELS_FILE if labels else "UTKFace-style names"}
+    return FaceSet(names=names, inputs=np.stack(inputs), ages=ages_arr,
+                   is_male=np.array(males, dtype=np.float64), origin=origin)
+
+
+def _is_chip(image: np.ndarray, found) -> bool:
+    """:data:`CHIP_RULE` for one image and its YuNet faces."""
+    h, w = image.shape[:2]
+    if not found:
+        return max(h, w) <= CHIP_MAX_SIDE
+    if len(found) != 1:
+        return False
+    _, _, bw, bh = found[0].box
+    return bw * bh >= CHIP_MIN_COVERAGE * w * h
+
+
+def load_sample_faces(detector=None) -> FaceSet:
+    """The 7 faces of the two built-in sample photographs (asset registry), unlabelled."""
+    from ssrconv.reference.assets import sample_photos
+
+    faces = load_face_files(sample_photos(), name="the built-in sample photos", kind="photos",
+                            detector=detector)
+    return faces
