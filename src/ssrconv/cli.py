@@ -81,8 +81,9 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
 
 @cli.command()
 @click.option("--to", "to", multiple=True, default=("all",), show_default=True,
-              type=click.Choice(["onnx", "tflite", "coreml", "all"]),
-              help="Target family; repeat for several.")
+              type=click.Choice(["onnx", "tflite", "coreml", "web", "all"]),
+              help="Target family; repeat for several (all: every family but web, which is "
+                   "exported only by name).")
 @click.option("--precision", multiple=True, type=click.Choice(["fp32", "fp16", "dynamic", "int8"]),
               help="Precision; repeat for several. Default: each family's default "
                    "(onnx fp32, tflite fp32, coreml fp16), or every precision with --to all.")

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-FAMILIES = ("onnx", "tflite", "coreml")
+FAMILIES = ("onnx", "tflite", "coreml", "web")
+# Exported only when asked for by name (--to web): it vendors npm packages (`make browser`).
+OPT_IN_FAMILIES = ("web",)
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
 
@@ -74,10 +76,12 @@ TARGETS: dict[str, Target] = {
                "each stream's first block; SSR head in float; calibrated"),
         Target("coreml", "fp16", ".mlpackage", "coreml", "fp16", "CoreML mlprogram, float16 compute"),
         Target("coreml", "fp32", ".mlpackage", "coreml", "fp32", "CoreML mlprogram, float32 compute"),
+        Target("web", "fp32", ".web", "web", "fp32",
+               "Static web folder: fp32 ONNX + YuNet + a plain-JS app on onnxruntime-web (wasm)"),
     )
 }
 
-DEFAULT_PRECISION = {"onnx": "fp32", "tflite": "fp32", "coreml": "fp16"}
+DEFAULT_PRECISION = {"onnx": "fp32", "tflite": "fp32", "coreml": "fp16", "web": "fp32"}
 
 
 def precisions_of(family: str) -> list[str]:
