@@ -145,7 +145,7 @@ def artifact_paths(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.exists():
         raise SsrconvError(f"{path}: no such file or directory")
-    if not path.is_dir() or path.suffix == ".mlpackage":
+    if not path.is_dir() or path.suffix in (".mlpackage", ".web"):  # directory packages
         return [path]
     entries = read_index(path)
     if entries is not None:

@@ -1,0 +1,261 @@
+"""Browser engines: SSR-Net in a real headless Chromium, driven by Playwright for Python.
+
+``chromium-ort-wasm`` runs an ``.onnx`` file or a ``.web`` folder in onnxruntime-web
+(WebAssembly, the same files ``--to web`` vendors). The folder is served from 127.0.0.1 by a
+small threaded server on a random port, with the cross-origin isolation headers (COOP/COEP)
+that give ``performance.now()`` 5 us resolution (100 us without) and allow wasm threads.
+Batches cross into the page as base64 float32; ages and P(male) come back as numbers.
+
+Chromium is the system's (Debian's ``chromium``, ``$SSRCONV_CHROMIUM`` to override), never a
+browser download: ``make browser`` installs it with the npm packages and Playwright.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.runtimes.base import HEADS, Runtime
+
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+# As the machine probe ran it (root: --no-sandbox); the background-networking flags stop
+# Chromium's calls home, which this closed network refuses many at a time.
+CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-extensions", "--disable-default-apps")
+HARNESS = "/__ssrconv_harness.html"
+CHUNK = 64  # faces per page call: bounds the base64 string (~260 KB per 4 faces)
+TIMEOUT_MS = 120_000
+
+
+def chromium_path() -> Path:
+    """The Chromium executable the browser engines launch; BrowserSetupError when missing."""
+    from ssrconv.converters.web import BrowserSetupError
+
+    path = Path(os.environ.get("SSRCONV_CHROMIUM") or DEFAULT_CHROMIUM)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise BrowserSetupError(f"no Chromium at {path}; run `make browser` (Debian's chromium) "
+                                "or set SSRCONV_CHROMIUM to a Chromium executable")
+    return path
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    timeout = 30  # a stalled client cannot hold a server thread for ever
+
+    def end_headers(self):
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def do_GET(self):
+        if self.path.split("?")[0] == HARNESS:
+            body = b"<!doctype html><meta charset='utf-8'><title>ssrconv</title>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+    def log_message(self, format, *args):  # quiet: the page's errors come back via Playwright
+        pass
+
+
+_Handler.extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "text/javascript",
+                           ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
+
+
+class StaticServer:
+    """A static folder on http://127.0.0.1:<random port>/ with cross-origin isolation headers,
+    served from a daemon thread until :meth:`close`."""
+
+    def __init__(self, root: Path):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="ssrconv-web",
+                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+_LOAD = """async ([model, threads]) => {
+  const lib = await import('./ssrconv.mjs');
+  lib.configure({ numThreads: threads });
+  const session = await lib.loadModel(model);
+  window.__ssrconv = { lib, session };
+  return { inputs: session.inputNames, outputs: session.outputNames,
+           isolated: self.crossOriginIsolated, ort: lib.ort.env.versions.web };
+}"""
+
+_RUN = """async ([b64, n]) => {
+  const { lib, session } = window.__ssrconv;
+  const bytes = Uint8Array.fromBase64(b64);
+  const { heads, ms } = await lib.runSsrnet(session, new Float32Array(bytes.buffer), n);
+  const out = { ms };
+  for (const [k, v] of Object.entries(heads)) out[k] = Array.from(v);
+  return out;
+}"""
+
+_TIME = """async ([b64, n, repeats]) => {
+  const { lib, session } = window.__ssrconv;
+  const data = new Float32Array(Uint8Array.fromBase64(b64).buffer);
+  const times = [];
+  for (let i = 0; i < repeats; i++) times.push((await lib.runSsrnet(session, data, n)).ms);
+  return times;
+}"""
+
+
+class BrowserRuntime(Runtime):
+    """``chromium-ort-wasm``: an .onnx file or a .web folder in onnxruntime-web in headless
+    Chromium. ``num_threads`` sets ort-web's wasm threads (default 1)."""
+
+    engine = "chromium-ort-wasm"
+
+    def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
+        from ssrconv.converters import web
+
+        self.path = Path(path)
+        self.precision = precision
+        self.executed_precision = "fp32"  # wasm EP computes in float32 (no fp16/bf16 path)
+        self.num_threads = int(num_threads or 1)
+        self.last_browser_ms: float | None = None
+        self._tmp: Path | None = None
+        self._closers: list = []
+        suffix = self.path.suffix.lower()
+        if suffix == ".web":
+            web.verify(self.path)
+            root, model = self.path, web.read_config(self.path)["model"]
+            self.backend = "web"
+        elif suffix == ".onnx":
+            if not self.path.is_file():
+                raise ModelFileError(f"{self.path}: no such file")
+            # A private folder: the app's library, the vendored runtime and a copy of the model.
+            self._tmp = Path(tempfile.mkdtemp(prefix="ssrconv-browser-"))
+            root, model = self._tmp, "model.onnx"
+            web.build_folder(root, self.path, model, detector=False)
+            self.backend = "onnx"
+        else:
+            raise ModelFileError(f"{self.path}: {self.engine} reads .onnx files and .web folders")
+        executable = chromium_path()
+        try:
+            self._start(root, model, executable)
+        except BaseException:
+            self.close()
+            raise
+        atexit.register(_close_ref, weakref.ref(self))
+
+    def _start(self, root: Path, model: str, executable: Path) -> None:
+        try:
+            from playwright.sync_api import Error as PlaywrightError
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            from ssrconv.converters.web import BrowserSetupError
+
+            raise BrowserSetupError("Playwright for Python is not installed; run `make browser` "
+                                    "or pip install 'ssrconv[browser]'") from None
+        self._server = StaticServer(root)
+        self._closers.append(self._server.close)
+        self._pw = sync_playwright().start()
+        self._closers.append(self._pw.stop)
+        try:
+            self._browser = self._pw.chromium.launch(executable_path=str(executable),
+                                                     headless=True, args=list(CHROMIUM_ARGS))
+            self._closers.append(self._browser.close)
+            self.page = self._browser.new_page()
+            self.page.set_default_timeout(TIMEOUT_MS)
+            self._errors: list[str] = []
+            self.page.on("pageerror", lambda err: self._errors.append(str(err)))
+            self.page.goto(self._server.url + HARNESS)
+            info = self.page.evaluate(_LOAD, [model, self.num_threads])
+        except PlaywrightError as err:
+            raise ModelFileError(f"{self.path}: {self.engine} could not load it "
+                                 f"({_first_line(err)})") from None
+        self.cross_origin_isolated = bool(info["isolated"])
+        self.ort_version = info["ort"]
+        self.heads = tuple(h for h in info["outputs"] if h in HEADS)
+        if not self.heads:
+            raise ModelFileError(f"{self.path}: outputs {info['outputs']} name no SSR-Net head")
+
+    def run(self, batch) -> dict[str, np.ndarray]:
+        """Run the batch in the page, CHUNK faces per call; ``last_browser_ms`` is the time
+        spent inside ort-web's session.run, summed over the calls."""
+        from playwright.sync_api import Error as PlaywrightError
+
+        batch = self.check_batch(batch)
+        out: dict[str, list[np.ndarray]] = {h: [] for h in self.heads}
+        total_ms = 0.0
+        for start in range(0, len(batch), CHUNK):
+            part = batch[start:start + CHUNK]
+            try:
+                got = self.page.evaluate(_RUN, [base64.b64encode(part.tobytes()).decode(), len(part)])
+            except PlaywrightError as err:
+                raise SsrconvError(f"{self.path}: {self.engine} failed running a batch of "
+                                   f"{len(part)} ({_first_line(err)})") from None
+            total_ms += got["ms"]
+            for head in self.heads:
+                out[head].append(self.head_values(head, got[head], len(part)))
+        self.last_browser_ms = total_ms
+        if not len(batch):
+            return {h: np.zeros(0, np.float32) for h in self.heads}
+        return {h: np.concatenate(v) for h, v in out.items()}
+
+    def time_in_browser(self, batch, repeats: int) -> np.ndarray:
+        """``repeats`` timings (ms) of session.run on one batch, measured inside the page
+        (no Python/DevTools round trip): the per-call cost a web app sees."""
+        batch = self.check_batch(batch)
+        times = self.page.evaluate(_TIME, [base64.b64encode(batch.tobytes()).decode(),
+                                           len(batch), int(repeats)])
+        return np.asarray(times, dtype=np.float64)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "ort_web": getattr(self, "ort_version", None),
+                "threads": self.num_threads,
+                "cross_origin_isolated": getattr(self, "cross_origin_isolated", None)}
+
+    def close(self) -> None:
+        """Close the page's browser, Playwright and the server, and remove the private folder."""
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception:  # already gone (e.g. at interpreter exit): nothing left to free
+                pass
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _close_ref(ref) -> None:
+    runtime = ref()
+    if runtime is not None:
+        runtime.close()
+
+
+def _first_line(err) -> str:
+    text = str(getattr(err, "message", err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
