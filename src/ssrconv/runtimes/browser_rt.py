@@ -97,6 +97,53 @@ class StaticServer:
         self._thread.join(timeout=5)
 
 
+class BrowserPage:
+    """A folder served on 127.0.0.1 (:class:`StaticServer`) and one page of a headless system
+    Chromium (Playwright) to open it in; :meth:`close` (or ``with``) ends all three. The page
+    (``.page``) starts blank: ``page.goto(self.url + "/index.html")``."""
+
+    def __init__(self, root: Path, executable: Path | None = None):
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            from ssrconv.converters.web import BrowserSetupError
+
+            raise BrowserSetupError("Playwright for Python is not installed; run `make browser` "
+                                    "or pip install 'ssrconv[browser]'") from None
+        executable = executable or chromium_path()
+        self._closers: list = []
+        try:
+            server = StaticServer(Path(root))
+            self._closers.append(server.close)
+            self.url = server.url
+            playwright = sync_playwright().start()
+            self._closers.append(playwright.stop)
+            browser = playwright.chromium.launch(executable_path=str(executable), headless=True,
+                                                 args=list(CHROMIUM_ARGS))
+            self._closers.append(browser.close)
+            self.page = browser.new_page()
+            self.page.set_default_timeout(TIMEOUT_MS)
+            self.errors: list[str] = []
+            self.page.on("pageerror", lambda err: self.errors.append(str(err)))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except Exception:  # already gone (e.g. at interpreter exit): nothing left to free
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 _LOAD = """async ([model, threads]) => {
   const lib = await import('./ssrconv.mjs');
   lib.configure({ numThreads: threads });
@@ -164,27 +211,13 @@ class BrowserRuntime(Runtime):
         atexit.register(_close_ref, weakref.ref(self))
 
     def _start(self, root: Path, model: str, executable: Path) -> None:
-        try:
-            from playwright.sync_api import Error as PlaywrightError
-            from playwright.sync_api import sync_playwright
-        except ImportError:
-            from ssrconv.converters.web import BrowserSetupError
+        from playwright.sync_api import Error as PlaywrightError
 
-            raise BrowserSetupError("Playwright for Python is not installed; run `make browser` "
-                                    "or pip install 'ssrconv[browser]'") from None
-        self._server = StaticServer(root)
-        self._closers.append(self._server.close)
-        self._pw = sync_playwright().start()
-        self._closers.append(self._pw.stop)
+        self._page = BrowserPage(root, executable)
+        self._closers.append(self._page.close)
+        self.page = self._page.page
         try:
-            self._browser = self._pw.chromium.launch(executable_path=str(executable),
-                                                     headless=True, args=list(CHROMIUM_ARGS))
-            self._closers.append(self._browser.close)
-            self.page = self._browser.new_page()
-            self.page.set_default_timeout(TIMEOUT_MS)
-            self._errors: list[str] = []
-            self.page.on("pageerror", lambda err: self._errors.append(str(err)))
-            self.page.goto(self._server.url + HARNESS)
+            self.page.goto(self._page.url + HARNESS)
             info = self.page.evaluate(_LOAD, [model, self.num_threads])
         except PlaywrightError as err:
             raise ModelFileError(f"{self.path}: {self.engine} could not load it "
