@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,12 @@ def web_export(tmp_path_factory, assets_dir):
     return artifact
 
 
+def _locked(package: str) -> str:
+    """The version package-lock.json pins for an npm package."""
+    lock = json.loads((Path(__file__).parents[1] / "package-lock.json").read_text())
+    return lock["packages"][f"node_modules/{package}"]["version"]
+
+
 def _parity(runtime, faces, reference_outputs):
     from ssrconv.parity import head_stats, violations
     from ssrconv.targets import BUDGETS
@@ -62,8 +69,7 @@ def test_export_folder_is_self_contained(web_export):
     assert folder.suffix == ".web" and folder.is_dir()
     web.verify(folder)
     config = json.loads((folder / "model.json").read_text())
-    lock = json.loads(open(os.path.join(os.path.dirname(__file__), "..", "package-lock.json")).read())
-    pinned = lock["packages"]["node_modules/onnxruntime-web"]["version"]
+    pinned = _locked("onnxruntime-web")
     assert config["runtime"] == {"onnxruntime-web": pinned}
     assert web_export.manifest["web"]["runtime"] == {"onnxruntime-web": pinned}
     assert [i["name"] for i in web_export.manifest["inputs"]] == ["face_bgr"]
@@ -153,3 +159,38 @@ def test_web_page_reads_the_group_photo_like_the_reference(web_export, images_di
     stats = {h: head_stats([g[h] for g in got], [w[h] for w in want], h) for h in ("age", "p_male")}
     assert violations(stats, BUDGETS["fp32"]) == []
     assert labels == [label(w["age"], w["p_male"]) for w in want]
+
+
+@pytest.fixture(scope="module")
+def tflite_fp32(tmp_path_factory, assets_dir):
+    _need_browser()
+    from ssrconv.exporter import export
+
+    (artifact,) = export(to=("tflite",), precision=("fp32",),
+                         out=tmp_path_factory.mktemp("tflite") / "out")
+    return artifact.path
+
+
+def test_litert_js_refuses_a_dynamic_batch_tflite(tflite_fp32):
+    from ssrconv.errors import ModelFileError
+    from ssrconv.runtimes.browser_rt import LiteRtBrowserRuntime
+
+    with pytest.raises(ModelFileError, match="variable batch"):
+        LiteRtBrowserRuntime(tflite_fp32)
+
+
+def test_static_batch_tflite_on_chromium_litert_wasm_within_fp32_budget(tflite_fp32, tmp_path,
+                                                                         faces, keras_outputs):
+    from ssrconv.converters.tflite_static import is_dynamic_batch, static_batch_1
+    from ssrconv.runtimes.browser_rt import ENGINES
+
+    static = tmp_path / "ssrnet_age_gender_fp32_b1.tflite"
+    static.write_bytes(static_batch_1(tflite_fp32.read_bytes()))
+    assert is_dynamic_batch(tflite_fp32.read_bytes()) and not is_dynamic_batch(static.read_bytes())
+    with ENGINES["chromium-litert-wasm"](static) as runtime:
+        assert (runtime.backend, runtime.runtime_version) == ("tflite", _locked("@litertjs/core"))
+        stats, broken = _parity(runtime, faces, keras_outputs)
+        times = runtime.time_in_browser(faces.inputs[:1], repeats=50)
+    print(f"\nchromium-litert-wasm fp32 batch-1 .tflite: max age diff {stats['age'].max_abs:.2e} y; "
+          f"median {np.median(times):.2f} ms, min {times.min():.2f} ms per face")
+    assert broken == [], broken

@@ -72,6 +72,30 @@ def vendor_ort(dest: Path) -> str:
     return package_version(ORT_PACKAGE, modules)
 
 
+LITERT_PACKAGE = "@litertjs/core"
+# LiteRT.js picks its wasm by the browser's features; the threaded and JSPI builds are not used.
+LITERT_WASM = ("litert_wasm_internal.js", "litert_wasm_internal.wasm",
+               "litert_wasm_compat_internal.js", "litert_wasm_compat_internal.wasm")
+# @litertjs/core imports its helper by bare name: pages map it with an import map.
+LITERT_IMPORT_MAP = {"imports": {"@litertjs/wasm-utils": "./litert/wasm-utils.mjs"}}
+
+
+def vendor_litert(dest: Path) -> str:
+    """Copy LiteRT.js (core module, its wasm-utils helper, the wasm builds it chooses from) into
+    ``dest/litert``; returns its version."""
+    modules = node_modules_dir()
+    core, utils = modules / LITERT_PACKAGE, modules / "@litertjs" / "wasm-utils"
+    files = {core / "dist" / "index.js": "litert.mjs", utils / "dist" / "index.js": "wasm-utils.mjs",
+             **{core / "wasm" / n: f"wasm/{n}" for n in LITERT_WASM}}
+    (dest / "litert" / "wasm").mkdir(parents=True, exist_ok=True)
+    for source, name in files.items():
+        if not source.is_file():
+            raise BrowserSetupError(f"{source} is missing: the installed {LITERT_PACKAGE} does not "
+                                    "match package.json; run `make browser` (npm ci)")
+        shutil.copyfile(source, dest / "litert" / name)
+    return package_version(LITERT_PACKAGE, modules)
+
+
 def yunet_variable_size(source: Path, dest: Path) -> None:
     """YuNet with symbolic height/width: the zoo file declares 1x3x640x640, which
     onnxruntime(-web) enforces, but the graph is size-agnostic (OpenCV reshapes it per image).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import json
 import os
 import shutil
 import tempfile
@@ -62,7 +63,7 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.split("?")[0] == HARNESS:
-            body = b"<!doctype html><meta charset='utf-8'><title>ssrconv</title>"
+            body = self.server.harness
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
@@ -83,8 +84,11 @@ class StaticServer:
     """A static folder on http://127.0.0.1:<random port>/ with cross-origin isolation headers,
     served from a daemon thread until :meth:`close`."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, harness: str = ""):
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+        # The blank page engines load their library into, at HARNESS (not a file of the folder).
+        self.httpd.harness = ("<!doctype html><meta charset='utf-8'><title>ssrconv</title>"
+                              + harness).encode()
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="ssrconv-web",
@@ -102,7 +106,7 @@ class BrowserPage:
     Chromium (Playwright) to open it in; :meth:`close` (or ``with``) ends all three. The page
     (``.page``) starts blank: ``page.goto(self.url + "/index.html")``."""
 
-    def __init__(self, root: Path, executable: Path | None = None):
+    def __init__(self, root: Path, executable: Path | None = None, harness: str = ""):
         try:
             from playwright.sync_api import sync_playwright
         except ImportError:
@@ -113,7 +117,7 @@ class BrowserPage:
         executable = executable or chromium_path()
         self._closers: list = []
         try:
-            server = StaticServer(Path(root))
+            server = StaticServer(Path(root), harness)
             self._closers.append(server.close)
             self.url = server.url
             playwright = sync_playwright().start()
@@ -150,7 +154,7 @@ _LOAD = """async ([model, threads]) => {
   const session = await lib.loadModel(model);
   window.__ssrconv = { lib, session };
   return { inputs: session.inputNames, outputs: session.outputNames,
-           isolated: self.crossOriginIsolated, ort: lib.ort.env.versions.web };
+           isolated: self.crossOriginIsolated, version: lib.ort.env.versions.web };
 }"""
 
 _RUN = """async ([b64, n]) => {
@@ -176,10 +180,12 @@ class BrowserRuntime(Runtime):
     Chromium. ``num_threads`` sets ort-web's wasm threads (default 1)."""
 
     engine = "chromium-ort-wasm"
+    harness = ""
+    load_js = None  # set below the JS
+    run_js = None
+    time_js = None
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
-        from ssrconv.converters import web
-
         self.path = Path(path)
         self.precision = precision
         self.executed_precision = "fp32"  # wasm EP computes in float32 (no fp16/bf16 path)
@@ -187,43 +193,48 @@ class BrowserRuntime(Runtime):
         self.last_browser_ms: float | None = None
         self._tmp: Path | None = None
         self._closers: list = []
-        suffix = self.path.suffix.lower()
-        if suffix == ".web":
-            web.verify(self.path)
-            root, model = self.path, web.read_config(self.path)["model"]
-            self.backend = "web"
-        elif suffix == ".onnx":
-            if not self.path.is_file():
-                raise ModelFileError(f"{self.path}: no such file")
-            # A private folder: the app's library, the vendored runtime and a copy of the model.
-            self._tmp = Path(tempfile.mkdtemp(prefix="ssrconv-browser-"))
-            root, model = self._tmp, "model.onnx"
-            web.build_folder(root, self.path, model, detector=False)
-            self.backend = "onnx"
-        else:
-            raise ModelFileError(f"{self.path}: {self.engine} reads .onnx files and .web folders")
         executable = chromium_path()
         try:
+            root, model = self._prepare()
             self._start(root, model, executable)
         except BaseException:
             self.close()
             raise
         atexit.register(_close_ref, weakref.ref(self))
 
+    def _prepare(self) -> tuple[Path, str]:
+        """(folder to serve, model file in it): a .web folder as is; for an .onnx, a private
+        folder with the library, the vendored runtime and a copy of the model."""
+        from ssrconv.converters import web
+
+        suffix = self.path.suffix.lower()
+        if suffix == ".web":
+            web.verify(self.path)
+            self.backend = "web"
+            return self.path, web.read_config(self.path)["model"]
+        if suffix != ".onnx":
+            raise ModelFileError(f"{self.path}: {self.engine} reads .onnx files and .web folders")
+        if not self.path.is_file():
+            raise ModelFileError(f"{self.path}: no such file")
+        self.backend = "onnx"
+        self._tmp = Path(tempfile.mkdtemp(prefix="ssrconv-browser-"))
+        web.build_folder(self._tmp, self.path, "model.onnx", detector=False)
+        return self._tmp, "model.onnx"
+
     def _start(self, root: Path, model: str, executable: Path) -> None:
         from playwright.sync_api import Error as PlaywrightError
 
-        self._page = BrowserPage(root, executable)
+        self._page = BrowserPage(root, executable, self.harness)
         self._closers.append(self._page.close)
         self.page = self._page.page
         try:
             self.page.goto(self._page.url + HARNESS)
-            info = self.page.evaluate(_LOAD, [model, self.num_threads])
+            info = self.page.evaluate(self.load_js, [model, self.num_threads])
         except PlaywrightError as err:
             raise ModelFileError(f"{self.path}: {self.engine} could not load it "
                                  f"({_first_line(err)})") from None
         self.cross_origin_isolated = bool(info["isolated"])
-        self.ort_version = info["ort"]
+        self.runtime_version = info["version"] or getattr(self, "runtime_version", None)
         self.heads = tuple(h for h in info["outputs"] if h in HEADS)
         if not self.heads:
             raise ModelFileError(f"{self.path}: outputs {info['outputs']} name no SSR-Net head")
@@ -239,7 +250,7 @@ class BrowserRuntime(Runtime):
         for start in range(0, len(batch), CHUNK):
             part = batch[start:start + CHUNK]
             try:
-                got = self.page.evaluate(_RUN, [base64.b64encode(part.tobytes()).decode(), len(part)])
+                got = self.page.evaluate(self.run_js, [base64.b64encode(part.tobytes()).decode(), len(part)])
             except PlaywrightError as err:
                 raise SsrconvError(f"{self.path}: {self.engine} failed running a batch of "
                                    f"{len(part)} ({_first_line(err)})") from None
@@ -255,12 +266,12 @@ class BrowserRuntime(Runtime):
         """``repeats`` timings (ms) of session.run on one batch, measured inside the page
         (no Python/DevTools round trip): the per-call cost a web app sees."""
         batch = self.check_batch(batch)
-        times = self.page.evaluate(_TIME, [base64.b64encode(batch.tobytes()).decode(),
+        times = self.page.evaluate(self.time_js, [base64.b64encode(batch.tobytes()).decode(),
                                            len(batch), int(repeats)])
         return np.asarray(times, dtype=np.float64)
 
     def describe(self) -> dict:
-        return {**super().describe(), "ort_web": getattr(self, "ort_version", None),
+        return {**super().describe(), "runtime_version": getattr(self, "runtime_version", None),
                 "threads": self.num_threads,
                 "cross_origin_isolated": getattr(self, "cross_origin_isolated", None)}
 
@@ -281,6 +292,97 @@ class BrowserRuntime(Runtime):
 
     def __exit__(self, *exc):
         self.close()
+
+
+BrowserRuntime.load_js, BrowserRuntime.run_js, BrowserRuntime.time_js = _LOAD, _RUN, _TIME
+
+# LiteRT.js: the static batch B the model declares; a batch of N runs as N/B calls in the page.
+_LITERT_LOAD = """async ([model, threads]) => {
+  const L = await import('./litert/litert.mjs');
+  await L.loadLiteRt(new URL('./litert/wasm/', location.href).href, { threads: false });
+  const m = await L.loadAndCompile(model, { accelerator: 'wasm' });
+  const inp = m.getInputDetails(), out = m.getOutputDetails();
+  window.__ssrconv = { L, m, input: inp[0].name, batch: inp[0].shape[0] };
+  return { inputs: inp.map((d) => d.name), input_shapes: inp.map((d) => Array.from(d.shape)),
+           outputs: out.map((d) => d.name), isolated: self.crossOriginIsolated,
+           version: null };
+}"""
+
+_LITERT_CALL = """
+  const { L, m, input, batch } = window.__ssrconv;
+  const face = 64 * 64 * 3;
+  const call = async (data, offset) => {
+    const t = new L.Tensor(data.slice(offset * face, (offset + batch) * face), [batch, 64, 64, 3]);
+    const t0 = performance.now();
+    const out = await m.run({ [input]: t });
+    const ms = performance.now() - t0;
+    const heads = {};
+    for (const [k, v] of Object.entries(out)) { heads[k] = v.toTypedArray(); v.delete(); }
+    t.delete();
+    return { heads, ms };
+  };
+"""
+
+_LITERT_RUN = """async ([b64, n]) => {""" + _LITERT_CALL + """
+  const data = new Float32Array(Uint8Array.fromBase64(b64).buffer);
+  const result = { ms: 0 };
+  for (let i = 0; i < n; i += batch) {
+    const { heads, ms } = await call(data, i);
+    result.ms += ms;
+    for (const [k, v] of Object.entries(heads)) (result[k] ??= []).push(...v);
+  }
+  return result;
+}"""
+
+_LITERT_TIME = """async ([b64, n, repeats]) => {""" + _LITERT_CALL + """
+  const data = new Float32Array(Uint8Array.fromBase64(b64).buffer);
+  const times = [];
+  for (let r = 0; r < repeats; r++) {
+    let total = 0;
+    for (let i = 0; i < n; i += batch) total += (await call(data, i)).ms;
+    times.push(total);
+  }
+  return times;
+}"""
+
+
+class LiteRtBrowserRuntime(BrowserRuntime):
+    """``chromium-litert-wasm``: a static-batch ``.tflite`` in LiteRT.js (``@litertjs/core``,
+    wasm, XNNPACK) in headless Chromium. LiteRT.js 2.5 has no input resize, so a dynamic-batch
+    file is refused with the fix (:func:`ssrconv.converters.tflite_static.static_batch_1`)."""
+
+    engine = "chromium-litert-wasm"
+    harness = ('<script type="importmap">' + json.dumps(
+        {"imports": {"@litertjs/wasm-utils": "./litert/wasm-utils.mjs"}}) + "</script>")
+    load_js, run_js, time_js = _LITERT_LOAD, _LITERT_RUN, _LITERT_TIME
+
+    def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
+        super().__init__(path, num_threads=1, precision=precision)
+        self.executed_precision = None  # LiteRT.js reports no per-kernel precision
+
+    def _prepare(self) -> tuple[Path, str]:
+        from ssrconv.converters import tflite_static, web
+
+        if self.path.suffix.lower() != ".tflite" or not self.path.is_file():
+            raise ModelFileError(f"{self.path}: {self.engine} reads .tflite files")
+        data = self.path.read_bytes()
+        try:
+            dynamic = tflite_static.is_dynamic_batch(data)
+        except Exception as err:  # the flatbuffer reader raises assorted types on garbage
+            raise ModelFileError(f"{self.path}: not a readable .tflite ({type(err).__name__})") from None
+        if dynamic:
+            raise ModelFileError(f"{self.path}: input has a variable batch and LiteRT.js 2.5 "
+                                 "cannot resize inputs; give it a static-batch copy "
+                                 "(ssrconv.converters.tflite_static.static_batch_1)")
+        self.backend = "tflite"
+        self._tmp = Path(tempfile.mkdtemp(prefix="ssrconv-litert-"))
+        self.runtime_version = web.vendor_litert(self._tmp)
+        shutil.copyfile(self.path, self._tmp / "model.tflite")
+        return self._tmp, "model.tflite"
+
+
+
+ENGINES = {BrowserRuntime.engine: BrowserRuntime, LiteRtBrowserRuntime.engine: LiteRtBrowserRuntime}
 
 
 def _close_ref(ref) -> None:
