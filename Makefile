@@ -19,13 +19,16 @@ $(VENV)/.installed: pyproject.toml
 # download: Playwright drives /usr/bin/chromium, or $$SSRCONV_CHROMIUM), the npm packages pinned by
 # package-lock.json, and Playwright for Python in the venv.
 CHROMIUM ?= $(or $(SSRCONV_CHROMIUM),/usr/bin/chromium)
-browser: setup
+browser: setup $(VENV)/.browser
 	@if [ ! -x "$(CHROMIUM)" ]; then \
 	  command -v apt-get >/dev/null || { echo "make browser: $(CHROMIUM) is missing; install Chromium or set SSRCONV_CHROMIUM" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
 	@if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then \
 	  npm ci --no-audit --no-fund; fi
+
+$(VENV)/.browser: pyproject.toml $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[test,browser]'
+	@touch $@
 
 # The main job on the default pretrained weights (age-wiki + gender-wiki): export every target,
 # check each against the reference on real faces (fails on a broken budget), benchmark them all.

@@ -81,6 +81,9 @@ TARGETS: dict[str, Target] = {
     )
 }
 
+# The targets `--to all` exports (every row but the opt-in families').
+EXPORTED_BY_ALL = tuple(k for k, t in TARGETS.items() if t.family not in OPT_IN_FAMILIES)
+
 DEFAULT_PRECISION = {"onnx": "fp32", "tflite": "fp32", "coreml": "fp16", "web": "fp32"}
 
 
