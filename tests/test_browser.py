@@ -196,3 +196,25 @@ def test_static_batch_tflite_on_chromium_litert_wasm_within_fp32_budget(tflite_f
     print(f"\nchromium-litert-wasm fp32 batch-1 .tflite: max age diff {stats['age'].max_abs:.2e} y; "
           f"median {np.median(times):.2f} ms, min {times.min():.2f} ms per face")
     assert broken == [], broken
+
+
+def test_web_page_webcam_loop_runs_on_a_fake_camera(web_export):
+    """The webcam button: Chromium's fake capture device (a test pattern, no face) feeds the
+    detect-and-draw loop frame after frame without an error."""
+    from ssrconv.runtimes.browser_rt import BrowserPage
+
+    fake_camera = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    with BrowserPage(web_export.path, extra_args=fake_camera) as browser:
+        page = browser.page
+        page.goto(browser.url + "/index.html")
+        page.wait_for_function("document.getElementById('status').dataset.state === 'ready'")
+        page.click("#webcam")
+        page.wait_for_function("document.getElementById('status').dataset.state !== 'ready'")
+        state = page.get_attribute("#status", "data-state")
+        status = page.text_content("#status")
+        page.wait_for_function("window.ssrconvApp.frames >= 3")
+        size = page.evaluate("[document.getElementById('canvas').width, "
+                             "document.getElementById('canvas').height]")
+        assert browser.errors == []
+    assert state == "webcam", status
+    assert size[0] > 0 and size[1] > 0

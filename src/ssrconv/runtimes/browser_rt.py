@@ -106,7 +106,8 @@ class BrowserPage:
     Chromium (Playwright) to open it in; :meth:`close` (or ``with``) ends all three. The page
     (``.page``) starts blank: ``page.goto(self.url + "/index.html")``."""
 
-    def __init__(self, root: Path, executable: Path | None = None, harness: str = ""):
+    def __init__(self, root: Path, executable: Path | None = None, harness: str = "",
+                 extra_args: tuple[str, ...] = ()):
         try:
             from playwright.sync_api import sync_playwright
         except ImportError:
@@ -123,7 +124,7 @@ class BrowserPage:
             playwright = sync_playwright().start()
             self._closers.append(playwright.stop)
             browser = playwright.chromium.launch(executable_path=str(executable), headless=True,
-                                                 args=list(CHROMIUM_ARGS))
+                                                 args=[*CHROMIUM_ARGS, *extra_args])
             self._closers.append(browser.close)
             self.page = browser.new_page()
             self.page.set_default_timeout(TIMEOUT_MS)

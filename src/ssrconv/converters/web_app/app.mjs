@@ -7,7 +7,7 @@ const config = await (await fetch("model.json")).json();
 
 configure({ numThreads: 1 });
 const ready = Promise.all([loadModel(config.detector), loadModel(config.model)]);
-const app = { ready, lastResult: null, config };
+const app = { ready, lastResult: null, config, frames: 0 };
 window.ssrconvApp = app;
 
 function draw(image, faces, source) {
@@ -82,6 +82,7 @@ $("webcam").addEventListener("click", async () => {
   const loop = async () => {
     if (video.readyState >= 2) {
       const r = await run(bitmapPixels(video, video.videoWidth, video.videoHeight), video);
+      app.frames += 1;
       status(`webcam: ${r.faces.length} face(s), ${r.totalMs.toFixed(0)} ms per frame`, "webcam");
     }
     requestAnimationFrame(loop);
