@@ -12,8 +12,8 @@ import click
 
 from ssrconv.errors import SsrconvError
 
-_BACKENDS = ("keras", "onnx", "tflite", "coreml")  # = ssrconv.runtimes.BACKENDS, without importing it
-_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml"}
+_BACKENDS = ("keras", "onnx", "tflite", "coreml", "web")  # = ssrconv.runtimes.BACKENDS, without importing it
+_SUFFIXES = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", ".web": "web"}
 
 
 def _plan(backend: str | None, model: Path | None, all_dir: Path | None, with_keras: bool) -> list:
