@@ -218,3 +218,36 @@ def test_web_page_webcam_loop_runs_on_a_fake_camera(web_export):
         assert browser.errors == []
     assert state == "webcam", status
     assert size[0] > 0 and size[1] > 0
+
+
+def test_browser_engine_refuses_a_corrupt_onnx_in_one_line(tmp_path):
+    _need_browser()
+    from ssrconv.errors import ModelFileError
+    from ssrconv.runtimes.browser_rt import BrowserRuntime
+
+    bad = tmp_path / "garbage.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 100)
+    with pytest.raises(ModelFileError, match="garbage.onnx") as err:
+        BrowserRuntime(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_browser_engine_reports_a_model_the_page_cannot_load(web_export, tmp_path):
+    """A parseable ONNX that onnxruntime-web rejects (an unknown op) fails with one line
+    naming the file and the engine."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from ssrconv.errors import ModelFileError
+    from ssrconv.runtimes.browser_rt import BrowserRuntime
+
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["face_bgr"], ["age"], domain="x.y")],
+                              "g", [helper.make_tensor_value_info("face_bgr", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("age", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("x.y", 1)])
+    path = tmp_path / "foreign.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelFileError, match="chromium-ort-wasm could not load it") as err:
+        BrowserRuntime(path)
+    assert "foreign.onnx" in str(err.value) and "\n" not in str(err.value)

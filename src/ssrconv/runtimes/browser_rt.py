@@ -181,15 +181,15 @@ class BrowserRuntime(Runtime):
     Chromium. ``num_threads`` sets ort-web's wasm threads (default 1)."""
 
     engine = "chromium-ort-wasm"
-    harness = ""
-    load_js = None  # set below the JS
-    run_js = None
-    time_js = None
+    harness = ""  # extra HTML in the blank page (LiteRT.js: an import map)
+    load_js, run_js, time_js = _LOAD, _RUN, _TIME
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         self.path = Path(path)
         self.precision = precision
-        self.executed_precision = "fp32"  # wasm EP computes in float32 (no fp16/bf16 path)
+        # The wasm EP has no reduced-float path: an fp32 graph runs in float32. A QDQ graph's
+        # kernels are not read back from the page, so its precision is left unknown.
+        self.executed_precision = "fp32" if precision in (None, "fp32") else None
         self.num_threads = int(num_threads or 1)
         self.last_browser_ms: float | None = None
         self._tmp: Path | None = None
@@ -217,6 +217,7 @@ class BrowserRuntime(Runtime):
             raise ModelFileError(f"{self.path}: {self.engine} reads .onnx files and .web folders")
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such file")
+        _check_onnx(self.path)
         self.backend = "onnx"
         self._tmp = Path(tempfile.mkdtemp(prefix="ssrconv-browser-"))
         web.build_folder(self._tmp, self.path, "model.onnx", detector=False)
@@ -251,7 +252,8 @@ class BrowserRuntime(Runtime):
         for start in range(0, len(batch), CHUNK):
             part = batch[start:start + CHUNK]
             try:
-                got = self.page.evaluate(self.run_js, [base64.b64encode(part.tobytes()).decode(), len(part)])
+                got = self.page.evaluate(self.run_js,
+                                         [base64.b64encode(part.tobytes()).decode(), len(part)])
             except PlaywrightError as err:
                 raise SsrconvError(f"{self.path}: {self.engine} failed running a batch of "
                                    f"{len(part)} ({_first_line(err)})") from None
@@ -268,7 +270,7 @@ class BrowserRuntime(Runtime):
         (no Python/DevTools round trip): the per-call cost a web app sees."""
         batch = self.check_batch(batch)
         times = self.page.evaluate(self.time_js, [base64.b64encode(batch.tobytes()).decode(),
-                                           len(batch), int(repeats)])
+                                                  len(batch), int(repeats)])
         return np.asarray(times, dtype=np.float64)
 
     def describe(self) -> dict:
@@ -294,8 +296,6 @@ class BrowserRuntime(Runtime):
     def __exit__(self, *exc):
         self.close()
 
-
-BrowserRuntime.load_js, BrowserRuntime.run_js, BrowserRuntime.time_js = _LOAD, _RUN, _TIME
 
 # LiteRT.js: the static batch B the model declares; a batch of N runs as N/B calls in the page.
 _LITERT_LOAD = """async ([model, threads]) => {
@@ -384,6 +384,16 @@ class LiteRtBrowserRuntime(BrowserRuntime):
 
 
 ENGINES = {BrowserRuntime.engine: BrowserRuntime, LiteRtBrowserRuntime.engine: LiteRtBrowserRuntime}
+
+
+def _check_onnx(path: Path) -> None:
+    """Refuse a file that does not parse as ONNX before the browser is handed it."""
+    import onnx
+
+    try:
+        onnx.load_model_from_string(path.read_bytes())
+    except Exception as err:  # protobuf raises several unrelated types on garbage
+        raise ModelFileError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
 
 
 def _close_ref(ref) -> None:
