@@ -123,10 +123,12 @@ def test_web_export_passes_parity_on_its_engine(web_export, faces, keras_outputs
     assert broken == [], broken
 
 
+@pytest.mark.parametrize("isolate", [True, False], ids=["coop-coep", "plain-server"])
 def test_web_page_reads_the_group_photo_like_the_reference(web_export, images_dir,
-                                                           reference_age_gender):
+                                                           reference_age_gender, isolate):
     """The page a user opens: choose the photo, the app finds the faces and prints ages; they
-    match ``ssrconv predict``'s detector + crops + the Keras reference."""
+    match ``ssrconv predict``'s detector + crops + the Keras reference. Also from a plain static
+    server without cross-origin isolation headers (one wasm thread needs none)."""
     from ssrconv.detect import make_detector
     from ssrconv.parity import head_stats, violations
     from ssrconv.predict import Predictor, label
@@ -136,10 +138,12 @@ def test_web_page_reads_the_group_photo_like_the_reference(web_export, images_di
     from ssrconv.targets import BUDGETS
 
     photo = images_dir / "group_t1.jpg"
-    with BrowserPage(web_export.path) as browser:
+    with BrowserPage(web_export.path, isolate=isolate) as browser:
         page = browser.page
         page.goto(browser.url + "/index.html")
-        page.wait_for_function("document.getElementById('status').dataset.state === 'ready'")
+        page.wait_for_function("document.getElementById('status').dataset.state !== 'loading'")
+        assert page.evaluate("self.crossOriginIsolated") is isolate
+        assert page.get_attribute("#status", "data-state") == "ready", page.text_content("#status")
         page.set_input_files("#file", str(photo))
         page.wait_for_function(
             "['done', 'error'].includes(document.getElementById('status').dataset.state)")

@@ -55,9 +55,10 @@ class _Handler(SimpleHTTPRequestHandler):
     timeout = 30  # a stalled client cannot hold a server thread for ever
 
     def end_headers(self):
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        if self.server.isolate:
+            self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+            self.send_header("Cross-Origin-Resource-Policy", "same-origin")
         self.send_header("Cache-Control", "no-store")
         super().end_headers()
 
@@ -81,11 +82,13 @@ _Handler.extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".mjs": "t
 
 
 class StaticServer:
-    """A static folder on http://127.0.0.1:<random port>/ with cross-origin isolation headers,
-    served from a daemon thread until :meth:`close`."""
+    """A static folder on http://127.0.0.1:<random port>/ with cross-origin isolation headers
+    (``isolate=False``: none, as a plain static host), served from a daemon thread until
+    :meth:`close`."""
 
-    def __init__(self, root: Path, harness: str = ""):
+    def __init__(self, root: Path, harness: str = "", isolate: bool = True):
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(root)))
+        self.httpd.isolate = isolate
         # The blank page engines load their library into, at HARNESS (not a file of the folder).
         self.httpd.harness = ("<!doctype html><meta charset='utf-8'><title>ssrconv</title>"
                               + harness).encode()
@@ -107,7 +110,7 @@ class BrowserPage:
     (``.page``) starts blank: ``page.goto(self.url + "/index.html")``."""
 
     def __init__(self, root: Path, executable: Path | None = None, harness: str = "",
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), isolate: bool = True):
         try:
             from playwright.sync_api import sync_playwright
         except ImportError:
@@ -118,7 +121,7 @@ class BrowserPage:
         executable = executable or chromium_path()
         self._closers: list = []
         try:
-            server = StaticServer(Path(root), harness)
+            server = StaticServer(Path(root), harness, isolate)
             self._closers.append(server.close)
             self.url = server.url
             playwright = sync_playwright().start()
