@@ -158,7 +158,7 @@ def test_web_page_reads_the_group_photo_like_the_reference(web_export, images_di
     want = predictor.faces_of(read_image(photo), photo.name)
     got = result["faces"]
     assert len(got) == len(want) == 6
-    for g, w in zip(got, want):  # same detector, same order (score-sorted NMS)
+    for g, w in zip(got, want, strict=True):  # same detector, same order (score-sorted NMS)
         assert np.allclose(g["box"], w["box"], atol=0.1), (g["box"], w["box"])
     stats = {h: head_stats([g[h] for g in got], [w[h] for w in want], h) for h in ("age", "p_male")}
     print(f"\npage on {photo.name}: {len(got)} faces, max age diff {stats['age'].max_abs:.2e} y, "

@@ -56,7 +56,8 @@ def package_version(name: str, modules: Path | None = None) -> str:
     try:
         return json.loads((modules / name / "package.json").read_text())["version"]
     except (OSError, ValueError, KeyError):
-        raise BrowserSetupError(f"{modules / name}: not an installed npm package; run `make browser`") from None
+        raise BrowserSetupError(f"{modules / name}: not an installed npm package; "
+                                "run `make browser`") from None
 
 
 def vendor_ort(dest: Path) -> str:
