@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= ssrconv-out
 
-.PHONY: setup demo test test-fast readme-figures model-card clean
+.PHONY: setup browser demo test test-fast readme-figures model-card clean
 
 setup: $(VENV)/.installed
 
@@ -13,6 +13,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+# What the browser engines and `--to web` need (idempotent): Debian's Chromium (no browser
+# download: Playwright drives /usr/bin/chromium, or $$SSRCONV_CHROMIUM), the npm packages pinned by
+# package-lock.json, and Playwright for Python in the venv.
+CHROMIUM ?= $(or $(SSRCONV_CHROMIUM),/usr/bin/chromium)
+browser: setup $(VENV)/.browser
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  command -v apt-get >/dev/null || { echo "make browser: $(CHROMIUM) is missing; install Chromium or set SSRCONV_CHROMIUM" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
+	@if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then \
+	  npm ci --no-audit --no-fund; fi
+
+$(VENV)/.browser: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[test,browser]'
 	@touch $@
 
 # The main job on the default pretrained weights (age-wiki + gender-wiki): export every target,

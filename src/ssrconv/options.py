@@ -12,6 +12,7 @@ from ssrconv.reference import TASKS
 from ssrconv.targets import (
     DEFAULT_PRECISION,
     FAMILIES,
+    OPT_IN_FAMILIES,
     INT8_IO_TYPES,
     PRECISIONS,
     TARGETS,
@@ -76,7 +77,8 @@ class ExportOptions:
         self._check_combinations()
 
     def _select_targets(self) -> list[Target]:
-        families = FAMILIES if "all" in self.to else tuple(dict.fromkeys(self.to))
+        families = (tuple(f for f in FAMILIES if f not in OPT_IN_FAMILIES or f in self.to)
+                    if "all" in self.to else tuple(dict.fromkeys(self.to)))
         chosen = []
         for family in families:
             offered = precisions_of(family)

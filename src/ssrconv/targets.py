@@ -101,6 +101,7 @@ class Format:
     extra: str  # pip extra holding the converter
     default_precision: str
     description: str
+    in_all: bool = True  # exported by `--to all` (False: only when asked for by name)
 
     def converter(self):
         """The format's converter/reader module (imported lazily: converting is heavy, reading
@@ -117,6 +118,12 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            ("onnxruntime", "onnx"), "onnxruntime, CPU execution provider"),
     Engine("litert", ("tflite",), "ssrconv.runtimes.tflite_rt:TFLiteRuntime", None,
            ("ai_edge_litert",), "ai-edge-litert (TFLite without TensorFlow), XNNPACK"),
+    Engine("chromium-ort-wasm", ("onnx", "web"), "ssrconv.runtimes.browser_rt:BrowserRuntime",
+           "browser", ("playwright", "onnx"),
+           "onnxruntime-web (wasm) in headless system Chromium (make browser)"),
+    Engine("chromium-litert-wasm", ("tflite",), "ssrconv.runtimes.browser_rt:LiteRtBrowserRuntime",
+           "browser", ("playwright", "ai_edge_litert"),
+           "LiteRT.js (wasm) in headless system Chromium; static-batch .tflite only"),
     Engine("coreml", ("coreml",), "ssrconv.runtimes.coreml_rt:load_coreml", "export",
            ("coremltools",), "CoreML on macOS; a numpy interpreter of the MIL program elsewhere",
            untimed="ssrconv.runtimes.coreml_rt:not_timable_reason"),
@@ -127,8 +134,12 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
     Format("tflite", ".tflite", False, "tflite", ("litert",), "export", "fp32", "TFLite flatbuffer"),
     Format("coreml", ".mlpackage", True, "coreml", ("coreml",), "export", "fp16",
            "CoreML ML Program package"),
+    # Opt-in: it vendors the npm packages of package.json (`make browser`).
+    Format("web", ".web", True, "web", ("chromium-ort-wasm",), "export", "fp32",
+           "static web folder (ONNX + YuNet + app + onnxruntime-web)", in_all=False),
 )}
 FAMILIES = tuple(FORMATS)
+OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)
 REFERENCE_BACKEND = "keras"  # the reference itself, built from weights (not a format)
 BACKENDS = (REFERENCE_BACKEND, *FAMILIES)
 # The one suffix map of the project.
@@ -207,8 +218,13 @@ TARGETS: dict[str, Target] = {
                "each stream's first block; SSR head in float; calibrated"),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute"),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute"),
+        Target("web", "fp32", "fp32",
+               "Static web folder: fp32 ONNX + YuNet + a plain-JS app on onnxruntime-web (wasm)"),
     )
 }
+
+# The targets `--to all` exports (every row but the opt-in families').
+EXPORTED_BY_ALL = tuple(k for k, t in TARGETS.items() if t.family not in OPT_IN_FAMILIES)
 
 DEFAULT_PRECISION = {f.family: f.default_precision for f in FORMATS.values()}
 

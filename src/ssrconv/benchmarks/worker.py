@@ -153,6 +153,8 @@ def _import_backend(backend: str, threads: int | None) -> dict:
         from ssrconv._imports import coremltools
 
         coremltools()
+    elif backend == "web":
+        import playwright.sync_api  # noqa: F401  (times include the page round trip)
     return info
 
 
