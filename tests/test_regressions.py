@@ -37,10 +37,10 @@ def _refused(path, match):
 def test_tflite_huge_tensor_shape_is_refused_not_allocated(tmp_path, fp32_tflite):
     """A flipped bit made 1x12x12x16 into 1x12x12x33554448: allocate_tensors hung on 19 GB."""
     def edit(model, sg):
-        biggest = max(range(len(sg.tensors)), key=lambda i: len(sg.tensors[i].shape or []))
-        shape = list(sg.tensors[biggest].shape)
+        activation = sg.operators[0].outputs[0]  # a 4-D activation (no constant data)
+        shape = list(sg.tensors[activation].shape)
         shape[-1] = 33554448
-        sg.tensors[biggest].shape = shape
+        sg.tensors[activation].shape = shape
     _refused(_mutated(tmp_path, fp32_tflite, edit, "huge.tflite"), "declares shape")
 
 

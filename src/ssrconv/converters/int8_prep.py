@@ -147,8 +147,8 @@ def _patch_stats(model, layer, cal, bs=25):
     return H / n - np.outer(m, m), m
 
 
-def _gptq_channel(w, C, qmax: int = 127):
-    s = np.abs(w).max() / qmax
+def _gptq_channel(w, C):
+    s = np.abs(w).max() / 127
     if s == 0:
         return np.zeros_like(w), 1.0
     K = len(w); order = np.argsort(-np.abs(w))        # largest first: exact on the grid, keeps the scale
@@ -157,7 +157,7 @@ def _gptq_channel(w, C, qmax: int = 127):
     U = np.linalg.cholesky(Hinv).T
     wp = w[order].copy(); q = np.zeros(K)
     for i in range(K):
-        q[i] = np.clip(np.round(wp[i] / s), -qmax, qmax)
+        q[i] = np.clip(np.round(wp[i] / s), -127, 127)
         wp[i + 1:] -= (wp[i] - q[i] * s) / U[i, i] * U[i, i + 1:]
     qq = np.empty(K); qq[order] = q
     # +/-1 coordinate polish of d^T C d
@@ -168,7 +168,7 @@ def _gptq_channel(w, C, qmax: int = 127):
             if i == imax:
                 continue
             for step in (-1, 1):
-                if abs(qq[i] + step) > qmax:
+                if abs(qq[i] + step) > 127:
                     continue
                 dl = step * s
                 if 2 * dl * g[i] + dl * dl * diag[i] < -1e-12 * max(1.0, abs(diag[i])):
@@ -179,10 +179,10 @@ def _gptq_channel(w, C, qmax: int = 127):
     return qq, s
 
 
-def round_kernels(model, cal, only=lambda name: True, qmax: int = 127):
+def round_kernels(model, cal, only=lambda name: True):
     """GPTQ rounding with bias correction of the Conv2D kernels whose layer name satisfies
     ``only`` (those that will run in int8: rounding a kernel that stays float only adds error),
-    onto the symmetric per-channel grid ``[-qmax, qmax] * max|w| / qmax``."""
+    onto the symmetric per-channel int8 grid ``[-127, 127] * max|w| / 127``."""
     keras = _keras()
     for l in model.layers:
         if not isinstance(l, keras.layers.Conv2D) or isinstance(l, keras.layers.DepthwiseConv2D) or not only(l.name):
@@ -190,7 +190,7 @@ def round_kernels(model, cal, only=lambda name: True, qmax: int = 127):
         wts = l.get_weights(); w = wts[0]
         K = w.reshape(-1, w.shape[-1]).astype(np.float64)
         C, m = _patch_stats(model, l, cal)
-        Kq = np.stack([np.multiply(*_gptq_channel(K[:, c], C, qmax)) for c in range(K.shape[1])], 1)
+        Kq = np.stack([np.multiply(*_gptq_channel(K[:, c], C)) for c in range(K.shape[1])], 1)
         if l.use_bias:
             wts[1] = (wts[1] - m @ (Kq - K)).astype(np.float32)         # bias correction
         wts[0] = Kq.reshape(w.shape).astype(np.float32)
