@@ -15,7 +15,7 @@ Recipe (convert_int8):
     convolution (indirect conv, AVX512-VNNI) needs input channels % 4 == 0; with 3 the first
     conv falls back to im2col + GEMM and ran slower in int8 than in float.
  3. tf2onnx, then ``quantize_static``: QDQ format, int8 activations, int8 symmetric
-    per-channel weights (S8S8: see ACTIVATION_TYPE), MinMax calibration over the calibration
+    per-channel weights (S8S8: see the note above INPUT_CHANNELS), MinMax calibration over the calibration
     faces; only the nodes of INT8_LAYERS are quantized (Conv, Relu, MaxPool). onnxruntime's
     graph optimizer fuses each DequantizeLinear -> Conv -> QuantizeLinear group into a
     QLinearConv at session creation; everything else (the SSR head, ...) runs in float.
@@ -43,7 +43,7 @@ INPUT_CHANNELS = 4  # MLAS symmetric conv kernels need input channels % 4 == 0
 # dev faces: reduce_range (7-bit weights) mean 0.21 / p99 1.10 y (over the budget); 7-bit weights
 # with the first block float 0.22 / 1.00 y; S8S8 0.161 / 0.82 y, the VNNI Xeon's U8S8 figures.
 # An exported file must be right on any CPU it lands on: S8S8.
-ACTIVATION_TYPE = "int8"  # documentation of the choice below; the recipe's manifest says so too
+
 
 # Base layer names (without the age_/gender_ prefix) quantized to int8: the relu stream
 # (conv2d_1..4 with their BN-folded activations and depthwise pools, 73% of the multiply-adds).
@@ -206,7 +206,7 @@ def convert_int8(model, calibration, to_proto, int8_layers=INT8_LAYERS):
             quantize_static(
                 str(src), str(dst), calibration.onnx_reader(input_name),
                 quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,  # ACTIVATION_TYPE
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,  # S8S8: see above
                 per_channel=True, reduce_range=False,
                 op_types_to_quantize=list(OP_TYPES), nodes_to_quantize=nodes,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
