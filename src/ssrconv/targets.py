@@ -120,6 +120,10 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("coreml", ("coreml",), "ssrconv.runtimes.coreml_rt:load_coreml", "export",
            ("coremltools",), "CoreML on macOS; a numpy interpreter of the MIL program elsewhere",
            untimed="ssrconv.runtimes.coreml_rt:not_timable_reason"),
+    Engine("ncnn", ("ncnn",), "ssrconv.runtimes.ncnn_rt:NcnnRuntime", "ncnn", ("ncnn",),
+           "pip ncnn, CPU, Vulkan off; fp32 with fp16 storage and Winograd off"),
+    Engine("mnn", ("mnn",), "ssrconv.runtimes.mnn_rt:MnnRuntime", "mnn", ("MNN",),
+           "pip MNN, CPU backend; fp32 at precision high with Winograd off"),
 )}
 
 FORMATS: dict[str, Format] = {f.family: f for f in (
@@ -127,6 +131,9 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
     Format("tflite", ".tflite", False, "tflite", ("litert",), "export", "fp32", "TFLite flatbuffer"),
     Format("coreml", ".mlpackage", True, "coreml", ("coreml",), "export", "fp16",
            "CoreML ML Program package"),
+    Format("ncnn", ".ncnn", True, "ncnn", ("ncnn",), "ncnn", "fp32",
+           "ncnn package: <stem>.ncnn.param + <stem>.ncnn.bin (pnnx)"),
+    Format("mnn", ".mnn", False, "mnn", ("mnn",), "mnn", "fp32", "MNN flatbuffer"),
 )}
 FAMILIES = tuple(FORMATS)
 REFERENCE_BACKEND = "keras"  # the reference itself, built from weights (not a format)
@@ -207,6 +214,13 @@ TARGETS: dict[str, Target] = {
                "each stream's first block; SSR head in float; calibrated"),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute"),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute"),
+        Target("ncnn", "fp32", "fp32",
+               "ncnn (pnnx from the ONNX export) param + bin, float32 weights; run with fp16 "
+               "storage and Winograd off"),
+        Target("ncnn", "fp16", "fp16", "ncnn param + bin, float16 weights, fp16 storage and arithmetic"),
+        Target("mnn", "fp32", "fp32",
+               "MNN (mnnconvert from the ONNX export), float32; run at precision high, Winograd off"),
+        Target("mnn", "fp16", "fp16", "MNN, float16 weights (mnnconvert --fp16); run at precision low"),
     )
 }
 
