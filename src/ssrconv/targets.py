@@ -127,6 +127,10 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("coreml", ("coreml",), "ssrconv.runtimes.coreml_rt:load_coreml", "export",
            ("coremltools",), "CoreML on macOS; a numpy interpreter of the MIL program elsewhere",
            untimed="ssrconv.runtimes.coreml_rt:not_timable_reason"),
+    Engine("ncnn", ("ncnn",), "ssrconv.runtimes.ncnn_rt:NcnnRuntime", "ncnn", ("ncnn",),
+           "pip ncnn, CPU, Vulkan off; fp32 with fp16 storage and Winograd off"),
+    Engine("mnn", ("mnn",), "ssrconv.runtimes.mnn_rt:MnnRuntime", "mnn", ("MNN",),
+           "pip MNN, CPU backend; fp32 at precision high with Winograd off"),
 )}
 
 FORMATS: dict[str, Format] = {f.family: f for f in (
@@ -137,6 +141,9 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
     # Opt-in: it vendors the npm packages of package.json (`make browser`).
     Format("web", ".web", True, "web", ("chromium-ort-wasm",), "export", "fp32",
            "static web folder (ONNX + YuNet + app + onnxruntime-web)", in_all=False),
+    Format("ncnn", ".ncnn", True, "ncnn", ("ncnn",), "ncnn", "fp32",
+           "ncnn package: <stem>.ncnn.param + <stem>.ncnn.bin (pnnx)"),
+    Format("mnn", ".mnn", False, "mnn", ("mnn",), "mnn", "fp32", "MNN flatbuffer"),
 )}
 FAMILIES = tuple(FORMATS)
 OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)
@@ -220,6 +227,13 @@ TARGETS: dict[str, Target] = {
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute"),
         Target("web", "fp32", "fp32",
                "Static web folder: fp32 ONNX + YuNet + a plain-JS app on onnxruntime-web (wasm)"),
+        Target("ncnn", "fp32", "fp32",
+               "ncnn (pnnx from the ONNX export) param + bin, float32 weights; run with fp16 "
+               "storage and Winograd off"),
+        Target("ncnn", "fp16", "fp16", "ncnn param + bin, float16 weights, fp16 storage and arithmetic"),
+        Target("mnn", "fp32", "fp32",
+               "MNN (mnnconvert from the ONNX export), float32; run at precision high, Winograd off"),
+        Target("mnn", "fp16", "fp16", "MNN, float16 weights (mnnconvert --fp16); run at precision low"),
     )
 }
 

@@ -1,0 +1,127 @@
+"""MNN export: one ``.mnn`` file converted by MNN's converter from the project's ONNX export.
+
+What the file expects (docs/CONVERTERS.md "MNN"): input ``face_bgr``, the contract's
+N x 64 x 64 x 3 BGR 0..255 float batch as it is. MNN declares an ONNX model's input in NCHW
+terms, but tf2onnx's graph takes NHWC data and transposes inside; so the runtime hands the batch
+to MNN tagged ``NCHW`` ("the dims are as given, convert nothing"). Tagged ``NHWC`` MNN would
+transpose it to N x 3 x 64 x 64 and the first convolution fails its shape check (the forward
+returns nothing: that, not the names, is why the ONNX-converted module seemed not to load by
+the output names ``age``/``p_male``). The outputs keep the ONNX names.
+
+fp16 stores the weights as float16 (``--fp16``); computation precision is the runtime's.
+The converter is called through MNN's C++ binding ``_tools.mnnconvert`` in a child process: the
+package's ``mnnconvert`` console script also posts a usage log to a remote endpoint.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ssrconv.errors import ModelFileError, SsrconvError
+
+BIZ_CODE = "ssrconv-{precision}"  # MNN keeps it in the file: file_precision reads it back
+_TIMEOUT_S = 600
+_CONVERT = "import sys, MNN, _tools; _tools.mnnconvert(sys.argv)"
+
+
+class ConverterError(SsrconvError):
+    """MNN's converter failed."""
+
+
+def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
+    """Convert ``model`` (via its ONNX export) to an .mnn file at ``dest``."""
+    import onnx
+
+    from ssrconv.converters.onnx import to_proto
+
+    proto = to_proto(model, options.opset)
+    with tempfile.TemporaryDirectory(prefix="ssrconv-mnn-") as tmp:
+        source = Path(tmp) / "model.onnx"
+        onnx.save(proto, str(source))
+        command = [sys.executable, "-c", _CONVERT, "-f", "ONNX", "--modelFile", str(source),
+                   "--MNNModel", str(dest), "--bizCode",
+                   BIZ_CODE.format(precision=target.precision)]
+        if target.precision == "fp16":
+            command.append("--fp16")
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=_TIMEOUT_S,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            raise ConverterError(f"MNN's converter did not finish in {_TIMEOUT_S} s") from None
+    if done.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
+        lines = [ln for ln in (done.stdout + done.stderr).splitlines() if "rror" in ln]
+        raise ConverterError(f"MNN's converter failed (exit {done.returncode}): "
+                             f"{(lines or ['no error message'])[-1][:200]}")
+    verify(dest)
+    from ssrconv.runtimes.mnn_rt import mnn_module
+
+    return {"converter": "mnnconvert (ONNX)", "mnn_fp16_weights": target.precision == "fp16",
+            "converter_versions": {"MNN": mnn_module().version()},
+            "input_layout": "N x 64 x 64 x 3 BGR as given (MNN data format tag NCHW: no "
+                            "conversion; the graph transposes to NCHW itself)"}
+
+
+def verify(path: Path) -> None:
+    """Cheap structural check of an .mnn (a FlatBuffers ``Net``) before MNN is handed the bytes:
+    a root table offset and its vtable inside the file."""
+    import struct
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
+    if len(data) < 16:
+        raise ModelFileError(f"{path}: {len(data)} bytes, too short for an MNN model; re-export it")
+    root = struct.unpack_from("<I", data, 0)[0]
+    if not 4 <= root <= len(data) - 4:
+        raise ModelFileError(f"{path}: not an MNN model (root offset {root} outside the file)")
+    vtable = root - struct.unpack_from("<i", data, root)[0]
+    if not 0 <= vtable <= len(data) - 4:
+        raise ModelFileError(f"{path}: not an MNN model (vtable offset {vtable} outside the file)")
+    vt_size, table_size = struct.unpack_from("<HH", data, vtable)
+    if vt_size < 4 or vt_size % 2 or vtable + vt_size > len(data) or root + table_size > len(data):
+        raise ModelFileError(f"{path}: not an MNN model (malformed root table); re-export it")
+
+
+def file_precision(path: Path) -> str:
+    """The precision an .mnn computes in, from the bizCode ssrconv wrote into it ("fp32" for a
+    file ssrconv did not write: MNN's converter writes float32 weights unless told --fp16)."""
+    from ssrconv.runtimes.mnn_rt import _stdout_to_stderr, mnn_module
+
+    verify(path)
+    mnn = mnn_module()
+    with _stdout_to_stderr():
+        code = mnn.nn.load_module_from_file(str(path), [], []).get_info().get("bizCode", "")
+    precision = code.removeprefix("ssrconv-")
+    return precision if precision in ("fp32", "fp16") else "fp32"
+
+
+def describe(path: Path) -> dict:
+    """Inputs/outputs (names, shapes), op counts, MNN version and bizCode, read back by MNN."""
+    from collections import Counter
+
+    from ssrconv.runtimes.mnn_rt import mnn_module
+
+    verify(path)
+    mnn = mnn_module()
+    variables = mnn.expr.load_as_dict(str(path))
+    info = mnn.nn.load_module_from_file(str(path), [], []).get_info()
+
+    def io(names):
+        out = []
+        for name in names:
+            var = variables.get(name)
+            shape = list(var.shape) if var is not None else None
+            if shape:
+                shape[0] = None  # the batch: MNN resizes to the batch it is given
+            out.append({"name": name, "shape": shape, "dtype": "float32", "quantization": None})
+        return out
+
+    ops = Counter(v.op_type for v in variables.values())
+    return {"inputs": io(info["inputNames"]), "outputs": io(info["outputNames"]),
+            "ops": dict(sorted(ops.items())), "float_ops": dict(sorted(ops.items())),
+            "integer_only": False, "mnn_version": info.get("version"),
+            "biz_code": info.get("bizCode")}

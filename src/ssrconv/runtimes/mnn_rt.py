@@ -1,0 +1,126 @@
+"""MNN (the pip ``MNN`` package, CPU backend) as a Runtime, through ``MNN.nn`` modules loaded
+with the named input ``face_bgr`` and outputs ``age``/``p_male``.
+
+What makes fp32 fp32 (measured on the dev faces, docs/CONVERTERS.md "MNN"): not the precision
+mode (high, normal and low gave identical results on this x86 CPU, which has no fp16
+arithmetic), but MNN's Winograd 3x3 convolutions: they moved the 32-channel conv outputs by
+3e-4 relative and the heads by 0.0034 y / P(male) 8.7e-4. An fp32 artifact runs at precision
+``high`` with the hint ``WINOGRAD_MEMORY_LEVEL = 0`` (no Winograd): 3.4e-5 y / 4.8e-6. An fp16
+artifact runs at precision ``low`` (fp16 arithmetic where the CPU has it) with MNN's defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.runtimes.base import HEADS, Runtime
+
+INPUT_NAME = "face_bgr"
+WINOGRAD_MEMORY_LEVEL = 3  # MNN::Interpreter::HintMode; value 0 = no Winograd
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """MNN's C++ prints banners ("The device supports: ...", "MNN use high precision") on fd 1,
+    which carries predict's JSON: send them to fd 2 while MNN is set up."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def mnn_module():
+    """The ``MNN`` package, imported with its banner kept off stdout."""
+    with _stdout_to_stderr():
+        import MNN
+    return MNN
+
+
+class MnnRuntime(Runtime):
+    """An ``.mnn`` file on MNN's CPU backend, one thread unless told otherwise."""
+
+    backend = "mnn"
+
+    def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
+        from ssrconv.converters.mnn import file_precision, verify
+
+        self.path = Path(path)
+        verify(self.path)
+        mnn = mnn_module()
+        self.precision = precision or file_precision(self.path)
+        fp16 = self.precision == "fp16"
+        self.threads = int(num_threads or 1)
+        self.config = {"backend": "CPU", "precision": "low" if fp16 else "high",
+                       "numThread": self.threads}
+        self.hints = {} if fp16 else {"WINOGRAD_MEMORY_LEVEL": 0}
+        with _stdout_to_stderr():
+            try:
+                manager = mnn.nn.create_runtime_manager((self.config,))
+                for _name, value in self.hints.items():
+                    manager.set_hint(WINOGRAD_MEMORY_LEVEL, value)
+                info = mnn.nn.load_module_from_file(str(self.path), [], []).get_info()
+                outputs = [h for h in HEADS if h in info["outputNames"]]
+                if info["inputNames"] != [INPUT_NAME] or not outputs:
+                    raise SsrconvError(f"{path}: not an SSR-Net export (inputs "
+                                       f"{info['inputNames']}, outputs {info['outputNames']})")
+                self.module = mnn.nn.load_module_from_file(str(self.path), [INPUT_NAME], outputs,
+                                                           runtime_manager=manager)
+            except SsrconvError:
+                raise
+            except Exception as err:  # noqa: BLE001 - MNN raises bare Exception/SystemError
+                raise ModelFileError(f"{path}: MNN cannot load it ({str(err)[:200]}); re-export "
+                                     "it with ssrconv export --to mnn") from None
+        self._expr = mnn.expr
+        self._mnn, self._manager = mnn, manager
+        self.heads = tuple(outputs)
+        self.engine = f"mnn-cpu-{'low' if fp16 else 'high-nowinograd'}"
+        self.executed_precision = "fp16" if fp16 else "fp32"
+
+    def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
+        """A second module on the same file with the stage tensors (which keep their ONNX
+        names in an .mnn) as its outputs."""
+        from ssrconv.runtimes.stages import find_unique
+
+        key = tuple(s.key for s in specs)
+        if getattr(self, "_stage_key", None) != key:
+            with _stdout_to_stderr():
+                variables = self._mnn.expr.load_as_dict(str(self.path))
+                names = [find_unique(s, {n: n for n in variables}) for s in specs]
+                self._stage_module = self._mnn.nn.load_module_from_file(
+                    str(self.path), [INPUT_NAME], names, runtime_manager=self._manager)
+            self._stage_key = key
+        batch = self.check_batch(batch)
+        F = self._expr
+        results = self._stage_module.forward([F.const(batch, list(batch.shape), F.NCHW)])
+        if len(results) != len(specs):
+            raise SsrconvError(f"{self.path}: MNN computed {len(results)} of {len(specs)} stage "
+                               "tensors")
+        return {s.key: np.array(F.convert(r, F.NCHW).read(), np.float32).reshape(len(batch), -1)
+                for s, r in zip(specs, results)}
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self.check_batch(batch)
+        F = self._expr
+        # NCHW here means "take the dims as given": the graph itself transposes NHWC -> NCHW.
+        results = self.module.forward([F.const(batch, list(batch.shape), F.NCHW)])
+        if len(results) != len(self.heads):
+            raise SsrconvError(f"{self.path}: MNN computed {len(results)} outputs for "
+                               f"{len(self.heads)} heads (see its message above)")
+        return {head: self.head_values(head, np.array(r.read()), len(batch))
+                for head, r in zip(self.heads, results)}
+
+    def describe(self) -> dict:
+        described = super().describe()
+        described.update(precision=self.precision, mnn_config=self.config, mnn_hints=self.hints)
+        return described

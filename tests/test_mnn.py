@@ -1,0 +1,114 @@
+"""MNN export (MNN's converter from the ONNX export) and runtime (pip MNN): parity on the dev
+faces per precision, a perturbed file failing parity, describe() matching the file, the input
+contract honoured."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.faces, pytest.mark.assets]
+
+
+@pytest.fixture(scope="module")
+def mnn_export(tmp_path_factory, assets_dir):
+    from ssrconv.exporter import export
+
+    out = tmp_path_factory.mktemp("mnn")
+    return {a.target.precision: a for a in export(to=("mnn",), precision=("fp32", "fp16"),
+                                                  out=out)}
+
+
+@pytest.fixture(scope="module")
+def keras_outputs(faces):
+    from ssrconv.runtimes import load_runtime
+
+    return load_runtime(backend="keras").run(faces.inputs)
+
+
+def _violations(runtime, faces, want, budget_class):
+    from ssrconv.parity import head_stats, violations
+    from ssrconv.targets import BUDGETS
+
+    got = runtime.run(faces.inputs)
+    stats = {h: head_stats(got[h], want[h], h) for h in runtime.heads}
+    return violations(stats, BUDGETS[budget_class]), stats
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_every_mnn_artifact_passes_parity_on_its_runtime(mnn_export, faces, keras_outputs,
+                                                         precision):
+    from ssrconv.runtimes import load_runtime
+
+    artifact = mnn_export[precision]
+    runtime = load_runtime(artifact.path)  # precision read from the file (its bizCode)
+    assert runtime.precision == precision
+    assert runtime.heads == ("age", "p_male")
+    assert runtime.config["precision"] == ("low" if precision == "fp16" else "high")
+    broken, stats = _violations(runtime, faces, keras_outputs, artifact.target.budget_class)
+    assert broken == [], stats
+
+
+def test_perturbed_mnn_fails_parity(mnn_export, faces, keras_outputs, tmp_path):
+    from ssrconv.runtimes.mnn_rt import MnnRuntime
+
+    good = mnn_export["fp32"].path
+    data = bytearray(good.read_bytes())
+    # Change a run of float32 weights in the middle of the file (the weights dominate it).
+    start = len(data) // 2 & ~3
+    values = np.frombuffer(bytes(data[start:start + 400]), np.float32) * 1.5 + 0.05
+    data[start:start + 400] = values.astype(np.float32).tobytes()
+    bad = tmp_path / "perturbed.mnn"
+    bad.write_bytes(bytes(data))
+    broken, _ = _violations(MnnRuntime(bad, precision="fp32"), faces, keras_outputs, "fp32")
+    assert broken, "100 changed weights should break the fp32 budget"
+
+
+def test_manifest_and_describe_match_the_file(mnn_export):
+    from ssrconv.converters import mnn as converter
+    from ssrconv.exporter import artifact_digest
+
+    for precision, artifact in mnn_export.items():
+        described = converter.describe(artifact.path)
+        assert (artifact.manifest["bytes"], artifact.manifest["sha256"]) == \
+            artifact_digest(artifact.path)
+        for key in ("inputs", "outputs", "ops", "mnn_version", "biz_code"):
+            assert artifact.manifest[key] == described[key], key
+        assert [i["name"] for i in described["inputs"]] == ["face_bgr"]
+        assert described["inputs"][0]["shape"] == [None, 64, 64, 3]
+        assert [o["name"] for o in described["outputs"]] == ["age", "p_male"]
+    from ssrconv.converters.mnn import file_precision
+
+    assert [file_precision(a.path) for a in mnn_export.values()] == list(mnn_export)
+    # --fp16 halves the stored weights
+    assert mnn_export["fp16"].bytes < 0.7 * mnn_export["fp32"].bytes
+
+
+def test_the_contract_tensor_gives_the_reference_answer(mnn_export, faces, keras_outputs):
+    from ssrconv.runtimes.mnn_rt import MnnRuntime
+
+    runtime = MnnRuntime(mnn_export["fp32"].path)
+    for n in (1, 7):  # batch 1 and a batch MNN must resize to
+        got = runtime.run(faces.inputs[:n])
+        assert np.abs(got["age"] - keras_outputs["age"][:n]).max() < 0.01
+        assert np.abs(got["p_male"] - keras_outputs["p_male"][:n]).max() < 1e-4
+    swapped = runtime.run(np.ascontiguousarray(faces.inputs[:1].transpose(0, 2, 1, 3)))
+    rgb = runtime.run(np.ascontiguousarray(faces.inputs[:1, ..., ::-1]))
+    base = keras_outputs["age"][0]
+    assert abs(swapped["age"][0] - base) > 0.01 or abs(rgb["age"][0] - base) > 0.01
+
+
+def test_verify_rejects_foreign_files(tmp_path):
+    from ssrconv.converters.mnn import verify
+    from ssrconv.errors import ModelFileError
+
+    short = tmp_path / "short.mnn"
+    short.write_bytes(b"\x00" * 8)
+    with pytest.raises(ModelFileError, match="too short"):
+        verify(short)
+    foreign = tmp_path / "foreign.mnn"
+    foreign.write_bytes(b"\xff\xff\xff\x7f" + b"\x00" * 60)
+    with pytest.raises(ModelFileError, match="not an MNN model"):
+        verify(foreign)
