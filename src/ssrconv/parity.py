@@ -145,7 +145,7 @@ def artifact_paths(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     if not path.exists():
         raise SsrconvError(f"{path}: no such file or directory")
-    if not path.is_dir() or path.suffix == ".mlpackage":
+    if not path.is_dir() or path.suffix in (".mlpackage", ".openvino"):  # packages
         return [path]
     entries = read_index(path)
     if entries is not None:
@@ -259,7 +259,7 @@ def _guess_target(path: Path) -> str:
     from ssrconv.runtimes import backend_for
 
     family = backend_for(path)
-    for precision in ("int8", "dynamic", "fp16", "fp32"):
+    for precision in ("int8", "dynamic", "fp16", "bf16", "fp32"):
         if precision in path.name:
             return f"{family}-{precision}"
     return f"{family}-fp32"

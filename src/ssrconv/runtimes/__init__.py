@@ -13,8 +13,9 @@ from pathlib import Path
 from ssrconv.errors import SsrconvError
 from ssrconv.runtimes.base import Runtime
 
-BACKENDS = ("keras", "onnx", "tflite", "coreml")
-_SUFFIX_BACKEND = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", ".h5": "keras"}
+BACKENDS = ("keras", "onnx", "tflite", "coreml", "openvino", "tract")
+_SUFFIX_BACKEND = {".onnx": "onnx", ".tflite": "tflite", ".mlpackage": "coreml", ".h5": "keras",
+                   ".openvino": "openvino"}
 
 
 class RuntimeError_(SsrconvError):
@@ -28,7 +29,7 @@ def backend_for(path: str | os.PathLike) -> str:
         return _SUFFIX_BACKEND[suffix]
     except KeyError:
         raise RuntimeError_(f"{path}: unknown artifact type {suffix or '(no suffix)'!r}; expected "
-                            ".onnx, .tflite or .mlpackage") from None
+                            ".onnx, .tflite, .mlpackage or .openvino") from None
 
 
 def load_runtime(path: str | os.PathLike | None = None, backend: str | None = None,
@@ -61,6 +62,14 @@ def load_runtime(path: str | os.PathLike | None = None, backend: str | None = No
         from ssrconv.runtimes.tflite_rt import TFLiteRuntime
 
         return TFLiteRuntime(path, num_threads=num_threads, **options)
+    if backend == "openvino":  # also reads .onnx and .tflite (backend="openvino" picks it)
+        from ssrconv.runtimes.openvino_rt import OpenVinoRuntime
+
+        return OpenVinoRuntime(path, num_threads=num_threads, **options)
+    if backend == "tract":  # .onnx
+        from ssrconv.runtimes.tract_rt import TractRuntime
+
+        return TractRuntime(path, num_threads=num_threads, **options)
     from ssrconv.runtimes.coreml_rt import load_coreml
 
     return load_coreml(path, **options)

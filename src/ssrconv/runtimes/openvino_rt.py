@@ -80,7 +80,7 @@ def _tflite_heads(path: Path) -> list[str]:
 def _ir_precision(model) -> str | None:
     """The precision an ssrconv IR records for itself (rt_info ``ssrconv.precision``)."""
     try:
-        return str(model.get_rt_info(["ssrconv", "precision"]).astype(str))
+        return str(model.get_rt_info(["ssrconv.precision"]).astype(str))
     except RuntimeError:  # no such rt_info entry: not an ssrconv IR
         return None
 
