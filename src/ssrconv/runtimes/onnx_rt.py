@@ -10,6 +10,24 @@ from ssrconv.errors import ModelFileError, SsrconvError
 from ssrconv.runtimes.base import HEADS, Runtime
 
 
+def read_onnx(path: Path):
+    """``(bytes, ModelProto)`` of an .onnx file, parsed and checked by onnx before any C++
+    runtime sees it; ModelFileError (one line) for an unreadable or invalid file."""
+    import onnx
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        proto = onnx.load_model_from_string(data)
+        onnx.checker.check_model(proto)
+    except Exception as err:  # noqa: BLE001 - protobuf DecodeError, ValidationError, ...
+        raise ModelFileError(f"{path}: not a valid ONNX model ({_first_line(err)}); re-export "
+                             "it with ssrconv export") from None
+    return data, proto
+
+
 class OnnxRuntime(Runtime):
     """An .onnx artifact on onnxruntime's CPU execution provider."""
 
@@ -20,21 +38,11 @@ class OnnxRuntime(Runtime):
         import contextlib
         import io
 
-        import onnx
         import onnxruntime as ort
 
-        try:
-            data = Path(path).read_bytes()
-        except OSError as err:
-            raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
-        try:
-            # Parsed and checked by onnx first: onnxruntime's own parse errors quote the corrupt
-            # bytes and then fail to decode them (UnicodeDecodeError), after printing a banner.
-            self.proto = onnx.load_model_from_string(data)
-            onnx.checker.check_model(self.proto)
-        except Exception as err:  # noqa: BLE001 - protobuf DecodeError, ValidationError, ...
-            raise ModelFileError(f"{path}: not a valid ONNX model ({_first_line(err)}); re-export "
-                                 "it with ssrconv export") from None
+        # Parsed and checked by onnx first: onnxruntime's own parse errors quote the corrupt
+        # bytes and then fail to decode them (UnicodeDecodeError), after printing a banner.
+        data, self.proto = read_onnx(path)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if num_threads:

@@ -51,15 +51,9 @@ def _check_file(path: Path) -> None:
 
         read_model(path)
     elif suffix == ".onnx":
-        import onnx
+        from ssrconv.runtimes.onnx_rt import read_onnx
 
-        try:
-            onnx.checker.check_model(onnx.load_model_from_string(path.read_bytes()))
-        except OSError as err:
-            raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
-        except Exception as err:  # noqa: BLE001 - protobuf DecodeError, ValidationError, ...
-            raise ModelFileError(f"{path}: not a valid ONNX model ({_first_line(err)}); "
-                                 "re-export it with ssrconv export") from None
+        read_onnx(path)
     else:
         raise ModelFileError(f"{path}: OpenVINO reads {', '.join(FORMATS)}, not "
                              f"{suffix or '(no suffix)'!r}")
@@ -196,7 +190,3 @@ def _ov_error(err: Exception) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
     return ((useful or lines or [type(err).__name__])[0])[:200]
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0][:200]
