@@ -166,6 +166,45 @@ class OpenVinoRuntime(Runtime):
         return {head: self.head_values(head, request.get_output_tensor(i).data.copy(), len(batch))
                 for i, head in enumerate(self.heads)}
 
+    def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
+        """The stage tensors, from a second compiled model with them added as outputs (the
+        tensor names of the source graph survive in OpenVINO's: tf2onnx's, the .tflite's kept
+        stage names, the IR's)."""
+        from ssrconv.runtimes.stages import find_unique
+
+        batch = self.check_batch(batch)
+        key = (tuple(s.key for s in specs), len(batch))
+        if getattr(self, "_stage_key", None) != key:
+            model = self.model.clone()
+            model.reshape([len(batch), 64, 64, 3])
+            rank2 = {}
+            for op in model.get_ordered_ops():
+                for port in op.outputs():
+                    shape = port.get_partial_shape()
+                    if shape.rank.is_static and shape.rank.get_length() == 2 and shape[1].is_static:
+                        for name in port.get_names():
+                            rank2[name] = (port, shape[1].get_length())
+            chosen = []
+            for spec in specs:
+                candidates = {name: port for name, (port, units) in rank2.items()
+                              if units == spec.units}
+                chosen.append(find_unique(spec, candidates))
+            unique = list(dict.fromkeys(chosen))
+            model.add_outputs(unique)
+            compiled = self.core.compile_model(model, "CPU", self._config())
+            first = len(model.outputs) - len(unique)
+            position = {port: first + i for i, port in enumerate(unique)}
+            self._stage_request = compiled.create_infer_request()
+            self._stage_positions = [position[port] for port in chosen]
+            self._stage_key = key
+        import openvino as ov
+
+        self._stage_request.set_input_tensor(ov.Tensor(batch, shared_memory=True))
+        self._stage_request.infer()
+        return {spec.key: np.asarray(self._stage_request.get_output_tensor(i).data,
+                                     np.float32).reshape(len(batch), -1).copy()
+                for spec, i in zip(specs, self._stage_positions)}
+
     def describe(self) -> dict:
         described = super().describe()
         described.update({"executed_precision": self.executed_precision,
