@@ -25,6 +25,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from ssrconv.converters.onnx_int8 import INT8_LAYERS
 from ssrconv.errors import ModelFileError
 
 SUFFIX = ".openvino"
@@ -37,13 +38,30 @@ MAX_XML_BYTES = 16 * 2**20
 MAX_BIN_BYTES = 64 * 2**20
 
 
-def _source_onnx(model, target, options, dest: Path, calibration, metadata) -> Path:
-    """The project's ONNX export of ``model`` (int8 QDQ for an int8 target, fp32 otherwise)."""
-    from ssrconv.converters import onnx as onnx_converter
-    from ssrconv.targets import TARGETS
+# The int8 layers of the ONNX recipe minus each stream's first conv (conv2d_1, which reads the
+# raw 0..255 pixels): on x86 CPUs without VNNI (AVX2, e.g. this AMD EPYC) OpenVINO's u8 x s8
+# convolution sums pairs of products in int16 (vpmaddubsw) and 255 * 127 * 2 overflows it:
+# measured 10.4 y mean age error with conv2d_1 in int8, 0.16 y with it in float (which is what
+# OpenVINO did reading the ONNX directly). The TFLite recipe keeps that block float too.
+IR_INT8_LAYERS = tuple(name for name in INT8_LAYERS if name not in ("conv2d_1", "activation_1"))
 
-    source = TARGETS["onnx-int8" if target.precision == "int8" else "onnx-fp32"]
-    onnx_converter.convert(model, source, options, dest, calibration, metadata)
+
+def _source_onnx(model, target, options, dest: Path, calibration, metadata) -> Path:
+    """The project's ONNX export of ``model``: fp32, or for an int8 target the int8 QDQ recipe
+    of :mod:`ssrconv.converters.onnx_int8` with IR_INT8_LAYERS."""
+    import onnx
+
+    from ssrconv.converters import onnx as onnx_converter
+    from ssrconv.converters import onnx_int8
+
+    if target.precision != "int8":
+        proto = onnx_converter.to_proto(model, options.opset)
+    else:
+        proto = onnx_int8.convert_int8(model, calibration,
+                                       lambda keras_model: onnx_converter.to_proto(keras_model,
+                                                                                   options.opset),
+                                       int8_layers=IR_INT8_LAYERS)
+    onnx.save(proto, str(dest))
     return dest
 
 
@@ -68,7 +86,14 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         dest.mkdir(parents=True, exist_ok=False)
         ov.save_model(ov_model, str(dest / f"{stem}.xml"),
                       compress_to_fp16=target.precision == "fp16")
-    return {"openvino": ov.__version__, "source": "ssrconv ONNX export (tf2onnx"
+    extra = {}
+    if target.precision == "int8":
+        from ssrconv.converters.onnx_int8 import INT8_RECIPE
+
+        extra["int8_recipe"] = (INT8_RECIPE + " In the IR each stream's first conv (conv2d_1) "
+                                "stays float: u8 x s8 int16 pair sums overflow on CPUs without "
+                                "VNNI (docs/CONVERTERS.md, OpenVINO).")
+    return {**extra, "openvino": ov.__version__, "source": "ssrconv ONNX export (tf2onnx"
             + (", int8 QDQ" if target.precision == "int8" else "") + ") -> openvino.convert_model",
             "execution_precision_hint": hint,
             "weights_stored_as": "f16" if target.precision == "fp16" else
