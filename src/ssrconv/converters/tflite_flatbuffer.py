@@ -149,3 +149,27 @@ def compact(tfl: bytes, fp16_constants: bool = False, fp16_min_elements: int = 1
         entry.buffer = renumber[entry.buffer]
     model.description = b""
     return pack(model)
+
+
+def fix_batch(tfl: bytes, batch: int = 1) -> bytes:
+    """The same model with its batch dimension fixed to ``batch`` (every ``-1`` leading entry
+    of a tensor's shape signature, and the stored shapes, set to it).
+
+    For runtimes that cannot resize inputs: LiteRT.js 2.5 (wasm, and its WebGPU delegate)
+    refuses the dynamic-batch ``[-1, 64, 64, 3]`` input and has no resize call. The stored
+    shapes of the converter's output are already those of a batch of 1, so batch 1 is exact;
+    ops that compute shapes at run time (tf2onnx-style dynamic flatten) still run.
+    """
+    model = load(tfl)
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            signature = tensor.shapeSignature
+            if signature is not None and len(signature) and signature[0] == -1:
+                signature = list(signature)
+                signature[0] = batch
+                tensor.shapeSignature = signature
+                if tensor.shape is not None and len(tensor.shape):
+                    shape = list(tensor.shape)
+                    shape[0] = batch
+                    tensor.shape = shape
+    return pack(model)
