@@ -4,7 +4,6 @@ contract honoured."""
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest

@@ -91,3 +91,16 @@ def test_int8_dense_layers_are_found_in_the_flatbuffer(small_tflite):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     assert has_int8_dense(_interpreter(converter.convert()))
     assert not has_int8_dense(_interpreter(small_tflite))
+
+
+def test_fix_batch_makes_the_input_static_and_computes_the_same(small_tflite):
+    x = np.random.default_rng(2).uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
+    small = tfb.compact(small_tflite)
+    fixed = tfb.fix_batch(small, 1)
+    assert list(_interpreter(small).get_input_details()[0]["shape_signature"]) == [-1, 16, 16, 3]
+    assert list(_interpreter(fixed).get_input_details()[0]["shape_signature"]) == [1, 16, 16, 3]
+    assert np.array_equal(_run(fixed, x), _run(small, x))
+    # every tensor keeps a unique, non-blank name through compaction (OpenVINO's TFLite
+    # frontend tells tensors apart by name)
+    names = _names(fixed)
+    assert all(names) and len(set(names)) == len(names)

@@ -213,6 +213,12 @@ def convert_int8(model, calibration, to_proto, int8_layers=INT8_LAYERS):
             )
         quantized = onnx.load(str(dst))
     check_on_grid(proto, quantized)
+    # quantize_static leaves the shape-inference results of its calibration pass in value_info
+    # (265 entries whose batch dim is the symbol "batch" or "unk__N"). They are optional hints,
+    # but tract takes them as facts: with the input fixed to a batch of 1 it cannot unify the
+    # input Pad's output batch Sym(batch) with Val(1) and refuses the model. Runtimes re-infer
+    # shapes from the graph, so none are kept.
+    del quantized.graph.value_info[:]
     return quantized
 
 

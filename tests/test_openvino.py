@@ -1,0 +1,138 @@
+"""OpenVINO: the engine on the project's .onnx/.tflite exports and the ``--to openvino`` IR.
+
+Each interop fix is kept here by loading the file in the runtime that refused it: OpenVINO's
+TFLite frontend refused every compacted .tflite (blank tensor names) before compact() named
+them ``t<index>``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ssrconv.errors import ModelFileError
+from ssrconv.parity import head_stats, violations
+from ssrconv.targets import BUDGETS, TARGETS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(faces):
+    from ssrconv.runtimes import load_runtime
+
+    return load_runtime(backend="keras").run(faces.inputs)
+
+
+def _artifact(export_dir, key):
+    path = export_dir / TARGETS[key].filename("age-gender")
+    assert path.exists(), f"export --to all wrote no {path.name}"
+    return path
+
+
+def _stats(runtime, faces, reference_outputs):
+    got = {h: np.concatenate([runtime.run(faces.inputs[i:i + 64])[h]
+                              for i in range(0, len(faces.inputs), 64)]) for h in runtime.heads}
+    return {h: head_stats(got[h], reference_outputs[h], h) for h in runtime.heads}
+
+
+@pytest.mark.parametrize("key, budget", [("onnx-fp32", "fp32"), ("tflite-fp32", "fp32"),
+                                         ("onnx-int8", "int8"), ("openvino-fp32", "fp32"),
+                                         ("openvino-fp16", "fp16"), ("openvino-int8", "int8")])
+def test_openvino_engine_within_budget(export_dir, faces, reference_outputs, key, budget):
+    from ssrconv.runtimes.openvino_rt import OpenVinoRuntime
+
+    precision = TARGETS[key].precision
+    runtime = OpenVinoRuntime(_artifact(export_dir, key), num_threads=1, precision=precision)
+    assert runtime.heads == ("age", "p_male")
+    stats = _stats(runtime, faces, reference_outputs)
+    assert violations(stats, BUDGETS[budget]) == [], (runtime.engine, stats)
+    # never bf16 behind the user's back: every non-bf16 artifact runs in f32, read back
+    assert runtime.executed_precision == "fp32" and runtime.engine.startswith("openvino-cpu-f32")
+    assert (runtime.int8_ops > 0) == (precision == "int8")
+
+
+def test_openvino_reports_what_a_bf16_artifact_executed(export_dir, faces, reference_outputs):
+    import openvino as ov
+
+    from ssrconv.runtimes.openvino_rt import OpenVinoRuntime
+
+    runtime = OpenVinoRuntime(_artifact(export_dir, "openvino-bf16"), num_threads=1)
+    assert runtime.precision == "bf16"  # read from the IR's rt_info (no manifest given)
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert runtime.executed_precision == ("bf16" if has_bf16 else "fp32")
+    assert runtime.engine == f"openvino-cpu-{'bf16' if has_bf16 else 'f32'}"
+    stats = _stats(runtime, faces, reference_outputs)
+    assert violations(stats, BUDGETS[TARGETS["openvino-bf16"].budget_class]) == []
+
+
+def test_openvino_exports_pass_parity_on_their_engine(export_dir, faces):
+    from ssrconv.parity import check
+
+    paths = [_artifact(export_dir, k) for k in TARGETS if k.startswith("openvino-")]
+    report = check(paths, faces.inputs, synthetic=16)
+    assert report.passed and len(report.results) == 4
+    assert {r.engine.split("+")[0] for r in report.results} <= {"openvino-cpu-f32",
+                                                                "openvino-cpu-bf16"}
+
+
+def test_compacted_tflite_names_are_unique_and_load_in_openvino(export_dir):
+    import openvino as ov
+
+    from ssrconv.converters import tflite_flatbuffer as tfb
+
+    for key in ("tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8"):
+        path = _artifact(export_dir, key)
+        _, subgraph, _ = tfb.operators(path.read_bytes())
+        names = [t.name for t in subgraph.tensors]
+        assert all(names) and len(set(names)) == len(names), key
+        ov.Core().read_model(str(path))  # refused with blank names ("shapes are inconsistent")
+
+
+def test_ir_manifest_is_read_back_from_the_package(export_dir):
+    import json
+
+    from ssrconv.converters.openvino import describe
+
+    for key in ("openvino-fp32", "openvino-fp16", "openvino-int8"):
+        path = _artifact(export_dir, key)
+        manifest = json.loads((path.parent / (path.name + ".json")).read_text())
+        described = describe(path)
+        assert [i["name"] for i in described["inputs"]] == ["face_bgr"]
+        assert described["inputs"][0]["shape"] == [None, 64, 64, 3]
+        assert [o["name"] for o in described["outputs"]] == ["age", "p_male"]
+        meta = described["metadata"]
+        assert meta["ssrconv.precision"] == TARGETS[key].precision
+        for head, weights in manifest["weights"].items():
+            assert meta[f"ssrconv.weights.{head}.sha256"] == weights["sha256"]
+        assert json.loads(meta["ssrconv.preprocessing"]) == manifest["preprocessing"]
+        constants = described["constants_by_dtype"]
+        if key == "openvino-fp16":
+            assert constants.get("f16", 0) > 0
+        else:  # fp32 weights are not compressed to fp16 behind the user's back
+            assert "f16" not in constants
+        if key == "openvino-int8":
+            assert constants.get("i8", 0) > 0
+
+
+def test_verify_refuses_broken_packages(export_dir, tmp_path):
+    import shutil
+
+    from ssrconv.converters.openvino import verify
+    from ssrconv.runtimes.openvino_rt import OpenVinoRuntime
+
+    good = _artifact(export_dir, "openvino-fp32")
+    verify(good)
+    broken = tmp_path / good.name
+    shutil.copytree(good, broken)
+    xml, bin_ = sorted(broken.glob("*.xml"))[0], sorted(broken.glob("*.bin"))[0]
+    bin_.write_bytes(bin_.read_bytes()[:1000])
+    with pytest.raises(ModelFileError, match="truncated"):
+        OpenVinoRuntime(broken)
+    bin_.unlink()
+    with pytest.raises(ModelFileError, match="missing"):
+        verify(broken)
+    xml.write_text("<net><layers>")
+    bin_.write_bytes(b"")
+    with pytest.raises(ModelFileError, match="not valid XML"):
+        verify(broken)
