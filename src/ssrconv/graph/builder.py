@@ -107,7 +107,32 @@ def _folded_conv(model, prefix: str, conv: str, bn: str) -> tuple[np.ndarray, np
     return kernel * scale, (bias - mean) * scale + beta
 
 
-def _conv(t, kernels, biases, name, groups, activation=None, pad_to=None):
+@keras.saving.register_keras_serializable(package="ssrconv")
+class GroupedConv2D(layers.Conv2D):
+    """A ``groups > 1`` Conv2D traced as one plain TF ``Conv2D`` op.
+
+    Keras 3 wraps grouped convolutions in an XLA-compiled function (``jit_compile=True``,
+    keras/src/backend/tensorflow/nn.py: "grouped convolutions are broken on CPU without XLA"):
+    in a SavedModel that is a ``StatefulPartitionedCall`` which tf2onnx cannot convert. TF's
+    CPU Conv2D kernel runs grouped filters (in-channels = C / groups) itself, and tf2onnx and
+    the TFLite converter both map that op to a grouped convolution (tf2onnx onnx_opset/nn.py
+    sets ``group = C / filter_in_channels``).
+
+    Executing it in TF needs grappler's remapper off (it would fuse Conv2D + BiasAdd into
+    ``_FusedConv2D``, which refuses groups): :func:`check_exact` runs models that way. It is
+    used for the ONNX graph only; the TFLite converter inlines Keras' XLA function itself.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        from ssrconv._imports import tensorflow
+
+        return tensorflow().nn.conv2d(inputs, kernel, strides=list(self.strides),
+                                      padding=self.padding.upper(),
+                                      dilations=list(self.dilation_rate))
+
+
+def _conv_layer(t, kernels, biases, name, groups, activation=None, pad_to=None,
+                plain_groups=False):
     """One conv holding each head's kernel as one group (``groups`` = heads, or 1 for the
     first layer where every head reads the same 3 input channels)."""
     if pad_to is not None:
@@ -116,8 +141,9 @@ def _conv(t, kernels, biases, name, groups, activation=None, pad_to=None):
         biases = [np.concatenate([b, np.zeros(pad_to - b.shape[0])]) for b in biases]
     kernel = np.concatenate(kernels, axis=3)
     bias = np.concatenate(biases)
-    layer = layers.Conv2D(kernel.shape[3], kernel.shape[:2], padding="valid", groups=groups,
-                          activation=activation, name=name)
+    conv_class = GroupedConv2D if groups > 1 and plain_groups else layers.Conv2D
+    layer = conv_class(kernel.shape[3], kernel.shape[:2], padding="valid", groups=groups,
+                       activation=activation, name=name)
     out = layer(t)
     layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return out
@@ -194,6 +220,10 @@ def build_export_graph(reference_model, task: str, family: str) -> keras.Model:
     groups = n_heads
     summary_width = PADDED_SUMMARY_CHANNELS.get(family, SUMMARY_CHANNELS)
     m = reference_model
+    plain = family == "onnx"  # GroupedConv2D: tf2onnx cannot read Keras' XLA-compiled call
+
+    def _conv(*args, **kwargs):
+        return _conv_layer(*args, plain_groups=plain, **kwargs)
 
     def folded(conv, bn):
         pairs = [_folded_conv(m, prefix, conv, bn) for _, prefix, _ in heads]
@@ -330,7 +360,17 @@ def build_export_graph(reference_model, task: str, family: str) -> keras.Model:
 
 
 def _predict(model, inputs: np.ndarray) -> list[np.ndarray]:
-    out = model.predict(np.asarray(inputs, np.float32), batch_size=256, verbose=0)
+    from ssrconv._imports import tensorflow
+
+    tf = tensorflow()
+    # Grappler's remapper fuses Conv2D + BiasAdd into _FusedConv2D, which refuses the grouped
+    # filters of GroupedConv2D; off for this call only (the reference is unaffected by it).
+    previous = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+    try:
+        out = model.predict(np.asarray(inputs, np.float32), batch_size=256, verbose=0)
+    finally:
+        tf.config.optimizer.set_experimental_options({"remapping": previous.get("remapping", True)})
     out = out if isinstance(out, (list, tuple)) else [out]
     return [np.asarray(o, np.float64).reshape(len(inputs), -1)[:, 0] for o in out]
 
