@@ -9,6 +9,16 @@ from __future__ import annotations
 from ssrconv.errors import SsrconvError
 
 GRAPHS = ("fast", "original")
+
+# Layers of the fast graph holding every stage tensor of every head, columns stage-major
+# (column (k * heads + head) * units + unit): runtimes slice the original stage tensors out of
+# them (ssrconv.runtimes.stages.locate). (layer name, activation, units per stage and head).
+FUSED_STAGE_LAYERS = {
+    "probabilities": ("fused_stage_probs", "Relu", 3),
+    "delta": ("fused_stage_deltas", "Tanh", 1),
+    "local_delta": ("fused_stage_local_deltas", "Tanh", 3),
+}
+STAGES = 3
 DEFAULT_GRAPH = "fast"
 
 

@@ -56,7 +56,7 @@ tensorflow()  # quiet import of TF before Keras pulls it in
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from ssrconv.graph import GraphNotExactError  # noqa: E402
+from ssrconv.graph import FUSED_STAGE_LAYERS, GraphNotExactError  # noqa: E402
 from ssrconv.reference.model import (  # noqa: E402
     BN_EPSILON,
     INPUT_SIZE,
@@ -74,9 +74,9 @@ PADDED_SUMMARY_CHANNELS = {"onnx": 16}  # family -> 1x1 summary conv width per h
 
 # Names of the fused stage layers: runtimes' stage_outputs find them by these names and slice
 # each original stage tensor out of them (ssrconv.runtimes.stages.fused_location).
-FUSED_PROBS = "fused_stage_probs"
-FUSED_DELTAS = "fused_stage_deltas"
-FUSED_LOCAL = "fused_stage_local_deltas"
+FUSED_PROBS = FUSED_STAGE_LAYERS["probabilities"][0]
+FUSED_DELTAS = FUSED_STAGE_LAYERS["delta"][0]
+FUSED_LOCAL = FUSED_STAGE_LAYERS["local_delta"][0]
 
 # Exactness bounds at export time (issue 13): an error above either, never a warning.
 MAX_AGE_DIFF = 1e-3  # years
@@ -154,6 +154,19 @@ def _dense(t, kernel, bias, name, activation):
     out = layer(t)
     layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return out
+
+
+@keras.saving.register_keras_serializable(package="ssrconv")
+class StaticFlatten(layers.Layer):
+    """Row-major flatten as ``reshape(x, (-1, n))`` with ``n`` static: keras' Flatten and
+    Reshape build the target shape from the dynamic batch size (Shape, StridedSlice, Pack ops
+    in every converted graph)."""
+
+    def call(self, x):
+        return ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
 
 
 @keras.saving.register_keras_serializable(package="ssrconv")
@@ -277,7 +290,7 @@ def build_export_graph(reference_model, task: str, family: str) -> keras.Model:
 
     def flatten(t, name):
         h, w, c = t.shape[1:]
-        return layers.Reshape((h * w * c,), name=name)(t), (h, w, c)
+        return StaticFlatten(name=name)(t), (h, w, c)
 
     flats_s, flats_x, geometry = [], [], []
     for number, (st, xt) in enumerate(stage_maps, start=1):
