@@ -125,3 +125,29 @@ def test_graph_original_exports_the_reference_graph(fast_exports):
     fast = json.loads((fast_exports / "fast" / "ssrnet_age_gender_fp32.tflite.json").read_text())
     assert original["graph"] == "original" and fast["graph"] == "fast"
     assert sum(fast["ops"].values()) < 0.4 * sum(original["ops"].values())
+
+
+def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gender, faces, tmp_path):
+    """The fused graph as an mlprogram needs slice_by_index, concat, matmul and grouped conv
+    from the numpy MIL interpreter (the exporter keeps CoreML on the original graph for now)."""
+    from ssrconv.converters import coreml
+    from ssrconv.graph import build_export_graph
+    from ssrconv.options import ExportOptions
+    from ssrconv.parity import stage_differences
+    from ssrconv.runtimes import load_runtime
+    from ssrconv.targets import TARGETS
+
+    fast = build_export_graph(reference_age_gender.model, "age-gender", "coreml")
+    dest = tmp_path / "fast.mlpackage"
+    options = ExportOptions(to=("coreml",), precision=("fp32",), out=tmp_path)
+    coreml.convert(fast, TARGETS["coreml-fp32"], options, dest, None, {"ssrconv.version": "test"})
+    ops = coreml.describe(dest)["ops"]
+    assert ops["conv"] == 14 and ops["slice_by_index"] >= 1 and ops["matmul"] >= 1
+    runtime = load_runtime(dest, engine="coreml-mil-numpy")
+    reference = load_runtime(backend="keras")
+    inputs = faces.inputs[:50]
+    got, want = runtime.run(inputs), reference.run(inputs)
+    assert np.max(np.abs(got["age"] - want["age"])) < 1e-3
+    assert np.max(np.abs(got["p_male"] - want["p_male"])) < 1e-4
+    stages, note = stage_differences(runtime, reference, inputs[:4])
+    assert stages is not None and len(stages) == 18, note

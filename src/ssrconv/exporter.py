@@ -128,17 +128,21 @@ def _model_metadata(reference, task: str) -> dict[str, str]:
 class _ExportGraphs:
     """The graph each target converts: the fused one of :mod:`ssrconv.graph` (built once per
     family and checked exact against the reference before any file is written), or the
-    reference's own with ``--graph original``. int8 targets convert the original graph: their
-    recipe (tflite_int8, onnx_int8) addresses the reference's layer names."""
+    reference's own with ``--graph original``. int8 targets convert the original graph (their
+    recipe, tflite_int8/onnx_int8, addresses the reference's layer names), and so does tflite
+    dynamic: its hybrid kernels quantize each op's input with one scale, and the fused graph's
+    batched Dense inputs mix stages and heads of different ranges (p99 1.37 y vs 0.66 y on the
+    dev faces, docs/GRAPH.md). CoreML stays original: the fused mlprogram is 21% larger."""
 
     FAST_FAMILIES = ("tflite", "onnx")
+    FAST_PRECISIONS = ("fp32", "fp16")
 
     def __init__(self, model, options: ExportOptions, calibration, say):
         self.model, self.options, self.calibration, self.say = model, options, calibration, say
         self.built: dict[str, object] = {}
 
     def for_target(self, target: Target) -> tuple[str, object]:
-        if (self.options.graph == "original" or target.precision == "int8"
+        if (self.options.graph == "original" or target.precision not in self.FAST_PRECISIONS
                 or target.family not in self.FAST_FAMILIES):
             return "original", self.model
         if target.family not in self.built:

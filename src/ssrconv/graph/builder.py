@@ -120,7 +120,7 @@ class GroupedConv2D(layers.Conv2D):
 
     Executing it in TF needs grappler's remapper off (it would fuse Conv2D + BiasAdd into
     ``_FusedConv2D``, which refuses groups): :func:`check_exact` runs models that way. It is
-    used for the ONNX graph only; the TFLite converter inlines Keras' XLA function itself.
+    used for the ONNX and CoreML graphs; the TFLite converter inlines Keras' XLA function.
     """
 
     def convolution_op(self, inputs, kernel):
@@ -233,7 +233,8 @@ def build_export_graph(reference_model, task: str, family: str) -> keras.Model:
     groups = n_heads
     summary_width = PADDED_SUMMARY_CHANNELS.get(family, SUMMARY_CHANNELS)
     m = reference_model
-    plain = family == "onnx"  # GroupedConv2D: tf2onnx cannot read Keras' XLA-compiled call
+    # GroupedConv2D: neither tf2onnx nor coremltools converts Keras' XLA-compiled call
+    plain = family in ("onnx", "coreml")
 
     def _conv(*args, **kwargs):
         return _conv_layer(*args, plain_groups=plain, **kwargs)
