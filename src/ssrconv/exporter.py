@@ -141,7 +141,7 @@ class _ExportGraphs:
         self.model, self.options, self.calibration, self.say = model, options, calibration, say
         self.built: dict[str, object] = {}
 
-    def for_target(self, target: Target) -> tuple[str, object]:
+    def for_target(self, target) -> tuple[str, object]:
         if (self.options.graph == "original" or target.precision not in self.FAST_PRECISIONS
                 or target.family not in self.FAST_FAMILIES):
             return "original", self.model
