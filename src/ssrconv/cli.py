@@ -113,8 +113,12 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               show_default=True, help="Input type of the tflite int8 model (uint8: camera bytes); outputs stay float32.")
 @click.option("--image-input", is_flag=True,
               help="CoreML: declare the input as an ImageType (BGR, scale 1) instead of a tensor.")
+@click.option("--graph", type=click.Choice(["fast", "original"]), default="fast",
+              show_default=True,
+              help="fast: the fused, exactness-checked export graph (docs/GRAPH.md; used by "
+                   "tflite fp32/fp16 and onnx fp32); original: the reference's layer-for-layer graph.")
 def export(to, precision, task, weights, calibration, calibration_limit, calibration_kind, out, opset,
-           int8_io, image_input) -> None:
+           int8_io, image_input, graph) -> None:
     """Export SSR-Net to ONNX, TFLite and/or CoreML, each file with a JSON manifest."""
     from ssrconv.exporter import export as run_export
     from ssrconv.options import ExportOptions
@@ -122,7 +126,7 @@ def export(to, precision, task, weights, calibration, calibration_limit, calibra
     options = ExportOptions(to=to, precision=precision, task=task, calibration=calibration,
                             calibration_limit=calibration_limit, calibration_kind=calibration_kind,
                             out=out, opset=opset,
-                            int8_io=int8_io, image_input=image_input)
+                            int8_io=int8_io, image_input=image_input, graph=graph)
     age, gender = _split_weights(weights)
     if (age and task == "gender") or (gender and task == "age"):
         raise click.BadParameter(f"weights for the other head given with --task {task}",

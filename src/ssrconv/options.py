@@ -47,6 +47,7 @@ class ExportOptions:
     image_input: bool = False
     calibration_limit: int = 300
     calibration_kind: str = "auto"  # how --calibration files are read: auto, chips, photos
+    graph: str = "fast"  # "fast": ssrconv.graph's fused export graph; "original": the reference's
     targets: tuple[Target, ...] = field(init=False)
 
     def __post_init__(self):
@@ -66,6 +67,10 @@ class ExportOptions:
                                f"{', '.join(INT8_IO_TYPES)}")
         if not (7 <= int(self.opset) <= 21):
             raise OptionsError(f"--opset {self.opset} is outside the range tf2onnx supports (7..21)")
+        from ssrconv.graph import GRAPHS
+
+        if self.graph not in GRAPHS:
+            raise OptionsError(f"unknown graph {self.graph!r}: choose from {', '.join(GRAPHS)}")
         if self.calibration_limit < 1:
             raise OptionsError("--calibration-limit must be at least 1")
         set_(self, "to", to)

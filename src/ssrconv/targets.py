@@ -200,6 +200,9 @@ class Target:
     precision: str
     budget_class: str  # key into BUDGETS
     description: str
+    # The graph it converts: "fast" (ssrconv.graph, checked exact at export) or "original"
+    # (the reference's; why each target is where it is: exporter._ExportGraphs, docs/GRAPH.md).
+    graph: str = "original"
 
     @property
     def key(self) -> str:
@@ -224,13 +227,14 @@ class Target:
 TARGETS: dict[str, Target] = {
     t.key: t
     for t in (
-        Target("onnx", "fp32", "fp32", "ONNX (tf2onnx), float32"),
+        Target("onnx", "fp32", "fp32", "ONNX (tf2onnx), float32", graph="fast"),
         Target("onnx", "int8", "int8",
                "ONNX int8: static QDQ (onnxruntime.quantization, uint8 activations, int8 "
                "per-channel weights) on the relu stream's convolutions and pools, the rest "
                "float; calibrated"),
-        Target("tflite", "fp32", "fp32", "TFLite, float32"),
-        Target("tflite", "fp16", "fp16", "TFLite, float16 weights (dequantized to float32 at load)"),
+        Target("tflite", "fp32", "fp32", "TFLite, float32", graph="fast"),
+        Target("tflite", "fp16", "fp16", "TFLite, float16 weights (dequantized to float32 at load)",
+               graph="fast"),
         Target("tflite", "dynamic", "int8", "TFLite dynamic range: int8 weights, float activations"),
         Target("tflite", "int8", "int8",
                "TFLite int8: convolutions and pools in int8 (weights and activations) except "

@@ -13,10 +13,11 @@ import re
 import numpy as np
 
 # Tensor names parity still needs: the SSR stage tensors, located by layer name
-# (ssrconv.runtimes.stages). Every other internal tensor gets the short name ``t<index>``: not
-# blank, because OpenVINO's TFLite frontend tells tensors apart by name (with blank names it
-# merged a conv's input with its weights: "Argument shapes are inconsistent").
-STAGE_NAME = re.compile(r"(pred_\w*?stage\d|delta_s\d|local_delta_stage\d)")
+# (ssrconv.runtimes.stages), and the fused stage layers of the fast graph (ssrconv.graph).
+# Every other internal tensor gets the short name ``t<index>``: not blank, because OpenVINO's
+# TFLite frontend tells tensors apart by name (with blank names it merged a conv's input with
+# its weights: "Argument shapes are inconsistent").
+STAGE_NAME = re.compile(r"(pred_\w*?stage\d|delta_s\d|local_delta_stage\d|fused_stage_)")
 
 # DEQUANTIZE reads float16 from op version 3 on.
 _DEQUANTIZE_FP16_VERSION = 3

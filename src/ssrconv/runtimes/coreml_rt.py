@@ -112,15 +112,21 @@ class MilNumpyRuntime(_CoreMLBase):
         return self._outputs(self.program.run({self.input_name: batch}), len(batch))
 
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
-        from ssrconv.runtimes.stages import find_unique
+        from ssrconv.runtimes.stages import locate
 
         shapes = self.program.intermediate_names()
-        names = []
-        for spec in specs:
-            candidates = {n: n for n, shape in shapes.items()
-                          if len(shape) == 2 and not isinstance(shape[-1], str) and shape[-1] == spec.units}
-            names.append(find_unique(spec, candidates))
+
+        def candidates(units):
+            return {n: n for n, shape in shapes.items()
+                    if len(shape) == 2 and not isinstance(shape[-1], str) and shape[-1] == units}
+
+        located = [locate(spec, self.heads, candidates) for spec in specs]
         batch = self.check_batch(batch)
-        results = self.program.run({self.input_name: batch}, capture=frozenset(names))
-        return {s.key: np.asarray(results[n], np.float32).reshape(len(batch), -1)
-                for s, n in zip(specs, names)}
+        results = self.program.run({self.input_name: batch},
+                                   capture=frozenset(n for n, _ in located))
+
+        def value(name, columns):
+            v = np.asarray(results[name], np.float32).reshape(len(batch), -1)
+            return v if columns is None else v[:, columns]
+
+        return {s.key: value(n, c) for s, (n, c) in zip(specs, located)}

@@ -302,6 +302,47 @@ def _op_tanh(a, out_dtype):
     return np.tanh(a["x"])
 
 
+def _op_matmul(a, out_dtype):
+    acc = _accumulator(out_dtype)
+    x = np.asarray(a["x"]).astype(acc, copy=False)
+    y = np.asarray(a["y"]).astype(acc, copy=False)
+    if bool(a.get("transpose_x", False)):
+        x = np.swapaxes(x, -1, -2)
+    if bool(a.get("transpose_y", False)):
+        y = np.swapaxes(y, -1, -2)
+    return np.matmul(x, y)
+
+
+def _op_slice_by_index(a, out_dtype):
+    from coremltools.converters.mil.mil.ops.defs._utils import (
+        get_squeeze_axes,
+        solve_slice_by_index_slice,
+    )
+
+    x = a["x"]
+    rank = x.ndim
+
+    def flags(key, default):
+        value = a.get(key)
+        return [default] * rank if value is None else [bool(v) for v in np.atleast_1d(value)]
+
+    stride = a.get("stride")
+    slices = solve_slice_by_index_slice(
+        x.shape, [int(v) for v in np.atleast_1d(a["begin"])],
+        [int(v) for v in np.atleast_1d(a["end"])],
+        [1] * rank if stride is None else [int(v) for v in np.atleast_1d(stride)],
+        flags("begin_mask", False), flags("end_mask", False), flags("squeeze_mask", False))
+    out = x[tuple(slices)]
+    squeeze = get_squeeze_axes(flags("squeeze_mask", False), rank)
+    return np.squeeze(out, axis=tuple(squeeze)) if squeeze else out
+
+
+def _op_concat(a, out_dtype):
+    if bool(a.get("interleave", False)):
+        raise MilRuntimeError("concat with interleave=True is not implemented")
+    return np.concatenate([np.asarray(v) for v in a["values"]], axis=int(a["axis"]))
+
+
 def _op_const(a, out_dtype):  # never called: consts are read when the program is prepared
     raise AssertionError
 
@@ -321,6 +362,9 @@ _OPS: dict[str, Callable[[dict[str, Any], np.dtype], np.ndarray]] = {
     "reshape": _op_reshape,
     "transpose": _op_transpose,
     "cast": _op_cast,
+    "slice_by_index": _op_slice_by_index,
+    "concat": _op_concat,
+    "matmul": _op_matmul,
 }
 SUPPORTED_OPS = frozenset(_OPS)
 
@@ -560,6 +604,9 @@ class MilProgram:
                 else:
                     raise MilRuntimeError(f"op {op.name!r} ({op.op_type}) reads {var.name!r} "
                                           "before it is computed")
+            for key, value in op.inputs.items():
+                if isinstance(value, (list, tuple)):
+                    args[key] = [args.pop(f"{key}.{i}") for i in range(len(value))]
             if len(op.outputs) != 1:  # none of the supported ops has several outputs
                 raise MilRuntimeError(f"op {op.name!r} ({op.op_type}) has "
                                       f"{len(op.outputs)} outputs")
@@ -587,7 +634,14 @@ class MilProgram:
 
     @staticmethod
     def _input_vars(op) -> dict[str, Any]:
-        return {k: v for k, v in op.inputs.items() if not isinstance(v, (list, tuple))}
+        """Every input variable; a tuple input (concat's ``values``) as ``key.i`` entries."""
+        out = {}
+        for k, v in op.inputs.items():
+            if isinstance(v, (list, tuple)):
+                out.update({f"{k}.{i}": item for i, item in enumerate(v)})
+            else:
+                out[k] = v
+        return out
 
     @staticmethod
     def _const_value(var):

@@ -53,14 +53,15 @@ class OnnxRuntime(Runtime):
         import onnx
         import onnxruntime as ort
 
-        from ssrconv.runtimes.stages import find_unique
+        from ssrconv.runtimes.stages import locate
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:
             proto = onnx.ModelProto()
             proto.CopyFrom(self.proto)
             produced = {name: name for node in proto.graph.node for name in node.output}
-            names = [find_unique(s, produced) for s in specs]
+            located = [locate(s, self.heads, lambda units: produced) for s in specs]
+            names = list(dict.fromkeys(name for name, _ in located))  # fused: shared tensors
             for name in names:
                 proto.graph.output.append(
                     onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
@@ -68,11 +69,13 @@ class OnnxRuntime(Runtime):
             options.log_severity_level = 3
             self._stage_session = ort.InferenceSession(proto.SerializeToString(), options,
                                                        providers=["CPUExecutionProvider"])
-            self._stage_names, self._stage_key = names, key
+            self._stage_names, self._stage_located, self._stage_key = names, located, key
         results = self._stage_session.run(self._stage_names,
                                           {self.input_name: self.check_batch(batch)})
-        return {s.key: np.asarray(r, np.float32).reshape(len(batch), -1)
-                for s, r in zip(specs, results)}
+        by_name = {n: np.asarray(r, np.float32).reshape(len(batch), -1)
+                   for n, r in zip(self._stage_names, results)}
+        return {s.key: by_name[n] if columns is None else by_name[n][:, columns]
+                for s, (n, columns) in zip(specs, self._stage_located)}
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = self.check_batch(batch)

@@ -5,7 +5,8 @@ index shifts ``local_delta_stage{k}``) are not outputs of an exported model, but
 survive conversion with the Keras layer name in their own name: tf2onnx keeps
 ``.../age_pred_age_stage1_1/Relu:0``, TFLite ``functional_1/age_pred_age_stage1_1/...Relu...``,
 a CoreML mlprogram ``..._age_pred_age_stage1_1_Relu``. A stage is the activation tensor of its
-layer: rank 2, ``units`` wide.
+layer: rank 2, ``units`` wide. In the fast export graph (ssrconv.graph) the stages of all heads
+are columns of three fused layers: :func:`locate` falls back to those and a column slice.
 """
 
 from __future__ import annotations
@@ -58,3 +59,31 @@ def find_unique(spec: StageSpec, candidates: dict[str, object]) -> object:
         raise StagesUnavailable(f"stage {spec.key}: {len(found)} tensors match "
                                 f"{spec.layer}/{spec.activation} in this graph")
     return found[0]
+
+
+def fused_location(spec: StageSpec, heads: tuple[str, ...]) -> tuple[StageSpec, slice]:
+    """The fused fast-graph tensor holding ``spec`` and its columns (ssrconv.graph lays them
+    out stage-major: column (k * heads + head) * units + unit)."""
+    from ssrconv.graph import FUSED_STAGE_LAYERS, STAGES
+
+    layer, activation, units = FUSED_STAGE_LAYERS[spec.kind]
+    head = heads.index(spec.key.split(".", 1)[0])
+    k = int(spec.layer[-1]) - 1
+    start = (k * len(heads) + head) * units
+    fused = StageSpec(f"{spec.key}@{layer}", layer, activation, STAGES * len(heads) * units,
+                      spec.kind)
+    return fused, slice(start, start + units)
+
+
+def locate(spec: StageSpec, heads: tuple[str, ...], candidates_of) -> tuple[object, slice | None]:
+    """(handle, columns) of ``spec``: its own tensor (columns None), else its columns of the
+    fused fast-graph tensor. ``candidates_of(units)`` gives name -> handle of the graph's
+    tensors that may be ``units`` wide."""
+    try:
+        return find_unique(spec, candidates_of(spec.units)), None
+    except StagesUnavailable as err:
+        fused, columns = fused_location(spec, heads)
+        try:
+            return find_unique(fused, candidates_of(fused.units)), columns
+        except StagesUnavailable:
+            raise err from None

@@ -68,29 +68,31 @@ class TFLiteRuntime(Runtime):
         """Stage tensors from a second interpreter that keeps every intermediate tensor
         (builtin kernels: a delegate's internal tensors are not preserved), dequantized."""
         from ssrconv.converters.tflite import load_interpreter
-        from ssrconv.runtimes.stages import find_unique
+        from ssrconv.runtimes.stages import locate
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:
             interpreter = load_interpreter(self.path, preserve_all_tensors=True, data=self._data)
             tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
             produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
-            chosen = []
-            for spec in specs:
-                candidates = {tensors[i]["name"]: tensors[i] for i in produced
-                              if len(tensors[i]["shape_signature"]) == 2
-                              and tensors[i]["shape_signature"][-1] == spec.units}
-                chosen.append(find_unique(spec, candidates))
+
+            def candidates(units):
+                return {tensors[i]["name"]: tensors[i] for i in produced
+                        if len(tensors[i]["shape_signature"]) == 2
+                        and tensors[i]["shape_signature"][-1] == units}
+
+            chosen = [locate(spec, self.heads, candidates) for spec in specs]
             self._stage_interpreter, self._stage_tensors, self._stage_key = interpreter, chosen, key
         interpreter = self._stage_interpreter
         runner = interpreter.get_signature_runner()
         runner(face_bgr=self._feed(self.check_batch(batch)))
         out = {}
-        for spec, detail in zip(specs, self._stage_tensors):
+        for spec, (detail, columns) in zip(specs, self._stage_tensors):
             value = interpreter.get_tensor(detail["index"])
             if np.dtype(detail["dtype"]).kind in "iu":
                 value = dequantize(value, *detail["quantization"])
-            out[spec.key] = np.asarray(value, np.float32).reshape(len(batch), -1)
+            value = np.asarray(value, np.float32).reshape(len(batch), -1)
+            out[spec.key] = value if columns is None else value[:, columns]
         return out
 
     def _feed(self, batch: np.ndarray) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""The fast export graph (ssrconv.graph): exact against the reference, refused when it is not,
+smaller in ops, used by the float exports, and its stage tensors still found by parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def probe_inputs(faces):
+    from ssrconv.parity import synthetic_inputs
+
+    return np.concatenate([faces.inputs[:300], synthetic_inputs(48, seed=5)])
+
+
+@pytest.mark.parametrize("family", ["tflite", "onnx"])
+def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, family):
+    from ssrconv.graph import build_export_graph, check_exact
+
+    model = reference_age_gender.model
+    fast = build_export_graph(model, "age-gender", family)
+    assert fast.output_names == ["age", "p_male"] and fast.input_shape == (None, 64, 64, 3)
+    diffs = check_exact(model, fast, probe_inputs)
+    assert diffs["age"] <= 1e-3 and diffs["p_male"] <= 1e-4
+    # far fewer layers than the reference's ~190
+    assert len(fast.layers) < 60 < len(model.layers)
+
+
+@pytest.mark.parametrize("task", ["age", "gender"])
+def test_fast_graph_single_head(assets_dir, faces, task):
+    from ssrconv.graph import build_export_graph, check_exact
+    from ssrconv.reference import load_reference
+    from ssrconv.reference.model import with_named_outputs
+
+    model = with_named_outputs(load_reference(task).model, task)
+    fast = build_export_graph(model, task, "tflite")
+    assert fast.output_names == (["age"] if task == "age" else ["p_male"])
+    check_exact(model, fast, faces.inputs[:100])
+
+
+def test_a_wrong_graph_is_refused(reference_age_gender, probe_inputs):
+    from ssrconv.errors import SsrconvError
+    from ssrconv.graph import GraphNotExactError, build_export_graph, check_exact
+    from ssrconv.graph.builder import FUSED_DELTAS
+
+    model = reference_age_gender.model
+    fast = build_export_graph(model, "age-gender", "tflite")
+    layer = fast.get_layer(FUSED_DELTAS)
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias + 1e-3])  # a tiny shift of every width delta
+    with pytest.raises(GraphNotExactError, match="not exact") as err:
+        check_exact(model, fast, probe_inputs)
+    assert isinstance(err.value, SsrconvError) and "\n" not in str(err.value)
+    # swapped heads are refused too (age vs P(male))
+    import keras
+
+    swapped = keras.Model(fast.inputs, [fast.outputs[1], fast.outputs[0]])
+    with pytest.raises(GraphNotExactError):
+        check_exact(model, swapped, probe_inputs[:20])
+
+
+def test_the_cropped_rows_and_columns_are_dead(reference_age_gender, faces):
+    """The claim behind the 62 x 62 crop: input rows/columns 62 and 63 never reach an output."""
+    x = faces.inputs[:20].copy()
+    y = x.copy()
+    rng = np.random.default_rng(0)
+    y[:, 62:, :, :] = rng.uniform(0, 255, y[:, 62:, :, :].shape)
+    y[:, :, 62:, :] = rng.uniform(0, 255, y[:, :, 62:, :].shape)
+    a = reference_age_gender.predict(x)
+    b = reference_age_gender.predict(y)
+    for head in ("age", "p_male"):
+        np.testing.assert_array_equal(a[head], b[head])
+
+
+def test_unknown_graph_option_is_refused():
+    from ssrconv.options import ExportOptions, OptionsError
+
+    with pytest.raises(OptionsError, match="unknown graph"):
+        ExportOptions(to=("onnx",), graph="fastest")
+    assert ExportOptions(to=("onnx",)).graph == "fast"
+
+
+@pytest.fixture(scope="module")
+def fast_exports(tmp_path_factory, assets_dir):
+    from ssrconv.exporter import export
+
+    out = tmp_path_factory.mktemp("fastgraph")
+    export(to=("onnx", "tflite"), precision=("fp32",), out=out / "fast")
+    export(to=("tflite",), precision=("fp32",), out=out / "original", graph="original")
+    return out
+
+
+@pytest.mark.parametrize("key", ["onnx-fp32", "tflite-fp32"])
+def test_float_exports_use_the_fast_graph_and_pass_parity(fast_exports, faces, key):
+    from ssrconv.parity import head_stats, stage_differences, violations
+    from ssrconv.runtimes import load_runtime
+    from ssrconv.targets import BUDGETS, TARGETS
+
+    target = TARGETS[key]
+    path = fast_exports / "fast" / target.filename("age-gender")
+    manifest = json.loads(path.with_name(path.name + ".json").read_text())
+    assert manifest["graph"] == "fast"
+    ops = manifest["ops"]
+    # no dynamic-batch flatten left, one conv per original conv pair
+    assert not {"SHAPE", "PACK", "Shape", "Gather"} & set(ops)
+    assert ops.get("CONV_2D", ops.get("Conv")) == 14
+    runtime = load_runtime(path)
+    reference = load_runtime(backend="keras")
+    inputs = faces.inputs[:300]
+    got, want = runtime.run(inputs), reference.run(inputs)
+    stats = {head: head_stats(got[head], want[head], head) for head in ("age", "p_male")}
+    assert violations(stats, BUDGETS[target.budget_class]) == []
+    stages, note = stage_differences(runtime, reference, inputs[:8])
+    assert stages is not None and len(stages) == 18, note
+    assert max(stages.values()) < 1e-3
+
+
+def test_graph_original_exports_the_reference_graph(fast_exports):
+    original = json.loads((fast_exports / "original" / "ssrnet_age_gender_fp32.tflite.json").read_text())
+    fast = json.loads((fast_exports / "fast" / "ssrnet_age_gender_fp32.tflite.json").read_text())
+    assert original["graph"] == "original" and fast["graph"] == "fast"
+    assert sum(fast["ops"].values()) < 0.4 * sum(original["ops"].values())
+
+
+def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gender, faces, tmp_path):
+    """The fused graph as an mlprogram needs slice_by_index, concat, matmul and grouped conv
+    from the numpy MIL interpreter (the exporter keeps CoreML on the original graph for now)."""
+    from ssrconv.converters import coreml
+    from ssrconv.graph import build_export_graph
+    from ssrconv.options import ExportOptions
+    from ssrconv.parity import stage_differences
+    from ssrconv.runtimes import load_runtime
+    from ssrconv.targets import TARGETS
+
+    fast = build_export_graph(reference_age_gender.model, "age-gender", "coreml")
+    dest = tmp_path / "fast.mlpackage"
+    options = ExportOptions(to=("coreml",), precision=("fp32",), out=tmp_path)
+    coreml.convert(fast, TARGETS["coreml-fp32"], options, dest, None, {"ssrconv.version": "test"})
+    ops = coreml.describe(dest)["ops"]
+    assert ops["conv"] == 14 and ops["slice_by_index"] >= 1 and ops["matmul"] >= 1
+    runtime = load_runtime(dest)  # off macOS: the numpy MIL interpreter
+    assert runtime.engine.startswith("coreml")
+    reference = load_runtime(backend="keras")
+    inputs = faces.inputs[:50]
+    got, want = runtime.run(inputs), reference.run(inputs)
+    assert np.max(np.abs(got["age"] - want["age"])) < 1e-3
+    assert np.max(np.abs(got["p_male"] - want["p_male"])) < 1e-4
+    stages, note = stage_differences(runtime, reference, inputs[:4])
+    assert stages is not None and len(stages) == 18, note
