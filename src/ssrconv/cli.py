@@ -140,6 +140,13 @@ def _write_text(path: Path, text: str) -> None:
         raise SsrconvError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
+_REFERENCE_ENGINE = click.option(
+    "--reference-engine", type=click.Choice(["auto", "keras", "numpy", "numpy-float64"]),
+    default="auto", show_default=True, envvar="SSRCONV_REFERENCE_ENGINE", show_envvar=True,
+    help="What computes the reference: keras (needs ssrconv[export]), numpy (float32; "
+         "numpy-float64), or auto (keras when TensorFlow is installed, else numpy).")
+
+
 @cli.command()
 @click.argument("export_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--model", "model", type=click.Path(path_type=Path), default=None,
@@ -157,9 +164,10 @@ def _write_text(path: Path, text: str) -> None:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown table here.")
 @click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="Write JUnit XML here.")
+@_REFERENCE_ENGINE
 def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_overrides, json_out, md_out,
-           junit_out) -> int:
-    """Compare every artifact with the Keras reference on real faces; exit 1 if a budget breaks."""
+           junit_out, reference_engine) -> int:
+    """Compare every artifact with the reference on real faces; exit 1 if a budget breaks."""
     import json
 
     from ssrconv.parity import artifact_paths, check, parse_budget_overrides, render_junit, render_markdown
@@ -172,7 +180,7 @@ def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_override
     faces = load_faces(faces_dir, limit=limit)
     report = check(paths, faces.inputs, faces_dir=str(faces_dir), synthetic=synthetic, seed=seed,
                    budgets=budgets, progress=lambda m: click.echo(m, err=True),
-                   raise_on_failure=False)
+                   raise_on_failure=False, reference_engine=reference_engine)
     markdown = render_markdown(report)
     click.echo(markdown)
     if json_out:
@@ -199,7 +207,8 @@ def parity(export_dir, model, faces_dir, limit, synthetic, seed, budget_override
 @click.option("--gender-weights", default=None, metavar="NAME|PATH", help="Keras backend: gender weights.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Write per-image predictions and the summary here.")
-def eval_(faces_dir, model, backend, age_weights, gender_weights, json_out) -> None:
+@_REFERENCE_ENGINE
+def eval_(faces_dir, model, backend, age_weights, gender_weights, json_out, reference_engine) -> None:
     """Age MAE (adults 16+ and all) and gender accuracy on labelled faces."""
     import json
 
@@ -211,8 +220,11 @@ def eval_(faces_dir, model, backend, age_weights, gender_weights, json_out) -> N
         raise click.UsageError(f"--backend {backend} needs --model PATH")
     options = {}
     if model is None:
-        backend = "keras"
+        # --backend keras insists on Keras; no backend: the reference on --reference-engine.
         options = {"task": "age-gender", "age_weights": age_weights, "gender_weights": gender_weights}
+        if backend is None:
+            backend = "reference"
+            options["engine"] = reference_engine
     elif age_weights or gender_weights:
         raise click.UsageError("--age-weights/--gender-weights apply to the keras backend only")
     faces = load_faces(faces_dir)
@@ -238,8 +250,10 @@ def eval_(faces_dir, model, backend, age_weights, gender_weights, json_out) -> N
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write annotated images/videos and predictions.{json,csv} here.")
 @click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
-@click.option("--compare", is_flag=True, help="Also run the Keras reference and print the differences.")
-def predict(inputs, backend, model, detector, min_face, every, out, fmt, compare) -> int:
+@click.option("--compare", is_flag=True, help="Also run the reference and print the differences.")
+@_REFERENCE_ENGINE
+def predict(inputs, backend, model, detector, min_face, every, out, fmt, compare,
+            reference_engine) -> int:
     """Ages and genders of the faces in images, directories of images, or videos."""
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor, to_csv, to_json
@@ -256,12 +270,16 @@ def predict(inputs, backend, model, detector, min_face, every, out, fmt, compare
 
         if backend_for(model) != backend:
             raise click.UsageError(f"--model {model} is a {backend_for(model)} artifact, not {backend}")
-    runtime = load_runtime(model, backend="keras" if model is None else None)
+    if model is None:  # the reference itself; --backend keras insists on Keras
+        runtime = (load_runtime(backend="keras") if backend == "keras"
+                   else load_runtime(backend="reference", engine=reference_engine))
+    else:
+        runtime = load_runtime(model)
     found_detector = make_detector(detector)
     if found_detector.is_fallback:
         click.echo(f"note: using the {detector} detector, a fallback that misses more faces than yunet",
                    err=True)
-    reference = load_runtime(backend="keras") if compare else None
+    reference = load_runtime(backend="reference", engine=reference_engine) if compare else None
     predictor = Predictor(runtime, found_detector, min_face=min_face, reference=reference)
     result = predictor.run(list(inputs), out_dir=out, every=every,
                            progress=lambda m: click.echo(m, err=True))
@@ -272,7 +290,7 @@ def predict(inputs, backend, model, detector, min_face, every, out, fmt, compare
     if compare and result.records:
         diffs = [abs(r["age_diff"]) for r in result.records if "age_diff" in r]
         if diffs:
-            click.echo(f"compare: {runtime.engine} vs keras reference: max |age diff| "
+            click.echo(f"compare: {runtime.engine} vs {reference.engine} reference: max |age diff| "
                        f"{max(diffs):.4f} y over {len(diffs)} faces", err=True)
     if not result.ok:
         _echo_err(f"{len(result.failures)} of the inputs could not be processed (see 'failures')")

@@ -26,3 +26,8 @@ class ModelFileError(SsrconvError):
 
 class ManifestError(InputError):
     """A manifest (``<artifact>.json``) or ``index.json`` is unreadable or malformed."""
+
+
+class MissingExtraError(SsrconvError):
+    """A command needs a library of an optional extra (``ssrconv[export]``, ...) that is not
+    installed; the message names the extra to install."""

@@ -276,6 +276,20 @@ def _model_metadata(reference, task: str) -> dict[str, str]:
     return meta
 
 
+# The libraries each family's converter imports (all in the ``export`` extra).
+_CONVERTER_MODULES = {"onnx": ("tf2onnx", "onnx"), "tflite": (), "coreml": ("coremltools",)}
+
+
+def _check_converters(options: ExportOptions) -> None:
+    """MissingExtraError, before any work, when a converter this export needs is missing."""
+    from ssrconv._extras import check
+
+    modules = ["tensorflow", "keras"]
+    for target in options.targets:
+        modules += [m for m in _CONVERTER_MODULES.get(target.family, ()) if m not in modules]
+    check(modules, "export", "ssrconv export")
+
+
 def export(options: ExportOptions | None = None, progress: Callable[[str], None] | None = None,
            **kwargs) -> list[Artifact]:
     """Export the reference SSR-Net to the targets of ``options`` (or ``ExportOptions(**kwargs)``).
@@ -291,6 +305,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
     from ssrconv.reference.preprocess import CONTRACT
 
     options = options if options is not None else ExportOptions(**kwargs)
+    _check_converters(options)
     say = progress or (lambda message: None)
     out_existed = options.out.exists()
     options.check_paths()

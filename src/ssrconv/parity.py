@@ -61,13 +61,15 @@ class ParityResult:
 class ParityReport:
     faces_dir: str
     results: list[ParityResult]
+    reference_engine: str = ""  # what computed the reference: keras, numpy-float32, ...
 
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
 
     def as_dict(self) -> dict:
-        return {"faces_dir": self.faces_dir, "passed": self.passed,
+        return {"faces_dir": self.faces_dir, "reference_engine": self.reference_engine,
+                "passed": self.passed,
                 "results": [{**asdict(r), "passed": r.passed} for r in self.results]}
 
 
@@ -160,15 +162,17 @@ STAGE_FACES = 64
 
 
 class _References:
-    """Keras reference runtimes and outputs, built once per weights combination."""
+    """Reference runtimes and outputs, built once per weights combination, on ``engine``
+    (see :func:`ssrconv.reference.load_reference_runtime`: auto = keras, else numpy)."""
 
-    def __init__(self, age_weights=None, gender_weights=None):
+    def __init__(self, age_weights=None, gender_weights=None, engine: str = "auto"):
         self.defaults = (age_weights, gender_weights)
+        self.engine = engine
         self.runtimes: dict[tuple, object] = {}
         self.cache: dict[tuple, dict[str, np.ndarray]] = {}
 
     def runtime(self, manifest: dict | None):
-        from ssrconv.runtimes import load_runtime
+        from ssrconv.reference import load_reference_runtime
 
         age, gender = self.defaults
         if manifest is not None:
@@ -176,8 +180,8 @@ class _References:
             age = weights.get("age", {}).get("name", age)
             gender = weights.get("gender", {}).get("name", gender)
         if (age, gender) not in self.runtimes:
-            self.runtimes[(age, gender)] = load_runtime(backend="keras", task="age-gender",
-                                                        age_weights=age, gender_weights=gender)
+            self.runtimes[(age, gender)] = load_reference_runtime(
+                "age-gender", age_weights=age, gender_weights=gender, engine=self.engine)
         return self.runtimes[(age, gender)], (age, gender)
 
     def outputs(self, manifest: dict | None, inputs: np.ndarray, key: str) -> dict[str, np.ndarray]:
@@ -207,9 +211,11 @@ def stage_differences(runtime, reference, inputs: np.ndarray) -> tuple[dict[str,
 
 def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: int = 64,
           seed: int = 0, budgets: dict[str, Budget] | None = None, age_weights=None,
-          gender_weights=None, progress=None, raise_on_failure: bool = True) -> ParityReport:
+          gender_weights=None, progress=None, raise_on_failure: bool = True,
+          reference_engine: str = "auto") -> ParityReport:
     """Compare every artifact in ``paths`` with the reference; raise ParityError if any budget
-    is broken (after measuring all of them)."""
+    is broken (after measuring all of them). ``reference_engine``: "auto" (Keras when
+    TensorFlow is installed, else numpy), "keras", "numpy", "numpy-float64"."""
     from ssrconv.exporter import read_manifest
     from ssrconv.runtimes import load_runtime
     from ssrconv.targets import TARGETS
@@ -217,7 +223,7 @@ def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: 
     budgets = budgets or BUDGETS
     say = progress or (lambda message: None)
     synth = synthetic_inputs(synthetic, seed) if synthetic else np.empty((0, 64, 64, 3), np.float32)
-    references = _References(age_weights, gender_weights)
+    references = _References(age_weights, gender_weights, engine=reference_engine)
     results = []
     for number, path in enumerate(paths, start=1):
         manifest = read_manifest(path)
@@ -225,7 +231,9 @@ def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: 
         budget_class = TARGETS[target].budget_class if target in TARGETS else "fp32"
         budget = budgets[budget_class]
         runtime = load_runtime(path)
-        say(f"[{number}/{len(paths)}] {path.name} on {runtime.engine} ({budget_class} budget)")
+        reference, _ = references.runtime(manifest)
+        say(f"[{number}/{len(paths)}] {path.name} on {runtime.engine} ({budget_class} budget, "
+            f"reference {reference.engine})")
         real_ref = references.outputs(manifest, faces, "real")
         real_got = _run_batched(runtime, faces)
         real = {h: head_stats(real_got[h], real_ref[h], h) for h in runtime.heads}
@@ -243,7 +251,9 @@ def check(paths: list[Path], faces: np.ndarray, faces_dir: str = "", synthetic: 
                               stages_note=stages_note)
         say(f"      {'ok' if result.passed else 'BROKEN: ' + '; '.join(result.violations)}")
         results.append(result)
-    report = ParityReport(faces_dir=faces_dir, results=results)
+    engines = sorted({r.engine for r in references.runtimes.values()})
+    report = ParityReport(faces_dir=faces_dir, results=results,
+                          reference_engine=", ".join(engines))
     if raise_on_failure and not report.passed:
         raise ParityError(report)
     return report
@@ -267,7 +277,9 @@ def _guess_target(path: Path) -> str:
 
 def render_markdown(report: ParityReport) -> str:
     """A Markdown table: one row per artifact, the statistics the budgets judge."""
-    lines = [f"Parity against the Keras reference on {report.results[0].faces if report.results else 0} "
+    engine = report.reference_engine or "keras"
+    lines = [f"Parity against the reference ({engine}) on "
+             f"{report.results[0].faces if report.results else 0} "
              f"real faces ({report.faces_dir}); synthetic inputs reported separately.", "",
              "| artifact | engine | max age diff (y) | mean | p99 | P(male) max diff | gender agreement "
              "| synthetic max age diff | result |",

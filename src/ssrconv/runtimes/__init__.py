@@ -33,12 +33,19 @@ def backend_for(path: str | os.PathLike) -> str:
 
 def load_runtime(path: str | os.PathLike | None = None, backend: str | None = None,
                  num_threads: int | None = None, **options) -> Runtime:
-    """Load an artifact (or the Keras reference when ``backend="keras"`` and no path).
+    """Load an artifact (or the Keras reference when ``backend="keras"`` and no path; the
+    reference on any engine with ``backend="reference"``, see
+    :func:`ssrconv.reference.load_reference_runtime`).
 
     ``num_threads`` caps the backend's intra-op threads (None: the backend's default).
     Extra ``options`` go to the backend (e.g. ``task``/``age_weights`` for keras,
     ``use_xnnpack`` for tflite, ``engine`` for coreml).
     """
+    if backend == "reference":
+        # The reference on the engine options["engine"] picks ("auto": keras, else numpy).
+        from ssrconv.reference import load_reference_runtime
+
+        return load_reference_runtime(**options)
     if backend is None:
         if path is None:
             raise RuntimeError_("give an artifact path or a backend")

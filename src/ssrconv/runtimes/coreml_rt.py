@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv._imports import coremltools
-from ssrconv.errors import SsrconvError
+from ssrconv.errors import MissingExtraError, SsrconvError
 from ssrconv.runtimes.base import HEADS, Runtime
 
 
@@ -22,9 +22,9 @@ def coreml_available() -> bool:
     if platform.system() != "Darwin":
         return False
     try:
-        coremltools()
+        coremltools("running a .mlpackage")
         import coremltools.libcoremlpython  # noqa: F401
-    except ImportError:
+    except (ImportError, MissingExtraError):
         return False
     return True
 
@@ -55,7 +55,7 @@ class CoreMLNativeRuntime(_CoreMLBase):
     engine = "coreml"
 
     def __init__(self, path: Path):
-        ct = coremltools()
+        ct = coremltools("running a .mlpackage")
         self.path = Path(path)
         self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
         spec = self.model.get_spec()

@@ -19,7 +19,7 @@ class KerasRuntime(Runtime):
 
         from ssrconv._imports import tensorflow
 
-        tf = tensorflow()
+        tf = tensorflow("the keras reference")
         self.reference = load_reference(task, age_weights, gender_weights)
         self.heads = OUTPUT_NAMES[task]
         self._model = self.reference.model
