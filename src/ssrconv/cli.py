@@ -273,6 +273,8 @@ def predict(inputs, backend, model, detector, min_face, every, out, fmt, compare
     if model is None:  # the reference itself; --backend keras insists on Keras
         runtime = (load_runtime(backend="keras") if backend == "keras"
                    else load_runtime(backend="reference", engine=reference_engine))
+        click.echo(f"note: no --model: predicting with the reference itself ({runtime.engine})",
+                   err=True)
     else:
         runtime = load_runtime(model)
     found_detector = make_detector(detector)

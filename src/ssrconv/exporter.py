@@ -297,6 +297,9 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
     Returns the artifacts written, in target-table order. Raises SsrconvError subclasses for
     bad input, before any file is written.
     """
+    options = options if options is not None else ExportOptions(**kwargs)
+    _check_converters(options)  # before anything imports Keras
+
     from ssrconv.calibration import CalibrationSet
     from ssrconv.converters import converter_for
     from ssrconv.info import library_versions
@@ -304,8 +307,6 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
     from ssrconv.reference.model import with_named_outputs
     from ssrconv.reference.preprocess import CONTRACT
 
-    options = options if options is not None else ExportOptions(**kwargs)
-    _check_converters(options)
     say = progress or (lambda message: None)
     out_existed = options.out.exists()
     options.check_paths()

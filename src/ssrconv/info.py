@@ -38,6 +38,9 @@ def asset_status() -> list[tuple[str, str, str, str]]:
 
 def render_info(age_weights: str | None = None, gender_weights: str | None = None) -> str:
     """The text of ``ssrconv info``: builds the reference and loads the chosen weights."""
+    from ssrconv._imports import tensorflow
+
+    tensorflow("ssrconv info")  # it builds the Keras model
     from ssrconv.reference import load_reference, weights_provenance
     from ssrconv.reference.model import count_macs, count_params
 
