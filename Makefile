@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= ssrconv-out
 
-.PHONY: setup demo test test-fast readme-figures clean
+.PHONY: setup demo test test-fast test-runtime-only readme-figures clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,12 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# The runtime-only install: a clean venv with `pip install .` (no extras) predicts and checks
+# parity on a .tflite (exported here by the full venv) with TensorFlow not importable, and
+# every converter command fails in one line naming ssrconv[export]. About 3 minutes.
+test-runtime-only: setup
+	FULL_BIN=$(BIN) bash tools/runtime_only_check.sh
 
 # Regenerate the README's measured figures (sizes, parity, speed, accuracy, predict example).
 FIG := $(OUT)/figures

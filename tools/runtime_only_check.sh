@@ -75,4 +75,6 @@ site_mb() { du -sm "$("$1/python" -c 'import sysconfig; print(sysconfig.get_path
 echo "runtime-only: ok: predict ($faces faces in group_t1.jpg) and parity on $(basename "$MODEL") " \
      "without TensorFlow, reference engine $engine"
 echo "runtime-only: installed size: $(site_mb "$RO") MB (runtime-only) vs $(site_mb "$FULL_BIN") MB (full)"
+echo "runtime-only: largest: $(du -sm "$("$RO/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/* \
+    | sort -rn | head -6 | awk '{n=split($2,p,"/"); printf "%s %s MB, ", p[n], $1}')"
 echo "runtime-only: seconds: export $((t1 - t0)), pip install $((t2 - t1)), predict+parity $((t3 - t2)), total $(($(date +%s) - t0))"
