@@ -53,6 +53,8 @@ engine=$("$RO/python" -c "import json; print(json.load(open('parity.json'))['ref
 grep -q "reference (numpy-float32)" parity.md || fail "the parity table does not name the reference engine"
 "$RO/ssrconv" predict "$SSRCONV_IMAGES/astronaut.png" > reference.json \
     || fail "ssrconv predict without --model (the numpy reference) failed"
+"$RO/ssrconv" bench --model "$MODEL" --runs 20 --warmup 2 --rounds 2 > bench.txt 2> bench.err \
+    || fail "ssrconv bench --model X.tflite failed: $(tail -3 bench.err)"
 t3=$(date +%s)
 
 # 4. What needs a converter fails in one line naming the extra, not with a traceback.
@@ -72,9 +74,9 @@ one_line_error "$RO/ssrconv" eval "$SSRCONV_FACES" --backend keras
 one_line_error "$RO/ssrconv" predict "$SSRCONV_IMAGES/astronaut.png" --backend keras
 
 site_mb() { du -sm "$("$1/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" | cut -f1; }
-echo "runtime-only: ok: predict ($faces faces in group_t1.jpg) and parity on $(basename "$MODEL") " \
-     "without TensorFlow, reference engine $engine"
+echo "runtime-only: ok: predict ($faces faces in group_t1.jpg), parity and bench on" \
+     "$(basename "$MODEL") without TensorFlow, reference engine $engine"
 echo "runtime-only: installed size: $(site_mb "$RO") MB (runtime-only) vs $(site_mb "$FULL_BIN") MB (full)"
 echo "runtime-only: largest: $(du -sm "$("$RO/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/* \
     | sort -rn | head -6 | awk '{n=split($2,p,"/"); printf "%s %s MB, ", p[n], $1}')"
-echo "runtime-only: seconds: export $((t1 - t0)), pip install $((t2 - t1)), predict+parity $((t3 - t2)), total $(($(date +%s) - t0))"
+echo "runtime-only: seconds: export $((t1 - t0)), pip install $((t2 - t1)), predict+parity+bench $((t3 - t2)), total $(($(date +%s) - t0))"
