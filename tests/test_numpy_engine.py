@@ -208,7 +208,6 @@ def _one_line_error(capsys, argv) -> str:
     ["export", "--to", "onnx", "--precision", "fp32"],
     ["eval", "{faces}", "--backend", "keras"],
     ["predict", "{images}/astronaut.png", "--backend", "keras"],
-    ["info"],
 ])
 def test_commands_needing_the_converters_fail_in_one_line(capsys, tmp_path, faces_dir, images_dir,
                                                           no_tensorflow, argv):
@@ -218,6 +217,27 @@ def test_commands_needing_the_converters_fail_in_one_line(capsys, tmp_path, face
     err = _one_line_error(capsys, argv)
     assert "pip install 'ssrconv[export]'" in err and "not installed" in err, err
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_info_without_tensorflow_counts_on_numpy(capsys, assets_dir, no_tensorflow):
+    from ssrconv.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info"])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, err
+    assert "40,915" in out and "17,078,926" in out  # the counts test_cli reads from Keras
+    assert "reference engine numpy-float32" in out and "age-wiki" in out
+
+
+def test_counts_match_keras(reference_age_gender):
+    from ssrconv.reference.model import count_macs, count_params
+    from ssrconv.reference.numpy_engine import count_macs as numpy_macs
+
+    runtime = load_reference_runtime(engine="numpy")
+    assert runtime.params == {"age": count_params(reference_age_gender.model) // 2,
+                              "gender": count_params(reference_age_gender.model) // 2}
+    assert numpy_macs("age") == numpy_macs("gender") == count_macs(reference_age_gender.model) // 2
 
 
 def test_keras_engine_without_tensorflow_names_the_extra(assets_dir, no_tensorflow):

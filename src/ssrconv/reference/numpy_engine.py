@@ -38,6 +38,11 @@ _CONVS = {  # name: (kernel size, in channels, filters)
     "conv2d_9": (1, 16, 10), "conv2d_10": (1, 32, 10), "conv2d_11": (1, 16, 10),
     "conv2d_12": (1, 32, 10), "conv2d_13": (1, 16, 10), "conv2d_14": (1, 32, 10),
 }
+# Output height (= width) of each conv on a 64x64 input: valid 3x3 convs, 2x2 pools between.
+_CONV_OUT = {"conv2d_1": 62, "conv2d_2": 29, "conv2d_3": 12, "conv2d_4": 4,
+             "conv2d_5": 62, "conv2d_6": 29, "conv2d_7": 12, "conv2d_8": 4,
+             "conv2d_9": 4, "conv2d_10": 4, "conv2d_11": 14, "conv2d_12": 14,
+             "conv2d_13": 31, "conv2d_14": 31}
 _BN_OF_CONV = {f"conv2d_{i}": f"batch_normalization_{i}" for i in range(1, 9)}
 _FLAT = 160, 90, 90  # flattened summary width per stage (4x4x10, 3x3x10, 3x3x10)
 
@@ -67,6 +72,15 @@ def _expected(task: str) -> dict[str, dict[str, tuple[int, ...]]]:
     for name, (c_in, c_out) in _dense_shapes(task).items():
         layers[name] = {"kernel": (c_in, c_out), "bias": (c_out,)}
     return layers
+
+
+def count_macs(task: str = "age") -> int:
+    """Multiply-adds of one head's forward pass for one face (conv and dense layers), as
+    :func:`ssrconv.reference.model.count_macs` counts them on the Keras model."""
+    total = 0
+    for name, (k, c_in, f) in _CONVS.items():
+        total += _CONV_OUT[name] ** 2 * k * k * c_in * f
+    return total + sum(c_in * c_out for c_in, c_out in _dense_shapes(task).values())
 
 
 def head_arrays(weights, task: str) -> dict[str, dict[str, np.ndarray]]:
@@ -273,8 +287,11 @@ class NumpyReference(Runtime):
         chosen = {"age": age_weights or DEFAULT_AGE_WEIGHTS,
                   "gender": gender_weights or DEFAULT_GENDER_WEIGHTS}
         self.weights = {t: resolve(chosen[t]) for t in tasks}  # head task -> ResolvedAsset
-        self._heads = [_Head(head_arrays(read_h5_weights(self.weights[t].path), t), t, self.dtype)
-                       for t in tasks]
+        arrays = {t: head_arrays(read_h5_weights(self.weights[t].path), t) for t in tasks}
+        # Stored parameters per head (weights + BN statistics), as in the original .h5.
+        self.params = {t: sum(a.size for layer in arrays[t].values() for a in layer.values())
+                       for t in tasks}
+        self._heads = [_Head(arrays[t], t, self.dtype) for t in tasks]
         # Layer-name prefixes as in the Keras model: only the two-head model has them.
         self._prefix = {t: (f"{t}_" if task == "age-gender" else "") for t in tasks}
         kernels = [h.conv[c] for h in self._heads for c in ("conv2d_1", "conv2d_5")]
@@ -336,4 +353,4 @@ def load_numpy_reference(task: str = "age-gender", age_weights: str | os.PathLik
     return NumpyReference(task, age_weights, gender_weights, engine=engine)
 
 
-__all__ = ["NumpyReference", "head_arrays", "load_numpy_reference", "ssr_merge"]
+__all__ = ["NumpyReference", "count_macs", "head_arrays", "load_numpy_reference", "ssr_merge"]
