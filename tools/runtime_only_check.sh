@@ -53,6 +53,8 @@ engine=$("$RO/python" -c "import json; print(json.load(open('parity.json'))['ref
 grep -q "reference (numpy-float32)" parity.md || fail "the parity table does not name the reference engine"
 "$RO/ssrconv" predict "$SSRCONV_IMAGES/astronaut.png" > reference.json \
     || fail "ssrconv predict without --model (the numpy reference) failed"
+"$RO/ssrconv" info | grep -q "reference engine numpy-float32" \
+    || fail "ssrconv info does not report the numpy reference"
 "$RO/ssrconv" bench --model "$MODEL" --runs 20 --warmup 2 --rounds 2 > bench.txt 2> bench.err \
     || fail "ssrconv bench --model X.tflite failed: $(tail -3 bench.err)"
 t3=$(date +%s)
