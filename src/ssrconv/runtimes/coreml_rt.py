@@ -22,8 +22,12 @@ def coreml_available() -> bool:
     if platform.system() != "Darwin":
         return False
     try:
+        import importlib
+
         coremltools("running a .mlpackage")
-        import coremltools.libcoremlpython  # noqa: F401
+        # Not `import coremltools.libcoremlpython`: that would make `coremltools` a local name
+        # here, unbound on the line above (UnboundLocalError on macOS).
+        importlib.import_module("coremltools.libcoremlpython")
     except (ImportError, MissingExtraError):
         return False
     return True
