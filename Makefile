@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= ssrconv-out
 
-.PHONY: setup browser demo test test-fast readme-figures model-card clean
+.PHONY: setup browser demo test test-fast test-runtime-only readme-figures model-card clean
 
 setup: $(VENV)/.installed
 
@@ -12,23 +12,19 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ssrconv needs Python 3.11, got " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,all]'
+	$(BIN)/pip install --quiet -e '.[all,test]'
 	@touch $@
 
 # What the browser engines and `--to web` need (idempotent): Debian's Chromium (no browser
 # download: Playwright drives /usr/bin/chromium, or $$SSRCONV_CHROMIUM), the npm packages pinned by
-# package-lock.json, and Playwright for Python in the venv.
+# package-lock.json (Playwright for Python comes with the `all` extra of `make setup`).
 CHROMIUM ?= $(or $(SSRCONV_CHROMIUM),/usr/bin/chromium)
-browser: setup $(VENV)/.browser
+browser: setup
 	@if [ ! -x "$(CHROMIUM)" ]; then \
 	  command -v apt-get >/dev/null || { echo "make browser: $(CHROMIUM) is missing; install Chromium or set SSRCONV_CHROMIUM" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
 	@if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then \
 	  npm ci --no-audit --no-fund; fi
-
-$(VENV)/.browser: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[test,browser]'
-	@touch $@
 
 # The main job on the default pretrained weights (age-wiki + gender-wiki): export every target,
 # check each against the reference on real faces (fails on a broken budget), benchmark them all.
@@ -41,12 +37,19 @@ demo: setup
 	$(BIN)/ssrconv parity $(OUT) --json $(OUT)/parity.json --markdown $(OUT)/parity.md --junit $(OUT)/parity.xml
 	$(BIN)/ssrconv bench --all $(OUT) --json $(OUT)/bench.json --markdown $(OUT)/bench.md --plot $(OUT)/bench.png
 
-# The whole suite, slow tests included (CI runs exactly this).
-test: setup
+# The whole suite, slow tests included (CI runs exactly this). The browser tests need Chromium
+# and the npm packages: `make browser` (idempotent) comes first.
+test: setup browser
 	$(BIN)/python -m pytest
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# The runtime-only install: a clean venv with `pip install .` (no extras) predicts and checks
+# parity on a .tflite (exported here by the full venv) with TensorFlow not importable, and
+# every converter command fails in one line naming ssrconv[export]. About 3 minutes.
+test-runtime-only: setup
+	FULL_BIN=$(BIN) bash tools/runtime_only_check.sh
 
 # Regenerate the README's measured figures (sizes, parity, speed, accuracy, predict example).
 FIG := $(OUT)/figures

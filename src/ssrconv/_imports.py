@@ -32,31 +32,53 @@ def silenced_fd2():
 
 
 @functools.cache
-def tensorflow():
-    """The ``tensorflow`` module, imported quietly (and Keras with it)."""
+def _tensorflow():
+    from ssrconv._extras import require
+
     if os.environ.get("SSRCONV_TF_VERBOSE") == "1":
-        import tensorflow as tf
-        return tf
+        return require("tensorflow", "export", "TensorFlow")
     with silenced_fd2():
-        import tensorflow as tf
-        import keras  # noqa: F401  (Keras 3 imports TF's backend here: same chatter)
+        tf = require("tensorflow", "export", "TensorFlow")
+        require("keras", "export", "Keras")  # Keras 3 imports TF's backend here: same chatter
 
         tf.config.list_physical_devices()  # platform (CUDA probe) initialisation happens now
     return tf
 
 
-@functools.cache
-def coremltools():
-    """The ``coremltools`` module, imported quietly.
+def tensorflow(what: str = "this step"):
+    """The ``tensorflow`` module, imported quietly (and Keras with it).
 
-    coremltools imports TensorFlow (so that goes first, quietly), then logs a warning per
-    missing native proxy off macOS and "TensorFlow 2.21 has not been tested": its logger is set
-    to ERROR. Conversions are verified by parity instead.
+    Without ``ssrconv[export]`` installed: MissingExtraError naming ``what`` (e.g. "ssrconv
+    export", "the keras reference") and the extra to install.
     """
+    from ssrconv._extras import check
+
+    check(("tensorflow", "keras"), "export", what)
+    return _tensorflow()
+
+
+@functools.cache
+def _coremltools():
     import logging
 
-    tensorflow()
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-    import coremltools as ct
+    from ssrconv._extras import available, require
 
-    return ct
+    if available("tensorflow"):
+        tensorflow()
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    return require("coremltools", "coreml", "coremltools")
+
+
+def coremltools(what: str = "this step", extra: str = "coreml"):
+    """The ``coremltools`` module, imported quietly.
+
+    coremltools imports TensorFlow when that is installed (so that goes first, quietly), then
+    logs a warning per missing native proxy off macOS and "TensorFlow 2.21 has not been
+    tested": its logger is set to ERROR. Conversions are verified by parity instead. Without
+    coremltools: MissingExtraError naming ``what`` and ``extra`` ("coreml" to run a .mlpackage,
+    "export" to convert).
+    """
+    from ssrconv._extras import check
+
+    check(("coremltools",), extra, what)
+    return _coremltools()

@@ -121,7 +121,7 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     """
     from ssrconv._imports import tensorflow
 
-    tf = tensorflow()
+    tf = tensorflow("int8 calibration")
     import keras
 
     say = progress or (lambda message: None)

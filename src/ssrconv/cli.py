@@ -162,6 +162,13 @@ def _faces_label(faces_dir: Path | None, faces) -> str:
     return f"{where}: {len(faces)} faces from {o['files']} files" if o else where
 
 
+_REFERENCE_ENGINE = click.option(
+    "--reference-engine", type=click.Choice(["auto", "keras", "numpy", "numpy-float64"]),
+    default="auto", show_default=True, envvar="SSRCONV_REFERENCE_ENGINE", show_envvar=True,
+    help="What computes the reference: keras (needs ssrconv[export]), numpy (float32; "
+         "numpy-float64), or auto (keras when TensorFlow is installed, else numpy).")
+
+
 @cli.command()
 @click.argument("export_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--model", "model", type=click.Path(path_type=Path), default=None,
@@ -188,8 +195,9 @@ def _faces_label(faces_dir: Path | None, faces) -> str:
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown table here.")
 @click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="Write JUnit XML here.")
+@_REFERENCE_ENGINE
 def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, budget_overrides,
-           weights, engine, json_out, md_out, junit_out) -> int:
+           weights, engine, json_out, md_out, junit_out, reference_engine) -> int:
     """Compare every artifact with the reference built from its own weights, on real faces;
     exit 1 if any artifact breaks its budget or fails to verify, load or run."""
     import json
@@ -212,7 +220,8 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
     report = check(found, faces.inputs, faces_dir=_faces_label(faces_dir, faces),
                    synthetic=synthetic, seed=seed, budgets=budgets, age_weights=age_weights,
                    gender_weights=gender_weights, weights_candidates=weights, engine=engine,
-                   progress=lambda m: click.echo(m, err=True), raise_on_failure=False)
+                   progress=lambda m: click.echo(m, err=True), raise_on_failure=False,
+                   reference_engine=reference_engine)
     markdown = render_markdown(report)
     click.echo(markdown)
     if json_out:
@@ -231,23 +240,31 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
 
 
 def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
-                   age_weights=None, gender_weights=None):
+                   age_weights=None, gender_weights=None, reference_engine: str = "auto"):
     """The runtime eval and predict use: an artifact on its (or the given) engine, the reference
-    built from a weights file given as --model, or the default reference."""
+    built from a weights file given as --model, or the default reference (on
+    --reference-engine; --backend keras insists on Keras)."""
+    from ssrconv.reference import load_reference_runtime
     from ssrconv.runtimes import REFERENCE_BACKEND, is_weights_file, load_runtime
 
+    if backend == REFERENCE_BACKEND:
+        reference_engine = "keras"
     if model is None:
         if backend not in (None, REFERENCE_BACKEND):
             raise click.UsageError(f"--backend {backend} needs --model PATH")
         if engine is not None:
             raise click.UsageError("--engine applies to --model artifacts")
-        return load_runtime(backend=REFERENCE_BACKEND, task="age-gender",
-                            age_weights=age_weights, gender_weights=gender_weights)
+        return load_reference_runtime("age-gender", age_weights, gender_weights,
+                                      engine=reference_engine)
     if age_weights or gender_weights:
         raise click.UsageError("--age-weights/--gender-weights build the reference: drop --model "
                                "(or give the weights file itself as --model)")
     if is_weights_file(model) and engine is not None:
         raise click.UsageError(f"--engine runs artifacts; {model} is a weights file")
+    if is_weights_file(model):
+        from ssrconv.runtimes import reference_from_weights
+
+        return reference_from_weights(model, engine=reference_engine)
     return load_runtime(model, backend=backend, engine=engine)
 
 
@@ -265,14 +282,15 @@ def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
               show_default=True, help="How FACES_DIR files are read (see parity --help).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Write per-image predictions and the summary here.")
+@_REFERENCE_ENGINE
 def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, faces_kind,
-          json_out) -> None:
+          json_out, reference_engine) -> None:
     """Age MAE (adults 16+ and all) and gender accuracy on labelled faces."""
     import json
 
     from ssrconv.evaluate import evaluate, render_summary
 
-    runtime = _model_runtime(model, backend, engine, age_weights, gender_weights)
+    runtime = _model_runtime(model, backend, engine, age_weights, gender_weights, reference_engine)
     faces = _load_faces_for(faces_dir, faces_kind, None)
     result = evaluate(runtime, faces)
     click.echo(render_summary(result["summary"]))
@@ -297,23 +315,29 @@ def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, faces_
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write annotated images/videos and predictions.{json,csv} here.")
 @click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
-@click.option("--compare", is_flag=True, help="Also run the Keras reference and print the differences.")
-def predict(inputs, backend, model, engine, detector, min_face, every, out, fmt, compare) -> int:
+@click.option("--compare", is_flag=True, help="Also run the reference and print the differences.")
+@_REFERENCE_ENGINE
+def predict(inputs, backend, model, engine, detector, min_face, every, out, fmt, compare,
+            reference_engine) -> int:
     """Ages and genders of the faces in images, directories of images, or videos."""
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor, to_csv, to_json
-    from ssrconv.runtimes import REFERENCE_BACKEND, load_runtime
+    from ssrconv.reference import load_reference_runtime
 
     if every < 1:
         raise click.BadParameter("must be at least 1", param_hint="--every")
     if min_face < 0:
         raise click.BadParameter("must be >= 0", param_hint="--min-face")
-    runtime = _model_runtime(model, backend, engine)
+    runtime = _model_runtime(model, backend, engine, reference_engine=reference_engine)
+    if model is None:
+        click.echo(f"note: no --model: predicting with the reference itself ({runtime.engine})",
+                   err=True)
     found_detector = make_detector(detector)
     if found_detector.is_fallback:
         click.echo(f"note: using the {detector} detector, a fallback that misses more faces than yunet",
                    err=True)
-    reference = load_runtime(backend=REFERENCE_BACKEND) if compare else None
+    reference = (load_reference_runtime("age-gender", engine=reference_engine)
+                 if compare else None)
     predictor = Predictor(runtime, found_detector, min_face=min_face, reference=reference)
     result = predictor.run(list(inputs), out_dir=out, every=every,
                            progress=lambda m: click.echo(m, err=True))
@@ -324,7 +348,7 @@ def predict(inputs, backend, model, engine, detector, min_face, every, out, fmt,
     if compare and result.records:
         diffs = [abs(r["age_diff"]) for r in result.records if "age_diff" in r]
         if diffs:
-            click.echo(f"compare: {runtime.engine} vs keras reference: max |age diff| "
+            click.echo(f"compare: {runtime.engine} vs {reference.engine} reference: max |age diff| "
                        f"{max(diffs):.4f} y over {len(diffs)} faces", err=True)
     if not result.ok:
         _echo_err(f"{len(result.failures)} of the inputs could not be processed (see 'failures')")

@@ -23,7 +23,7 @@ def evaluate(runtime, faces) -> dict:
     labelled = np.isfinite(faces.ages)
     adults = labelled & (faces.ages >= ADULT_AGE)
     summary: dict = {"backend": runtime.backend, "engine": runtime.engine,
-                     "model": str(runtime.path) if runtime.path else "keras reference",
+                     "model": str(runtime.path) if runtime.path else f"{runtime.engine} reference",
                      "faces": len(faces), "labelled": int(labelled.sum()), "adults": int(adults.sum())}
     if "age" in outputs:
         age = outputs["age"].astype(np.float64)

@@ -162,6 +162,16 @@ class _ExportGraphs:
         return "fast", self.built[target.family]
 
 
+def _check_converters(options: ExportOptions) -> None:
+    """MissingExtraError, before any work, when a converter this export needs is missing (the
+    modules and the extra of each format's row in :mod:`ssrconv.targets`)."""
+    from ssrconv._extras import check
+
+    check(["tensorflow", "keras"], "export", "ssrconv export")
+    for fmt in dict.fromkeys(t.format for t in options.targets):
+        check(list(fmt.converter_needs), fmt.extra, f"ssrconv export --to {fmt.family}")
+
+
 def export(options: ExportOptions | None = None, progress: Callable[[str], None] | None = None,
            **kwargs) -> list[Artifact]:
     """Export the reference SSR-Net to the targets of ``options`` (or ``ExportOptions(**kwargs)``).
@@ -169,13 +179,15 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
     Returns the artifacts written, in target-table order. Raises SsrconvError subclasses for
     bad input, before any file is written.
     """
+    options = options if options is not None else ExportOptions(**kwargs)
+    _check_converters(options)  # before anything imports Keras
+
     from ssrconv.calibration import CalibrationSet
     from ssrconv.info import library_versions
     from ssrconv.reference import load_reference, weights_provenance
     from ssrconv.reference.model import with_named_outputs
     from ssrconv.reference.preprocess import CONTRACT
 
-    options = options if options is not None else ExportOptions(**kwargs)
     say = progress or (lambda message: None)
     out_existed = options.out.exists()
     options.check_paths()

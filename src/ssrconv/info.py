@@ -38,20 +38,29 @@ def asset_status() -> list[tuple[str, str, str, str]]:
 
 def render_info(age_weights: str | None = None, gender_weights: str | None = None) -> str:
     """The text of ``ssrconv info``: builds the reference and loads the chosen weights."""
-    from ssrconv.reference import load_reference, weights_provenance
-    from ssrconv.reference.model import count_macs, count_params
+    from ssrconv.reference import keras_available, load_reference, weights_provenance
 
-    reference = load_reference("age-gender", age_weights, gender_weights)
-    model = reference.model
-    params = count_params(model) // 2
-    macs = count_macs(model) // 2
+    if keras_available():
+        from ssrconv.reference.model import count_macs, count_params
+
+        reference = load_reference("age-gender", age_weights, gender_weights)
+        params = count_params(reference.model) // 2
+        macs = count_macs(reference.model) // 2
+        engine = "keras"
+    else:  # a runtime-only install: the same weights through the numpy reference
+        from ssrconv.reference.numpy_engine import NumpyReference, count_macs
+
+        reference = NumpyReference("age-gender", age_weights, gender_weights)
+        params = reference.params["age"]
+        macs = count_macs("age")
+        engine = reference.engine
     lines = [
         f"ssrconv {__version__}",
         "model: SSR-Net, stages (3,3,3), lambda_local = lambda_d = 1; input 64x64x3 BGR float32 0..255",
         f"parameters per head: {params:,} ({params * 4:,} bytes as float32; paper .h5: "
         f"{PAPER_MODEL_BYTES:,} bytes)",
         f"multiply-adds per face per head: {macs:,} ({2 * macs / 1e6:.1f} MFLOP)",
-        "loaded weights:",
+        f"loaded weights (reference engine {engine}):",
     ]
     for head, prov in weights_provenance(reference).items():
         lines.append(f"  {head:<7} {prov['name']:<18} from {prov['source']}  sha256 {prov['sha256'][:16]}...")

@@ -65,13 +65,15 @@ class ParityResult:
 class ParityReport:
     faces_dir: str
     results: list[ParityResult]
+    reference_engine: str = ""  # what computed the reference: keras, numpy-float32, ...
 
     @property
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
 
     def as_dict(self) -> dict:
-        return {"faces_dir": self.faces_dir, "passed": self.passed,
+        return {"faces_dir": self.faces_dir, "reference_engine": self.reference_engine,
+                "passed": self.passed,
                 "results": [{**asdict(r), "passed": r.passed} for r in self.results]}
 
 
@@ -173,9 +175,10 @@ class References:
     the registry defaults).
     """
 
-    def __init__(self, age_weights=None, gender_weights=None, candidates=()):
+    def __init__(self, age_weights=None, gender_weights=None, candidates=(), engine: str = "auto"):
         self.defaults = {"age": age_weights, "gender": gender_weights}
         self.candidates = tuple(candidates)
+        self.engine = engine  # see ssrconv.reference.load_reference_runtime
         self.runtimes: dict[tuple, object] = {}
         self.cache: dict[tuple, dict[str, np.ndarray]] = {}
 
@@ -186,12 +189,12 @@ class References:
         return chosen["age"], chosen["gender"]
 
     def runtime(self, weights: tuple):
-        from ssrconv.runtimes import load_runtime
+        from ssrconv.reference import load_reference_runtime
 
         if weights not in self.runtimes:
             age, gender = weights
-            self.runtimes[weights] = load_runtime(backend="keras", task="age-gender",
-                                                  age_weights=age, gender_weights=gender)
+            self.runtimes[weights] = load_reference_runtime(
+                "age-gender", age_weights=age, gender_weights=gender, engine=self.engine)
         return self.runtimes[weights]
 
     def outputs(self, weights: tuple, inputs: np.ndarray, key: str) -> dict[str, np.ndarray]:
@@ -227,21 +230,22 @@ def _failed(path: Path, reason: str, target: str = "-", engine: str = "-") -> Pa
 def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, seed: int = 0,
           budgets: dict[str, Budget] | None = None, age_weights=None, gender_weights=None,
           weights_candidates=(), engine: str | None = None, progress=None,
-          raise_on_failure: bool = True) -> ParityReport:
+          raise_on_failure: bool = True, reference_engine: str = "auto") -> ParityReport:
     """Compare every artifact of ``items`` (paths, or :class:`ssrconv.artifacts.Found` from
     :func:`ssrconv.artifacts.discover`) with the reference built from its own weights.
 
     Each artifact is opened and verified (bytes against its manifest) before anything trusts
     it; one that fails to verify, load or run becomes a failed row with its reason and the
     others are still measured. Raises ParityError when any row failed (after all of them),
-    unless ``raise_on_failure`` is False.
+    unless ``raise_on_failure`` is False. ``reference_engine``: "auto" (Keras when TensorFlow
+    is installed, else numpy), "keras", "numpy", "numpy-float64".
     """
     from ssrconv.artifacts import Found
 
     budgets = budgets or BUDGETS
     say = progress or (lambda message: None)
     synth = synthetic_inputs(synthetic, seed) if synthetic else np.empty((0, 64, 64, 3), np.float32)
-    references = References(age_weights, gender_weights, weights_candidates)
+    references = References(age_weights, gender_weights, weights_candidates, reference_engine)
     results = []
     for number, item in enumerate(items, start=1):
         found = item if isinstance(item, Found) else Found(Path(item))
@@ -252,7 +256,9 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
             result = _failed(found.path, str(err))
             say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
         results.append(result)
-    report = ParityReport(faces_dir=faces_dir, results=results)
+    engines = sorted({r.engine for r in references.runtimes.values()})
+    report = ParityReport(faces_dir=faces_dir, results=results,
+                          reference_engine=", ".join(engines))
     if raise_on_failure and not report.passed:
         raise ParityError(report)
     return report
@@ -299,7 +305,8 @@ def run_batched(runtime, inputs: np.ndarray, batch: int = 64) -> dict[str, np.nd
 def render_markdown(report: ParityReport) -> str:
     """A Markdown table: one row per artifact, the statistics the budgets judge."""
     faces = max((r.faces for r in report.results), default=0)
-    lines = [f"Parity against the Keras reference on {faces} "
+    engine = report.reference_engine or "keras"
+    lines = [f"Parity against the reference ({engine}) on {faces} "
              f"real faces ({report.faces_dir}); synthetic inputs reported separately.", "",
              "| artifact | engine | max age diff (y) | mean | p99 | P(male) max diff | gender agreement "
              "| synthetic max age diff | result |",

@@ -77,17 +77,16 @@ class Engine:
 
     def installed(self) -> bool:
         """True when every module the engine needs can be imported (found, not imported)."""
-        return all(importlib.util.find_spec(m) is not None for m in self.needs)
+        from ssrconv._extras import available
+
+        return all(available(m) for m in self.needs)
 
     def load(self, path: Path, num_threads: int | None = None, precision: str | None = None,
              **options):
         """The engine's Runtime for ``path`` (its libraries are imported only now)."""
-        from ssrconv.errors import MissingExtraError
+        from ssrconv._extras import check
 
-        if not self.installed():
-            hint = f"pip install 'ssrconv[{self.extra}]'" if self.extra else "reinstall ssrconv"
-            raise MissingExtraError(f"engine {self.name} is not installed here (needs "
-                                    f"{', '.join(self.needs)}): {hint}")
+        check(self.needs, self.extra or "all", f"engine {self.name}")
         module, name = self.factory.split(":")
         factory = getattr(importlib.import_module(module), name)
         return factory(Path(path), num_threads=num_threads, precision=precision, **options)
@@ -102,10 +101,11 @@ class Format:
     package: bool  # a directory package (several files, hashed and committed as one)
     module: str  # ssrconv.converters.<module>: convert, describe, verify, file_precision
     engines: tuple[str, ...]  # engine names; the first is the default
-    extra: str  # pip extra holding the converter
+    extra: str  # pip extra holding the converter (each includes ``export``: TensorFlow, Keras)
     default_precision: str
     description: str
     in_all: bool = True  # exported by `--to all` (False: only when asked for by name)
+    converter_needs: tuple[str, ...] = ("tf2onnx", "onnx")  # modules besides TensorFlow/Keras
 
     def converter(self):
         """The format's converter/reader module (imported lazily: converting is heavy, reading
@@ -145,17 +145,21 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
 
 FORMATS: dict[str, Format] = {f.family: f for f in (
     Format("onnx", ".onnx", False, "onnx", ("onnxruntime",), "export", "fp32", "ONNX"),
-    Format("tflite", ".tflite", False, "tflite", ("litert",), "export", "fp32", "TFLite flatbuffer"),
+    Format("tflite", ".tflite", False, "tflite", ("litert",), "export", "fp32", "TFLite flatbuffer",
+           converter_needs=()),
     Format("coreml", ".mlpackage", True, "coreml", ("coreml",), "export", "fp16",
-           "CoreML ML Program package"),
+           "CoreML ML Program package", converter_needs=("coremltools",)),
     # Opt-in: it vendors the npm packages of package.json (`make browser`).
     Format("web", ".web", True, "web", ("chromium-ort-wasm",), "export", "fp32",
            "static web folder (ONNX + YuNet + app + onnxruntime-web)", in_all=False),
     Format("openvino", ".openvino", True, "openvino", ("openvino",), "openvino", "fp32",
-           "OpenVINO IR package: <stem>.xml + <stem>.bin"),
+           "OpenVINO IR package: <stem>.xml + <stem>.bin",
+           converter_needs=("tf2onnx", "onnx", "openvino")),
     Format("ncnn", ".ncnn", True, "ncnn", ("ncnn",), "ncnn", "fp32",
-           "ncnn package: <stem>.ncnn.param + <stem>.ncnn.bin (pnnx)"),
-    Format("mnn", ".mnn", False, "mnn", ("mnn",), "mnn", "fp32", "MNN flatbuffer"),
+           "ncnn package: <stem>.ncnn.param + <stem>.ncnn.bin (pnnx)",
+           converter_needs=("tf2onnx", "onnx", "pnnx")),
+    Format("mnn", ".mnn", False, "mnn", ("mnn",), "mnn", "fp32", "MNN flatbuffer",
+           converter_needs=("tf2onnx", "onnx", "MNN")),
 )}
 FAMILIES = tuple(FORMATS)
 OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)

@@ -137,6 +137,10 @@ def bench(backend, model, all_dir, threads, batch, runs, warmup, rounds, block_s
     _check_output(json_out, "--json")
     _check_output(md_out, "--markdown")
     _check_output(plot_out, "--plot", (".png",))
+    if plot_out:  # before minutes of timing, not after
+        from ssrconv._extras import check
+
+        check(("matplotlib",), "plot", "ssrconv bench --plot")
     if faces_dir is not None and not Path(faces_dir).is_dir():
         raise SsrconvError(f"--faces {faces_dir}: not a directory")
     settings = Settings(threads=threads, batch=batch, runs=runs, warmup=warmup, rounds=rounds,

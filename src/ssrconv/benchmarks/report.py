@@ -284,8 +284,9 @@ def render_plot(report: dict) -> bytes:
     against the paper's one-head .h5."""
     import io
 
-    import matplotlib
+    from ssrconv._extras import require
 
+    matplotlib = require("matplotlib", "plot", "ssrconv bench --plot")
     matplotlib.use("Agg")  # no display: render to memory
     import matplotlib.pyplot as plt
 

@@ -136,7 +136,7 @@ def _import_backend(backend: str, threads: int | None) -> dict:
     if backend == "keras":
         from ssrconv._imports import tensorflow
 
-        tf = tensorflow()
+        tf = tensorflow("benchmarking the keras reference")
         if threads:
             try:  # must happen before TensorFlow's runtime starts; the env vars cover it too
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -152,7 +152,7 @@ def _import_backend(backend: str, threads: int | None) -> dict:
     elif backend == "coreml":
         from ssrconv._imports import coremltools
 
-        coremltools()
+        coremltools("benchmarking a .mlpackage")
     elif backend == "web":
         import playwright.sync_api  # noqa: F401  (times include the page round trip)
     return info

@@ -23,7 +23,7 @@ OUTPUT_DESCRIPTIONS = {
 
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` to an .mlpackage directory at ``dest``."""
-    ct = coremltools()
+    ct = coremltools("CoreML export", extra="export")
     if options.image_input:
         inputs = [ct.ImageType(name="face_bgr", shape=(1, INPUT_SIZE, INPUT_SIZE, 3),
                                color_layout=ct.colorlayout.BGR, scale=1.0, bias=[0.0, 0.0, 0.0])]
@@ -71,7 +71,7 @@ def describe(path: Path) -> dict:
     """Inputs/outputs from the package's spec, and the MIL op counts, read back."""
     from collections import Counter
 
-    ct = coremltools()
+    ct = coremltools("CoreML export", extra="export")
     spec = ct.utils.load_spec(str(path))
 
     def io(features):

@@ -11,11 +11,13 @@ from ssrconv.reference.preprocess import INPUT_SIZE
 def to_proto(model, opset: int):
     """tf2onnx of ``model``: input ``face_bgr`` with a dynamic ``batch`` dim, outputs named as
     the model's."""
-    import tf2onnx
+    from ssrconv._extras import require
+
+    tf2onnx = require("tf2onnx", "export", "ONNX export")
 
     from ssrconv._imports import tensorflow
 
-    tf = tensorflow()
+    tf = tensorflow("ONNX export")
     spec = [tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32, name="face_bgr")]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=int(opset))
     for value in list(proto.graph.input) + list(proto.graph.output):

@@ -45,7 +45,7 @@ def _saved_model_dir(model) -> str:
 def _converter(model, target, options, calibration):
     from ssrconv._imports import tensorflow
 
-    tf = tensorflow()
+    tf = tensorflow("TFLite export")
     conv = tf.lite.TFLiteConverter.from_saved_model(_saved_model_dir(model))
     if target.precision == "fp16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]

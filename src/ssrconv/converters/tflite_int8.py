@@ -86,7 +86,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     """Full-int8 TFLite (int8 backbone, float SSR head) of an ssrconv reference Keras model -> flatbuffer bytes."""
     from ssrconv._imports import tensorflow
 
-    tf = tensorflow()
+    tf = tensorflow("int8 TFLite export")
     from tensorflow.lite.python import convert as tfl_convert
     keras = _keras()
     cal = np.asarray(calibration_inputs, np.float32)

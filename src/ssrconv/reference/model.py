@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ssrconv._imports import tensorflow
 
-tensorflow()  # quiet import of TF before Keras pulls it in
+tensorflow("the Keras model")  # quiet import of TF before Keras pulls it in
 
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402

@@ -87,6 +87,21 @@ def _model_layer_name(h5_layer: str, task: str) -> str:
     return h5_layer
 
 
+def check_task(weights: H5Weights, task: str) -> None:
+    """WeightsError unless ``weights`` are for the ``task`` head ("age" or "gender")."""
+    if weights.task != task:
+        raise WeightsError(
+            f"{weights.path}: holds {weights.task} weights (layer "
+            f"{_AGE_MARK if weights.task == 'age' else _GENDER_MARK}) but the {task} model was "
+            f"asked for; use {task}-* weights (e.g. {task}-wiki)"
+        )
+
+
+def model_layer_name(h5_layer: str, task: str) -> str:
+    """The rebuilt model's name of an ``.h5`` layer (gender files: pred_stage* -> pred_gender_stage*)."""
+    return _model_layer_name(h5_layer, task)
+
+
 def load_into(model, weights: H5Weights, task: str, prefix: str = "") -> None:
     """Assign ``weights`` to the layers of ``model`` named ``prefix + original name``.
 
@@ -94,12 +109,7 @@ def load_into(model, weights: H5Weights, task: str, prefix: str = "") -> None:
     the file must land in the model, with identical shapes; otherwise a WeightsError names the
     first problem and nothing is assigned.
     """
-    if weights.task != task:
-        raise WeightsError(
-            f"{weights.path}: holds {weights.task} weights (layer "
-            f"{_AGE_MARK if weights.task == 'age' else _GENDER_MARK}) but the {task} model was "
-            f"asked for; use {task}-* weights (e.g. {task}-wiki)"
-        )
+    check_task(weights, task)
     model_layers = {layer.name: layer for layer in model.layers
                     if layer.name.startswith(prefix) and layer.weights}
     plan = []

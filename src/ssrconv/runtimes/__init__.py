@@ -26,14 +26,15 @@ def is_weights_file(path: str | os.PathLike | None) -> bool:
     return path is not None and Path(path).suffix.lower() == WEIGHTS_SUFFIX
 
 
-def reference_from_weights(path: str | os.PathLike) -> Runtime:
-    """The reference built from one weights file (age or gender, read from its layers)."""
+def reference_from_weights(path: str | os.PathLike, engine: str = "auto") -> Runtime:
+    """The reference built from one weights file (age or gender, read from its layers), on
+    ``engine`` (see :func:`ssrconv.reference.load_reference_runtime`)."""
+    from ssrconv.reference import load_reference_runtime
     from ssrconv.reference.assets import resolve
     from ssrconv.reference.weights import read_h5_weights
-    from ssrconv.runtimes.keras_rt import KerasRuntime
 
     task = read_h5_weights(resolve(path).path).task
-    runtime = KerasRuntime(task=task, **{f"{task}_weights": path})
+    runtime = load_reference_runtime(task, **{f"{task}_weights": path}, engine=engine)
     runtime.path = Path(path)  # reports name the weights file the reference was built from
     return runtime
 
@@ -41,7 +42,8 @@ def reference_from_weights(path: str | os.PathLike) -> Runtime:
 def load_runtime(path: str | os.PathLike | None = None, backend: str | None = None,
                  num_threads: int | None = None, engine: str | None = None,
                  **options) -> Runtime:
-    """Load an artifact on its engine, or the reference.
+    """Load an artifact on its engine, or the reference (``backend="reference"`` with
+    ``engine`` auto/keras/numpy/numpy-float64: :func:`ssrconv.reference.load_reference_runtime`).
 
     ``path`` None with ``backend="keras"``: the reference (``task``/``age_weights``/
     ``gender_weights`` in ``options``). A weights file (``.h5``): the reference built from it.
@@ -51,6 +53,10 @@ def load_runtime(path: str | os.PathLike | None = None, backend: str | None = No
     """
     from ssrconv.artifacts import open_artifact
 
+    if backend == "reference":
+        from ssrconv.reference import load_reference_runtime
+
+        return load_reference_runtime(**options, engine=engine or "auto")
     if backend is not None and backend not in BACKENDS:
         raise RuntimeError_(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
     if path is None:

@@ -7,14 +7,13 @@ honouring its fp16 casts. ``engine`` says which one ran: ``coreml`` or ``coreml-
 
 from __future__ import annotations
 
-import importlib
 import platform
 from pathlib import Path
 
 import numpy as np
 
 from ssrconv._imports import coremltools
-from ssrconv.errors import SsrconvError
+from ssrconv.errors import MissingExtraError, SsrconvError
 from ssrconv.runtimes.base import HEADS, Runtime
 
 
@@ -23,11 +22,13 @@ def coreml_available() -> bool:
     if platform.system() != "Darwin":
         return False
     try:
-        coremltools()
-        # importlib: an `import coremltools.x` statement here would make `coremltools` a local
-        # name and the call above an UnboundLocalError (on macOS, the one place this runs).
+        import importlib
+
+        coremltools("running a .mlpackage")
+        # Not `import coremltools.libcoremlpython`: that would make `coremltools` a local name
+        # here, unbound on the line above (UnboundLocalError on macOS).
         importlib.import_module("coremltools.libcoremlpython")
-    except ImportError:
+    except (ImportError, MissingExtraError):
         return False
     return True
 
@@ -68,7 +69,7 @@ class CoreMLNativeRuntime(_CoreMLBase):
     engine = "coreml"
 
     def __init__(self, path: Path):
-        ct = coremltools()
+        ct = coremltools("running a .mlpackage")
         self.path = Path(path)
         self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
         spec = self.model.get_spec()

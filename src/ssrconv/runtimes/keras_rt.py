@@ -14,12 +14,12 @@ class KerasRuntime(Runtime):
     engine = "keras"
 
     def __init__(self, task: str = "age-gender", age_weights=None, gender_weights=None):
-        from ssrconv.reference import load_reference
-        from ssrconv.reference.model import OUTPUT_NAMES
-
         from ssrconv._imports import tensorflow
 
-        tf = tensorflow()
+        tf = tensorflow("the keras reference")  # first: a missing extra is named for this step
+
+        from ssrconv.reference import load_reference
+        from ssrconv.reference.model import OUTPUT_NAMES
         self.reference = load_reference(task, age_weights, gender_weights)
         self.heads = OUTPUT_NAMES[task]
         self._model = self.reference.model

@@ -508,7 +508,7 @@ class MilProgram:
         if not path.is_dir():
             raise InputError(f"{path} is not an .mlpackage directory (an ML Program is saved "
                              "as a package; .mlmodel files hold neural networks)")
-        coremltools()  # quiet import (it pulls in TensorFlow and logs proxy warnings off macOS)
+        coremltools("running a .mlpackage")  # quiet import (it pulls in TensorFlow and logs proxy warnings off macOS)
         from coremltools.models import utils as ct_utils
 
         try:
