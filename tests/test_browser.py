@@ -187,11 +187,11 @@ def test_litert_js_refuses_a_dynamic_batch_tflite(tflite_fp32):
 
 def test_static_batch_tflite_on_chromium_litert_wasm_within_fp32_budget(tflite_fp32, tmp_path,
                                                                          faces, keras_outputs):
-    from ssrconv.converters.tflite_static import is_dynamic_batch, static_batch_1
+    from ssrconv.converters.tflite_flatbuffer import fix_batch, is_dynamic_batch
     from ssrconv.runtimes.browser_rt import ENGINES
 
     static = tmp_path / "ssrnet_age_gender_fp32_b1.tflite"
-    static.write_bytes(static_batch_1(tflite_fp32.read_bytes()))
+    static.write_bytes(fix_batch(tflite_fp32.read_bytes(), 1))
     assert is_dynamic_batch(tflite_fp32.read_bytes()) and not is_dynamic_batch(static.read_bytes())
     with ENGINES["chromium-litert-wasm"](static) as runtime:
         assert (runtime.backend, runtime.runtime_version) == ("tflite", _locked("@litertjs/core"))

@@ -176,3 +176,27 @@ def test_engine_that_does_not_read_the_format_is_refused(export_dir):
     runtime = artifact.runtime(engine="onnxruntime")
     out = runtime.run(np.full((2, 64, 64, 3), 100, np.float32))
     assert out["age"].shape == (2,)
+
+
+@pytest.mark.slow
+def test_engines_all_runs_every_engine_of_the_format(export_dir, faces_dir, tmp_path):
+    """`parity --engines all`: one row per (artifact, engine) that reads its format, each within
+    the artifact's budget; a pair an engine refuses by design is a reported 'not run' row."""
+    from ssrconv.targets import engines_reading
+
+    report = tmp_path / "p.json"
+    result = _cli("parity", "--model", export_dir / "ssrnet_age_gender_fp32.onnx", "--faces", faces_dir,
+                  "--limit", "30", "--synthetic", "8", "--engines", "all", "--json", report)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(report.read_text())["results"]
+    assert len(rows) == len(engines_reading("onnx")) and all(r["passed"] for r in rows)
+    assert not [r for r in rows if r["not_run"]], rows  # every onnx engine is installed in CI
+    engines = " ".join(r["engine"] for r in rows)
+    for name in ("onnxruntime", "openvino", "tract", "chromium-ort-wasm"):
+        assert name in engines, engines
+    tfl = _cli("parity", "--model", export_dir / "ssrnet_age_gender_fp32.tflite", "--faces", faces_dir,
+               "--limit", "8", "--synthetic", "0", "--engines", "all", "--json", report)
+    assert tfl.returncode == 0, tfl.stdout + tfl.stderr
+    rows = {r["engine"]: r for r in json.loads(report.read_text())["results"]}
+    assert "variable-batch" in rows["chromium-litert-wasm"]["not_run"]
+    assert any(e.startswith("openvino") and r["passed"] and not r["not_run"] for e, r in rows.items())

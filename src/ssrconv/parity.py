@@ -55,6 +55,7 @@ class ParityResult:
     sha256: str = ""
     weights: dict[str, str] = field(default_factory=dict)  # the reference's weights per head
     error: str | None = None  # the artifact could not be verified, loaded or run
+    not_run: str | None = None  # this (artifact, engine) pair was not run, and why (reported)
 
     @property
     def passed(self) -> bool:
@@ -229,14 +230,17 @@ def _failed(path: Path, reason: str, target: str = "-", engine: str = "-") -> Pa
 
 def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, seed: int = 0,
           budgets: dict[str, Budget] | None = None, age_weights=None, gender_weights=None,
-          weights_candidates=(), engine: str | None = None, progress=None,
+          weights_candidates=(), engine: str | None = None, engines=(), progress=None,
           raise_on_failure: bool = True, reference_engine: str = "auto") -> ParityReport:
     """Compare every artifact of ``items`` (paths, or :class:`ssrconv.artifacts.Found` from
     :func:`ssrconv.artifacts.discover`) with the reference built from its own weights.
 
     Each artifact is opened and verified (bytes against its manifest) before anything trusts
     it; one that fails to verify, load or run becomes a failed row with its reason and the
-    others are still measured. Raises ParityError when any row failed (after all of them),
+    others are still measured. ``engines`` (``["all"]`` or names) runs each artifact on every
+    listed engine that reads its format, one row per pair; a pair that cannot run here (engine
+    not installed, a file the engine refuses by design) is a reported "not run" row, not a
+    silent skip. Raises ParityError when any row failed (after all of them),
     unless ``raise_on_failure`` is False. ``reference_engine``: "auto" (Keras when TensorFlow
     is installed, else numpy), "keras", "numpy", "numpy-float64".
     """
@@ -250,12 +254,27 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     for number, item in enumerate(items, start=1):
         found = item if isinstance(item, Found) else Found(Path(item))
         try:
-            result = _check_one(found, faces, synth, budgets, references, engine, number,
-                                len(items), say)
+            artifact = found.open()
         except SsrconvError as err:
-            result = _failed(found.path, str(err))
+            results.append(_failed(found.path, str(err)))
             say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
-        results.append(result)
+            continue
+        for name in _engines_for(artifact, engine, engines):
+            why = _not_run(artifact, name) if engines else None
+            if why:
+                results.append(ParityResult(artifact=artifact.label, target=artifact.target.key,
+                                            engine=name, budget={}, faces=0, synthetic=0, real={},
+                                            synthetic_stats={}, not_run=why))
+                say(f"[{number}/{len(items)}] {artifact.label} on {name}: not run: {why}")
+                continue
+            try:
+                result = _check_one(artifact, faces, synth, budgets, references, name, number,
+                                    len(items), say)
+            except SsrconvError as err:
+                result = _failed(found.path, str(err), target=artifact.target.key,
+                                 engine=name or artifact.format.engine.name)
+                say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
+            results.append(result)
     engines = sorted({r.engine for r in references.runtimes.values()})
     report = ParityReport(faces_dir=faces_dir, results=results,
                           reference_engine=", ".join(engines))
@@ -264,8 +283,29 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     return report
 
 
-def _check_one(found, faces, synth, budgets, references, engine, number, total, say) -> ParityResult:
-    artifact = found.open()
+def _engines_for(artifact, engine: str | None, engines) -> list[str | None]:
+    """The engines to run ``artifact`` on: ``engines`` ("all": every engine of the table that
+    reads its format, the default first; or names), else ``engine`` (None: the default)."""
+    from ssrconv.targets import engines_reading
+
+    if not engines:
+        return [engine]
+    readers = [e.name for e in engines_reading(artifact.format.family)]
+    return readers if "all" in engines else [e for e in engines if e in readers]
+
+
+def _not_run(artifact, engine_name: str) -> str | None:
+    """Why an (artifact, engine) pair of ``--engines`` is not run (None: run it)."""
+    from ssrconv.targets import get_engine
+
+    engine = get_engine(engine_name)
+    if not engine.installed():
+        return (f"engine {engine.name} is not installed here: pip install "
+                f"'ssrconv[{engine.extra or 'all'}]'")
+    return engine.refuses(artifact.path)
+
+
+def _check_one(artifact, faces, synth, budgets, references, engine, number, total, say) -> ParityResult:
     budget = artifact.budget(budgets)
     weights = references.weights_for(artifact)
     runtime = artifact.runtime(engine=engine)
@@ -321,7 +361,8 @@ def render_markdown(report: ParityReport) -> str:
             f"{gender.max_abs:.2g}" if gender else "-",
             f"{gender.agreement:.1%}" if gender else "-",
             f"{synth_age.max_abs:.2g}" if synth_age else "-",
-            "pass" if r.passed else "**FAIL**: " + "; ".join(r.violations)))
+            ("not run: " + r.not_run) if r.not_run
+            else "pass" if r.passed else "**FAIL**: " + "; ".join(r.violations)))
     lines += ["", f"Where drift starts: max |diff| of the stage tensors on the first {STAGE_FACES} "
               "faces (stage probabilities, width shifts delta_k, local shifts; both heads), on "
               "the engine named (TFLite's come from its builtin kernels: XNNPACK keeps no "
@@ -343,18 +384,24 @@ def render_markdown(report: ParityReport) -> str:
 
 
 def render_junit(report: ParityReport) -> str:
-    """JUnit XML: one test case per artifact, a failure element naming each broken budget."""
+    """JUnit XML: one test case per (artifact, engine), a failure element naming each broken
+    budget, a skipped element for a pair that was not run (and why)."""
     from xml.sax.saxutils import escape, quoteattr
 
     failures = sum(not r.passed for r in report.results)
+    skipped = sum(bool(r.not_run) for r in report.results)
     cases = []
     for r in report.results:
         body = ""
         if not r.passed:
             message = "; ".join(r.violations)
             body = f"<failure message={quoteattr(message)}>{escape(message)}</failure>"
-        cases.append(f'  <testcase classname="ssrconv.parity" name={quoteattr(r.artifact)}>'
+        elif r.not_run:
+            body = f"<skipped message={quoteattr(r.not_run)}/>"
+        name = r.artifact if r.engine in ("", "-") else f"{r.artifact} on {r.engine}"
+        cases.append(f'  <testcase classname="ssrconv.parity" name={quoteattr(name)}>'
                      f"{body}</testcase>")
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="ssrconv-parity" '
-            f'tests="{len(report.results)}" failures="{failures}">\n' + "\n".join(cases)
+            f'tests="{len(report.results)}" failures="{failures}" skipped="{skipped}">\n'
+            + "\n".join(cases)
             + "\n</testsuite>\n")

@@ -67,6 +67,16 @@ class Engine:
     # "module:function" returning why this engine's speed here says nothing about the real
     # runtime's (None: it does), e.g. CoreML's numpy interpreter off macOS.
     untimed: str | None = None
+    # "module:function(path)" returning why the engine cannot read this file by design (None:
+    # it can), e.g. LiteRT.js and a variable-batch .tflite: such pairs are reported, not run.
+    refusal: str | None = None
+
+    def refuses(self, path) -> str | None:
+        """Why this engine cannot read ``path`` by design, or None."""
+        if self.refusal is None:
+            return None
+        module, name = self.refusal.split(":")
+        return getattr(importlib.import_module(module), name)(Path(path))
 
     def why_not_timed(self) -> str | None:
         """None when timing this engine here measures the runtime users deploy, else why not."""
@@ -127,7 +137,8 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            "onnxruntime-web (wasm) in headless system Chromium (make browser)"),
     Engine("chromium-litert-wasm", ("tflite",), "ssrconv.runtimes.browser_rt:LiteRtBrowserRuntime",
            "browser", ("playwright", "ai_edge_litert"),
-           "LiteRT.js (wasm) in headless system Chromium; static-batch .tflite only"),
+           "LiteRT.js (wasm) in headless system Chromium; static-batch .tflite only",
+           refusal="ssrconv.runtimes.browser_rt:litert_refuses"),
     Engine("coreml", ("coreml",), "ssrconv.runtimes.coreml_rt:load_coreml", "export",
            ("coremltools",), "CoreML on macOS; a numpy interpreter of the MIL program elsewhere",
            untimed="ssrconv.runtimes.coreml_rt:not_timable_reason"),

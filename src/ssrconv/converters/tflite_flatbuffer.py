@@ -174,3 +174,14 @@ def fix_batch(tfl: bytes, batch: int = 1) -> bytes:
                     shape[0] = batch
                     tensor.shape = shape
     return pack(model)
+
+
+def is_dynamic_batch(tfl: bytes) -> bool:
+    """True when an input of the main subgraph has an unknown (-1) dimension (a runtime without
+    a resize call, such as LiteRT.js 2.5, cannot run it: see :func:`fix_batch`)."""
+    graph = load(tfl).subgraphs[0]
+    for index in graph.inputs:
+        signature = graph.tensors[index].shapeSignature
+        if signature is not None and -1 in list(signature):
+            return True
+    return False

@@ -355,7 +355,7 @@ _LITERT_TIME = """async ([b64, n, repeats]) => {""" + _LITERT_CALL + """
 class LiteRtBrowserRuntime(BrowserRuntime):
     """``chromium-litert-wasm``: a static-batch ``.tflite`` in LiteRT.js (``@litertjs/core``,
     wasm, XNNPACK) in headless Chromium. LiteRT.js 2.5 has no input resize, so a dynamic-batch
-    file is refused with the fix (:func:`ssrconv.converters.tflite_static.static_batch_1`)."""
+    file is refused with the fix (:func:`ssrconv.converters.tflite_flatbuffer.fix_batch`)."""
 
     engine = "chromium-litert-wasm"
     harness = ('<script type="importmap">' + json.dumps(
@@ -367,7 +367,7 @@ class LiteRtBrowserRuntime(BrowserRuntime):
         self.executed_precision = None  # LiteRT.js reports no per-kernel precision
 
     def _prepare(self) -> tuple[Path, str]:
-        from ssrconv.converters import tflite_static, web
+        from ssrconv.converters import tflite_flatbuffer, web
 
         from ssrconv.targets import format_of
 
@@ -375,13 +375,13 @@ class LiteRtBrowserRuntime(BrowserRuntime):
             raise ModelFileError(f"{self.path}: {self.engine} reads .tflite files")
         data = self.path.read_bytes()
         try:
-            dynamic = tflite_static.is_dynamic_batch(data)
+            dynamic = tflite_flatbuffer.is_dynamic_batch(data)
         except Exception as err:  # the flatbuffer reader raises assorted types on garbage
             raise ModelFileError(f"{self.path}: not a readable .tflite ({type(err).__name__})") from None
         if dynamic:
             raise ModelFileError(f"{self.path}: input has a variable batch and LiteRT.js 2.5 "
                                  "cannot resize inputs; give it a static-batch copy "
-                                 "(ssrconv.converters.tflite_static.static_batch_1)")
+                                 "(ssrconv.converters.tflite_flatbuffer.fix_batch)")
         self.backend = "tflite"
         self._tmp = Path(tempfile.mkdtemp(prefix="ssrconv-litert-"))
         self.runtime_version = web.vendor_litert(self._tmp)
@@ -391,6 +391,21 @@ class LiteRtBrowserRuntime(BrowserRuntime):
 
 
 ENGINES = {BrowserRuntime.engine: BrowserRuntime, LiteRtBrowserRuntime.engine: LiteRtBrowserRuntime}
+
+
+def litert_refuses(path: Path) -> str | None:
+    """Why LiteRT.js cannot run ``path`` by design (a variable-batch input: it has no resize
+    call), or None."""
+    from ssrconv.converters import tflite_flatbuffer
+
+    try:
+        dynamic = tflite_flatbuffer.is_dynamic_batch(Path(path).read_bytes())
+    except Exception:  # noqa: BLE001 - unreadable: the engine's own load reports it
+        return None
+    if dynamic:
+        return ("LiteRT.js 2.5 cannot resize a variable-batch input; it runs static-batch "
+                ".tflite files (ssrconv.converters.tflite_flatbuffer.fix_batch)")
+    return None
 
 
 def _check_onnx(path: Path) -> None:
