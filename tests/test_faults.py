@@ -132,7 +132,7 @@ def _run_cli_injected(monkeypatch, capsys, out: Path, where: str, code: int) -> 
 
         monkeypatch.setattr(onnx_converter, "convert", half_then_fail)
     else:
-        monkeypatch.setattr(exporter, "_write_json_tmp", fail)
+        monkeypatch.setattr(exporter, "write_temp", fail)
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--to", "onnx", "--task", "age", "--out", str(out)])
     return exit_info.value.code, capsys.readouterr().err

@@ -39,7 +39,7 @@ def test_tract_within_budget(export_dir, faces, reference_outputs, key):
     path = export_dir / TARGETS[key].filename("age-gender")
     if key == "onnx-int8":
         assert len(onnx.load(str(path)).graph.value_info) == 0  # the fix tract needs
-    runtime = load_runtime(path, backend="tract")
+    runtime = load_runtime(path, engine="tract")
     assert runtime.engine.startswith("tract-") and runtime.heads == ("age", "p_male")
     # a variable batch loads only when every reshape is static (tf2onnx's Flatten is not)
     assert runtime.batch_mode == ("fixed per batch size" if _has_dynamic_reshape(path)

@@ -341,9 +341,6 @@ def predict(inputs, backend, model, engine, detector, min_face, every, out, fmt,
     if min_face < 0:
         raise click.BadParameter("must be >= 0", param_hint="--min-face")
     runtime = _model_runtime(model, backend, engine, reference_engine=reference_engine)
-    if model is None:
-        click.echo(f"note: no --model: predicting with the reference itself ({runtime.engine})",
-                   err=True)
     found_detector = make_detector(detector)
     if found_detector.is_fallback:
         click.echo(f"note: using the {detector} detector, a fallback that misses more faces than yunet",

@@ -9,13 +9,11 @@ Recipe (convert_int8):
     symmetric int8 grid (scale max|w|/127: what ORT computes with per_channel=True, symmetric
     int8 weights and reduce_range=False, so the integers ORT derives are the ones GPTQ chose)
     with bias correction.
- 2. Two more exact rewrites for onnxruntime: BatchNorm folded into its convolution (per output
-    channel, so the GPTQ grid is kept), and the input zero-padded from 3 to 4 channels for the
-    convs that read it (the kernels get a zero input channel): MLAS's fast symmetric u8s8
-    convolution (indirect conv, AVX512-VNNI) needs input channels % 4 == 0; with 3 the first
-    conv falls back to im2col + GEMM and ran slower in int8 than in float.
+ 2. One more exact rewrite for onnxruntime: BatchNorm folded into its convolution (per output
+    channel, so the GPTQ grid is kept). (The 3 -> 4 input-channel padding of session 2 served
+    the int8 first convolution; that block is float now, see INT8_LAYERS.)
  3. tf2onnx, then ``quantize_static``: QDQ format, int8 activations, int8 symmetric
-    per-channel weights (S8S8: see the note above INPUT_CHANNELS), MinMax calibration over the calibration
+    per-channel weights (S8S8: see the note above INT8_LAYERS), MinMax calibration over the calibration
     faces; only the nodes of INT8_LAYERS are quantized (Conv, Relu, MaxPool). onnxruntime's
     graph optimizer fuses each DequantizeLinear -> Conv -> QuantizeLinear group into a
     QLinearConv at session creation; everything else (the SSR head, ...) runs in float.
@@ -35,22 +33,25 @@ import numpy as np
 from ssrconv.converters.int8_prep import _keras, base_name
 from ssrconv.errors import Int8RecipeError
 
-INPUT_CHANNELS = 4  # MLAS symmetric conv kernels need input channels % 4 == 0
 # Activations are int8 (S8S8), not uint8. On x86 CPUs without AVX512-VNNI / AVX-VNNI, MLAS's
 # u8s8 kernels multiply with VPMADDUBSW, whose int16 pair sums saturate for uint8 activations x
 # int8 weights (2 x 255 x 127 > 32767): the U8S8 file of session 2 measured mean 5.6 y / p99 20 y
 # off the reference on an AVX2 AMD EPYC (0.16 / 0.82 y on a VNNI Xeon). Measured on the EPYC, 300
 # dev faces: reduce_range (7-bit weights) mean 0.21 / p99 1.10 y (over the budget); 7-bit weights
 # with the first block float 0.22 / 1.00 y; S8S8 0.161 / 0.82 y, the VNNI Xeon's U8S8 figures.
-# An exported file must be right on any CPU it lands on: S8S8.
+# An exported file must be right on any CPU it lands on: S8S8. OpenVINO, reading the same QDQ
+# file, converts it to u8 x s8 kernels and saturates the same way in the first convolution (the
+# one that reads the raw 0..255 pixels): 10.2 y mean with conv2d_1 in int8; with the first conv
+# block float (as in the TFLite recipe) onnxruntime and OpenVINO both measure mean 0.180 /
+# p99 0.878 y on the 300 dev faces, AVX2 EPYC.
 
 
-# Base layer names (without the age_/gender_ prefix) quantized to int8: the relu stream
-# (conv2d_1..4 with their BN-folded activations and depthwise pools, 73% of the multiply-adds).
+# Base layer names (without the age_/gender_ prefix) quantized to int8: the relu stream after
+# its first convolution (conv2d_2..4 with their BN-folded activations, and the depthwise pools).
 # The tanh stream, the 1x1 summary convs and the head stay float, as in the TFLite recipe:
 # docs/INT8.md has the parity and latency of the alternatives.
 INT8_LAYERS = tuple(
-    [f"conv2d_{k}" for k in (1, 2, 3, 4)] + [f"activation_{k}" for k in (1, 2, 3, 4)]
+    [f"conv2d_{k}" for k in (2, 3, 4)] + [f"activation_{k}" for k in (2, 3, 4)]
     + [f"average_pooling2d_{k}_dw" for k in (1, 2, 3)])
 
 OP_TYPES = ("Conv", "Relu", "MaxPool")
@@ -92,59 +93,6 @@ def fold_batchnorm(model):
     return new
 
 
-def _make_channel_pad():
-    keras = _keras()
-
-    class ChannelPad(keras.layers.Layer):
-        """Zero channels appended to an NHWC tensor."""
-
-        def __init__(self, extra: int, **kwargs):
-            super().__init__(**kwargs)
-            self.extra = int(extra)
-
-        def call(self, x):
-            return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [0, self.extra]])
-
-        def compute_output_shape(self, shape):
-            return (*shape[:-1], shape[-1] + self.extra)
-
-    return ChannelPad
-
-
-def pad_input_channels(model, channels: int = INPUT_CHANNELS):
-    """A clone whose convs reading the model input read it zero-padded to ``channels``
-    channels, their kernels extended by zero input channels (exact)."""
-    keras = _keras()
-    extra = channels - model.input_shape[-1]
-    if extra <= 0:
-        return model
-    source = model.layers[0]
-    first = {layer.name for layer in model.layers
-             if isinstance(layer, keras.layers.Conv2D) and layer._inbound_nodes
-             and layer.input._keras_history[0] is source}
-    padded = {}
-    ChannelPad = _make_channel_pad()
-
-    def call(layer, *args, **kwargs):
-        if layer.name in first:
-            if "x" not in padded:
-                padded["x"] = ChannelPad(extra, name="input_channel_pad")(args[0])
-            return layer(padded["x"], **kwargs)
-        return layer(*args, **kwargs)
-
-    new = keras.models.clone_model(model, call_function=call)
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        weights = layer.get_weights()
-        if layer.name in first:
-            kernel = weights[0]
-            zeros = np.zeros((*kernel.shape[:2], extra, kernel.shape[3]), kernel.dtype)
-            weights[0] = np.concatenate([kernel, zeros], axis=2)
-        new.get_layer(layer.name).set_weights(weights)
-    return new
-
-
 def prepare(model, calibration_inputs: np.ndarray, int8_layers=INT8_LAYERS):
     """Steps 1 and 2 of the recipe on a clone of ``model`` (the reference is not touched)."""
     from ssrconv.converters.int8_prep import (ALPHA, equalize, has_gender_head, is_gender_layer,
@@ -156,7 +104,7 @@ def prepare(model, calibration_inputs: np.ndarray, int8_layers=INT8_LAYERS):
     equalize(prepared, cal, ALPHA, skip=skip)
     wanted = set(int8_layers)
     round_kernels(prepared, cal, only=lambda name: base_name(name) in wanted)
-    return pad_input_channels(fold_batchnorm(prepared))
+    return fold_batchnorm(prepared)
 
 
 def node_layers(node_name: str, layer_names: set[str]) -> set[str]:
@@ -253,7 +201,7 @@ def check_on_grid(float_proto, quantized_proto, tolerance: float = 0.01) -> int:
 
 INT8_RECIPE = (
     "static QDQ (onnxruntime.quantization), S8S8: int8 activations, int8 symmetric per-channel "
-    "weights (U8S8 saturates in VPMADDUBSW on x86 CPUs without VNNI); int8: the relu stream (conv2d_1..4 and their pools), fused into QLinearConv by "
-    "onnxruntime at load; float: the tanh stream, the 1x1 summary convs and the SSR head. BatchNorm "
-    "folded, input padded to 4 channels, cross-layer equalization (age head), GPTQ rounding with "
-    "bias correction. See docs/INT8.md.")
+    "weights (U8S8 saturates in VPMADDUBSW on x86 CPUs without VNNI); int8: the relu stream "
+    "after its first convolution (conv2d_2..4 and the pools); float: the first conv block, the "
+    "tanh stream, the 1x1 summary convs and the SSR head. BatchNorm folded, cross-layer "
+    "equalization (age head), GPTQ rounding with bias correction. See docs/INT8.md.")

@@ -25,7 +25,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from ssrconv.converters.onnx_int8 import INT8_LAYERS
 from ssrconv.errors import ModelFileError
 
 SUFFIX = ".openvino"
@@ -38,17 +37,12 @@ MAX_XML_BYTES = 16 * 2**20
 MAX_BIN_BYTES = 64 * 2**20
 
 
-# The int8 layers of the ONNX recipe minus each stream's first conv (conv2d_1, which reads the
-# raw 0..255 pixels): on x86 CPUs without VNNI (AVX2, e.g. this AMD EPYC) OpenVINO's u8 x s8
-# convolution sums pairs of products in int16 (vpmaddubsw) and 255 * 127 * 2 overflows it:
-# measured 10.4 y mean age error with conv2d_1 in int8, 0.16 y with it in float (which is what
-# OpenVINO did reading the ONNX directly). The TFLite recipe keeps that block float too.
-IR_INT8_LAYERS = tuple(name for name in INT8_LAYERS if name not in ("conv2d_1", "activation_1"))
 
 
 def _source_onnx(model, target, options, dest: Path, calibration, metadata) -> Path:
     """The project's ONNX export of ``model``: fp32, or for an int8 target the int8 QDQ recipe
-    of :mod:`ssrconv.converters.onnx_int8` with IR_INT8_LAYERS."""
+    of :mod:`ssrconv.converters.onnx_int8` (whose first conv block stays float: OpenVINO's
+    u8 x s8 kernels saturate on it without VNNI, see INT8_LAYERS there)."""
     import onnx
 
     from ssrconv.converters import onnx as onnx_converter
@@ -59,8 +53,7 @@ def _source_onnx(model, target, options, dest: Path, calibration, metadata) -> P
     else:
         proto = onnx_int8.convert_int8(model, calibration,
                                        lambda keras_model: onnx_converter.to_proto(keras_model,
-                                                                                   options.opset),
-                                       int8_layers=IR_INT8_LAYERS)
+                                                                                   options.opset))
     onnx.save(proto, str(dest))
     return dest
 

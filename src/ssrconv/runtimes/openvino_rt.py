@@ -17,8 +17,6 @@ import numpy as np
 from ssrconv.errors import ModelFileError, SsrconvError
 from ssrconv.runtimes.base import HEADS, Runtime
 
-FORMATS = (".onnx", ".tflite", ".openvino")
-
 # Artifact precision -> the float precision OpenVINO is told to execute. Only an explicit bf16
 # artifact runs in bf16; fp16 weights are decompressed and computed in f32, int8 QDQ graphs run
 # their quantized convolutions in int8 and the rest in f32.
@@ -39,24 +37,18 @@ def ir_files(package: Path) -> tuple[Path, Path]:
     return xmls[0], xmls[0].with_suffix(".bin")
 
 
-def _check_file(path: Path) -> None:
-    """The project's structural check of ``path`` before OpenVINO's C++ reads it."""
-    suffix = path.suffix.lower()
-    if suffix == ".openvino":
-        from ssrconv.converters.openvino import verify
+def _check_file(path: Path) -> str:
+    """The project's structural check of ``path`` (its format's verifier, from the table)
+    before OpenVINO's C++ reads it; returns the format family."""
+    from ssrconv.targets import ENGINES, format_of
 
-        verify(path)
-    elif suffix == ".tflite":
-        from ssrconv.converters.tflite import read_model
-
-        read_model(path)
-    elif suffix == ".onnx":
-        from ssrconv.converters.onnx import read_model
-
-        read_model(path)
-    else:
-        raise ModelFileError(f"{path}: OpenVINO reads {', '.join(FORMATS)}, not "
-                             f"{suffix or '(no suffix)'!r}")
+    fmt = format_of(path)
+    reads = ENGINES["openvino"].reads
+    if fmt is None or fmt.family not in reads:
+        raise ModelFileError(f"{path}: OpenVINO reads {', '.join(reads)} artifacts, not "
+                             f"{path.suffix or '(no suffix)'!r}")
+    fmt.converter().verify(path)
+    return fmt.family
 
 
 def _tflite_heads(path: Path) -> list[str]:
@@ -95,23 +87,21 @@ class OpenVinoRuntime(Runtime):
         self.path = Path(path)
         if not self.path.exists():
             raise ModelFileError(f"{self.path}: no such file")
-        _check_file(self.path)
-        suffix = self.path.suffix.lower()
-        self.backend = {".onnx": "onnx", ".tflite": "tflite", ".openvino": "openvino"}[suffix]
-        source = ir_files(self.path)[0] if suffix == ".openvino" else self.path
+        self.backend = _check_file(self.path)
+        source = ir_files(self.path)[0] if self.backend == "openvino" else self.path
         self.core = ov.Core()
         try:
             self.model = self.core.read_model(str(source))
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError/GeneralFailure
             raise ModelFileError(f"{self.path}: OpenVINO cannot read it ({_ov_error(err)})") from None
-        if precision is None and suffix == ".openvino":
+        if precision is None and self.backend == "openvino":
             precision = _ir_precision(self.model)
         self.precision = precision
         self.requested_hint = _HINTS.get(precision or "", "f32")
         self.threads = num_threads
         if len(self.model.inputs) != 1:
             raise SsrconvError(f"{self.path}: not an SSR-Net export ({len(self.model.inputs)} inputs)")
-        if suffix == ".tflite":
+        if self.backend == "tflite":
             heads = _tflite_heads(self.path)
         else:
             heads = [next((n for n in o.get_names() if n in HEADS), o.get_any_name())

@@ -36,7 +36,9 @@ class TractRuntime(Runtime):
         from ssrconv.converters.onnx import read_model
 
         self.path = Path(path)
-        if self.path.suffix.lower() != ".onnx":
+        from ssrconv.targets import format_of
+
+        if getattr(format_of(self.path), "family", None) != "onnx":
             raise ModelFileError(f"{self.path}: tract reads .onnx only")
         proto = read_model(self.path)  # checked before tract's parser sees the bytes
         inputs = [i.name for i in proto.graph.input
