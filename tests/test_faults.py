@@ -213,10 +213,15 @@ import fcntl, os, sys
 from pathlib import Path
 from ssrconv.artifacts import artifact_digest, read_index, read_manifest
 from ssrconv.exporter import _commit
+from onnx import TensorProto, helper
 out, tag = Path(sys.argv[1]), sys.argv[2]
+def tiny(value):  # a valid one-node ONNX model (the read path verifies what it opens)
+    node = helper.make_node("Constant", [], ["age"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [value]))
+    graph = helper.make_graph([node], tag, [], [helper.make_tensor_value_info("age", TensorProto.FLOAT, [1])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 for i in range(60):
     tmp = out / f".m.{tag}.{i}.part.onnx"
-    tmp.write_bytes((tag * (1000 + i)).encode())
+    tmp.write_bytes(tiny(float(i)))
     size, sha = artifact_digest(tmp)
     _commit(out, tmp, out / "m.onnx", {"target": "onnx-fp32", "task": "age", "file": "m.onnx",
                                        "bytes": size, "sha256": sha})

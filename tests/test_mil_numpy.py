@@ -268,7 +268,10 @@ def test_conv_and_pool_geometry_matches_keras(tmp_path):
     outs = [
         layers.Conv2D(5, 3, strides=2, padding="same")(inp),
         layers.Conv2D(3, (2, 4), padding="same", dilation_rate=2)(inp),
-        layers.DepthwiseConv2D(3, strides=(2, 1), padding="same")(inp),
+        # Equal strides, non-square kernel: TF's CPU depthwise kernel refuses unequal strides
+        # on CPUs where oneDNN does not take the op (AVX2 EPYC: "only supports equal length
+        # strides"), so Keras could not compute the expected values there.
+        layers.DepthwiseConv2D((3, 2), strides=2, padding="same")(inp),
         layers.AveragePooling2D(3, strides=2, padding="same")(inp),
         layers.MaxPooling2D((2, 3), strides=(2, 2), padding="same")(inp),
     ]

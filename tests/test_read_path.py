@@ -49,14 +49,20 @@ def test_the_table_is_the_one_suffix_map():
         assert format_of(f"x{fmt.suffix}") is fmt
     for engine in ENGINES.values():
         assert set(engine.reads) <= set(FORMATS)
+    import re
+
     src = Path(__file__).resolve().parents[1] / "src" / "ssrconv"
+    families = "|".join(FORMATS)
     offenders = []
     for file in src.rglob("*.py"):
         if file.name == "targets.py":
             continue
         text = file.read_text()
         for suffix in artifact_suffixes():
-            if f'"{suffix}":' in text or f"'{suffix}':" in text:
+            # a suffix mapped to a family, or compared with a path's suffix
+            mapping = rf"""["']{re.escape(suffix)}["']\s*:\s*["']({families})["']"""
+            compare = rf"""suffix(\.lower\(\))?\s*[!=]=\s*["']{re.escape(suffix)}["']"""
+            if re.search(mapping, text) or re.search(compare, text):
                 offenders.append(f"{file.name}: {suffix}")
     assert not offenders, offenders
 
