@@ -75,3 +75,26 @@ def export_dir(tmp_path_factory, assets_dir, faces_dir):
     out = tmp_path_factory.mktemp("export") / "all"
     export(to=("all",), calibration=faces_dir, out=out)
     return out
+
+
+@pytest.fixture(scope="session")
+def reference_outputs(faces):
+    """The Keras reference's ages and P(male) on every face of SSRCONV_FACES, computed once."""
+    from ssrconv.runtimes import load_runtime
+
+    return load_runtime(backend="keras").run(faces.inputs)
+
+
+@pytest.fixture(scope="session")
+def budget_check(faces, reference_outputs):
+    """``check(runtime, budget_class) -> (violations, stats)``: ``runtime`` on every face against
+    the reference, judged by the project's budget (ssrconv.parity, the same as the CLI)."""
+    from ssrconv.parity import head_stats, run_batched, violations
+    from ssrconv.targets import BUDGETS
+
+    def check(runtime, budget_class):
+        got = run_batched(runtime, faces.inputs)
+        stats = {h: head_stats(got[h], reference_outputs[h], h) for h in runtime.heads}
+        return violations(stats, BUDGETS[budget_class]), stats
+
+    return check

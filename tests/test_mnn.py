@@ -20,25 +20,8 @@ def mnn_export(tmp_path_factory, assets_dir):
                                                   out=out)}
 
 
-@pytest.fixture(scope="module")
-def keras_outputs(faces):
-    from ssrconv.runtimes import load_runtime
-
-    return load_runtime(backend="keras").run(faces.inputs)
-
-
-def _violations(runtime, faces, want, budget_class):
-    from ssrconv.parity import head_stats, violations
-    from ssrconv.targets import BUDGETS
-
-    got = runtime.run(faces.inputs)
-    stats = {h: head_stats(got[h], want[h], h) for h in runtime.heads}
-    return violations(stats, BUDGETS[budget_class]), stats
-
-
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_every_mnn_artifact_passes_parity_on_its_runtime(mnn_export, faces, keras_outputs,
-                                                         precision):
+def test_every_mnn_artifact_passes_parity_on_its_runtime(mnn_export, precision, budget_check):
     from ssrconv.runtimes import load_runtime
 
     artifact = mnn_export[precision]
@@ -46,11 +29,11 @@ def test_every_mnn_artifact_passes_parity_on_its_runtime(mnn_export, faces, kera
     assert runtime.precision == precision
     assert runtime.heads == ("age", "p_male")
     assert runtime.config["precision"] == ("low" if precision == "fp16" else "high")
-    broken, stats = _violations(runtime, faces, keras_outputs, artifact.target.budget_class)
+    broken, stats = budget_check(runtime, artifact.target.budget_class)
     assert broken == [], stats
 
 
-def test_perturbed_mnn_fails_parity(mnn_export, faces, keras_outputs, tmp_path):
+def test_perturbed_mnn_fails_parity(mnn_export, tmp_path, budget_check):
     from ssrconv.runtimes.mnn_rt import MnnRuntime
 
     good = mnn_export["fp32"].path
@@ -61,7 +44,7 @@ def test_perturbed_mnn_fails_parity(mnn_export, faces, keras_outputs, tmp_path):
     data[start:start + 400] = values.astype(np.float32).tobytes()
     bad = tmp_path / "perturbed.mnn"
     bad.write_bytes(bytes(data))
-    broken, _ = _violations(MnnRuntime(bad, precision="fp32"), faces, keras_outputs, "fp32")
+    broken, _ = budget_check(MnnRuntime(bad, precision="fp32"), "fp32")
     assert broken, "100 changed weights should break the fp32 budget"
 
 
@@ -85,17 +68,17 @@ def test_manifest_and_describe_match_the_file(mnn_export):
     assert mnn_export["fp16"].bytes < 0.7 * mnn_export["fp32"].bytes
 
 
-def test_the_contract_tensor_gives_the_reference_answer(mnn_export, faces, keras_outputs):
+def test_the_contract_tensor_gives_the_reference_answer(mnn_export, faces, reference_outputs):
     from ssrconv.runtimes.mnn_rt import MnnRuntime
 
     runtime = MnnRuntime(mnn_export["fp32"].path)
     for n in (1, 7):  # batch 1 and a batch MNN must resize to
         got = runtime.run(faces.inputs[:n])
-        assert np.abs(got["age"] - keras_outputs["age"][:n]).max() < 0.01
-        assert np.abs(got["p_male"] - keras_outputs["p_male"][:n]).max() < 1e-4
+        assert np.abs(got["age"] - reference_outputs["age"][:n]).max() < 0.01
+        assert np.abs(got["p_male"] - reference_outputs["p_male"][:n]).max() < 1e-4
     swapped = runtime.run(np.ascontiguousarray(faces.inputs[:1].transpose(0, 2, 1, 3)))
     rgb = runtime.run(np.ascontiguousarray(faces.inputs[:1, ..., ::-1]))
-    base = keras_outputs["age"][0]
+    base = reference_outputs["age"][0]
     assert abs(swapped["age"][0] - base) > 0.01 or abs(rgb["age"][0] - base) > 0.01
 
 

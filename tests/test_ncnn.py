@@ -21,39 +21,22 @@ def ncnn_export(tmp_path_factory, assets_dir):
                                                   out=out)}
 
 
-@pytest.fixture(scope="module")
-def keras_outputs(faces):
-    from ssrconv.runtimes import load_runtime
-
-    return load_runtime(backend="keras").run(faces.inputs)
-
-
-def _violations(runtime, faces, want, budget_class):
-    from ssrconv.parity import head_stats, violations
-    from ssrconv.targets import BUDGETS
-
-    got = runtime.run(faces.inputs)
-    stats = {h: head_stats(got[h], want[h], h) for h in runtime.heads}
-    return violations(stats, BUDGETS[budget_class]), stats
-
-
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_every_ncnn_artifact_passes_parity_on_its_runtime(ncnn_export, faces, keras_outputs,
-                                                          precision):
+def test_every_ncnn_artifact_passes_parity_on_its_runtime(ncnn_export, precision, budget_check):
     from ssrconv.runtimes import load_runtime
 
     artifact = ncnn_export[precision]
     runtime = load_runtime(artifact.path)  # precision read from the bin's weight tag
     assert runtime.engine == f"ncnn-cpu-{precision}"
     assert runtime.heads == ("age", "p_male")
-    broken, stats = _violations(runtime, faces, keras_outputs, artifact.target.budget_class)
+    broken, stats = budget_check(runtime, artifact.target.budget_class)
     assert broken == [], stats
     if precision == "fp32":
         assert runtime.options["use_fp16_storage"] is False
         assert runtime.options["use_winograd_convolution"] is False
 
 
-def test_perturbed_bin_fails_parity(ncnn_export, faces, keras_outputs, tmp_path):
+def test_perturbed_bin_fails_parity(ncnn_export, tmp_path, budget_check):
     from ssrconv.runtimes.ncnn_rt import NcnnRuntime
 
     package = tmp_path / "perturbed.ncnn"
@@ -66,7 +49,7 @@ def test_perturbed_bin_fails_parity(ncnn_export, faces, keras_outputs, tmp_path)
         (value,) = struct.unpack_from("<f", data, offset)
         struct.pack_into("<f", data, offset, value * 1.5 + 0.05)
     weights.write_bytes(bytes(data))
-    broken, _ = _violations(NcnnRuntime(package, precision="fp32"), faces, keras_outputs, "fp32")
+    broken, _ = budget_check(NcnnRuntime(package, precision="fp32"), "fp32")
     assert broken, "eight changed weights should break the fp32 budget"
 
 
@@ -92,7 +75,7 @@ def test_manifest_and_describe_match_the_files(ncnn_export):
         assert header[1].split() == [str(described["layer_count"]), str(described["blob_count"])]
 
 
-def test_the_contract_tensor_gives_the_reference_answer(ncnn_export, faces, keras_outputs):
+def test_the_contract_tensor_gives_the_reference_answer(ncnn_export, faces, reference_outputs):
     """One contract face (64x64x3 BGR 0..255, NHWC) gives the reference's answer; the same face
     transposed (HWC -> WHC) or as RGB does not: the layout is really the one documented."""
     from ssrconv.runtimes.ncnn_rt import NcnnRuntime
@@ -100,8 +83,8 @@ def test_the_contract_tensor_gives_the_reference_answer(ncnn_export, faces, kera
     runtime = NcnnRuntime(ncnn_export["fp32"].path)
     face = faces.inputs[:1]
     got = runtime.run(face)
-    assert abs(got["age"][0] - keras_outputs["age"][0]) < 0.01
-    assert abs(got["p_male"][0] - keras_outputs["p_male"][0]) < 1e-4
+    assert abs(got["age"][0] - reference_outputs["age"][0]) < 0.01
+    assert abs(got["p_male"][0] - reference_outputs["p_male"][0]) < 1e-4
     swapped = runtime.run(np.ascontiguousarray(face.transpose(0, 2, 1, 3)))
     rgb = runtime.run(np.ascontiguousarray(face[..., ::-1]))
     assert abs(swapped["age"][0] - got["age"][0]) > 0.01 or abs(rgb["age"][0] - got["age"][0]) > 0.01

@@ -17,13 +17,6 @@ from ssrconv.targets import BUDGETS, TARGETS
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def reference_outputs(faces):
-    from ssrconv.runtimes import load_runtime
-
-    return load_runtime(backend="keras").run(faces.inputs)
-
-
 def _artifact(export_dir, key):
     path = export_dir / TARGETS[key].filename("age-gender")
     assert path.exists(), f"export --to all wrote no {path.name}"

@@ -15,13 +15,6 @@ from ssrconv.targets import BUDGETS, TARGETS
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def reference_outputs(faces):
-    from ssrconv.runtimes import load_runtime
-
-    return load_runtime(backend="keras").run(faces.inputs)
-
-
 def _has_dynamic_reshape(path) -> bool:
     """True when a Reshape's target shape is computed from a Shape op (tf2onnx's Flatten)."""
     import onnx
