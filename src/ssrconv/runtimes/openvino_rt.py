@@ -76,7 +76,7 @@ class OpenVinoRuntime(Runtime):
 
     ``precision`` is the artifact's precision from its manifest (None for an unmanaged file: an
     ssrconv IR then supplies its own; anything else runs in f32). ``num_threads`` sets
-    ``INFERENCE_NUM_THREADS``; with one thread OpenVINO's Snippets JIT is disabled
+    ``INFERENCE_NUM_THREADS``; OpenVINO's Snippets JIT is disabled
     (``SNIPPETS_MODE=DISABLE``): 2026.4 segfaults compiling fused subgraphs for one thread and a
     static batch.
     """
@@ -119,12 +119,14 @@ class OpenVinoRuntime(Runtime):
     def _config(self) -> dict:
         # No CPU pinning: on a shared machine a pinned thread waits for its one busy core
         # (measured with load 10 on 2 cores: p10 27.5 ms per face pinned, 2.5 ms not).
+        # Snippets JIT off for every thread count: 2026.4 segfaulted compiling the fused export
+        # graph with one thread (session 2) and, on this AVX2 EPYC, with the default threads too
+        # (parity --engine openvino on the fast-graph fp32 .onnx: SIGSEGV in compile).
         config = {"INFERENCE_PRECISION_HINT": self.requested_hint, "NUM_STREAMS": 1,
-                  "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+                  "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
+                  "SNIPPETS_MODE": "DISABLE"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
-            if self.threads == 1:
-                config["SNIPPETS_MODE"] = "DISABLE"
         return config
 
     def _request(self, n: int):
