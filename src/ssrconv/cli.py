@@ -223,6 +223,11 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
     if unknown or (engine_list and engine):
         raise click.UsageError(f"--engines takes all or names from {', '.join(ENGINES)} (got "
                                f"{', '.join(unknown) or engines}), and not together with --engine")
+    from ssrconv._extras import check as check_extra
+    from ssrconv.reference import reference_engine as resolve_reference
+
+    if resolve_reference(reference_engine) == "keras":  # before any work: one line, not a row each
+        check_extra(["tensorflow", "keras"], "export", "ssrconv parity --reference-engine keras")
     age_weights, gender_weights = _split_weights(tuple(str(w) for w in weights))
     found = discover(model or export_dir)
     faces = _load_faces_for(faces_dir, faces_kind, limit)
