@@ -163,27 +163,28 @@ def _conv1_relu(x, params):
     return np.maximum(out, 0, out=out)
 
 
+def _reduce_windows(x, size: int, ufunc) -> np.ndarray:
+    """``ufunc`` (np.maximum, np.add) folded in place over the size*size strided views of a
+    valid, stride == size pooling (trailing rows/columns dropped, as Keras does)."""
+    oh, ow = x.shape[1] // size, x.shape[2] // size
+    out = None
+    for i in range(size):
+        for j in range(size):
+            view = x[:, i:oh * size:size, j:ow * size:size, :]
+            out = view.copy() if out is None else ufunc(out, view, out=out)
+    return out
+
+
 def _max_pool(x, size: int) -> np.ndarray:
     """Valid max pooling with stride == size (Keras' default): trailing rows/columns dropped.
     An elementwise maximum over the size*size strided views (a reduce over reshaped window
     axes was the engine's slowest step)."""
-    oh, ow = x.shape[1] // size, x.shape[2] // size
-    out = None
-    for i in range(size):
-        for j in range(size):
-            view = x[:, i:oh * size:size, j:ow * size:size, :]
-            out = view.copy() if out is None else np.maximum(out, view, out=out)
-    return out
+    return _reduce_windows(x, size, np.maximum)
 
 
 def _avg_pool(x, size: int) -> np.ndarray:
     """Valid average pooling with stride == size, as a sum of strided views times 1/size^2."""
-    oh, ow = x.shape[1] // size, x.shape[2] // size
-    out = None
-    for i in range(size):
-        for j in range(size):
-            view = x[:, i:oh * size:size, j:ow * size:size, :]
-            out = view.copy() if out is None else np.add(out, view, out=out)
+    out = _reduce_windows(x, size, np.add)
     out *= x.dtype.type(1.0 / (size * size))
     return out
 

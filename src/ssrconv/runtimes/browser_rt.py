@@ -196,7 +196,7 @@ class BrowserRuntime(Runtime):
         self.num_threads = int(num_threads or 1)
         self.last_browser_ms: float | None = None
         self._tmp: Path | None = None
-        self._closers: list = []
+        self._page: BrowserPage | None = None
         executable = chromium_path()
         try:
             root, model = self._prepare()
@@ -232,7 +232,6 @@ class BrowserRuntime(Runtime):
         from playwright.sync_api import Error as PlaywrightError
 
         self._page = BrowserPage(root, executable, self.harness)
-        self._closers.append(self._page.close)
         self.page = self._page.page
         try:
             self.page.goto(self._page.url + HARNESS)
@@ -284,13 +283,11 @@ class BrowserRuntime(Runtime):
                 "cross_origin_isolated": getattr(self, "cross_origin_isolated", None)}
 
     def close(self) -> None:
-        """Close the page's browser, Playwright and the server, and remove the private folder."""
-        while self._closers:
-            closer = self._closers.pop()
-            try:
-                closer()
-            except Exception:  # already gone (e.g. at interpreter exit): nothing left to free
-                pass
+        """Close the page's browser, Playwright and the server (BrowserPage.close), and remove
+        the private folder."""
+        if self._page is not None:
+            self._page.close()
+            self._page = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
