@@ -5,20 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import golden_numpy
+from golden_assets import golden_outputs
 from ssrconv.reference.assets import ASSETS
 
 AGE = [n for n, a in ASSETS.items() if a.kind == "age"]
 GENDER = [n for n, a in ASSETS.items() if a.kind == "gender"]
-GENDER_RENAME = {f"pred_age_stage{k}": f"pred_stage{k}" for k in (1, 2, 3)}
-
-
-def _golden(assets_dir, name, batch, return_all=False):
-    asset = ASSETS[name]
-    V = 101.0 if asset.kind == "age" else 1.0
-    rename = GENDER_RENAME if asset.kind == "gender" else None
-    return golden_numpy.forward(assets_dir / ASSETS["original-config"].filename,
-                                assets_dir / asset.filename, batch, V, rename, return_all)
 
 
 @pytest.mark.slow
@@ -27,7 +18,7 @@ def test_age_matches_original_graph_on_all_faces(assets_dir, faces, name):
     from ssrconv.reference import load_reference
 
     keras_age = load_reference("age", age_weights=name).predict(faces.inputs)["age"]
-    golden = _golden(assets_dir, name, faces.inputs)
+    golden = golden_outputs(assets_dir, name, faces.inputs)
     assert len(faces) == 300
     assert np.max(np.abs(keras_age - golden)) < 1e-3
     assert 1.0 < np.mean(golden) < 100.0  # real ages, not a degenerate constant
@@ -39,7 +30,7 @@ def test_gender_matches_original_graph_on_all_faces(assets_dir, faces, name):
     from ssrconv.reference import load_reference
 
     keras_p = load_reference("gender", gender_weights=name).predict(faces.inputs)["p_male"]
-    golden = _golden(assets_dir, name, faces.inputs)
+    golden = golden_outputs(assets_dir, name, faces.inputs)
     assert np.max(np.abs(keras_p - golden)) < 1e-4
     assert np.std(golden) > 0.05  # it separates faces
 
@@ -53,7 +44,7 @@ def test_stage_outputs_reachable_and_match_original(assets_dir, faces):
     ref = load_reference("age-gender")
     model = stage_model(ref.model, "gender", prefix="gender_")
     outputs = model.predict(batch, verbose=0)
-    _, values = _golden(assets_dir, "gender-wiki", batch, return_all=True)
+    _, values = golden_outputs(assets_dir, "gender-wiki", batch, return_all=True)
     names = stage_layer_names("gender")
     assert len(outputs) == 1 + len(names) == 10
     for name, got in zip(names, outputs[1:]):

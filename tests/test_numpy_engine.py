@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-import golden_numpy
+from golden_assets import golden_outputs
 from ssrconv.errors import MissingExtraError, WeightsError
 from ssrconv.parity import synthetic_inputs
 from ssrconv.reference import load_reference_runtime
@@ -18,19 +18,10 @@ from ssrconv.runtimes.stages import stage_specs
 ENGINES = ("numpy-float32", "numpy-float64")
 AGE = [n for n, a in ASSETS.items() if a.kind == "age"]
 GENDER = [n for n, a in ASSETS.items() if a.kind == "gender"]
-GENDER_RENAME = {f"pred_age_stage{k}": f"pred_stage{k}" for k in (1, 2, 3)}
 # Largest |numpy - golden| allowed, per engine and head (years; P(male)). float64 is limited
 # by the float32 outputs every runtime returns (age ~50 y: float32 spacing 4e-6 y).
 GOLDEN_TOL = {"numpy-float32": {"age": 1e-4, "p_male": 2e-5},
               "numpy-float64": {"age": 1e-5, "p_male": 1e-6}}
-
-
-def _golden(assets_dir, name, batch, return_all=False):
-    asset = ASSETS[name]
-    V = 101.0 if asset.kind == "age" else 1.0
-    rename = GENDER_RENAME if asset.kind == "gender" else None
-    return golden_numpy.forward(assets_dir / ASSETS["original-config"].filename,
-                                assets_dir / asset.filename, batch, V, rename, return_all)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +32,8 @@ def inputs(faces):
 
 @pytest.fixture(scope="module")
 def golden_default(assets_dir, inputs):
-    return {"age": _golden(assets_dir, "age-wiki", inputs),
-            "p_male": _golden(assets_dir, "gender-wiki", inputs)}
+    return {"age": golden_outputs(assets_dir, "age-wiki", inputs),
+            "p_male": golden_outputs(assets_dir, "gender-wiki", inputs)}
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -50,7 +41,7 @@ def test_matches_golden_on_a_few_faces(assets_dir, faces, engine):
     batch = np.concatenate([faces.inputs[:24], synthetic_inputs(6)])
     got = load_reference_runtime("age-gender", engine=engine).run(batch)
     for head, name in (("age", "age-wiki"), ("p_male", "gender-wiki")):
-        diff = np.max(np.abs(got[head].astype(np.float64) - _golden(assets_dir, name, batch)))
+        diff = np.max(np.abs(got[head].astype(np.float64) - golden_outputs(assets_dir, name, batch)))
         assert diff < GOLDEN_TOL[engine][head], (head, diff)
 
 
@@ -78,7 +69,7 @@ def test_single_heads_match_golden_for_every_weights_file(assets_dir, faces, nam
     runtime = load_reference_runtime(kind, engine="numpy-float64", **weights)
     head = "age" if kind == "age" else "p_male"
     assert runtime.heads == (head,)
-    diff = np.max(np.abs(runtime.run(batch)[head] - _golden(assets_dir, name, batch)))
+    diff = np.max(np.abs(runtime.run(batch)[head] - golden_outputs(assets_dir, name, batch)))
     assert diff < GOLDEN_TOL["numpy-float64"][head], diff
 
 
@@ -97,7 +88,7 @@ def test_matches_keras_to_1e4_years(reference_age_gender, inputs, engine):
 
 def test_stage_outputs_match_golden_with_and_without_prefix(assets_dir, faces):
     batch = faces.inputs[:16]
-    _, golden = _golden(assets_dir, "gender-wiki", batch, return_all=True)
+    _, golden = golden_outputs(assets_dir, "gender-wiki", batch, return_all=True)
     both = load_reference_runtime("age-gender", engine="numpy-float64")
     single = load_reference_runtime("gender", engine="numpy-float64")
     got_both = both.stage_outputs(batch, stage_specs(("age", "p_male")))
