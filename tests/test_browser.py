@@ -185,15 +185,17 @@ def test_litert_js_refuses_a_dynamic_batch_tflite(tflite_fp32):
         LiteRtBrowserRuntime(tflite_fp32)
 
 
-def test_static_batch_tflite_on_chromium_litert_wasm_within_fp32_budget(tflite_fp32, tmp_path,
-                                                                         faces, keras_outputs):
-    from ssrconv.converters.tflite_flatbuffer import fix_batch, is_dynamic_batch
-    from ssrconv.runtimes.browser_rt import ENGINES
+def test_batch_1_export_on_chromium_litert_wasm_within_fp32_budget(tmp_path, faces,
+                                                                    keras_outputs):
+    # `export --batch 1` is how a user gets a .tflite LiteRT.js runs; opened through the format
+    # table like parity does, so the 64-face batches are fed one face per call.
+    from ssrconv.artifacts import open_artifact
+    from ssrconv.converters.tflite_flatbuffer import is_dynamic_batch
+    from ssrconv.exporter import export
 
-    static = tmp_path / "ssrnet_age_gender_fp32_b1.tflite"
-    static.write_bytes(fix_batch(tflite_fp32.read_bytes(), 1))
-    assert is_dynamic_batch(tflite_fp32.read_bytes()) and not is_dynamic_batch(static.read_bytes())
-    with ENGINES["chromium-litert-wasm"](static) as runtime:
+    (artifact,) = export(to=("tflite",), precision=("fp32",), batch=1, out=tmp_path / "out")
+    assert not is_dynamic_batch(artifact.path.read_bytes())
+    with open_artifact(artifact.path).runtime(engine="chromium-litert-wasm") as runtime:
         assert (runtime.backend, runtime.runtime_version) == ("tflite", _locked("@litertjs/core"))
         stats, broken = _parity(runtime, faces, keras_outputs)
         times = runtime.time_in_browser(faces.inputs[:1], repeats=50)

@@ -197,6 +197,7 @@ def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
     (["--to", "onnx", "--int8-io", "uint8"], "--int8-io applies"),
     (["--to", "onnx", "--image-input"], "--image-input applies"),
     (["--to", "onnx", "--weights", "yunet"], "not SSR-Net weights"),
+    (["--to", "onnx", "--batch", "0"], "--batch 0: choose a static batch from 1"),
 ])
 def test_bad_options_one_line_nothing_written(tmp_path, args, needle):
     out = tmp_path / "out"

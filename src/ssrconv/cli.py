@@ -117,8 +117,11 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               show_default=True,
               help="fast: the fused, exactness-checked export graph (docs/GRAPH.md; used by "
                    "tflite fp32/fp16 and onnx fp32); original: the reference's layer-for-layer graph.")
+@click.option("--batch", type=int, default=None, metavar="N",
+              help="Fix the input batch to N in every file (runtimes without an input resize "
+                   "call, e.g. LiteRT.js: --batch 1). Default: a variable batch.")
 def export(to, precision, task, weights, calibration, calibration_limit, calibration_kind, out, opset,
-           int8_io, image_input, graph) -> None:
+           int8_io, image_input, graph, batch) -> None:
     """Export SSR-Net to ONNX, TFLite and/or CoreML, each file with a JSON manifest."""
     from ssrconv.exporter import export as run_export
     from ssrconv.options import ExportOptions
@@ -126,7 +129,8 @@ def export(to, precision, task, weights, calibration, calibration_limit, calibra
     options = ExportOptions(to=to, precision=precision, task=task, calibration=calibration,
                             calibration_limit=calibration_limit, calibration_kind=calibration_kind,
                             out=out, opset=opset,
-                            int8_io=int8_io, image_input=image_input, graph=graph)
+                            int8_io=int8_io, image_input=image_input, graph=graph,
+                            batch=batch)
     age, gender = _split_weights(weights)
     if (age and task == "gender") or (gender and task == "age"):
         raise click.BadParameter(f"weights for the other head given with --task {task}",

@@ -230,6 +230,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
                 **description,
                 **extra,
                 "graph": graph,
+                "batch": options.batch,  # None: variable
                 "calibration": calibration.describe() if target.precision == "int8" else None,
                 "weights": weights_provenance(reference),
                 "preprocessing": CONTRACT,

@@ -21,6 +21,9 @@ from ssrconv.targets import (
 )
 
 
+MAX_STATIC_BATCH = 256
+
+
 def _as_tuple(value) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -48,6 +51,8 @@ class ExportOptions:
     calibration_limit: int = 300
     calibration_kind: str = "auto"  # how --calibration files are read: auto, chips, photos
     graph: str = "fast"  # "fast": ssrconv.graph's fused export graph; "original": the reference's
+    # A static batch for the input (runtimes without a resize call, e.g. LiteRT.js); None: variable.
+    batch: int | None = None
     targets: tuple[Target, ...] = field(init=False)
 
     def __post_init__(self):
@@ -71,6 +76,9 @@ class ExportOptions:
 
         if self.graph not in GRAPHS:
             raise OptionsError(f"unknown graph {self.graph!r}: choose from {', '.join(GRAPHS)}")
+        if self.batch is not None and not 1 <= int(self.batch) <= MAX_STATIC_BATCH:
+            raise OptionsError(f"--batch {self.batch}: choose a static batch from 1 to "
+                               f"{MAX_STATIC_BATCH}, or leave it out for a variable batch")
         if self.calibration_limit < 1:
             raise OptionsError("--calibration-limit must be at least 1")
         set_(self, "to", to)

@@ -308,7 +308,13 @@ def _not_run(artifact, engine_name: str) -> str | None:
 def _check_one(artifact, faces, synth, budgets, references, engine, number, total, say) -> ParityResult:
     budget = artifact.budget(budgets)
     weights = references.weights_for(artifact)
-    runtime = artifact.runtime(engine=engine)
+    with artifact.runtime(engine=engine) as runtime:  # closed before the next engine starts
+        return _measure(artifact, runtime, faces, synth, budget, weights, references, number,
+                        total, say)
+
+
+def _measure(artifact, runtime, faces, synth, budget, weights, references, number, total,
+             say) -> ParityResult:
     managed = "" if artifact.managed else ", unmanaged: precision read from the file"
     say(f"[{number}/{total}] {artifact.label} on {runtime.engine} ({artifact.budget_class} "
         f"budget{managed})")

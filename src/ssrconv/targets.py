@@ -99,7 +99,14 @@ class Engine:
         check(self.needs, self.extra or "all", f"engine {self.name}")
         module, name = self.factory.split(":")
         factory = getattr(importlib.import_module(module), name)
-        return factory(Path(path), num_threads=num_threads, precision=precision, **options)
+        runtime = factory(Path(path), num_threads=num_threads, precision=precision, **options)
+        fmt = format_of(path)
+        batch = fmt.static_batch(path) if fmt is not None else None
+        if batch is None:
+            return runtime
+        from ssrconv.runtimes.base import StaticBatchRuntime
+
+        return StaticBatchRuntime(runtime, batch)
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,12 @@ class Format:
     @property
     def engine(self) -> Engine:
         return ENGINES[self.engines[0]]
+
+    def static_batch(self, path) -> int | None:
+        """The fixed input batch stored in the file (``export --batch N``), or None when it is
+        variable or the format stores none (the converter module's ``static_batch``)."""
+        reader = getattr(self.converter(), "static_batch", None)
+        return reader(Path(path)) if reader is not None else None
 
 
 ENGINES: dict[str, Engine] = {e.name: e for e in (

@@ -25,11 +25,12 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     """Convert ``model`` to an .mlpackage directory at ``dest``."""
     ct = coremltools("CoreML export", extra="export")
     if options.image_input:
-        inputs = [ct.ImageType(name="face_bgr", shape=(1, INPUT_SIZE, INPUT_SIZE, 3),
+        inputs = [ct.ImageType(name="face_bgr", shape=(options.batch or 1, INPUT_SIZE, INPUT_SIZE, 3),
                                color_layout=ct.colorlayout.BGR, scale=1.0, bias=[0.0, 0.0, 0.0])]
     else:
         inputs = [ct.TensorType(name="face_bgr",
-                                shape=(ct.RangeDim(1, MAX_BATCH, 1), INPUT_SIZE, INPUT_SIZE, 3))]
+                                shape=(options.batch or ct.RangeDim(1, MAX_BATCH, 1), INPUT_SIZE,
+                                       INPUT_SIZE, 3))]
     precision = ct.precision.FLOAT16 if target.precision == "fp16" else ct.precision.FLOAT32
     # coremltools 9.0's common::fuse_elementwise_to_batchnorm rewrites the folded BatchNorm
     # "x * scale + offset" as batch_norm(variance=1, epsilon=1e-5): every BN scale shrinks by

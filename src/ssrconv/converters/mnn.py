@@ -37,7 +37,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
 
     from ssrconv.converters.onnx import to_proto
 
-    proto = to_proto(model, options.opset)
+    proto = to_proto(model, options.opset, options.batch)
     with tempfile.TemporaryDirectory(prefix="ssrconv-mnn-") as tmp:
         source = Path(tmp) / "model.onnx"
         onnx.save(proto, str(source))

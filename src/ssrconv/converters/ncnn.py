@@ -60,7 +60,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     from ssrconv.converters.onnx import to_proto
 
     stem = Path(target.filename(options.task)).name[: -len(target.suffix)]
-    proto = to_proto(model, options.opset)
+    proto = to_proto(model, options.opset, options.batch)
     outputs = [o.name for o in proto.graph.output]
     # The stage tensors become extra graph outputs, so that they keep a findable name in the
     # param (pnnx numbers every other blob); ncnn computes a blob only when it is extracted,

@@ -8,9 +8,9 @@ from pathlib import Path
 from ssrconv.reference.preprocess import INPUT_SIZE
 
 
-def to_proto(model, opset: int):
-    """tf2onnx of ``model``: input ``face_bgr`` with a dynamic ``batch`` dim, outputs named as
-    the model's."""
+def to_proto(model, opset: int, batch: int | None = None):
+    """tf2onnx of ``model``: input ``face_bgr`` with a dynamic ``batch`` dim (or the static
+    ``batch`` given), outputs named as the model's."""
     from ssrconv._extras import require
 
     tf2onnx = require("tf2onnx", "export", "ONNX export")
@@ -18,7 +18,7 @@ def to_proto(model, opset: int):
     from ssrconv._imports import tensorflow
 
     tf = tensorflow("ONNX export")
-    spec = [tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.float32, name="face_bgr")]
+    spec = [tf.TensorSpec((batch, INPUT_SIZE, INPUT_SIZE, 3), tf.float32, name="face_bgr")]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=int(opset))
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim[0]
@@ -37,11 +37,11 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     if target.precision == "int8":
         from ssrconv.converters import onnx_int8
 
-        proto = onnx_int8.convert_int8(model, calibration,
-                                       lambda keras_model: to_proto(keras_model, options.opset))
+        proto = onnx_int8.convert_int8(
+            model, calibration, lambda keras_model: to_proto(keras_model, options.opset, options.batch))
         extra["int8_recipe"] = onnx_int8.INT8_RECIPE
     else:
-        proto = to_proto(model, options.opset)
+        proto = to_proto(model, options.opset, options.batch)
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -159,6 +159,12 @@ def read_model(path: Path):
         raise ModelFileError(f"{path}: not a valid ONNX model ({first}); re-export it with "
                              "ssrconv export") from None
     return proto
+
+
+def static_batch(path: Path) -> int | None:
+    """The input batch fixed by ``export --batch N``, None for a variable (named) batch."""
+    dim = read_model(path).graph.input[0].type.tensor_type.shape.dim[0]
+    return int(dim.dim_value) if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
 def verify(path: Path) -> None:

@@ -176,6 +176,16 @@ def fix_batch(tfl: bytes, batch: int = 1) -> bytes:
     return pack(model)
 
 
+def static_batch(tfl: bytes) -> int | None:
+    """The fixed batch of the main subgraph's first input (:func:`fix_batch`), None when it is
+    variable (-1)."""
+    graph = load(tfl).subgraphs[0]
+    tensor = graph.tensors[graph.inputs[0]]
+    dims = tensor.shapeSignature if tensor.shapeSignature is not None and len(tensor.shapeSignature) \
+        else tensor.shape
+    return int(dims[0]) if dims is not None and len(dims) and dims[0] > 0 else None
+
+
 def is_dynamic_batch(tfl: bytes) -> bool:
     """True when an input of the main subgraph has an unknown (-1) dimension (a runtime without
     a resize call, such as LiteRT.js 2.5, cannot run it: see :func:`fix_batch`)."""

@@ -167,6 +167,13 @@ def read_config(path: Path) -> dict:
     return config
 
 
+def static_batch(path: Path) -> int | None:
+    """The static input batch of the folder's model (``export --batch N``), or None."""
+    from ssrconv.converters import onnx as onnx_converter
+
+    return onnx_converter.static_batch(Path(path) / read_config(path)["model"])
+
+
 def verify(path: Path) -> None:
     """Cheap structural check of a ``.web`` folder: its config, app and runtime files exist, the
     wasm starts with the wasm magic, and the models parse as ONNX; ModelFileError otherwise."""

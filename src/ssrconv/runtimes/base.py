@@ -53,9 +53,64 @@ class Runtime(ABC):
                                f"of {n} faces (expected one value per face); not an SSR-Net export")
         return value.reshape(n).astype(np.float32)
 
+    def close(self) -> None:
+        """Release what the runtime holds beyond memory (a browser, a server); idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def describe(self) -> dict:
         return {"backend": self.backend, "engine": self.engine,
                 "path": str(self.path) if self.path else None, "heads": list(self.heads)}
+
+
+def _delegated(name: str):
+    return property(lambda self: getattr(self.inner, name))
+
+
+class StaticBatchRuntime(Runtime):
+    """A runtime for a file whose input batch is fixed (``ssrconv export --batch N``): every
+    call is fed to ``inner`` in chunks of exactly ``batch`` faces (the last one padded by
+    repeating its final face; the padding's outputs are dropped), so callers keep passing any
+    number of faces. Everything else is ``inner``'s."""
+
+    backend, engine, path = _delegated("backend"), _delegated("engine"), _delegated("path")
+    heads, stage_engine = _delegated("heads"), _delegated("stage_engine")
+
+    def __init__(self, inner: Runtime, batch: int):
+        self.inner, self.batch = inner, int(batch)
+
+    def __getattr__(self, name):
+        if name == "inner":  # not set yet (unpickling, a failed __init__): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _chunks(self, batch: np.ndarray, call) -> dict[str, np.ndarray]:
+        batch = self.check_batch(batch)
+        outputs: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(batch), self.batch):
+            chunk = batch[start:start + self.batch]
+            real = len(chunk)
+            if real < self.batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - real, axis=0)])
+            for key, value in call(chunk).items():
+                outputs.setdefault(key, []).append(np.asarray(value)[:real])
+        return {key: np.concatenate(parts) for key, parts in outputs.items()}
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self._chunks(batch, self.inner.run)
+
+    def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
+        return self._chunks(batch, lambda chunk: self.inner.stage_outputs(chunk, specs))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def describe(self) -> dict:
+        return {**self.inner.describe(), "static_batch": self.batch}
 
 
 def quantize(values: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:

@@ -292,12 +292,6 @@ class BrowserRuntime(Runtime):
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 # LiteRT.js: the static batch B the model declares; a batch of N runs as N/B calls in the page.
 _LITERT_LOAD = """async ([model, threads]) => {
@@ -352,7 +346,7 @@ _LITERT_TIME = """async ([b64, n, repeats]) => {""" + _LITERT_CALL + """
 class LiteRtBrowserRuntime(BrowserRuntime):
     """``chromium-litert-wasm``: a static-batch ``.tflite`` in LiteRT.js (``@litertjs/core``,
     wasm, XNNPACK) in headless Chromium. LiteRT.js 2.5 has no input resize, so a dynamic-batch
-    file is refused with the fix (:func:`ssrconv.converters.tflite_flatbuffer.fix_batch`)."""
+    file is refused with the fix (``ssrconv export --batch 1``)."""
 
     engine = "chromium-litert-wasm"
     harness = ('<script type="importmap">' + json.dumps(
@@ -377,8 +371,8 @@ class LiteRtBrowserRuntime(BrowserRuntime):
             raise ModelFileError(f"{self.path}: not a readable .tflite ({type(err).__name__})") from None
         if dynamic:
             raise ModelFileError(f"{self.path}: input has a variable batch and LiteRT.js 2.5 "
-                                 "cannot resize inputs; give it a static-batch copy "
-                                 "(ssrconv.converters.tflite_flatbuffer.fix_batch)")
+                                 "cannot resize inputs; export a static-batch file with "
+                                 "ssrconv export --to tflite --batch 1")
         self.backend = "tflite"
         self._tmp = Path(tempfile.mkdtemp(prefix="ssrconv-litert-"))
         self.runtime_version = web.vendor_litert(self._tmp)
@@ -401,7 +395,7 @@ def litert_refuses(path: Path) -> str | None:
         return None
     if dynamic:
         return ("LiteRT.js 2.5 cannot resize a variable-batch input; it runs static-batch "
-                ".tflite files (ssrconv.converters.tflite_flatbuffer.fix_batch)")
+                ".tflite files: ssrconv export --to tflite --batch 1")
     return None
 
 
