@@ -6,6 +6,10 @@ the fp32 budget, with no warning), so this engine always sets ``INFERENCE_PRECIS
 the artifact's precision (f32 for every precision but an explicit bf16 artifact) and reports
 what the compiled model says it uses (``executed_precision``, ``engine``). A CPU without bf16
 support runs a bf16 request in f32, and says so: the engine then reads ``openvino-cpu-f32``.
+
+Convolutions that read a *signed* quantized tensor (the int8 .tflite's tanh stream) run in f32
+on the file's quantized values (:func:`float_signed_input_convs`): the CPU plugin feeds them to
+its u8 kernels shifted by +128, whose int16 pair sums saturate on x86 CPUs without VNNI.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ class OpenVinoRuntime(Runtime):
             self.model = self.core.read_model(str(source))
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError/GeneralFailure
             raise ModelFileError(f"{self.path}: OpenVINO cannot read it ({_ov_error(err)})") from None
+        self.float_convs = float_signed_input_convs(self.model)
         if precision is None and self.backend == "openvino":
             precision = _ir_precision(self.model)
         self.precision = precision
@@ -163,8 +168,11 @@ class OpenVinoRuntime(Runtime):
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
         """The stage tensors, from a second compiled model with them added as outputs (the
         tensor names of the source graph survive in OpenVINO's: tf2onnx's, the .tflite's kept
-        stage names, the IR's)."""
-        from ssrconv.runtimes.stages import find_unique
+        stage names, the IR's); a fast-graph file's stages are columns of its fused stage
+        tensors (:func:`ssrconv.runtimes.stages.locate`)."""
+        import openvino as ov
+
+        from ssrconv.runtimes.stages import locate
 
         batch = self.check_batch(batch)
         key = (tuple(s.key for s in specs), len(batch))
@@ -178,33 +186,95 @@ class OpenVinoRuntime(Runtime):
                     if shape.rank.is_static and shape.rank.get_length() == 2 and shape[1].is_static:
                         for name in port.get_names():
                             rank2[name] = (port, shape[1].get_length())
-            chosen = []
-            for spec in specs:
-                candidates = {name: port for name, (port, units) in rank2.items()
-                              if units == spec.units}
-                chosen.append(find_unique(spec, candidates))
-            unique = list(dict.fromkeys(chosen))
+
+            def candidates(units):
+                return {name: port for name, (port, width) in rank2.items() if width == units}
+
+            located = [locate(spec, self.heads, candidates) for spec in specs]
+            unique = list(dict.fromkeys(port for port, _ in located))  # fused: shared tensors
             model.add_outputs(unique)
-            compiled = self.core.compile_model(model, "CPU", self._config())
+            try:
+                compiled = self.core.compile_model(model, "CPU", self._config())
+            except Exception as err:  # noqa: BLE001
+                raise SsrconvError(f"{self.path}: OpenVINO cannot compile it with the stage "
+                                   f"tensors as outputs ({_ov_error(err)})") from None
             first = len(model.outputs) - len(unique)
             position = {port: first + i for i, port in enumerate(unique)}
             self._stage_request = compiled.create_infer_request()
-            self._stage_positions = [position[port] for port in chosen]
+            self._stage_located = [(position[port], columns) for port, columns in located]
             self._stage_key = key
-        import openvino as ov
-
         self._stage_request.set_input_tensor(ov.Tensor(batch, shared_memory=True))
         self._stage_request.infer()
-        return {spec.key: np.asarray(self._stage_request.get_output_tensor(i).data,
-                                     np.float32).reshape(len(batch), -1).copy()
-                for spec, i in zip(specs, self._stage_positions)}
+        out = {}
+        for spec, (index, columns) in zip(specs, self._stage_located):
+            value = np.asarray(self._stage_request.get_output_tensor(index).data,
+                               np.float32).reshape(len(batch), -1)
+            out[spec.key] = (value if columns is None else value[:, columns]).copy()
+        return out
 
     def describe(self) -> dict:
         described = super().describe()
         described.update({"executed_precision": self.executed_precision,
                           "requested_precision_hint": self.requested_hint,
-                          "int8_ops": self.int8_ops, "threads": self.threads})
+                          "int8_ops": self.int8_ops, "float_signed_input_convs": self.float_convs,
+                          "threads": self.threads})
         return described
+
+
+def float_signed_input_convs(model) -> int:
+    """Run every convolution that reads a signed quantized tensor (a FakeQuantize whose output
+    range goes below 0) in f32: its weights become their dequantized f32 constant, so OpenVINO's
+    low-precision transformations leave it a FakeQuantize -> f32 convolution, the same function
+    as the file's int8 arithmetic. Returns how many convolutions were changed.
+
+    Why: the CPU plugin gives convolutions an i8 input only on AMX / AVX2-VNNI-2 CPUs
+    (``Transformations::Lpt`` in intel_cpu's transformation_pipeline.cpp); elsewhere a signed
+    input is shifted to u8 (+128, zero point 128) and multiplied with ``VPMADDUBSW``, which on
+    x86 without VNNI adds pairs of u8 x s8 products into int16 with saturation. Shifted
+    activations sit around 128, so pairs of same-sign weights of up to 127 saturate: on the int8
+    .tflite's tanh-stream conv2d_6, 32% of the outputs (age mean 0.405 / p99 2.07 y against
+    LiteRT's 0.166 / 0.90 on the same file). Unsigned (relu) inputs stay int8: they sit near
+    zero and measured within 1e-4 y of the f32 function (docs/CONVERTERS.md, OpenVINO).
+    """
+    from openvino import opset13 as ops
+
+    changed = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution"):
+            continue
+        source = op.input_value(0).get_node()
+        if source.get_type_name() != "FakeQuantize":
+            continue
+        output_low = _constant(source.input_value(3))
+        weights = op.input_value(1)
+        if output_low is None or float(np.min(output_low)) >= 0 or \
+                weights.get_node().get_type_name() == "Constant":
+            continue
+        value = _constant(weights)
+        if value is None or value.dtype != np.float32:
+            continue
+        op.input(1).replace_source_output(ops.constant(value).output(0))
+        changed += 1
+    return changed
+
+
+def _constant(output) -> np.ndarray | None:
+    """The value of an output computed from constants only (e.g. the weights' i8 Constant ->
+    Convert -> Multiply by the scales), None when it depends on anything else."""
+    import openvino as ov
+
+    node = output.get_node()
+    if node.get_type_name() == "Constant":
+        return node.get_data()
+    if node.get_type_name() == "Parameter" or node.get_input_size() == 0:
+        return None
+    inputs = [_constant(port.get_source_output()) for port in node.inputs()]
+    if any(value is None for value in inputs):
+        return None
+    results = [ov.Tensor(port.get_element_type(), port.get_shape()) for port in node.outputs()]
+    if not node.evaluate(results, [ov.Tensor(np.ascontiguousarray(v)) for v in inputs]):
+        return None
+    return results[output.get_index()].data.copy()
 
 
 def _int8_ops(compiled) -> int:
