@@ -129,3 +129,65 @@ def test_verify_refuses_broken_packages(export_dir, tmp_path):
     bin_.write_bytes(b"")
     with pytest.raises(ModelFileError, match="not valid XML"):
         verify(broken)
+
+
+def test_int8_tflite_on_openvino_computes_litert_function(export_dir, faces, budget_check):
+    """The int8 .tflite's tanh stream feeds signed int8 tensors to its convolutions; OpenVINO's
+    CPU plugin shifted them to u8 and its VPMADDUBSW pair sums saturated without VNNI (mean
+    0.405 / p99 2.07 y). Those convolutions now run in f32 on the file's quantized values."""
+    from ssrconv.parity import run_batched
+    from ssrconv.runtimes.openvino_rt import OpenVinoRuntime
+    from ssrconv.runtimes.tflite_rt import TFLiteRuntime
+
+    path = _artifact(export_dir, "tflite-int8")
+    runtime = OpenVinoRuntime(path, num_threads=1, precision="int8")
+    # the tanh-stream convs of both heads (3x3 and 1x1) are f32; the relu stream stays int8
+    assert runtime.float_convs > 0 and runtime.int8_ops > 0
+    assert runtime.describe()["float_signed_input_convs"] == runtime.float_convs
+    found, stats = budget_check(runtime, "int8")
+    assert found == [], (runtime.engine, stats)
+    # the same function as LiteRT on the same file (measured: max 0.036 y, mean 0.0007 y)
+    ours = run_batched(runtime, faces.inputs)
+    litert = run_batched(TFLiteRuntime(path, num_threads=1), faces.inputs)
+    age = np.abs(ours["age"] - litert["age"])
+    assert age.max() < 0.15 and age.mean() < 0.01, (age.max(), age.mean())
+
+
+def test_float_signed_input_convs_changes_only_signed_inputs(export_dir):
+    import openvino as ov
+
+    from ssrconv.runtimes.openvino_rt import _constant, float_signed_input_convs
+
+    def quantized_convs(model):
+        out = {}
+        for op in model.get_ordered_ops():
+            source = op.input_value(0).get_node() if op.get_input_size() else None
+            if op.get_type_name() == "Convolution" and source.get_type_name() == "FakeQuantize":
+                low = float(np.min(_constant(source.input_value(3))))
+                out[op.get_friendly_name()] = (low < 0, op.input_value(1).get_node().get_type_name())
+        return out
+
+    model = ov.Core().read_model(str(_artifact(export_dir, "tflite-int8")))
+    before = quantized_convs(model)
+    changed = float_signed_input_convs(model)
+    after = quantized_convs(model)
+    signed = [name for name, (is_signed, _) in before.items() if is_signed]
+    assert changed == len(signed) > 0 and len(before) > changed  # the relu stream is unsigned
+    for name, (is_signed, weights) in after.items():
+        assert weights == ("Constant" if is_signed else before[name][1]), name
+    # the int8 ONNX keeps its tanh stream float: nothing to change there
+    onnx_model = ov.Core().read_model(str(_artifact(export_dir, "onnx-int8")))
+    assert float_signed_input_convs(onnx_model) == 0
+
+
+def test_openvino_reports_stage_drift_of_fast_graph_files(export_dir, faces):
+    """Fast-graph files hold the stages as columns of fused tensors (stages.locate)."""
+    from ssrconv.parity import check
+
+    paths = [_artifact(export_dir, k) for k in ("onnx-fp32", "tflite-fp32")]
+    report = check(paths, faces.inputs[:64], synthetic=0, engine="openvino")
+    assert report.passed and len(report.results) == 2
+    for result in report.results:
+        assert result.engine.startswith("openvino-cpu-f32")
+        assert result.stages is not None and len(result.stages) == 18, result.stages_note
+        assert max(result.stages.values()) < 1e-3, result.stages
