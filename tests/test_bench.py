@@ -20,7 +20,7 @@ from ssrconv.benchmarks.report import build_report, render_json, render_markdown
 from ssrconv.runtimes.coreml_rt import not_timable_reason
 from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES, size_info
 
-TINY = dict(runs=4, warmup=1, rounds=2, batch=4)
+TINY = dict(runs=4, warmup=1, rounds=2, batch=4, pipeline_runs=2)
 
 
 def _cli(*args, timeout=600):
