@@ -183,7 +183,8 @@ def _native_row(row: dict, results: list[dict]) -> dict | None:
         folders = (str(Path(row["path"])), str(Path(row["path"]).parent))
         onnx = [r for r in results if native(r) and r["backend"] == "onnx" and r["path"]
                 and str(Path(r["path"]).parent) in folders and r["precision"] == row["precision"]]
-        onnx.sort(key=lambda r: " on " in r["name"])  # the format's default engine first
+        # The carried file first (the very graph), then the format's default engine.
+        onnx.sort(key=lambda r: (str(Path(r["path"]).parent) != folders[0], " on " in r["name"]))
         return onnx[0] if onnx else None
     return None
 

@@ -191,6 +191,8 @@ class Worker:
         self.runtime = None
         self.batches: dict[int, list[np.ndarray]] = {}
         self.calls: dict[str, object] = {}
+        self.predictor = None  # the end-to-end path (pipeline_load): detector + crops + runtime
+        self.photos: list[np.ndarray] = []
         self._keep = []
 
     def handle(self, request: dict) -> dict:
@@ -325,7 +327,10 @@ class Worker:
     def cmd_pipeline(self, req: dict) -> dict:
         """``n`` timed passes of one photo through detect, crop and the model (this row's mode),
         each step timed alone; the garbage collector paused as in :func:`time_calls`."""
-        fn = self._fn({"mode": req.get("mode", "run"), "batch": next(iter(self.batches))})[0]
+        mode = req.get("mode", "run")
+        if mode not in self.calls or self.predictor is None:
+            raise ValueError(f"mode {mode!r} or the pipeline was not loaded")
+        fn = self.calls[mode]
         image = self.photos[int(req["photo"])]
         predictor, clock = self.predictor, time.perf_counter_ns
         after, in_page = self._in_page_probe()
