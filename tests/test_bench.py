@@ -298,8 +298,8 @@ def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path):
     each timed row, CoreML reported as not timed off macOS, TFLite workers without TensorFlow."""
     json_out, md_out, png_out = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
     out = _cli("--all", str(export_dir), "--runs", "4", "--warmup", "1", "--rounds", "2",
-               "--batch", "4", "--faces", str(faces_dir), "--json", str(json_out),
-               "--markdown", str(md_out), "--plot", str(png_out))
+               "--batch", "4", "--faces", str(faces_dir), "--pipeline-runs", "2",
+               "--json", str(json_out), "--markdown", str(md_out), "--plot", str(png_out))
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(json_out.read_text())
     rows = {r["name"]: r for r in report["results"]}
@@ -319,6 +319,9 @@ def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path):
         assert row["size"]["file_bytes"] > 0 and row["size"]["gzip_bytes"] > 0
         if row["backend"] == "tflite":
             assert row["tensorflow_imported"] is False
+        # End to end on every timed row, Keras' model.predict included: t1.jpg's six faces.
+        t1 = row["pipeline"]["t1.jpg"]
+        assert t1["faces"] == 6 and t1["detect_ms"] > 0 and t1["model_ms"] > 0, row["name"]
     keras = rows["keras (model call)"]
     assert keras["worker"]["macs_per_head"] == stats.MACS_PER_FACE_PER_HEAD
     assert keras["worker"]["params_per_head"] == stats.PARAMS_PER_HEAD
