@@ -270,7 +270,8 @@ def test_backend_tflite_verbatim_times_the_default_export(export_dir, tmp_path):
     json_out = tmp_path / "b.json"
     out = subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", "--backend", "tflite",
                           "--runs", "2", "--warmup", "1", "--rounds", "1", "--batch", "2",
-                          "--json", str(json_out)], capture_output=True, text=True, timeout=900,
+                          "--pipeline-runs", "1", "--json", str(json_out)],
+                         capture_output=True, text=True, timeout=900,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     names = [r["name"] for r in json.loads(json_out.read_text())["results"]]
@@ -340,7 +341,7 @@ def test_single_tflite_worker_does_not_import_tensorflow(export_dir, tmp_path, p
     model = export_dir / f"ssrnet_age_gender_{precision}.tflite"
     json_out = tmp_path / "b.json"
     out = _cli("--backend", "tflite", "--model", str(model), "--runs", "3", "--warmup", "1",
-               "--rounds", "1", "--batch", "2", "--json", str(json_out))
+               "--rounds", "1", "--batch", "2", "--pipeline-runs", "0", "--json", str(json_out))
     assert out.returncode == 0, out.stderr[-2000:]
     (row,) = json.loads(json_out.read_text())["results"]
     assert row["status"] == "ok" and row["tensorflow_imported"] is False

@@ -72,11 +72,11 @@ def test_pipeline_rows_on_the_sample_photos(numpy_report):
     assert astronaut["faces"] == 1
     for photo in (t1, astronaut):
         assert photo["n"] == TINY["pipeline_runs"]
-        for key in ("detect_ms", "crop_ms", "model_ms", "total_ms", "per_face_ms"):
+        for key in ("detect_ms", "crop_ms", "model_ms", "total_ms"):
             assert math.isfinite(photo[key]) and photo[key] > 0, key
+            assert photo["per_face"][key] == pytest.approx(photo[key] / photo["faces"])
         assert photo["total_ms"] >= photo["total_min_ms"] > 0
         assert "in_page_model_ms" not in photo  # no page: a native engine
-    assert t1["per_face_ms"] == pytest.approx(t1["total_ms"] / T1_FACES)
     photos = {p["name"]: p for p in report["pipeline"]["photos"]}
     assert photos["t1.jpg"]["faces"] == T1_FACES and photos["t1.jpg"]["asset"] == "sample-t1"
     assert report["pipeline"]["error"] is None
@@ -88,7 +88,8 @@ def test_pipeline_and_reference_in_every_rendering(numpy_report):
     report, _ = numpy_report
     text, markdown = render_text(report), render_markdown(report)
     for rendered in (text, markdown):
-        assert "End to end per photo" in rendered and "YuNet ms" in rendered
+        assert "End to end per photo and per face" in rendered
+        assert "YuNet ms" in rendered and "YuNet per face" in rendered
         assert "issue #21" in rendered and "20-30 ms" in rendered
         assert "numpy-float32 engine of the rebuilt SSR-Net" in rendered
     line = next(ln for ln in markdown.splitlines() if ln.startswith("| reference numpy-float32")
@@ -104,6 +105,13 @@ def test_no_pipeline_rows_when_asked_for_none(assets_dir):
     (row,) = report["results"]
     assert row["status"] == "ok" and row["pipeline"] == {}
     assert "End to end per photo" not in render_text(report)
+
+
+def test_engines_option_errors_are_usage_errors():
+    out = subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", "--model", "x.onnx",
+                          "--engines", "nosuch"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--engines takes all or names from" in out.stderr
+    assert "chromium-ort-wasm" in out.stderr
 
 
 # ---------------------------------------------------------------- progress bar

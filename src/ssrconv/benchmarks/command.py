@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ssrconv.errors import SsrconvError
-from ssrconv.targets import BACKENDS
+from ssrconv.targets import BACKENDS, ENGINES
 
 DEFAULT_EXPORT_DIR = Path("ssrconv-out")  # = ExportOptions.out's default
 
@@ -134,7 +134,7 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
               default="auto", show_default=True,
               help="The reference rows: auto is Keras (model call and model.predict) when "
                    "TensorFlow is installed, else the numpy engine.")
-@click.option("--engine", default=None, metavar="NAME",
+@click.option("--engine", default=None, type=click.Choice(list(ENGINES)),
               help="Run the artifacts on this engine instead of their format's default.")
 @click.option("--engines", "engines", default=None, metavar="all|NAME,...",
               help="One row per (artifact, engine) for every engine that reads its format (all) "
@@ -169,13 +169,11 @@ def bench(backend, model, all_dir, threads, batch, runs, warmup, rounds, block_s
         check(("matplotlib",), "plot", "ssrconv bench --plot")
     if faces_dir is not None and not Path(faces_dir).is_dir():
         raise SsrconvError(f"--faces {faces_dir}: not a directory")
-    from ssrconv.targets import ENGINES
-
     engine_list = [e.strip() for e in engines.split(",") if e.strip()] if engines else []
-    unknown = [e for e in engine_list + ([engine] if engine else []) if e != "all" and e not in ENGINES]
+    unknown = [e for e in engine_list if e != "all" and e not in ENGINES]
     if unknown or (engine_list and engine):
-        raise click.UsageError(f"--engine/--engines take names from {', '.join(ENGINES)} (or "
-                               f"--engines all), not both (got {', '.join(unknown) or engines})")
+        raise click.UsageError(f"--engines takes all or names from {', '.join(ENGINES)} (got "
+                               f"{', '.join(unknown) or engines}), and not together with --engine")
     if reference_engine == "keras":  # before any work: one line, as parity does
         from ssrconv._extras import check
 

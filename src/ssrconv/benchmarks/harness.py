@@ -637,7 +637,7 @@ class Bench:
                        for a, p in zip(SAMPLE_PHOTOS, paths)]
         ready: list[Entry] = []
         for key, rows in groups.items():
-            live = [r for r in rows if r.status == "ok" or r.status == "running"]
+            live = [r for r in rows if r.status == "running"]
             if not live:
                 continue
             try:
@@ -657,8 +657,9 @@ class Bench:
             return
         listed = ", ".join(f"{p['name']} ({p.get('faces', '?')} face"
                            f"{'' if p.get('faces') == 1 else 's'})" for p in self.photos)
-        self._note(f"pipeline: {listed} through YuNet + crop + model: {s.pipeline_warmup} warm-up passes, then "
-                   f"{s.pipeline_rounds} rounds of {s.pipeline_block} per photo and row, interleaved")
+        self._note(f"pipeline: {listed} through YuNet + crop + model: {s.pipeline_warmup} "
+                   f"warm-up passes, then {s.pipeline_rounds} rounds of {s.pipeline_block} per "
+                   "photo and row, interleaved")
         for entry in ready:
             for index in range(len(self.photos)):
                 self._pipeline_call(entry, index, s.pipeline_warmup, keep=False)

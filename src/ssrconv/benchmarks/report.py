@@ -38,7 +38,7 @@ def _ms(values_ns) -> float:
 
 def pipeline_summary(raw: dict) -> dict:
     """One row's end-to-end numbers on one photo from its raw per-pass step times (ns): medians
-    in ms of YuNet, the crops, the model and their per-pass sum, and per face."""
+    in ms of YuNet, the crops, the model and their per-pass sum, and each of them per face."""
     faces = list(raw.get("faces") or [])
     if not faces:
         return {"n": 0}
@@ -48,8 +48,8 @@ def pipeline_summary(raw: dict) -> dict:
            "detect_ms": _ms(raw["detect_ns"]), "crop_ms": _ms(raw["crop_ns"]),
            "model_ms": _ms(raw["model_ns"]), "total_ms": _ms(totals),
            "total_min_ms": min(totals) / 1e6}
-    out["per_face_ms"] = out["total_ms"] / count if count else math.nan
-    out["model_per_face_ms"] = out["model_ms"] / count if count else math.nan
+    out["per_face"] = {key: (out[key] / count if count else math.nan)
+                       for key in ("detect_ms", "crop_ms", "model_ms", "total_ms")}
     if raw.get("in_page_ms"):
         out["in_page_model_ms"] = _ms([v * 1e6 for v in raw["in_page_ms"]])
     return out
@@ -210,18 +210,31 @@ def browser_rows(report: dict) -> list[list[str]]:
     return out
 
 
-def pipeline_rows(report: dict) -> list[list[str]]:
-    """One row per (timed row, sample photo): YuNet, crop and model ms, per photo and per face."""
+PIPELINE_STEPS = (("YuNet", "detect_ms"), ("crop", "crop_ms"), ("model", "model_ms"),
+                  ("total", "total_ms"))
+
+
+def pipeline_table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows), one row per (timed row, sample photo): YuNet, crop, model and total ms
+    per photo, then the same per face; a "model in page" column when a browser row has one."""
+    in_page = any("in_page_model_ms" in p for r in report["results"]
+                  for p in r.get("pipeline", {}).values())
+    headers = ["backend", "engine", "photo", "faces", "n"]
+    headers += [f"{label} ms" for label, _ in PIPELINE_STEPS[:3]]
+    headers += ["model in page ms"] if in_page else []
+    headers += ["total ms"] + [f"{label} per face" for label, _ in PIPELINE_STEPS]
     out = []
     for row in report["results"]:
         for photo, p in row.get("pipeline", {}).items():
             if not p.get("n"):
                 continue
-            out.append([row["name"], row["engine"] or "-", photo, str(p["faces"]), str(p["n"]),
-                        fmt_num(p["detect_ms"]), fmt_num(p["crop_ms"]), fmt_num(p["model_ms"]),
-                        fmt_num(p.get("in_page_model_ms")), fmt_num(p["total_ms"]),
-                        fmt_num(p["per_face_ms"]), fmt_num(p["model_per_face_ms"])])
-    return out
+            cells = [row["name"], row["engine"] or "-", photo, str(p["faces"]), str(p["n"])]
+            cells += [fmt_num(p[key]) for _, key in PIPELINE_STEPS[:3]]
+            cells += [fmt_num(p.get("in_page_model_ms"))] if in_page else []
+            cells += [fmt_num(p["total_ms"])]
+            cells += [fmt_num(p["per_face"][key]) for _, key in PIPELINE_STEPS]
+            out.append(cells)
+    return headers, out
 
 
 def _status_text(row: dict) -> str:
@@ -269,14 +282,11 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                                fmt_ratio(ratio.get("time_vs_fastest_fp32")),
                                fmt_num(load_s), fmt_num(load["first_call_ms"].get(batch)),
                                fmt_mb(row["memory"].get("peak_rss_bytes"))])
-    pipeline, browser = pipeline_rows(report), browser_rows(report)
+    (pipeline_headers, pipeline), browser = pipeline_table(report), browser_rows(report)
     extra = []
     if pipeline:
-        extra.append(("End to end per photo (ms, medians): YuNet + crop + model, as "
-                      "`ssrconv predict` runs them",
-                      ["backend", "engine", "photo", "faces", "n", "YuNet ms", "crop ms",
-                       "model ms", "model in page ms", "total ms", "total per face ms",
-                       "model per face ms"], pipeline))
+        extra.append(("End to end per photo and per face (ms, medians): YuNet + crop + model, "
+                      "as `ssrconv predict` runs them", pipeline_headers, pipeline))
     if browser:
         extra.append(("In the browser vs native (per face, us, medians)",
                       ["backend", "engine", "batch", "round trip", "in page", "in page min",
@@ -368,8 +378,8 @@ def _pipeline_notes(report: dict) -> list[str]:
                    "preprocessing contract, one model call on all faces of the photo; "
                    f"{s.get('pipeline_warmup', 0)} warm-up passes, then "
                    f"{s.get('pipeline_runs', 0)} in {s.get('pipeline_rounds', 0)} interleaved "
-                   "rounds per photo and row. Total = median of per-pass sums; per face = total "
-                   "/ faces. Browser rows' model ms is the round trip; 'model in page ms' their "
+                   "rounds per photo and row. Total = median of per-pass sums; per face = each "
+                   "median / the photo's faces. Browser rows' model ms is the round trip; 'model in page ms' their "
                    "page's own timer.")
         out.append(f"For context, SSR-Net's issue #21 ({pipe['context']['url']}): "
                    f"model.predict on the faces of the original demo took {low}-{high} ms per "
