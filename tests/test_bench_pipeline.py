@@ -206,3 +206,29 @@ def test_bench_web_folder_in_chromium_beside_native(tmp_path_factory, assets_dir
     assert browser["pipeline"]["t1.jpg"]["in_page_model_ms"] > 0
     assert native["pipeline"]["t1.jpg"]["faces"] == T1_FACES
     assert "In the browser vs native" in out.stdout and f"{native['name']} (" in out.stdout
+
+
+def test_in_page_time_sums_the_chunks_of_a_fixed_batch_file():
+    """A fixed-batch file (export --batch 1) is fed to its browser runtime one face per run()
+    (StaticBatchRuntime): a timed call of 4 faces is 4 page runs, and its in-page time is their
+    sum, not the last run's."""
+    import numpy as np
+
+    from ssrconv.benchmarks.worker import Worker, make_batches
+    from ssrconv.runtimes.base import Runtime, StaticBatchRuntime
+
+    class Page(Runtime):  # a browser runtime's timing contract, without the browser
+        heads = ("age",)
+        last_browser_ms, browser_ms_total = None, 0.0
+
+        def run(self, batch):
+            self.last_browser_ms = 2.0 * len(batch)
+            self.browser_ms_total += self.last_browser_ms
+            return {"age": np.zeros(len(batch), np.float32)}
+
+    worker = Worker()
+    worker.runtime = StaticBatchRuntime(Page(), 1)
+    worker.calls["run"] = worker.runtime.run
+    worker.batches[4] = make_batches(np.zeros((8, 64, 64, 3), np.float32), 4)
+    reply = worker.cmd_time({"mode": "run", "batch": 4, "n": 3})
+    assert reply["in_page_ms"] == [8.0, 8.0, 8.0]

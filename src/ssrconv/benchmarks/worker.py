@@ -289,11 +289,19 @@ class Worker:
 
     def _in_page_probe(self):
         """(after-callback, list it fills) reading a browser runtime's in-page time of the call
-        just made; (None, None) for runtimes that have no page."""
-        if not hasattr(self.runtime, "last_browser_ms"):
+        just made; (None, None) for runtimes that have no page. The runtime's running total is
+        read, not its last run(): a fixed-batch file is fed in several run() calls per call."""
+        if not hasattr(self.runtime, "browser_ms_total"):
             return None, None
         in_page: list[float] = []
-        return (lambda: in_page.append(self.runtime.last_browser_ms)), in_page
+        seen = [self.runtime.browser_ms_total]
+
+        def after():
+            total = self.runtime.browser_ms_total
+            in_page.append(total - seen[0])
+            seen[0] = total
+
+        return after, in_page
 
     def cmd_time(self, req: dict) -> dict:
         fn, batches = self._fn(req)
