@@ -45,8 +45,9 @@ test: setup browser
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-# The runtime-only install: a clean venv with `pip install .` (no extras) predicts and checks
-# parity on a .tflite (exported here by the full venv) with TensorFlow not importable, and
+# The runtime-only install: a clean venv with `pip install .` (no extras) predicts, checks
+# parity and benchmarks (numpy reference rows, end-to-end rows) a .tflite (exported here by the
+# full venv) with TensorFlow not importable, and
 # every converter command fails in one line naming ssrconv[export]. About 3 minutes.
 test-runtime-only: setup
 	FULL_BIN=$(BIN) bash tools/runtime_only_check.sh

@@ -20,7 +20,7 @@ from ssrconv.benchmarks.report import build_report, render_json, render_markdown
 from ssrconv.runtimes.coreml_rt import not_timable_reason
 from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES, size_info
 
-TINY = dict(runs=4, warmup=1, rounds=2, batch=4)
+TINY = dict(runs=4, warmup=1, rounds=2, batch=4, pipeline_runs=2)
 
 
 def _cli(*args, timeout=600):
@@ -270,7 +270,8 @@ def test_backend_tflite_verbatim_times_the_default_export(export_dir, tmp_path):
     json_out = tmp_path / "b.json"
     out = subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", "--backend", "tflite",
                           "--runs", "2", "--warmup", "1", "--rounds", "1", "--batch", "2",
-                          "--json", str(json_out)], capture_output=True, text=True, timeout=900,
+                          "--pipeline-runs", "1", "--json", str(json_out)],
+                         capture_output=True, text=True, timeout=900,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     names = [r["name"] for r in json.loads(json_out.read_text())["results"]]
@@ -298,8 +299,8 @@ def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path):
     each timed row, CoreML reported as not timed off macOS, TFLite workers without TensorFlow."""
     json_out, md_out, png_out = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
     out = _cli("--all", str(export_dir), "--runs", "4", "--warmup", "1", "--rounds", "2",
-               "--batch", "4", "--faces", str(faces_dir), "--json", str(json_out),
-               "--markdown", str(md_out), "--plot", str(png_out))
+               "--batch", "4", "--faces", str(faces_dir), "--pipeline-runs", "2",
+               "--json", str(json_out), "--markdown", str(md_out), "--plot", str(png_out))
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(json_out.read_text())
     rows = {r["name"]: r for r in report["results"]}
@@ -319,6 +320,9 @@ def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path):
         assert row["size"]["file_bytes"] > 0 and row["size"]["gzip_bytes"] > 0
         if row["backend"] == "tflite":
             assert row["tensorflow_imported"] is False
+        # End to end on every timed row, Keras' model.predict included: t1.jpg's six faces.
+        t1 = row["pipeline"]["t1.jpg"]
+        assert t1["faces"] == 6 and t1["detect_ms"] > 0 and t1["model_ms"] > 0, row["name"]
     keras = rows["keras (model call)"]
     assert keras["worker"]["macs_per_head"] == stats.MACS_PER_FACE_PER_HEAD
     assert keras["worker"]["params_per_head"] == stats.PARAMS_PER_HEAD
@@ -337,7 +341,7 @@ def test_single_tflite_worker_does_not_import_tensorflow(export_dir, tmp_path, p
     model = export_dir / f"ssrnet_age_gender_{precision}.tflite"
     json_out = tmp_path / "b.json"
     out = _cli("--backend", "tflite", "--model", str(model), "--runs", "3", "--warmup", "1",
-               "--rounds", "1", "--batch", "2", "--json", str(json_out))
+               "--rounds", "1", "--batch", "2", "--pipeline-runs", "0", "--json", str(json_out))
     assert out.returncode == 0, out.stderr[-2000:]
     (row,) = json.loads(json_out.read_text())["results"]
     assert row["status"] == "ok" and row["tensorflow_imported"] is False

@@ -55,8 +55,23 @@ grep -q "reference (numpy-float32)" parity.md || fail "the parity table does not
     || fail "ssrconv predict without --model (the numpy reference) failed"
 "$RO/ssrconv" info | grep -q "reference engine numpy-float32" \
     || fail "ssrconv info does not report the numpy reference"
-"$RO/ssrconv" bench --model "$MODEL" --runs 20 --warmup 2 --rounds 2 > bench.txt 2> bench.err \
-    || fail "ssrconv bench --model X.tflite failed: $(tail -3 bench.err)"
+# bench --all plans the reference rows: the numpy engine here (it planned Keras rows, whose
+# workers died importing TensorFlow); every worker without TensorFlow; the end-to-end rows
+# (YuNet + crop + model on the sample photos) on the base install's OpenCV.
+"$RO/ssrconv" bench --all "$WORK/export" --runs 20 --warmup 2 --rounds 2 --pipeline-runs 2 \
+    --json bench.json > bench.txt 2> bench.err \
+    || fail "ssrconv bench --all (a .tflite) failed: $(tail -3 bench.err)"
+"$RO/python" - bench.json <<'PY' || fail "bench --all did not time the numpy reference and the pipeline without TensorFlow"
+import json, sys
+report = json.load(open(sys.argv[1]))
+rows = {r["backend"]: r for r in report["results"]}
+assert report["reference_engine"] == "numpy-float32", report["reference_engine"]
+assert set(rows) == {"reference", "tflite"}, sorted(rows)
+assert rows["reference"]["engine"] == "numpy-float32" and rows["reference"]["status"] == "ok"
+assert all(r["status"] == "ok" and r["tensorflow_imported"] is False for r in rows.values())
+assert rows["tflite"]["pipeline"]["t1.jpg"]["faces"] == 6, rows["tflite"]["pipeline"]
+PY
+grep -q "numpy-float32 engine of the rebuilt SSR-Net" bench.txt || fail "the bench table does not say the reference is the numpy engine"
 t3=$(date +%s)
 
 # 4. What needs a converter fails in one line naming the extra, not with a traceback.
@@ -76,8 +91,8 @@ one_line_error "$RO/ssrconv" eval "$SSRCONV_FACES" --backend keras
 one_line_error "$RO/ssrconv" predict "$SSRCONV_IMAGES/astronaut.png" --backend keras
 
 site_mb() { du -sm "$("$1/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" | cut -f1; }
-echo "runtime-only: ok: predict ($faces faces in group_t1.jpg), parity and bench on" \
-     "$(basename "$MODEL") without TensorFlow, reference engine $engine"
+echo "runtime-only: ok: predict ($faces faces in group_t1.jpg), parity and bench (numpy reference," \
+     "end-to-end rows) on $(basename "$MODEL") without TensorFlow, reference engine $engine"
 echo "runtime-only: installed size: $(site_mb "$RO") MB (runtime-only) vs $(site_mb "$FULL_BIN") MB (full)"
 echo "runtime-only: largest: $(du -sm "$("$RO/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"/* \
     | sort -rn | head -6 | awk '{n=split($2,p,"/"); printf "%s %s MB, ", p[n], $1}')"

@@ -87,9 +87,14 @@ class Predictor:
         self.min_face = min_face
         self.reference = reference
 
-    def faces_of(self, image: np.ndarray, source: str, frame: int | None = None) -> list[dict]:
-        """Detect, crop, run the model on all faces in one batch; one record per face."""
-        found = [f for f in self.detector.detect(image) if min(f.box[2], f.box[3]) >= self.min_face]
+    def find(self, image: np.ndarray) -> list:
+        """The detector's faces of ``image`` at least ``min_face`` pixels on their short side."""
+        return [f for f in self.detector.detect(image) if min(f.box[2], f.box[3]) >= self.min_face]
+
+    def crop(self, image: np.ndarray, found: list, source: str = "",
+             frame: int | None = None) -> tuple[list[dict], np.ndarray | None]:
+        """One record per readable face of ``found`` and their model inputs stacked in one
+        batch (the preprocessing contract's crops); (``[]``, None) when no face is readable."""
         records = []
         crops = []
         for face in found:
@@ -99,9 +104,14 @@ class Predictor:
                 continue  # a box wholly outside the image: nothing to read
             records.append({"source": source, "frame": frame, "face": len(records),
                             "box": [round(v, 1) for v in face.box], "score": round(face.score, 4)})
+        return records, (np.stack(crops) if crops else None)
+
+    def faces_of(self, image: np.ndarray, source: str, frame: int | None = None) -> list[dict]:
+        """Detect, crop, run the model on all faces in one batch; one record per face.
+        (``ssrconv bench`` times these same three steps: :meth:`find`, :meth:`crop`, run.)"""
+        records, batch = self.crop(image, self.find(image), source, frame)
         if not records:
             return []
-        batch = np.stack(crops)
         outputs = self.runtime.run(batch)
         reference = self.reference.run(batch) if self.reference is not None else None
         for i, r in enumerate(records):

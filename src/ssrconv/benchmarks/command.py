@@ -11,31 +11,41 @@ from pathlib import Path
 import click
 
 from ssrconv.errors import SsrconvError
-from ssrconv.targets import BACKENDS
+from ssrconv.targets import BACKENDS, ENGINES
 
 DEFAULT_EXPORT_DIR = Path("ssrconv-out")  # = ExportOptions.out's default
 
 
 def _plan(backend: str | None, model: Path | None, all_dir: Path | None, with_keras: bool,
-          progress) -> list:
-    """The rows to benchmark, or a one-line error for an impossible request."""
+          progress, engine: str | None = None, engines=(), reference_engine: str = "auto") -> list:
+    """The rows to benchmark, or a one-line error for an impossible request. The reference rows
+    are Keras' when TensorFlow is installed, else the numpy engine's (``reference_engine``);
+    ``--backend keras`` insists on Keras, as in eval and predict."""
     from ssrconv.artifacts import open_all, open_artifact
-    from ssrconv.benchmarks.harness import artifact_entry, keras_entries
+    from ssrconv.benchmarks.harness import (add_native_rows, engine_entries, keras_entries,
+                                            reference_entries)
     from ssrconv.runtimes import REFERENCE_BACKEND, is_weights_file
 
+    def rows(artifacts):
+        # A browser row's in-page time is shown beside native: its native row comes along.
+        return add_native_rows([row for a in artifacts for row in engine_entries(a, engine, engines)])
+
+    reference = lambda **kw: reference_entries(reference_engine, **kw)  # noqa: E731
     if all_dir is not None:
         if backend or model:
             raise click.UsageError("--all DIR benchmarks every artifact of DIR: do not combine it "
                                    "with --backend or --model")
         if not all_dir.is_dir():
             raise SsrconvError(f"{all_dir}: not a directory (--all takes an export directory)")
-        return keras_entries() + [artifact_entry(a) for a in open_all(all_dir)]
+        return reference() + rows(open_all(all_dir))
     if model is not None:
         if is_weights_file(model):
             if backend not in (None, REFERENCE_BACKEND):
                 raise SsrconvError(f"{model} is a weights file: --backend {REFERENCE_BACKEND} "
                                    f"times it, not {backend}")
-            return keras_entries(weights=model)
+            if engine or engines:
+                raise click.UsageError(f"--engine/--engines run artifacts; {model} is a weights file")
+            return reference(weights=model)
         if backend == REFERENCE_BACKEND:
             raise SsrconvError(f"--backend {REFERENCE_BACKEND} times the reference; give it a "
                                f"weights file (.h5) as --model, or drop --model {model}")
@@ -44,12 +54,15 @@ def _plan(backend: str | None, model: Path | None, all_dir: Path | None, with_ke
             raise SsrconvError(f"--backend {backend} cannot run {model} (a "
                                f"{artifact.format.family} artifact); use --backend "
                                f"{artifact.format.family} or omit --backend")
-        return (keras_entries() if with_keras else []) + [artifact_entry(artifact)]
+        return (reference() if with_keras else []) + rows([artifact])
     if backend is None:
         raise click.UsageError("give --backend NAME, --model PATH, or --all DIR")
     if backend == REFERENCE_BACKEND:
+        from ssrconv._extras import check
+
+        check(("tensorflow", "keras"), "export", f"ssrconv bench --backend {REFERENCE_BACKEND}")
         return keras_entries()
-    return keras_entries() + [artifact_entry(a) for a in _default_artifacts(backend, progress)]
+    return reference() + rows(_default_artifacts(backend, progress))
 
 
 def _default_artifacts(family: str, progress) -> list:
@@ -116,14 +129,27 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
               envvar="SSRCONV_FACES", show_envvar=True,
               help="Face chips to time on (default: seeded random 0..255 inputs).")
 @click.option("--with-keras", is_flag=True,
-              help="With --model: also time the Keras reference, for the ratios (--all always does).")
+              help="With --model: also time the reference, for the ratios (--all always does).")
+@click.option("--reference-engine", type=click.Choice(["auto", "keras", "numpy", "numpy-float64"]),
+              default="auto", show_default=True,
+              help="The reference rows: auto is Keras (model call and model.predict) when "
+                   "TensorFlow is installed, else the numpy engine.")
+@click.option("--engine", default=None, type=click.Choice(list(ENGINES)),
+              help="Run the artifacts on this engine instead of their format's default.")
+@click.option("--engines", "engines", default=None, metavar="all|NAME,...",
+              help="One row per (artifact, engine) for every engine that reads its format (all) "
+                   "or these; browser engines also report their in-page time beside native.")
+@click.option("--pipeline-runs", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Passes of each sample photo through YuNet + crop + model per row, for the "
+                   "end-to-end rows (0: none).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path),
               help="Write the Markdown report (README-ready) here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path),
               help="Write a PNG chart (latency and size per backend) here.")
 def bench(backend, model, all_dir, threads, batch, runs, warmup, rounds, block_seconds, faces_dir,
-          with_keras, json_out, md_out, plot_out) -> int:
+          with_keras, reference_engine, engine, engines, pipeline_runs, json_out, md_out,
+          plot_out) -> int:
     """Size, latency, throughput, efficiency and memory per backend, measured side by side.
 
     Every backend runs in its own worker process; timed calls are interleaved across backends
@@ -143,10 +169,20 @@ def bench(backend, model, all_dir, threads, batch, runs, warmup, rounds, block_s
         check(("matplotlib",), "plot", "ssrconv bench --plot")
     if faces_dir is not None and not Path(faces_dir).is_dir():
         raise SsrconvError(f"--faces {faces_dir}: not a directory")
+    engine_list = [e.strip() for e in engines.split(",") if e.strip()] if engines else []
+    unknown = [e for e in engine_list if e != "all" and e not in ENGINES]
+    if unknown or (engine_list and engine):
+        raise click.UsageError(f"--engines takes all or names from {', '.join(ENGINES)} (got "
+                               f"{', '.join(unknown) or engines}), and not together with --engine")
+    if reference_engine == "keras":  # before any work: one line, as parity does
+        from ssrconv._extras import check
+
+        check(("tensorflow", "keras"), "export", "ssrconv bench --reference-engine keras")
     settings = Settings(threads=threads, batch=batch, runs=runs, warmup=warmup, rounds=rounds,
-                        block_seconds=block_seconds, faces_dir=str(faces_dir) if faces_dir else None)
+                        block_seconds=block_seconds, faces_dir=str(faces_dir) if faces_dir else None,
+                        pipeline_runs=pipeline_runs)
     say = lambda m: click.echo(f"bench: {m}", err=True)  # noqa: E731
-    entries = _plan(backend, model, all_dir, with_keras, say)
+    entries = _plan(backend, model, all_dir, with_keras, say, engine, engine_list, reference_engine)
     report = run_bench(entries, settings, progress=say)
     click.echo(render_text(report), nl=False)
     if json_out:

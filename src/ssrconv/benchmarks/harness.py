@@ -44,6 +44,10 @@ class Settings:
     gemm_calls: int = 5  # GEMMs per round: ~3 ms each at 95 GFLOP/s
     block_seconds: float = 1.0  # a block stops early past this (min 2 calls): slow rows get fewer
     faces_dir: str | None = None
+    # Passes of each sample photo through YuNet + crop + model per row (0: no pipeline rows),
+    # split over the same interleaved rounds.
+    pipeline_runs: int = 20
+    pipeline_warmup: int = 2
     input_count: int = 64
     seed: int = 0
     load_timeout: float = 600.0
@@ -58,6 +62,8 @@ class Settings:
             raise SsrconvError(f"--block-seconds must be positive, got {self.block_seconds}")
         if self.warmup < 0:
             raise SsrconvError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.pipeline_runs < 0:
+            raise SsrconvError(f"--pipeline-runs must be 0 or more, got {self.pipeline_runs}")
 
     @property
     def batches(self) -> list[int]:
@@ -73,12 +79,23 @@ class Settings:
     def rounds_used(self) -> int:
         return min(self.rounds, self.runs)
 
+    @property
+    def pipeline_rounds(self) -> int:
+        return min(self.rounds, self.pipeline_runs)
+
+    @property
+    def pipeline_block(self) -> int:
+        """Timed passes of each photo per row in one round."""
+        return math.ceil(self.pipeline_runs / self.pipeline_rounds) if self.pipeline_runs else 0
+
     def as_dict(self) -> dict:
         return {"threads": self.threads, "batch": self.batch, "batches": self.batches,
                 "runs": self.block * self.rounds_used, "runs_requested": self.runs,
                 "warmup": self.warmup, "rounds": self.rounds_used, "block": self.block,
                 "block_seconds": self.block_seconds, "gemm_size": self.gemm_size,
-                "gemm_calls_per_round": self.gemm_calls}
+                "gemm_calls_per_round": self.gemm_calls,
+                "pipeline_runs": self.pipeline_block * self.pipeline_rounds,
+                "pipeline_rounds": self.pipeline_rounds, "pipeline_warmup": self.pipeline_warmup}
 
 
 @dataclass
@@ -106,6 +123,10 @@ class Entry:
     first_ms: dict[int, float] = field(default_factory=dict)
     times_ns: dict[int, list[int]] = field(default_factory=dict)
     overhead_ns: dict[int, list[int]] = field(default_factory=dict)
+    in_page_ms: dict[int, list[float]] = field(default_factory=dict)  # browser engines
+    # photo file name -> {"faces": [...], "detect_ns": [...], "crop_ns": [...], "model_ns": [...]}
+    pipeline: dict[str, dict] = field(default_factory=dict)
+    pipeline_error: str | None = None
     process: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     size: dict | None = None
@@ -134,16 +155,106 @@ def keras_entries(predict: bool = True, weights: str | os.PathLike | None = None
     return rows
 
 
-def artifact_entry(artifact) -> Entry:
-    """The row of one opened, verified artifact (:func:`ssrconv.artifacts.open_artifact`)."""
+def reference_entries(engine: str = "auto", predict: bool = True,
+                      weights: str | os.PathLike | None = None) -> list[Entry]:
+    """The reference rows on ``engine`` (:func:`ssrconv.reference.reference_engine`: "auto" is
+    Keras when TensorFlow is installed, else the numpy engine): :func:`keras_entries`, or one
+    row of the numpy reference (model call; it has no model.predict)."""
+    from ssrconv.reference import reference_engine
+
+    chosen = reference_engine(engine)
+    if chosen == "keras":
+        return keras_entries(predict=predict, weights=weights)
+    options, heads, label = {"task": "age-gender"}, ["age", "p_male"], f"reference {chosen}"
+    if weights is not None:
+        from ssrconv.reference.assets import resolve
+        from ssrconv.reference.weights import read_h5_weights
+
+        task = read_h5_weights(resolve(weights).path).task
+        options = {"task": task, f"{task}_weights": str(weights)}
+        heads, label = (["age"] if task == "age" else ["p_male"]), f"{label} {Path(weights).name}"
+    return [Entry(label, "reference", f"reference-{chosen}", "fp32", mode="run",
+                  options={**options, "engine": chosen}, heads=heads)]
+
+
+def artifact_entry(artifact, engine: str | None = None) -> Entry:
+    """The row of one opened, verified artifact (:func:`ssrconv.artifacts.open_artifact`) on
+    ``engine`` (None: its format's default; the row is then named by the file alone)."""
+    from ssrconv.targets import get_engine
+
     heads = list(artifact.heads or ())
-    entry = Entry(artifact.label, artifact.format.family, artifact.target.key, artifact.precision,
-                  path=str(artifact.path), heads=heads)
-    reason = artifact.format.engine.why_not_timed()
+    name = artifact.label if engine is None else f"{artifact.label} on {engine}"
+    entry = Entry(name, artifact.format.family, artifact.target.key, artifact.precision,
+                  path=str(artifact.path), heads=heads,
+                  options={} if engine is None else {"engine": engine})
+    chosen = artifact.format.engine if engine is None else get_engine(engine)
+    reason = chosen.why_not_timed()
     if reason is not None:
         entry.timed = False
         entry.note = reason
     return entry
+
+
+def _runs_in_browser(entry: Entry) -> bool:
+    from ssrconv.targets import FORMATS, get_engine
+
+    if entry.backend not in FORMATS:
+        return False
+    name = entry.options.get("engine") or FORMATS[entry.backend].engines[0]
+    return get_engine(name).extra == "browser"
+
+
+def add_native_rows(entries: list[Entry]) -> list[Entry]:
+    """``entries`` plus, for each timed browser row whose file has no timed native row, the
+    native row its in-page time is shown beside: the file on its format's default engine, or
+    for a ``.web`` folder the ``.onnx`` it carries (on onnxruntime) unless the export's own
+    ``.onnx`` of that precision is already a row (the folder carries the same graph)."""
+    from ssrconv.artifacts import open_artifact
+
+    out = list(entries)
+    native = [e for e in entries if e.timed and e.path and not _runs_in_browser(e)]
+    for entry in entries:
+        if not (entry.timed and entry.path and _runs_in_browser(entry)):
+            continue
+        path = Path(entry.path)
+        if any(Path(e.path) == path for e in native):
+            continue
+        if entry.backend == "web":
+            if any(e.backend == "onnx" and Path(e.path).parent == path.parent
+                   and e.precision == entry.precision for e in native):
+                continue
+            from ssrconv.converters.web import read_config
+
+            inner = open_artifact(path / read_config(path)["model"])
+            row = artifact_entry(inner)
+            row.name = row.worker_key = f"{path.name}/{inner.path.name}"
+        else:
+            row = artifact_entry(open_artifact(path))
+            if _runs_in_browser(row):
+                continue  # no native engine reads this format
+        if not any(e.name == row.name for e in out):
+            out.append(row)
+            native.append(row)
+    return out
+
+
+def engine_entries(artifact, engine: str | None = None, engines=()) -> list[Entry]:
+    """The rows of ``artifact``: on ``engine`` (None: its default), or with ``engines``
+    ("all" or names) one row per engine of the format table that reads it, as ``ssrconv parity
+    --engines`` pairs them; a pair that cannot run here (not installed, refused by design) is a
+    row with the reason, not timed."""
+    from ssrconv.parity import _engines_for, _not_run
+
+    if not engines:
+        return [artifact_entry(artifact, engine)]
+    rows = []
+    for name in _engines_for(artifact, engine, engines):
+        entry = artifact_entry(artifact, name)
+        why = _not_run(artifact, name)
+        if why is not None:
+            entry.timed, entry.note = False, f"not run: {why}"
+        rows.append(entry)
+    return rows
 
 
 class WorkerFailed(Exception):
@@ -295,6 +406,10 @@ def _worker_env(backend: str, threads: int) -> dict[str, str]:
         # Read by TensorFlow when its runtime starts; the worker also sets tf.config.threading.
         env["TF_NUM_INTRAOP_THREADS"] = str(threads)
         env["TF_NUM_INTEROP_THREADS"] = "1"
+    if backend == "reference":
+        # The numpy reference's matrix products run in BLAS: its threads are the row's threads.
+        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = str(threads)
     if backend == GEMM_KEY:
         # The machine's single-core rate: BLAS pinned to one thread in this process only.
         for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -308,7 +423,7 @@ def _size_paths(entry: Entry) -> list[str]:
     files = entry.info.get("weights_files")
     if files:
         return files
-    if entry.backend != "keras":
+    if entry.backend not in ("keras", "reference"):
         return []
     from ssrconv.reference.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, locate
 
@@ -344,6 +459,9 @@ class Bench:
         self.gemm_error: str | None = None
         self.gemm_info: dict = {}
         self.inputs_description = ""
+        self.photos: list[dict] = []  # the pipeline's sample photos: name, path, faces
+        self.pipeline_error: str | None = None
+        self._bar = None
 
     def groups(self) -> dict[str, list[Entry]]:
         """Timed rows by worker process (Keras call and predict share one)."""
@@ -355,26 +473,56 @@ class Bench:
                 entry.status = "not-timed"
         return out
 
+    def _note(self, message: str) -> None:
+        """A progress line on stderr, printed above the bar (when one is shown)."""
+        if self._bar is not None:
+            self._bar.clear()
+        self.say(message)
+        if self._bar is not None:
+            self._bar.refresh()
+
+    def _step(self, message: str | None) -> None:
+        """One unit of the bar done; ``message`` is printed only where no bar is drawn (logs,
+        pipes), so a terminal shows the bar and a log keeps its one line per round."""
+        if self._bar is not None and not self._bar.disable:
+            self._bar.update(1)
+        elif message:
+            self.say(message)
+
     def run(self) -> None:
         """Measure everything; failures are recorded on their rows, never raised."""
+        from ssrconv.progress import bar
+
         s = self.settings
-        with tempfile.TemporaryDirectory(prefix="ssrconv-bench-") as tmp:
+        groups = self.groups()
+        steps = (len(groups) + len(s.batches) * s.rounds_used
+                 + (s.pipeline_rounds if s.pipeline_runs else 0))
+        with tempfile.TemporaryDirectory(prefix="ssrconv-bench-") as tmp, \
+                bar(total=steps, desc="bench", unit="step") as shown:
+            self._bar = shown
             inputs, self.inputs_description = prepare_inputs(s, Path(tmp))
-            self.say(f"inputs: {self.inputs_description}")
+            self._note(f"inputs: {self.inputs_description}")
             try:
                 self._start_gemm(Path(tmp))
-                groups = self.groups()
                 for number, (key, rows) in enumerate(groups.items(), start=1):
                     self._load(key, rows, inputs, Path(tmp), f"[{number}/{len(groups)}]")
+                    self._step(None)
                 for batch in s.batches:
                     self._time_batch(batch)
+                # Peak RSS before the pipeline: YuNet's memory is not the backend's.
                 self._collect_stats(groups)
+                if s.pipeline_runs:
+                    self._time_pipeline(groups)
             finally:
                 for handle in self.workers.values():
                     handle.close()
+                self._bar = None
         for entry in self.entries:
             if entry.timed and entry.status == "running":
                 entry.status = "ok"
+        for entry in self.entries:
+            if entry.status == "failed":
+                entry.pipeline.clear()  # a failed row has no measurement, end to end either
         for entry in self.entries:
             if not entry.timed:
                 self.say(f"{entry.name}: {entry.note}")
@@ -388,15 +536,15 @@ class Bench:
                                     "options": {"size": s.gemm_size}, "modes": ["run"],
                                     "batches": [1]}, s.load_timeout)
             self.gemm_info = reply.get("info", {})
-            self.say(f"reference: numpy float32 GEMM {s.gemm_size}x{s.gemm_size}, 1 thread")
+            self._note(f"reference: numpy float32 GEMM {s.gemm_size}x{s.gemm_size}, 1 thread")
         except WorkerFailed as err:
             self.gemm_error = str(err)
-            self.say(f"reference GEMM failed: {err}")
+            self._note(f"reference GEMM failed: {err}")
 
     def _load(self, key: str, rows: list[Entry], inputs: Path, tmp: Path, label: str) -> None:
         s = self.settings
         first = rows[0]
-        self.say(f"{label} {key}: starting worker ({first.backend}) and loading")
+        self._note(f"{label} {key}: starting worker ({first.backend}) and loading")
         handle = WorkerHandle(key, _worker_env(first.backend, s.threads), tmp)
         self.workers[key] = handle
         try:
@@ -407,7 +555,7 @@ class Bench:
         except WorkerFailed as err:
             for row in rows:
                 self._mark_failed(row, f"load: {err}")
-            self.say(f"      FAILED: {err}")
+            self._note(f"      FAILED: {err}")
             return
         for row in rows:
             row.status = "running"
@@ -418,7 +566,7 @@ class Bench:
             row.info = dict(reply.get("info", {}))
             row.process["pid"] = reply.get("pid")
             firsts = ", ".join(f"batch {b} {ms:.1f} ms" for b, ms in row.first_ms.items())
-            self.say(f"      {row.name}: {row.engine}; import {row.import_s:.2f} s, load "
+            self._note(f"      {row.name}: {row.engine}; import {row.import_s:.2f} s, load "
                      f"{row.load_s:.3f} s, first call {firsts}")
 
     def _mark_failed(self, entry: Entry, message: str) -> None:
@@ -439,7 +587,7 @@ class Bench:
             for row in self.entries:
                 if row.worker_key == entry.worker_key and row.status == "running":
                     self._mark_failed(row, str(err))
-                    self.say(f"      {row.name} FAILED: {err}")
+                    self._note(f"      {row.name} FAILED: {err}")
             return None
 
     def _time_batch(self, batch: int) -> None:
@@ -447,7 +595,7 @@ class Bench:
         live = self._live()
         if not live:
             return
-        self.say(f"batch {batch}: warm-up {s.warmup} calls each, then {s.rounds_used} rounds of "
+        self._note(f"batch {batch}: warm-up {s.warmup} calls each, then {s.rounds_used} rounds of "
                  f"{s.block} calls per backend, interleaved")
         if s.warmup:
             for entry in live:
@@ -467,8 +615,82 @@ class Bench:
                 if reply is not None:
                     entry.times_ns.setdefault(batch, []).extend(reply["ns"])
                     entry.overhead_ns.setdefault(batch, []).extend(reply["overhead_ns"])
+                    if "in_page_ms" in reply:
+                        entry.in_page_ms.setdefault(batch, []).extend(reply["in_page_ms"])
             self._time_gemm()
-            self.say(f"batch {batch}: round {number + 1}/{s.rounds_used} done")
+            self._step(f"batch {batch}: round {number + 1}/{s.rounds_used} done")
+
+    def _time_pipeline(self, groups: dict[str, list[Entry]]) -> None:
+        """The end-to-end rows: each sample photo through YuNet, the crops and the model, in
+        every live worker, interleaved in rounds like the model calls. A failure here is the
+        row's pipeline_error; its model-call timings stand."""
+        from ssrconv.reference.assets import SAMPLE_PHOTOS, sample_photos
+
+        s = self.settings
+        try:
+            paths = sample_photos()
+        except SsrconvError as err:
+            self.pipeline_error = f"sample photos unavailable: {err}"
+            self._note(f"pipeline: {self.pipeline_error}")
+            return
+        self.photos = [{"name": p.name, "asset": a, "path": str(p)}
+                       for a, p in zip(SAMPLE_PHOTOS, paths)]
+        ready: list[Entry] = []
+        for key, rows in groups.items():
+            live = [r for r in rows if r.status == "running"]
+            if not live:
+                continue
+            try:
+                reply = self.workers[key].request(
+                    {"cmd": "pipeline_load", "photos": [str(p) for p in paths],
+                     "threads": s.threads}, s.load_timeout)
+            except WorkerFailed as err:
+                for row in live:
+                    row.pipeline_error = f"pipeline: {err}"
+                self._note(f"      {key} pipeline FAILED: {err}")
+                continue
+            for photo, faces, shape in zip(self.photos, reply["faces"], reply["shapes"]):
+                photo.setdefault("faces", faces)
+                photo.setdefault("shape", shape)
+            ready += live
+        if not ready:
+            return
+        listed = ", ".join(f"{p['name']} ({p.get('faces', '?')} face"
+                           f"{'' if p.get('faces') == 1 else 's'})" for p in self.photos)
+        self._note(f"pipeline: {listed} through YuNet + crop + model: {s.pipeline_warmup} "
+                   f"warm-up passes, then {s.pipeline_rounds} rounds of {s.pipeline_block} per "
+                   "photo and row, interleaved")
+        for entry in ready:
+            for index in range(len(self.photos)):
+                self._pipeline_call(entry, index, s.pipeline_warmup, keep=False)
+        for number in range(s.pipeline_rounds):
+            live = [e for e in ready if e.pipeline_error is None]
+            if not live:
+                break
+            shift = number % len(live)
+            for entry in live[shift:] + live[:shift]:
+                for index in range(len(self.photos)):
+                    self._pipeline_call(entry, index, s.pipeline_block)
+            self._step(f"pipeline: round {number + 1}/{s.pipeline_rounds} done")
+
+    def _pipeline_call(self, entry: Entry, photo: int, n: int, keep: bool = True) -> None:
+        if n <= 0 or entry.pipeline_error is not None:
+            return
+        try:
+            reply = self.workers[entry.worker_key].request(
+                {"cmd": "pipeline", "mode": entry.mode, "photo": photo, "n": n,
+                 "budget_s": self.settings.block_seconds}, self.settings.call_timeout)
+        except WorkerFailed as err:
+            for row in self.entries:
+                if row.worker_key == entry.worker_key:
+                    row.pipeline_error = f"pipeline: {err}"
+            self._note(f"      {entry.name} pipeline FAILED: {err}")
+            return
+        if keep:
+            got = entry.pipeline.setdefault(self.photos[photo]["name"], {})
+            for key, values in reply.items():
+                if key != "ok":
+                    got.setdefault(key, []).extend(values)
 
     def _time_gemm(self) -> None:
         if self.gemm_error:
@@ -512,4 +734,5 @@ def run_bench(entries: list[Entry], settings: Settings,
     bench.run()
     measure_sizes(entries)
     return build_report(entries, bench.gemm_ns, settings, fp, bench.inputs_description,
-                        gemm_error=bench.gemm_error, gemm_info=bench.gemm_info)
+                        gemm_error=bench.gemm_error, gemm_info=bench.gemm_info,
+                        photos=bench.photos, pipeline_error=bench.pipeline_error)

@@ -14,7 +14,12 @@ whatever a library prints cannot corrupt the protocol. Commands:
 ``warmup``  mode, batch, n -> untimed calls
 ``time``    mode, batch, n -> ns: per-call times; overhead_ns: the same loop around an empty call
 ``stats``   -> peak RSS, whether TensorFlow is in sys.modules
+``pipeline_load`` photos, threads -> faces per photo (YuNet + the crops of ``ssrconv predict``)
+``pipeline`` mode, photo, n -> detect_ns, crop_ns, model_ns per photo (and in_page_ms)
 ``exit``
+
+A browser runtime's in-page time (performance.now around session.run) is read after each timed
+call, outside the timed region: ``in_page_ms`` beside ``ns``.
 """
 
 from __future__ import annotations
@@ -48,10 +53,11 @@ def make_batches(pool: np.ndarray, batch: int) -> list[np.ndarray]:
 
 
 def time_calls(fn, batches: list[np.ndarray], n: int, budget_s: float | None = None,
-               min_calls: int = MIN_CALLS) -> list[int]:
+               min_calls: int = MIN_CALLS, after=None) -> list[int]:
     """Up to ``n`` calls of ``fn`` cycling over ``batches``, each timed alone with
     perf_counter_ns; stops early once ``budget_s`` seconds are spent and ``min_calls`` are done
-    (so a 200 ms Keras call does not hold the whole round hostage).
+    (so a 200 ms Keras call does not hold the whole round hostage). ``after`` (no arguments)
+    is called after each call, outside the timed region (e.g. to read a page's own timer).
 
     The garbage collector is paused inside the block (as timeit does) so a collection
     triggered by one backend's garbage does not land in a random call; it runs before.
@@ -69,6 +75,8 @@ def time_calls(fn, batches: list[np.ndarray], n: int, budget_s: float | None = N
             fn(x)
             end = clock()
             out.append(end - start)
+            if after is not None:
+                after()
             if deadline is not None and end > deadline and len(out) >= min_calls:
                 break
     finally:
@@ -129,11 +137,18 @@ class Gemm:
         return self.c
 
 
-def _import_backend(backend: str, threads: int | None) -> dict:
-    """Import the backend's library (timed separately from loading the model); set threads
-    where they are process settings rather than load options. Returns what was set."""
+def _import_backend(backend: str, threads: int | None, engine: str | None = None) -> dict:
+    """Import the library of the engine that runs the row (timed separately from loading the
+    model): the format table's ``needs`` of ``engine`` (default: the format's first engine); set
+    threads where they are process settings rather than load options. Returns what was set."""
+    import importlib
+
+    from ssrconv.targets import FORMATS, get_engine
+
     info = {}
-    if backend == "keras":
+    if backend == "reference":
+        pass  # the numpy reference: numpy is imported already
+    elif backend == "keras":
         from ssrconv._imports import tensorflow
 
         tf = tensorflow("benchmarking the keras reference")
@@ -145,16 +160,13 @@ def _import_backend(backend: str, threads: int | None) -> dict:
                 info["thread_setting_error"] = str(err)
         info["tf_intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads()
         info["tf_inter_op_threads"] = tf.config.threading.get_inter_op_parallelism_threads()
-    elif backend == "onnx":
-        import onnxruntime  # noqa: F401
-    elif backend == "tflite":
-        import ai_edge_litert.interpreter  # noqa: F401
-    elif backend == "coreml":
-        from ssrconv._imports import coremltools
+    elif backend in FORMATS:
+        from ssrconv._extras import check
 
-        coremltools("benchmarking a .mlpackage")
-    elif backend == "web":
-        import playwright.sync_api  # noqa: F401  (times include the page round trip)
+        chosen = get_engine(engine) if engine else FORMATS[backend].engine
+        check(chosen.needs, chosen.extra or "all", f"engine {chosen.name}")
+        for module in chosen.needs:
+            importlib.import_module(module)
     return info
 
 
@@ -179,6 +191,8 @@ class Worker:
         self.runtime = None
         self.batches: dict[int, list[np.ndarray]] = {}
         self.calls: dict[str, object] = {}
+        self.predictor = None  # the end-to-end path (pipeline_load): detector + crops + runtime
+        self.photos: list[np.ndarray] = []
         self._keep = []
 
     def handle(self, request: dict) -> dict:
@@ -206,7 +220,7 @@ class Worker:
             runtime = FakeRuntime(**options)
             load_s = time.perf_counter() - started
         else:
-            info.update(_import_backend(backend, threads))
+            info.update(_import_backend(backend, threads, options.get("engine")))
             import_s = time.perf_counter() - started
             from ssrconv.runtimes import load_runtime
 
@@ -218,6 +232,8 @@ class Worker:
             info["runtime_threads"] = runtime.threads  # what the runtime was built with
         if backend == "keras":
             info.update(self._keras_info(runtime))
+        elif backend == "reference":
+            info.update(self._numpy_info(runtime))
         pool = np.load(req["inputs"], allow_pickle=False) if req.get("inputs") else np.zeros((1, 64, 64, 3), np.float32)
         modes = req.get("modes") or ["run"]
         for mode in modes:
@@ -248,6 +264,15 @@ class Worker:
                 "params_per_head": count_params(model) // heads,
                 "macs_per_head": count_macs(model) // heads}
 
+    @staticmethod
+    def _numpy_info(runtime) -> dict:
+        from ssrconv.reference.numpy_engine import count_macs
+
+        heads = max(len(runtime.heads), 1)
+        return {"weights_files": [str(w.path) for w in runtime.weights.values()],
+                "params_per_head": sum(runtime.params.values()) // heads,
+                "macs_per_head": count_macs("age")}
+
     def _fn(self, req: dict):
         mode = req.get("mode", "run")
         if mode not in self.calls:
@@ -262,14 +287,88 @@ class Worker:
         time_calls(fn, batches, int(req["n"]), req.get("budget_s"))
         return {}
 
+    def _in_page_probe(self):
+        """(after-callback, list it fills) reading a browser runtime's in-page time of the call
+        just made; (None, None) for runtimes that have no page. The runtime's running total is
+        read, not its last run(): a fixed-batch file is fed in several run() calls per call."""
+        if not hasattr(self.runtime, "browser_ms_total"):
+            return None, None
+        in_page: list[float] = []
+        seen = [self.runtime.browser_ms_total]
+
+        def after():
+            total = self.runtime.browser_ms_total
+            in_page.append(total - seen[0])
+            seen[0] = total
+
+        return after, in_page
+
     def cmd_time(self, req: dict) -> dict:
         fn, batches = self._fn(req)
         n = int(req["n"])
         if isinstance(self.runtime, FakeRuntime) and self.runtime.crash == "time":
             self.runtime.die()
-        ns = time_calls(fn, batches, n, req.get("budget_s"))
+        after, in_page = self._in_page_probe()
+        ns = time_calls(fn, batches, n, req.get("budget_s"), after=after)
         overhead = time_calls(_Noop().run, batches, len(ns))
-        return {"ns": ns, "overhead_ns": overhead}
+        reply = {"ns": ns, "overhead_ns": overhead}
+        if in_page is not None:
+            reply["in_page_ms"] = in_page
+        return reply
+
+    def cmd_pipeline_load(self, req: dict) -> dict:
+        """Read the sample photos and build the detector + crop path of ``ssrconv predict``
+        (:class:`ssrconv.predict.Predictor`, YuNet) around this worker's runtime."""
+        import cv2
+
+        from ssrconv.detect import make_detector
+        from ssrconv.predict import Predictor
+        from ssrconv.reference.preprocess import read_image
+
+        if req.get("threads"):
+            cv2.setNumThreads(int(req["threads"]))  # YuNet on the same thread budget as the model
+        self.predictor = Predictor(self.runtime, make_detector("yunet"))
+        self.photos = [read_image(p) for p in req["photos"]]
+        faces = [len(self.predictor.crop(img, self.predictor.find(img))[0]) for img in self.photos]
+        return {"faces": faces, "shapes": [list(img.shape[:2]) for img in self.photos]}
+
+    def cmd_pipeline(self, req: dict) -> dict:
+        """``n`` timed passes of one photo through detect, crop and the model (this row's mode),
+        each step timed alone; the garbage collector paused as in :func:`time_calls`."""
+        mode = req.get("mode", "run")
+        if mode not in self.calls or self.predictor is None:
+            raise ValueError(f"mode {mode!r} or the pipeline was not loaded")
+        fn = self.calls[mode]
+        image = self.photos[int(req["photo"])]
+        predictor, clock = self.predictor, time.perf_counter_ns
+        after, in_page = self._in_page_probe()
+        budget = req.get("budget_s")
+        deadline = None if budget is None else clock() + int(budget * 1e9)
+        out: dict[str, list] = {"detect_ns": [], "crop_ns": [], "model_ns": [], "faces": []}
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(int(req["n"])):
+                t0 = clock()
+                found = predictor.find(image)
+                t1 = clock()
+                records, batch = predictor.crop(image, found)
+                t2 = clock()
+                if batch is not None:
+                    fn(batch)
+                t3 = clock()
+                if after is not None and batch is not None:
+                    after()
+                for key, value in (("detect_ns", t1 - t0), ("crop_ns", t2 - t1),
+                                   ("model_ns", t3 - t2), ("faces", len(records))):
+                    out[key].append(value)
+                if deadline is not None and t3 > deadline and len(out["faces"]) >= MIN_CALLS:
+                    break
+        finally:
+            gc.enable()
+        if in_page is not None:
+            out["in_page_ms"] = in_page
+        return out
 
     def cmd_stats(self, req: dict) -> dict:
         return {"peak_rss_bytes": peak_rss_bytes(), "rss_before_load_bytes": self.rss_start,

@@ -195,6 +195,9 @@ class BrowserRuntime(Runtime):
         self.executed_precision = "fp32" if precision in (None, "fp32") else None
         self.num_threads = int(num_threads or 1)
         self.last_browser_ms: float | None = None
+        # In-page ms of every run() so far: a caller that feeds this runtime in chunks (e.g.
+        # StaticBatchRuntime for a fixed-batch file) reads the difference around its own call.
+        self.browser_ms_total = 0.0
         self._tmp: Path | None = None
         self._page: BrowserPage | None = None
         executable = chromium_path()
@@ -265,6 +268,7 @@ class BrowserRuntime(Runtime):
             for head in self.heads:
                 out[head].append(self.head_values(head, got[head], len(part)))
         self.last_browser_ms = total_ms
+        self.browser_ms_total += total_ms
         if not len(batch):
             return {h: np.zeros(0, np.float32) for h in self.heads}
         return {h: np.concatenate(v) for h, v in out.items()}
