@@ -259,8 +259,8 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
             results.append(_failed(found.path, str(err)))
             say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
             continue
-        for name in _engines_for(artifact, engine, engines):
-            why = _not_run(artifact, name) if engines else None
+        for name in engines_for(artifact, engine, engines):
+            why = not_run_reason(artifact, name) if engines else None
             if why:
                 results.append(ParityResult(artifact=artifact.label, target=artifact.target.key,
                                             engine=name, budget={}, faces=0, synthetic=0, real={},
@@ -283,7 +283,7 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     return report
 
 
-def _engines_for(artifact, engine: str | None, engines) -> list[str | None]:
+def engines_for(artifact, engine: str | None, engines) -> list[str | None]:
     """The engines to run ``artifact`` on: ``engines`` ("all": every engine of the table that
     reads its format, the default first; or names), else ``engine`` (None: the default)."""
     from ssrconv.targets import engines_reading
@@ -294,7 +294,7 @@ def _engines_for(artifact, engine: str | None, engines) -> list[str | None]:
     return readers if "all" in engines else [e for e in engines if e in readers]
 
 
-def _not_run(artifact, engine_name: str) -> str | None:
+def not_run_reason(artifact, engine_name: str) -> str | None:
     """Why an (artifact, engine) pair of ``--engines`` is not run (None: run it)."""
     from ssrconv.targets import get_engine
 
