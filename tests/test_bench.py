@@ -168,6 +168,37 @@ def test_report_structure_on_fake_timings(fake_report):
     assert rows["a.tflite"]["tensorflow_imported"] is False
 
 
+def test_vs_original_fp32_is_the_same_format_and_engines_original_graph_row():
+    rows = _fake_entries()[:5]
+    for row in rows:
+        row.graph = "fast"
+    original = Entry("a.tflite [original graph]", "tflite", "tflite-fp32", "fp32",
+                     heads=["age", "p_male"], graph="original")
+    original.status, original.engine = "ok", "tflite"
+    original.times_ns = {b: [int(500 * b * 1000)] * 4 for b in (1, 4)}
+    report = build_report(rows + [original], [3_000_000] * 5, Settings(threads=1, **TINY),
+                          fingerprint(1), "seeded random inputs")
+    by_name = {r["name"]: r["ratios"]["1"] for r in report["results"] if r["ratios"]}
+    assert by_name["a.tflite"]["time_vs_original_fp32"] == pytest.approx(400 * 1.05 / 500)
+    assert by_name["a_int8.tflite"]["time_vs_original_fp32"] == pytest.approx(800 * 1.05 / 500)
+    assert by_name["a.tflite [original graph]"]["time_vs_original_fp32"] == pytest.approx(1.0)
+    assert "time_vs_original_fp32" not in by_name["a.onnx"]  # no original onnx row: no ratio
+    assert "vs original fp32" in render_markdown(report)
+
+
+def test_two_export_dirs_label_their_rows_by_graph():
+    from ssrconv.benchmarks.command import _label_by_graph
+    from ssrconv.errors import SsrconvError
+
+    fast = Entry("m.tflite", "tflite", "tflite-fp32", "fp32", graph="fast")
+    orig = Entry("m.tflite", "tflite", "tflite-fp32", "fp32", graph="original")
+    assert [e.name for e in _label_by_graph([fast, orig])] == [
+        "m.tflite [fast graph]", "m.tflite [original graph]"]
+    with pytest.raises(SsrconvError, match="more than one directory"):
+        _label_by_graph([Entry("m.tflite", "tflite", "tflite-fp32", "fp32", graph="fast"),
+                         Entry("m.tflite", "tflite", "tflite-fp32", "fp32", graph="fast")])
+
+
 def test_report_renderings(fake_report, tmp_path):
     text = render_text(fake_report)
     markdown = render_markdown(fake_report)

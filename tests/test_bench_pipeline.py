@@ -43,11 +43,11 @@ def test_reference_rows_are_numpy_without_keras(monkeypatch, assets_dir):
     (row,) = reference_entries()
     assert (row.backend, row.options["engine"], row.mode) == ("reference", "numpy-float32", "run")
     weights = assets_dir / "ssrnet_age_wiki.h5"
-    (one,) = command._plan(None, weights, None, False, print)
+    (one,) = command._plan(None, weights, (), False, print)
     assert one.backend == "reference" and one.heads == ["age"] and one.options["task"] == "age"
     assert one.options["age_weights"] == str(weights)
     with pytest.raises(MissingExtraError, match=r"ssrconv\[export\]"):
-        command._plan("keras", None, None, False, print)
+        command._plan("keras", None, (), False, print)
 
 
 # ---------------------------------------------------------------- real runs, numpy reference

@@ -16,7 +16,23 @@ from ssrconv.targets import BACKENDS, ENGINES
 DEFAULT_EXPORT_DIR = Path("ssrconv-out")  # = ExportOptions.out's default
 
 
-def _plan(backend: str | None, model: Path | None, all_dir: Path | None, with_keras: bool,
+def _label_by_graph(entries: list) -> list:
+    """Rows of several --all directories that share a name (the same target exported with
+    ``--graph fast`` and ``--graph original``) get their graph in the name."""
+    from collections import Counter
+
+    counts = Counter(e.name for e in entries)
+    for entry in entries:
+        if counts[entry.name] > 1 and entry.graph:
+            entry.name = f"{entry.name} [{entry.graph} graph]"
+    clash = [name for name, n in Counter(e.name for e in entries).items() if n > 1]
+    if clash:
+        raise SsrconvError(f"--all: {clash[0]} is in more than one directory with the same "
+                           "export graph; give directories of different exports")
+    return entries
+
+
+def _plan(backend: str | None, model: Path | None, all_dirs: tuple[Path, ...], with_keras: bool,
           progress, engine: str | None = None, engines=(), reference_engine: str = "auto") -> list:
     """The rows to benchmark, or a one-line error for an impossible request. The reference rows
     are Keras' when TensorFlow is installed, else the numpy engine's (``reference_engine``);
@@ -31,13 +47,14 @@ def _plan(backend: str | None, model: Path | None, all_dir: Path | None, with_ke
         return add_native_rows([row for a in artifacts for row in engine_entries(a, engine, engines)])
 
     reference = lambda **kw: reference_entries(reference_engine, **kw)  # noqa: E731
-    if all_dir is not None:
+    if all_dirs:
         if backend or model:
             raise click.UsageError("--all DIR benchmarks every artifact of DIR: do not combine it "
                                    "with --backend or --model")
-        if not all_dir.is_dir():
-            raise SsrconvError(f"{all_dir}: not a directory (--all takes an export directory)")
-        return reference() + rows(open_all(all_dir))
+        for all_dir in all_dirs:
+            if not all_dir.is_dir():
+                raise SsrconvError(f"{all_dir}: not a directory (--all takes an export directory)")
+        return reference() + _label_by_graph(rows([a for d in all_dirs for a in open_all(d)]))
     if model is not None:
         if is_weights_file(model):
             if backend not in (None, REFERENCE_BACKEND):
@@ -108,9 +125,10 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
 @click.option("--model", type=click.Path(path_type=Path), default=None,
               help="One artifact (its backend by default), or a weights file (.h5): the "
                    "reference built from it.")
-@click.option("--all", "all_dir", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Benchmark every artifact of an export directory plus the Keras reference, "
-                   "interleaved in one run.")
+@click.option("--all", "all_dirs", type=click.Path(path_type=Path), multiple=True, metavar="DIR",
+              help="Benchmark every artifact of an export directory plus the reference, "
+                   "interleaved in one run; repeat for several (e.g. an export with --graph "
+                   "original beside the default one: the 'vs original fp32' column).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Intra-op threads per backend.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
@@ -147,7 +165,7 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
               help="Write the Markdown report (README-ready) here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path),
               help="Write a PNG chart (latency and size per backend) here.")
-def bench(backend, model, all_dir, threads, batch, runs, warmup, rounds, block_seconds, faces_dir,
+def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_seconds, faces_dir,
           with_keras, reference_engine, engine, engines, pipeline_runs, json_out, md_out,
           plot_out) -> int:
     """Size, latency, throughput, efficiency and memory per backend, measured side by side.
@@ -182,7 +200,7 @@ def bench(backend, model, all_dir, threads, batch, runs, warmup, rounds, block_s
                         block_seconds=block_seconds, faces_dir=str(faces_dir) if faces_dir else None,
                         pipeline_runs=pipeline_runs)
     say = lambda m: click.echo(f"bench: {m}", err=True)  # noqa: E731
-    entries = _plan(backend, model, all_dir, with_keras, say, engine, engine_list, reference_engine)
+    entries = _plan(backend, model, all_dirs, with_keras, say, engine, engine_list, reference_engine)
     report = run_bench(entries, settings, progress=say)
     click.echo(render_text(report), nl=False)
     if json_out:

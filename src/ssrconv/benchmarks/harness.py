@@ -114,6 +114,7 @@ class Entry:
     timed: bool = True
     note: str | None = None
     heads: list[str] = field(default_factory=list)
+    graph: str | None = None  # the export graph of its manifest ("fast", "original"; None: unknown)
     # measured
     status: str = "pending"  # ok | failed | not-timed
     error: str | None = None
@@ -186,7 +187,8 @@ def artifact_entry(artifact, engine: str | None = None) -> Entry:
     name = artifact.label if engine is None else f"{artifact.label} on {engine}"
     entry = Entry(name, artifact.format.family, artifact.target.key, artifact.precision,
                   path=str(artifact.path), heads=heads,
-                  options={} if engine is None else {"engine": engine})
+                  options={} if engine is None else {"engine": engine},
+                  graph=(artifact.manifest or {}).get("graph"))
     chosen = artifact.format.engine if engine is None else get_engine(engine)
     reason = chosen.why_not_timed()
     if reason is not None:
