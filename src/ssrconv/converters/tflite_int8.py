@@ -28,8 +28,14 @@ import warnings
 
 import numpy as np
 
-from ssrconv.converters.int8_prep import (ALPHA, _keras, base_name, equalize, has_gender_head, is_gender_layer,
-                                          round_kernels, rewrite)
+from ssrconv.converters.int8_prep import (
+    ALPHA,
+    _keras,
+    equalize,
+    recipe_layers,
+    rewrite,
+    round_kernels,
+)
 from ssrconv.converters.tflite_flatbuffer import operators, pack, schema
 from ssrconv.errors import Int8RecipeError
 
@@ -74,9 +80,13 @@ FLOAT_BACKBONE = (
 
 
 def float_backbone_layers(model) -> list[str]:
-    """The FLOAT_BACKBONE layers of ``model`` (with their ``age_``/``gender_`` prefixes)."""
-    wanted = set(FLOAT_BACKBONE)
-    return [layer.name for layer in model.layers if base_name(layer.name) in wanted]
+    """The layers of ``model`` implementing FLOAT_BACKBONE (the reference's, with their
+    ``age_``/``gender_`` prefixes, or the fast graph's fused layers), and the fast graph's input
+    crop: it only feeds the float first convs, and in int8 it would quantize the input pixels
+    (to steps of 1 grey level) for them (QUANTIZE, int8 STRIDED_SLICE, DEQUANTIZE)."""
+    keras = _keras()
+    crops = {layer.name for layer in model.layers if isinstance(layer, keras.layers.Cropping2D)}
+    return sorted(recipe_layers(model, FLOAT_BACKBONE) | crops)
 
 
 # ------------------------------------------------------------------------------------------------------ the recipe
@@ -95,7 +105,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     # Backbone layers that stay float (layer names survive the rewrite and the batch wrapper).
     float_backbone_set = set(extra_float_layers) | (set(float_backbone_layers(m)) if float_backbone else set())
     if alpha:
-        equalize(m, cal, alpha, skip=is_gender_layer if has_gender_head(m) else (lambda n: False))
+        equalize(m, cal, alpha)
     if round_weights:
         round_kernels(m, cal, only=lambda name: name not in float_backbone_set)
     if not dynamic_batch:
@@ -157,7 +167,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     ol = _op_layers(sg, ops, layer_names)
     float_layers = set(float_backbone_set)
     if float_head:
-        float_layers |= {l.name for l in inner.layers if not isinstance(l, keras.layers.InputLayer) and len(l.output.shape) <= 2}
+        float_layers |= {l.name for l in inner.layers if not isinstance(l, keras.layers.InputLayer) and _rank(l) <= 2}
     producer = {o: k for k, (_, op) in enumerate(ops) for o in op.outputs}
     denied = {k for k, c in enumerate(ol) if c & float_layers}
     changed = True
@@ -201,6 +211,12 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     if return_info:
         return tfl, {"float_layers": sorted(float_layers), "deny_nodes": len(deny_nodes), "mse_clip": edits}
     return tfl
+
+
+def _rank(layer) -> int:
+    """The largest rank among ``layer``'s outputs (the fast graph's merge has one per head)."""
+    outputs = layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]
+    return max(len(o.shape) for o in outputs)
 
 
 def _ops_name(ops, op):
