@@ -1,5 +1,7 @@
 """The int8 TFLite export of SSR-Net: int8 backbone, float SSR head, accepted by XNNPACK and
-within the int8 parity budget (docs/INT8.md has the measurements behind each step).
+within the int8 parity budget (docs/INT8.md has the measurements behind each step). It converts
+the reference graph or the fast export graph of :mod:`ssrconv.graph` (the export's default):
+the layers it singles out are found in either by :func:`~ssrconv.converters.int8_prep.recipe_layers`.
 
 Recipe (convert_int8):
  1. Graph rewrites on a clone (all exact in float): AveragePooling2D(k) -> DepthwiseConv2D(k, stride k, 1/k^2, no bias)
@@ -81,12 +83,10 @@ FLOAT_BACKBONE = (
 
 def float_backbone_layers(model) -> list[str]:
     """The layers of ``model`` implementing FLOAT_BACKBONE (the reference's, with their
-    ``age_``/``gender_`` prefixes, or the fast graph's fused layers), and the fast graph's input
-    crop: it only feeds the float first convs, and in int8 it would quantize the input pixels
-    (to steps of 1 grey level) for them (QUANTIZE, int8 STRIDED_SLICE, DEQUANTIZE)."""
-    keras = _keras()
-    crops = {layer.name for layer in model.layers if isinstance(layer, keras.layers.Cropping2D)}
-    return sorted(recipe_layers(model, FLOAT_BACKBONE) | crops)
+    ``age_``/``gender_`` prefixes, or the fast graph's fused layers). (The fast graph's input
+    crop is quantized by the converter whether denylisted or not: QUANTIZE, int8 STRIDED_SLICE,
+    DEQUANTIZE before the float first convs; the file was byte-identical either way.)"""
+    return sorted(recipe_layers(model, FLOAT_BACKBONE))
 
 
 # ------------------------------------------------------------------------------------------------------ the recipe
