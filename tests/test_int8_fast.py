@@ -8,7 +8,12 @@ import numpy as np
 
 
 def test_int8_prep_on_the_fast_graph(reference_age_gender, faces):
-    from ssrconv.converters.int8_prep import equalize, recipe_layers, rewrite, round_kernels
+    from ssrconv.converters.int8_prep import (
+        equalize,
+        recipe_layers,
+        rewrite,
+        round_kernels,
+    )
     from ssrconv.converters.onnx_int8 import INT8_LAYERS
     from ssrconv.converters.tflite_int8 import float_backbone_layers
     from ssrconv.graph import build_export_graph, check_exact
