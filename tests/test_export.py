@@ -90,11 +90,15 @@ def test_tflite_loads_and_manifest_io_matches_interpreter(export_dir, faces, key
 
 def test_int8_backbone_is_integer_head_float_and_says_so(export_dir):
     _, manifest = _manifest(export_dir, "tflite-int8")
-    # per head, 12 of the 14 convolutions and 4 of the 5 average pools (depthwise) run in int8;
-    # the first conv block of each stream (conv2d_1, conv2d_5 and their pools) and the head stay float
-    assert manifest["ops"]["CONV_2D"] == 28 and manifest["ops"]["DEPTHWISE_CONV_2D"] == 10
-    assert manifest["ops"]["CONV_2D"] - manifest["float_ops"]["CONV_2D"] == 2 * 12
-    assert manifest["ops"]["DEPTHWISE_CONV_2D"] - manifest["float_ops"]["DEPTHWISE_CONV_2D"] == 2 * 4
+    # The fast graph (docs/GRAPH.md): one fused conv per layer for both heads (groups=2 after the
+    # first). 12 of the 14 convolutions, 4 of the 5 average pools (depthwise) and 4 of the 5 max
+    # pools run in int8; the first conv block of each stream (relu_conv1, tanh_conv1 and their
+    # pools) and the head stay float
+    assert manifest["graph"] == "fast"
+    assert manifest["ops"]["CONV_2D"] == 14 and manifest["ops"]["DEPTHWISE_CONV_2D"] == 5
+    assert manifest["ops"]["CONV_2D"] - manifest["float_ops"]["CONV_2D"] == 12
+    assert manifest["ops"]["DEPTHWISE_CONV_2D"] - manifest["float_ops"]["DEPTHWISE_CONV_2D"] == 4
+    assert manifest["ops"]["MAX_POOL_2D"] - manifest["float_ops"]["MAX_POOL_2D"] == 4
     assert manifest["float_ops"]["FULLY_CONNECTED"] == manifest["ops"]["FULLY_CONNECTED"]
     assert manifest["integer_only"] is False and "float16-stored weights): the first conv block" in manifest["int8_recipe"]
     assert manifest["calibration"] == {"kind": "real faces", "source": manifest["calibration"]["source"],
@@ -181,6 +185,8 @@ def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
     assert manifest["int8_io"] == {"input": "uint8", "outputs": "float32"}
     assert manifest["inputs"][0]["quantization"]["scale"] > 0
     assert manifest["calibration"]["images"] == 50
+    # the fast graph: 6 Dense layers for all stages and 2 merge matmuls (the reference has 18 Dense)
+    assert manifest["graph"] == "fast" and manifest["ops"]["FULLY_CONNECTED"] == 8
 
     result = _cli("export", "--to", "coreml", "--task", "gender", "--image-input", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -188,6 +194,20 @@ def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
     assert manifest["inputs"][0]["dtype"] == "image(BGR)" and manifest["image_input"] is True
     index = json.loads((out / "index.json").read_text())
     assert len(index["artifacts"]) == 2  # merged with the earlier export into the same directory
+
+
+def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_dir):
+    """`--graph original` still gives the reference-graph int8 file (the recipe finds the
+    reference's own layer names): 18 Dense layers, per-stream convs, int8 except the first block."""
+    out = tmp_path / "original"
+    result = _cli("export", "--to", "tflite", "--precision", "int8", "--task", "age",
+                  "--graph", "original", "--calibration", str(faces_dir),
+                  "--calibration-limit", "40", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "ssrnet_age_int8.tflite.json").read_text())
+    assert manifest["graph"] == "original" and manifest["ops"]["FULLY_CONNECTED"] == 18
+    assert manifest["ops"]["CONV_2D"] - manifest["float_ops"]["CONV_2D"] == 12
+    assert "STRIDED_SLICE" not in manifest["ops"]  # no input crop
 
 
 @pytest.mark.parametrize("args,needle", [

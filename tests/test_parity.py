@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ssrconv.parity import head_stats, parse_budget_overrides, violations
-from ssrconv.targets import BUDGETS, EXPORTED_BY_ALL
+from ssrconv.targets import BUDGETS, EXPORTED_BY_ALL, TARGETS
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +42,8 @@ def test_parity_passes_for_every_artifact_of_export_all(export_dir, faces_dir, t
     assert sorted(r["target"] for r in int8) == ["onnx-int8", "openvino-int8", "tflite-int8"]
     for r in int8:  # judged against the int8 budget on all 300 real faces
         assert r["budget"] == BUDGETS["int8"].as_dict() and r["passed"], r
+        manifest = json.loads((export_dir / (r["artifact"] + ".json")).read_text())
+        assert manifest["graph"] == TARGETS[r["target"]].graph, r["artifact"]
     assert "Where drift starts" in result.stdout
     assert 'failures="0"' in junit.read_text()
 

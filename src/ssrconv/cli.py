@@ -16,7 +16,15 @@ import click
 from ssrconv.atomic import write_atomic
 from ssrconv._version import __version__
 from ssrconv.errors import SsrconvError
-from ssrconv.targets import BACKENDS, ENGINES, FAMILIES, INT8_IO_TYPES, PRECISIONS, artifact_suffixes
+from ssrconv.targets import (
+    BACKENDS,
+    ENGINES,
+    FAMILIES,
+    INT8_IO_TYPES,
+    PRECISIONS,
+    TARGETS,
+    artifact_suffixes,
+)
 
 _TASKS = ("age", "gender", "age-gender")  # = ssrconv.reference.TASKS (kept light: no import)
 _SUFFIXES = ", ".join(artifact_suffixes())
@@ -116,7 +124,8 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--graph", type=click.Choice(["fast", "original"]), default="fast",
               show_default=True,
               help="fast: the fused, exactness-checked export graph (docs/GRAPH.md; used by "
-                   "tflite fp32/fp16 and onnx fp32); original: the reference's layer-for-layer graph.")
+                   + ", ".join(k for k, t in TARGETS.items() if t.graph == "fast")
+                   + "); original: the reference's layer-for-layer graph.")
 @click.option("--batch", type=int, default=None, metavar="N",
               help="Fix the input batch to N in every file (runtimes without an input resize "
                    "call, e.g. LiteRT.js: --batch 1). Default: a variable batch.")

@@ -129,11 +129,12 @@ class _ExportGraphs:
     """The graph each target converts: the fused one of :mod:`ssrconv.graph` (built once per
     family and checked exact against the reference before any file is written), or the
     reference's own with ``--graph original`` (which target converts which: the ``graph`` of its
-    row in :mod:`ssrconv.targets`). int8 targets convert the original graph (their
-    recipe, tflite_int8/onnx_int8, addresses the reference's layer names), and so does tflite
-    dynamic: its hybrid kernels quantize each op's input with one scale, and the fused graph's
-    batched Dense inputs mix stages and heads of different ranges (p99 1.37 y vs 0.66 y on the
-    dev faces, docs/GRAPH.md). CoreML stays original: the fused mlprogram is 21% larger."""
+    row in :mod:`ssrconv.targets`). The int8 recipes (tflite_int8/onnx_int8) find their layers in
+    either graph (int8_prep.recipe_layers); onnx int8 stays original (p99 1.01 y fast, one
+    activation scale per fused tensor of both heads: docs/INT8.md). tflite dynamic converts the
+    original graph: its hybrid kernels quantize each op's input with one scale, and the fused
+    graph's batched Dense inputs mix stages and heads of different ranges (p99 1.37 y vs 0.66 y
+    on the dev faces, docs/GRAPH.md). CoreML stays original: the fused mlprogram is 21% larger."""
 
     def __init__(self, model, options: ExportOptions, calibration, say):
         self.model, self.options, self.calibration, self.say = model, options, calibration, say

@@ -86,19 +86,52 @@ def rewrite(model):
 
 
 # ----------------------------------------------------------------------------------- step 2: cross-layer equalization
-def equalize(model, cal, alpha=ALPHA, pct=CLE_PCT, skip=lambda name: False):
-    """Scale relu conv blocks (Conv -> BN -> relu [-> avg/DW pool]) whose consumers are all Conv2D,
-    except those whose activation layer name satisfies ``skip``."""
+def _relu_scaled_by(model, layer):
+    """How the per-channel output scale of a relu producer is applied, or None when ``layer``
+    is not one: ``("bn", bn_layer)`` for Conv -> BN -> relu Activation (the reference),
+    ``("conv", layer)`` for a Conv2D with a fused relu (the fast graph, BN folded)."""
+    keras = _keras()
+    if isinstance(layer, keras.layers.Activation) and layer.get_config()["activation"] == "relu":
+        bn = producer(layer)
+        return ("bn", bn) if isinstance(bn, keras.layers.BatchNormalization) else None
+    if (isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.DepthwiseConv2D)
+            and layer.get_config()["activation"] == "relu"):
+        return ("conv", layer)
+    return None
+
+
+def _is_conv(layer) -> bool:
+    keras = _keras()
+    return isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.DepthwiseConv2D)
+
+
+def _divide_input_channels(layer, s):
+    """Divide ``layer``'s kernel by ``s`` (one factor per input channel of the full input tensor):
+    with ``groups`` g, input channel c is row c % (C/g) of the kernel columns of group c // (C/g)."""
+    w = layer.get_weights()
+    kernel = w[0].astype(np.float64)
+    per_group_in = kernel.shape[2]
+    groups = len(s) // per_group_in
+    per_group_out = kernel.shape[3] // groups
+    for g in range(groups):
+        kernel[:, :, :, g * per_group_out:(g + 1) * per_group_out] /= \
+            s[g * per_group_in:(g + 1) * per_group_in][None, None, :, None]
+    w[0] = kernel
+    layer.set_weights(w)
+
+
+def equalize(model, cal, alpha=ALPHA, pct=CLE_PCT, heads=("age",)):
+    """Scale relu conv blocks whose consumers (through average pools) are all Conv2D, per output
+    channel, in the channels of the ``heads`` named (:func:`channel_heads`); their readers'
+    kernels are divided by the same factors on their input channels (grouped kernels too).
+    Only the age head by default: equalizing the gender head's relu stream flipped 8 of 300 dev
+    faces' P(male) > 0.5 (97.3% agreement, max diff 1.0); without it: 100%, max diff 0.12."""
     keras = _keras()
     cons = consumers(model)
     plans = []
     for l in model.layers:
-        if not (isinstance(l, keras.layers.Activation) and l.get_config()["activation"] == "relu"):
-            continue
-        if skip(l.name):
-            continue
-        bn = producer(l)
-        if not isinstance(bn, keras.layers.BatchNormalization):
+        how = _relu_scaled_by(model, l)
+        if how is None:
             continue
         readers, ok = [], True
         for c in cons.get(l.name, []):
@@ -106,27 +139,38 @@ def equalize(model, cal, alpha=ALPHA, pct=CLE_PCT, skip=lambda name: False):
             if isinstance(cl, (keras.layers.AveragePooling2D, keras.layers.DepthwiseConv2D)) and not isinstance(cl, keras.layers.Conv2D) \
                     or (isinstance(cl, keras.layers.DepthwiseConv2D) and cl.name.endswith("_dw")):
                 for cc in cons.get(c, []):
-                    ccl = model.get_layer(cc)
-                    ok &= isinstance(ccl, keras.layers.Conv2D) and not isinstance(ccl, keras.layers.DepthwiseConv2D)
+                    ok &= _is_conv(model.get_layer(cc))
                     readers.append(cc)
-            elif isinstance(cl, keras.layers.Conv2D) and not isinstance(cl, keras.layers.DepthwiseConv2D):
+            elif _is_conv(cl):
                 readers.append(c)
             else:
                 ok = False
-        if ok and readers:
-            plans.append((l.name, bn.name, readers))
+        if not (ok and readers):
+            continue
+        owner = channel_heads(model, l.name, l.output.shape[-1])
+        if np.isin(owner, heads).any():
+            plans.append((l.name, how, readers, owner))
     if not plans:
         return model
-    outs = keras.Model(model.inputs, [model.get_layer(a).output for a, _, _ in plans]).predict(cal, verbose=0)
+    outs = keras.Model(model.inputs, [model.get_layer(a).output for a, _, _, _ in plans]).predict(cal, verbose=0)
     outs = outs if isinstance(outs, list) else [outs]
-    for (act, bn, readers), o in zip(plans, outs):
+    for (act, (kind, scaled), readers, owner), o in zip(plans, outs):
         r = np.maximum(np.percentile(np.abs(o.reshape(-1, o.shape[-1])), pct, axis=0), 1e-6)
-        s = (r.max() / r) ** alpha
-        g, b, mu, var = model.get_layer(bn).get_weights()
-        model.get_layer(bn).set_weights([g * s, b * s, mu, var])
+        equalized = np.isin(owner, heads)
+        top = r[equalized].max()
+        # In a fused layer of the fast graph the other heads' channels keep s = 1. Scaling the
+        # gender channels by one factor per head so their largest range meets the age head's
+        # (both share one activation scale there) measured worse: TFLite p99 0.94 y vs 0.76 y,
+        # one face's gender flipped (docs/INT8.md).
+        s = np.where(equalized, (top / r) ** alpha, 1.0)
+        if kind == "bn":
+            g, b, mu, var = scaled.get_weights()
+            scaled.set_weights([g * s, b * s, mu, var])
+        else:  # relu(s * y) = s * relu(y): the conv's output channels scaled
+            kernel, bias = scaled.get_weights()
+            scaled.set_weights([kernel * s, bias * s])
         for n in readers:
-            w = model.get_layer(n).get_weights(); w[0] = w[0] / s[None, None, :, None]
-            model.get_layer(n).set_weights(w)
+            _divide_input_channels(model.get_layer(n), s)
     return model
 
 
@@ -182,18 +226,32 @@ def _gptq_channel(w, C):
 def round_kernels(model, cal, only=lambda name: True):
     """GPTQ rounding with bias correction of the Conv2D kernels whose layer name satisfies
     ``only`` (those that will run in int8: rounding a kernel that stays float only adds error),
-    onto the symmetric per-channel int8 grid ``[-127, 127] * max|w| / 127``."""
+    onto the symmetric per-channel int8 grid ``[-127, 127] * max|w| / 127``. A ``groups`` g
+    kernel is rounded per group, on the covariance of the input channels that group reads."""
     keras = _keras()
     for l in model.layers:
         if not isinstance(l, keras.layers.Conv2D) or isinstance(l, keras.layers.DepthwiseConv2D) or not only(l.name):
             continue
         wts = l.get_weights(); w = wts[0]
-        K = w.reshape(-1, w.shape[-1]).astype(np.float64)
-        C, m = _patch_stats(model, l, cal)
-        Kq = np.stack([np.multiply(*_gptq_channel(K[:, c], C)) for c in range(K.shape[1])], 1)
-        if l.use_bias:
-            wts[1] = (wts[1] - m @ (Kq - K)).astype(np.float32)         # bias correction
-        wts[0] = Kq.reshape(w.shape).astype(np.float32)
+        kh, kw, per_group_in, cout = w.shape
+        groups = int(getattr(l, "groups", 1) or 1)
+        per_group_out = cout // groups
+        C, m = _patch_stats(model, l, cal)              # over every input channel: (kh, kw, cin) order
+        index = np.arange(kh * kw * per_group_in * groups).reshape(kh, kw, per_group_in * groups)
+        new_kernel = np.empty_like(w)
+        new_bias = wts[1].astype(np.float64) if l.use_bias else None
+        for g in range(groups):
+            rows = index[:, :, g * per_group_in:(g + 1) * per_group_in].reshape(-1)
+            cols = slice(g * per_group_out, (g + 1) * per_group_out)
+            Cg, mg = C[np.ix_(rows, rows)], m[rows]
+            K = w[..., cols].reshape(-1, per_group_out).astype(np.float64)
+            Kq = np.stack([np.multiply(*_gptq_channel(K[:, c], Cg)) for c in range(K.shape[1])], 1)
+            if new_bias is not None:
+                new_bias[cols] = new_bias[cols] - mg @ (Kq - K)     # bias correction
+            new_kernel[..., cols] = Kq.reshape(kh, kw, per_group_in, per_group_out)
+        wts[0] = new_kernel.astype(np.float32)
+        if new_bias is not None:
+            wts[1] = new_bias.astype(np.float32)
         l.set_weights(wts)
     return model
 
@@ -202,13 +260,61 @@ def has_gender_head(model) -> bool:
     return any(l.name.endswith("pred_gender_stage1") for l in model.layers)
 
 
-def is_gender_layer(name: str) -> bool:
-    """Layers of the gender head: prefixed ``gender_`` in the two-head model; in a gender-only
-    model every layer. Equalizing the gender head's relu stream flips 8 of 300 dev faces'
-    P(male) > 0.5 (97.3% agreement, max diff 1.0); without it: 100%, max diff 0.12."""
-    return name.startswith("gender_") or not name.startswith("age_")
+# Where the layers the int8 recipes single out (reference base names, after rewrite()) live in
+# the fast export graph (ssrconv.graph.builder): one fused layer holds that layer of every head
+# (BatchNorm folded into its conv, relu fused into it).
+FAST_LAYERS = {
+    **{f"{kind}_{k}": f"relu_conv{k}" for k in (1, 2, 3, 4)
+       for kind in ("conv2d", "batch_normalization", "activation")},
+    **{f"average_pooling2d_{k}_dw": f"relu_pool{k}_dw" for k in (1, 2, 3)},
+    "conv2d_5": "tanh_conv1", "batch_normalization_5": "tanh_conv1",
+    "max_pooling2d_1": "tanh_pool1", "activation_5": "tanh_act1",
+}
+FAST_MERGE = "stagewise_merge"  # the fast graph's FusedStagewiseMerge: its V says the heads
 
 
+def is_fast_graph(model) -> bool:
+    """True for the fast export graph of :mod:`ssrconv.graph` (False: the reference's)."""
+    return any(layer.name == FAST_MERGE for layer in model.layers)
+
+
+def model_heads(model) -> list[str]:
+    """The heads of ``model`` in output order ("age", "gender")."""
+    from ssrconv.reference.model import V_BY_TASK
+
+    if is_fast_graph(model):
+        by_v = {v: task for task, v in V_BY_TASK.items()}
+        return [by_v[float(v)] for v in model.get_layer(FAST_MERGE).V]
+    if has_gender_head(model) and not any(l.name.startswith("age_") for l in model.layers):
+        return ["gender"]
+    return ["age", "gender"] if has_gender_head(model) else ["age"]
+
+
+def channel_heads(model, layer_name: str, channels: int) -> np.ndarray:
+    """The head ("age"/"gender") each output channel of ``layer_name`` belongs to. In the
+    reference a layer belongs to one head (its ``age_``/``gender_`` prefix, or the model's only
+    head); in the fast graph a fused layer's channels are head-major blocks."""
+    heads = model_heads(model)
+    if is_fast_graph(model):
+        return np.repeat(heads, channels // len(heads))
+    for head in heads:
+        if layer_name.startswith(head + "_"):
+            return np.full(channels, head)
+    return np.full(channels, heads[0] if len(heads) == 1 else "age")
+
+
+def recipe_layers(model, base_names) -> set[str]:
+    """The names of ``model``'s layers implementing the reference layers ``base_names`` (without
+    the ``age_``/``gender_`` prefix): the prefixed layers of the reference, the fused layers of
+    the fast graph (FAST_LAYERS)."""
+    wanted = set(base_names)
+    present = {layer.name for layer in model.layers}
+    if is_fast_graph(model):
+        missing = wanted - set(FAST_LAYERS)
+        if missing:
+            raise Int8RecipeError(f"int8 recipe: no fast-graph layer known for {sorted(missing)}")
+        return {FAST_LAYERS[n] for n in wanted} & present
+    return {name for name in present if base_name(name) in wanted}
 
 
 def base_name(layer_name: str) -> str:

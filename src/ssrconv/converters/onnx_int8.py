@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.converters.int8_prep import _keras, base_name
+from ssrconv.converters.int8_prep import _keras
 from ssrconv.errors import Int8RecipeError
 
 # Activations are int8 (S8S8), not uint8. On x86 CPUs without AVX512-VNNI / AVX-VNNI, MLAS's
@@ -95,15 +95,19 @@ def fold_batchnorm(model):
 
 def prepare(model, calibration_inputs: np.ndarray, int8_layers=INT8_LAYERS):
     """Steps 1 and 2 of the recipe on a clone of ``model`` (the reference is not touched)."""
-    from ssrconv.converters.int8_prep import (ALPHA, equalize, has_gender_head, is_gender_layer,
-                                              round_kernels, rewrite)
+    from ssrconv.converters.int8_prep import (
+        ALPHA,
+        equalize,
+        recipe_layers,
+        rewrite,
+        round_kernels,
+    )
 
     cal = np.asarray(calibration_inputs, np.float32)
     prepared = rewrite(model)
-    skip = is_gender_layer if has_gender_head(prepared) else (lambda name: False)
-    equalize(prepared, cal, ALPHA, skip=skip)
-    wanted = set(int8_layers)
-    round_kernels(prepared, cal, only=lambda name: base_name(name) in wanted)
+    equalize(prepared, cal, ALPHA)
+    wanted = recipe_layers(prepared, int8_layers)
+    round_kernels(prepared, cal, only=lambda name: name in wanted)
     return fold_batchnorm(prepared)
 
 
@@ -119,14 +123,13 @@ def node_layers(node_name: str, layer_names: set[str]) -> set[str]:
     return found
 
 
-def int8_nodes(proto, layer_names, int8_layers=INT8_LAYERS, op_types=OP_TYPES) -> list[str]:
-    """Names of the ONNX nodes to quantize: of ``op_types``, in a layer of ``int8_layers``."""
+def int8_nodes(proto, layer_names, int8_layers: set[str], op_types=OP_TYPES) -> list[str]:
+    """Names of the ONNX nodes to quantize: of ``op_types``, in one of the Keras layers
+    ``int8_layers`` (model layer names, :func:`~ssrconv.converters.int8_prep.recipe_layers`)."""
     names = set(layer_names)
-    wanted = set(int8_layers)
     picked = []
     for node in proto.graph.node:
-        if node.op_type in op_types and any(base_name(n) in wanted
-                                            for n in node_layers(node.name, names)):
+        if node.op_type in op_types and node_layers(node.name, names) & int8_layers:
             picked.append(node.name)
     return picked
 
@@ -138,12 +141,23 @@ def convert_int8(model, calibration, to_proto, int8_layers=INT8_LAYERS):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from ssrconv._imports import silenced_fd2
+    from ssrconv.converters.int8_prep import is_fast_graph
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # The fast graph's GroupedConv2D layers need grappler's remapper off to run in TF (CLE and
+    # GPTQ run the model on the calibration faces).
+    runnable = contextlib.nullcontext()
+    if is_fast_graph(model):
+        from ssrconv.graph.builder import grouped_convs_runnable
+
+        runnable = grouped_convs_runnable()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), runnable:
         warnings.simplefilter("ignore")  # Keras warns on every sub-model call of the GPTQ pass
         prepared = prepare(model, calibration.inputs, int8_layers)
         proto = to_proto(prepared)
-    nodes = int8_nodes(proto, [layer.name for layer in prepared.layers], int8_layers)
+    from ssrconv.converters.int8_prep import recipe_layers
+
+    nodes = int8_nodes(proto, [layer.name for layer in prepared.layers],
+                       recipe_layers(prepared, int8_layers))
     if not nodes:
         raise Int8RecipeError("no ONNX node matched the int8 layers: tf2onnx node naming changed?")
     input_name = proto.graph.input[0].name

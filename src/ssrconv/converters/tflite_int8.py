@@ -1,5 +1,7 @@
 """The int8 TFLite export of SSR-Net: int8 backbone, float SSR head, accepted by XNNPACK and
-within the int8 parity budget (docs/INT8.md has the measurements behind each step).
+within the int8 parity budget (docs/INT8.md has the measurements behind each step). It converts
+the reference graph or the fast export graph of :mod:`ssrconv.graph` (the export's default):
+the layers it singles out are found in either by :func:`~ssrconv.converters.int8_prep.recipe_layers`.
 
 Recipe (convert_int8):
  1. Graph rewrites on a clone (all exact in float): AveragePooling2D(k) -> DepthwiseConv2D(k, stride k, 1/k^2, no bias)
@@ -28,8 +30,14 @@ import warnings
 
 import numpy as np
 
-from ssrconv.converters.int8_prep import (ALPHA, _keras, base_name, equalize, has_gender_head, is_gender_layer,
-                                          round_kernels, rewrite)
+from ssrconv.converters.int8_prep import (
+    ALPHA,
+    _keras,
+    equalize,
+    recipe_layers,
+    rewrite,
+    round_kernels,
+)
 from ssrconv.converters.tflite_flatbuffer import operators, pack, schema
 from ssrconv.errors import Int8RecipeError
 
@@ -74,9 +82,11 @@ FLOAT_BACKBONE = (
 
 
 def float_backbone_layers(model) -> list[str]:
-    """The FLOAT_BACKBONE layers of ``model`` (with their ``age_``/``gender_`` prefixes)."""
-    wanted = set(FLOAT_BACKBONE)
-    return [layer.name for layer in model.layers if base_name(layer.name) in wanted]
+    """The layers of ``model`` implementing FLOAT_BACKBONE (the reference's, with their
+    ``age_``/``gender_`` prefixes, or the fast graph's fused layers). (The fast graph's input
+    crop is quantized by the converter whether denylisted or not: QUANTIZE, int8 STRIDED_SLICE,
+    DEQUANTIZE before the float first convs; the file was byte-identical either way.)"""
+    return sorted(recipe_layers(model, FLOAT_BACKBONE))
 
 
 # ------------------------------------------------------------------------------------------------------ the recipe
@@ -95,7 +105,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     # Backbone layers that stay float (layer names survive the rewrite and the batch wrapper).
     float_backbone_set = set(extra_float_layers) | (set(float_backbone_layers(m)) if float_backbone else set())
     if alpha:
-        equalize(m, cal, alpha, skip=is_gender_layer if has_gender_head(m) else (lambda n: False))
+        equalize(m, cal, alpha)
     if round_weights:
         round_kernels(m, cal, only=lambda name: name not in float_backbone_set)
     if not dynamic_batch:
@@ -157,7 +167,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     ol = _op_layers(sg, ops, layer_names)
     float_layers = set(float_backbone_set)
     if float_head:
-        float_layers |= {l.name for l in inner.layers if not isinstance(l, keras.layers.InputLayer) and len(l.output.shape) <= 2}
+        float_layers |= {l.name for l in inner.layers if not isinstance(l, keras.layers.InputLayer) and _rank(l) <= 2}
     producer = {o: k for k, (_, op) in enumerate(ops) for o in op.outputs}
     denied = {k for k, c in enumerate(ol) if c & float_layers}
     changed = True
@@ -201,6 +211,12 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     if return_info:
         return tfl, {"float_layers": sorted(float_layers), "deny_nodes": len(deny_nodes), "mse_clip": edits}
     return tfl
+
+
+def _rank(layer) -> int:
+    """The largest rank among ``layer``'s outputs (the fast graph's merge has one per head)."""
+    outputs = layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]
+    return max(len(o.shape) for o in outputs)
 
 
 def _ops_name(ops, op):

@@ -47,6 +47,8 @@ Dropout is the identity at inference and is dropped.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ssrconv._imports import tensorflow
@@ -373,18 +375,25 @@ def build_export_graph(reference_model, task: str, family: str) -> keras.Model:
                        name=f"ssrnet_{task.replace('-', '_')}_fast")
 
 
-def _predict(model, inputs: np.ndarray) -> list[np.ndarray]:
+@contextlib.contextmanager
+def grouped_convs_runnable():
+    """Run Keras models holding :class:`GroupedConv2D` in TF inside this block: grappler's
+    remapper fuses Conv2D + BiasAdd into ``_FusedConv2D``, which refuses grouped filters, so it
+    is off until the block ends (the reference is unaffected by it)."""
     from ssrconv._imports import tensorflow
 
     tf = tensorflow()
-    # Grappler's remapper fuses Conv2D + BiasAdd into _FusedConv2D, which refuses the grouped
-    # filters of GroupedConv2D; off for this call only (the reference is unaffected by it).
     previous = tf.config.optimizer.get_experimental_options()
     tf.config.optimizer.set_experimental_options({"remapping": False})
     try:
-        out = model.predict(np.asarray(inputs, np.float32), batch_size=256, verbose=0)
+        yield
     finally:
         tf.config.optimizer.set_experimental_options({"remapping": previous.get("remapping", True)})
+
+
+def _predict(model, inputs: np.ndarray) -> list[np.ndarray]:
+    with grouped_convs_runnable():
+        out = model.predict(np.asarray(inputs, np.float32), batch_size=256, verbose=0)
     out = out if isinstance(out, (list, tuple)) else [out]
     return [np.asarray(o, np.float64).reshape(len(inputs), -1)[:, 0] for o in out]
 
