@@ -162,7 +162,8 @@ def test_float_signed_input_convs_changes_only_signed_inputs(export_dir):
         out = {}
         for op in model.get_ordered_ops():
             source = op.input_value(0).get_node() if op.get_input_size() else None
-            if op.get_type_name() == "Convolution" and source.get_type_name() == "FakeQuantize":
+            if op.get_type_name() in ("Convolution", "GroupConvolution") \
+                    and source.get_type_name() == "FakeQuantize":
                 low = float(np.min(_constant(source.input_value(3))))
                 out[op.get_friendly_name()] = (low < 0, op.input_value(1).get_node().get_type_name())
         return out

@@ -254,6 +254,14 @@ def float_signed_input_convs(model) -> int:
                 weights.get_node().get_type_name() == "Constant":
             continue
         value = _constant(weights)
+        if value is None and weights.get_node().get_type_name() == "Reshape" \
+                and op.get_input_partial_shape(1).is_static:
+            # A GroupConvolution's weights (the fast graph's groups=2 convs) are reshaped to
+            # [groups, out, in, h, w] by a shape computed with ShapeOf: fold the data, then
+            # reshape it to the static shape the convolution reads.
+            data = _constant(weights.get_node().input_value(0))
+            if data is not None:
+                value = data.reshape(op.get_input_partial_shape(1).to_shape())
         if value is None or value.dtype != np.float32:
             continue
         op.input(1).replace_source_output(ops.constant(value).output(0))
