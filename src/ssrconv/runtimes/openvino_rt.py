@@ -164,7 +164,7 @@ class OpenVinoRuntime(Runtime):
         """The stage tensors, from a second compiled model with them added as outputs (the
         tensor names of the source graph survive in OpenVINO's: tf2onnx's, the .tflite's kept
         stage names, the IR's)."""
-        from ssrconv.runtimes.stages import find_unique
+        from ssrconv.runtimes.stages import locate
 
         batch = self.check_batch(batch)
         key = (tuple(s.key for s in specs), len(batch))
@@ -178,11 +178,10 @@ class OpenVinoRuntime(Runtime):
                     if shape.rank.is_static and shape.rank.get_length() == 2 and shape[1].is_static:
                         for name in port.get_names():
                             rank2[name] = (port, shape[1].get_length())
-            chosen = []
-            for spec in specs:
-                candidates = {name: port for name, (port, units) in rank2.items()
-                              if units == spec.units}
-                chosen.append(find_unique(spec, candidates))
+            located = [locate(spec, self.heads, lambda units: {
+                name: port for name, (port, width) in rank2.items() if width == units})
+                for spec in specs]  # the stage's own tensor, or columns of a fused one
+            chosen = [port for port, _ in located]
             unique = list(dict.fromkeys(chosen))
             model.add_outputs(unique)
             compiled = self.core.compile_model(model, "CPU", self._config())
@@ -190,14 +189,18 @@ class OpenVinoRuntime(Runtime):
             position = {port: first + i for i, port in enumerate(unique)}
             self._stage_request = compiled.create_infer_request()
             self._stage_positions = [position[port] for port in chosen]
+            self._stage_columns = [columns for _, columns in located]
             self._stage_key = key
         import openvino as ov
 
         self._stage_request.set_input_tensor(ov.Tensor(batch, shared_memory=True))
         self._stage_request.infer()
-        return {spec.key: np.asarray(self._stage_request.get_output_tensor(i).data,
-                                     np.float32).reshape(len(batch), -1).copy()
-                for spec, i in zip(specs, self._stage_positions)}
+        out = {}
+        for spec, i, columns in zip(specs, self._stage_positions, self._stage_columns):
+            values = np.asarray(self._stage_request.get_output_tensor(i).data,
+                                np.float32).reshape(len(batch), -1)
+            out[spec.key] = (values if columns is None else values[:, columns]).copy()
+        return out
 
     def describe(self) -> dict:
         described = super().describe()
