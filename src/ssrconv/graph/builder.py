@@ -254,7 +254,6 @@ def build_export_graph(reference_model, task: str, variant: str | Variant) -> ke
     variant = variant if isinstance(variant, Variant) else get_variant(variant)
     heads = _heads(task)
     n_heads = len(heads)
-    groups = n_heads
     summary_width = variant.summary_channels
     if summary_width < SUMMARY_CHANNELS:
         raise GraphNotExactError(f"variant {variant.name!r}: summary_channels must be >= "
@@ -430,7 +429,7 @@ def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
 
     for k, ((st, xt), ((ds, dx), dfuse)) in enumerate(zip(stage_maps, plan)):
         for head, (head_task, prefix, _) in enumerate(heads):
-            def own(t, stream):
+            def own(t, stream, k=k, head=head, prefix=prefix):
                 start = head * summary_width
                 if per_head_maps is not None:  # the head's own, ungrouped convs
                     t = per_head_maps[head][k][0 if stream == "s" else 1]
