@@ -18,17 +18,42 @@ def probe_inputs(faces):
     return np.concatenate([faces.inputs[:300], synthetic_inputs(48, seed=5)])
 
 
-@pytest.mark.parametrize("family", ["tflite", "onnx"])
-def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, family):
+@pytest.mark.parametrize("variant", ["tflite", "onnx", "onnx-unpadded", "tflite-dynamic"])
+def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, variant):
     from ssrconv.graph import build_export_graph, check_exact
 
     model = reference_age_gender.model
-    fast = build_export_graph(model, "age-gender", family)
+    fast = build_export_graph(model, "age-gender", variant)
     assert fast.output_names == ["age", "p_male"] and fast.input_shape == (None, 64, 64, 3)
     diffs = check_exact(model, fast, probe_inputs)
     assert diffs["age"] <= 1e-3 and diffs["p_male"] <= 1e-4
-    # far fewer layers than the reference's ~190
-    assert len(fast.layers) < 60 < len(model.layers)
+    # far fewer layers than the reference's ~190 (tflite-dynamic keeps each head's convs and
+    # Dense layers: fewer only by the BatchNorms, flattens and the merge)
+    assert len(fast.layers) < (150 if variant == "tflite-dynamic" else 60) < len(model.layers)
+
+
+def test_every_float_target_converts_the_fast_graph():
+    """Issue 13's "done when" in the table: every target but int8 (its recipe addresses the
+    reference's layer names) and CoreML (21% larger fused) converts a known fast variant."""
+    from ssrconv.graph import VARIANTS
+    from ssrconv.targets import TARGETS
+
+    for key, target in TARGETS.items():
+        expected = "original" if target.precision == "int8" or target.family == "coreml" else "fast"
+        assert target.graph == expected, key
+        if target.graph == "fast":
+            assert (target.graph_variant or target.family) in VARIANTS, key
+
+
+def test_graph_original_is_the_reference_for_every_target(reference_age_gender, tmp_path):
+    from ssrconv.exporter import _ExportGraphs
+    from ssrconv.options import ExportOptions
+    from ssrconv.targets import TARGETS
+
+    options = ExportOptions(to=("all",), out=tmp_path, graph="original")
+    graphs = _ExportGraphs(reference_age_gender.model, options, None, print)
+    for target in TARGETS.values():
+        assert graphs.for_target(target) == ("original", None, reference_age_gender.model)
 
 
 @pytest.mark.parametrize("task", ["age", "gender"])
@@ -91,6 +116,7 @@ def fast_exports(tmp_path_factory, assets_dir):
 
     out = tmp_path_factory.mktemp("fastgraph")
     export(to=("onnx", "tflite"), precision=("fp32",), out=out / "fast")
+    export(to=("tflite",), precision=("dynamic",), out=out / "fast")
     export(to=("tflite",), precision=("fp32",), out=out / "original", graph="original")
     return out
 
@@ -118,6 +144,27 @@ def test_float_exports_use_the_fast_graph_and_pass_parity(fast_exports, faces, k
     stages, note = stage_differences(runtime, reference, inputs[:8])
     assert stages is not None and len(stages) == 18, note
     assert max(stages.values()) < 1e-3
+
+
+def test_tflite_dynamic_on_its_own_variant_is_within_the_int8_budget_with_margin(fast_exports, faces):
+    """Hybrid kernels quantize each conv/Dense input with one scale: the dynamic variant keeps
+    each head's convs and Dense layers apart (the grouped/batched graph measured p99 1.34-1.37 y,
+    the original graph 0.66 y on these faces)."""
+    from ssrconv.parity import head_stats, stage_differences, violations
+    from ssrconv.runtimes import load_runtime
+    from ssrconv.targets import BUDGETS
+
+    path = fast_exports / "fast" / "ssrnet_age_gender_dynamic.tflite"
+    manifest = json.loads(path.with_name(path.name + ".json").read_text())
+    assert (manifest["graph"], manifest["graph_variant"]) == ("fast", "tflite-dynamic")
+    assert not {"SHAPE", "PACK", "SUM"} & set(manifest["ops"])  # static flattens, fused merge
+    runtime, reference = load_runtime(path), load_runtime(backend="keras")
+    got, want = runtime.run(faces.inputs), reference.run(faces.inputs)
+    stats = {head: head_stats(got[head], want[head], head) for head in ("age", "p_male")}
+    assert violations(stats, BUDGETS["int8"]) == []
+    assert stats["age"].p99_abs <= 0.8 and stats["p_male"].max_abs <= 0.1, stats  # margin
+    stages, note = stage_differences(runtime, reference, faces.inputs[:8])
+    assert stages is not None and len(stages) == 18, note
 
 
 def test_graph_original_exports_the_reference_graph(fast_exports):

@@ -267,7 +267,7 @@ TARGETS: dict[str, Target] = {
                "ncnn (pnnx from the ONNX export) param + bin, float32 weights; run with fp16 "
                "storage and Winograd off", graph="fast", graph_variant="onnx-unpadded"),
         Target("ncnn", "fp16", "fp16", "ncnn param + bin, float16 weights, fp16 storage and arithmetic",
-               graph="fast", graph_variant="onnx-unpadded"),
+               graph="fast", graph_variant="onnx-unpadded-fp16"),
         Target("mnn", "fp32", "fp32",
                "MNN (mnnconvert from the ONNX export), float32; run at precision high, Winograd off",
                graph="fast", graph_variant="onnx-unpadded"),

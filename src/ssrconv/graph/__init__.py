@@ -46,6 +46,11 @@ class Variant:
     # Convs of both heads as one groups=2 conv (the first: one conv over the shared input);
     # False: each head's own convs, as in the reference.
     grouped_convs: bool = True
+    # n > 0: the input multiplied by 2^-n (one exact multiply) and the first convs' kernels by
+    # 2^n, products bit-identical. For converters that store float16 weights and flush every
+    # |w| < 2^-14 to zero (pnnx's convert_to_fp16_model): BatchNorm folding makes the first
+    # convs' weights small (they read 0..255 pixels), down to 3e-7.
+    input_scale_log2: int = 0
 
 
 VARIANTS = {v.name: v for v in (
@@ -60,6 +65,8 @@ VARIANTS = {v.name: v for v in (
     Variant("onnx", summary_channels=16),
     # ncnn and MNN: no faster with the padding, and the zeros cost file size.
     Variant("onnx-unpadded"),
+    # ncnn and MNN fp16 (float16 weights, subnormals flushed: max 0.41 y without the scaling).
+    Variant("onnx-unpadded-fp16", input_scale_log2=8),
     Variant("coreml"),
 )}
 

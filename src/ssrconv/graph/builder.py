@@ -45,6 +45,9 @@ is exact (docs/GRAPH.md has the measured effect):
    layers stay one per stage and head, as in the reference (each reads its own head's channels
    of the summary, sliced after the pools), so every FULLY_CONNECTED input and kernel holds one
    stage's one head only: hybrid kernels quantize each with one scale.
+   ``input_scale_log2=n`` (ncnn/MNN fp16): the input times 2^-n and the first convs' kernels
+   times 2^n: powers of two, so every product is bit-identical; float16 weight storage that
+   flushes |w| < 2^-14 to zero then keeps the small BN-folded first-conv weights.
 
 Dropout is the identity at inference and is dropped.
 """
@@ -270,13 +273,16 @@ def build_export_graph(reference_model, task: str, variant: str | Variant) -> ke
 
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="face_bgr")
     x = layers.Cropping2D(((0, INPUT_SIZE - CROP), (0, INPUT_SIZE - CROP)), name="crop_62")(inputs)
+    first_scale = 2.0 ** variant.input_scale_log2
+    if variant.input_scale_log2:
+        x = layers.Rescaling(1.0 / first_scale, name="input_scale")(x)
 
     def conv_part(own, tag):
         """The conv streams and summaries of the heads ``own``, as grouped convs across
         them; (stream s summary, stream x summary) per stage, channels head-major."""
         # relu stream (conv2d_1..4): conv + relu, average pools.
         k, b = folded(own, "conv2d_1", "batch_normalization_1")
-        r = _conv(x, k, b, tag + "relu_conv1", 1, "relu")
+        r = _conv(x, [w * first_scale for w in k], b, tag + "relu_conv1", 1, "relu")
         x_layer1 = layers.AveragePooling2D(2, 2, name=tag + "relu_pool1")(r)
         k, b = folded(own, "conv2d_2", "batch_normalization_2")
         r = _conv(x_layer1, k, b, tag + "relu_conv2", len(own), "relu")
@@ -290,6 +296,8 @@ def build_export_graph(reference_model, task: str, variant: str | Variant) -> ke
         # tanh stream (conv2d_5..8): conv, max-pool, then tanh (module docstring, 3.).
         def tanh_block(t, conv, bn, number, group_count, pool=True):
             k, b = folded(own, conv, bn)
+            if number == 1:  # reads the (scaled) input
+                k = [w * first_scale for w in k]
             t = _conv(t, k, b, f"{tag}tanh_conv{number}", group_count)
             if pool:
                 t = layers.MaxPooling2D(2, 2, name=f"{tag}tanh_pool{number}")(t)
