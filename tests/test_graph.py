@@ -18,7 +18,8 @@ def probe_inputs(faces):
     return np.concatenate([faces.inputs[:300], synthetic_inputs(48, seed=5)])
 
 
-@pytest.mark.parametrize("variant", ["tflite", "onnx", "onnx-unpadded", "tflite-dynamic"])
+@pytest.mark.parametrize("variant", ["tflite", "onnx", "onnx-unpadded", "onnx-unpadded-fp16",
+                                     "tflite-dynamic"])
 def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, variant):
     from ssrconv.graph import build_export_graph, check_exact
 
@@ -30,6 +31,19 @@ def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, 
     # far fewer layers than the reference's ~190 (tflite-dynamic keeps each head's convs and
     # Dense layers: fewer only by the BatchNorms, flattens and the merge)
     assert len(fast.layers) < (150 if variant == "tflite-dynamic" else 60) < len(model.layers)
+
+
+def test_fp16_weight_variant_keeps_the_first_conv_weights_normal_in_float16(reference_age_gender):
+    """pnnx's float16 conversion zeroes every |w| < 2^-14; BN folding leaves first-conv weights
+    down to 3e-7 (41 of them zeroed: max 0.41 y on ncnn fp16). The 2^8 input scaling lifts them."""
+    from ssrconv.graph import build_export_graph
+
+    smallest = {}
+    for variant in ("onnx-unpadded", "onnx-unpadded-fp16"):
+        fast = build_export_graph(reference_age_gender.model, "age-gender", variant)
+        kernels = [fast.get_layer(n).get_weights()[0] for n in ("relu_conv1", "tanh_conv1")]
+        smallest[variant] = min(float(np.abs(k[k != 0]).min()) for k in kernels)
+    assert smallest["onnx-unpadded"] < 2 ** -14 <= smallest["onnx-unpadded-fp16"]
 
 
 def test_every_float_target_converts_the_fast_graph():
