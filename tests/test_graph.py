@@ -48,12 +48,12 @@ def test_fp16_weight_variant_keeps_the_first_conv_weights_normal_in_float16(refe
 
 def test_every_float_target_converts_the_fast_graph():
     """Issue 13's "done when" in the table: every target but int8 (its recipe addresses the
-    reference's layer names) and CoreML (21% larger fused) converts a known fast variant."""
+    reference's layer names; ported separately) converts a known fast variant."""
     from ssrconv.graph import VARIANTS
     from ssrconv.targets import TARGETS
 
     for key, target in TARGETS.items():
-        expected = "original" if target.precision == "int8" or target.family == "coreml" else "fast"
+        expected = "original" if target.precision == "int8" else "fast"
         assert target.graph == expected, key
         if target.graph == "fast":
             assert (target.graph_variant or target.family) in VARIANTS, key
@@ -188,20 +188,30 @@ def test_graph_original_exports_the_reference_graph(fast_exports):
     assert sum(fast["ops"].values()) < 0.4 * sum(original["ops"].values())
 
 
-def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gender, faces, tmp_path):
+@pytest.mark.parametrize("key", ["coreml-fp16", "coreml-fp32"])
+def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gender, faces, tmp_path,
+                                                               key):
     """The fused graph as an mlprogram needs slice_by_index, concat, matmul and grouped conv
-    from the numpy MIL interpreter (the exporter keeps CoreML on the original graph for now)."""
+    from the numpy MIL interpreter; each CoreML target's variant is smaller than the original
+    graph's mlprogram (fp16 291 KB vs 328 KB, fp32 458 KB vs 475 KB, docs/GRAPH.md)."""
     from ssrconv.converters import coreml
+    from ssrconv.exporter import artifact_digest
     from ssrconv.graph import build_export_graph
     from ssrconv.options import ExportOptions
     from ssrconv.parity import stage_differences
     from ssrconv.runtimes import load_runtime
     from ssrconv.targets import TARGETS
 
-    fast = build_export_graph(reference_age_gender.model, "age-gender", "coreml")
-    dest = tmp_path / "fast.mlpackage"
-    options = ExportOptions(to=("coreml",), precision=("fp32",), out=tmp_path)
-    coreml.convert(fast, TARGETS["coreml-fp32"], options, dest, None, {"ssrconv.version": "test"})
+    target = TARGETS[key]
+    sizes = {}
+    for graph in ("original", "fast"):
+        model = (reference_age_gender.model if graph == "original" else
+                 build_export_graph(reference_age_gender.model, "age-gender", target.graph_variant))
+        dest = tmp_path / f"{graph}.mlpackage"
+        options = ExportOptions(to=("coreml",), precision=(target.precision,), out=tmp_path)
+        coreml.convert(model, target, options, dest, None, {"ssrconv.version": "test"})
+        sizes[graph] = artifact_digest(dest)[0]
+    assert sizes["fast"] < sizes["original"], sizes
     ops = coreml.describe(dest)["ops"]
     assert ops["conv"] == 14 and ops["slice_by_index"] >= 1 and ops["matmul"] >= 1
     runtime = load_runtime(dest)  # off macOS: the numpy MIL interpreter
@@ -209,7 +219,8 @@ def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gen
     reference = load_runtime(backend="keras")
     inputs = faces.inputs[:50]
     got, want = runtime.run(inputs), reference.run(inputs)
-    assert np.max(np.abs(got["age"] - want["age"])) < 1e-3
-    assert np.max(np.abs(got["p_male"] - want["p_male"])) < 1e-4
+    exact = target.precision == "fp32"  # fp16 compute: its own budget (parity, fp16 class)
+    assert np.max(np.abs(got["age"] - want["age"])) < (1e-3 if exact else 0.25)
+    assert np.max(np.abs(got["p_male"] - want["p_male"])) < (1e-4 if exact else 0.05)
     stages, note = stage_differences(runtime, reference, inputs[:4])
     assert stages is not None and len(stages) == 18, note

@@ -116,7 +116,7 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--graph", type=click.Choice(["fast", "original"]), default="fast",
               show_default=True,
               help="fast: the fused, exactness-checked export graph (docs/GRAPH.md; used by "
-                   "every target but int8 and coreml); original: the reference's layer-for-layer graph.")
+                   "every target but int8); original: the reference's layer-for-layer graph.")
 def export(to, precision, task, weights, calibration, calibration_limit, calibration_kind, out, opset,
            int8_io, image_input, graph) -> None:
     """Export SSR-Net to ONNX, TFLite and/or CoreML, each file with a JSON manifest."""

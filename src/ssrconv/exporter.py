@@ -131,7 +131,7 @@ class _ExportGraphs:
     is written), or the reference's own with ``--graph original`` (which target converts which:
     the ``graph`` and ``graph_variant`` of its row in :mod:`ssrconv.targets`). int8 targets
     convert the original graph (their recipe, tflite_int8/onnx_int8, addresses the reference's
-    layer names). CoreML stays original: the fused mlprogram is 21% larger (docs/GRAPH.md)."""
+    layer names)."""
 
     def __init__(self, model, options: ExportOptions, calibration, say):
         self.model, self.options, self.calibration, self.say = model, options, calibration, say

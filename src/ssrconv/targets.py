@@ -258,8 +258,10 @@ TARGETS: dict[str, Target] = {
         Target("tflite", "int8", "int8",
                "TFLite int8: convolutions and pools in int8 (weights and activations) except "
                "each stream's first block; SSR head in float; calibrated"),
-        Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute"),
-        Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute"),
+        Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute", graph="fast",
+               graph_variant="coreml"),
+        Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute", graph="fast",
+               graph_variant="coreml-perstage"),
         Target("web", "fp32", "fp32",
                "Static web folder: fp32 ONNX + YuNet + a plain-JS app on onnxruntime-web (wasm)",
                graph="fast", graph_variant="onnx"),
