@@ -114,6 +114,7 @@ def test_fp32_onnx_on_chromium_ort_wasm_within_fp32_budget(web_export, faces, ke
 def test_web_export_passes_parity_on_its_engine(web_export, faces, keras_outputs):
     from ssrconv.runtimes import load_runtime
 
+    assert (web_export.manifest["graph"], web_export.manifest["graph_variant"]) == ("fast", "onnx")
     runtime = load_runtime(web_export.path)
     try:
         assert (runtime.backend, runtime.engine) == ("web", "chromium-ort-wasm")

@@ -18,17 +18,57 @@ def probe_inputs(faces):
     return np.concatenate([faces.inputs[:300], synthetic_inputs(48, seed=5)])
 
 
-@pytest.mark.parametrize("family", ["tflite", "onnx"])
-def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, family):
+@pytest.mark.parametrize("variant", ["tflite", "onnx", "onnx-unpadded", "onnx-unpadded-fp16",
+                                     "tflite-dynamic"])
+def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, variant):
     from ssrconv.graph import build_export_graph, check_exact
 
     model = reference_age_gender.model
-    fast = build_export_graph(model, "age-gender", family)
+    fast = build_export_graph(model, "age-gender", variant)
     assert fast.output_names == ["age", "p_male"] and fast.input_shape == (None, 64, 64, 3)
     diffs = check_exact(model, fast, probe_inputs)
     assert diffs["age"] <= 1e-3 and diffs["p_male"] <= 1e-4
-    # far fewer layers than the reference's ~190
-    assert len(fast.layers) < 60 < len(model.layers)
+    # far fewer layers than the reference's ~190 (tflite-dynamic keeps each head's convs and
+    # Dense layers: fewer only by the BatchNorms, flattens and the merge)
+    assert len(fast.layers) < (150 if variant == "tflite-dynamic" else 60) < len(model.layers)
+
+
+def test_fp16_weight_variant_keeps_the_first_conv_weights_normal_in_float16(reference_age_gender):
+    """pnnx's float16 conversion zeroes every |w| < 2^-14; BN folding leaves first-conv weights
+    down to 3e-7 (41 of them zeroed: max 0.41 y on ncnn fp16). The 2^8 input scaling lifts them."""
+    from ssrconv.graph import build_export_graph
+
+    smallest = {}
+    for variant in ("onnx-unpadded", "onnx-unpadded-fp16"):
+        fast = build_export_graph(reference_age_gender.model, "age-gender", variant)
+        kernels = [fast.get_layer(n).get_weights()[0] for n in ("relu_conv1", "tanh_conv1")]
+        smallest[variant] = min(float(np.abs(k[k != 0]).min()) for k in kernels)
+    assert smallest["onnx-unpadded"] < 2 ** -14 <= smallest["onnx-unpadded-fp16"]
+
+
+def test_every_target_but_onnx_int8_converts_the_fast_graph():
+    """Issue 13's "done when" in the table: every target converts a known fast variant except
+    ONNX int8 and the OpenVINO IR made from it (their recipe is outside the p99 budget on the
+    fused graph: docs/INT8.md)."""
+    from ssrconv.graph import VARIANTS
+    from ssrconv.targets import TARGETS
+
+    for key, target in TARGETS.items():
+        expected = "original" if key in ("onnx-int8", "openvino-int8") else "fast"
+        assert target.graph == expected, key
+        if target.graph == "fast":
+            assert (target.graph_variant or target.family) in VARIANTS, key
+
+
+def test_graph_original_is_the_reference_for_every_target(reference_age_gender, tmp_path):
+    from ssrconv.exporter import _ExportGraphs
+    from ssrconv.options import ExportOptions
+    from ssrconv.targets import TARGETS
+
+    options = ExportOptions(to=("all",), out=tmp_path, graph="original")
+    graphs = _ExportGraphs(reference_age_gender.model, options, None, print)
+    for target in TARGETS.values():
+        assert graphs.for_target(target) == ("original", None, reference_age_gender.model)
 
 
 @pytest.mark.parametrize("task", ["age", "gender"])
@@ -91,6 +131,7 @@ def fast_exports(tmp_path_factory, assets_dir):
 
     out = tmp_path_factory.mktemp("fastgraph")
     export(to=("onnx", "tflite"), precision=("fp32",), out=out / "fast")
+    export(to=("tflite",), precision=("dynamic",), out=out / "fast")
     export(to=("tflite",), precision=("fp32",), out=out / "original", graph="original")
     return out
 
@@ -120,6 +161,27 @@ def test_float_exports_use_the_fast_graph_and_pass_parity(fast_exports, faces, k
     assert max(stages.values()) < 1e-3
 
 
+def test_tflite_dynamic_on_its_own_variant_is_within_the_int8_budget_with_margin(fast_exports, faces):
+    """Hybrid kernels quantize each conv/Dense input with one scale: the dynamic variant keeps
+    each head's convs and Dense layers apart (the grouped/batched graph measured p99 1.34-1.37 y,
+    the original graph 0.66 y on these faces)."""
+    from ssrconv.parity import head_stats, stage_differences, violations
+    from ssrconv.runtimes import load_runtime
+    from ssrconv.targets import BUDGETS
+
+    path = fast_exports / "fast" / "ssrnet_age_gender_dynamic.tflite"
+    manifest = json.loads(path.with_name(path.name + ".json").read_text())
+    assert (manifest["graph"], manifest["graph_variant"]) == ("fast", "tflite-dynamic")
+    assert not {"SHAPE", "PACK", "SUM"} & set(manifest["ops"])  # static flattens, fused merge
+    runtime, reference = load_runtime(path), load_runtime(backend="keras")
+    got, want = runtime.run(faces.inputs), reference.run(faces.inputs)
+    stats = {head: head_stats(got[head], want[head], head) for head in ("age", "p_male")}
+    assert violations(stats, BUDGETS["int8"]) == []
+    assert stats["age"].p99_abs <= 0.8 and stats["p_male"].max_abs <= 0.1, stats  # margin
+    stages, note = stage_differences(runtime, reference, faces.inputs[:8])
+    assert stages is not None and len(stages) == 18, note
+
+
 def test_graph_original_exports_the_reference_graph(fast_exports):
     original = json.loads((fast_exports / "original" / "ssrnet_age_gender_fp32.tflite.json").read_text())
     fast = json.loads((fast_exports / "fast" / "ssrnet_age_gender_fp32.tflite.json").read_text())
@@ -127,20 +189,30 @@ def test_graph_original_exports_the_reference_graph(fast_exports):
     assert sum(fast["ops"].values()) < 0.4 * sum(original["ops"].values())
 
 
-def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gender, faces, tmp_path):
+@pytest.mark.parametrize("key", ["coreml-fp16", "coreml-fp32"])
+def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gender, faces, tmp_path,
+                                                               key):
     """The fused graph as an mlprogram needs slice_by_index, concat, matmul and grouped conv
-    from the numpy MIL interpreter (the exporter keeps CoreML on the original graph for now)."""
+    from the numpy MIL interpreter; each CoreML target's variant is smaller than the original
+    graph's mlprogram (fp16 291 KB vs 328 KB, fp32 458 KB vs 475 KB, docs/GRAPH.md)."""
     from ssrconv.converters import coreml
+    from ssrconv.exporter import artifact_digest
     from ssrconv.graph import build_export_graph
     from ssrconv.options import ExportOptions
     from ssrconv.parity import stage_differences
     from ssrconv.runtimes import load_runtime
     from ssrconv.targets import TARGETS
 
-    fast = build_export_graph(reference_age_gender.model, "age-gender", "coreml")
-    dest = tmp_path / "fast.mlpackage"
-    options = ExportOptions(to=("coreml",), precision=("fp32",), out=tmp_path)
-    coreml.convert(fast, TARGETS["coreml-fp32"], options, dest, None, {"ssrconv.version": "test"})
+    target = TARGETS[key]
+    sizes = {}
+    for graph in ("original", "fast"):
+        model = (reference_age_gender.model if graph == "original" else
+                 build_export_graph(reference_age_gender.model, "age-gender", target.graph_variant))
+        dest = tmp_path / f"{graph}.mlpackage"
+        options = ExportOptions(to=("coreml",), precision=(target.precision,), out=tmp_path)
+        coreml.convert(model, target, options, dest, None, {"ssrconv.version": "test"})
+        sizes[graph] = artifact_digest(dest)[0]
+    assert sizes["fast"] < sizes["original"], sizes
     ops = coreml.describe(dest)["ops"]
     assert ops["conv"] == 14 and ops["slice_by_index"] >= 1 and ops["matmul"] >= 1
     runtime = load_runtime(dest)  # off macOS: the numpy MIL interpreter
@@ -148,7 +220,8 @@ def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gen
     reference = load_runtime(backend="keras")
     inputs = faces.inputs[:50]
     got, want = runtime.run(inputs), reference.run(inputs)
-    assert np.max(np.abs(got["age"] - want["age"])) < 1e-3
-    assert np.max(np.abs(got["p_male"] - want["p_male"])) < 1e-4
+    exact = target.precision == "fp32"  # fp16 compute: its own budget (parity, fp16 class)
+    assert np.max(np.abs(got["age"] - want["age"])) < (1e-3 if exact else 0.25)
+    assert np.max(np.abs(got["p_male"] - want["p_male"])) < (1e-4 if exact else 0.05)
     stages, note = stage_differences(runtime, reference, inputs[:4])
     assert stages is not None and len(stages) == 18, note

@@ -257,7 +257,8 @@ def test_conv_and_pool_geometry_matches_keras(tmp_path):
     """Padding 'same' (odd pixel after), strides, dilations, groups (depthwise), same-padded
     pools (padding excluded from averages) on a small random model, fp32, against Keras.
 
-    (A grouped Conv2D(groups=2) does not convert: Keras traces it as an XLA-compiled call.)
+    (Keras' own grouped Conv2D does not convert: Keras traces it as an XLA-compiled call;
+    grouped convs are tested below with the fast graph's GroupedConv2D.)
     """
     import coremltools as ct
     import keras
@@ -290,6 +291,46 @@ def test_conv_and_pool_geometry_matches_keras(tmp_path):
     assert len(got) == len(expected)
     for want, name in zip(expected, program.output_names):
         np.testing.assert_allclose(got[name], want, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize(("groups", "c_in", "c_out", "padding", "strides"),
+                         [(2, 6, 8, "valid", 1), (3, 6, 9, "same", 2)])
+def test_grouped_conv_matches_per_group_convs(tmp_path, groups, c_in, c_out, padding, strides):
+    """conv(groups=G) as the fast export graph emits it (ssrconv.graph.builder.GroupedConv2D,
+    coremltools' conv with groups) against G separate Keras convs on the channel slices: each
+    group must see only its own input channels and write only its own outputs."""
+    import coremltools as ct
+    import keras
+    from keras import layers
+
+    from ssrconv.graph.builder import GroupedConv2D
+
+    rng = np.random.default_rng(groups)
+    inp = keras.Input((9, 8, c_in), name="x")
+    grouped = GroupedConv2D(c_out, 3, strides=strides, padding=padding, groups=groups)
+    model = keras.Model(inp, grouped(inp))
+    kernel = rng.normal(size=(3, 3, c_in // groups, c_out)).astype(np.float32)
+    bias = rng.normal(size=c_out).astype(np.float32)
+    grouped.set_weights([kernel, bias])
+    mlmodel = ct.convert(model, source="tensorflow", convert_to="mlprogram",
+                         inputs=[ct.TensorType(name="x", shape=(2, 9, 8, c_in))],
+                         compute_precision=ct.precision.FLOAT32,
+                         minimum_deployment_target=ct.target.iOS15)
+    mlmodel.save(str(tmp_path / "grouped.mlpackage"))
+    program = MilProgram.from_mlpackage(tmp_path / "grouped.mlpackage")
+    convs = [op for op in program._function.operations if op.op_type == "conv"]
+    assert [int(op.groups.val) for op in convs] == [groups]  # one grouped conv, not G convs
+    x = rng.normal(size=(2, 9, 8, c_in)).astype(np.float32)
+    cg, og = c_in // groups, c_out // groups
+    parts = []
+    for g in range(groups):
+        conv = layers.Conv2D(og, 3, strides=strides, padding=padding)
+        conv.build((None, 9, 8, cg))
+        conv.set_weights([kernel[..., g * og:(g + 1) * og], bias[g * og:(g + 1) * og]])
+        parts.append(np.asarray(conv(x[..., g * cg:(g + 1) * cg])))
+    expected = np.concatenate(parts, axis=-1)
+    (got,) = program.run({"x": x}).values()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def _torch_style_avg_pool(x, k, s, pad, include_pad):

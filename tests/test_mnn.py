@@ -25,12 +25,24 @@ def test_every_mnn_artifact_passes_parity_on_its_runtime(mnn_export, precision, 
     from ssrconv.runtimes import load_runtime
 
     artifact = mnn_export[precision]
+    assert (artifact.manifest["graph"], artifact.manifest["graph_variant"]) == ("fast",
+                                                                                "onnx-unpadded")
     runtime = load_runtime(artifact.path)  # precision read from the file (its bizCode)
     assert runtime.precision == precision
     assert runtime.heads == ("age", "p_male")
     assert runtime.config["precision"] == ("low" if precision == "fp16" else "high")
     broken, stats = budget_check(runtime, artifact.target.budget_class)
     assert broken == [], stats
+
+
+def test_stage_tensors_are_found_in_the_fused_graph(mnn_export, faces):
+    from ssrconv.parity import stage_differences
+    from ssrconv.runtimes import load_runtime
+
+    stages, note = stage_differences(load_runtime(mnn_export["fp32"].path),
+                                     load_runtime(backend="keras"), faces.inputs[:8])
+    assert stages is not None and len(stages) == 18, note
+    assert max(stages.values()) < 1e-4, stages
 
 
 def test_perturbed_mnn_fails_parity(mnn_export, tmp_path, budget_check):

@@ -26,6 +26,16 @@ def test_every_ncnn_artifact_passes_parity_on_its_runtime(ncnn_export, precision
     from ssrconv.runtimes import load_runtime
 
     artifact = ncnn_export[precision]
+    # the fast graph: its 12 groups=2 convs are ncnn ConvolutionDepthWise layers with group 2
+    # fp16: the variant with the input scaled by 2^-8 (pnnx zeroes float16 subnormal weights)
+    variant = "onnx-unpadded-fp16" if precision == "fp16" else "onnx-unpadded"
+    assert (artifact.manifest["graph"], artifact.manifest["graph_variant"]) == ("fast", variant)
+    param = next(artifact.path.glob("*.ncnn.param"))
+    from ssrconv.converters.ncnn import parse_param
+
+    groups = [int(layer[4]["7"]) for layer in parse_param(param)["layers"]
+              if layer[0] == "ConvolutionDepthWise"]
+    assert groups == [2] * 12
     runtime = load_runtime(artifact.path)  # precision read from the bin's weight tag
     assert runtime.engine == f"ncnn-cpu-{precision}"
     assert runtime.heads == ("age", "p_male")
@@ -34,6 +44,16 @@ def test_every_ncnn_artifact_passes_parity_on_its_runtime(ncnn_export, precision
     if precision == "fp32":
         assert runtime.options["use_fp16_storage"] is False
         assert runtime.options["use_winograd_convolution"] is False
+
+
+def test_stage_tensors_are_found_in_the_fused_blobs(ncnn_export, faces):
+    from ssrconv.parity import stage_differences
+    from ssrconv.runtimes import load_runtime
+
+    stages, note = stage_differences(load_runtime(ncnn_export["fp32"].path),
+                                     load_runtime(backend="keras"), faces.inputs[:8])
+    assert stages is not None and len(stages) == 18, note
+    assert max(stages.values()) < 1e-4, stages
 
 
 def test_perturbed_bin_fails_parity(ncnn_export, tmp_path, budget_check):

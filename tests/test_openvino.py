@@ -69,6 +69,25 @@ def test_openvino_exports_pass_parity_on_their_engine(export_dir, faces):
                                                                 "openvino-cpu-bf16"}
 
 
+def test_float_irs_convert_the_fast_graph_and_keep_their_stage_tensors(export_dir, faces):
+    import json
+
+    from ssrconv.parity import stage_differences
+    from ssrconv.runtimes import load_runtime
+
+    for key in ("openvino-fp32", "openvino-fp16", "openvino-bf16", "openvino-int8"):
+        path = _artifact(export_dir, key)
+        manifest = json.loads(path.with_name(path.name + ".json").read_text())
+        want = ("original", None) if key.endswith("int8") else ("fast", "onnx")
+        assert (manifest["graph"], manifest["graph_variant"]) == want, key
+        if want[0] == "fast":  # the groups=2 convs survive as OpenVINO GroupConvolution
+            assert manifest["ops"]["GroupConvolution"] == 12, key
+    runtime = load_runtime(_artifact(export_dir, "openvino-fp32"))
+    stages, note = stage_differences(runtime, load_runtime(backend="keras"), faces.inputs[:8])
+    assert stages is not None and len(stages) == 18, note
+    assert max(stages.values()) < 1e-4, stages
+
+
 def test_compacted_tflite_names_are_unique_and_load_in_openvino(export_dir):
     import openvino as ov
 

@@ -126,30 +126,30 @@ def _model_metadata(reference, task: str) -> dict[str, str]:
 
 
 class _ExportGraphs:
-    """The graph each target converts: the fused one of :mod:`ssrconv.graph` (built once per
-    family and checked exact against the reference before any file is written), or the
-    reference's own with ``--graph original`` (which target converts which: the ``graph`` of its
-    row in :mod:`ssrconv.targets`). The int8 recipes (tflite_int8/onnx_int8) find their layers in
-    either graph (int8_prep.recipe_layers); onnx int8 stays original (p99 1.01 y fast, one
-    activation scale per fused tensor of both heads: docs/INT8.md). tflite dynamic converts the
-    original graph: its hybrid kernels quantize each op's input with one scale, and the fused
-    graph's batched Dense inputs mix stages and heads of different ranges (p99 1.37 y vs 0.66 y
-    on the dev faces, docs/GRAPH.md). CoreML stays original: the fused mlprogram is 21% larger."""
+    """The graph each target converts: the fused one of :mod:`ssrconv.graph` in the variant its
+    row names (built once per variant and checked exact against the reference before any file
+    is written), or the reference's own with ``--graph original`` (which target converts which:
+    the ``graph`` and ``graph_variant`` of its row in :mod:`ssrconv.targets`). The int8 recipes
+    (tflite_int8/onnx_int8) find their layers in either graph (int8_prep.recipe_layers); onnx
+    int8 stays original (p99 1.01 y fast, one activation scale per fused tensor of both heads:
+    docs/INT8.md), and so does openvino int8, made from it."""
 
     def __init__(self, model, options: ExportOptions, calibration, say):
         self.model, self.options, self.calibration, self.say = model, options, calibration, say
         self.built: dict[str, object] = {}
 
-    def for_target(self, target) -> tuple[str, object]:
+    def for_target(self, target) -> tuple[str, str | None, object]:
+        """("fast" or "original", the fast graph's variant or None, the Keras model)."""
         if self.options.graph == "original" or target.graph != "fast":
-            return "original", self.model
-        if target.family not in self.built:
+            return "original", None, self.model
+        variant = target.graph_variant or target.family
+        if variant not in self.built:
             import numpy as np
 
             from ssrconv.graph import build_export_graph, check_exact
             from ssrconv.parity import synthetic_inputs
 
-            fast = build_export_graph(self.model, self.options.task, target.family)
+            fast = build_export_graph(self.model, self.options.task, variant)
             # Real faces when a calibration set was given, always seeded synthetic inputs.
             inputs = synthetic_inputs(96, seed=13)
             from ssrconv.calibration import REAL_KIND
@@ -157,10 +157,10 @@ class _ExportGraphs:
             if self.calibration is not None and self.calibration.kind == REAL_KIND:
                 inputs = np.concatenate([self.calibration.inputs[:200], inputs])
             diffs = check_exact(self.model, fast, inputs)
-            self.say(f"      fast {target.family} graph exact on {len(inputs)} inputs: "
+            self.say(f"      fast graph ({variant}) exact on {len(inputs)} inputs: "
                      + ", ".join(f"max |{k} diff| {v:.2g}" for k, v in diffs.items()))
-            self.built[target.family] = fast
-        return "fast", self.built[target.family]
+            self.built[variant] = fast
+        return "fast", variant, self.built[variant]
 
 
 def _check_converters(options: ExportOptions) -> None:
@@ -218,7 +218,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
             step = "calibrating and converting" if target.precision == "int8" else "converting"
             say(f"[{number}/{len(options.targets)}] {target.key}: {step} -> {final.name}")
             started = time.perf_counter()
-            graph, graph_model = export_graphs.for_target(target)
+            graph, variant, graph_model = export_graphs.for_target(target)
             extra = target.format.converter().convert(graph_model, target, options, tmp,
                                                       calibration, metadata)
             description = target.format.converter().describe(tmp)
@@ -232,6 +232,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
                 **extra,
                 "graph": graph,
                 "batch": options.batch,  # None: variable
+                "graph_variant": variant,
                 "calibration": calibration.describe() if target.precision == "int8" else None,
                 "weights": weights_provenance(reference),
                 "preprocessing": CONTRACT,

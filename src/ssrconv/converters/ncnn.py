@@ -100,13 +100,17 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
 
 
 def _add_stage_outputs(proto, heads) -> list[str]:
-    """Append the stage tensors of ``heads`` to the graph outputs; their names, in order."""
+    """Append the tensors holding the stage tensors of ``heads`` to the graph outputs (the
+    stage layers' own, or the fast graph's fused ones: ssrconv.runtimes.stages.locate); their
+    names, in order."""
     import onnx
 
-    from ssrconv.runtimes.stages import find_unique, stage_specs
+    from ssrconv.runtimes.stages import locate, stage_specs
 
+    heads = tuple(heads)
     produced = {name: name for node in proto.graph.node for name in node.output}
-    names = [find_unique(spec, produced) for spec in stage_specs(tuple(heads))]
+    names = list(dict.fromkeys(locate(spec, heads, lambda units: produced)[0]
+                               for spec in stage_specs(heads)))
     for name in names:
         proto.graph.output.append(
             onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))

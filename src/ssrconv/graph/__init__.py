@@ -6,6 +6,8 @@ this package's ``__init__`` stays light.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ssrconv.errors import SsrconvError
 
 GRAPHS = ("fast", "original")
@@ -26,11 +28,67 @@ class GraphNotExactError(SsrconvError):
     """The fused export graph does not compute what the reference computes (beyond the bounds)."""
 
 
-def build_export_graph(reference_model, task: str, family: str):
+@dataclass(frozen=True)
+class Variant:
+    """How the fast graph is shaped for one converter/runtime (docs/GRAPH.md, "Variants").
+
+    Every variant computes the same function; they differ where runtimes or quantizers do."""
+
+    name: str
+    # 1x1 summary conv output channels per head; above 10 the extra ones are exact zeros.
+    summary_channels: int = 10
+    # Grouped convs as one plain TF Conv2D (GroupedConv2D) rather than Keras' XLA-compiled call,
+    # which only the TFLite converter inlines (tf2onnx and coremltools cannot read it).
+    plain_groups: bool = True
+    # One block-sparse Dense per Dense family over every stage and head (False: one Dense per
+    # stage and head, as the reference: each Dense input holds one stage's one head only).
+    batched_dense: bool = True
+    # Convs of both heads as one groups=2 conv (the first: one conv over the shared input);
+    # False: each head's own convs, as in the reference.
+    grouped_convs: bool = True
+    # n > 0: the input multiplied by 2^-n (one exact multiply) and the first convs' kernels by
+    # 2^n, products bit-identical. For converters that store float16 weights and flush every
+    # |w| < 2^-14 to zero (pnnx's convert_to_fp16_model): BatchNorm folding makes the first
+    # convs' weights small (they read 0..255 pixels), down to 3e-7.
+    input_scale_log2: int = 0
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("tflite", plain_groups=False),
+    # TFLite dynamic range quantizes the input of each hybrid CONV_2D / FULLY_CONNECTED with one
+    # scale per face: a groups=2 conv's input mixes both heads' activations (p99 1.34 y with
+    # grouped convs vs 0.66 y) and block-sparse Dense kernels pass the 1024-element threshold
+    # above which weights are quantized at all: each head keeps its own convs and Dense layers.
+    Variant("tflite-dynamic", plain_groups=False, batched_dense=False, grouped_convs=False),
+    # onnxruntime keeps its NCHWc blocked layout through 16-channel summaries (also used by
+    # OpenVINO and onnxruntime-web: measured faster padded, docs/GRAPH.md).
+    Variant("onnx", summary_channels=16),
+    # ncnn and MNN: no faster with the padding, and the zeros cost file size.
+    Variant("onnx-unpadded"),
+    # ncnn and MNN fp16 (float16 weights, subnormals flushed: max 0.41 y without the scaling).
+    Variant("onnx-unpadded-fp16", input_scale_log2=8),
+    # CoreML (measured with coremltools 9.0; speed cannot be measured off macOS): fp16 is smallest
+    # fully fused (291 KB vs 328 KB original); fp32 stores the block-sparse zeros in float32,
+    # so it keeps the Dense layers per stage and head (458 KB vs 475 KB; fused: 498 KB).
+    Variant("coreml"),
+    Variant("coreml-perstage", batched_dense=False),
+)}
+
+
+def get_variant(name: str) -> Variant:
+    """The variant called ``name``; GraphNotExactError naming the known ones otherwise."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise GraphNotExactError(f"unknown export-graph variant {name!r}: known variants are "
+                                 f"{', '.join(VARIANTS)}") from None
+
+
+def build_export_graph(reference_model, task: str, variant: str):
     """See :func:`ssrconv.graph.builder.build_export_graph`."""
     from ssrconv.graph.builder import build_export_graph as build
 
-    return build(reference_model, task, family)
+    return build(reference_model, task, variant)
 
 
 def check_exact(reference_model, export_model, inputs):

@@ -37,10 +37,17 @@ is exact (docs/GRAPH.md has the measured effect):
    sums_k = sum_i (i + l_k,i) p_k,i as one multiply and one constant matmul; the product of
    widths s_j (1 + d_j) as a running product over three column slices, with the constant
    s_j = 3 moved into the final constant matmul (V / 3^k), which also adds the stages.
-7. **ONNX only: 1x1 summary convs zero-padded to 16 output channels per head.** The extra
-   channels have zero weights and bias, so relu gives exact zeros that meet zero Dense rows;
-   onnxruntime then keeps its NCHWc blocked layout through the summaries (issue 13: six
-   transposes fewer). Other families keep 10.
+7. **Variants** (:class:`ssrconv.graph.Variant`, chosen per target in ssrconv.targets).
+   ``summary_channels=16`` (ONNX): the 1x1 summary convs zero-padded to 16 output channels per
+   head. The extra channels have zero weights and bias, so relu gives exact zeros that meet
+   zero Dense rows; onnxruntime then keeps its NCHWc blocked layout through the summaries
+   (issue 13: six transposes fewer). ``batched_dense=False`` (TFLite dynamic range): the Dense
+   layers stay one per stage and head, as in the reference (each reads its own head's channels
+   of the summary, sliced after the pools), so every FULLY_CONNECTED input and kernel holds one
+   stage's one head only: hybrid kernels quantize each with one scale.
+   ``input_scale_log2=n`` (ncnn/MNN fp16): the input times 2^-n and the first convs' kernels
+   times 2^n: powers of two, so every product is bit-identical; float16 weight storage that
+   flushes |w| < 2^-14 to zero then keeps the small BN-folded first-conv weights.
 
 Dropout is the identity at inference and is dropped.
 """
@@ -58,7 +65,7 @@ tensorflow()  # quiet import of TF before Keras pulls it in
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from ssrconv.graph import FUSED_STAGE_LAYERS, GraphNotExactError  # noqa: E402
+from ssrconv.graph import FUSED_STAGE_LAYERS, GraphNotExactError, Variant, get_variant  # noqa: E402
 from ssrconv.reference.model import (  # noqa: E402
     BN_EPSILON,
     INPUT_SIZE,
@@ -72,7 +79,6 @@ from ssrconv.reference.model import (  # noqa: E402
 
 CROP = 62  # the rows/columns of the 64 x 64 input the network reads (module docstring, 1.)
 SUMMARY_CHANNELS = 10
-PADDED_SUMMARY_CHANNELS = {"onnx": 16}  # family -> 1x1 summary conv width per head (7.)
 
 # Names of the fused stage layers: runtimes' stage_outputs find them by these names and slice
 # each original stage tensor out of them (ssrconv.runtimes.stages.fused_location).
@@ -172,6 +178,24 @@ class StaticFlatten(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="ssrconv")
+class ChannelSlice(layers.Layer):
+    """Channels ``start:stop`` of an NHWC tensor (one head's channels of a grouped conv)."""
+
+    def __init__(self, start: int, stop: int, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = int(start), int(stop)
+
+    def call(self, x):
+        return x[..., self.start:self.stop]
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.stop - self.start)
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+@keras.saving.register_keras_serializable(package="ssrconv")
 class FusedStagewiseMerge(layers.Layer):
     """The soft stagewise merge of every head at once (module docstring, 6.).
 
@@ -222,74 +246,97 @@ class FusedStagewiseMerge(layers.Layer):
         return config
 
 
-def build_export_graph(reference_model, task: str, family: str) -> keras.Model:
+def build_export_graph(reference_model, task: str, variant: str | Variant) -> keras.Model:
     """The fast, function-preserving export graph of ``reference_model`` for ``task``
-    ("age", "gender", "age-gender") and target ``family`` ("tflite", "onnx", "coreml", ...).
+    ("age", "age-gender", "gender") shaped as ``variant`` (a :class:`ssrconv.graph.Variant` or
+    its name in ``ssrconv.graph.VARIANTS``: "tflite", "onnx", ...; the target table says which
+    each target converts).
 
     Input ``face_bgr`` (N, 64, 64, 3) float32 BGR 0..255; outputs named ``age`` and/or
     ``p_male`` (N, 1), as the reference's. The rewrites and why each is exact are in this
     module's docstring; :func:`check_exact` verifies the result numerically.
     """
+    variant = variant if isinstance(variant, Variant) else get_variant(variant)
     heads = _heads(task)
     n_heads = len(heads)
-    groups = n_heads
-    summary_width = PADDED_SUMMARY_CHANNELS.get(family, SUMMARY_CHANNELS)
+    summary_width = variant.summary_channels
+    if summary_width < SUMMARY_CHANNELS:
+        raise GraphNotExactError(f"variant {variant.name!r}: summary_channels must be >= "
+                                 f"{SUMMARY_CHANNELS}")
     m = reference_model
-    # GroupedConv2D: neither tf2onnx nor coremltools converts Keras' XLA-compiled call
-    plain = family in ("onnx", "coreml")
+    plain = variant.plain_groups
 
     def _conv(*args, **kwargs):
         return _conv_layer(*args, plain_groups=plain, **kwargs)
 
-    def folded(conv, bn):
-        pairs = [_folded_conv(m, prefix, conv, bn) for _, prefix, _ in heads]
+    def folded(own, conv, bn):
+        pairs = [_folded_conv(m, prefix, conv, bn) for _, prefix, _ in own]
         return [k for k, _ in pairs], [b for _, b in pairs]
 
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="face_bgr")
     x = layers.Cropping2D(((0, INPUT_SIZE - CROP), (0, INPUT_SIZE - CROP)), name="crop_62")(inputs)
+    first_scale = 2.0 ** variant.input_scale_log2
+    if variant.input_scale_log2:
+        x = layers.Rescaling(1.0 / first_scale, name="input_scale")(x)
 
-    # relu stream (conv2d_1..4): conv + relu, average pools.
-    k, b = folded("conv2d_1", "batch_normalization_1")
-    r = _conv(x, k, b, "relu_conv1", 1, "relu")
-    x_layer1 = layers.AveragePooling2D(2, 2, name="relu_pool1")(r)
-    k, b = folded("conv2d_2", "batch_normalization_2")
-    r = _conv(x_layer1, k, b, "relu_conv2", groups, "relu")
-    x_layer2 = layers.AveragePooling2D(2, 2, name="relu_pool2")(r)
-    k, b = folded("conv2d_3", "batch_normalization_3")
-    r = _conv(x_layer2, k, b, "relu_conv3", groups, "relu")
-    x_layer3 = layers.AveragePooling2D(2, 2, name="relu_pool3")(r)
-    k, b = folded("conv2d_4", "batch_normalization_4")
-    x_4 = _conv(x_layer3, k, b, "relu_conv4", groups, "relu")
+    def conv_part(own, tag):
+        """The conv streams and summaries of the heads ``own``, as grouped convs across
+        them; (stream s summary, stream x summary) per stage, channels head-major."""
+        # relu stream (conv2d_1..4): conv + relu, average pools.
+        k, b = folded(own, "conv2d_1", "batch_normalization_1")
+        r = _conv(x, [w * first_scale for w in k], b, tag + "relu_conv1", 1, "relu")
+        x_layer1 = layers.AveragePooling2D(2, 2, name=tag + "relu_pool1")(r)
+        k, b = folded(own, "conv2d_2", "batch_normalization_2")
+        r = _conv(x_layer1, k, b, tag + "relu_conv2", len(own), "relu")
+        x_layer2 = layers.AveragePooling2D(2, 2, name=tag + "relu_pool2")(r)
+        k, b = folded(own, "conv2d_3", "batch_normalization_3")
+        r = _conv(x_layer2, k, b, tag + "relu_conv3", len(own), "relu")
+        x_layer3 = layers.AveragePooling2D(2, 2, name=tag + "relu_pool3")(r)
+        k, b = folded(own, "conv2d_4", "batch_normalization_4")
+        x_4 = _conv(x_layer3, k, b, tag + "relu_conv4", len(own), "relu")
 
-    # tanh stream (conv2d_5..8): conv, max-pool, then tanh (module docstring, 3.).
-    def tanh_block(t, conv, bn, number, group_count, pool=True):
-        k, b = folded(conv, bn)
-        t = _conv(t, k, b, f"tanh_conv{number}", group_count)
-        if pool:
-            t = layers.MaxPooling2D(2, 2, name=f"tanh_pool{number}")(t)
-        return layers.Activation("tanh", name=f"tanh_act{number}")(t)
+        # tanh stream (conv2d_5..8): conv, max-pool, then tanh (module docstring, 3.).
+        def tanh_block(t, conv, bn, number, group_count, pool=True):
+            k, b = folded(own, conv, bn)
+            if number == 1:  # reads the (scaled) input
+                k = [w * first_scale for w in k]
+            t = _conv(t, k, b, f"{tag}tanh_conv{number}", group_count)
+            if pool:
+                t = layers.MaxPooling2D(2, 2, name=f"{tag}tanh_pool{number}")(t)
+            return layers.Activation("tanh", name=f"{tag}tanh_act{number}")(t)
 
-    s_layer1 = tanh_block(x, "conv2d_5", "batch_normalization_5", 1, 1)
-    s_layer2 = tanh_block(s_layer1, "conv2d_6", "batch_normalization_6", 2, groups)
-    s_layer3 = tanh_block(s_layer2, "conv2d_7", "batch_normalization_7", 3, groups)
-    s_4 = tanh_block(s_layer3, "conv2d_8", "batch_normalization_8", 4, groups, pool=False)
+        s_layer1 = tanh_block(x, "conv2d_5", "batch_normalization_5", 1, 1)
+        s_layer2 = tanh_block(s_layer1, "conv2d_6", "batch_normalization_6", 2, len(own))
+        s_layer3 = tanh_block(s_layer2, "conv2d_7", "batch_normalization_7", 3, len(own))
+        s_4 = tanh_block(s_layer3, "conv2d_8", "batch_normalization_8", 4, len(own), pool=False)
 
-    def summary(t, conv, name, pool=None, pool_cls=None):
-        kernels, biases = zip(*[_weights(m, prefix + conv) for _, prefix, _ in heads])
-        t = _conv(t, list(kernels), list(biases), name, groups, "relu", pad_to=summary_width)
-        if pool is not None:
-            t = pool_cls(pool, pool, name=name + "_pool")(t)
-        return t
+        def summary(t, conv, name, pool=None, pool_cls=None):
+            kernels, biases = zip(*[_weights(m, prefix + conv) for _, prefix, _ in own])
+            t = _conv(t, list(kernels), list(biases), name, len(own), "relu", pad_to=summary_width)
+            if pool is not None:
+                t = pool_cls(pool, pool, name=name + "_pool")(t)
+            return t
 
-    # (stream s summary, stream x summary) per stage, as in the reference.
-    stage_maps = [
-        (summary(s_4, "conv2d_9", "stage1_s"), summary(x_4, "conv2d_10", "stage1_x")),
-        (summary(s_layer2, "conv2d_11", "stage2_s", 4, layers.MaxPooling2D),
-         summary(x_layer2, "conv2d_12", "stage2_x", 4, layers.AveragePooling2D)),
-        (summary(s_layer1, "conv2d_13", "stage3_s", 8, layers.MaxPooling2D),
-         summary(x_layer1, "conv2d_14", "stage3_x", 8, layers.AveragePooling2D)),
-    ]
+        # (stream s summary, stream x summary) per stage, as in the reference.
+        return [
+            (summary(s_4, "conv2d_9", tag + "stage1_s"), summary(x_4, "conv2d_10", tag + "stage1_x")),
+            (summary(s_layer2, "conv2d_11", tag + "stage2_s", 4, layers.MaxPooling2D),
+             summary(x_layer2, "conv2d_12", tag + "stage2_x", 4, layers.AveragePooling2D)),
+            (summary(s_layer1, "conv2d_13", tag + "stage3_s", 8, layers.MaxPooling2D),
+             summary(x_layer1, "conv2d_14", tag + "stage3_x", 8, layers.AveragePooling2D)),
+        ]
+
+    if variant.grouped_convs:
+        stage_maps = conv_part(heads, "")
+        per_head_maps = None
+    else:
+        per_head_maps = [conv_part([h], h[1]) for h in heads]
+        stage_maps = per_head_maps[0]
     n_stages = len(stage_maps)
+    if not variant.batched_dense:
+        return _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width, inputs)
+    if per_head_maps is not None:
+        raise GraphNotExactError(f"variant {variant.name!r}: batched Dense layers need grouped convs")
 
     def flatten(t, name):
         h, w, c = t.shape[1:]
@@ -370,6 +417,52 @@ def build_export_graph(reference_model, task: str, family: str) -> keras.Model:
 
     merged = FusedStagewiseMerge(n_heads, [V_BY_TASK[t] for t, _, _ in heads],
                                  name="stagewise_merge")([probs, deltas, local])
+    outputs = [layers.Identity(name=out)(t) for (_, _, out), t in zip(heads, merged)]
+    return keras.Model(inputs, outputs if n_heads > 1 else outputs[0],
+                       name=f"ssrnet_{task.replace('-', '_')}_fast")
+
+
+def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
+                    inputs) -> keras.Model:
+    """The Dense part as in the reference, one Dense per stage and head under the reference's
+    layer names (so the stage tensors keep theirs), on each head's channels of the grouped
+    summaries; then the vectorised merge (module docstring, 7.)."""
+    n_heads = len(heads)
+    probs, deltas, locals_ = [], [], []
+    plan = [(("dense_1", "dense_2"), "dense_3"), (("dense_4", "dense_5"), "dense_6"),
+            (("dense_7", "dense_8"), "dense_9")]
+
+    def dense_like(t, name):
+        kernel, bias = _weights(m, name)
+        activation = m.get_layer(name).get_config().get("activation")
+        return _dense(t, kernel, bias, name, activation)
+
+    for k, ((st, xt), ((ds, dx), dfuse)) in enumerate(zip(stage_maps, plan)):
+        for head, (head_task, prefix, _) in enumerate(heads):
+            def own(t, stream, k=k, head=head, prefix=prefix):
+                start = head * summary_width
+                if per_head_maps is not None:  # the head's own, ungrouped convs
+                    t = per_head_maps[head][k][0 if stream == "s" else 1]
+                    start = 0
+                if (per_head_maps is None and n_heads > 1) or summary_width != SUMMARY_CHANNELS:
+                    t = ChannelSlice(start, start + SUMMARY_CHANNELS,
+                                     name=f"{prefix}stage{k + 1}_{stream}_own")(t)
+                return StaticFlatten(name=f"{prefix}stage{k + 1}_{stream}_flat")(t)
+
+            fs, fx = own(st, "s"), own(xt, "x")
+            feat = layers.Multiply(name=f"{prefix}stage{k + 1}_features")(
+                [dense_like(fs, prefix + ds), dense_like(fx, prefix + dx)])
+            fused = dense_like(feat, prefix + dfuse)
+            probs.append(dense_like(fused, prefix + head_names(head_task)["stages"].format(k + 1)))
+            locals_.append(dense_like(fused, prefix + f"local_delta_stage{k + 1}"))
+            delta_in = layers.Multiply(name=f"{prefix}stage{k + 1}_delta_in")([fs, fx])
+            deltas.append(dense_like(delta_in, prefix + f"delta_s{k + 1}"))
+    # stage-major columns (k * heads + head) * units + unit, as FusedStagewiseMerge reads them
+    p = layers.Concatenate(name="stage_probs_all")(probs)
+    d = layers.Concatenate(name="stage_deltas_all")(deltas)
+    local = layers.Concatenate(name="stage_local_deltas_all")(locals_)
+    merged = FusedStagewiseMerge(n_heads, [V_BY_TASK[t] for t, _, _ in heads],
+                                 name="stagewise_merge")([p, d, local])
     outputs = [layers.Identity(name=out)(t) for (_, _, out), t in zip(heads, merged)]
     return keras.Model(inputs, outputs if n_heads > 1 else outputs[0],
                        name=f"ssrnet_{task.replace('-', '_')}_fast")

@@ -90,24 +90,28 @@ class MnnRuntime(Runtime):
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
         """A second module on the same file with the stage tensors (which keep their ONNX
         names in an .mnn) as its outputs."""
-        from ssrconv.runtimes.stages import find_unique
+        from ssrconv.runtimes.stages import locate
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:
             with _stdout_to_stderr():
                 variables = self._mnn.expr.load_as_dict(str(self.path))
-                names = [find_unique(s, {n: n for n in variables}) for s in specs]
+                located = [locate(s, self.heads, lambda units: {n: n for n in variables})
+                           for s in specs]
+                names = list(dict.fromkeys(n for n, _ in located))  # fused: shared tensors
                 self._stage_module = self._mnn.nn.load_module_from_file(
                     str(self.path), [INPUT_NAME], names, runtime_manager=self._manager)
-            self._stage_key = key
+            self._stage_key, self._stage_located, self._stage_names = key, located, names
         batch = self.check_batch(batch)
         F = self._expr
         results = self._stage_module.forward([F.const(batch, list(batch.shape), F.NCHW)])
-        if len(results) != len(specs):
-            raise SsrconvError(f"{self.path}: MNN computed {len(results)} of {len(specs)} stage "
-                               "tensors")
-        return {s.key: np.array(F.convert(r, F.NCHW).read(), np.float32).reshape(len(batch), -1)
-                for s, r in zip(specs, results)}
+        if len(results) != len(self._stage_names):
+            raise SsrconvError(f"{self.path}: MNN computed {len(results)} of "
+                               f"{len(self._stage_names)} stage tensors")
+        by_name = {n: np.array(F.convert(r, F.NCHW).read(), np.float32).reshape(len(batch), -1)
+                   for n, r in zip(self._stage_names, results)}
+        return {s.key: by_name[n] if columns is None else by_name[n][:, columns]
+                for s, (n, columns) in zip(specs, self._stage_located)}
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = self.check_batch(batch)

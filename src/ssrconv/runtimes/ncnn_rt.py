@@ -81,14 +81,19 @@ class NcnnRuntime(Runtime):
         return {k: list(v.shape) for k, v in self._extract(face, self.heads).items()}
 
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
-        """The stage blobs the converter kept under their ONNX names (one face at a time)."""
-        from ssrconv.runtimes.stages import find_unique
+        """The stage blobs the converter kept under their ONNX names (one face at a time; in
+        the fast graph, columns of the fused stage blobs)."""
+        from ssrconv.runtimes.stages import locate
 
-        names = [find_unique(s, {b: b for b in self._blobs}) for s in specs]
+        located = [locate(s, self.heads, lambda units: {b: b for b in self._blobs}) for s in specs]
+        names = list(dict.fromkeys(n for n, _ in located))
         batch = self.check_batch(batch)
         rows = [self._extract(np.ascontiguousarray(face), names) for face in batch]
-        return {s.key: np.stack([r[n].reshape(-1) for r in rows]).astype(np.float32)
-                for s, n in zip(specs, names)}
+        out = {}
+        for s, (n, columns) in zip(specs, located):
+            values = np.stack([r[n].reshape(-1) for r in rows]).astype(np.float32)
+            out[s.key] = values if columns is None else values[:, columns]
+        return out
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         batch = self.check_batch(batch)
