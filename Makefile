@@ -54,11 +54,11 @@ test-runtime-only: setup
 
 # Regenerate the README's measured figures (sizes, parity, speed, accuracy, predict example).
 FIG := $(OUT)/figures
-readme-figures: setup
+readme-figures: setup browser
 	@test -n "$$SSRCONV_FACES" -a -n "$$SSRCONV_IMAGES" || { echo "readme-figures: set SSRCONV_FACES and SSRCONV_IMAGES" >&2; exit 2; }
 	rm -rf $(FIG) && mkdir -p $(FIG)
 	$(BIN)/ssrconv export --to all --calibration "$$SSRCONV_FACES" --out $(FIG)/export
-	$(BIN)/ssrconv parity $(FIG)/export --faces "$$SSRCONV_FACES" --json $(FIG)/parity.json --markdown $(FIG)/parity.md
+	$(BIN)/ssrconv parity $(FIG)/export --engines all --faces "$$SSRCONV_FACES" --json $(FIG)/parity.json --markdown $(FIG)/parity.md
 	# The original-graph fp32 exports beside, for bench's "vs original fp32" column (issue 13).
 	$(BIN)/ssrconv export --to tflite --to onnx --precision fp32 --graph original --out $(FIG)/original
 	$(BIN)/ssrconv bench --all $(FIG)/export --all $(FIG)/original --threads 1 --batch 8 --json $(FIG)/bench.json --markdown $(FIG)/bench.md --plot docs/bench.png
@@ -73,6 +73,9 @@ readme-figures: setup
 	  --parity "data-free=$(FIG)/parity_datafree.json" --age-int8 $(FIG)/age/ssrnet_age_int8.tflite \
 	  --eval $(FIG)/eval_keras.json $(foreach m,export_ssrnet_age_gender_int8.tflite export_ssrnet_age_gender_int8.onnx datafree_ssrnet_age_gender_int8.tflite datafree_ssrnet_age_gender_int8.onnx,--eval $(FIG)/eval_$(m).json) > $(FIG)/int8.md
 	$(BIN)/ssrconv predict "$$SSRCONV_IMAGES/group_t1.jpg" --model $(FIG)/export/ssrnet_age_gender_int8.tflite --format csv --out $(FIG)/predict > $(FIG)/predict.csv
+	$(BIN)/python -c "import json, datetime; from ssrconv.benchmarks.fingerprint import one_line; \
+	  print('Last regenerated on', datetime.date.today().isoformat(), 'on:', one_line(json.load(open('$(FIG)/bench.json'))['fingerprint']) + '.')" > $(FIG)/stamp.md
+	$(BIN)/python tools/splice_readme.py README.md stamp $(FIG)/stamp.md
 	$(BIN)/python tools/splice_readme.py README.md parity $(FIG)/parity.md
 	$(BIN)/python tools/splice_readme.py README.md bench $(FIG)/bench.md
 	$(BIN)/python tools/splice_readme.py README.md int8 $(FIG)/int8.md

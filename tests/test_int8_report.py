@@ -16,18 +16,35 @@ def _tool():
     return module
 
 
-def _bench_row(target, median_us):
-    return {"target": target, "status": "ok", "latency": {"1": {"per_face_us": {"median": median_us}}}}
+def _bench_row(target, median_us, graph, name=None, gemm=None):
+    latency = {"per_face_us": {"median": median_us}}
+    if gemm is not None:
+        latency.update(fraction_of_core_gemm_best=gemm, fraction_of_core_gemm=gemm / 2)
+    return {"name": name or f"{target}-{graph}", "target": target, "backend": target.split("-")[0],
+            "graph": graph, "status": "ok", "latency": {"1": latency}}
 
 
-def test_latency_ratios_are_judged_against_their_family_targets():
+def test_speed_targets_are_judged_against_the_original_graph_fp32_of_the_same_run():
     tool = _tool()
     bench = {"settings": {"threads": 1}, "results": [
-        _bench_row("tflite-fp32", 1000.0), _bench_row("tflite-int8", 500.0),
-        _bench_row("onnx-fp32", 1000.0), _bench_row("onnx-int8", 590.0)]}
-    rows = {r[0].split()[0]: r for r in tool.latency_rows(bench)}
-    assert rows["tflite"][2].endswith("= 0.50x") and rows["tflite"][3] == "not met"  # target 0.4x
-    assert rows["onnx"][2].endswith("= 0.59x") and rows["onnx"][3] == "met"  # target 0.6x
+        _bench_row("tflite-fp32", 1000.0, "original"), _bench_row("tflite-fp32", 860.0, "fast"),
+        _bench_row("tflite-int8", 700.0, "fast"), _bench_row("onnx-fp32", 1000.0, "original"),
+        _bench_row("onnx-fp32", 400.0, "fast", gemm=0.65),
+        _bench_row("onnx-int8", 300.0, "original")]}  # an original-graph row is never "fastest"
+    rows = {r[0].split(" latency")[0].split(",")[0]: r for r in tool.latency_rows(bench)}
+    assert rows["tflite-fp32"][2].endswith("= 0.86x") and rows["tflite-fp32"][3] == "met"
+    assert rows["tflite-int8"][2].endswith("= 0.70x") and rows["tflite-int8"][3] == "not met"
+    assert rows["onnx-fp32"][2].endswith("= 0.40x") and rows["onnx-fp32"][3] == "met"
+    gemm = next(r for r in tool.latency_rows(bench) if "SGEMM" in r[0])
+    assert gemm[2] == "best 65%, median 32%" and gemm[3] == "not met"
+    fastest = next(r for r in tool.latency_rows(bench) if r[0].startswith("fastest"))
+    assert fastest[2] == "onnx-fp32-fast: 400 us vs 1000 us = 0.40x" and fastest[3] == "met"
+
+
+def test_speed_targets_need_both_graphs():
+    rows = _tool().latency_rows({"settings": {}, "results": [
+        _bench_row("tflite-fp32", 900.0, "fast")]})
+    assert all("not measured" in r[2] for r in rows[:3])
 
 
 def test_parity_and_mae_rows(tmp_path, capsys):
@@ -39,8 +56,8 @@ def test_parity_and_mae_rows(tmp_path, capsys):
          "real": {"age": {"mean_abs": 0.2, "p99_abs": 1.2}}},
         {"target": "tflite-fp32", "passed": True, "violations": [], "real": {}}]}
     rows = tool.parity_rows("real-face", parity)
-    assert [r[0] for r in rows] == ["tflite-int8 parity, real-face calibration",
-                                   "onnx-int8 parity, real-face calibration"]
+    assert [r[0] for r in rows] == ["tflite-int8 on its default engine parity, real-face calibration",
+                                   "onnx-int8 on its default engine parity, real-face calibration"]
     assert rows[0][3] == "met" and rows[1][3].startswith("not met: p99")
     evals = [{"summary": {"backend": "keras", "model": "keras reference", "age_mae_adults": 9.18}},
              {"summary": {"backend": "tflite", "model": "out/ssrnet_age_gender_int8.tflite",

@@ -101,7 +101,8 @@ def build_report(entries, gemm_ns, settings, fingerprint: dict, inputs: str,
     for e in entries:
         rows.append({
             "name": e.name, "backend": e.backend, "mode": e.mode, "target": e.target,
-            "precision": e.precision, "path": e.path, "engine": e.engine, "status": e.status,
+            "precision": e.precision, "graph": e.graph, "path": e.path, "engine": e.engine,
+            "status": e.status,
             "error": e.error, "note": e.note, "heads": list(e.heads), "size": e.size,
             "load": {"import_s": e.import_s, "load_s": e.load_s,
                      "first_call_ms": {str(b): v for b, v in sorted(e.first_ms.items())}},
