@@ -70,7 +70,8 @@ def export(tmp_path_factory, references):
         model = with_named_outputs(references(task).model, task)
         if image is None:
             target = TARGETS["coreml-fp16" if precision == "FLOAT16" else "coreml-fp32"]
-            coreml.convert(model, target, types.SimpleNamespace(image_input=False), path, None, {})
+            coreml.convert(model, target, types.SimpleNamespace(image_input=False, batch=None), path,
+                           None, {})
             cache[key] = path
             return path
         scale, bias = image
