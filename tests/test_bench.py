@@ -194,6 +194,8 @@ def test_two_export_dirs_label_their_rows_by_graph():
     orig = Entry("m.tflite", "tflite", "tflite-fp32", "fp32", graph="original")
     assert [e.name for e in _label_by_graph([fast, orig])] == [
         "m.tflite [fast graph]", "m.tflite [original graph]"]
+    # each file runs in its own worker (a shared one would time the first file twice)
+    assert fast.worker_key != orig.worker_key
     with pytest.raises(SsrconvError, match="more than one directory"):
         _label_by_graph([Entry("m.tflite", "tflite", "tflite-fp32", "fp32", graph="fast"),
                          Entry("m.tflite", "tflite", "tflite-fp32", "fp32", graph="fast")])

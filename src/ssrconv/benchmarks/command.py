@@ -24,7 +24,10 @@ def _label_by_graph(entries: list) -> list:
     counts = Counter(e.name for e in entries)
     for entry in entries:
         if counts[entry.name] > 1 and entry.graph:
+            own_worker = entry.worker_key == entry.name  # each file its own worker process
             entry.name = f"{entry.name} [{entry.graph} graph]"
+            if own_worker:
+                entry.worker_key = entry.name
     clash = [name for name, n in Counter(e.name for e in entries).items() if n > 1]
     if clash:
         raise SsrconvError(f"--all: {clash[0]} is in more than one directory with the same "
