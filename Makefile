@@ -65,7 +65,9 @@ readme-figures: setup browser
 	# int8 (issue 6): the age-only int8 file, and int8 calibrated data-free (no --calibration)
 	$(BIN)/ssrconv export --to tflite --precision int8 --task age --calibration "$$SSRCONV_FACES" --out $(FIG)/age
 	$(BIN)/ssrconv export --to tflite --to onnx --precision int8 --out $(FIG)/datafree
-	$(BIN)/ssrconv parity $(FIG)/datafree --faces "$$SSRCONV_FACES" --json $(FIG)/parity_datafree.json
+	# A data-free file outside its budget is a "not met" row of the int8 table, not a stop.
+	$(BIN)/ssrconv parity $(FIG)/datafree --faces "$$SSRCONV_FACES" --json $(FIG)/parity_datafree.json \
+	  || echo "readme-figures: a data-free int8 file is outside its budget (see the int8 table)" >&2
 	$(BIN)/ssrconv eval "$$SSRCONV_FACES" --json $(FIG)/eval_keras.json > $(FIG)/eval.txt
 	for m in export/ssrnet_age_gender_fp32.onnx export/ssrnet_age_gender_int8.tflite export/ssrnet_age_gender_int8.onnx export/ssrnet_age_gender_fp16.mlpackage datafree/ssrnet_age_gender_int8.tflite datafree/ssrnet_age_gender_int8.onnx; do \
 	  $(BIN)/ssrconv eval "$$SSRCONV_FACES" --model $(FIG)/$$m --json $(FIG)/eval_$$(echo $$m | tr / _).json >> $(FIG)/eval.txt || exit 1; done

@@ -54,7 +54,9 @@ def test_parity_and_mae_rows(tmp_path, capsys):
          "real": {"age": {"mean_abs": 0.17, "p99_abs": 0.9}, "p_male": {"agreement": 1.0}}},
         {"target": "onnx-int8", "passed": False, "violations": ["p99 age 1.2 > 1.0"],
          "real": {"age": {"mean_abs": 0.2, "p99_abs": 1.2}}},
-        {"target": "tflite-fp32", "passed": True, "violations": [], "real": {}}]}
+        {"target": "tflite-fp32", "passed": True, "violations": [], "real": {}},
+        {"target": "tflite-int8", "engine": "chromium-litert-wasm", "passed": True,
+         "violations": [], "real": {}, "not_run": "LiteRT.js cannot resize"}]}
     rows = tool.parity_rows("real-face", parity)
     assert [r[0] for r in rows] == ["tflite-int8 on its default engine parity, real-face calibration",
                                    "onnx-int8 on its default engine parity, real-face calibration"]

@@ -74,6 +74,8 @@ def parity_rows(label: str, parity: dict) -> list[list[str]]:
     for r in parity["results"]:
         if "int8" not in r["target"] or r["target"].endswith("dynamic"):
             continue
+        if r.get("not_run"):  # a pair that cannot run here: not a measurement, not "met"
+            continue
         age, gender = r["real"].get("age"), r["real"].get("p_male")
         parts = []
         if age:
