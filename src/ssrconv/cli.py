@@ -22,6 +22,7 @@ from ssrconv.targets import (
     FAMILIES,
     INT8_IO_TYPES,
     PRECISIONS,
+    REFERENCE_ENGINES,
     TARGETS,
     artifact_suffixes,
 )
@@ -176,7 +177,7 @@ def _faces_label(faces_dir: Path | None, faces) -> str:
 
 
 _REFERENCE_ENGINE = click.option(
-    "--reference-engine", type=click.Choice(["auto", "keras", "numpy", "numpy-float64"]),
+    "--reference-engine", type=click.Choice(REFERENCE_ENGINES),
     default="auto", show_default=True, envvar="SSRCONV_REFERENCE_ENGINE", show_envvar=True,
     help="What computes the reference: keras (needs ssrconv[export]), numpy (float32; "
          "numpy-float64), or auto (keras when TensorFlow is installed, else numpy).")

@@ -188,6 +188,9 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
 FAMILIES = tuple(FORMATS)
 OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)
 REFERENCE_BACKEND = "keras"  # the reference itself, built from weights (not a format)
+# What computes the reference (ssrconv.reference.reference_engine): "auto" is Keras when
+# TensorFlow is installed, else numpy; "numpy" is "numpy-float32".
+REFERENCE_ENGINES = ("auto", "keras", "numpy", "numpy-float32", "numpy-float64")
 BACKENDS = (REFERENCE_BACKEND, *FAMILIES)
 # The one suffix map of the project.
 _BY_SUFFIX = {f.suffix: f for f in FORMATS.values()}

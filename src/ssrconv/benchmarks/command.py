@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ssrconv.errors import SsrconvError
-from ssrconv.targets import BACKENDS, ENGINES
+from ssrconv.targets import BACKENDS, ENGINES, REFERENCE_ENGINES
 
 DEFAULT_EXPORT_DIR = Path("ssrconv-out")  # = ExportOptions.out's default
 
@@ -151,7 +151,7 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
               help="Face chips to time on (default: seeded random 0..255 inputs).")
 @click.option("--with-keras", is_flag=True,
               help="With --model: also time the reference, for the ratios (--all always does).")
-@click.option("--reference-engine", type=click.Choice(["auto", "keras", "numpy", "numpy-float64"]),
+@click.option("--reference-engine", type=click.Choice(REFERENCE_ENGINES),
               default="auto", show_default=True,
               help="The reference rows: auto is Keras (model call and model.predict) when "
                    "TensorFlow is installed, else the numpy engine.")

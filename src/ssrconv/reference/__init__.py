@@ -15,6 +15,7 @@ from ssrconv.reference.assets import (
     ResolvedAsset,
     resolve,
 )
+from ssrconv.targets import REFERENCE_ENGINES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -74,7 +75,6 @@ def load_reference(task: str = "age-gender", age_weights: str | os.PathLike | No
     return Reference(model=model, task=task, weights=resolved)
 
 
-REFERENCE_ENGINES = ("auto", "keras", "numpy", "numpy-float32", "numpy-float64")
 
 
 def keras_available() -> bool:
