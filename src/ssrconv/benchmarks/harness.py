@@ -408,14 +408,12 @@ def _worker_env(backend: str, threads: int) -> dict[str, str]:
         # Read by TensorFlow when its runtime starts; the worker also sets tf.config.threading.
         env["TF_NUM_INTRAOP_THREADS"] = str(threads)
         env["TF_NUM_INTEROP_THREADS"] = "1"
-    if backend == "reference":
-        # The numpy reference's matrix products run in BLAS: its threads are the row's threads.
+    # BLAS threads where BLAS is the backend: the numpy reference's matrix products get the
+    # row's threads; the GEMM measuring the machine's single-core rate is pinned to one.
+    blas_threads = {"reference": threads, GEMM_KEY: 1}.get(backend)
+    if blas_threads is not None:
         for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[name] = str(threads)
-    if backend == GEMM_KEY:
-        # The machine's single-core rate: BLAS pinned to one thread in this process only.
-        for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[name] = "1"
+            env[name] = str(blas_threads)
     return env
 
 
