@@ -415,11 +415,7 @@ def build_export_graph(reference_model, task: str, variant: str | Variant) -> ke
             bias[col(k, head)] = wb[0]
     deltas = _dense(delta_in, kernel, bias, FUSED_DELTAS, "tanh")
 
-    merged = FusedStagewiseMerge(n_heads, [V_BY_TASK[t] for t, _, _ in heads],
-                                 name="stagewise_merge")([probs, deltas, local])
-    outputs = [layers.Identity(name=out)(t) for (_, _, out), t in zip(heads, merged)]
-    return keras.Model(inputs, outputs if n_heads > 1 else outputs[0],
-                       name=f"ssrnet_{task.replace('-', '_')}_fast")
+    return _merged_model(inputs, task, heads, probs, deltas, local)
 
 
 def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
@@ -461,10 +457,16 @@ def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
     p = layers.Concatenate(name="stage_probs_all")(probs)
     d = layers.Concatenate(name="stage_deltas_all")(deltas)
     local = layers.Concatenate(name="stage_local_deltas_all")(locals_)
-    merged = FusedStagewiseMerge(n_heads, [V_BY_TASK[t] for t, _, _ in heads],
-                                 name="stagewise_merge")([p, d, local])
+    return _merged_model(inputs, task, heads, p, d, local)
+
+
+def _merged_model(inputs, task, heads, probs, deltas, local) -> keras.Model:
+    """The vectorised soft stagewise merge of every head (module docstring, 6.) on the
+    stage-major stage tensors, and the model with the reference's output names."""
+    merged = FusedStagewiseMerge(len(heads), [V_BY_TASK[t] for t, _, _ in heads],
+                                 name="stagewise_merge")([probs, deltas, local])
     outputs = [layers.Identity(name=out)(t) for (_, _, out), t in zip(heads, merged)]
-    return keras.Model(inputs, outputs if n_heads > 1 else outputs[0],
+    return keras.Model(inputs, outputs if len(heads) > 1 else outputs[0],
                        name=f"ssrnet_{task.replace('-', '_')}_fast")
 
 
