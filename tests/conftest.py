@@ -98,3 +98,20 @@ def budget_check(faces, reference_outputs):
         return violations(stats, BUDGETS[budget_class]), stats
 
     return check
+
+
+@pytest.fixture(scope="session")
+def stage_drift(faces):
+    """``drift(path, n=8) -> {stage tensor: max |diff|}``: the artifact at ``path`` on its own
+    engine against the reference, on the first ``n`` faces (ssrconv.parity.stage_differences);
+    fails when the 18 stage tensors are not all found."""
+    from ssrconv.parity import stage_differences
+    from ssrconv.runtimes import load_runtime
+
+    def drift(path, n=8):
+        stages, note = stage_differences(load_runtime(path), load_runtime(backend="keras"),
+                                         faces.inputs[:n])
+        assert stages is not None and len(stages) == 18, note
+        return stages
+
+    return drift
