@@ -19,7 +19,7 @@ def probe_inputs(faces):
 
 
 @pytest.mark.parametrize("variant", ["tflite", "onnx", "onnx-unpadded", "onnx-unpadded-fp16",
-                                     "tflite-dynamic"])
+                                     "per-head"])
 def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, variant):
     from ssrconv.graph import build_export_graph, check_exact
 
@@ -28,9 +28,9 @@ def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, 
     assert fast.output_names == ["age", "p_male"] and fast.input_shape == (None, 64, 64, 3)
     diffs = check_exact(model, fast, probe_inputs)
     assert diffs["age"] <= 1e-3 and diffs["p_male"] <= 1e-4
-    # far fewer layers than the reference's ~190 (tflite-dynamic keeps each head's convs and
+    # far fewer layers than the reference's ~190 (per-head keeps each head's convs and
     # Dense layers: fewer only by the BatchNorms, flattens and the merge)
-    assert len(fast.layers) < (150 if variant == "tflite-dynamic" else 60) < len(model.layers)
+    assert len(fast.layers) < (150 if variant == "per-head" else 60) < len(model.layers)
 
 
 def test_fp16_weight_variant_keeps_the_first_conv_weights_normal_in_float16(reference_age_gender):
@@ -46,18 +46,15 @@ def test_fp16_weight_variant_keeps_the_first_conv_weights_normal_in_float16(refe
     assert smallest["onnx-unpadded"] < 2 ** -14 <= smallest["onnx-unpadded-fp16"]
 
 
-def test_every_target_but_onnx_int8_converts_the_fast_graph():
-    """Issue 13's "done when" in the table: every target converts a known fast variant except
-    ONNX int8 and the OpenVINO IR made from it (their recipe is outside the p99 budget on the
-    fused graph: docs/INT8.md)."""
+def test_every_target_converts_the_fast_graph():
+    """Issue 13's "done when" in the table: every target converts a known fast variant (the
+    static-QDQ int8 ones each head's own convs: one activation scale per tensor)."""
     from ssrconv.graph import VARIANTS
     from ssrconv.targets import TARGETS
 
     for key, target in TARGETS.items():
-        expected = "original" if key in ("onnx-int8", "openvino-int8") else "fast"
-        assert target.graph == expected, key
-        if target.graph == "fast":
-            assert (target.graph_variant or target.family) in VARIANTS, key
+        assert (target.graph_variant or target.family) in VARIANTS, key
+    assert {TARGETS[k].graph_variant for k in ("onnx-int8", "openvino-int8")} == {"per-head"}
 
 
 def test_graph_original_is_the_reference_for_every_target(reference_age_gender, tmp_path):
@@ -171,7 +168,7 @@ def test_tflite_dynamic_on_its_own_variant_is_within_the_int8_budget_with_margin
 
     path = fast_exports / "fast" / "ssrnet_age_gender_dynamic.tflite"
     manifest = json.loads(path.with_name(path.name + ".json").read_text())
-    assert (manifest["graph"], manifest["graph_variant"]) == ("fast", "tflite-dynamic")
+    assert (manifest["graph"], manifest["graph_variant"]) == ("fast", "per-head")
     assert not {"SHAPE", "PACK", "SUM"} & set(manifest["ops"])  # static flattens, fused merge
     runtime, reference = load_runtime(path), load_runtime(backend="keras")
     got, want = runtime.run(faces.inputs), reference.run(faces.inputs)

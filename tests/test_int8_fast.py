@@ -41,3 +41,56 @@ def test_int8_prep_on_the_fast_graph(reference_age_gender, faces):
     kernel = fast.get_layer("relu_conv2").get_weights()[0].reshape(-1, 64).astype(np.float64)
     steps = kernel / (np.abs(kernel).max(axis=0) / 127)
     assert np.abs(steps - np.round(steps)).max() < 1e-3  # every column on its int8 grid
+
+
+def test_onnx_int8_per_head_graph_gives_age_activations_percentile_ranges(reference_age_gender,
+                                                                          faces, tmp_path):
+    """The ONNX int8 recipe on the per-head fast graph: the recipe's layers are found per head,
+    each quantized tensor is attributed to one head, and only the age head's activations get
+    the percentile range (below the MinMax maximum where the calibration has outliers)."""
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from ssrconv.calibration import CalibrationSet
+    from ssrconv.converters.int8_prep import recipe_layers, rewrite
+    from ssrconv.converters.onnx import to_proto
+    from ssrconv.converters.onnx_int8 import (
+        INT8_LAYERS,
+        OP_TYPES,
+        age_head_ranges,
+        int8_nodes,
+        tensor_heads,
+    )
+    from ssrconv.graph import build_export_graph
+
+    fast = rewrite(build_export_graph(reference_age_gender.model, "age-gender", "per-head"))
+    assert recipe_layers(fast, INT8_LAYERS) == {
+        f"{head}_{name}" for head in ("age", "gender")
+        for name in ("relu_conv2", "relu_conv3", "relu_conv4",
+                     "relu_pool1_dw", "relu_pool2_dw", "relu_pool3_dw")}
+    proto = to_proto(fast, 17)
+    heads = tensor_heads(proto, fast)
+    by_layer = {n.name: heads.get(n.output[0]) for n in proto.graph.node}
+    assert {h for name, h in by_layer.items() if "/age_relu_conv" in name} == {"age"}
+    assert {h for name, h in by_layer.items() if "/gender_relu_conv" in name} == {"gender"}
+    assert not any(heads.get(o) for n in proto.graph.node if "stagewise_merge" in n.name
+                   for o in n.output)  # the merge holds both heads
+
+    src = tmp_path / "fp32.onnx"
+    onnx.save(proto, str(src))
+    cal = CalibrationSet(inputs=faces.inputs[:40], source="test")
+    nodes = int8_nodes(proto, [layer.name for layer in fast.layers],
+                       recipe_layers(fast, INT8_LAYERS))
+    overrides = age_head_ranges(src, proto, fast, nodes, cal.onnx_reader("face_bgr"),
+                                tmp_path / "percentile.onnx")
+    # the age head's six quantized convs' and pools' outputs (the relu_conv1 output read by
+    # its pool too); none of the gender head's
+    assert len(overrides) >= 6 and {heads[name] for name in overrides} == {"age"}
+    minmax = create_calibrator(src, list(OP_TYPES), augmented_model_path=str(tmp_path / "mm.onnx"),
+                               calibrate_method=CalibrationMethod.MinMax)
+    minmax.collect_data(cal.onnx_reader("face_bgr"))
+    ranges = minmax.compute_data()
+    highs = [(float(o[0]["rmax"]), float(np.max(ranges[name].range_value[1])))
+             for name, o in overrides.items()]
+    assert all(p <= m * (1 + 1e-6) for p, m in highs)
+    assert any(p < 0.999 * m for p, m in highs)

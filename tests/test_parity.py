@@ -43,7 +43,8 @@ def test_parity_passes_for_every_artifact_of_export_all(export_dir, faces_dir, t
     for r in int8:  # judged against the int8 budget on all 300 real faces
         assert r["budget"] == BUDGETS["int8"].as_dict() and r["passed"], r
         manifest = json.loads((export_dir / (r["artifact"] + ".json")).read_text())
-        assert manifest["graph"] == TARGETS[r["target"]].graph, r["artifact"]
+        assert (manifest["graph"], manifest["graph_variant"]) == (
+            "fast", TARGETS[r["target"]].graph_variant or "tflite"), r["artifact"]
     assert "Where drift starts" in result.stdout
     assert 'failures="0"' in junit.read_text()
 

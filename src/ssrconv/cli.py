@@ -124,9 +124,8 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               help="CoreML: declare the input as an ImageType (BGR, scale 1) instead of a tensor.")
 @click.option("--graph", type=click.Choice(["fast", "original"]), default="fast",
               show_default=True,
-              help="fast: the fused, exactness-checked export graph (docs/GRAPH.md; used by "
-                   + ", ".join(k for k, t in TARGETS.items() if t.graph == "fast")
-                   + "); original: the reference's layer-for-layer graph.")
+              help="fast: the fused, exactness-checked export graph of every target, shaped "
+                   "per target (docs/GRAPH.md); original: the reference's layer-for-layer graph.")
 @click.option("--batch", type=int, default=None, metavar="N",
               help="Fix the input batch to N in every file (runtimes without an input resize "
                    "call, e.g. LiteRT.js: --batch 1). Default: a variable batch.")

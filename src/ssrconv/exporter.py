@@ -130,9 +130,7 @@ class _ExportGraphs:
     row names (built once per variant and checked exact against the reference before any file
     is written), or the reference's own with ``--graph original`` (which target converts which:
     the ``graph`` and ``graph_variant`` of its row in :mod:`ssrconv.targets`). The int8 recipes
-    (tflite_int8/onnx_int8) find their layers in either graph (int8_prep.recipe_layers); onnx
-    int8 stays original (p99 1.01 y fast, one activation scale per fused tensor of both heads:
-    docs/INT8.md), and so does openvino int8, made from it."""
+    (tflite_int8/onnx_int8) find their layers in either graph (int8_prep.recipe_layers)."""
 
     def __init__(self, model, options: ExportOptions, calibration, say):
         self.model, self.options, self.calibration, self.say = model, options, calibration, say
@@ -140,7 +138,7 @@ class _ExportGraphs:
 
     def for_target(self, target) -> tuple[str, str | None, object]:
         """("fast" or "original", the fast graph's variant or None, the Keras model)."""
-        if self.options.graph == "original" or target.graph != "fast":
+        if self.options.graph == "original":
             return "original", None, self.model
         variant = target.graph_variant or target.family
         if variant not in self.built:

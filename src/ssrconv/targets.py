@@ -231,11 +231,9 @@ class Target:
     precision: str
     budget_class: str  # key into BUDGETS
     description: str
-    # The graph it converts: "fast" (ssrconv.graph, checked exact at export) or "original"
-    # (the reference's; why each target is where it is: exporter._ExportGraphs, docs/GRAPH.md).
-    graph: str = "original"
-    # The fast graph's shape for this target's converter and runtime: a name in
-    # ssrconv.graph.VARIANTS (None: the one named like the family: "tflite", "onnx").
+    # The shape of the fast export graph (ssrconv.graph, checked exact at export; `--graph
+    # original` converts the reference's instead) for this target's converter and runtime: a
+    # name in ssrconv.graph.VARIANTS (None: the one named like the family: "tflite", "onnx").
     graph_variant: str | None = None
 
     @property
@@ -261,48 +259,46 @@ class Target:
 TARGETS: dict[str, Target] = {
     t.key: t
     for t in (
-        Target("onnx", "fp32", "fp32", "ONNX (tf2onnx), float32", graph="fast"),
-        # int8 stays on the original graph: on the fast graph (both heads in one tensor, one
-        # activation scale) the same recipe measured p99 1.01 y on the dev faces (docs/INT8.md).
+        Target("onnx", "fp32", "fp32", "ONNX (tf2onnx), float32"),
         Target("onnx", "int8", "int8",
                "ONNX int8: static QDQ (onnxruntime.quantization, int8 activations, int8 "
                "per-channel weights) on the relu stream's convolutions and pools, the rest "
-               "float; calibrated"),
-        Target("tflite", "fp32", "fp32", "TFLite, float32", graph="fast"),
-        Target("tflite", "fp16", "fp16", "TFLite, float16 weights (dequantized to float32 at load)",
-               graph="fast"),
+               "float; calibrated", graph_variant="per-head"),
+        Target("tflite", "fp32", "fp32", "TFLite, float32"),
+        Target("tflite", "fp16", "fp16", "TFLite, float16 weights (dequantized to float32 at load)"),
         Target("tflite", "dynamic", "int8", "TFLite dynamic range: int8 weights, float activations",
-               graph="fast", graph_variant="tflite-dynamic"),
+               graph_variant="per-head"),
         Target("tflite", "int8", "int8",
                "TFLite int8: convolutions and pools in int8 (weights and activations) except "
-               "each stream's first block; SSR head in float; calibrated", graph="fast"),
-        Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute", graph="fast",
+               "each stream's first block; SSR head in float; calibrated"),
+        Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
                graph_variant="coreml"),
-        Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute", graph="fast",
+        Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",
                graph_variant="coreml-perstage"),
         Target("web", "fp32", "fp32",
                "Static web folder: fp32 ONNX + YuNet + a plain-JS app on onnxruntime-web (wasm)",
-               graph="fast", graph_variant="onnx"),
+               graph_variant="onnx"),
         Target("ncnn", "fp32", "fp32",
                "ncnn (pnnx from the ONNX export) param + bin, float32 weights; run with fp16 "
-               "storage and Winograd off", graph="fast", graph_variant="onnx-unpadded"),
+               "storage and Winograd off", graph_variant="onnx-unpadded"),
         Target("ncnn", "fp16", "fp16", "ncnn param + bin, float16 weights, fp16 storage and arithmetic",
-               graph="fast", graph_variant="onnx-unpadded-fp16"),
+               graph_variant="onnx-unpadded-fp16"),
         Target("mnn", "fp32", "fp32",
                "MNN (mnnconvert from the ONNX export), float32; run at precision high, Winograd off",
-               graph="fast", graph_variant="onnx-unpadded"),
+               graph_variant="onnx-unpadded"),
         Target("mnn", "fp16", "fp16", "MNN, float16 weights (mnnconvert --fp16); run at precision low",
-               graph="fast", graph_variant="onnx-unpadded"),
+               graph_variant="onnx-unpadded"),
         Target("openvino", "fp32", "fp32",
                "OpenVINO IR (.xml + .bin) of the fp32 ONNX export, f32 weights, f32 execution",
-               graph="fast", graph_variant="onnx"),
+               graph_variant="onnx"),
         Target("openvino", "fp16", "fp16", "OpenVINO IR, float16-stored weights (f32 execution)",
-               graph="fast", graph_variant="onnx"),
+               graph_variant="onnx"),
         Target("openvino", "bf16", "bf16",
                "OpenVINO IR, f32 weights, bf16 execution requested (CPUs with bf16 support)",
-               graph="fast", graph_variant="onnx"),
+               graph_variant="onnx"),
         Target("openvino", "int8", "int8",
-               "OpenVINO IR of the int8 QDQ ONNX export (the project's int8 recipe)"),
+               "OpenVINO IR of the int8 QDQ ONNX export (the project's int8 recipe)",
+               graph_variant="per-head"),
     )
 }
 

@@ -295,11 +295,11 @@ def channel_heads(model, layer_name: str, channels: int) -> np.ndarray:
     reference a layer belongs to one head (its ``age_``/``gender_`` prefix, or the model's only
     head); in the fast graph a fused layer's channels are head-major blocks."""
     heads = model_heads(model)
+    for head in heads:
+        if layer_name.startswith(head + "_"):  # the reference's, or a per-head fast-graph layer
+            return np.full(channels, head)
     if is_fast_graph(model):
         return np.repeat(heads, channels // len(heads))
-    for head in heads:
-        if layer_name.startswith(head + "_"):
-            return np.full(channels, head)
     return np.full(channels, heads[0] if len(heads) == 1 else "age")
 
 
@@ -313,7 +313,9 @@ def recipe_layers(model, base_names) -> set[str]:
         missing = wanted - set(FAST_LAYERS)
         if missing:
             raise Int8RecipeError(f"int8 recipe: no fast-graph layer known for {sorted(missing)}")
-        return {FAST_LAYERS[n] for n in wanted} & present
+        fused = {FAST_LAYERS[n] for n in wanted}
+        # a fast graph with per-head convs (Variant.grouped_convs False) prefixes them by head
+        return {name for name in present if name in fused or base_name(name) in fused}
     return {name for name in present if base_name(name) in wanted}
 
 

@@ -55,11 +55,14 @@ class Variant:
 
 VARIANTS = {v.name: v for v in (
     Variant("tflite", plain_groups=False),
+    # Each head its own convs and Dense layers, for quantizers that give a tensor one scale:
     # TFLite dynamic range quantizes the input of each hybrid CONV_2D / FULLY_CONNECTED with one
-    # scale per face: a groups=2 conv's input mixes both heads' activations (p99 1.34 y with
-    # grouped convs vs 0.66 y) and block-sparse Dense kernels pass the 1024-element threshold
-    # above which weights are quantized at all: each head keeps its own convs and Dense layers.
-    Variant("tflite-dynamic", plain_groups=False, batched_dense=False, grouped_convs=False),
+    # scale per face (a groups=2 conv's input mixes both heads' activations: p99 1.34 y grouped
+    # vs 0.66 y; block-sparse Dense kernels pass the 1024-element threshold above which weights
+    # are quantized at all); static QDQ (ONNX / OpenVINO int8) one activation scale per tensor
+    # (grouped: p99 1.01 y). Dense per stage: the int8 head is float, and batched it stores its
+    # block-sparse zeros in float32 (ONNX int8: 399 KB batched and padded vs 248 KB, docs/INT8.md).
+    Variant("per-head", plain_groups=False, batched_dense=False, grouped_convs=False),
     # onnxruntime keeps its NCHWc blocked layout through 16-channel summaries (also used by
     # OpenVINO and onnxruntime-web: measured faster padded, docs/GRAPH.md).
     Variant("onnx", summary_channels=16),
