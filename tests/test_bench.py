@@ -183,7 +183,31 @@ def test_vs_original_fp32_is_the_same_format_and_engines_original_graph_row():
     assert by_name["a_int8.tflite"]["time_vs_original_fp32"] == pytest.approx(800 * 1.05 / 500)
     assert by_name["a.tflite [original graph]"]["time_vs_original_fp32"] == pytest.approx(1.0)
     assert "time_vs_original_fp32" not in by_name["a.onnx"]  # no original onnx row: no ratio
+    # same target: the fp32 row over the original fp32, the int8 row has no original int8 row
+    assert by_name["a.tflite"]["time_vs_original_target"] == pytest.approx(400 * 1.05 / 500)
+    assert "time_vs_original_target" not in by_name["a_int8.tflite"]
     assert "vs original fp32" in render_markdown(report)
+    assert "vs original same target" in render_markdown(report)
+
+
+def test_vs_original_same_target_compares_int8_with_original_int8():
+    rows = _fake_entries()[:5]
+    for row in rows:
+        row.graph = "fast"
+    originals = []
+    for name, target, precision, us in (("a.tflite [original graph]", "tflite-fp32", "fp32", 500),
+                                        ("a_int8.tflite [original graph]", "tflite-int8", "int8",
+                                         1000)):
+        original = Entry(name, "tflite", target, precision, heads=["age", "p_male"],
+                         graph="original")
+        original.status, original.engine = "ok", "tflite"
+        original.times_ns = {b: [int(us * b * 1000)] * 4 for b in (1, 4)}
+        originals.append(original)
+    report = build_report(rows + originals, [3_000_000] * 5, Settings(threads=1, **TINY),
+                          fingerprint(1), "seeded random inputs")
+    by_name = {r["name"]: r["ratios"]["1"] for r in report["results"] if r["ratios"]}
+    assert by_name["a_int8.tflite"]["time_vs_original_target"] == pytest.approx(800 * 1.05 / 1000)
+    assert by_name["a_int8.tflite"]["time_vs_original_fp32"] == pytest.approx(800 * 1.05 / 500)
 
 
 def test_two_export_dirs_label_their_rows_by_graph():

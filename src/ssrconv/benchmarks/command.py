@@ -131,7 +131,7 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
 @click.option("--all", "all_dirs", type=click.Path(path_type=Path), multiple=True, metavar="DIR",
               help="Benchmark every artifact of an export directory plus the reference, "
                    "interleaved in one run; repeat for several (e.g. an export with --graph "
-                   "original beside the default one: the 'vs original fp32' column).")
+                   "original beside the default one: the 'vs original' columns).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Intra-op threads per backend.")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,

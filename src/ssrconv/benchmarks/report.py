@@ -55,11 +55,12 @@ def pipeline_summary(raw: dict) -> dict:
     return out
 
 
-def _original_fp32(entry, rows):
-    """The row ``entry``'s speed is compared with in "vs original fp32": the original-graph fp32
-    export of the same format on the same engine (issue 13's baseline), or None."""
+def _original(entry, rows, target: str):
+    """The original-graph row of ``target`` on ``entry``'s format and engine, or None: the
+    baseline of "vs original fp32" (target ``<format>-fp32``, issue 13's targets) and of
+    "vs original same target" (``entry.target``: what the fast graph gains for that file)."""
     for row in rows:
-        if (row.graph == "original" and row.target == f"{entry.backend}-fp32"
+        if (row.graph == "original" and row.target == target
                 and row.backend == entry.backend and row.engine == entry.engine):
             return row
     return None
@@ -93,10 +94,12 @@ def build_report(entries, gemm_ns, settings, fingerprint: dict, inputs: str,
         for name, value in stats.latency_ratios(medians, reference, fp32).items():
             ratios[name][str(batch)] = value
         for e in ok:
-            baseline = _original_fp32(e, ok)
-            if e.name in medians and baseline is not None and baseline.name in medians:
-                ratios[e.name][str(batch)]["time_vs_original_fp32"] = stats.fraction(
-                    medians[e.name], medians[baseline.name])
+            for key, target in (("time_vs_original_fp32", f"{e.backend}-fp32"),
+                                ("time_vs_original_target", e.target)):
+                baseline = _original(e, ok, target)
+                if e.name in medians and baseline is not None and baseline.name in medians:
+                    ratios[e.name][str(batch)][key] = stats.fraction(
+                        medians[e.name], medians[baseline.name])
     rows = []
     for e in entries:
         rows.append({
@@ -279,7 +282,7 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             if batch is None:
                 text = _status_text(row)
                 latency_rows.append([row["name"], row["engine"] or "-", "-", "-", text] + ["-"] * 6)
-                speed_rows.append([row["name"], "-", text] + ["-"] * 9)
+                speed_rows.append([row["name"], "-", text] + ["-"] * 10)
                 continue
             lat = row["latency"][batch]
             face, over = lat["per_face_us"], lat["overhead_us"]
@@ -297,6 +300,7 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                                fmt_ratio(ratio.get("speedup_vs_keras_predict")),
                                fmt_ratio(ratio.get("time_vs_fastest_fp32")),
                                fmt_ratio(ratio.get("time_vs_original_fp32")),
+                               fmt_ratio(ratio.get("time_vs_original_target")),
                                fmt_num(load_s), fmt_num(load["first_call_ms"].get(batch)),
                                fmt_mb(row["memory"].get("peak_rss_bytes"))])
     (pipeline_headers, pipeline), browser = pipeline_table(report), browser_rows(report)
@@ -317,7 +321,8 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ("Throughput and efficiency",
          ["backend", "batch", "faces/s", "GFLOP/s", "best GFLOP/s", "best of 1-core GEMM",
           "speed-up vs predict",
-          "time vs fastest fp32", "vs original fp32", "import+load s", "first call ms",
+          "time vs fastest fp32", "vs original fp32", "vs original same target",
+          "import+load s", "first call ms",
           "peak RSS MB"], speed_rows),
         *extra,
     ]
@@ -362,7 +367,9 @@ def notes(report: dict) -> list[str]:
     out.append("Speed-up vs predict: Keras model.predict time / this time (what users who time "
                "model.predict see). Time vs fastest fp32: this time / the fastest fp32 row. "
                "Vs original fp32: this time / the time of the original-graph (`export --graph "
-               "original`) fp32 export of the same format on the same engine, in the same run.")
+               "original`) fp32 export of the same format on the same engine, in the same run; "
+               "vs original same target: the same over the original-graph export of this row's "
+               "own target (e.g. int8 over int8).")
     engine = report.get("reference_engine")
     if engine and engine != "keras":
         out.append(f"Reference: the {engine} engine of the rebuilt SSR-Net (same .h5 weights; "
