@@ -42,6 +42,12 @@ def _tensorflow():
         require("keras", "export", "Keras")  # Keras 3 imports TF's backend here: same chatter
 
         tf.config.list_physical_devices()  # platform (CUDA probe) initialisation happens now
+    # The export runs model.predict on many small models (exactness check, CLE, GPTQ): TF's
+    # Python logger then warns "N out of the last M calls ... triggered tf.function
+    # retracing" on every export. Expected here, not actionable by a user: errors only.
+    import logging
+
+    tf.get_logger().setLevel(logging.ERROR)
     return tf
 
 

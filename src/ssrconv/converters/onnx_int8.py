@@ -235,7 +235,8 @@ def age_head_ranges(src: Path, proto, model, nodes, reader, augmented: Path) -> 
     ranges = calibrator.compute_data()
     heads = tensor_heads(proto, model)
     weights = {i.name for i in proto.graph.initializer}
-    quantized = {t for n in proto.graph.node if n.name in set(nodes)
+    picked = set(nodes)
+    quantized = {t for n in proto.graph.node if n.name in picked
                  for t in (*n.input, *n.output) if t not in weights}
     overrides = {}
     for name in ranges:
