@@ -44,7 +44,7 @@ def test_parity_passes_for_every_artifact_of_export_all(export_dir, faces_dir, t
         assert r["budget"] == BUDGETS["int8"].as_dict() and r["passed"], r
         manifest = json.loads((export_dir / (r["artifact"] + ".json")).read_text())
         assert (manifest["graph"], manifest["graph_variant"]) == (
-            "fast", TARGETS[r["target"]].graph_variant or "tflite"), r["artifact"]
+            "fast", TARGETS[r["target"]].variant), r["artifact"]
     assert "Where drift starts" in result.stdout
     assert 'failures="0"' in junit.read_text()
 

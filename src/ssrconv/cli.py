@@ -23,7 +23,6 @@ from ssrconv.targets import (
     INT8_IO_TYPES,
     PRECISIONS,
     REFERENCE_ENGINES,
-    TARGETS,
     artifact_suffixes,
 )
 

@@ -128,8 +128,8 @@ def _model_metadata(reference, task: str) -> dict[str, str]:
 class _ExportGraphs:
     """The graph each target converts: the fused one of :mod:`ssrconv.graph` in the variant its
     row names (built once per variant and checked exact against the reference before any file
-    is written), or the reference's own with ``--graph original`` (which target converts which:
-    the ``graph`` and ``graph_variant`` of its row in :mod:`ssrconv.targets`). The int8 recipes
+    is written), or the reference's own with ``--graph original`` (which variant each target
+    converts: ``Target.variant``, from its row in :mod:`ssrconv.targets`). The int8 recipes
     (tflite_int8/onnx_int8) find their layers in either graph (int8_prep.recipe_layers)."""
 
     def __init__(self, model, options: ExportOptions, calibration, say):
@@ -140,7 +140,7 @@ class _ExportGraphs:
         """("fast" or "original", the fast graph's variant or None, the Keras model)."""
         if self.options.graph == "original":
             return "original", None, self.model
-        variant = target.graph_variant or target.family
+        variant = target.variant
         if variant not in self.built:
             import numpy as np
 

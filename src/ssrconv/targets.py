@@ -241,6 +241,11 @@ class Target:
         return f"{self.family}-{self.precision}"
 
     @property
+    def variant(self) -> str:
+        """The fast-graph variant this target converts (``graph_variant``, else the family's)."""
+        return self.graph_variant or self.family
+
+    @property
     def format(self) -> Format:
         return FORMATS[self.family]
 
