@@ -27,8 +27,8 @@ from ssrconv.artifacts import artifact_digest
 from ssrconv.exporter import _commit
 import ssrconv.cli as cli
 import signal
-signal.signal(signal.SIGTERM, cli._raise_interrupt)
-signal.signal(signal.SIGINT, cli._raise_interrupt)
+signal.signal(signal.SIGTERM, cli.end_on_signal)
+signal.signal(signal.SIGINT, cli.end_on_signal)
 out = Path(sys.argv[1])
 if sys.argv[2] == "tf":
     from ssrconv._imports import tensorflow
@@ -41,12 +41,9 @@ if sys.argv[2] == "tf":
 tmp = out / ".m.part.onnx"
 tmp.write_bytes(Path(sys.argv[3]).read_bytes())
 size, sha = artifact_digest(tmp)
-try:
-    _commit(out, tmp, out / "m.onnx", {"schema": "ssrconv.artifact/1", "target": "onnx-fp32",
-            "task": "age", "file": "m.onnx", "bytes": size, "sha256": sha})
-except KeyboardInterrupt:  # the deferred signal, delivered as the commit ends
-    print("interrupted", flush=True)
-    sys.exit(130)
+# a deferred signal is delivered to end_on_signal as the commit ends: exit 130 from in there
+_commit(out, tmp, out / "m.onnx", {"schema": "ssrconv.artifact/1", "target": "onnx-fp32",
+        "task": "age", "file": "m.onnx", "bytes": size, "sha256": sha})
 print("committed", flush=True)
 """
 
@@ -117,8 +114,9 @@ def test_sigterm_inside_the_renames_with_tensorflow_threads_alive(tmp_path):
     proc = _start(out, "tf", "model=2")
     _wait_for_pause(proc)
     os.kill(proc.pid, signal.SIGTERM)
-    stdout, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted" in stdout
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "ssrconv: error: interrupted" in stderr
+    assert "committed" not in stdout
     assert _state(out) == "new"  # model, manifest and index all renamed before the interrupt
     entries = read_index(out)
     assert entries[0]["sha256"] == artifact_digest(out / "m.onnx")[1]
@@ -196,3 +194,31 @@ def test_write_atomic_leaves_nothing_half_written_and_uses_the_umask_mode(tmp_pa
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_remove_tracked_removes_what_is_unfinished_and_only_that(tmp_path):
+    """What the signal handler removes: temporaries still present (a file, a package
+    directory, a scratch directory), a created directory only while empty; never a temporary's
+    destination after the rename, nor anything untracked."""
+    from ssrconv import atomic
+
+    kept = tmp_path / "kept.onnx"
+    renamed = atomic.temp_path(kept)
+    renamed.write_bytes(b"done")
+    atomic.place(renamed, kept)
+    unfinished = atomic.temp_path(tmp_path / "m.onnx", ".part.onnx")
+    unfinished.write_bytes(b"half")
+    package = atomic.temp_path(tmp_path / "m.mlpackage", ".part.mlpackage")
+    (package / "Data").mkdir(parents=True)
+    created, busy = tmp_path / "created", tmp_path / "busy"
+    created.mkdir()
+    busy.mkdir()
+    (busy / "user.txt").write_text("theirs")
+    atomic.track_created_dir(created)
+    atomic.track_created_dir(busy)
+    with atomic.scratch_dir("ssrconv-test-") as scratch:
+        (scratch / "work").write_bytes(b"x")
+        atomic.remove_tracked()
+        assert not scratch.exists()
+    assert not unfinished.exists() and not package.exists() and not created.exists()
+    assert kept.read_bytes() == b"done" and (busy / "user.txt").exists()

@@ -8,6 +8,9 @@ Directory packages (``.mlpackage``, ``.openvino``, ...) are swapped with
 ``renameat2(RENAME_EXCHANGE)`` on Linux, so the destination never goes missing; elsewhere the
 old package is moved aside for the instant between two renames (documented fallback).
 Signals are deferred, for the whole process, while a commit runs (:func:`deferred_signals`).
+Every temporary made here (and every scratch directory, :func:`scratch_dir`) is tracked, so the
+CLI's signal handler can remove what a command leaves unfinished without unwinding its stack
+(:func:`remove_tracked`; why not unwinding: docs/READ_PATH.md, "Signals").
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -68,10 +72,54 @@ def _fsync_fd(path: Path, flags: int) -> None:
         os.close(fd)
 
 
+# Temporaries (files or directories) and directories a command created, in creation order, for
+# remove_tracked(). A renamed temporary's name no longer exists, so a stale entry removes nothing.
+_TRACKED: dict[Path, None] = {}
+_CREATED_DIRS: dict[Path, None] = {}
+
+
+def track(path: Path) -> Path:
+    """Register a temporary file or directory for :func:`remove_tracked`; returns ``path``."""
+    _TRACKED[Path(path)] = None
+    return Path(path)
+
+
+def track_created_dir(directory: Path) -> None:
+    """Register a directory this process created: :func:`remove_tracked` removes it if empty."""
+    _CREATED_DIRS[Path(directory)] = None
+
+
+def remove_tracked() -> None:
+    """Remove every tracked temporary still present (newest first), then every tracked created
+    directory left empty. Safe in a signal handler: plain filesystem calls, errors ignored."""
+    for path in reversed(list(_TRACKED)):
+        try:
+            remove_path(path)
+        except OSError:
+            pass
+    for directory in reversed(list(_CREATED_DIRS)):
+        try:
+            directory.rmdir()
+        except OSError:  # not empty, or already gone
+            pass
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A tracked temporary directory under the system's temp dir, removed when the block ends."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        track(Path(name))
+        try:
+            yield Path(name)
+        finally:
+            _TRACKED.pop(Path(name), None)
+
+
 def temp_path(final: Path, suffix: str = ".tmp") -> Path:
-    """A hidden, unique temporary name beside ``final`` (same directory: renames stay atomic)."""
+    """A hidden, unique, tracked temporary name beside ``final`` (same directory: renames stay
+    atomic)."""
     final = Path(final)
-    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{suffix}")
+    return track(final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{suffix}"))
 
 
 def write_temp(final: Path, data: str | bytes, mode: int | None = None) -> Path:
@@ -87,7 +135,7 @@ def write_temp(final: Path, data: str | bytes, mode: int | None = None) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, _umask_mode() if mode is None else mode)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        remove_path(tmp)
         raise
     return tmp
 
@@ -99,9 +147,9 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int | None = 
     try:
         tmp = write_temp(path, data, mode)
         try:
-            os.replace(tmp, path)
+            place(tmp, path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            remove_path(tmp)
             raise
         fsync_dir(path.parent if str(path.parent) else Path("."))
     except OSError as err:
@@ -145,6 +193,7 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+    _TRACKED.pop(path, None)
 
 
 def place(tmp: Path, final: Path) -> None:
@@ -165,6 +214,7 @@ def place(tmp: Path, final: Path) -> None:
         remove_path(old)
     else:
         os.replace(tmp, final)
+    _TRACKED.pop(tmp, None)
 
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
@@ -220,5 +270,6 @@ class CommitPause:
             time.sleep(float(seconds))
 
 
-__all__ = ["CommitPause", "deferred_signals", "exchange", "fsync_dir",
-           "fsync_path", "place", "remove_path", "temp_path", "write_atomic", "write_temp"]
+__all__ = ["CommitPause", "deferred_signals", "exchange", "fsync_dir", "fsync_path", "place",
+           "remove_path", "remove_tracked", "scratch_dir", "temp_path", "track",
+           "track_created_dir", "write_atomic", "write_temp"]

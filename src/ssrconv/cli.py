@@ -7,13 +7,14 @@ line with a non-zero exit code; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
 
 import click
 
-from ssrconv.atomic import write_atomic
+from ssrconv.atomic import remove_tracked, write_atomic
 from ssrconv._version import __version__
 from ssrconv.errors import SsrconvError
 from ssrconv.targets import (
@@ -31,15 +32,28 @@ _SUFFIXES = ", ".join(artifact_suffixes())
 
 _DEBUG = False
 
+_INTERRUPTED_LINE = b"ssrconv: error: interrupted\n"
 
-_INTERRUPTED = False
 
-
-def _raise_interrupt(signum, frame):
-    """SIGINT/SIGTERM: remember it, then unwind like Ctrl-C (exports clean up on the way)."""
-    global _INTERRUPTED
-    _INTERRUPTED = True
-    raise KeyboardInterrupt
+def end_on_signal(signum, frame):
+    """SIGINT/SIGTERM end the command where it stands: every tracked temporary is removed
+    (ssrconv.atomic), one line is printed, exit 130. The stack is not unwound: a
+    KeyboardInterrupt raised inside TensorFlow's Python layer and unwound through it corrupted
+    its heap ("Fatal glibc error: malloc assertion failure", CI; tensorflow#6968), so nothing of
+    a library runs after the signal. Commits defer signals (atomic.deferred_signals), so an
+    output directory is never left half-renamed. ``--debug`` unwinds instead, for the traceback.
+    """
+    if _DEBUG:
+        raise KeyboardInterrupt
+    remove_tracked()
+    try:
+        sys.stdout.flush()  # what the command printed so far; may be mid-write: best effort
+    except Exception:
+        pass
+    # os.write, not click.echo: the handler may have interrupted a write to sys.stderr
+    prefix = b"\r\033[K" if sys.stderr.isatty() else b""  # over a progress bar's line
+    os.write(2, prefix + _INTERRUPTED_LINE)
+    os._exit(130)
 
 
 def _echo_err(message: str) -> None:
@@ -398,33 +412,18 @@ def _register_bench() -> None:
 _register_bench()
 
 
-def _exit_interrupted() -> None:
-    """One line, exit 130. An object a library was building when the signal landed can fail
-    in its finalizer at exit (TensorFlow's ApiDefMap: "Exception ignored in ... __del__" and a
-    traceback); after an interrupt that is noise, so it is dropped (kept with --debug)."""
-    _echo_err("interrupted")
-    if not _DEBUG:
-        sys.unraisablehook = lambda unraisable: None
-    sys.exit(130)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turn errors into one line and an exit code."""
-    global _INTERRUPTED
-    _INTERRUPTED = False
-    # SIGTERM unwinds like Ctrl-C, so exports clean their temporary files up; both are
-    # remembered, so an interrupt a library re-raises as its own error is still reported as one.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGTERM, end_on_signal)
+    signal.signal(signal.SIGINT, end_on_signal)
     try:
         result = cli.main(args=argv, prog_name="ssrconv", standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        _exit_interrupted()
+    except (click.exceptions.Abort, KeyboardInterrupt) as err:  # a prompt's Ctrl-C; --debug's
+        if _DEBUG and isinstance(err, KeyboardInterrupt):
+            raise
+        _echo_err("interrupted")
+        sys.exit(130)
     except Exception as err:
-        if _INTERRUPTED:
-            # TensorFlow, tracing a function for tf2onnx when SIGTERM arrived, re-raised the
-            # KeyboardInterrupt as "TypeError: Failed to convert elements of (None, 90) ...".
-            _exit_interrupted()
         if isinstance(err, click.ClickException):
             err.show()
             sys.exit(err.exit_code)

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +30,8 @@ from ssrconv.artifacts import (
     manifest_path_for,
     read_manifest,
 )
-from ssrconv.atomic import CommitPause, deferred_signals, fsync_dir, fsync_path, place, remove_path, write_temp
+from ssrconv.atomic import (CommitPause, deferred_signals, fsync_dir, fsync_path, place, remove_path,
+                            temp_path, track_created_dir, write_temp)
 from ssrconv.errors import ManifestError, SsrconvError
 from ssrconv.options import ExportOptions
 from ssrconv.targets import format_of
@@ -100,16 +100,16 @@ def _commit(out: Path, tmp: Path, final: Path, manifest: dict) -> None:
             place(tmp, final)
             fsync_dir(out)
             CommitPause.at("model")
-            os.replace(manifest_tmp, manifest_path_for(final))
+            place(manifest_tmp, manifest_path_for(final))
             fsync_dir(out)
             CommitPause.at("manifest")
-            os.replace(index_tmp, out / INDEX_NAME)
+            place(index_tmp, out / INDEX_NAME)
             fsync_dir(out)
             CommitPause.at("index")
     finally:
         for leftover in (manifest_tmp, index_tmp):
             if leftover is not None:
-                leftover.unlink(missing_ok=True)
+                remove_path(leftover)
 
 
 def _model_metadata(reference, task: str) -> dict[str, str]:
@@ -190,6 +190,8 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
     say = progress or (lambda message: None)
     out_existed = options.out.exists()
     options.check_paths()
+    if not out_existed:
+        track_created_dir(options.out)
     tmp_paths: list[Path] = []
     artifacts: list[Artifact] = []
     try:
@@ -211,7 +213,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
         tools = library_versions()
         for number, target in enumerate(options.targets, start=1):
             final = options.out / target.filename(options.task)
-            tmp = options.out / f".{final.name}.{uuid.uuid4().hex[:8]}.part{target.suffix}"
+            tmp = temp_path(final, f".part{target.suffix}")
             tmp_paths.append(tmp)
             step = "calibrating and converting" if target.precision == "int8" else "converting"
             say(f"[{number}/{len(options.targets)}] {target.key}: {step} -> {final.name}")

@@ -18,12 +18,12 @@ import select
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssrconv.atomic import scratch_dir
 from ssrconv.errors import SsrconvError
 
 GEMM_KEY = "gemm"
@@ -497,7 +497,7 @@ class Bench:
         groups = self.groups()
         steps = (len(groups) + len(s.batches) * s.rounds_used
                  + (s.pipeline_rounds if s.pipeline_runs else 0))
-        with tempfile.TemporaryDirectory(prefix="ssrconv-bench-") as tmp, \
+        with scratch_dir("ssrconv-bench-") as tmp, \
                 bar(total=steps, desc="bench", unit="step") as shown:
             self._bar = shown
             inputs, self.inputs_description = prepare_inputs(s, Path(tmp))

@@ -23,12 +23,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ssrconv.atomic import scratch_dir
 from ssrconv.benchmarks.soak import settled_rss_bytes
 from ssrconv.errors import InputError
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    with tempfile.TemporaryDirectory(prefix="ssrconv-soak-predict-") as tmp:
+    with scratch_dir("ssrconv-soak-predict-") as tmp:
         tmp = Path(tmp)
         (tmp / "in").mkdir()
         say(f"soak_predict: generating {args.images:,} images into {tmp / 'in'}")

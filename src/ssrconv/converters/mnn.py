@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from ssrconv.atomic import scratch_dir
 from ssrconv.errors import ModelFileError, SsrconvError
 
 BIZ_CODE = "ssrconv-{precision}"  # MNN keeps it in the file: file_precision reads it back
@@ -38,7 +38,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     from ssrconv.converters.onnx import to_proto
 
     proto = to_proto(model, options.opset, options.batch)
-    with tempfile.TemporaryDirectory(prefix="ssrconv-mnn-") as tmp:
+    with scratch_dir("ssrconv-mnn-") as tmp:
         source = Path(tmp) / "model.onnx"
         onnx.save(proto, str(source))
         command = [sys.executable, "-c", _CONVERT, "-f", "ONNX", "--modelFile", str(source),

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
+from ssrconv.atomic import scratch_dir
 from ssrconv.errors import ModelFileError, SsrconvError
 
 PARAM_MAGIC = "7767517"
@@ -67,7 +67,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     # so they cost nothing at run time. They keep their ONNX names (see runtimes.stages).
     outputs += _add_stage_outputs(proto, model.output_names)
     fp16 = 1 if target.precision == "fp16" else 0
-    with tempfile.TemporaryDirectory(prefix="ssrconv-pnnx-") as tmp:
+    with scratch_dir("ssrconv-pnnx-") as tmp:
         work = Path(tmp)
         onnx.save(proto, str(work / "model.onnx"))
         command = [pnnx.EXEC_PATH, "model.onnx", "inputshape=[1,64,64,3]", f"fp16={fp16}",

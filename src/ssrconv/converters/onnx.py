@@ -120,13 +120,14 @@ def _split_qdq(proto):
 def _runtime_ops(path: Path) -> dict:
     """Op counts of the graph onnxruntime (CPU, default optimizations) actually runs: shows
     which DequantizeLinear/QuantizeLinear groups it fused into QLinear* kernels."""
-    import tempfile
     from collections import Counter
 
     import onnx
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory(prefix="ssrconv-ort-opt-") as tmp:
+    from ssrconv.atomic import scratch_dir
+
+    with scratch_dir("ssrconv-ort-opt-") as tmp:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = 1

@@ -27,12 +27,12 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from ssrconv.atomic import scratch_dir
 from ssrconv.converters.int8_prep import _keras
 from ssrconv.errors import Int8RecipeError
 
@@ -173,7 +173,7 @@ def convert_int8(model, calibration, to_proto, int8_layers=INT8_LAYERS):
     if not nodes:
         raise Int8RecipeError("no ONNX node matched the int8 layers: tf2onnx node naming changed?")
     input_name = proto.graph.input[0].name
-    with tempfile.TemporaryDirectory(prefix="ssrconv-onnx-int8-") as tmp:
+    with scratch_dir("ssrconv-onnx-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(proto, str(src))
         with silenced_fd2(), contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints

@@ -21,10 +21,10 @@ rt_info carries the ONNX export's metadata_props under the same keys (``ssrconv.
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from pathlib import Path
 
+from ssrconv.atomic import scratch_dir
 from ssrconv.errors import ModelFileError
 
 SUFFIX = ".openvino"
@@ -66,7 +66,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
 
     dest = Path(dest)
     stem = Path(target.filename(options.task)).name[:-len(target.suffix)]
-    with tempfile.TemporaryDirectory(prefix="ssrconv-openvino-") as tmp:
+    with scratch_dir("ssrconv-openvino-") as tmp:
         onnx_path = _source_onnx(model, target, options, Path(tmp) / "source.onnx", calibration,
                                  metadata)
         ov_model = ov.convert_model(str(onnx_path))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssrconv.atomic import track
 from ssrconv.converters.tflite_flatbuffer import compact, fix_batch
 from ssrconv.errors import ModelFileError
 
@@ -36,6 +37,7 @@ def _saved_model_dir(model) -> str:
     if cached is None or cached[0] is not model:
         named = keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)))
         tmp = tempfile.TemporaryDirectory(prefix="ssrconv-savedmodel-")
+        track(Path(tmp.name))
         with contextlib.redirect_stdout(io.StringIO()):  # Keras prints every captured variable
             named.export(tmp.name, format="tf_saved_model", verbose=False)
         cached = _SAVED_MODELS[id(model)] = (model, tmp)

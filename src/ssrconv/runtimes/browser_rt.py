@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssrconv.atomic import remove_path, track
 from ssrconv.errors import ModelFileError, SsrconvError
 from ssrconv.runtimes.base import HEADS, Runtime
 
@@ -227,7 +228,7 @@ class BrowserRuntime(Runtime):
             raise ModelFileError(f"{self.path}: no such file")
         _check_onnx(self.path)
         self.backend = "onnx"
-        self._tmp = Path(tempfile.mkdtemp(prefix="ssrconv-browser-"))
+        self._tmp = track(Path(tempfile.mkdtemp(prefix="ssrconv-browser-")))
         web.build_folder(self._tmp, self.path, "model.onnx", detector=False)
         return self._tmp, "model.onnx"
 
@@ -293,7 +294,7 @@ class BrowserRuntime(Runtime):
             self._page.close()
             self._page = None
         if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            remove_path(self._tmp)
             self._tmp = None
 
 
@@ -378,7 +379,7 @@ class LiteRtBrowserRuntime(BrowserRuntime):
                                  "cannot resize inputs; export a static-batch file with "
                                  "ssrconv export --to tflite --batch 1")
         self.backend = "tflite"
-        self._tmp = Path(tempfile.mkdtemp(prefix="ssrconv-litert-"))
+        self._tmp = track(Path(tempfile.mkdtemp(prefix="ssrconv-litert-")))
         self.runtime_version = web.vendor_litert(self._tmp)
         shutil.copyfile(self.path, self._tmp / "model.tflite")
         return self._tmp, "model.tflite"
