@@ -423,3 +423,12 @@ def test_corrupt_tflite_refused_before_timing(export_dir, tmp_path):
     report = run_bench(rows, Settings(**TINY))
     (onnx,) = report["results"]
     assert onnx["status"] == "ok" and onnx["latency"]["4"]["per_face_us"]["median"] > 0
+
+
+def test_gemm_note_says_when_openblas_is_pinned_to_another_cpus_kernels():
+    """OPENBLAS_CORETYPE=Haswell on an AVX-512 machine made the onnx fp32 file 148% of the
+    '1-core GEMM': the note must say the reference was pinned, and say nothing when it was not."""
+    from ssrconv.benchmarks.report import _coretype_caveat
+
+    assert "OPENBLAS_CORETYPE=Haswell" in _coretype_caveat({"fingerprint": {"env": {"OPENBLAS_CORETYPE": "Haswell"}}})
+    assert _coretype_caveat({"fingerprint": {"env": {}}}) == ""

@@ -328,6 +328,17 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     ]
 
 
+def _coretype_caveat(report: dict) -> str:
+    """OPENBLAS_CORETYPE pins numpy's BLAS to one CPU's kernels (e.g. Haswell: AVX2 on an
+    AVX-512 machine), which understates this machine's GEMM rate, not the runtimes' (theirs
+    ignore it): shares of that GEMM can then exceed 100%."""
+    coretype = report["fingerprint"].get("env", {}).get("OPENBLAS_CORETYPE")
+    if not coretype:
+        return ""
+    return (f" numpy's BLAS ran with OPENBLAS_CORETYPE={coretype} (that CPU's kernels, maybe not "
+            "this one's best): the runtimes' shares of it may be overstated.")
+
+
 def notes(report: dict) -> list[str]:
     """The sentences that say how each number was obtained."""
     s = report["settings"]
@@ -354,7 +365,8 @@ def notes(report: dict) -> list[str]:
     else:
         out.append(f"1-core reference: numpy float32 GEMM {gemm['size']}x{gemm['size']}, one BLAS "
                    f"thread, timed in the same rounds: median {fmt_num(gemm['median_gflops'])} "
-                   f"GFLOP/s (best {fmt_num(gemm['best_gflops'])}, n={gemm['n']}).")
+                   f"GFLOP/s (best {fmt_num(gemm['best_gflops'])}, n={gemm['n']})."
+                   + _coretype_caveat(report))
     out.append("Sizes: file bytes on disk (a .mlpackage sums its files); gzip -9 of the contents; "
                "param bytes = " + next((r["size"]["param_bytes_method"] for r in report["results"]
                                         if r["size"] and "param_bytes_method" in r["size"]),
