@@ -32,7 +32,6 @@ _SUFFIXES = ", ".join(artifact_suffixes())
 
 _DEBUG = False
 
-_INTERRUPTED_LINE = b"ssrconv: error: interrupted\n"
 
 
 def end_on_signal(signum, frame):
@@ -52,12 +51,16 @@ def end_on_signal(signum, frame):
         pass
     # os.write, not click.echo: the handler may have interrupted a write to sys.stderr
     prefix = b"\r\033[K" if sys.stderr.isatty() else b""  # over a progress bar's line
-    os.write(2, prefix + _INTERRUPTED_LINE)
+    os.write(2, prefix + (_error_line("interrupted") + "\n").encode())
     os._exit(130)
 
 
+def _error_line(message: str) -> str:
+    return f"ssrconv: error: {message}"
+
+
 def _echo_err(message: str) -> None:
-    click.echo(f"ssrconv: error: {message}", err=True)
+    click.echo(_error_line(message), err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
