@@ -20,8 +20,11 @@ def test_int8_prep_on_the_fast_graph(reference_age_gender, faces):
 
     reference = reference_age_gender.model
     fast = rewrite(build_export_graph(reference, "age-gender", "tflite"))
-    assert float_backbone_layers(fast) == ["relu_conv1", "relu_pool1_dw", "tanh_act1",
-                                           "tanh_conv1", "tanh_pool1"]
+    assert float_backbone_layers(fast) == [
+        "relu_conv1", "relu_conv2", "relu_pool1_dw", "relu_pool2_dw",
+        "stage1_s", "stage1_x", "stage2_s", "stage2_s_pool", "stage2_x", "stage2_x_pool_dw",
+        "stage3_s", "stage3_s_pool", "stage3_x", "stage3_x_pool_dw",
+        "tanh_act1", "tanh_conv1", "tanh_pool1"]
     assert recipe_layers(fast, INT8_LAYERS) == {"relu_conv2", "relu_conv3", "relu_conv4",
                                                 "relu_pool1_dw", "relu_pool2_dw", "relu_pool3_dw"}
 

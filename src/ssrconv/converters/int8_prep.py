@@ -269,6 +269,11 @@ FAST_LAYERS = {
     **{f"average_pooling2d_{k}_dw": f"relu_pool{k}_dw" for k in (1, 2, 3)},
     "conv2d_5": "tanh_conv1", "batch_normalization_5": "tanh_conv1",
     "max_pooling2d_1": "tanh_pool1", "activation_5": "tanh_act1",
+    # the 1x1 summary convs (stage 1 reads block 4, stage 2 block 2, stage 3 block 1) and pools
+    "conv2d_9": "stage1_s", "conv2d_10": "stage1_x", "conv2d_11": "stage2_s",
+    "conv2d_12": "stage2_x", "conv2d_13": "stage3_s", "conv2d_14": "stage3_x",
+    "max_pooling2d_4": "stage2_s_pool", "average_pooling2d_4_dw": "stage2_x_pool_dw",
+    "max_pooling2d_5": "stage3_s_pool", "average_pooling2d_5_dw": "stage3_x_pool_dw",
 }
 FAST_MERGE = "stagewise_merge"  # the fast graph's FusedStagewiseMerge: its V says the heads
 

@@ -1,5 +1,6 @@
-"""The int8 TFLite export of SSR-Net: int8 backbone, float SSR head, accepted by XNNPACK and
-within the int8 parity budget (docs/INT8.md has the measurements behind each step). It converts
+"""The int8 TFLite export of SSR-Net: the inner conv blocks int8, the first blocks, the 1x1
+summary convs and the SSR head float (FLOAT_BACKBONE), accepted by XNNPACK and within the int8
+parity budget (docs/INT8.md has the measurements behind each step). It converts
 the reference graph or the fast export graph of :mod:`ssrconv.graph` (the export's default):
 the layers it singles out are found in either by :func:`~ssrconv.converters.int8_prep.recipe_layers`.
 
@@ -17,7 +18,7 @@ Recipe (convert_int8):
  4. Calibration (converter calibrate-only pass), then ranges edited in the calibrated model: inputs of tanh clipped to
     [-4, 4] (tanh(4) = 0.9993; the raw range was [-23, 19]); relu outputs and pool outputs clipped at the
     quantization-MSE-optimal value of their calibration distribution.
- 5. Quantize with every rank<=2 layer (Flatten/Dense/Multiply/SSRMerge: the SSR head, 0.01 M MACs) denylisted -> float.
+ 5. Quantize with FLOAT_BACKBONE and every rank<=2 layer (Flatten/Dense/Multiply/SSRMerge: the SSR head, 0.01 M MACs) denylisted -> float.
     Nodes are identified by Keras LAYER NAME: each TFLite op's output tensor name carries the Keras name scopes
     ('.../<layer>_1/...'), matched against model.layers names; ops without a layer scope (the renamed outputs) are
     denylisted when all their inputs come from denylisted ops. Which layers are float is chosen by Keras output rank,
@@ -70,15 +71,24 @@ def _mse_clip(a, grid=np.linspace(0.2, 1.0, 81)):
     return best[1]
 
 
-# Backbone layers kept in float besides the head: the first convolution block of each stream
-# (conv2d_1 + its average pool, conv2d_5 + its max pool). Their 62x62x(32|16) outputs are the
-# largest activations of the model, and quantizing them was the biggest single error: with every
-# other convolution in int8 the age p99 is 0.90-0.93 y on XNNPACK (all int8: 1.07; budget 1.0). In
-# float they cost no time: XNNPACK's int8 kernel pads the 3 input channels per tap to 8 and runs
-# these two layers no faster than float32 (docs/INT8.md has the per-layer timings).
+# Backbone layers kept in float besides the head (docs/INT8.md, "Which layers stay float"):
+# - the first convolution block of each stream (conv2d_1 + its average pool, conv2d_5 + its max
+#   pool): their 62x62x(32|16) outputs are the largest activations of the model; XNNPACK's int8
+#   kernel pads the 3 input channels per tap to 8 and runs them no faster than float32;
+# - the relu stream's second block (conv2d_2 + its average pool) and the six 1x1 summary convs
+#   with their pools, so the first block's outputs (30x30) are never quantized. Simulated one
+#   tensor at a time, quantizing the first relu pool's output was the largest single error of
+#   the old recipe (mean 0.108 of its 0.20 y; no equalization or range choice removed it) and
+#   the summaries' the next (stage1_x: its gender channels' range is twice the age channels').
+#   Measured on five calibration sets (three distilled, two halves of the dev faces): age p99
+#   0.51-0.73 y (mean 0.13-0.15) against 0.80-1.00 (0.20-0.23) with these layers int8, whose
+#   p99 on faces it was not calibrated on reached 1.12 y.
 FLOAT_BACKBONE = (
     ["conv2d_1", "batch_normalization_1", "activation_1", "average_pooling2d_1_dw",
-     "conv2d_5", "batch_normalization_5", "activation_5", "max_pooling2d_1"])
+     "conv2d_5", "batch_normalization_5", "activation_5", "max_pooling2d_1",
+     "conv2d_2", "batch_normalization_2", "activation_2", "average_pooling2d_2_dw"]
+    + [f"conv2d_{k}" for k in range(9, 15)]
+    + ["max_pooling2d_4", "average_pooling2d_4_dw", "max_pooling2d_5", "average_pooling2d_5_dw"])
 
 
 def float_backbone_layers(model) -> list[str]:

@@ -236,7 +236,7 @@ def float_signed_input_convs(model) -> int:
     LiteRT's 0.166 / 0.90 on the same file). Unsigned (relu) inputs stay int8: they sit near
     zero: measured within max 0.03 y of the f32 function (docs/CONVERTERS.md, OpenVINO).
     Applied on every CPU, so the same file gives the same graph everywhere (on VNNI or AMX CPUs
-    these convolutions would be exact in int8 too; they are about 2.5 of the 12.1 M int8
+    these convolutions would be exact in int8 too; they are about 2.3 of the 3.8 M int8
     multiply-adds per head).
     """
     from openvino import opset13 as ops
