@@ -123,5 +123,13 @@ def test_budget_logic_and_overrides():
     p = np.linspace(0, 1, 101)
     flipped = {"p_male": head_stats(1 - p, p, "p_male")}
     assert any("gender agreement" in v for v in violations(flipped, BUDGETS["fp16"]))
+    # int8's 99%: one of 300 faces may differ, one of 16 may not, and the line says why
+    want_p = np.full(300, 0.9)
+    got_p = want_p.copy()
+    got_p[159] = 0.46
+    assert violations({"p_male": head_stats(got_p, want_p, "p_male")}, BUDGETS["int8"]) == []
+    few = violations({"p_male": head_stats(got_p[150:166], want_p[:16], "p_male")}, BUDGETS["int8"])
+    assert few == ["gender agreement 93.75% < 99% (1 of 16 faces differ; 99% allows none on "
+                   "fewer than 100 faces)"]
     nan = {"age": head_stats(want * np.nan, want, "age")}
     assert violations(nan, BUDGETS["int8"])  # NaN never passes

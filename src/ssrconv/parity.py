@@ -35,6 +35,8 @@ class HeadStats:
     p99_abs: float
     cosine: float
     agreement: float | None = None  # gender only: fraction with the same p > 0.5 label
+    disagreements: int | None = None  # gender only: how many faces got the other label
+    faces: int = 0
 
 
 @dataclass
@@ -83,14 +85,16 @@ def head_stats(got: np.ndarray, want: np.ndarray, head: str) -> HeadStats:
     got = np.asarray(got, np.float64)
     want = np.asarray(want, np.float64)
     diff = np.abs(got - want)
+    gender = head == "p_male"
     if not np.all(np.isfinite(got)):
         return HeadStats(float("inf"), float("inf"), float("inf"), float("nan"),
-                         0.0 if head == "p_male" else None)
+                         0.0 if gender else None, len(got) if gender else None, len(got))
     norm = np.linalg.norm(got) * np.linalg.norm(want)
     cosine = float(got @ want / norm) if norm > 0 else float("nan")
-    agreement = float(np.mean((got > 0.5) == (want > 0.5))) if head == "p_male" else None
+    differ = int(np.sum((got > 0.5) != (want > 0.5))) if gender else None
+    agreement = 1 - differ / len(got) if gender else None
     return HeadStats(float(diff.max()), float(diff.mean()), float(np.percentile(diff, 99)),
-                     cosine, agreement)
+                     cosine, agreement, differ, len(got))
 
 
 def violations(stats: dict[str, HeadStats], budget: Budget) -> list[str]:
@@ -107,8 +111,15 @@ def violations(stats: dict[str, HeadStats], budget: Budget) -> list[str]:
     if gender is not None:
         if budget.max_p_male is not None and not gender.max_abs <= budget.max_p_male:
             broken.append(f"max P(male) diff {gender.max_abs:.3g} > {budget.max_p_male:g}")
-        if budget.min_gender_agreement is not None and not gender.agreement >= budget.min_gender_agreement:
-            broken.append(f"gender agreement {gender.agreement:.2%} < {budget.min_gender_agreement:.0%}")
+        floor = budget.min_gender_agreement
+        if floor is not None and not gender.agreement >= floor:
+            line = f"gender agreement {gender.agreement:.2%} < {floor:.0%}"
+            if gender.faces:
+                line += f" ({gender.disagreements} of {gender.faces} faces differ"
+                if floor < 1 and gender.faces < 1 / (1 - floor):  # a single borderline face decides
+                    line += f"; {floor:.0%} allows none on fewer than {round(1 / (1 - floor))} faces"
+                line += ")"
+            broken.append(line)
     return broken
 
 
