@@ -113,13 +113,10 @@ def violations(stats: dict[str, HeadStats], budget: Budget) -> list[str]:
             broken.append(f"max P(male) diff {gender.max_abs:.3g} > {budget.max_p_male:g}")
         floor = budget.min_gender_agreement
         if floor is not None and not gender.agreement >= floor:
-            line = f"gender agreement {gender.agreement:.2%} < {floor:.0%}"
-            if gender.faces:
-                line += f" ({gender.disagreements} of {gender.faces} faces differ"
-                if floor < 1 and gender.faces < 1 / (1 - floor):  # a single borderline face decides
-                    line += f"; {floor:.0%} allows none on fewer than {round(1 / (1 - floor))} faces"
-                line += ")"
-            broken.append(line)
+            why = f"{gender.disagreements} of {gender.faces} faces differ"
+            if floor < 1 and gender.faces < 1 / (1 - floor):  # a single borderline face decides
+                why += f"; {floor:.0%} allows none on fewer than {round(1 / (1 - floor))} faces"
+            broken.append(f"gender agreement {gender.agreement:.2%} < {floor:.0%} ({why})")
     return broken
 
 
