@@ -75,3 +75,26 @@ def test_parity_and_mae_rows(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| int8 TFLite file, age only | <= 65,536 bytes | 1,000 bytes | met |" in out
     assert "not measured" in out
+
+
+def test_float32_floor_is_the_fast_files_multiply_adds_at_the_best_gemm_rate(tmp_path):
+    tool = _tool()
+    model = tmp_path / "ssrnet_age_gender_fp32.tflite"
+    (tmp_path / (model.name + ".json")).write_text(json.dumps({"macs_per_face": 30_000_000}))
+    fast = _bench_row("tflite-fp32", 900.0, "fast")
+    fast["path"] = str(model)
+
+    def floor(gemm_gflops):
+        bench = {"settings": {"threads": 1}, "gemm": {"best_gflops": gemm_gflops}, "results": [
+            fast, _bench_row("tflite-fp32", 1000.0, "original"),
+            _bench_row("onnx-fp32", 1200.0, "original")]}
+        return next(r for r in tool.latency_rows(bench) if r[0].startswith("float32 floor"))
+
+    # 2 x 30 M multiply-adds at 100 GFLOP/s: 600 us, over the original-graph medians
+    slow = floor(100.0)
+    assert slow[2].endswith("= 600 us = 0.60x original-graph tflite fp32, 0.50x original-graph onnx fp32")
+    assert slow[3] == "0.45x out of reach for float32 kernels here"
+    assert floor(200.0)[3] == "-"  # 300 us = 0.30x: the bound does not rule the goal out
+    fast["path"] = str(tmp_path / "missing.tflite")  # no manifest: no bound, no row
+    assert not [r for r in tool.latency_rows({"settings": {}, "gemm": {"best_gflops": 100.0},
+                                             "results": [fast]}) if r[0].startswith("float32")]

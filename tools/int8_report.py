@@ -66,7 +66,34 @@ def latency_rows(bench: dict) -> list[list[str]]:
                      f"<= {FASTEST_TARGET}x original-graph tflite fp32",
                      f"{name}: {best:.0f} us vs {a:.0f} us = {best / a:.2f}x",
                      "met" if best / a <= FASTEST_TARGET else "not met"])
+    rows += floor_rows(bench, fast, original)
     return rows
+
+
+def floor_rows(bench: dict, fast: dict, original: dict) -> list[list[str]]:
+    """The fastest a float32 file of the fast graph could be here: its multiply-adds (counted on
+    the fast fp32 TFLite file, its manifest's ``macs_per_face``) at the best 1-core SGEMM rate
+    of the same run, over each original-graph fp32 median: a bound, below which only fewer or
+    cheaper multiplies go (int8 with VNNI, bf16, Winograd)."""
+    tflite, gemm = fast.get("tflite-fp32"), bench.get("gemm") or {}
+    if not (tflite and tflite.get("path") and gemm.get("best_gflops")):
+        return []
+    manifest = Path(tflite["path"] + ".json")
+    macs = json.loads(manifest.read_text()).get("macs_per_face") if manifest.is_file() else None
+    if not macs:
+        return []
+    floor_us = 2 * macs / (gemm["best_gflops"] * 1e3)
+    ratios = {family: floor_us / _median_us(original[f"{family}-fp32"])
+              for family in ("tflite", "onnx") if f"{family}-fp32" in original}
+    if not ratios:
+        return []
+    verdict = (f"{FASTEST_TARGET}x out of reach for float32 kernels here"
+               if ratios.get("tflite", 0) > FASTEST_TARGET else "-")
+    return [["float32 floor: the fast graph's multiply-adds at the best 1-core SGEMM rate",
+             "a bound, not a goal",
+             f"{macs / 1e6:.2f} M multiply-adds per face at {gemm['best_gflops']:.1f} GFLOP/s = "
+             f"{floor_us:.0f} us = " + ", ".join(f"{r:.2f}x original-graph {f} fp32"
+                                                for f, r in ratios.items()), verdict]]
 
 
 def parity_rows(label: str, parity: dict) -> list[list[str]]:

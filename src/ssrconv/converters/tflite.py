@@ -305,16 +305,33 @@ def describe(path: Path) -> dict:
     tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
     ops = Counter()
     float_ops = Counter()
+    macs = 0
     for op in interpreter._get_ops_details():  # the public API has no op listing
         ops[op["op_name"]] += 1
         indices = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
         if any(np.dtype(tensors[i]["dtype"]).kind == "f" for i in indices if i in tensors):
             float_ops[op["op_name"]] += 1
+        macs += _op_macs(op, tensors)
     integer_only = bool(ops) and set(float_ops) <= BOUNDARY_OPS
     return {"inputs": io_list(runner.get_input_details()),
             "outputs": io_list(runner.get_output_details()),
             "ops": dict(sorted(ops.items())), "float_ops": dict(sorted(float_ops.items())),
-            "integer_only": integer_only}
+            "integer_only": integer_only, "macs_per_face": macs}
+
+
+def _op_macs(op: dict, tensors: dict) -> int:
+    """Multiply-adds of one CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED for one face (the
+    tensors' batch is 1 until resized; a static batch N is divided out)."""
+    name = op["op_name"]
+    if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        return 0
+    out = [int(s) for s in tensors[op["outputs"][0]]["shape"]]
+    kernel = [int(s) for s in tensors[op["inputs"][1]]["shape"]]
+    if name == "FULLY_CONNECTED":  # kernel (units, inputs); output (..., units)
+        return int(np.prod(out)) * kernel[1] // max(out[0], 1)
+    # CONV_2D kernel (O, kh, kw, I / groups); DEPTHWISE (1, kh, kw, O): one input per output
+    taps = kernel[1] * kernel[2] * (kernel[3] if name == "CONV_2D" else 1)
+    return int(np.prod(out)) * taps // max(out[0], 1)
 
 
 def static_batch(path: Path) -> int | None:
