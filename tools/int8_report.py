@@ -24,9 +24,22 @@ SIZE_TARGET = 64 * 1024
 MAE_MARGIN = 0.15
 
 
-def _median_us(row: dict) -> float | None:
+def _us(row: dict, stat: str = "median") -> float | None:
     stats = row.get("latency", {}).get("1")
-    return stats["per_face_us"]["median"] if stats else None
+    return stats["per_face_us"][stat] if stats else None
+
+
+def _judged(row: dict, base: dict, goal: float, name: str | None = None) -> list[str]:
+    """Measured and verdict of ``row`` over ``base``: the median ratio and the best-call ratio
+    of the same run, "met" only when both are within ``goal``. On a shared machine a noisy
+    stretch can inflate one backend's median by half (seen: 1,416 us median, 935 us best for
+    the original fp32 TFLite, whose median was 961 us an hour earlier); the fastest calls are
+    the least disturbed, so a ratio that only the medians meet is not a result."""
+    median, best = _us(row) / _us(base), _us(row, "min") / _us(base, "min")
+    text = (f"{name + ': ' if name else ''}median {_us(row):.0f} us vs {_us(base):.0f} us = "
+            f"{median:.3f}x; best call {_us(row, 'min'):.0f} vs {_us(base, 'min'):.0f} us = "
+            f"{best:.3f}x")
+    return [text, "met" if max(median, best) <= goal else "not met"]
 
 
 def latency_rows(bench: dict) -> list[list[str]]:
@@ -45,9 +58,7 @@ def latency_rows(bench: dict) -> list[list[str]]:
         if not (row and base):
             rows.append([label, want, "not measured (needs both graphs in one bench run)", "-"])
             continue
-        a, b = _median_us(base), _median_us(row)
-        rows.append([label, want, f"{b:.0f} us vs {a:.0f} us = {b / a:.2f}x",
-                     "met" if b / a <= goal else "not met"])
+        rows.append([label, want, *_judged(row, base, goal)])
     onnx = fast.get("onnx-fp32")
     if onnx and onnx["latency"].get("1"):
         lat = onnx["latency"]["1"]
@@ -57,15 +68,12 @@ def latency_rows(bench: dict) -> list[list[str]]:
                      f"best {best:.0%}, median {median:.0%}",
                      "met" if best is not None and best >= ONNX_GEMM_TARGET else "not met"])
     base = original.get("tflite-fp32")
-    timed = [(r["name"], _median_us(r)) for r in ok if r.get("graph") == "fast"]
-    timed = [(n, t) for n, t in timed if t]
+    timed = [r for r in ok if r.get("graph") == "fast" and _us(r)]
     if base and timed:
-        name, best = min(timed, key=lambda item: item[1])
-        a = _median_us(base)
-        rows.append(["fastest artifact of export --to all (batch 1)",
+        fastest = min(timed, key=_us)
+        rows.append(["fastest artifact of export --to all (batch 1, by median)",
                      f"<= {FASTEST_TARGET}x original-graph tflite fp32",
-                     f"{name}: {best:.0f} us vs {a:.0f} us = {best / a:.2f}x",
-                     "met" if best / a <= FASTEST_TARGET else "not met"])
+                     *_judged(fastest, base, FASTEST_TARGET, fastest["name"])])
     rows += floor_rows(bench, fast, original)
     return rows
 
@@ -73,8 +81,9 @@ def latency_rows(bench: dict) -> list[list[str]]:
 def floor_rows(bench: dict, fast: dict, original: dict) -> list[list[str]]:
     """The fastest a float32 file of the fast graph could be here: its multiply-adds (counted on
     the fast fp32 TFLite file, its manifest's ``macs_per_face``) at the best 1-core SGEMM rate
-    of the same run, over each original-graph fp32 median: a bound, below which only fewer or
-    cheaper multiplies go (int8 with VNNI, bf16, Winograd)."""
+    of the same run, over each original-graph fp32 file's best call (best against best: both
+    the least disturbed samples): a bound, below which only fewer or cheaper multiplies go
+    (int8 with VNNI, bf16, Winograd)."""
     tflite, gemm = fast.get("tflite-fp32"), bench.get("gemm") or {}
     if not (tflite and tflite.get("path") and gemm.get("best_gflops")):
         return []
@@ -83,7 +92,7 @@ def floor_rows(bench: dict, fast: dict, original: dict) -> list[list[str]]:
     if not macs:
         return []
     floor_us = 2 * macs / (gemm["best_gflops"] * 1e3)
-    ratios = {family: floor_us / _median_us(original[f"{family}-fp32"])
+    ratios = {family: floor_us / _us(original[f"{family}-fp32"], "min")
               for family in ("tflite", "onnx") if f"{family}-fp32" in original}
     if not ratios:
         return []
@@ -92,7 +101,7 @@ def floor_rows(bench: dict, fast: dict, original: dict) -> list[list[str]]:
     return [["float32 floor: the fast graph's multiply-adds at the best 1-core SGEMM rate",
              "a bound, not a goal",
              f"{macs / 1e6:.2f} M multiply-adds per face at {gemm['best_gflops']:.1f} GFLOP/s = "
-             f"{floor_us:.0f} us = " + ", ".join(f"{r:.2f}x original-graph {f} fp32"
+             f"{floor_us:.0f} us = " + ", ".join(f"{r:.2f}x the best original-graph {f} fp32 call"
                                                 for f, r in ratios.items()), verdict]]
 
 
