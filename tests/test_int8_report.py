@@ -105,7 +105,7 @@ def test_float32_floor_is_the_fast_files_multiply_adds_at_the_best_gemm_rate(tmp
             _bench_row("onnx-fp32", 1200.0, "original")]}
         return next(r for r in tool.latency_rows(bench) if r[0].startswith("float32 floor"))
 
-    # 2 x 30 M multiply-adds at 100 GFLOP/s: 600 us, over the original-graph medians
+    # 2 x 30 M multiply-adds at 100 GFLOP/s: 600 us, over the original-graph best calls
     slow = floor(100.0)
     assert slow[2].endswith("= 600 us = 0.60x the best original-graph tflite fp32 call, "
                             "0.50x the best original-graph onnx fp32 call")
