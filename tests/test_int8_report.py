@@ -100,7 +100,8 @@ def test_float32_floor_is_the_fast_files_multiply_adds_at_the_best_gemm_rate(tmp
     fast["path"] = str(model)
 
     def floor(gemm_gflops):
-        bench = {"settings": {"threads": 1}, "gemm": {"best_gflops": gemm_gflops}, "results": [
+        bench = {"settings": {"threads": 1}, "gemm": {"best_gflops": gemm_gflops},
+                 "model_cost": {"flops_per_mac": 2}, "results": [
             fast, _bench_row("tflite-fp32", 1000.0, "original"),
             _bench_row("onnx-fp32", 1200.0, "original")]}
         return next(r for r in tool.latency_rows(bench) if r[0].startswith("float32 floor"))
@@ -113,4 +114,5 @@ def test_float32_floor_is_the_fast_files_multiply_adds_at_the_best_gemm_rate(tmp
     assert floor(200.0)[3] == "-"  # 300 us = 0.30x: the bound does not rule the goal out
     fast["path"] = str(tmp_path / "missing.tflite")  # no manifest: no bound, no row
     assert not [r for r in tool.latency_rows({"settings": {}, "gemm": {"best_gflops": 100.0},
+                                             "model_cost": {"flops_per_mac": 2},
                                              "results": [fast]}) if r[0].startswith("float32")]

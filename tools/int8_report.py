@@ -35,10 +35,11 @@ def _judged(row: dict, base: dict, goal: float, name: str | None = None) -> list
     stretch can inflate one backend's median by half (seen: 1,416 us median, 935 us best for
     the original fp32 TFLite, whose median was 961 us an hour earlier); the fastest calls are
     the least disturbed, so a ratio that only the medians meet is not a result."""
-    median, best = _us(row) / _us(base), _us(row, "min") / _us(base, "min")
-    text = (f"{name + ': ' if name else ''}median {_us(row):.0f} us vs {_us(base):.0f} us = "
-            f"{median:.3f}x; best call {_us(row, 'min'):.0f} vs {_us(base, 'min'):.0f} us = "
-            f"{best:.3f}x")
+    row_median, row_best, base_median, base_best = (_us(r, stat) for r in (row, base)
+                                                    for stat in ("median", "min"))
+    median, best = row_median / base_median, row_best / base_best
+    text = (f"{name + ': ' if name else ''}median {row_median:.0f} us vs {base_median:.0f} us = "
+            f"{median:.3f}x; best call {row_best:.0f} vs {base_best:.0f} us = {best:.3f}x")
     return [text, "met" if max(median, best) <= goal else "not met"]
 
 
@@ -84,14 +85,17 @@ def floor_rows(bench: dict, fast: dict, original: dict) -> list[list[str]]:
     of the same run, over each original-graph fp32 file's best call (best against best: both
     the least disturbed samples): a bound, below which only fewer or cheaper multiplies go
     (int8 with VNNI, bf16, Winograd)."""
+    from ssrconv.artifacts import manifest_path_for
+
     tflite, gemm = fast.get("tflite-fp32"), bench.get("gemm") or {}
-    if not (tflite and tflite.get("path") and gemm.get("best_gflops")):
+    flops_per_mac = (bench.get("model_cost") or {}).get("flops_per_mac")
+    if not (tflite and tflite.get("path") and gemm.get("best_gflops") and flops_per_mac):
         return []
-    manifest = Path(tflite["path"] + ".json")
+    manifest = manifest_path_for(Path(tflite["path"]))
     macs = json.loads(manifest.read_text()).get("macs_per_face") if manifest.is_file() else None
     if not macs:
         return []
-    floor_us = 2 * macs / (gemm["best_gflops"] * 1e3)
+    floor_us = flops_per_mac * macs / (gemm["best_gflops"] * 1e3)
     ratios = {family: floor_us / _us(original[f"{family}-fp32"], "min")
               for family in ("tflite", "onnx") if f"{family}-fp32" in original}
     if not ratios:
