@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[all,test]'
+	$(BIN)/pip install --quiet --no-deps 'pnnx>=20261020'
 	@touch $@
 
 # What the browser engines and `--to web` need (idempotent): Debian's Chromium (no browser

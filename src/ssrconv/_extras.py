@@ -20,6 +20,9 @@ EXTRAS = {
     "coreml": "coremltools",
     # Runtime extras added by other targets (openvino, tract, ncnn, mnn, browser) go here.
 }
+# Modules no extra can bring: pnnx's wheel requires torch (a 5 GB CUDA build from PyPI) for a
+# PyTorch frontend the ONNX path never imports, so it is installed without its dependencies.
+INSTALL_COMMANDS = {"pnnx": "pip install --no-deps 'pnnx>=20261020'"}
 
 
 def available(module: str) -> bool:
@@ -32,8 +35,8 @@ def available(module: str) -> bool:
 
 def _message(module: str, extra: str, what: str) -> str:
     brings = EXTRAS.get(extra, extra)
-    return (f"{what} needs {brings} ({module} is not installed): "
-            f"pip install 'ssrconv[{extra}]'")
+    command = INSTALL_COMMANDS.get(module, f"pip install 'ssrconv[{extra}]'")
+    return f"{what} needs {brings} ({module} is not installed): {command}"
 
 
 def check(modules: tuple[str, ...] | list[str], extra: str, what: str) -> None:

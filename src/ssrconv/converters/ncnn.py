@@ -14,12 +14,15 @@ with ncnn's fp16 storage and arithmetic.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
 
+from ssrconv._extras import INSTALL_COMMANDS
 from ssrconv.atomic import scratch_dir
-from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.errors import MissingExtraError, ModelFileError, SsrconvError
 
 PARAM_MAGIC = "7767517"
 PARAM_SUFFIX = ".ncnn.param"
@@ -52,12 +55,35 @@ def package_files(path: Path) -> tuple[Path, Path]:
     return params[0], bins[0]
 
 
+def pnnx_executable() -> Path:
+    """The pnnx converter binary inside the installed ``pnnx`` wheel, found without importing
+    the package: ``import pnnx`` imports torch (for its PyTorch frontend), which the ONNX path
+    never uses, and the wheel's ``torch`` requirement is what made a full install pull 5 GB of
+    CUDA packages. ``make setup`` installs pnnx with ``--no-deps``."""
+    spec = importlib.util.find_spec("pnnx")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        exe = Path(folder) / ("pnnx.exe" if os.name == "nt" else "pnnx")
+        if exe.is_file():
+            return exe
+    raise MissingExtraError(f"ssrconv export --to ncnn needs the pnnx converter binary "
+                            f"(pnnx is not installed): {INSTALL_COMMANDS['pnnx']}")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` (via its ONNX export) to an ncnn package directory at ``dest``."""
     import onnx
-    import pnnx
 
     from ssrconv.converters.onnx import to_proto
+
+    pnnx_exe = pnnx_executable()
 
     stem = Path(target.filename(options.task)).name[: -len(target.suffix)]
     proto = to_proto(model, options.opset, options.batch)
@@ -70,7 +96,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     with scratch_dir("ssrconv-pnnx-") as tmp:
         work = Path(tmp)
         onnx.save(proto, str(work / "model.onnx"))
-        command = [pnnx.EXEC_PATH, "model.onnx", "inputshape=[1,64,64,3]", f"fp16={fp16}",
+        command = [str(pnnx_exe), "model.onnx", "inputshape=[1,64,64,3]", f"fp16={fp16}",
                    f"ncnnparam={stem}{PARAM_SUFFIX}", f"ncnnbin={stem}{BIN_SUFFIX}"]
         command += [f"{key}=scratch.{key}" for key in _PNNX_EXTRAS]
         try:
@@ -92,7 +118,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     import ncnn
 
     return {"converter": "pnnx", "pnnx_fp16_weights": bool(fp16),
-            "converter_versions": {"pnnx": getattr(pnnx, "__version__", None),
+            "converter_versions": {"pnnx": _version("pnnx"),
                                    "ncnn": getattr(ncnn, "__version__", None)},
             "input_layout": "one face per call: 64x64x3 BGR (the contract's NHWC without the "
                             "batch dim), read by ncnn as c=64 h=64 w=3; a Permute layer makes "
