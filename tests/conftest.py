@@ -184,6 +184,33 @@ def exported(request, tmp_path_factory, assets_dir, faces_dir):
 
 
 @pytest.fixture(scope="session")
+def parity_inputs(faces):
+    """The parity inputs: the 300 real faces of SSRCONV_FACES, then 64 seeded synthetic ones."""
+    import numpy as np
+
+    from ssrconv.parity import synthetic_inputs
+
+    return np.concatenate([faces.inputs, synthetic_inputs(64)])
+
+
+@pytest.fixture(scope="session")
+def golden(assets_dir, parity_inputs):
+    """``golden(name) -> float64 array``: the independent oracle (tests/golden_numpy.py, the
+    original JSON graph) with registry weights ``name`` on every row of ``parity_inputs``,
+    computed once per weights file (each row is computed on its own: slice the rows you need)."""
+    from golden_assets import golden_outputs
+
+    computed = {}
+
+    def get(name: str):
+        if name not in computed:
+            computed[name] = golden_outputs(assets_dir, name, parity_inputs)
+        return computed[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def reference_outputs(faces, keras_reference):
     """The Keras reference's ages and P(male) on every face of SSRCONV_FACES, computed once."""
     return keras_reference.run(faces.inputs)

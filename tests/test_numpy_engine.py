@@ -25,15 +25,8 @@ GOLDEN_TOL = {"numpy-float32": {"age": 1e-4, "p_male": 2e-5},
 
 
 @pytest.fixture(scope="module")
-def inputs(faces):
-    """The parity inputs: 300 real faces and 64 seeded synthetic ones."""
-    return np.concatenate([faces.inputs, synthetic_inputs(64)])
-
-
-@pytest.fixture(scope="module")
-def golden_default(assets_dir, inputs):
-    return {"age": golden_outputs(assets_dir, "age-wiki", inputs),
-            "p_male": golden_outputs(assets_dir, "gender-wiki", inputs)}
+def golden_default(golden):
+    return {"age": golden("age-wiki"), "p_male": golden("gender-wiki")}
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -47,12 +40,12 @@ def test_matches_golden_on_a_few_faces(assets_dir, faces, numpy_references, engi
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_matches_golden_on_parity_inputs(inputs, golden_default, numpy_references, engine):
+def test_matches_golden_on_parity_inputs(parity_inputs, golden_default, numpy_references, engine):
     runtime = numpy_references(engine)
     assert runtime.engine == engine and runtime.backend == "reference"
     assert runtime.heads == ("age", "p_male")
-    got = runtime.run(inputs)
-    assert len(inputs) == 364
+    got = runtime.run(parity_inputs)
+    assert len(parity_inputs) == 364
     for head in ("age", "p_male"):
         assert got[head].dtype == np.float32 and got[head].shape == (364,)
         diff = np.max(np.abs(got[head].astype(np.float64) - golden_default[head]))
@@ -62,21 +55,21 @@ def test_matches_golden_on_parity_inputs(inputs, golden_default, numpy_reference
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", AGE + GENDER)
-def test_single_heads_match_golden_for_every_weights_file(assets_dir, faces, name):
+def test_single_heads_match_golden_for_every_weights_file(faces, golden, name):
     batch = faces.inputs[:64]
     kind = ASSETS[name].kind
     weights = {"age_weights": name} if kind == "age" else {"gender_weights": name}
     runtime = load_reference_runtime(kind, engine="numpy-float64", **weights)
     head = "age" if kind == "age" else "p_male"
     assert runtime.heads == (head,)
-    diff = np.max(np.abs(runtime.run(batch)[head] - golden_outputs(assets_dir, name, batch)))
+    diff = np.max(np.abs(runtime.run(batch)[head] - golden(name)[:len(batch)]))
     assert diff < GOLDEN_TOL["numpy-float64"][head], diff
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_matches_keras_to_1e4_years(keras_reference, numpy_references, inputs, engine):
-    keras = keras_reference
+def test_matches_keras_to_1e4_years(keras_reference, numpy_references, parity_inputs, engine):
+    keras, inputs = keras_reference, parity_inputs
     want = {h: np.concatenate([keras.run(inputs[i:i + 64])[h] for i in range(0, len(inputs), 64)])
             for h in keras.heads}
     got = numpy_references(engine).run(inputs)
