@@ -3,10 +3,11 @@ one row here, and everything else (CLI choices, ``open_artifact``, ``load_runtim
 planning, parity discovery, soak) derives from it. Adding a format is one :class:`Format` row,
 its :class:`Target` rows, one converter module and one runtime module.
 
-- :class:`Format`: a file family: its suffix, whether it is a directory package, the module
-  that converts to it, verifies its bytes before a runtime sees them and reads its facts back
-  (``convert``/``verify``/``describe``/``file_precision``), the engines that read it (the first
-  is the default) and the pip extra holding its converter.
+- :class:`Format`: a file family: its suffix, whether it is a directory package, its reader
+  (``ssrconv.formats.<module>``: ``verify`` its bytes before a runtime sees them, ``describe``,
+  ``file_precision``, ``static_batch``) and its converter (``ssrconv.converters.<module>``:
+  ``convert``), the engines that read it (the first is the default) and the pip extra holding
+  its converter.
 - :class:`Engine`: something that executes artifacts: the formats it reads, the factory that
   loads an artifact into a :class:`~ssrconv.runtimes.base.Runtime`, and the pip extra (with
   the import it needs) that brings it.
@@ -99,14 +100,7 @@ class Engine:
         check(self.needs, self.extra or "all", f"engine {self.name}")
         module, name = self.factory.split(":")
         factory = getattr(importlib.import_module(module), name)
-        runtime = factory(Path(path), num_threads=num_threads, precision=precision, **options)
-        fmt = format_of(path)
-        batch = fmt.static_batch(path) if fmt is not None else None
-        if batch is None:
-            return runtime
-        from ssrconv.runtimes.base import StaticBatchRuntime
-
-        return StaticBatchRuntime(runtime, batch)
+        return factory(Path(path), num_threads=num_threads, precision=precision, **options)
 
 
 @dataclass(frozen=True)
@@ -116,7 +110,7 @@ class Format:
     family: str
     suffix: str
     package: bool  # a directory package (several files, hashed and committed as one)
-    module: str  # ssrconv.converters.<module>: convert, describe, verify, file_precision
+    module: str  # reader ssrconv.formats.<module>, converter ssrconv.converters.<module>
     engines: tuple[str, ...]  # engine names; the first is the default
     extra: str  # pip extra holding the converter (each includes ``export``: TensorFlow, Keras)
     default_precision: str
@@ -124,9 +118,13 @@ class Format:
     in_all: bool = True  # exported by `--to all` (False: only when asked for by name)
     converter_needs: tuple[str, ...] = ("tf2onnx", "onnx")  # modules besides TensorFlow/Keras
 
+    def reader(self):
+        """The format's read side (``verify``, ``describe``, ``file_precision``, optionally
+        ``static_batch``): needs only the runtime libraries, never TensorFlow."""
+        return importlib.import_module(f"ssrconv.formats.{self.module}")
+
     def converter(self):
-        """The format's converter/reader module (imported lazily: converting is heavy, reading
-        needs only the runtime libraries)."""
+        """The format's converter module (``convert``; imported lazily: converting is heavy)."""
         return importlib.import_module(f"ssrconv.converters.{self.module}")
 
     @property
@@ -135,8 +133,8 @@ class Format:
 
     def static_batch(self, path) -> int | None:
         """The fixed input batch stored in the file (``export --batch N``), or None when it is
-        variable or the format stores none (the converter module's ``static_batch``)."""
-        reader = getattr(self.converter(), "static_batch", None)
+        variable or the format stores none (the reader module's ``static_batch``)."""
+        reader = getattr(self.reader(), "static_batch", None)
         return reader(Path(path)) if reader is not None else None
 
 

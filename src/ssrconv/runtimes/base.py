@@ -9,8 +9,6 @@ import numpy as np
 
 from ssrconv.errors import SsrconvError
 
-HEADS = ("age", "p_male")
-
 
 class Runtime(ABC):
     """A loaded artifact. ``engine`` names what actually executes it (e.g. ``tflite+xnnpack``,
@@ -37,10 +35,10 @@ class Runtime(ABC):
         return np.ascontiguousarray(array, dtype=np.float32)
 
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
-        """The stage tensors named by ``specs`` (see :mod:`ssrconv.runtimes.stages`) for
+        """The stage tensors named by ``specs`` (see :mod:`ssrconv.stages`) for
         ``batch``, as float32 {spec.key: (N, units)}; StagesUnavailable when this runtime
         cannot expose them."""
-        from ssrconv.runtimes.stages import StagesUnavailable
+        from ssrconv.stages import StagesUnavailable
 
         raise StagesUnavailable(f"{self.engine} exposes the model outputs only")
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from ssrconv.atomic import remove_path, track
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 # As the machine probe ran it (root: --no-sandbox); the background-networking flags stop
@@ -43,7 +44,7 @@ TIMEOUT_MS = 120_000
 
 def chromium_path() -> Path:
     """The Chromium executable the browser engines launch; BrowserSetupError when missing."""
-    from ssrconv.converters.web import BrowserSetupError
+    from ssrconv.formats.web import BrowserSetupError
 
     path = Path(os.environ.get("SSRCONV_CHROMIUM") or DEFAULT_CHROMIUM)
     if not (path.is_file() and os.access(path, os.X_OK)):
@@ -115,7 +116,7 @@ class BrowserPage:
         try:
             from playwright.sync_api import sync_playwright
         except ImportError:
-            from ssrconv.converters.web import BrowserSetupError
+            from ssrconv.formats.web import BrowserSetupError
 
             raise BrowserSetupError("Playwright for Python is not installed; run `make browser` "
                                     "or pip install 'ssrconv[browser]'") from None
@@ -213,7 +214,7 @@ class BrowserRuntime(Runtime):
     def _prepare(self) -> tuple[Path, str]:
         """(folder to serve, model file in it): a .web folder as is; for an .onnx, a private
         folder with the library, the vendored runtime and a copy of the model."""
-        from ssrconv.converters import web
+        from ssrconv.formats import web
 
         from ssrconv.targets import format_of
 
@@ -363,7 +364,7 @@ class LiteRtBrowserRuntime(BrowserRuntime):
         self.executed_precision = None  # LiteRT.js reports no per-kernel precision
 
     def _prepare(self) -> tuple[Path, str]:
-        from ssrconv.converters import tflite_flatbuffer, web
+        from ssrconv.formats import tflite_flatbuffer, web
 
         from ssrconv.targets import format_of
 
@@ -392,7 +393,7 @@ ENGINES = {BrowserRuntime.engine: BrowserRuntime, LiteRtBrowserRuntime.engine: L
 def litert_refuses(path: Path) -> str | None:
     """Why LiteRT.js cannot run ``path`` by design (a variable-batch input: it has no resize
     call), or None."""
-    from ssrconv.converters import tflite_flatbuffer
+    from ssrconv.formats import tflite_flatbuffer
 
     try:
         dynamic = tflite_flatbuffer.is_dynamic_batch(Path(path).read_bytes())

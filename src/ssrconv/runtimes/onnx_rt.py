@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 
 class OnnxRuntime(Runtime):
@@ -22,7 +23,7 @@ class OnnxRuntime(Runtime):
 
         import onnxruntime as ort
 
-        from ssrconv.converters.onnx import read_model
+        from ssrconv.formats.onnx import read_model
 
         self.proto = read_model(path)  # parsed and checked by onnx before onnxruntime sees it
         data = self.proto.SerializeToString()
@@ -53,7 +54,7 @@ class OnnxRuntime(Runtime):
         import onnx
         import onnxruntime as ort
 
-        from ssrconv.runtimes.stages import locate
+        from ssrconv.stages import locate
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:

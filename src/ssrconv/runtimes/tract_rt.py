@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 _MAX_MODELS = 4  # runnable models kept, one per batch size
 
@@ -33,7 +34,7 @@ class TractRuntime(Runtime):
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         import tract
 
-        from ssrconv.converters.onnx import read_model
+        from ssrconv.formats.onnx import read_model
 
         self.path = Path(path)
         from ssrconv.targets import format_of
