@@ -71,6 +71,7 @@ class Engine:
     # "module:function(path)" returning why the engine cannot read this file by design (None:
     # it can), e.g. LiteRT.js and a variable-batch .tflite: such pairs are reported, not run.
     refusal: str | None = None
+    in_browser: bool = False  # runs inside a web page (its timings include the page's calls)
 
     def refuses(self, path) -> str | None:
         """Why this engine cannot read ``path`` by design, or None."""
@@ -116,6 +117,8 @@ class Format:
     default_precision: str
     description: str
     in_all: bool = True  # exported by `--to all` (False: only when asked for by name)
+    # The family of the model a package wraps and runs (a .web folder: an .onnx), if any.
+    inner_family: str | None = None
     converter_needs: tuple[str, ...] = ("tf2onnx", "onnx")  # modules besides TensorFlow/Keras
 
     def reader(self):
@@ -131,6 +134,12 @@ class Format:
     def engine(self) -> Engine:
         return ENGINES[self.engines[0]]
 
+    def inner_artifact(self, path) -> Path | None:
+        """The file inside a package a runtime reads (a .web folder's .onnx, an IR's .xml), or
+        None for a single-file format (the reader module's ``inner_artifact``)."""
+        reader = getattr(self.reader(), "inner_artifact", None)
+        return reader(Path(path)) if reader is not None else None
+
     def static_batch(self, path) -> int | None:
         """The fixed input batch stored in the file (``export --batch N``), or None when it is
         variable or the format stores none (the reader module's ``static_batch``)."""
@@ -145,11 +154,11 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            ("ai_edge_litert",), "ai-edge-litert (TFLite without TensorFlow), XNNPACK"),
     Engine("chromium-ort-wasm", ("onnx", "web"), "ssrconv.runtimes.browser_rt:BrowserRuntime",
            "browser", ("playwright", "onnx"),
-           "onnxruntime-web (wasm) in headless system Chromium (make browser)"),
+           "onnxruntime-web (wasm) in headless system Chromium (make browser)", in_browser=True),
     Engine("chromium-litert-wasm", ("tflite",), "ssrconv.runtimes.browser_rt:LiteRtBrowserRuntime",
            "browser", ("playwright", "ai_edge_litert"),
            "LiteRT.js (wasm) in headless system Chromium; static-batch .tflite only",
-           refusal="ssrconv.runtimes.browser_rt:litert_refuses"),
+           refusal="ssrconv.runtimes.browser_rt:litert_refuses", in_browser=True),
     Engine("coreml", ("coreml",), "ssrconv.runtimes.coreml_rt:load_coreml", "export",
            ("coremltools",), "CoreML on macOS; a numpy interpreter of the MIL program elsewhere",
            untimed="ssrconv.runtimes.coreml_rt:not_timable_reason"),
@@ -173,7 +182,8 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
            "CoreML ML Program package", converter_needs=("coremltools",)),
     # Opt-in: it vendors the npm packages of package.json (`make browser`).
     Format("web", ".web", True, "web", ("chromium-ort-wasm",), "export", "fp32",
-           "static web folder (ONNX + YuNet + app + onnxruntime-web)", in_all=False),
+           "static web folder (ONNX + YuNet + app + onnxruntime-web)", in_all=False,
+           inner_family="onnx"),
     Format("openvino", ".openvino", True, "openvino", ("openvino",), "openvino", "fp32",
            "OpenVINO IR package: <stem>.xml + <stem>.bin",
            converter_needs=("tf2onnx", "onnx", "openvino")),
@@ -233,6 +243,8 @@ class Target:
     # original` converts the reference's instead) for this target's converter and runtime: a
     # name in ssrconv.graph.VARIANTS (None: the one named like the family: "tflite", "onnx").
     graph_variant: str | None = None
+    # Export options (ExportOptions fields) beyond the common ones that only some targets take.
+    options: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -273,11 +285,11 @@ TARGETS: dict[str, Target] = {
                graph_variant="per-head"),
         Target("tflite", "int8", "int8",
                "TFLite int8: convolutions and pools in int8 (weights and activations) except "
-               "each stream's first block; SSR head in float; calibrated"),
+               "each stream's first block; SSR head in float; calibrated", options=("int8_io",)),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
-               graph_variant="coreml"),
+               graph_variant="coreml", options=("image_input",)),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",
-               graph_variant="coreml-perstage"),
+               graph_variant="coreml-perstage", options=("image_input",)),
         Target("web", "fp32", "fp32",
                "Static web folder: fp32 ONNX + YuNet + a plain-JS app on onnxruntime-web (wasm)",
                graph_variant="onnx"),

@@ -203,7 +203,7 @@ def _runs_in_browser(entry: Entry) -> bool:
     if entry.backend not in FORMATS:
         return False
     name = entry.options.get("engine") or FORMATS[entry.backend].engines[0]
-    return get_engine(name).extra == "browser"
+    return get_engine(name).in_browser
 
 
 def add_native_rows(entries: list[Entry]) -> list[Entry]:
@@ -212,6 +212,7 @@ def add_native_rows(entries: list[Entry]) -> list[Entry]:
     for a ``.web`` folder the ``.onnx`` it carries (on onnxruntime) unless the export's own
     ``.onnx`` of that precision is already a row (the folder carries the same graph)."""
     from ssrconv.artifacts import open_artifact
+    from ssrconv.targets import FORMATS
 
     out = list(entries)
     native = [e for e in entries if e.timed and e.path and not _runs_in_browser(e)]
@@ -221,13 +222,12 @@ def add_native_rows(entries: list[Entry]) -> list[Entry]:
         path = Path(entry.path)
         if any(Path(e.path) == path for e in native):
             continue
-        if entry.backend == "web":
-            if any(e.backend == "onnx" and Path(e.path).parent == path.parent
+        inner_family = FORMATS[entry.backend].inner_family
+        if inner_family is not None:
+            if any(e.backend == inner_family and Path(e.path).parent == path.parent
                    and e.precision == entry.precision for e in native):
                 continue
-            from ssrconv.formats.web import read_config
-
-            inner = open_artifact(path / read_config(path)["model"])
+            inner = open_artifact(FORMATS[entry.backend].inner_artifact(path))
             row = artifact_entry(inner)
             row.name = row.worker_key = f"{path.name}/{inner.path.name}"
         else:

@@ -122,3 +122,8 @@ def ir_files(package: Path) -> tuple[Path, Path]:
         raise ModelFileError(f"{package}: an OpenVINO package holds one .xml, found {len(xmls)}; "
                              "re-export it with ssrconv export --to openvino")
     return xmls[0], xmls[0].with_suffix(".bin")
+
+
+def inner_artifact(path: Path) -> Path:
+    """The file of the package a runtime reads: the IR's ``.xml`` (its ``.bin`` beside it)."""
+    return ir_files(path)[0]

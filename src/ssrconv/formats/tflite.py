@@ -275,3 +275,16 @@ def file_precision(path: Path) -> str:
     if np.dtype(np.float16) in kinds:
         return "fp16"
     return "fp32"
+
+
+def output_names(path: Path) -> list[str]:
+    """The signature names of a .tflite's outputs, in subgraph output order (what a runtime that
+    names outputs after their tensors, e.g. OpenVINO's ``StatefulPartitionedCall_1:0``, maps
+    back to the heads)."""
+    from ssrconv.formats import tflite_flatbuffer
+
+    model = tflite_flatbuffer.load(path.read_bytes())
+    if not model.signatureDefs:
+        return []
+    names = {o.tensorIndex: o.name.decode() for o in model.signatureDefs[0].outputs}
+    return [names.get(i, "") for i in model.subgraphs[0].outputs]

@@ -14,7 +14,6 @@ class Runtime(ABC):
     """A loaded artifact. ``engine`` names what actually executes it (e.g. ``tflite+xnnpack``,
     ``coreml-mil-numpy``), so reports never pass one engine off as another."""
 
-    backend: str = ""
     engine: str = ""
     path: Path | None = None
     heads: tuple[str, ...] = ()
@@ -59,6 +58,15 @@ class Runtime(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+    @property
+    def backend(self) -> str:
+        """The format family this runtime serves, asked of the table from its path ("" when it
+        has none; the reference runtimes name themselves)."""
+        from ssrconv.targets import format_of
+
+        fmt = format_of(self.path) if self.path is not None else None
+        return fmt.family if fmt is not None else ""
 
     def describe(self) -> dict:
         return {"backend": self.backend, "engine": self.engine,

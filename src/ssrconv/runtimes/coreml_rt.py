@@ -58,7 +58,7 @@ def load_coreml(path: Path, num_threads: int | None = None, precision: str | Non
 
 
 class _CoreMLBase(Runtime):
-    backend = "coreml"
+    """What the native and the numpy CoreML runtimes share."""
 
     def _outputs(self, results: dict, n: int) -> dict[str, np.ndarray]:
         return {h: self.head_values(h, results[h], n) for h in self.heads}

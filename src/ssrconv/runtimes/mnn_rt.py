@@ -28,8 +28,6 @@ WINOGRAD_MEMORY_LEVEL = 3  # MNN::Interpreter::HintMode; value 0 = no Winograd
 class MnnRuntime(Runtime):
     """An ``.mnn`` file on MNN's CPU backend, one thread unless told otherwise."""
 
-    backend = "mnn"
-
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         from ssrconv.formats.mnn import file_precision
 

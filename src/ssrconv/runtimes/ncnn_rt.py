@@ -29,8 +29,6 @@ FP16_OPTIONS = {"use_vulkan_compute": False, "use_fp16_storage": True, "use_fp16
 class NcnnRuntime(Runtime):
     """An ``.ncnn`` package (param + bin) on ncnn's CPU path, one thread unless told otherwise."""
 
-    backend = "ncnn"
-
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         import ncnn
 

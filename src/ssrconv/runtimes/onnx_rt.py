@@ -14,7 +14,6 @@ from ssrconv.runtimes.base import Runtime
 class OnnxRuntime(Runtime):
     """An .onnx artifact on onnxruntime's CPU execution provider."""
 
-    backend = "onnx"
     engine = "onnxruntime-cpu"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):

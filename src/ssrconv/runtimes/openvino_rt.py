@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.formats.openvino import ir_files
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime
 
@@ -35,9 +34,9 @@ _MAX_COMPILED = 4
 
 
 
-def _family(path: Path) -> str:
-    """The format family of ``path`` (from the table), refused unless OpenVINO reads it. The
-    bytes were verified by :func:`ssrconv.artifacts.open_artifact` before this runtime got them."""
+def _format(path: Path):
+    """The format of ``path`` (from the table), refused unless OpenVINO reads it. The bytes
+    were verified by :func:`ssrconv.artifacts.open_artifact` before this runtime got them."""
     from ssrconv.targets import ENGINES, format_of
 
     fmt = format_of(path)
@@ -45,19 +44,7 @@ def _family(path: Path) -> str:
     if fmt is None or fmt.family not in reads:
         raise ModelFileError(f"{path}: OpenVINO reads {', '.join(reads)} artifacts, not "
                              f"{path.suffix or '(no suffix)'!r}")
-    return fmt.family
-
-
-def _tflite_heads(path: Path) -> list[str]:
-    """The signature names of a .tflite's outputs, in subgraph output order (OpenVINO's TFLite
-    frontend names outputs after their tensors, e.g. ``StatefulPartitionedCall_1:0``)."""
-    from ssrconv.formats import tflite_flatbuffer
-
-    model = tflite_flatbuffer.load(path.read_bytes())
-    if not model.signatureDefs:
-        return []
-    names = {o.tensorIndex: o.name.decode() for o in model.signatureDefs[0].outputs}
-    return [names.get(i, "") for i in model.subgraphs[0].outputs]
+    return fmt
 
 
 def _ir_precision(model) -> str | None:
@@ -84,26 +71,26 @@ class OpenVinoRuntime(Runtime):
         self.path = Path(path)
         if not self.path.exists():
             raise ModelFileError(f"{self.path}: no such file")
-        self.backend = _family(self.path)
-        source = ir_files(self.path)[0] if self.backend == "openvino" else self.path
+        fmt = _format(self.path)
+        source = fmt.inner_artifact(self.path) or self.path
         self.core = ov.Core()
         try:
             self.model = self.core.read_model(str(source))
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError/GeneralFailure
             raise ModelFileError(f"{self.path}: OpenVINO cannot read it ({_ov_error(err)})") from None
         self.float_convs = float_signed_input_convs(self.model)
-        if precision is None and self.backend == "openvino":
+        if precision is None:  # an ssrconv IR records its own; other files run in f32
             precision = _ir_precision(self.model)
         self.precision = precision
         self.requested_hint = _HINTS.get(precision or "", "f32")
         self.threads = num_threads
         if len(self.model.inputs) != 1:
             raise SsrconvError(f"{self.path}: not an SSR-Net export ({len(self.model.inputs)} inputs)")
-        if self.backend == "tflite":
-            heads = _tflite_heads(self.path)
-        else:
-            heads = [next((n for n in o.get_names() if n in HEADS), o.get_any_name())
-                     for o in self.model.outputs]
+        heads = [next((n for n in o.get_names() if n in HEADS), o.get_any_name())
+                 for o in self.model.outputs]
+        renamed = getattr(fmt.reader(), "output_names", None)  # names the frontend dropped
+        if not set(heads) <= set(HEADS) and renamed is not None:
+            heads = renamed(self.path)
         if not heads or not set(heads) <= set(HEADS) or len(set(heads)) != len(heads):
             raise SsrconvError(f"{self.path}: not an SSR-Net export (outputs {heads})")
         self.heads = tuple(heads)

@@ -34,7 +34,6 @@ class TFLiteRuntime(Runtime):
     layers (see :func:`has_int8_dense`), which get the builtin kernels.
     """
 
-    backend = "tflite"
     stage_engine = "tflite-builtin"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None,

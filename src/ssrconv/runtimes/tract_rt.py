@@ -28,7 +28,6 @@ _MAX_MODELS = 4  # runnable models kept, one per batch size
 class TractRuntime(Runtime):
     """An .onnx artifact on tract (CPU, one thread)."""
 
-    backend = "onnx"
     engine = "tract"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
@@ -36,11 +35,11 @@ class TractRuntime(Runtime):
 
         from ssrconv.formats.onnx import read_model
 
-        self.path = Path(path)
-        from ssrconv.targets import format_of
+        from ssrconv.targets import ENGINES, format_of
 
-        if getattr(format_of(self.path), "family", None) != "onnx":
-            raise ModelFileError(f"{self.path}: tract reads .onnx only")
+        self.path = Path(path)
+        if getattr(format_of(self.path), "family", None) not in ENGINES["tract"].reads:
+            raise ModelFileError(f"{self.path}: tract reads {', '.join(ENGINES['tract'].reads)} only")
         proto = read_model(self.path)  # checked before tract's parser sees the bytes
         inputs = [i.name for i in proto.graph.input
                   if i.name not in {init.name for init in proto.graph.initializer}]
