@@ -228,14 +228,15 @@ def test_web_page_webcam_loop_runs_on_a_fake_camera(web_export):
 
 
 def test_browser_engine_refuses_a_corrupt_onnx_in_one_line(tmp_path):
+    """The read path verifies the file before the browser engine is handed it."""
     _need_browser()
     from ssrconv.errors import ModelFileError
-    from ssrconv.runtimes.browser_rt import BrowserRuntime
+    from ssrconv.loading import load_runtime
 
     bad = tmp_path / "garbage.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 100)
     with pytest.raises(ModelFileError, match="garbage.onnx") as err:
-        BrowserRuntime(bad)
+        load_runtime(bad, engine="chromium-ort-wasm")
     assert "\n" not in str(err.value)
 
 

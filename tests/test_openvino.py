@@ -131,7 +131,7 @@ def test_verify_refuses_broken_packages(export_dir, tmp_path):
     import shutil
 
     from ssrconv.formats.openvino import verify
-    from ssrconv.runtimes.openvino_rt import OpenVinoRuntime
+    from ssrconv.loading import load_runtime
 
     good = _artifact(export_dir, "openvino-fp32")
     verify(good)
@@ -139,8 +139,8 @@ def test_verify_refuses_broken_packages(export_dir, tmp_path):
     shutil.copytree(good, broken)
     xml, bin_ = sorted(broken.glob("*.xml"))[0], sorted(broken.glob("*.bin"))[0]
     bin_.write_bytes(bin_.read_bytes()[:1000])
-    with pytest.raises(ModelFileError, match="truncated"):
-        OpenVinoRuntime(broken)
+    with pytest.raises(ModelFileError, match="truncated"):  # verified before OpenVINO reads it
+        load_runtime(broken, engine="openvino")
     bin_.unlink()
     with pytest.raises(ModelFileError, match="missing"):
         verify(broken)
