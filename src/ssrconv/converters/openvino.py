@@ -25,7 +25,6 @@ from pathlib import Path
 
 from ssrconv.atomic import scratch_dir
 
-SUFFIX = ".openvino"
 # The execution precision an IR asks for, by artifact precision (runtimes/openvino_rt.py sets
 # the same hint; OpenVINO's own default on AMX CPUs is bf16 even for an f32 graph).
 EXECUTION_HINT = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
