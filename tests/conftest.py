@@ -68,8 +68,8 @@ def references(assets_dir):
     gender-wiki), built once per task and weights per session. Its ``.reference`` is the
     :class:`ssrconv.reference.Reference` (the Keras model and its weights' provenance). Tests
     must not change its model's weights (they build their own for that)."""
-    from ssrconv.reference.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS
+    from ssrconv.loading import load_runtime
 
     built = {}
 
@@ -237,7 +237,7 @@ def stage_drift(faces, keras_reference):
     engine against the reference, on the first ``n`` faces (ssrconv.parity.stage_differences);
     fails when the 18 stage tensors are not all found."""
     from ssrconv.parity import stage_differences
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     def drift(path, n=8):
         stages, note = stage_differences(load_runtime(path), keras_reference, faces.inputs[:n])

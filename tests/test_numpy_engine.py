@@ -12,8 +12,8 @@ from golden_assets import golden_outputs
 from ssrconv.errors import MissingExtraError, WeightsError
 from ssrconv.parity import synthetic_inputs
 from ssrconv.reference import load_reference_runtime
-from ssrconv.reference.assets import ASSETS
-from ssrconv.runtimes.stages import stage_specs
+from ssrconv.assets import ASSETS
+from ssrconv.stages import stage_specs
 
 ENGINES = ("numpy-float32", "numpy-float64")
 AGE = [n for n, a in ASSETS.items() if a.kind == "age"]
@@ -111,7 +111,7 @@ def test_stage_outputs_match_keras(keras_reference, numpy_references, faces, eng
 
 
 def test_stage_outputs_refuse_unknown_layers(assets_dir, faces):
-    from ssrconv.runtimes.stages import StagesUnavailable
+    from ssrconv.stages import StagesUnavailable
 
     single = load_reference_runtime("age", engine="numpy")
     with pytest.raises(StagesUnavailable, match="age_pred_age_stage1"):

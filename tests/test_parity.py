@@ -78,7 +78,7 @@ def test_parity_fails_on_a_corrupted_artifact(export_dir, faces_dir, tmp_path, c
 def test_eval_reproduces_reference_mae_from_every_fp32_artifact(export_dir, faces,
                                                                  keras_reference):
     from ssrconv.evaluate import evaluate
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     reference = evaluate(keras_reference, faces)["summary"]
     assert reference["adults"] == 240

@@ -34,7 +34,7 @@ def test_every_backend_agrees_with_reference_on_the_group_photo(export_dir, grou
                                                                 keras_reference):
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     artifact = export_dir / TARGETS[key].filename("age-gender")
     predictor = Predictor(load_runtime(artifact), make_detector("yunet"),

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from ssrconv.artifacts import discover, open_artifact, read_index
-from ssrconv.converters import tflite_flatbuffer as tfb
+from ssrconv.formats import tflite_flatbuffer as tfb
 from ssrconv.errors import ManifestError, ModelFileError
 
 
