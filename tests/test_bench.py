@@ -23,11 +23,6 @@ from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES, size_info
 TINY = dict(runs=4, warmup=1, rounds=2, batch=4, pipeline_runs=2)
 
 
-def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", *args],
-                          capture_output=True, text=True, timeout=timeout)
-
-
 # ---------------------------------------------------------------- statistics (pure)
 
 
@@ -290,15 +285,16 @@ def _one_line_error(out, *needles):
         assert needle in lines[0]
 
 
-def test_cli_errors(tmp_path):
-    _one_line_error(_cli("--model", str(tmp_path / "missing.onnx")), "no such file")
+def test_cli_errors(cli, tmp_path):
+    _one_line_error(cli("bench", "--model", str(tmp_path / "missing.onnx")), "no such file")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(_cli("--all", str(empty)), "no artifacts")
+    _one_line_error(cli("bench", "--all", str(empty)), "no artifacts")
     onnx = tmp_path / "x.onnx"
     onnx.write_bytes(b"not really")
-    _one_line_error(_cli("--backend", "coreml", "--model", str(onnx)), "x.onnx", "not a valid ONNX")
-    _one_line_error(_cli("--backend", "keras", "--plot", str(tmp_path / "x.jpg")), ".png")
+    _one_line_error(cli("bench", "--backend", "coreml", "--model", onnx), "x.onnx",
+                    "not a valid ONNX")
+    _one_line_error(cli("bench", "--backend", "keras", "--plot", str(tmp_path / "x.jpg")), ".png")
 
 
 def test_backend_without_model_uses_or_makes_the_default_export(tmp_path, monkeypatch):
@@ -318,24 +314,21 @@ def test_backend_without_model_uses_or_makes_the_default_export(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_backend_tflite_verbatim_times_the_default_export(export_dir, tmp_path):
+def test_backend_tflite_verbatim_times_the_default_export(export_dir, tmp_path, cli):
     """The design card's `ssrconv bench --backend tflite`, run where ssrconv-out/ exists: every
     tflite artifact there, beside the reference."""
     import shutil
 
     shutil.copytree(export_dir, tmp_path / "ssrconv-out")
     json_out = tmp_path / "b.json"
-    out = subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", "--backend", "tflite",
-                          "--runs", "2", "--warmup", "1", "--rounds", "1", "--batch", "2",
-                          "--pipeline-runs", "1", "--json", str(json_out)],
-                         capture_output=True, text=True, timeout=900,
-                         cwd=tmp_path)
+    out = cli("bench", "--backend", "tflite", "--runs", "2", "--warmup", "1", "--rounds", "1",
+              "--batch", "2", "--pipeline-runs", "1", "--json", json_out, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     names = [r["name"] for r in json.loads(json_out.read_text())["results"]]
     assert sorted(n for n in names if n.endswith(".tflite")) == sorted(
         p.name for p in export_dir.glob("*.tflite"))
     assert any(n.startswith("keras") for n in names) and "timing the tflite artifacts" in out.stderr
-    usage = _cli()
+    usage = cli("bench")
     assert usage.returncode == 2 and "--all DIR" in usage.stderr
 
 
@@ -351,13 +344,13 @@ def test_command_module_is_light():
 
 
 @pytest.mark.slow
-def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path):
+def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path, cli):
     """Every artifact of a real export plus Keras, interleaved: finite positive medians for
     each timed row, CoreML reported as not timed off macOS, TFLite workers without TensorFlow."""
     json_out, md_out, png_out = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
-    out = _cli("--all", str(export_dir), "--runs", "4", "--warmup", "1", "--rounds", "2",
-               "--batch", "4", "--faces", str(faces_dir), "--pipeline-runs", "2",
-               "--json", str(json_out), "--markdown", str(md_out), "--plot", str(png_out))
+    out = cli("bench", "--all", export_dir, "--runs", "4", "--warmup", "1", "--rounds", "2",
+              "--batch", "4", "--faces", faces_dir, "--pipeline-runs", "2",
+              "--json", json_out, "--markdown", md_out, "--plot", png_out)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(json_out.read_text())
     rows = {r["name"]: r for r in report["results"]}
@@ -394,11 +387,11 @@ def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_single_tflite_worker_does_not_import_tensorflow(export_dir, tmp_path, precision):
+def test_single_tflite_worker_does_not_import_tensorflow(export_dir, tmp_path, precision, cli):
     model = export_dir / f"ssrnet_age_gender_{precision}.tflite"
     json_out = tmp_path / "b.json"
-    out = _cli("--backend", "tflite", "--model", str(model), "--runs", "3", "--warmup", "1",
-               "--rounds", "1", "--batch", "2", "--pipeline-runs", "0", "--json", str(json_out))
+    out = cli("bench", "--backend", "tflite", "--model", model, "--runs", "3", "--warmup", "1",
+              "--rounds", "1", "--batch", "2", "--pipeline-runs", "0", "--json", json_out)
     assert out.returncode == 0, out.stderr[-2000:]
     (row,) = json.loads(json_out.read_text())["results"]
     assert row["status"] == "ok" and row["tensorflow_imported"] is False
@@ -406,7 +399,7 @@ def test_single_tflite_worker_does_not_import_tensorflow(export_dir, tmp_path, p
 
 
 @pytest.mark.slow
-def test_corrupt_tflite_refused_before_timing(export_dir, tmp_path):
+def test_corrupt_tflite_refused_before_timing(export_dir, tmp_path, cli):
     """Random bytes named .tflite are refused by the read path, in one line, before any worker
     is started; a verified artifact's row is measured."""
     from ssrconv.artifacts import open_artifact
@@ -417,7 +410,7 @@ def test_corrupt_tflite_refused_before_timing(export_dir, tmp_path):
     with pytest.raises(ModelFileError, match="corrupt.tflite") as err:
         open_artifact(corrupt)
     assert "\n" not in str(err.value)
-    out = _cli("--model", str(corrupt), "--runs", "2")
+    out = cli("bench", "--model", str(corrupt), "--runs", "2")
     assert out.returncode == 1 and "corrupt.tflite" in out.stderr and "Traceback" not in out.stderr
     rows = [artifact_entry(open_artifact(export_dir / "ssrnet_age_gender_fp32.onnx"))]
     report = run_bench(rows, Settings(**TINY))
