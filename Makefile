@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= ssrconv-out
 
-.PHONY: setup browser demo test test-fast test-runtime-only readme-figures model-card clean
+.PHONY: setup browser demo test test-fast test-runtime-only install-sizes readme-figures model-card clean
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ test-fast: setup
 # every converter command fails in one line naming ssrconv[export]. About 3 minutes.
 test-runtime-only: setup
 	FULL_BIN=$(BIN) bash tools/runtime_only_check.sh
+
+# The README's install sizes, measured: du -sh of this venv and of a fresh runtime-only one.
+install-sizes: setup
+	bash tools/install_sizes.sh $(VENV)
 
 # Regenerate the README's measured figures (sizes, parity, speed, accuracy, predict example).
 FIG := $(OUT)/figures
