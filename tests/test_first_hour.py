@@ -1,0 +1,113 @@
+"""What a newcomer meets in the first hour (issue 27): the install, the taglines and hints, the
+error lines, predict's outputs and its Python call."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "ssrconv.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------ the install
+def test_setup_venv_holds_no_cuda_packages():
+    """`make setup`'s venv (the one running this suite) has every extra and pnnx, and not one
+    CUDA distribution: pnnx is installed with --no-deps (its wheel requires a CUDA torch)."""
+    names = {(dist.metadata["Name"] or "").lower() for dist in metadata.distributions()}
+    assert "tensorflow" in names and "pnnx" in names  # the full install, not a small one
+    cuda = sorted(n for n in names
+                  if n.startswith("nvidia-") or n in ("triton", "torch", "pytorch-triton"))
+    assert not cuda, f"CUDA packages installed: {cuda}"
+
+
+# ------------------------------------------------------------------ taglines and hints
+def test_taglines_name_every_format_of_the_table():
+    import ssrconv
+    from ssrconv.targets import FORMATS, formats_in_words
+
+    titles = [f.title for f in FORMATS.values()]
+    assert all(titles) and formats_in_words().endswith(" and " + titles[-1])
+    group, export = _cli("--help").stdout, _cli("export", "--help").stdout
+    for text in (" ".join(group.split()), " ".join(export.split()),
+                 " ".join(ssrconv.__doc__.split())):
+        missing = [t for t in titles if t not in text]
+        assert not missing, f"{missing} not named in: {text[:200]}"
+    assert "ONNX, TFLite and CoreML" not in group + export + ssrconv.__doc__
+
+
+def test_coreml_runtime_hint_names_the_coreml_extra(tmp_path, monkeypatch):
+    """A .mlpackage needs coremltools to run: the hint names ssrconv[coreml] (the README's),
+    not the converters' [export]."""
+    import ssrconv._extras as extras
+    from ssrconv.errors import MissingExtraError
+    from ssrconv.targets import get_engine
+
+    real = extras.available
+    monkeypatch.setattr(extras, "available", lambda m: m != "coremltools" and real(m))
+    with pytest.raises(MissingExtraError, match=re.escape("pip install 'ssrconv[coreml]'")):
+        get_engine("coreml").load(tmp_path / "x.mlpackage")
+
+
+# ------------------------------------------------------------------ predict
+def test_readme_predict_example_is_the_default_json_and_annotates_with_out():
+    """The README's predict example shows what the command prints by default (JSON) and says
+    that annotated copies are written with --out."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### predict", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    command = re.search(r"^ssrconv predict .*$", section, re.M).group(0)
+    assert "--format csv" not in command
+    output = section.split("```json", 1)[1].split("```", 1)[0]
+    assert output.lstrip().startswith("{") and '"faces"' in output
+    assert "--out" in command and "annotated" in section
+
+
+def test_predict_writes_nothing_beside_inputs_without_out(images_dir, tmp_path, assets_dir):
+    photo = tmp_path / "astronaut.png"
+    photo.write_bytes((images_dir / "astronaut.png").read_bytes())
+    done = _cli("predict", photo, "--reference-engine", "numpy")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["annotated"] == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut.png"]
+
+
+def test_predict_annotated_copy_keeps_the_input_format(images_dir, tmp_path, assets_dir):
+    import cv2
+
+    done = _cli("predict", images_dir / "astronaut.png", images_dir / "group_t1.jpg",
+                "--reference-engine", "numpy", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    png, jpg = tmp_path / "astronaut_annotated.png", tmp_path / "group_t1_annotated.jpg"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert jpg.read_bytes()[:3] == b"\xff\xd8\xff"
+    original = cv2.imread(str(images_dir / "astronaut.png"))
+    assert cv2.imread(str(png)).shape == original.shape
+    assert json.loads(done.stdout)["annotated"] == [str(png), str(jpg)]
+
+
+def test_predict_faces_python_call(images_dir, assets_dir):
+    """Photo in, faces with ages out: the same faces and ages as `ssrconv predict`."""
+    import cv2
+
+    import ssrconv
+
+    photo = images_dir / "group_t1.jpg"
+    faces = ssrconv.predict_faces(photo)
+    assert len(faces) == 6
+    assert {"box", "score", "age", "p_male", "gender"} <= set(faces[0])
+    cli = json.loads(_cli("predict", photo).stdout)["faces"]
+    assert [f["age"] for f in faces] == pytest.approx([f["age"] for f in cli], abs=1e-3)
+    from_array = ssrconv.predict_faces(cv2.imread(str(photo)))
+    assert [f["box"] for f in from_array] == [f["box"] for f in faces]
+    assert all(0 < f["age"] < 101 and 0 <= f["p_male"] <= 1 for f in faces)
