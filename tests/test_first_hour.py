@@ -111,3 +111,48 @@ def test_predict_faces_python_call(images_dir, assets_dir):
     from_array = ssrconv.predict_faces(cv2.imread(str(photo)))
     assert [f["box"] for f in from_array] == [f["box"] for f in faces]
     assert all(0 < f["age"] < 101 and 0 <= f["p_male"] <= 1 for f in faces)
+
+
+# ------------------------------------------------------------------ bench output
+@pytest.fixture(scope="module")
+def long_named_report():
+    """The bench test's fake rows, named like a full export's longest file and engine names."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_bench import TINY, Settings, _fake_entries, build_report, fingerprint
+
+    entries = _fake_entries()
+    for entry in entries:
+        if entry.backend not in ("keras",):
+            entry.name = "ssrnet_age_gender_fp32.openvino" if entry.status == "ok" else entry.name
+            entry.engine = "mnn-cpu-high-nowinograd" if entry.status == "ok" else entry.engine
+    return build_report(entries, [3_000_000] * 5, Settings(threads=1, **TINY), fingerprint(1),
+                        "seeded random inputs")
+
+
+def test_bench_text_fits_100_columns_unless_wide(long_named_report):
+    from ssrconv.benchmarks.report import render_markdown, render_text
+
+    text = render_text(long_named_report)
+    too_wide = [line for line in text.splitlines() if len(line) > 100]
+    assert not too_wide, too_wide[:3]
+    lines = text.splitlines()
+    header = lines[lines.index("Throughput and efficiency") + 1]
+    assert "faces/s" in header and "GFLOP/s" not in header and "--wide" in text
+    wide = render_text(long_named_report, wide=True)
+    assert max(len(line) for line in wide.splitlines()) > 100
+    for column in ("GFLOP/s", "p99", "peak RSS MB", "overhead us/call", "x paper 0.32 MB"):
+        assert column in wide and column in render_markdown(long_named_report)
+
+
+def test_bench_plot_leaves_model_predict_off_the_log_axis(long_named_report):
+    from ssrconv.benchmarks.report import plotted_rows, render_plot
+
+    drawn, left_out = plotted_rows(long_named_report["results"])
+    assert [r["name"] for r in left_out] == ["keras (model.predict)"]
+    assert "keras (model call)" in [r["name"] for r in drawn]
+    assert all(r["mode"] != "predict" for r in drawn)
+    assert render_plot(long_named_report)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_cli_has_wide():
+    assert "--wide" in _cli("bench", "--help").stdout

@@ -16,4 +16,4 @@ echo "install-sizes: building a runtime-only venv (pip install ., no extras) in 
 
 size() { du -sh "$1" | cut -f1; }
 echo "full install (make setup: .[all,test] + pnnx --no-deps): $(size "$FULL")   # du -sh $FULL"
-echo "runtime-only install (pip install .):                   $(size "$WORK/venv")   # $PYTHON -m venv V && V/bin/pip install . && du -sh V"
+echo "runtime-only install (pip install .):                   $(size "$WORK/venv")   # $(basename "$PYTHON") -m venv V && V/bin/pip install . && du -sh V"
