@@ -1,4 +1,5 @@
 # Set-up and the two jobs the README names. Everything lands in ./.venv.
+SHELL := bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,11 +9,17 @@ OUT    ?= ssrconv-out
 
 setup: $(VENV)/.installed
 
+# pip's own output is hundreds of lines; PIP_PROGRESS keeps one line per ten packages resolved,
+# then the install step (about 3 minutes on 2 cores from a warm cache, 3.3 GB: make install-sizes).
+PIP_PROGRESS = awk '/^Collecting/ { n++; if (n % 10 == 0) { print "  setup: " n " packages resolved..."; fflush() } } \
+  /^Installing collected/ { print "  setup: installing " n " packages (the longest step)..."; fflush() } \
+  /^Successfully installed/ { print "  setup: installed" }'
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ssrconv needs Python 3.11, got " + sys.version' 
+	@echo "setup: creating $(VENV) and installing ssrconv with every converter and runtime"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[all,test]'
+	set -o pipefail; $(BIN)/pip install --progress-bar off -e '.[all,test]' | $(PIP_PROGRESS)
 	$(BIN)/pip install --quiet --no-deps 'pnnx>=20261020'
 	@touch $@
 
@@ -32,11 +39,13 @@ browser: setup
 # Needs no data of one's own: without SSRCONV_FACES, int8 is calibrated data-free and parity runs
 # on the 7 faces of the built-in sample photos (assets, downloaded or from SSRCONV_ASSETS).
 # With SSRCONV_FACES (aligned chips or photos), both use those faces.
+DEMO_STARTED := $(shell date +%s)
 demo: setup
 	$(BIN)/ssrconv info
 	$(BIN)/ssrconv export --to all $${SSRCONV_FACES:+--calibration "$$SSRCONV_FACES"} --out $(OUT)
 	$(BIN)/ssrconv parity $(OUT) --json $(OUT)/parity.json --markdown $(OUT)/parity.md --junit $(OUT)/parity.xml
 	$(BIN)/ssrconv bench --all $(OUT) --json $(OUT)/bench.json --markdown $(OUT)/bench.md --plot $(OUT)/bench.png
+	@$(BIN)/python tools/demo_summary.py $(OUT) --started $(DEMO_STARTED)
 
 # The whole suite, slow tests included (CI runs exactly this). The browser tests need Chromium
 # and the npm packages: `make browser` (idempotent) comes first.

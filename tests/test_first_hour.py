@@ -120,11 +120,12 @@ def long_named_report():
     sys.path.insert(0, str(ROOT / "tests"))
     from test_bench import TINY, Settings, _fake_entries, build_report, fingerprint
 
+    names = {"a.onnx": "ssrnet_age_gender_fp32.openvino", "a.tflite": "ssrnet_age_gender_fp16.openvino",
+             "a_int8.tflite": "ssrnet_age_gender_int8.openvino"}
     entries = _fake_entries()
     for entry in entries:
-        if entry.backend not in ("keras",):
-            entry.name = "ssrnet_age_gender_fp32.openvino" if entry.status == "ok" else entry.name
-            entry.engine = "mnn-cpu-high-nowinograd" if entry.status == "ok" else entry.engine
+        if entry.name in names:
+            entry.name, entry.engine = names[entry.name], "mnn-cpu-high-nowinograd"
     return build_report(entries, [3_000_000] * 5, Settings(threads=1, **TINY), fingerprint(1),
                         "seeded random inputs")
 
@@ -156,3 +157,36 @@ def test_bench_plot_leaves_model_predict_off_the_log_axis(long_named_report):
 
 def test_bench_cli_has_wide():
     assert "--wide" in _cli("bench", "--help").stdout
+
+
+# ------------------------------------------------------------------ make demo's last screen
+def test_demo_summary_reads_what_the_demo_wrote(long_named_report, tmp_path):
+    from ssrconv.benchmarks.report import render_json
+    from ssrconv.parity import HeadStats, ParityReport, ParityResult
+
+    files = ["ssrnet_age_gender_fp32.tflite", "ssrnet_age_gender_int8.tflite",
+             "ssrnet_age_gender_fp16.mlpackage"]
+    (tmp_path / "index.json").write_text(json.dumps({"artifacts": [
+        {"file": f, "bytes": 1000, "target": "t"} for f in files]}))
+
+    def row(name, max_age, not_run=None):
+        real = {} if not_run else {"age": HeadStats(max_age, max_age / 4, max_age, 1.0)}
+        return ParityResult(name, "t", "e", {}, 0 if not_run else 7, 64, real, {},
+                            not_run=not_run)
+
+    report = ParityReport("samples", [row(files[0], 4e-5), row(files[1], 0.93),
+                                      row(files[2], 0, not_run="engine coreml is not installed")])
+    (tmp_path / "parity.json").write_text(json.dumps(report.as_dict()))
+    (tmp_path / "bench.json").write_text(render_json(long_named_report))
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "demo_summary.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert f"artifacts written: 3 in {tmp_path}/" in text
+    assert "parity: PASS: 2 of 2 checks within budget on 7 real faces, 1 not run" in text
+    assert "largest age difference 0.93 y (ssrnet_age_gender_int8.tflite)" in text
+    # the fake report's fastest artifact row: 420 us per face, 21,000 us for model.predict
+    assert "fastest artifact: ssrnet_age_gender_fp16.openvino on mnn-cpu-high-nowinograd, 420 us" in text
+    assert "50x faster than Keras model.predict" in text
+    assert "outputs:" in text and "bench.json" in text and "parity.json" in text
+    assert f"--model {tmp_path}/ssrnet_age_gender_int8.tflite --out annotated/" in text
