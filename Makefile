@@ -66,8 +66,10 @@ test-runtime-only: setup
 install-sizes: setup
 	bash tools/install_sizes.sh $(VENV)
 
-# Regenerate the README's measured figures (sizes, parity, speed, accuracy, predict example).
+# Regenerate the measured figures: the README's headline table and every full table of
+# docs/RESULTS.md (sizes, parity, speed, accuracy, int8, predict example).
 FIG := $(OUT)/figures
+RESULTS := docs/RESULTS.md
 readme-figures: setup browser
 	@test -n "$$SSRCONV_FACES" -a -n "$$SSRCONV_IMAGES" || { echo "readme-figures: set SSRCONV_FACES and SSRCONV_IMAGES" >&2; exit 2; }
 	rm -rf $(FIG) && mkdir -p $(FIG)
@@ -90,15 +92,17 @@ readme-figures: setup browser
 	$(BIN)/python tools/int8_report.py --bench $(FIG)/bench.json --parity "real-face=$(FIG)/parity.json" \
 	  --parity "data-free=$(FIG)/parity_datafree.json" --age-int8 $(FIG)/age/ssrnet_age_int8.tflite \
 	  --eval $(FIG)/eval_keras.json $(foreach m,export_ssrnet_age_gender_int8.tflite export_ssrnet_age_gender_int8.onnx datafree_ssrnet_age_gender_int8.tflite datafree_ssrnet_age_gender_int8.onnx,--eval $(FIG)/eval_$(m).json) > $(FIG)/int8.md
-	$(BIN)/ssrconv predict "$$SSRCONV_IMAGES/group_t1.jpg" --model $(FIG)/export/ssrnet_age_gender_int8.tflite --format csv --out $(FIG)/predict > $(FIG)/predict.csv
+	$(BIN)/ssrconv predict "$$SSRCONV_IMAGES/group_t1.jpg" --model $(FIG)/export/ssrnet_age_gender_int8.tflite --out $(FIG)/predict > $(FIG)/predict.json
 	$(BIN)/python -c "import json, datetime; from ssrconv.benchmarks.fingerprint import one_line; \
 	  print('Last regenerated on', datetime.date.today().isoformat(), 'on:', one_line(json.load(open('$(FIG)/bench.json'))['fingerprint']) + '.')" > $(FIG)/stamp.md
-	$(BIN)/python tools/splice_readme.py README.md stamp $(FIG)/stamp.md
-	$(BIN)/python tools/splice_readme.py README.md parity $(FIG)/parity.md
-	$(BIN)/python tools/splice_readme.py README.md bench $(FIG)/bench.md
-	$(BIN)/python tools/splice_readme.py README.md int8 $(FIG)/int8.md
-	{ echo '```'; cat $(FIG)/eval.txt; echo '```'; } > $(FIG)/eval.md && $(BIN)/python tools/splice_readme.py README.md eval $(FIG)/eval.md
-	{ echo '```'; cat $(FIG)/predict.csv; echo '```'; } > $(FIG)/predict.md && $(BIN)/python tools/splice_readme.py README.md predict $(FIG)/predict.md
+	$(BIN)/python tools/headline_table.py --parity $(FIG)/parity.json --bench $(FIG)/bench.json > $(FIG)/headline.md
+	$(BIN)/python tools/splice_readme.py README.md headline $(FIG)/headline.md
+	$(BIN)/python tools/splice_readme.py $(RESULTS) stamp $(FIG)/stamp.md
+	$(BIN)/python tools/splice_readme.py $(RESULTS) parity $(FIG)/parity.md
+	$(BIN)/python tools/splice_readme.py $(RESULTS) bench $(FIG)/bench.md
+	$(BIN)/python tools/splice_readme.py $(RESULTS) int8 $(FIG)/int8.md
+	{ echo '```'; cat $(FIG)/eval.txt; echo '```'; } > $(FIG)/eval.md && $(BIN)/python tools/splice_readme.py $(RESULTS) eval $(FIG)/eval.md
+	{ echo '```json'; cat $(FIG)/predict.json; echo '```'; } > $(FIG)/predict.md && $(BIN)/python tools/splice_readme.py $(RESULTS) predict $(FIG)/predict.md
 
 # docs/MODEL_CARD.md: `ssrconv eval` of every published weight set on SSRCONV_FACES (the seven
 # sets in four age+gender pairs; megaage-asian has no gender head, it is paired with gender-wiki).

@@ -190,3 +190,64 @@ def test_demo_summary_reads_what_the_demo_wrote(long_named_report, tmp_path):
     assert "50x faster than Keras model.predict" in text
     assert "outputs:" in text and "bench.json" in text and "parity.json" in text
     assert f"--model {tmp_path}/ssrnet_age_gender_int8.tflite --out annotated/" in text
+
+
+# ------------------------------------------------------------------ the README and its figures
+def test_readme_reads_in_two_minutes_and_its_links_resolve():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for heading in ("## Two commands", "## Install", "### export", "### parity", "### bench",
+                    "### predict", "## Results"):
+        assert heading in readme
+    for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
+        if not link.startswith("http"):
+            assert (ROOT / link).exists(), link
+    for doc in ("GUIDE.md", "RESULTS.md"):
+        text = (ROOT / "docs" / doc).read_text()
+        for link in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            if not link.startswith("http"):
+                assert (ROOT / "docs" / link).exists(), f"{doc}: {link}"
+
+
+def test_every_block_readme_figures_splices_has_its_markers():
+    makefile = (ROOT / "Makefile").read_text()
+    results = re.search(r"^RESULTS := (\S+)", makefile, re.M).group(1)
+    spliced = re.findall(r"splice_readme\.py (\S+) (\w+) ", makefile)
+    assert {name for _, name in spliced} >= {"headline", "stamp", "parity", "bench", "int8",
+                                              "eval", "predict"}
+    for target, name in spliced:
+        text = (ROOT / (results if target == "$(RESULTS)" else target)).read_text()
+        assert f"<!-- {name}:begin -->" in text and f"<!-- {name}:end -->" in text, (target, name)
+
+
+def test_headline_table_from_parity_and_bench_json(long_named_report):
+    sys.path.insert(0, str(ROOT / "tools"))
+    from headline_table import headline
+
+    parity = {"results": [
+        {"artifact": "m_int8.tflite", "target": "tflite-int8", "passed": True, "not_run": None,
+         "real": {"age": {"max_abs": 1.234}}},
+        {"artifact": "m_fp32.onnx", "target": "onnx-fp32", "passed": False, "not_run": None,
+         "real": {"age": {"max_abs": 0.5}}},
+        {"artifact": "m_fp32.onnx", "target": "onnx-fp32", "passed": True, "not_run": None,
+         "real": {"age": {"max_abs": 0.001}}},  # the same file on a second engine: not a row
+    ]}
+    bench = {"results": [
+        {"name": "m_fp32.onnx", "path": "d/m_fp32.onnx", "mode": "run", "graph": "fast",
+         "status": "ok", "size": {"file_bytes": 523293},
+         "latency": {"1": {"per_face_us": {"median": 1021.4}}},
+         "ratios": {"1": {"time_vs_fastest_fp32": 1.0}}},
+        {"name": "m_fp32.onnx [original graph]", "path": "o/m_fp32.onnx", "mode": "run",
+         "graph": "original", "status": "ok", "size": {"file_bytes": 1},
+         "latency": {"1": {"per_face_us": {"median": 1.0}}}, "ratios": {}},
+        {"name": "m_int8.tflite", "path": "d/m_int8.tflite", "mode": "run", "graph": "fast",
+         "status": "ok", "size": {"file_bytes": 190736},
+         "latency": {"1": {"per_face_us": {"median": 1272.0}}},
+         "ratios": {"1": {"time_vs_fastest_fp32": 1.2457}}},
+    ]}
+    lines = headline(parity, bench).splitlines()
+    assert len(lines) == 4  # header, rule, one row per artifact in target-table order
+    assert lines[2] == ("| `onnx-fp32` | `m_fp32.onnx` | 523,293 | fp32 | 0.5 y (FAIL) "
+                        "| 1,021 us (1.00x) |")
+    assert lines[3] == ("| `tflite-int8` | `m_int8.tflite` | 190,736 | int8 | 1.2 y (pass) "
+                        "| 1,272 us (1.25x) |")
