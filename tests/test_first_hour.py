@@ -251,3 +251,41 @@ def test_headline_table_from_parity_and_bench_json(long_named_report):
                         "| 1,021 us (1.00x) |")
     assert lines[3] == ("| `tflite-int8` | `m_int8.tflite` | 190,736 | int8 | 1.2 y (pass) "
                         "| 1,272 us (1.25x) |")
+
+
+# ------------------------------------------------------------------ error lines are never cut mid-word
+def test_clip_cuts_at_a_word_or_not_at_all():
+    from ssrconv.errors import clip
+
+    message = ("unpack_from requires a buffer of at least 190500 bytes for unpacking 4 bytes at "
+               "offset 190496 (actual buffer size is 190496)")
+    assert clip(message) == message
+    short = clip(message, 100)
+    assert short == "unpack_from requires a buffer of at least 190500 bytes for unpacking 4 bytes at offset 190496..."
+    assert clip("first line\nsecond") == "first line"
+    assert clip("x" * 300) == "x" * 300  # one word: kept whole rather than cut
+
+
+def test_truncated_tflite_error_names_the_whole_reason(tmp_path):
+    """Every truncation of a .tflite whose reader fails inside the flatbuffer library reports
+    that library's whole message (it was cut at 100 characters: '... offset 190496 (actua')."""
+    from ssrconv._imports import tensorflow
+    from ssrconv.artifacts import open_artifact
+    from ssrconv.errors import ModelFileError
+
+    tf = tensorflow("a test model")
+    layer = tf.Variable(np.ones((16, 8), np.float32))
+    fn = tf.function(lambda x: tf.nn.relu(tf.matmul(x, layer)),
+                     input_signature=[tf.TensorSpec([None, 16], tf.float32)])
+    data = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn).convert()
+    messages = []
+    for size in range(8, len(data), max(1, len(data) // 400)):
+        path = tmp_path / f"cut{size}.tflite"
+        path.write_bytes(data[:size])
+        with pytest.raises(ModelFileError) as caught:
+            open_artifact(path)
+        messages.append(str(caught.value))
+    struct_errors = [m for m in messages if "unpack_from requires" in m]
+    assert struct_errors, "no truncation reached the flatbuffer reader"
+    for message in struct_errors:
+        assert re.search(r"\(actual buffer size is \d+\)\); re-export", message), message

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from ssrconv.atomic import scratch_dir
-from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.errors import ModelFileError, SsrconvError, clip
 
 BIZ_CODE = "ssrconv-{precision}"  # MNN keeps it in the file: file_precision reads it back
 _TIMEOUT_S = 600
@@ -54,7 +54,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     if done.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
         lines = [ln for ln in (done.stdout + done.stderr).splitlines() if "rror" in ln]
         raise ConverterError(f"MNN's converter failed (exit {done.returncode}): "
-                             f"{(lines or ['no error message'])[-1][:200]}")
+                             f"{clip((lines or ['no error message'])[-1])}")
     verify(dest)
     from ssrconv.runtimes.mnn_rt import mnn_module
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ssrconv.atomic import track
 from ssrconv.converters.tflite_flatbuffer import compact, fix_batch
-from ssrconv.errors import ModelFileError
+from ssrconv.errors import ModelFileError, clip
 
 # Ops that only move a tensor between float and integer at the model boundary.
 BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
@@ -237,7 +237,7 @@ def check_flatbuffer(data: bytes, path: Path) -> None:
     except UnicodeDecodeError:
         raise bad("a tensor or signature name is not UTF-8 text") from None
     except Exception as err:  # noqa: BLE001 - the generated reader fails with struct/index errors
-        raise bad(f"corrupt or truncated flatbuffer: {str(err)[:100] or type(err).__name__}") from None
+        raise bad(f"corrupt or truncated flatbuffer: {clip(str(err)) or type(err).__name__}") from None
 
 
 def read_model(path: Path) -> bytes:
@@ -280,7 +280,7 @@ def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bo
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as err:
         raise ModelFileError(f"{path}: not a loadable TFLite model "
-                             f"({str(err).splitlines()[0][:200]})") from None
+                             f"({clip(str(err))})") from None
     return interpreter
 
 
