@@ -3,9 +3,10 @@ step of every job, as written, in a fresh venv per job (as a fresh runner), in a
 repository standing in for the user's checkout.
 
 The template's `env:` is its configuration: the test keeps it but exports fewer targets
-(`TARGETS`: one format the base install runs, one it does not) to stay within a few minutes;
-the steps themselves are not changed. Jobs run in order on one workspace, so the runtime-only
-jobs check what the export job wrote, as they would check the artifacts a user committed.
+(`TARGETS`: one format the base install runs, one it does not) and times fewer calls
+(`BENCH_OPTIONS`) to stay within a few minutes; the steps themselves are not changed. Jobs run
+in order on one workspace, so the runtime-only jobs check what the export job wrote, as they
+would check the artifacts a user committed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / ".github" / "workflows" / "ssrconv-parity.yml"
 # One format the base install runs (.tflite) and one it has no runtime for (.mlpackage).
 TARGETS = "--to tflite --to coreml"
+# A few timed calls: the bench step's output is checked here, its figures are not.
+BENCH_OPTIONS = "--runs 20 --warmup 2 --rounds 2 --pipeline-runs 2"
 
 
 def _jobs() -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -68,6 +71,7 @@ def test_ci_template_steps_pass_as_written(tmp_path, assets_dir):
     for key, value in template_env.items():
         env[key] = str(value).replace("${{ github.workspace }}", str(work))
     env["TARGETS"] = TARGETS
+    env["BENCH_OPTIONS"] = BENCH_OPTIONS
     env["SSRCONV_ASSETS"] = str(assets_dir)  # the offline mirror (a runner downloads instead)
     artifacts = work / env["ARTIFACTS"]
 
