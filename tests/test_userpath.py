@@ -67,7 +67,7 @@ def test_rotated_astronaut_predicts_like_upright(images_dir, tmp_path, capsys, a
     rotated, straight = faces["rotated.png"], faces["upright.png"]
     assert straight["gender"] == rotated["gender"] == "F"  # sideways she came out male, 33.9 y
     assert rotated["age"] == straight["age"] and rotated["box"] == straight["box"]  # displayed frame
-    annotated = Image.open(out / "rotated_annotated.jpg")
+    annotated = Image.open(out / "rotated_annotated.png")
     assert annotated.size == upright.size  # the annotated copy is upright
 
 
