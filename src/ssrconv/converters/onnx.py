@@ -38,23 +38,30 @@ def canonical_names(proto) -> None:
     tf2onnx numbers the names of the nodes and constants it inserts from a process-wide
     counter (``utils.make_name``: "const_axes__310" in a process that converted before,
     "const_axes__10" in a fresh one), in an order that varies between two conversions of one
-    model in one process, and lists its initializers in that varying order too: the bytes of
+    model in one process (which of two equal constants survives its merge, and so its name,
+    varies too), and lists its initializers in that varying order: the bytes of
     every ONNX-derived file (ONNX, MNN, OpenVINO, the web folder) depended on what the command
     exported before (docs/CONVERTERS.md, "Byte-reproducible exports"). The node order itself
-    is stable, so every generated name is renumbered by its first appearance in node order and
-    the initializers and value infos are sorted by name. Names are labels: the function is
-    unchanged.
+    is stable, so every generated name is renumbered by its first appearance in node order
+    (generated constants named ``const__<n>``) and the initializers and value infos are sorted
+    by name. Names are labels: the function is unchanged.
     """
+    graph = proto.graph
+    constants = {tensor.name for tensor in graph.initializer}
     renamed: dict[str, str] = {}
 
     def name(old: str) -> str:
         if not old or not _GENERATED.search(old):
             return old
         if old not in renamed:
-            renamed[old] = _GENERATED.sub(f"__{len(renamed)}", old)
+            # A generated constant is named after its first user's role ("const_starts__21"),
+            # but tf2onnx merges equal constants and keeps whichever it meets first, so the
+            # same tensor came out as const_starts__21 or const_axes__21: constants get a
+            # neutral name, other generated names keep their base.
+            number = f"__{len(renamed)}"
+            renamed[old] = f"const{number}" if old in constants else _GENERATED.sub(number, old)
         return renamed[old]
 
-    graph = proto.graph
     for node in graph.node:
         node.name = name(node.name)
         node.input[:] = [name(i) for i in node.input]
