@@ -253,7 +253,7 @@ def predict_faces(image: str | os.PathLike | np.ndarray, model: str | os.PathLik
     installed, else the numpy engine). ``detector``: "yunet" or "haar".
     """
     from ssrconv.detect import make_detector
-    from ssrconv.runtimes import load_runtime, reference_from_weights
+    from ssrconv.loading import is_weights_file, load_runtime, reference_from_weights
 
     if isinstance(image, np.ndarray):
         source, pixels = "<array>", image
@@ -265,8 +265,6 @@ def predict_faces(image: str | os.PathLike | np.ndarray, model: str | os.PathLik
 
         runtime = load_reference_runtime("age-gender")
     else:
-        from ssrconv.runtimes import is_weights_file
-
         runtime = reference_from_weights(model) if is_weights_file(model) else load_runtime(model)
     with runtime:
         faces = Predictor(runtime, make_detector(detector), min_face=min_face).faces_of(pixels, source)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.errors import ModelFileError, SsrconvError, clip
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 _MAX_MODELS = 4  # runnable models kept, one per batch size
 
@@ -27,19 +28,18 @@ _MAX_MODELS = 4  # runnable models kept, one per batch size
 class TractRuntime(Runtime):
     """An .onnx artifact on tract (CPU, one thread)."""
 
-    backend = "onnx"
     engine = "tract"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         import tract
 
-        from ssrconv.converters.onnx import read_model
+        from ssrconv.formats.onnx import read_model
+
+        from ssrconv.targets import ENGINES, format_of
 
         self.path = Path(path)
-        from ssrconv.targets import format_of
-
-        if getattr(format_of(self.path), "family", None) != "onnx":
-            raise ModelFileError(f"{self.path}: tract reads .onnx only")
+        if getattr(format_of(self.path), "family", None) not in ENGINES["tract"].reads:
+            raise ModelFileError(f"{self.path}: tract reads {', '.join(ENGINES['tract'].reads)} only")
         proto = read_model(self.path)  # checked before tract's parser sees the bytes
         inputs = [i.name for i in proto.graph.input
                   if i.name not in {init.name for init in proto.graph.initializer}]
@@ -102,4 +102,4 @@ def _tract_error(err: Exception) -> str:
     causes = [line for line in lines if line != "Caused by:"]
     if len(causes) > 2:  # the failing node, then the innermost cause (the actual reason)
         causes = [causes[0], causes[-1]]
-    return "; ".join(causes)[:240] or type(err).__name__
+    return clip("; ".join(causes), 240) or type(err).__name__
