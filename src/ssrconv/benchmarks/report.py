@@ -315,7 +315,7 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return [
         ("Size", ["backend", "target", "heads", "file bytes", "gzip bytes", "param bytes",
                   "x paper 0.32 MB", "x paper per head"], size_rows),
-        ("Latency per face (us; raw, harness overhead shown beside, not subtracted)",
+        ("Latency per face (us; raw: the harness overhead is measured beside, never subtracted)",
          ["backend", "engine", "batch", "n", "median", "p90", "p99", "min", "std",
           "overhead us/call", "overhead share"], latency_rows),
         ("Throughput and efficiency",
@@ -430,6 +430,28 @@ def _pipeline_notes(report: dict) -> list[str]:
     return out
 
 
+# The columns a terminal shows by default (render_text without ``wide``), per table title's
+# first word: every table then fits 100 columns with the default export's file and engine
+# names. ``ssrconv bench --wide``, the Markdown and the JSON carry every column.
+NARROW_COLUMNS = {
+    "Size": ("backend", "target", "file bytes", "gzip bytes", "x paper per head"),
+    "Latency": ("backend", "engine", "batch", "median", "p90", "min"),
+    "Throughput": ("backend", "batch", "faces/s", "speed-up vs predict", "time vs fastest fp32"),
+    "End": ("backend", "photo", "faces", "YuNet ms", "model ms", "total ms", "model per face"),
+    "In": ("backend", "engine", "in page", "native", "in page vs native"),
+}
+TERMINAL_WIDTH = 100
+
+
+def narrow(title: str, headers: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """The default terminal columns of one table (:data:`NARROW_COLUMNS`)."""
+    keep = NARROW_COLUMNS.get(title.split()[0])
+    if keep is None:
+        return headers, rows
+    index = [i for i, h in enumerate(headers) if h in keep]
+    return [headers[i] for i in index], [[r[i] for i in index] for r in rows]
+
+
 def _align(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
@@ -442,13 +464,21 @@ def _align(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
 
 
-def render_text(report: dict) -> str:
-    """The terminal report: the three tables aligned, then the notes and the fingerprint."""
+def render_text(report: dict, wide: bool = False) -> str:
+    """The terminal report: the tables aligned (their main columns, within 100 columns; every
+    column with ``wide``), then the notes and the fingerprint wrapped to 100 columns."""
+    import textwrap
+
     lines = []
     for title, headers, rows in tables(report):
+        if not wide:
+            headers, rows = narrow(title, headers, rows)
         lines += [title, *_align(headers, rows), ""]
-    lines += [f"- {n}" for n in notes(report)]
-    lines.append(f"- Machine: {one_line(report['fingerprint'])}")
+    if not wide:
+        lines += ["(main columns; ssrconv bench --wide, --markdown or --json for all of them)", ""]
+    for note in [*notes(report), f"Machine: {one_line(report['fingerprint'])}"]:
+        lines += textwrap.wrap(note, TERMINAL_WIDTH, initial_indent="- ", subsequent_indent="  ",
+                               break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines) + "\n"
 
 
@@ -480,6 +510,14 @@ def render_json(report: dict) -> str:
     return json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
 
 
+def plotted_rows(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows drawn on the latency chart, timed rows left out of it). model.predict (Keras'
+    per-call overhead, ~100x the model call) squashed every other bar on the log axis: it is
+    left out and named, with its time, under the axis."""
+    timed = [r for r in results if r["latency"]]
+    return ([r for r in timed if r["mode"] != "predict"], [r for r in timed if r["mode"] == "predict"])
+
+
 def render_plot(report: dict) -> bytes:
     """PNG bytes: median latency per face per row and batch size with p10-p90 error bars
     (log scale: model.predict is orders of magnitude slower), and file size per artifact
@@ -492,9 +530,11 @@ def render_plot(report: dict) -> bytes:
     matplotlib.use("Agg")  # no display: render to memory
     import matplotlib.pyplot as plt
 
+    import textwrap
+
     results = report["results"]
     batches = [str(b) for b in report["settings"]["batches"]]
-    timed = [r for r in results if r["latency"]]
+    timed, left_out = plotted_rows(results)
     sized = [r for r in results if r["mode"] != "predict" and r["size"] and "file_bytes" in r["size"]]
     fig, (ax_lat, ax_size) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.45 * max(len(timed), len(sized), 1) + 1.5)))
     height = 0.8 / max(len(batches), 1)
@@ -513,7 +553,12 @@ def render_plot(report: dict) -> bytes:
     ax_lat.set_yticks(range(len(timed)), [r["name"] for r in timed], fontsize=8)
     ax_lat.invert_yaxis()
     ax_lat.set_xscale("log")
-    ax_lat.set_xlabel("median latency per face (us, log; bars p10-p90)")
+    xlabel = "median latency per face (us, log; bars p10-p90)"
+    for r in left_out:
+        worst = max(r["latency"].values(), key=lambda lat: lat["per_face_us"]["median"])
+        xlabel += (f"\nnot drawn: {r['name']}, {worst['per_face_us']['median']:,.0f} us per face "
+                   "(Keras' per-call overhead)")
+    ax_lat.set_xlabel(xlabel)
     ax_lat.legend(fontsize=8)
     ax_lat.set_title(f"Latency, {report['settings']['threads']} thread(s)")
     names = [_size_label(r) for r in sized]
@@ -525,7 +570,8 @@ def render_plot(report: dict) -> bytes:
     ax_size.set_xlabel("file size (KiB; age-gender files hold two heads)")
     ax_size.legend(fontsize=8)
     ax_size.set_title("Size")
-    fig.suptitle(one_line(report["fingerprint"])[:150], fontsize=7)
+    # The whole machine line, wrapped to the figure's width (it was cut at 150 characters).
+    fig.suptitle(textwrap.fill(one_line(report["fingerprint"]), 190), fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
