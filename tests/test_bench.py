@@ -15,7 +15,9 @@ import pytest
 from ssrconv.benchmarks import stats
 from ssrconv.benchmarks.fingerprint import fingerprint, one_line, parse_cpuinfo
 from ssrconv.atomic import write_atomic
-from ssrconv.benchmarks.harness import Entry, Settings, artifact_entry, run_bench
+from ssrconv.benchmarks.plan import Entry, artifact_entry
+from ssrconv.benchmarks.schedule import run_bench
+from ssrconv.benchmarks.settings import Settings
 from ssrconv.benchmarks.report import build_report, render_json, render_markdown, render_plot, render_text
 from ssrconv.runtimes.coreml_rt import not_timable_reason
 from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES, size_info
