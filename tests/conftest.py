@@ -17,7 +17,7 @@ def _need_dir(variable: str) -> Path:
     value = os.environ.get(variable)
     if value and Path(value).is_dir():
         return Path(value)
-    message = f"{variable} is not set to a directory (see README, 'Running the tests')"
+    message = f"{variable} is not set to a directory (see README, 'Two commands')"
     if os.environ.get("CI"):
         pytest.fail(message + "; CI must provide it", pytrace=False)
     pytest.skip(message)

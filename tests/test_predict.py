@@ -78,7 +78,7 @@ def test_directory_with_corrupt_and_non_image_files(group_photo, tmp_path, asset
     assert failed == ["c_corrupt.jpg", "d_notes.txt"]
     assert "Traceback" not in result.stderr and "could not be processed" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_group_annotated.jpg",
-                                                     "b_astronaut_annotated.jpg", "predictions.json"]
+                                                     "b_astronaut_annotated.png", "predictions.json"]
 
 
 def test_video_is_processed_frame_by_frame(group_photo, tmp_path, assets_dir):

@@ -67,7 +67,7 @@ def test_rotated_astronaut_predicts_like_upright(images_dir, tmp_path, capsys, a
     rotated, straight = faces["rotated.png"], faces["upright.png"]
     assert straight["gender"] == rotated["gender"] == "F"  # sideways she came out male, 33.9 y
     assert rotated["age"] == straight["age"] and rotated["box"] == straight["box"]  # displayed frame
-    annotated = Image.open(out / "rotated_annotated.jpg")
+    annotated = Image.open(out / "rotated_annotated.png")
     assert annotated.size == upright.size  # the annotated copy is upright
 
 
@@ -266,7 +266,7 @@ def test_predict_writes_predictions_and_annotated_copies_0644(images_dir, tmp_pa
         os.umask(old)
     assert code == 0
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
-    assert modes == {"astronaut_annotated.jpg": 0o644, "predictions.json": 0o644}
+    assert modes == {"astronaut_annotated.png": 0o644, "predictions.json": 0o644}
 
 
 # ------------------------------------------------------------------ the users' CI template
@@ -283,7 +283,7 @@ def test_ci_template_passes_zizmor():
     assert "No findings to report" in result.stdout + result.stderr
     text = template.read_text()
     assert "permissions:\n  contents: read" in text
-    assert text.count("persist-credentials: false") == text.count("actions/checkout@") == 2
+    assert text.count("persist-credentials: false") == text.count("actions/checkout@") == 3
 
 
 # ------------------------------------------------------------------ eval figures for the model card

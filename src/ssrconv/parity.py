@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.assets import find_weights
-from ssrconv.errors import SsrconvError
-from ssrconv.targets import BUDGETS, Budget
+from ssrconv.errors import MissingExtraError, SsrconvError
+from ssrconv.targets import BUDGETS, Budget, engines_for, format_of, get_engine
 
 
 class ParityError(SsrconvError):
@@ -59,6 +59,8 @@ class ParityResult:
     weights: dict[str, str] = field(default_factory=dict)  # the reference's weights per head
     error: str | None = None  # the artifact could not be verified, loaded or run
     not_run: str | None = None  # this (artifact, engine) pair was not run, and why (reported)
+    missing_extra: str | None = None  # not run because its engine is not installed: the extra
+
 
     @property
     def passed(self) -> bool:
@@ -75,9 +77,16 @@ class ParityReport:
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
 
+    def unchecked(self) -> dict[str, str]:
+        """Artifacts that no row checked because none of their engines is installed here:
+        artifact -> the extra that brings one (``parity --allow-missing-runtimes`` accepts them)."""
+        ran = {r.artifact for r in self.results if not r.not_run}
+        return {r.artifact: r.missing_extra for r in self.results
+                if r.missing_extra and r.artifact not in ran}
+
     def as_dict(self) -> dict:
         return {"faces_dir": self.faces_dir, "reference_engine": self.reference_engine,
-                "passed": self.passed,
+                "passed": self.passed, "unchecked": self.unchecked(),
                 "results": [{**asdict(r), "passed": r.passed} for r in self.results]}
 
 
@@ -227,17 +236,26 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
         found = item if isinstance(item, Found) else Found(Path(item))
         try:
             artifact = found.open()
+        except MissingExtraError as err:
+            # Reading this format's facts needs its runtime's library: nothing can check it here.
+            fmt = format_of(found.path)
+            results.append(_not_installed(found.path.name, "-", (engine or fmt.engine.name),
+                                          str(err), _extra_in(str(err))))
+            say(f"[{number}/{len(items)}] {found.path.name}: not run: {err}")
+            continue
         except SsrconvError as err:
             results.append(_failed(found.path, str(err)))
             say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
             continue
-        for name in engines_for(artifact, engine, engines):
-            why = not_run_reason(artifact, name) if engines else None
+        for name in engines_for(artifact.format.family, engine, engines):
+            chosen = get_engine(name or artifact.format.engine.name)
+            why = (chosen.why_not_run(artifact.path, refusals=bool(engines))
+                   if artifact.format.family in chosen.reads else None)  # else: load says why
             if why:
-                results.append(ParityResult(artifact=artifact.label, target=artifact.target.key,
-                                            engine=name, budget={}, faces=0, synthetic=0, real={},
-                                            synthetic_stats={}, not_run=why))
-                say(f"[{number}/{len(items)}] {artifact.label} on {name}: not run: {why}")
+                missing = None if chosen.installed() else (chosen.extra or "all")
+                results.append(_not_installed(artifact.label, artifact.target.key, chosen.name,
+                                              why, missing))
+                say(f"[{number}/{len(items)}] {artifact.label} on {chosen.name}: not run: {why}")
                 continue
             try:
                 result = _check_one(artifact, faces, synth, budgets, references, name, number,
@@ -255,26 +273,20 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     return report
 
 
-def engines_for(artifact, engine: str | None, engines) -> list[str | None]:
-    """The engines to run ``artifact`` on: ``engines`` ("all": every engine of the table that
-    reads its format, the default first; or names), else ``engine`` (None: the default)."""
-    from ssrconv.targets import engines_reading
-
-    if not engines:
-        return [engine]
-    readers = [e.name for e in engines_reading(artifact.format.family)]
-    return readers if "all" in engines else [e for e in engines if e in readers]
+def _not_installed(label: str, target: str, engine: str, why: str,
+                   missing_extra: str | None) -> ParityResult:
+    return ParityResult(artifact=label, target=target, engine=engine, budget={}, faces=0,
+                        synthetic=0, real={}, synthetic_stats={}, not_run=why,
+                        missing_extra=missing_extra)
 
 
-def not_run_reason(artifact, engine_name: str) -> str | None:
-    """Why an (artifact, engine) pair of ``--engines`` is not run (None: run it)."""
-    from ssrconv.targets import get_engine
+def _extra_in(message: str) -> str:
+    """The extra a MissingExtraError's message names (``pip install 'ssrconv[X]'``), or the
+    message's own install command when no extra brings the module."""
+    import re
 
-    engine = get_engine(engine_name)
-    if not engine.installed():
-        return (f"engine {engine.name} is not installed here: pip install "
-                f"'ssrconv[{engine.extra or 'all'}]'")
-    return engine.refuses(artifact.path)
+    found = re.search(r"ssrconv\[([\w,-]+)\]", message)
+    return found.group(1) if found else message.rsplit(": ", 1)[-1]
 
 
 def _check_one(artifact, faces, synth, budgets, references, engine, number, total, say) -> ParityResult:

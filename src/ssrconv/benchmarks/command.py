@@ -169,9 +169,12 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
               help="Write the Markdown report (README-ready) here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path),
               help="Write a PNG chart (latency and size per backend) here.")
+@click.option("--wide", is_flag=True,
+              help="Print every column of the tables (default: the main ones, within 100 "
+                   "columns; --markdown and --json always hold all of them).")
 def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_seconds, faces_dir,
           with_keras, reference_engine, engine, engines, pipeline_runs, json_out, md_out,
-          plot_out) -> int:
+          plot_out, wide) -> int:
     """Size, latency, throughput, efficiency and memory per backend, measured side by side.
 
     Every backend runs in its own worker process; timed calls are interleaved across backends
@@ -207,7 +210,7 @@ def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_
     say = lambda m: click.echo(f"bench: {m}", err=True)  # noqa: E731
     entries = _plan(backend, model, all_dirs, with_keras, say, engine, engine_list, reference_engine)
     report = run_bench(entries, settings, progress=say)
-    click.echo(render_text(report), nl=False)
+    click.echo(render_text(report, wide=wide), nl=False)
     if json_out:
         write_atomic(json_out, render_json(report))
     if md_out:

@@ -157,14 +157,14 @@ def engine_entries(artifact, engine: str | None = None, engines=()) -> list[Entr
     ("all" or names) one row per engine of the format table that reads it, as ``ssrconv parity
     --engines`` pairs them; a pair that cannot run here (not installed, refused by design) is a
     row with the reason, not timed."""
-    from ssrconv.parity import engines_for, not_run_reason
+    from ssrconv.targets import engines_for, get_engine
 
     if not engines:
         return [artifact_entry(artifact, engine)]
     rows = []
-    for name in engines_for(artifact, engine, engines):
+    for name in engines_for(artifact.format.family, engine, engines):
         entry = artifact_entry(artifact, name)
-        why = not_run_reason(artifact, name)
+        why = get_engine(name).why_not_run(artifact.path)
         if why is not None:
             entry.timed, entry.note = False, f"not run: {why}"
         rows.append(entry)

@@ -545,6 +545,7 @@ def _align(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
 
 
+# The terminal's width: a table shows its ``narrow`` columns unless --wide, and the notes wrap.
 TERMINAL_WIDTH = 100
 
 
@@ -592,6 +593,14 @@ def render_json(report: dict) -> str:
     return json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
 
 
+def plotted_rows(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows drawn on the latency chart, timed rows left out of it). model.predict (Keras'
+    per-call overhead, ~100x the model call) squashed every other bar on the log axis: it is
+    left out and named, with its time, under the axis."""
+    timed = [r for r in results if r["latency"]]
+    return ([r for r in timed if r["mode"] != "predict"], [r for r in timed if r["mode"] == "predict"])
+
+
 def render_plot(report: dict) -> bytes:
     """PNG bytes: median latency per face per row and batch size with p10-p90 error bars
     (log scale: model.predict is orders of magnitude slower), and file size per artifact
@@ -604,9 +613,11 @@ def render_plot(report: dict) -> bytes:
     matplotlib.use("Agg")  # no display: render to memory
     import matplotlib.pyplot as plt
 
+    import textwrap
+
     results = report["results"]
     batches = [str(b) for b in report["settings"]["batches"]]
-    timed = [r for r in results if r["latency"]]
+    timed, left_out = plotted_rows(results)
     sized = [r for r in results if r["mode"] != "predict" and r["size"] and "file_bytes" in r["size"]]
     fig, (ax_lat, ax_size) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.45 * max(len(timed), len(sized), 1) + 1.5)))
     height = 0.8 / max(len(batches), 1)
@@ -625,7 +636,12 @@ def render_plot(report: dict) -> bytes:
     ax_lat.set_yticks(range(len(timed)), [r["name"] for r in timed], fontsize=8)
     ax_lat.invert_yaxis()
     ax_lat.set_xscale("log")
-    ax_lat.set_xlabel("median latency per face (us, log; bars p10-p90)")
+    xlabel = "median latency per face (us, log; bars p10-p90)"
+    for r in left_out:
+        worst = max(r["latency"].values(), key=lambda lat: lat["per_face_us"]["median"])
+        xlabel += (f"\nnot drawn: {r['name']}, {worst['per_face_us']['median']:,.0f} us per face "
+                   "(Keras' per-call overhead)")
+    ax_lat.set_xlabel(xlabel)
     ax_lat.legend(fontsize=8)
     ax_lat.set_title(f"Latency, {report['settings']['threads']} thread(s)")
     names = [_size_label(r) for r in sized]
@@ -637,7 +653,8 @@ def render_plot(report: dict) -> bytes:
     ax_size.set_xlabel("file size (KiB; age-gender files hold two heads)")
     ax_size.legend(fontsize=8)
     ax_size.set_title("Size")
-    fig.suptitle(one_line(report["fingerprint"])[:150], fontsize=7)
+    # The whole machine line, wrapped to the figure's width (it was cut at 150 characters).
+    fig.suptitle(textwrap.fill(one_line(report["fingerprint"]), 190), fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ssrconv.benchmarks.kinds import row_kind
+from ssrconv.errors import clip
 
 _WORKER_NUMBERS = itertools.count(1)
 
@@ -49,7 +50,7 @@ class WorkerHandle:
         try:
             reply = json.loads(line)
         except ValueError:
-            raise WorkerFailed(self._fail(f"unreadable answer {line[:80]!r}")) from None
+            raise WorkerFailed(self._fail(f"unreadable answer {clip(line, 80)!r}")) from None
         if not reply.get("ok"):
             raise WorkerFailed(self._fail(reply.get("error") or "unknown error"))
         return reply
@@ -101,7 +102,7 @@ class WorkerHandle:
         except OSError:
             return None
         lines = [ln for ln in lines if ln]
-        return lines[-1][:200] if lines else None
+        return clip(lines[-1]) if lines else None
 
     def close(self, timeout: float = 10.0) -> None:
         """Ask the worker to exit; kill it if it does not."""
