@@ -205,6 +205,9 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
 FAMILIES = tuple(FORMATS)
 OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)
 REFERENCE_BACKEND = "keras"  # the reference itself, built from weights (not a format)
+# The reference on the engine --reference-engine chooses (load_runtime(backend=...); the
+# backend of the numpy reference's runtime and of bench's numpy reference rows).
+REFERENCE_ON_ENGINE = "reference"
 # What computes the reference (ssrconv.reference.reference_engine): "auto" is Keras when
 # TensorFlow is installed, else numpy; "numpy" is "numpy-float32".
 REFERENCE_ENGINES = ("auto", "keras", "numpy", "numpy-float32", "numpy-float64")

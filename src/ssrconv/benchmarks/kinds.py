@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ssrconv.targets import REFERENCE_BACKEND
+from ssrconv.targets import REFERENCE_BACKEND, REFERENCE_ON_ENGINE
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RowKind:
 KERAS = RowKind(REFERENCE_BACKEND, "the Keras reference (model call and model.predict)",
                 from_weights=True, describe="ssrconv.benchmarks.worker:keras_info",
                 size_label="keras (.h5 weights)", tensorflow=True)
-REFERENCE = RowKind("reference", "the reference on the numpy engine (no TensorFlow)",
+REFERENCE = RowKind(REFERENCE_ON_ENGINE, "the reference on the numpy engine (no TensorFlow)",
                     from_weights=True, describe="ssrconv.benchmarks.worker:numpy_info",
                     size_label="{name} (.h5 weights)", blas_threads="row")
 GEMM = RowKind("gemm", "numpy float32 GEMM on one thread: the machine's reference rate",
