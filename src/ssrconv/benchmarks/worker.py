@@ -153,7 +153,7 @@ def _import_backend(backend: str, threads: int | None, engine: str | None = None
     if kind is not None and kind.tensorflow:
         from ssrconv._imports import tensorflow
 
-        tf = tensorflow(f"benchmarking {kind.what}")
+        tf = tensorflow(f"benchmarking the {kind.backend} reference")
         if threads:
             try:  # must happen before TensorFlow's runtime starts; the env vars cover it too
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
