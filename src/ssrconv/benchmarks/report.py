@@ -197,12 +197,15 @@ def _native_row(row: dict, results: list[dict]) -> dict | None:
     same = [r for r in results if native(r) and r["path"] == row["path"]]
     if same:
         return same[0]
-    if row["backend"] == "web" and row["path"]:
+    from ssrconv.targets import FORMATS
+
+    fmt = FORMATS.get(row["backend"])
+    if fmt is not None and fmt.inner_family is not None and row["path"]:
         from pathlib import Path
 
         # The .onnx the folder carries, or the export's own of the same precision beside it.
         folders = (str(Path(row["path"])), str(Path(row["path"]).parent))
-        onnx = [r for r in results if native(r) and r["backend"] == "onnx" and r["path"]
+        onnx = [r for r in results if native(r) and r["backend"] == fmt.inner_family and r["path"]
                 and str(Path(r["path"]).parent) in folders and r["precision"] == row["precision"]]
         # The carried file first (the very graph), then the format's default engine.
         onnx.sort(key=lambda r: (str(Path(r["path"]).parent) != folders[0], " on " in r["name"]))
