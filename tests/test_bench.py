@@ -15,7 +15,9 @@ import pytest
 from ssrconv.benchmarks import stats
 from ssrconv.benchmarks.fingerprint import fingerprint, one_line, parse_cpuinfo
 from ssrconv.atomic import write_atomic
-from ssrconv.benchmarks.harness import Entry, Settings, artifact_entry, run_bench
+from ssrconv.benchmarks.plan import Entry, artifact_entry
+from ssrconv.benchmarks.schedule import run_bench
+from ssrconv.benchmarks.settings import Settings
 from ssrconv.benchmarks.report import build_report, render_json, render_markdown, render_plot, render_text
 from ssrconv.runtimes.coreml_rt import not_timable_reason
 from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES, size_info
@@ -237,6 +239,44 @@ def test_report_renderings(fake_report, tmp_path):
     write_atomic(out, render_json(fake_report))
     assert json.loads(out.read_text())["schema"] == "ssrconv.bench/1"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
+
+
+def test_a_bench_column_is_one_entry(fake_report, monkeypatch):
+    """A column is defined in one place: one Column entry in report.TABLES (header, value from
+    a table line, formatter, shown in the terminal's default view or only with --wide) puts its
+    header and cells in the Markdown and both terminal views; a row with no timing gets "-"."""
+    from dataclasses import replace
+
+    from ssrconv.benchmarks import report
+
+    def spread(line):
+        face = line["lat"]["per_face_us"]
+        return face["p90"] / face["median"]
+
+    def with_column(narrow):
+        column = report.Column("p90 / median", spread, report.fmt_ratio, narrow=narrow)
+        return tuple(replace(t, columns=(*t.columns, column)) if t.title.startswith("Latency")
+                     else t for t in report.TABLES)
+
+    face = fake_report["results"][3]["latency"]["4"]["per_face_us"]  # a.tflite, batch 4
+    cell = report.fmt_ratio(face["p90"] / face["median"])
+    monkeypatch.setattr(report, "TABLES", with_column(narrow=False))
+    markdown = render_markdown(fake_report)
+    assert "| overhead share | p90 / median |" in markdown
+    tflite = next(ln for ln in markdown.splitlines() if ln.startswith("| a.tflite | tflite | 4 |"))
+    assert tflite.endswith(f"| {cell} |")
+    failed = next(ln for ln in markdown.splitlines() if ln.startswith("| bad.tflite | - | - |"))
+    assert failed.endswith("| - |")
+    assert "p90 / median" in render_text(fake_report, wide=True)
+    assert "p90 / median" not in render_text(fake_report)  # --wide only
+    monkeypatch.setattr(report, "TABLES", with_column(narrow=True))
+    text = render_text(fake_report)
+    header = text.splitlines()[text.splitlines().index(next(
+        t for t, _, _ in report.tables(fake_report) if t.startswith("Latency"))) + 1]
+    assert header.split() == ["backend", "engine", "batch", "median", "p90", "min", "p90", "/",
+                              "median"]
+    assert any(ln.startswith("a.tflite") and ln.rstrip().endswith(cell) and " 4 " in ln
+               for ln in text.splitlines())
 
 
 # ---------------------------------------------------------------- harness: processes, crashes

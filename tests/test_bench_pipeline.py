@@ -10,7 +10,9 @@ import math
 import pytest
 
 from ssrconv.benchmarks.fingerprint import fingerprint
-from ssrconv.benchmarks.harness import Entry, Settings, reference_entries, run_bench
+from ssrconv.benchmarks.plan import Entry, reference_entries
+from ssrconv.benchmarks.schedule import run_bench
+from ssrconv.benchmarks.settings import Settings
 from ssrconv.benchmarks.report import build_report, render_json, render_markdown, render_text
 
 TINY = dict(runs=2, warmup=1, rounds=2, batch=2, pipeline_runs=2, pipeline_warmup=1)

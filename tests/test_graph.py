@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def probe_inputs(faces):
-    from ssrconv.parity import synthetic_inputs
+    from ssrconv.reference.synthetic import synthetic_inputs
 
     return np.concatenate([faces.inputs[:300], synthetic_inputs(48, seed=5)])
 

@@ -10,7 +10,7 @@ import pytest
 
 from golden_assets import golden_outputs
 from ssrconv.errors import MissingExtraError, WeightsError
-from ssrconv.parity import synthetic_inputs
+from ssrconv.reference.synthetic import synthetic_inputs
 from ssrconv.reference import load_reference_runtime
 from ssrconv.assets import ASSETS
 from ssrconv.stages import stage_specs

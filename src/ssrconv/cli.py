@@ -240,10 +240,9 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
            reference_engine) -> int:
     """Compare every artifact with the reference built from its own weights, on real faces;
     exit 1 if any artifact breaks its budget or fails to verify, load or run."""
-    import json
-
     from ssrconv.artifacts import discover
-    from ssrconv.parity import check, parse_budget_overrides, render_junit, render_markdown
+    from ssrconv.parity import check, parse_budget_overrides
+    from ssrconv.parity_report import render_json, render_junit, render_markdown
     from ssrconv.loading import is_weights_file
 
     if (export_dir is None) == (model is None):
@@ -276,7 +275,7 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
     markdown = render_markdown(report)
     click.echo(markdown)
     if json_out:
-        write_atomic(json_out, json.dumps(report.as_dict(), indent=2) + "\n")
+        write_atomic(json_out, render_json(report))
     if md_out:
         write_atomic(md_out, markdown)
     if junit_out:

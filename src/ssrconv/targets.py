@@ -93,6 +93,14 @@ class Engine:
 
         return all(available(m) for m in self.needs)
 
+    def why_not_run(self, path, refusals: bool = True) -> str | None:
+        """Why this engine does not run ``path`` here (None: run it): it is not installed (the
+        message names the pip command), or (``refusals``) it cannot read the file by design."""
+        if not self.installed():
+            return (f"engine {self.name} is not installed here: pip install "
+                    f"'ssrconv[{self.extra or 'all'}]'")
+        return self.refuses(path) if refusals else None
+
     def load(self, path: Path, num_threads: int | None = None, precision: str | None = None,
              **options):
         """The engine's Runtime for ``path`` (its libraries are imported only now)."""
@@ -197,6 +205,9 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
 FAMILIES = tuple(FORMATS)
 OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)
 REFERENCE_BACKEND = "keras"  # the reference itself, built from weights (not a format)
+# The reference on the engine --reference-engine chooses (load_runtime(backend=...); the
+# backend of the numpy reference's runtime and of bench's numpy reference rows).
+REFERENCE_ON_ENGINE = "reference"
 # What computes the reference (ssrconv.reference.reference_engine): "auto" is Keras when
 # TensorFlow is installed, else numpy; "numpy" is "numpy-float32".
 REFERENCE_ENGINES = ("auto", "keras", "numpy", "numpy-float32", "numpy-float64")
@@ -226,6 +237,16 @@ def engines_reading(family: str) -> list[Engine]:
     default = FORMATS[family].engines
     others = [e for e in ENGINES.values() if family in e.reads and e.name not in default]
     return [ENGINES[n] for n in default] + others
+
+
+def engines_for(family: str, engine: str | None, engines) -> list[str | None]:
+    """The engines a file of ``family`` is run on: ``engines`` ("all": every engine that reads
+    the format, the default first; or names, those that read it), else ``engine`` (None: the
+    format's default), as ``parity``/``bench`` ``--engine``/``--engines`` pair them."""
+    if not engines:
+        return [engine]
+    readers = [e.name for e in engines_reading(family)]
+    return readers if "all" in engines else [e for e in engines if e in readers]
 
 
 def get_engine(name: str) -> Engine:

@@ -41,8 +41,8 @@ def _plan(backend: str | None, model: Path | None, all_dirs: tuple[Path, ...], w
     are Keras' when TensorFlow is installed, else the numpy engine's (``reference_engine``);
     ``--backend keras`` insists on Keras, as in eval and predict."""
     from ssrconv.artifacts import open_all, open_artifact
-    from ssrconv.benchmarks.harness import (add_native_rows, engine_entries, keras_entries,
-                                            reference_entries)
+    from ssrconv.benchmarks.plan import (add_native_rows, engine_entries, keras_entries,
+                                         reference_entries)
     from ssrconv.loading import is_weights_file
     from ssrconv.targets import REFERENCE_BACKEND
 
@@ -181,7 +181,8 @@ def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_
     in rounds, so ratios between them are measured under the same machine noise. Progress goes
     to stderr, the table to stdout. Exits 1 if any backend failed (the others are reported).
     """
-    from ssrconv.benchmarks.harness import Settings, run_bench
+    from ssrconv.benchmarks.schedule import run_bench
+    from ssrconv.benchmarks.settings import Settings
     from ssrconv.atomic import write_atomic
     from ssrconv.benchmarks.report import render_json, render_markdown, render_plot, render_text
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ssrconv.benchmarks import stats
 from ssrconv.benchmarks.fingerprint import one_line
+from ssrconv.benchmarks.kinds import row_kind
 from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES
 
 SCHEMA = "ssrconv.bench/1"
@@ -128,8 +131,8 @@ def build_report(entries, gemm_ns, settings, fingerprint: dict, inputs: str,
                        "source": macs_source},
         "paper_bytes": PAPER_MODEL_BYTES,
         "gemm": gemm,
-        "reference_engine": next((e.engine for e in entries
-                                  if e.backend in ("keras", "reference") and e.engine), None),
+        "reference_engine": next((e.engine for e in entries if e.engine
+                                  and getattr(row_kind(e.backend), "from_weights", False)), None),
         "pipeline": {"photos": photos or [], "detector": "yunet", "error": pipeline_error,
                      "context": {"ssrnet_issue_21_ms": list(ISSUE_21_MS), "url": ISSUE_21_URL,
                                  "what": "model.predict on the demo's faces, CPU, detector "
@@ -179,10 +182,9 @@ def fmt_mb(value) -> str:
 
 
 def _size_label(row: dict) -> str:
-    """Size rows name files: the reference's are its .h5 weights."""
-    if row["backend"] == "keras":
-        return "keras (.h5 weights)"
-    return f"{row['name']} (.h5 weights)" if row["backend"] == "reference" else row["name"]
+    """Size rows name files: the reference's are its .h5 weights (its row kind says how)."""
+    kind = row_kind(row["backend"])
+    return kind.size_label.format(name=row["name"]) if kind is not None else row["name"]
 
 
 def _native_row(row: dict, results: list[dict]) -> dict | None:
@@ -195,65 +197,20 @@ def _native_row(row: dict, results: list[dict]) -> dict | None:
     same = [r for r in results if native(r) and r["path"] == row["path"]]
     if same:
         return same[0]
-    if row["backend"] == "web" and row["path"]:
+    from ssrconv.targets import FORMATS
+
+    fmt = FORMATS.get(row["backend"])
+    if fmt is not None and fmt.inner_family is not None and row["path"]:
         from pathlib import Path
 
         # The .onnx the folder carries, or the export's own of the same precision beside it.
         folders = (str(Path(row["path"])), str(Path(row["path"]).parent))
-        onnx = [r for r in results if native(r) and r["backend"] == "onnx" and r["path"]
+        onnx = [r for r in results if native(r) and r["backend"] == fmt.inner_family and r["path"]
                 and str(Path(r["path"]).parent) in folders and r["precision"] == row["precision"]]
         # The carried file first (the very graph), then the format's default engine.
         onnx.sort(key=lambda r: (str(Path(r["path"]).parent) != folders[0], " on " in r["name"]))
         return onnx[0] if onnx else None
     return None
-
-
-def browser_rows(report: dict) -> list[list[str]]:
-    """Browser engines: round trip (Playwright) and in-page (performance.now) time per face,
-    beside the native engine's time for the same artifact."""
-    out = []
-    for row in report["results"]:
-        for batch, lat in sorted(row["latency"].items(), key=lambda kv: int(kv[0])):
-            page = lat.get("in_page_per_face_us")
-            if not page:
-                continue
-            native = _native_row(row, report["results"])
-            native_lat = (native or {}).get("latency", {}).get(batch)
-            native_us = native_lat["per_face_us"]["median"] if native_lat else None
-            out.append([row["name"], row["engine"] or "-", batch,
-                        fmt_num(lat["per_face_us"]["median"]), fmt_num(page["median"]),
-                        fmt_num(page["min"]),
-                        f"{native['name']} ({native['engine']})" if native else "-",
-                        fmt_num(native_us),
-                        fmt_ratio(page["median"] / native_us) if native_us else "-"])
-    return out
-
-
-PIPELINE_STEPS = (("YuNet", "detect_ms"), ("crop", "crop_ms"), ("model", "model_ms"),
-                  ("total", "total_ms"))
-
-
-def pipeline_table(report: dict) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows), one row per (timed row, sample photo): YuNet, crop, model and total ms
-    per photo, then the same per face; a "model in page" column when a browser row has one."""
-    in_page = any("in_page_model_ms" in p for r in report["results"]
-                  for p in r.get("pipeline", {}).values())
-    headers = ["backend", "engine", "photo", "faces", "n"]
-    headers += [f"{label} ms" for label, _ in PIPELINE_STEPS[:3]]
-    headers += ["model in page ms"] if in_page else []
-    headers += ["total ms"] + [f"{label} per face" for label, _ in PIPELINE_STEPS]
-    out = []
-    for row in report["results"]:
-        for photo, p in row.get("pipeline", {}).items():
-            if not p.get("n"):
-                continue
-            cells = [row["name"], row["engine"] or "-", photo, str(p["faces"]), str(p["n"])]
-            cells += [fmt_num(p[key]) for _, key in PIPELINE_STEPS[:3]]
-            cells += [fmt_num(p.get("in_page_model_ms"))] if in_page else []
-            cells += [fmt_num(p["total_ms"])]
-            cells += [fmt_num(p["per_face"][key]) for _, key in PIPELINE_STEPS]
-            out.append(cells)
-    return headers, out
 
 
 def _status_text(row: dict) -> str:
@@ -265,67 +222,216 @@ def _status_text(row: dict) -> str:
     return "-"
 
 
-def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, headers, rows) of the report tables: size, latency, throughput, and when measured
-    the end-to-end pipeline and the browser's in-page time beside native."""
-    size_rows, latency_rows, speed_rows = [], [], []
+# ---------------------------------------------------------------- the tables, column by column
+
+
+def fmt_text(value) -> str:
+    """A name or count as it is; a missing value as "-"."""
+    return "-" if _missing(value) or value == "" else str(value)
+
+
+def _at(*path):
+    """A cell's value at ``path`` in one table line (None where any step is missing)."""
+    def value(line: dict):
+        for key in path:
+            if not isinstance(line, dict) or line.get(key) is None:
+                return None
+            line = line[key]
+        return line
+    return value
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a report table: its header, its value in one line of the table (a dict:
+    ``row``, the report's result, and what the table adds: ``batch``, ``lat``, ``size``...),
+    how the value is written, and whether the terminal shows it by default (within 100
+    columns; ``ssrconv bench --wide`` and the Markdown show every column). ``when``: the
+    column is there only for reports it answers True for (e.g. a browser row's in-page time)."""
+
+    header: str
+    value: Callable[[dict], object]
+    fmt: Callable[[object], str] = fmt_text
+    narrow: bool = False
+    when: Callable[[dict], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A report table: its title, its columns, and its lines (one dict per line, from the
+    report). A line with ``status`` (a row with no timing) writes that text in the
+    ``status_column``, the table's names where the columns have them, and "-" elsewhere.
+    ``optional``: the table is left out when it has no line."""
+
+    title: str
+    columns: tuple[Column, ...]
+    lines: Callable[[dict], list[dict]]
+    status_column: str | None = None
+    optional: bool = False
+
+    def render(self, report: dict, wide: bool = True) -> tuple[list[str], list[list[str]]]:
+        """(headers, cells) of this table for ``report``: every column, or (``wide`` False)
+        the terminal's default ones."""
+        columns = [c for c in self.columns if (wide or c.narrow)
+                   and (c.when is None or c.when(report))]
+        cells = []
+        for line in self.lines(report):
+            if "status" in line:
+                cells.append([line["status"] if c.header == self.status_column
+                              else c.fmt(c.value(line)) if c.header in _NAME_HEADERS else "-"
+                              for c in columns])
+            else:
+                cells.append([c.fmt(c.value(line)) for c in columns])
+        return [c.header for c in columns], cells
+
+
+_NAME_HEADERS = ("backend", "engine")  # written on a status line too
+
+
+def _engine(line: dict):
+    return line["row"]["engine"]
+
+
+def _size_lines(report: dict) -> list[dict]:
+    # model.predict is the same files as the model call
+    return [{"row": r, "size": r["size"] or {}} for r in report["results"] if r["mode"] != "predict"]
+
+
+def _batch_lines(report: dict) -> list[dict]:
+    """One line per row and batch size it was timed at; a status line for an untimed row."""
+    out = []
     for row in report["results"]:
-        size = row["size"] or {}
-        if row["mode"] != "predict":  # model.predict is the same files as the model call
-            size_rows.append([_size_label(row), row["target"], str(len(row["heads"]) or "-"),
-                              fmt_int(size.get("file_bytes")), fmt_int(size.get("gzip_bytes")),
-                              fmt_int(size.get("param_bytes")),
-                              fmt_ratio(size.get("ratio_to_paper")),
-                              fmt_ratio(size.get("ratio_to_paper_per_head"))])
-        batches = sorted(row["latency"], key=int) or [None]
-        for batch in batches:
-            if batch is None:
-                text = _status_text(row)
-                latency_rows.append([row["name"], row["engine"] or "-", "-", "-", text] + ["-"] * 6)
-                speed_rows.append([row["name"], "-", text] + ["-"] * 10)
-                continue
-            lat = row["latency"][batch]
-            face, over = lat["per_face_us"], lat["overhead_us"]
-            latency_rows.append([row["name"], row["engine"] or "-", batch, str(face["n"]),
-                                 fmt_num(face["median"]),
-                                 fmt_num(face["p90"]), fmt_num(face["p99"]), fmt_num(face["min"]),
-                                 fmt_num(face["std"]), fmt_num(over["median"]),
-                                 fmt_pct(lat["overhead_share"])])
-            ratio = row["ratios"].get(batch, {})
+        if not row["latency"]:
+            out.append({"row": row, "status": _status_text(row)})
+            continue
+        for batch in sorted(row["latency"], key=int):
             load = row["load"]
-            load_s = (load["import_s"] or 0) + (load["load_s"] or 0)
-            speed_rows.append([row["name"], batch, fmt_num(lat["throughput_faces_per_s"]),
-                               fmt_num(lat["gflops"]), fmt_num(lat["gflops_best"]),
-                               fmt_pct(lat["fraction_of_core_gemm_best"]),
-                               fmt_ratio(ratio.get("speedup_vs_keras_predict")),
-                               fmt_ratio(ratio.get("time_vs_fastest_fp32")),
-                               fmt_ratio(ratio.get("time_vs_original_fp32")),
-                               fmt_ratio(ratio.get("time_vs_original_target")),
-                               fmt_num(load_s), fmt_num(load["first_call_ms"].get(batch)),
-                               fmt_mb(row["memory"].get("peak_rss_bytes"))])
-    (pipeline_headers, pipeline), browser = pipeline_table(report), browser_rows(report)
-    extra = []
-    if pipeline:
-        extra.append(("End to end per photo and per face (ms, medians): YuNet + crop + model, "
-                      "as `ssrconv predict` runs them", pipeline_headers, pipeline))
-    if browser:
-        extra.append(("In the browser vs native (per face, us, medians)",
-                      ["backend", "engine", "batch", "round trip", "in page", "in page min",
-                       "native row (engine)", "native", "in page vs native"], browser))
-    return [
-        ("Size", ["backend", "target", "heads", "file bytes", "gzip bytes", "param bytes",
-                  "x paper 0.32 MB", "x paper per head"], size_rows),
-        ("Latency per face (us; raw: the harness overhead is measured beside, never subtracted)",
-         ["backend", "engine", "batch", "n", "median", "p90", "p99", "min", "std",
-          "overhead us/call", "overhead share"], latency_rows),
-        ("Throughput and efficiency",
-         ["backend", "batch", "faces/s", "GFLOP/s", "best GFLOP/s", "best of 1-core GEMM",
-          "speed-up vs predict",
-          "time vs fastest fp32", "vs original fp32", "vs original same target",
-          "import+load s", "first call ms",
-          "peak RSS MB"], speed_rows),
-        *extra,
-    ]
+            out.append({"row": row, "batch": batch, "lat": row["latency"][batch],
+                        "ratio": row["ratios"].get(batch, {}),
+                        "load_s": (load["import_s"] or 0) + (load["load_s"] or 0),
+                        "first_ms": load["first_call_ms"].get(batch),
+                        "rss": row["memory"].get("peak_rss_bytes")})
+    return out
+
+
+def _pipeline_lines(report: dict) -> list[dict]:
+    return [{"row": row, "photo": photo, "p": p} for row in report["results"]
+            for photo, p in row.get("pipeline", {}).items() if p.get("n")]
+
+
+def _has_in_page_model(report: dict) -> bool:
+    return any("in_page_model_ms" in p for r in report["results"]
+               for p in r.get("pipeline", {}).values())
+
+
+def _browser_lines(report: dict) -> list[dict]:
+    """Browser engines: one line per row and batch size with an in-page time, beside the native
+    engine's time for the same artifact."""
+    out = []
+    for row in report["results"]:
+        for batch, lat in sorted(row["latency"].items(), key=lambda kv: int(kv[0])):
+            page = lat.get("in_page_per_face_us")
+            if not page:
+                continue
+            native = _native_row(row, report["results"])
+            native_lat = (native or {}).get("latency", {}).get(batch)
+            native_us = native_lat["per_face_us"]["median"] if native_lat else None
+            out.append({"row": row, "batch": batch, "lat": lat, "page": page,
+                        "native": f"{native['name']} ({native['engine']})" if native else None,
+                        "native_us": native_us,
+                        "vs": page["median"] / native_us if native_us else None})
+    return out
+
+
+_NAME = Column("backend", _at("row", "name"), narrow=True)
+_FILES = Column("backend", lambda line: _size_label(line["row"]), narrow=True)
+_PER_FACE = ("lat", "per_face_us")
+
+TABLES = (
+    Table("Size", (
+        _FILES,
+        Column("target", _at("row", "target"), narrow=True),
+        Column("heads", lambda line: len(line["row"]["heads"]) or None),
+        Column("file bytes", _at("size", "file_bytes"), fmt_int, narrow=True),
+        Column("gzip bytes", _at("size", "gzip_bytes"), fmt_int, narrow=True),
+        Column("param bytes", _at("size", "param_bytes"), fmt_int),
+        Column("x paper 0.32 MB", _at("size", "ratio_to_paper"), fmt_ratio),
+        Column("x paper per head", _at("size", "ratio_to_paper_per_head"), fmt_ratio,
+               narrow=True),
+    ), lines=_size_lines),
+    Table("Latency per face (us; raw: the harness overhead is measured beside, never "
+          "subtracted)", (
+        _NAME,
+        Column("engine", _engine, narrow=True),
+        Column("batch", _at("batch"), narrow=True),
+        Column("n", _at(*_PER_FACE, "n")),
+        Column("median", _at(*_PER_FACE, "median"), fmt_num, narrow=True),
+        Column("p90", _at(*_PER_FACE, "p90"), fmt_num, narrow=True),
+        Column("p99", _at(*_PER_FACE, "p99"), fmt_num),
+        Column("min", _at(*_PER_FACE, "min"), fmt_num, narrow=True),
+        Column("std", _at(*_PER_FACE, "std"), fmt_num),
+        Column("overhead us/call", _at("lat", "overhead_us", "median"), fmt_num),
+        Column("overhead share", _at("lat", "overhead_share"), fmt_pct),
+    ), lines=_batch_lines, status_column="median"),
+    Table("Throughput and efficiency", (
+        _NAME,
+        Column("batch", _at("batch"), narrow=True),
+        Column("faces/s", _at("lat", "throughput_faces_per_s"), fmt_num, narrow=True),
+        Column("GFLOP/s", _at("lat", "gflops"), fmt_num),
+        Column("best GFLOP/s", _at("lat", "gflops_best"), fmt_num),
+        Column("best of 1-core GEMM", _at("lat", "fraction_of_core_gemm_best"), fmt_pct),
+        Column("speed-up vs predict", _at("ratio", "speedup_vs_keras_predict"), fmt_ratio,
+               narrow=True),
+        Column("time vs fastest fp32", _at("ratio", "time_vs_fastest_fp32"), fmt_ratio,
+               narrow=True),
+        Column("vs original fp32", _at("ratio", "time_vs_original_fp32"), fmt_ratio),
+        Column("vs original same target", _at("ratio", "time_vs_original_target"), fmt_ratio),
+        Column("import+load s", _at("load_s"), fmt_num),
+        Column("first call ms", _at("first_ms"), fmt_num),
+        Column("peak RSS MB", _at("rss"), fmt_mb),
+    ), lines=_batch_lines, status_column="faces/s"),
+    Table("End to end per photo and per face (ms, medians): YuNet + crop + model, as "
+          "`ssrconv predict` runs them", (
+        _NAME,
+        Column("engine", _engine),
+        Column("photo", _at("photo"), narrow=True),
+        Column("faces", _at("p", "faces"), narrow=True),
+        Column("n", _at("p", "n")),
+        Column("YuNet ms", _at("p", "detect_ms"), fmt_num, narrow=True),
+        Column("crop ms", _at("p", "crop_ms"), fmt_num),
+        Column("model ms", _at("p", "model_ms"), fmt_num, narrow=True),
+        Column("model in page ms", _at("p", "in_page_model_ms"), fmt_num,
+               when=_has_in_page_model),
+        Column("total ms", _at("p", "total_ms"), fmt_num, narrow=True),
+        Column("YuNet per face", _at("p", "per_face", "detect_ms"), fmt_num),
+        Column("crop per face", _at("p", "per_face", "crop_ms"), fmt_num),
+        Column("model per face", _at("p", "per_face", "model_ms"), fmt_num, narrow=True),
+        Column("total per face", _at("p", "per_face", "total_ms"), fmt_num),
+    ), lines=_pipeline_lines, optional=True),
+    Table("In the browser vs native (per face, us, medians)", (
+        _NAME,
+        Column("engine", _engine, narrow=True),
+        Column("batch", _at("batch")),
+        Column("round trip", _at(*_PER_FACE, "median"), fmt_num),
+        Column("in page", _at("page", "median"), fmt_num, narrow=True),
+        Column("in page min", _at("page", "min"), fmt_num),
+        Column("native row (engine)", _at("native")),
+        Column("native", _at("native_us"), fmt_num, narrow=True),
+        Column("in page vs native", _at("vs"), fmt_ratio, narrow=True),
+    ), lines=_browser_lines, optional=True),
+)
+
+
+def tables(report: dict, wide: bool = True) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, headers, cells) of the report's tables (:data:`TABLES`): size, latency,
+    throughput, and when measured the end-to-end pipeline and the browser's in-page time beside
+    native. ``wide`` False: the terminal's default columns only."""
+    out = []
+    for table in TABLES:
+        headers, cells = table.render(report, wide)
+        if cells or not table.optional:
+            out.append((table.title, headers, cells))
+    return out
 
 
 def _coretype_caveat(report: dict) -> str:
@@ -430,28 +536,6 @@ def _pipeline_notes(report: dict) -> list[str]:
     return out
 
 
-# The columns a terminal shows by default (render_text without ``wide``), per table title's
-# first word: every table then fits 100 columns with the default export's file and engine
-# names. ``ssrconv bench --wide``, the Markdown and the JSON carry every column.
-NARROW_COLUMNS = {
-    "Size": ("backend", "target", "file bytes", "gzip bytes", "x paper per head"),
-    "Latency": ("backend", "engine", "batch", "median", "p90", "min"),
-    "Throughput": ("backend", "batch", "faces/s", "speed-up vs predict", "time vs fastest fp32"),
-    "End": ("backend", "photo", "faces", "YuNet ms", "model ms", "total ms", "model per face"),
-    "In": ("backend", "engine", "in page", "native", "in page vs native"),
-}
-TERMINAL_WIDTH = 100
-
-
-def narrow(title: str, headers: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
-    """The default terminal columns of one table (:data:`NARROW_COLUMNS`)."""
-    keep = NARROW_COLUMNS.get(title.split()[0])
-    if keep is None:
-        return headers, rows
-    index = [i for i, h in enumerate(headers) if h in keep]
-    return [headers[i] for i in index], [[r[i] for i in index] for r in rows]
-
-
 def _align(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
@@ -464,15 +548,17 @@ def _align(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
 
 
+# The terminal's width: a table shows its ``narrow`` columns unless --wide, and the notes wrap.
+TERMINAL_WIDTH = 100
+
+
 def render_text(report: dict, wide: bool = False) -> str:
     """The terminal report: the tables aligned (their main columns, within 100 columns; every
     column with ``wide``), then the notes and the fingerprint wrapped to 100 columns."""
     import textwrap
 
     lines = []
-    for title, headers, rows in tables(report):
-        if not wide:
-            headers, rows = narrow(title, headers, rows)
+    for title, headers, rows in tables(report, wide):
         lines += [title, *_align(headers, rows), ""]
     if not wide:
         lines += ["(main columns; ssrconv bench --wide, --markdown or --json for all of them)", ""]
