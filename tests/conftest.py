@@ -188,7 +188,7 @@ def parity_inputs(faces):
     """The parity inputs: the 300 real faces of SSRCONV_FACES, then 64 seeded synthetic ones."""
     import numpy as np
 
-    from ssrconv.parity import synthetic_inputs
+    from ssrconv.reference.synthetic import synthetic_inputs
 
     return np.concatenate([faces.inputs, synthetic_inputs(64)])
 

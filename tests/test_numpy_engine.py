@@ -66,15 +66,26 @@ def test_single_heads_match_golden_for_every_weights_file(faces, golden, name):
     assert diff < GOLDEN_TOL["numpy-float64"][head], diff
 
 
+# How far the numpy engine may be from Keras on the 364 parity inputs. numpy-float64 is the
+# float64 oracle (within 1e-5), so it sits within Keras' own float32 rounding. numpy-float32 and
+# Keras are two float32 implementations rounding independently, each within 1e-4 of the oracle
+# (asserted below for both): measured on an AVX-512 EPYC (2026-12-06) on synthetic input 314,
+# numpy-float32 -5.1e-5 and Keras +6.0e-5 from the oracle's 43.54963 y, 1.1e-4 apart (on the
+# AVX2 Zen 3, under 1e-4). Their difference is bounded by the sum of the two roundings.
+KERAS_TOL = {"numpy-float64": 1e-4, "numpy-float32": 2e-4}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_matches_keras_to_1e4_years(keras_reference, numpy_references, parity_inputs, engine):
+def test_matches_keras(keras_reference, numpy_references, parity_inputs, golden_default, engine):
     keras, inputs = keras_reference, parity_inputs
     want = {h: np.concatenate([keras.run(inputs[i:i + 64])[h] for i in range(0, len(inputs), 64)])
             for h in keras.heads}
     got = numpy_references(engine).run(inputs)
-    assert np.max(np.abs(got["age"] - want["age"])) < 1e-4
-    assert np.max(np.abs(got["p_male"] - want["p_male"])) < 1e-4
+    for head in ("age", "p_male"):
+        # Keras itself within the float32 rounding the budget above assumes, on every input.
+        assert np.max(np.abs(want[head] - golden_default[head])) < 1e-4, head
+        assert np.max(np.abs(got[head] - want[head])) < KERAS_TOL[engine], head
 
 
 def test_stage_outputs_match_golden_with_and_without_prefix(assets_dir, faces, numpy_references):
