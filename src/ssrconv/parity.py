@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import SsrconvError
+from ssrconv.platforms import describe_features
 from ssrconv.targets import BUDGETS, Budget
 
 
@@ -58,6 +59,9 @@ class ParityResult:
     weights: dict[str, str] = field(default_factory=dict)  # the reference's weights per head
     error: str | None = None  # the artifact could not be verified, loaded or run
     not_run: str | None = None  # this (artifact, engine) pair was not run, and why (reported)
+    platform: str = ""  # where it ran (linux/amd64, linux/arm64: ssrconv.platforms)
+    machine: str = ""  # platform.machine() of the process that ran it
+    emulated: bool = False  # under QEMU: numerics of the platform's kernels, never its speed
 
     @property
     def passed(self) -> bool:
@@ -69,6 +73,8 @@ class ParityReport:
     faces_dir: str
     results: list[ParityResult]
     reference_engine: str = ""  # what computed the reference: keras, numpy-float32, ...
+    # platform name -> machine, CPU features, emulated, runtime versions (ssrconv.platforms)
+    platforms: dict[str, dict] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -76,7 +82,7 @@ class ParityReport:
 
     def as_dict(self) -> dict:
         return {"faces_dir": self.faces_dir, "reference_engine": self.reference_engine,
-                "passed": self.passed,
+                "passed": self.passed, "platforms": self.platforms,
                 "results": [{**asdict(r), "passed": r.passed} for r in self.results]}
 
 
@@ -239,7 +245,8 @@ def _failed(path: Path, reason: str, target: str = "-", engine: str = "-") -> Pa
 def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, seed: int = 0,
           budgets: dict[str, Budget] | None = None, age_weights=None, gender_weights=None,
           weights_candidates=(), engine: str | None = None, engines=(), progress=None,
-          raise_on_failure: bool = True, reference_engine: str = "auto") -> ParityReport:
+          raise_on_failure: bool = True, reference_engine: str = "auto",
+          platforms=()) -> ParityReport:
     """Compare every artifact of ``items`` (paths, or :class:`ssrconv.artifacts.Found` from
     :func:`ssrconv.artifacts.discover`) with the reference built from its own weights.
 
@@ -248,47 +255,88 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     others are still measured. ``engines`` (``["all"]`` or names) runs each artifact on every
     listed engine that reads its format, one row per pair; a pair that cannot run here (engine
     not installed, a file the engine refuses by design) is a reported "not run" row, not a
-    silent skip. Raises ParityError when any row failed (after all of them),
+    silent skip. ``platforms`` (names, see :mod:`ssrconv.platforms`; default: this machine's)
+    runs every pair on each platform, one row per (artifact, engine, platform), the rows of a
+    pair side by side; another instruction set runs in a worker process (emulated on this
+    machine: :mod:`ssrconv.runtimes.remote`), judged against the same host reference and
+    budgets. Raises ParityError when any row failed (after all of them),
     unless ``raise_on_failure`` is False. ``reference_engine``: "auto" (Keras when TensorFlow
     is installed, else numpy), "keras", "numpy", "numpy-float64".
     """
+    import contextlib
+
     from ssrconv.artifacts import Found
+    from ssrconv.platforms import host_platform, machine_info, resolve
 
     budgets = budgets or BUDGETS
     say = progress or (lambda message: None)
     synth = synthetic_inputs(synthetic, seed) if synthetic else np.empty((0, 64, 64, 3), np.float32)
     references = References(age_weights, gender_weights, weights_candidates, reference_engine)
+    places = [resolve(name) for name in dict.fromkeys(platforms or [host_platform()])]
     results = []
-    for number, item in enumerate(items, start=1):
-        found = item if isinstance(item, Found) else Found(Path(item))
-        try:
-            artifact = found.open()
-        except SsrconvError as err:
-            results.append(_failed(found.path, str(err)))
-            say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
-            continue
-        for name in engines_for(artifact, engine, engines):
-            why = not_run_reason(artifact, name) if engines else None
-            if why:
-                results.append(ParityResult(artifact=artifact.label, target=artifact.target.key,
-                                            engine=name, budget={}, faces=0, synthetic=0, real={},
-                                            synthetic_stats={}, not_run=why))
-                say(f"[{number}/{len(items)}] {artifact.label} on {name}: not run: {why}")
-                continue
+    with contextlib.ExitStack() as stack:
+        workers = {p.name: stack.enter_context(_start_worker(p, say)) for p in places if not p.host}
+        described = {p.name: _platform_entry(p, workers.get(p.name), machine_info) for p in places}
+        for number, item in enumerate(items, start=1):
+            found = item if isinstance(item, Found) else Found(Path(item))
             try:
-                result = _check_one(artifact, faces, synth, budgets, references, name, number,
-                                    len(items), say)
+                artifact = found.open()
             except SsrconvError as err:
-                result = _failed(found.path, str(err), target=artifact.target.key,
-                                 engine=name or artifact.format.engine.name)
+                results.append(_failed(found.path, str(err)))
                 say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
-            results.append(result)
+                continue
+            for name in engines_for(artifact, engine, engines):
+                for place in places:
+                    worker = workers.get(place.name)
+                    where = {"platform": place.name, "machine": described[place.name]["machine"],
+                             "emulated": place.emulated}
+                    on = f" on {place.name}" if len(places) > 1 or not place.host else ""
+                    why = not_run_reason(artifact, name, worker) if engines or worker else None
+                    if why:
+                        results.append(ParityResult(
+                            artifact=artifact.label, target=artifact.target.key,
+                            engine=name or artifact.format.engine.name, budget={}, faces=0,
+                            synthetic=0, real={}, synthetic_stats={}, not_run=why, **where))
+                        say(f"[{number}/{len(items)}] {artifact.label} on {name}{on}: not run: {why}")
+                        continue
+                    try:
+                        result = _check_one(artifact, faces, synth, budgets, references, name,
+                                            worker, number, len(items), say, on)
+                    except SsrconvError as err:
+                        result = _failed(found.path, str(err), target=artifact.target.key,
+                                         engine=name or artifact.format.engine.name)
+                        say(f"[{number}/{len(items)}] {found.path.name}{on}: FAILED: {err}")
+                    results.append(replace(result, **where))
     engines = sorted({r.engine for r in references.runtimes.values()})
     report = ParityReport(faces_dir=faces_dir, results=results,
-                          reference_engine=", ".join(engines))
+                          reference_engine=", ".join(engines), platforms=described)
     if raise_on_failure and not report.passed:
         raise ParityError(report)
     return report
+
+
+def _start_worker(place, say):
+    from ssrconv.runtimes.remote import Worker
+
+    say(f"starting the {place.name} worker (emulated: QEMU in {place.root}) ...")
+    worker = Worker(place)
+    say(f"{place.name}: {worker.info['machine']}, Python {worker.info['python']}, emulated by "
+        f"QEMU; CPU features {describe_features(worker.info)}")
+    return worker
+
+
+def _platform_entry(place, worker, machine_info) -> dict:
+    """What the report says about a platform: machine, key CPU features, how it ran."""
+    if worker is None:
+        info, versions = machine_info(), {}
+        runner = "this process (native)"
+    else:
+        info, versions = worker.info, worker.versions
+        runner = f"QEMU user-mode emulation (binfmt_misc qemu-aarch64), root filesystem {place.root}"
+    return {"machine": info["machine"], "emulated": place.emulated, "host": place.host,
+            "runner": runner, "python": info["python"], "key_features": info["key_features"],
+            "features": info["features"], "features_source": info["features_source"],
+            "versions": {k: v for k, v in versions.items() if v}}
 
 
 def engines_for(artifact, engine: str | None, engines) -> list[str | None]:
@@ -302,29 +350,39 @@ def engines_for(artifact, engine: str | None, engines) -> list[str | None]:
     return readers if "all" in engines else [e for e in engines if e in readers]
 
 
-def not_run_reason(artifact, engine_name: str) -> str | None:
-    """Why an (artifact, engine) pair of ``--engines`` is not run (None: run it)."""
+def not_run_reason(artifact, engine_name: str | None, worker=None) -> str | None:
+    """Why an (artifact, engine) pair is not run here or in ``worker`` (None: run it)."""
     from ssrconv.targets import get_engine
 
-    engine = get_engine(engine_name)
-    if not engine.installed():
+    engine = artifact.format.engine if engine_name is None else get_engine(engine_name)
+    if worker is not None:
+        if not worker.engines.get(engine.name):
+            return (f"engine {engine.name} has no runtime in the {worker.platform.name} root "
+                    "filesystem (no aarch64 Linux wheel, or not installed by make arm64)")
+    elif not engine.installed():
         return (f"engine {engine.name} is not installed here: pip install "
                 f"'ssrconv[{engine.extra or 'all'}]'")
     return engine.refuses(artifact.path)
 
 
-def _check_one(artifact, faces, synth, budgets, references, engine, number, total, say) -> ParityResult:
+def _check_one(artifact, faces, synth, budgets, references, engine, worker, number, total, say,
+               on="") -> ParityResult:
     budget = artifact.budget(budgets)
     weights = references.weights_for(artifact)
-    with artifact.runtime(engine=engine) as runtime:  # closed before the next engine starts
+    if worker is None:
+        runtime = artifact.runtime(engine=engine)
+    else:
+        runtime = worker.runtime(artifact.path, engine or artifact.format.engine.name,
+                                 artifact.precision)
+    with runtime:  # closed before the next engine starts
         return _measure(artifact, runtime, faces, synth, budget, weights, references, number,
-                        total, say)
+                        total, say, on)
 
 
 def _measure(artifact, runtime, faces, synth, budget, weights, references, number, total,
-             say) -> ParityResult:
+             say, on="") -> ParityResult:
     managed = "" if artifact.managed else ", unmanaged: precision read from the file"
-    say(f"[{number}/{total}] {artifact.label} on {runtime.engine} ({artifact.budget_class} "
+    say(f"[{number}/{total}] {artifact.label} on {runtime.engine}{on} ({artifact.budget_class} "
         f"budget{managed})")
     real_ref = references.outputs(weights, faces, "real")
     real_got = run_batched(runtime, faces)
@@ -360,16 +418,23 @@ def render_markdown(report: ParityReport) -> str:
     """A Markdown table: one row per artifact, the statistics the budgets judge."""
     faces = max((r.faces for r in report.results), default=0)
     engine = report.reference_engine or "keras"
+    # A platform column once anything ran off this process (--platform): x86 and arm64 rows
+    # of the same (artifact, engine) side by side.
+    several = any(not p.get("host", True) for p in report.platforms.values())
     lines = [f"Parity against the reference ({engine}) on {faces} "
              f"real faces ({report.faces_dir}); synthetic inputs reported separately.", "",
-             "| artifact | engine | max age diff (y) | mean | p99 | P(male) max diff | gender agreement "
+             "| artifact | engine | " + ("platform | " if several else "")
+             + "max age diff (y) | mean | p99 | P(male) max diff | gender agreement "
              "| synthetic max age diff | result |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
     for r in report.results:
         age, gender = r.real.get("age"), r.real.get("p_male")
         synth_age = r.synthetic_stats.get("age")
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            r.artifact, r.engine,
+        where = ""
+        if several:
+            where = f"{r.platform} ({r.machine or '?'}{', emulated' if r.emulated else ''}) | "
+        lines.append("| {} | {} | {}{} | {} | {} | {} | {} | {} | {} |".format(
+            r.artifact, r.engine, where,
             f"{age.max_abs:.2g}" if age else "-", f"{age.mean_abs:.2g}" if age else "-",
             f"{age.p99_abs:.2g}" if age else "-",
             f"{gender.max_abs:.2g}" if gender else "-",
@@ -377,6 +442,13 @@ def render_markdown(report: ParityReport) -> str:
             f"{synth_age.max_abs:.2g}" if synth_age else "-",
             ("not run: " + r.not_run) if r.not_run
             else "pass" if r.passed else "**FAIL**: " + "; ".join(r.violations)))
+    if several:
+        lines.append("")
+        for name, p in report.platforms.items():
+            how = ("emulated: " + p["runner"] + "; its numerics are the platform's kernels', "
+                   "its time is not the platform's speed") if p["emulated"] else p["runner"]
+            lines.append(f"- {name}: {p['machine']}, CPU features {describe_features(p)} "
+                         f"({p['features_source']}); {how}.")
     lines += ["", f"Where drift starts: max |diff| of the stage tensors on the first {STAGE_FACES} "
               "faces (stage probabilities, width shifts delta_k, local shifts; both heads), on "
               "the engine named (TFLite's come from its builtin kernels: XNNPACK keeps no "
@@ -384,15 +456,16 @@ def render_markdown(report: ParityReport) -> str:
               "| artifact | stage engine | stage probabilities | deltas | local deltas | largest |",
               "|---|---|---|---|---|---|"]
     for r in report.results:
+        label = f"{r.artifact} ({r.platform})" if several else r.artifact
         if r.stages is None:
-            lines.append(f"| {r.artifact} | - | - | - | - | n/a: {r.stages_note or 'not run'} |")
+            lines.append(f"| {label} | - | - | - | - | n/a: {r.stages_note or 'not run'} |")
             continue
         by_kind = {}
         for key, value in r.stages.items():
             kind = ("deltas" if ".delta_s" in key else "local" if ".local_delta" in key else "probs")
             by_kind[kind] = max(by_kind.get(kind, 0.0), value)
         worst = max(r.stages, key=r.stages.get)
-        lines.append(f"| {r.artifact} | {r.stages_engine} | {by_kind.get('probs', 0):.2g} | {by_kind.get('deltas', 0):.2g} "
+        lines.append(f"| {label} | {r.stages_engine} | {by_kind.get('probs', 0):.2g} | {by_kind.get('deltas', 0):.2g} "
                      f"| {by_kind.get('local', 0):.2g} | {worst} ({r.stages[worst]:.2g}) |")
     return "\n".join(lines) + "\n"
 
@@ -413,6 +486,8 @@ def render_junit(report: ParityReport) -> str:
         elif r.not_run:
             body = f"<skipped message={quoteattr(r.not_run)}/>"
         name = r.artifact if r.engine in ("", "-") else f"{r.artifact} on {r.engine}"
+        if r.emulated or (r.platform and len(report.platforms) > 1):
+            name += f" ({r.platform}{', emulated' if r.emulated else ''})"
         cases.append(f'  <testcase classname="ssrconv.parity" name={quoteattr(name)}>'
                      f"{body}</testcase>")
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="ssrconv-parity" '

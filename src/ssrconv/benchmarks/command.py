@@ -163,13 +163,17 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
 @click.option("--pipeline-runs", type=click.IntRange(min=0), default=20, show_default=True,
               help="Passes of each sample photo through YuNet + crop + model per row, for the "
                    "end-to-end rows (0: none).")
+@click.option("--platform", "platform", default=None, metavar="NAME",
+              help="Refuse unless NAME (linux/amd64, linux/arm64) is this machine's platform: "
+                   "another instruction set only runs emulated here, and emulated time is not "
+                   "speed (parity --platform checks its numerics).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path),
               help="Write the Markdown report (README-ready) here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path),
               help="Write a PNG chart (latency and size per backend) here.")
 def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_seconds, faces_dir,
-          with_keras, reference_engine, engine, engines, pipeline_runs, json_out, md_out,
+          with_keras, reference_engine, engine, engines, pipeline_runs, platform, json_out, md_out,
           plot_out) -> int:
     """Size, latency, throughput, efficiency and memory per backend, measured side by side.
 
@@ -181,6 +185,12 @@ def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_
     from ssrconv.atomic import write_atomic
     from ssrconv.benchmarks.report import render_json, render_markdown, render_plot, render_text
 
+    if platform is not None:
+        from ssrconv.platforms import why_not_timed
+
+        refusal = why_not_timed(platform)
+        if refusal:
+            raise SsrconvError(f"bench --platform {platform}: {refusal}")
     _check_output(json_out, "--json")
     _check_output(md_out, "--markdown")
     _check_output(plot_out, "--plot", (".png",))

@@ -1,0 +1,281 @@
+"""Artifacts run on another platform's CPU kernels: a worker process in the emulated arm64
+root filesystem (:mod:`ssrconv.platforms`), driven from this process.
+
+The host starts ``chroot ROOT /venv/bin/python -m ssrconv.runtimes.remote`` (QEMU runs it
+through binfmt_misc) with this very ssrconv package copied into a session directory under
+``ROOT/tmp`` (the worker runs the caller's code, not whatever ssrconv the root filesystem was
+built with; the root filesystem provides Python and the runtimes' aarch64 wheels). Requests are
+JSON lines on the worker's stdin, answers JSON lines on its stdout (the worker moves everything
+else a library prints to its log); face batches and outputs travel as ``.npy``/``.npz`` files
+in the session directory. :class:`RemoteRuntime` is a :class:`Runtime` like any other, so
+parity measures remote rows with the same code and budgets as host rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ssrconv.errors import SsrconvError
+from ssrconv.platforms import chroot_command
+from ssrconv.runtimes.base import Runtime
+
+_DISTRIBUTIONS = ("ssrconv", "numpy", "onnxruntime", "ai-edge-litert", "ncnn", "MNN", "openvino",
+                  "tract", "coremltools")
+_START_TIMEOUT_S = 300  # an emulated Python importing numpy takes seconds, not minutes
+
+
+class RemoteError(SsrconvError):
+    """The worker on another platform failed or answered with an error."""
+
+
+class Worker:
+    """One worker process on an emulated ``platform`` (see :func:`ssrconv.platforms.resolve`).
+    A context manager: closing ends the process and removes the session directory. ``info``
+    holds what the worker reported about its machine (``platform.machine()``, CPU features);
+    a worker that does not report the platform's machine is refused (an arm64 row must never
+    be computed on x86)."""
+
+    def __init__(self, platform):
+        import ssrconv
+
+        if not platform.emulated:
+            raise RemoteError(f"{platform.name} runs in this process, not in a worker")
+        self.platform = platform
+        self.root = Path(platform.root)
+        (self.root / "tmp").mkdir(exist_ok=True)
+        self.session = Path(tempfile.mkdtemp(prefix="ssrconv-", dir=self.root / "tmp"))
+        self._files = 0
+        self.process = None
+        try:
+            shutil.copytree(Path(ssrconv.__file__).parent, self.session / "src" / "ssrconv",
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            self.log_path = self.session / "worker.log"
+            chroot = chroot_command()
+            env = {"PATH": "/venv/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+                   "PYTHONPATH": self.inside(self.session / "src"),
+                   "PYTHONDONTWRITEBYTECODE": "1"}
+            with open(self.log_path, "wb") as log:
+                self.process = subprocess.Popen(
+                    chroot + [str(self.root), "/venv/bin/python", "-m", "ssrconv.runtimes.remote"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+            hello = self.request({"op": "hello"})
+        except BaseException:
+            self.close()
+            raise
+        self.info, self.engines, self.versions = hello["info"], hello["engines"], hello["versions"]
+        if self.info.get("machine") != platform.machine:
+            machine = self.info.get("machine")
+            self.close()
+            raise RemoteError(f"the {platform.name} worker reports machine {machine!r}, not "
+                              f"{platform.machine}: {self.root} does not run under emulation; "
+                              "rebuild it with make arm64")
+
+    def inside(self, path: Path) -> str:
+        """``path`` (under the root filesystem) as the worker sees it."""
+        return "/" + str(Path(path).relative_to(self.root))
+
+    def scratch(self, suffix: str) -> Path:
+        """A fresh file name in the session directory."""
+        self._files += 1
+        return self.session / f"{self._files}{suffix}"
+
+    def _log_tail(self) -> str:
+        try:
+            lines = [x for x in self.log_path.read_text(errors="replace").splitlines() if x.strip()]
+        except OSError:
+            return ""
+        return lines[-1][:300] if lines else ""
+
+    def request(self, message: dict) -> dict:
+        """Send one request, return its answer; RemoteError with the worker's message."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            raise RemoteError(f"the {self.platform.name} worker is not running: {self._log_tail()}")
+        try:
+            process.stdin.write(json.dumps(message) + "\n")
+            process.stdin.flush()
+            line = process.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            raise RemoteError(f"the {self.platform.name} worker died during {message['op']}: "
+                              f"{self._log_tail() or 'no message'}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RemoteError(f"on {self.platform.name}: {answer['error']}")
+        return answer
+
+    def runtime(self, path: Path, engine: str, precision: str | None) -> "RemoteRuntime":
+        """Load ``path`` (copied into the session) on ``engine`` in the worker."""
+        copy = self.scratch("") / Path(path).name
+        copy.parent.mkdir()
+        if Path(path).is_dir():
+            shutil.copytree(path, copy)
+        else:
+            shutil.copy2(path, copy)
+        answer = self.request({"op": "load", "path": self.inside(copy), "engine": engine,
+                               "precision": precision})
+        return RemoteRuntime(self, answer, Path(path))
+
+    def close(self) -> None:
+        """End the worker and remove the session directory; idempotent."""
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                if process.poll() is None:
+                    process.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                    process.stdin.flush()
+                process.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired, ValueError):
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.session, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RemoteRuntime(Runtime):
+    """An artifact loaded in a :class:`Worker`: runs there, answers here."""
+
+    def __init__(self, worker: Worker, loaded: dict, path: Path):
+        self.worker = worker
+        self.handle = loaded["id"]
+        self.path = path
+        self.backend = loaded["backend"]
+        self.engine = loaded["engine"]
+        self.stage_engine = loaded["stage_engine"]
+        self.heads = tuple(loaded["heads"])
+        self.remote_description = loaded["describe"]
+        self.platform = worker.platform
+
+    def _call(self, op: str, batch: np.ndarray, **extra) -> dict[str, np.ndarray]:
+        batch = self.check_batch(batch)
+        source = self.worker.scratch(".npy")
+        np.save(source, batch)
+        try:
+            answer = self.worker.request({"op": op, "id": self.handle,
+                                          "input": self.worker.inside(source), **extra})
+            result = self.worker.root / answer["output"].lstrip("/")
+            with np.load(result) as data:
+                out = {key: data[key] for key in data.files}
+            result.unlink()
+        finally:
+            source.unlink(missing_ok=True)
+        return out
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self._call("run", batch)
+
+    def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
+        from ssrconv.runtimes.stages import StagesUnavailable
+
+        try:
+            return self._call("stages", batch, keys=[s.key for s in specs])
+        except RemoteError as err:
+            if "StagesUnavailable" in str(err):
+                raise StagesUnavailable(str(err).split("StagesUnavailable: ", 1)[-1]) from None
+            raise
+
+    def close(self) -> None:
+        if self.handle is not None and self.worker.process is not None:
+            self.worker.request({"op": "unload", "id": self.handle})
+        self.handle = None
+
+    def describe(self) -> dict:
+        return {**self.remote_description, "path": str(self.path),
+                "platform": self.platform.name, "emulated": self.platform.emulated}
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker side (runs inside the root filesystem).
+
+def _versions() -> dict[str, str | None]:
+    import importlib.metadata
+
+    found = {}
+    for dist in _DISTRIBUTIONS:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def _serve(requests, answer) -> None:
+    from ssrconv.platforms import machine_info
+    from ssrconv.runtimes.stages import StagesUnavailable, stage_specs
+    from ssrconv.targets import ENGINES, get_engine
+
+    loaded: dict[int, Runtime] = {}
+    handles = itertools.count(1)
+    for line in requests:
+        message = json.loads(line)
+        op = message["op"]
+        try:
+            if op == "quit":
+                break
+            if op == "hello":
+                answer({"info": machine_info(), "versions": _versions(),
+                        "engines": {name: e.installed() for name, e in ENGINES.items()}})
+            elif op == "load":
+                runtime = get_engine(message["engine"]).load(Path(message["path"]),
+                                                             precision=message["precision"])
+                handle = next(handles)
+                loaded[handle] = runtime
+                answer({"id": handle, "backend": runtime.backend, "engine": runtime.engine,
+                        "stage_engine": runtime.stage_engine or runtime.engine,
+                        "heads": list(runtime.heads), "describe": runtime.describe()})
+            elif op in ("run", "stages"):
+                runtime = loaded[message["id"]]
+                batch = np.load(message["input"])
+                if op == "run":
+                    out = runtime.run(batch)
+                else:
+                    specs = [s for s in stage_specs(runtime.heads) if s.key in message["keys"]]
+                    out = runtime.stage_outputs(batch, specs)
+                target = message["input"][:-len(".npy")] + ".out.npz"
+                np.savez(target, **{k: np.asarray(v) for k, v in out.items()})
+                answer({"output": target})
+            elif op == "unload":
+                loaded.pop(message["id"]).close()
+                answer({})
+            else:
+                answer({"error": f"unknown request {op!r}"})
+        except StagesUnavailable as err:
+            answer({"error": f"StagesUnavailable: {err}"})
+        except SsrconvError as err:
+            answer({"error": str(err)})
+        except Exception as err:  # a runtime's own exception: reported, the worker goes on
+            answer({"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"})
+    for runtime in loaded.values():
+        runtime.close()
+
+
+def main() -> None:
+    """Serve requests from stdin; answers on the original stdout, everything else to stderr."""
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # a runtime printing to stdout must not corrupt the protocol
+    sys.stdout = sys.stderr
+
+    def answer(message: dict) -> None:
+        protocol.write(json.dumps(message, default=str) + "\n")
+        protocol.flush()
+
+    _serve(sys.stdin, answer)
+
+
+if __name__ == "__main__":
+    main()
