@@ -1,7 +1,7 @@
 """Artifacts run on another platform's CPU kernels: a worker process in the emulated arm64
 root filesystem (:mod:`ssrconv.platforms`), driven from this process.
 
-The host starts ``chroot ROOT /venv/bin/python -m ssrconv.runtimes.remote`` (QEMU runs it
+The host starts ``chroot ROOT /venv/bin/python -m ssrconv.platform_worker`` (QEMU runs it
 through binfmt_misc) with this very ssrconv package copied into a session directory under
 ``ROOT/tmp`` (the worker runs the caller's code, not whatever ssrconv the root filesystem was
 built with; the root filesystem provides Python and the runtimes' aarch64 wheels). Requests are
@@ -13,12 +13,10 @@ parity measures remote rows with the same code and budgets as host rows.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,8 +26,6 @@ from ssrconv.errors import SsrconvError
 from ssrconv.platforms import chroot_command
 from ssrconv.runtimes.base import Runtime
 
-_DISTRIBUTIONS = ("ssrconv", "numpy", "onnxruntime", "ai-edge-litert", "ncnn", "MNN", "openvino",
-                  "tract", "coremltools")
 _START_TIMEOUT_S = 300  # an emulated Python importing numpy takes seconds, not minutes
 
 
@@ -45,8 +41,6 @@ class Worker:
     be computed on x86)."""
 
     def __init__(self, platform):
-        import ssrconv
-
         if not platform.emulated:
             raise RemoteError(f"{platform.name} runs in this process, not in a worker")
         self.platform = platform
@@ -56,7 +50,7 @@ class Worker:
         self._files = 0
         self.process = None
         try:
-            shutil.copytree(Path(ssrconv.__file__).parent, self.session / "src" / "ssrconv",
+            shutil.copytree(Path(__file__).resolve().parents[1], self.session / "src" / "ssrconv",
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             self.log_path = self.session / "worker.log"
             chroot = chroot_command()
@@ -65,7 +59,7 @@ class Worker:
                    "PYTHONDONTWRITEBYTECODE": "1"}
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(
-                    chroot + [str(self.root), "/venv/bin/python", "-m", "ssrconv.runtimes.remote"],
+                    chroot + [str(self.root), "/venv/bin/python", "-m", "ssrconv.platform_worker"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
             hello = self.request({"op": "hello"})
         except BaseException:
@@ -114,17 +108,22 @@ class Worker:
             raise RemoteError(f"on {self.platform.name}: {answer['error']}")
         return answer
 
-    def runtime(self, path: Path, engine: str, precision: str | None) -> "RemoteRuntime":
-        """Load ``path`` (copied into the session) on ``engine`` in the worker."""
-        copy = self.scratch("") / Path(path).name
+    def runtime(self, path: Path, engine: str | None = None) -> "RemoteRuntime":
+        """Load the artifact ``path`` on ``engine`` (None: its format's default) in the worker:
+        the artifact and its manifest are copied into the session, and the worker opens and
+        verifies them as this process does (ssrconv.artifacts.open_artifact)."""
+        path = Path(path)
+        copy = self.scratch("") / path.name
         copy.parent.mkdir()
-        if Path(path).is_dir():
+        if path.is_dir():
             shutil.copytree(path, copy)
         else:
             shutil.copy2(path, copy)
-        answer = self.request({"op": "load", "path": self.inside(copy), "engine": engine,
-                               "precision": precision})
-        return RemoteRuntime(self, answer, Path(path))
+        manifest = path.with_name(path.name + ".json")  # artifacts.manifest_path_for
+        if manifest.is_file():
+            shutil.copy2(manifest, copy.with_name(manifest.name))
+        answer = self.request({"op": "load", "path": self.inside(copy), "engine": engine})
+        return RemoteRuntime(self, answer, path)
 
     def close(self) -> None:
         """End the worker and remove the session directory; idempotent."""
@@ -180,7 +179,7 @@ class RemoteRuntime(Runtime):
         return self._call("run", batch)
 
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
-        from ssrconv.runtimes.stages import StagesUnavailable
+        from ssrconv.stages import StagesUnavailable
 
         try:
             return self._call("stages", batch, keys=[s.key for s in specs])
@@ -197,85 +196,3 @@ class RemoteRuntime(Runtime):
     def describe(self) -> dict:
         return {**self.remote_description, "path": str(self.path),
                 "platform": self.platform.name, "emulated": self.platform.emulated}
-
-
-# ---------------------------------------------------------------------------------------------
-# The worker side (runs inside the root filesystem).
-
-def _versions() -> dict[str, str | None]:
-    import importlib.metadata
-
-    found = {}
-    for dist in _DISTRIBUTIONS:
-        try:
-            found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            found[dist] = None
-    return found
-
-
-def _serve(requests, answer) -> None:
-    from ssrconv.platforms import machine_info
-    from ssrconv.runtimes.stages import StagesUnavailable, stage_specs
-    from ssrconv.targets import ENGINES, get_engine
-
-    loaded: dict[int, Runtime] = {}
-    handles = itertools.count(1)
-    for line in requests:
-        message = json.loads(line)
-        op = message["op"]
-        try:
-            if op == "quit":
-                break
-            if op == "hello":
-                answer({"info": machine_info(), "versions": _versions(),
-                        "engines": {name: e.installed() for name, e in ENGINES.items()}})
-            elif op == "load":
-                runtime = get_engine(message["engine"]).load(Path(message["path"]),
-                                                             precision=message["precision"])
-                handle = next(handles)
-                loaded[handle] = runtime
-                answer({"id": handle, "backend": runtime.backend, "engine": runtime.engine,
-                        "stage_engine": runtime.stage_engine or runtime.engine,
-                        "heads": list(runtime.heads), "describe": runtime.describe()})
-            elif op in ("run", "stages"):
-                runtime = loaded[message["id"]]
-                batch = np.load(message["input"])
-                if op == "run":
-                    out = runtime.run(batch)
-                else:
-                    specs = [s for s in stage_specs(runtime.heads) if s.key in message["keys"]]
-                    out = runtime.stage_outputs(batch, specs)
-                target = message["input"][:-len(".npy")] + ".out.npz"
-                np.savez(target, **{k: np.asarray(v) for k, v in out.items()})
-                answer({"output": target})
-            elif op == "unload":
-                loaded.pop(message["id"]).close()
-                answer({})
-            else:
-                answer({"error": f"unknown request {op!r}"})
-        except StagesUnavailable as err:
-            answer({"error": f"StagesUnavailable: {err}"})
-        except SsrconvError as err:
-            answer({"error": str(err)})
-        except Exception as err:  # a runtime's own exception: reported, the worker goes on
-            answer({"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"})
-    for runtime in loaded.values():
-        runtime.close()
-
-
-def main() -> None:
-    """Serve requests from stdin; answers on the original stdout, everything else to stderr."""
-    protocol = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # a runtime printing to stdout must not corrupt the protocol
-    sys.stdout = sys.stderr
-
-    def answer(message: dict) -> None:
-        protocol.write(json.dumps(message, default=str) + "\n")
-        protocol.flush()
-
-    _serve(sys.stdin, answer)
-
-
-if __name__ == "__main__":
-    main()
