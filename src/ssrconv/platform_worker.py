@@ -57,7 +57,7 @@ def serve(requests, answer) -> None:
                 runtime = open_artifact(Path(message["path"])).runtime(engine=message["engine"])
                 handle = next(handles)
                 loaded[handle] = runtime
-                answer({"id": handle, "backend": runtime.backend, "engine": runtime.engine,
+                answer({"id": handle, "engine": runtime.engine,
                         "stage_engine": runtime.stage_engine or runtime.engine,
                         "heads": list(runtime.heads), "describe": runtime.describe()})
             elif op in ("run", "stages"):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssrconv.atomic import track
 from ssrconv.errors import SsrconvError
 from ssrconv.platforms import chroot_command
 from ssrconv.runtimes.base import Runtime
@@ -31,6 +32,16 @@ _START_TIMEOUT_S = 300  # an emulated Python importing numpy takes seconds, not 
 
 class RemoteError(SsrconvError):
     """The worker on another platform failed or answered with an error."""
+
+
+def _die_with_parent() -> None:
+    """In the worker's process before exec: SIGKILL when this process ends (a signal ends
+    ssrconv with os._exit, which runs no cleanup; the emulated worker must not live on)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Worker:
@@ -46,7 +57,8 @@ class Worker:
         self.platform = platform
         self.root = Path(platform.root)
         (self.root / "tmp").mkdir(exist_ok=True)
-        self.session = Path(tempfile.mkdtemp(prefix="ssrconv-", dir=self.root / "tmp"))
+        # tracked: an interrupted command removes it too (ssrconv.atomic.remove_tracked)
+        self.session = track(Path(tempfile.mkdtemp(prefix="ssrconv-", dir=self.root / "tmp")))
         self._files = 0
         self.process = None
         try:
@@ -60,7 +72,8 @@ class Worker:
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(
                     chroot + [str(self.root), "/venv/bin/python", "-m", "ssrconv.platform_worker"],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
+                    preexec_fn=_die_with_parent)
             hello = self.request({"op": "hello"})
         except BaseException:
             self.close()
@@ -153,7 +166,6 @@ class RemoteRuntime(Runtime):
         self.worker = worker
         self.handle = loaded["id"]
         self.path = path
-        self.backend = loaded["backend"]
         self.engine = loaded["engine"]
         self.stage_engine = loaded["stage_engine"]
         self.heads = tuple(loaded["heads"])
