@@ -292,19 +292,20 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
                              "emulated": place.emulated}
                     on = f" on {place.name}" if len(places) > 1 or not place.host else ""
                     why = not_run_reason(artifact, name, worker) if engines or worker else None
+                    label = name or artifact.format.engine.name
                     if why:
                         results.append(ParityResult(
-                            artifact=artifact.label, target=artifact.target.key,
-                            engine=name or artifact.format.engine.name, budget={}, faces=0,
-                            synthetic=0, real={}, synthetic_stats={}, not_run=why, **where))
-                        say(f"[{number}/{len(items)}] {artifact.label} on {name}{on}: not run: {why}")
+                            artifact=artifact.label, target=artifact.target.key, engine=label,
+                            budget={}, faces=0, synthetic=0, real={}, synthetic_stats={},
+                            not_run=why, **where))
+                        say(f"[{number}/{len(items)}] {artifact.label} on {label}{on}: not run: {why}")
                         continue
                     try:
                         result = _check_one(artifact, faces, synth, budgets, references, name,
                                             worker, number, len(items), say, on)
                     except SsrconvError as err:
                         result = _failed(found.path, str(err), target=artifact.target.key,
-                                         engine=name or artifact.format.engine.name)
+                                         engine=label)
                         say(f"[{number}/{len(items)}] {found.path.name}{on}: FAILED: {err}")
                     results.append(replace(result, **where))
     engines = sorted({r.engine for r in references.runtimes.values()})
