@@ -12,7 +12,8 @@
 #      pyproject's environment markers as arm64 Linux does.
 #
 # Each step leaves a stamp in $ROOT/.ssrconv/; a step whose stamp matches is skipped (steps 4-5
-# are redone when pyproject.toml or this script change). Needs root (debootstrap, chroot).
+# are redone when pyproject's dependencies or this script change; ssrconv alone is reinstalled
+# when src/ changes). Needs root (debootstrap, chroot).
 # Usage: tools/arm64_root.sh   (SSRCONV_ARM64_ROOT: where; default ~/.cache/ssrconv/arm64-bookworm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,7 +83,7 @@ tree_key() {  # the package's sources as they are now (committed or not)
     find src pyproject.toml -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | sort \
         | xargs sha256sum | sha256sum | cut -c1-16
 }
-key="$(cat pyproject.toml "$0" | sha256sum | cut -c1-16)"
+key="$( ("$HOST_PYTHON" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"])'; cat "$0") | sha256sum | cut -c1-16)"
 if [ "$(cat "$STAMPS/venv" 2>/dev/null)" != "$key" ]; then
     rm -rf "$WHEELS" "$STAMPS/ssrconv" && mkdir -p "$WHEELS"
     say "building the ssrconv wheel of $SRC"
