@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= ssrconv-out
 
-.PHONY: setup browser demo test test-fast test-runtime-only install-sizes readme-figures model-card clean
+.PHONY: setup browser arm64 demo test test-fast test-runtime-only install-sizes readme-figures model-card clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,15 @@ browser: setup
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
 	@if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then \
 	  npm ci --no-audit --no-fund; fi
+
+# The arm64 root filesystem for `ssrconv parity --platform linux/arm64` on an x86 machine
+# (idempotent; root): Debian's qemu-user-static, binfmt-support and debootstrap (apt-get when
+# missing), binfmt_misc's qemu-aarch64, `debootstrap --arch=arm64 bookworm` (~8 minutes, once),
+# the runtimes' aarch64 wheels downloaded here and installed offline in /venv inside with this
+# tree's ssrconv (no extras). Cached in $$SSRCONV_ARM64_ROOT (default
+# ~/.cache/ssrconv/arm64-bookworm); on an arm64 machine there is nothing to build.
+arm64: setup
+	HOST_PYTHON=$(BIN)/python bash tools/arm64_root.sh
 
 # The main job on the default pretrained weights (age-wiki + gender-wiki): export every target,
 # check each against the reference on real faces (fails on a broken budget), benchmark them all.

@@ -231,12 +231,17 @@ _REFERENCE_ENGINE = click.option(
                    "(naming the extra) and does not fail the check. Default: it fails, as an "
                    "unchecked artifact (a runtime-only CI job checking only what it can run "
                    "passes this).")
+@click.option("--platform", "platforms", multiple=True, metavar="NAME",
+              help="Run the artifacts on this platform's CPU kernels: linux/amd64, linux/arm64 "
+                   "or host (default: this machine's). Repeat for rows side by side. Another "
+                   "instruction set runs under QEMU in the root filesystem `make arm64` builds "
+                   "(rows marked emulated: numerics, not speed); natively on such a machine.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown table here.")
 @click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="Write JUnit XML here.")
 @_REFERENCE_ENGINE
 def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, budget_overrides,
-           weights, engine, engines, allow_missing_runtimes, json_out, md_out, junit_out,
+           weights, engine, engines, allow_missing_runtimes, platforms, json_out, md_out, junit_out,
            reference_engine) -> int:
     """Compare every artifact with the reference built from its own weights, on real faces;
     exit 1 if any artifact breaks its budget or fails to verify, load or run."""
@@ -263,6 +268,10 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
 
     if resolve_reference(reference_engine) == "keras":  # before any work: one line, not a row each
         check_extra(["tensorflow", "keras"], "export", "ssrconv parity --reference-engine keras")
+    from ssrconv.platforms import resolve as resolve_platform
+
+    for name in platforms:  # an unbuilt root filesystem: one line before any work
+        resolve_platform(name)
     age_weights, gender_weights = _split_weights(tuple(str(w) for w in weights))
     found = discover(model or export_dir)
     faces = _load_faces_for(faces_dir, faces_kind, limit)
@@ -271,7 +280,7 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
                    gender_weights=gender_weights, weights_candidates=weights, engine=engine,
                    engines=engine_list,
                    progress=lambda m: click.echo(m, err=True), raise_on_failure=False,
-                   reference_engine=reference_engine)
+                   reference_engine=reference_engine, platforms=platforms)
     markdown = render_markdown(report)
     click.echo(markdown)
     if json_out:

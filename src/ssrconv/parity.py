@@ -60,6 +60,9 @@ class ParityResult:
     error: str | None = None  # the artifact could not be verified, loaded or run
     not_run: str | None = None  # this (artifact, engine) pair was not run, and why (reported)
     missing_extra: str | None = None  # not run because its engine is not installed: the extra
+    platform: str = ""  # where it ran (linux/amd64, linux/arm64: ssrconv.platforms)
+    machine: str = ""  # platform.machine() of the process that ran it
+    emulated: bool = False  # under QEMU: numerics of the platform's kernels, never its speed
 
 
     @property
@@ -72,6 +75,8 @@ class ParityReport:
     faces_dir: str
     results: list[ParityResult]
     reference_engine: str = ""  # what computed the reference: keras, numpy-float32, ...
+    # platform name -> machine, CPU features, emulated, runtime versions (ssrconv.platforms)
+    platforms: dict[str, dict] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -86,7 +91,7 @@ class ParityReport:
 
     def as_dict(self) -> dict:
         return {"faces_dir": self.faces_dir, "reference_engine": self.reference_engine,
-                "passed": self.passed, "unchecked": self.unchecked(),
+                "passed": self.passed, "unchecked": self.unchecked(), "platforms": self.platforms,
                 "results": [{**asdict(r), "passed": r.passed} for r in self.results]}
 
 
@@ -211,7 +216,8 @@ def _failed(path: Path, reason: str, target: str = "-", engine: str = "-") -> Pa
 def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, seed: int = 0,
           budgets: dict[str, Budget] | None = None, age_weights=None, gender_weights=None,
           weights_candidates=(), engine: str | None = None, engines=(), progress=None,
-          raise_on_failure: bool = True, reference_engine: str = "auto") -> ParityReport:
+          raise_on_failure: bool = True, reference_engine: str = "auto",
+          platforms=()) -> ParityReport:
     """Compare every artifact of ``items`` (paths, or :class:`ssrconv.artifacts.Found` from
     :func:`ssrconv.artifacts.discover`) with the reference built from its own weights.
 
@@ -220,57 +226,110 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     others are still measured. ``engines`` (``["all"]`` or names) runs each artifact on every
     listed engine that reads its format, one row per pair; a pair that cannot run here (engine
     not installed, a file the engine refuses by design) is a reported "not run" row, not a
-    silent skip. Raises ParityError when any row failed (after all of them),
+    silent skip. ``platforms`` (names, see :mod:`ssrconv.platforms`; default: this machine's)
+    runs every pair on each platform, one row per (artifact, engine, platform), the rows of a
+    pair side by side; another instruction set runs in a worker process (emulated on this
+    machine: :mod:`ssrconv.runtimes.remote`), judged against the same host reference and
+    budgets. Raises ParityError when any row failed (after all of them),
     unless ``raise_on_failure`` is False. ``reference_engine``: "auto" (Keras when TensorFlow
     is installed, else numpy), "keras", "numpy", "numpy-float64".
     """
+    import contextlib
+
     from ssrconv.artifacts import Found
+    from ssrconv.platforms import host_platform, machine_info, resolve
     from ssrconv.reference.synthetic import synthetic_inputs
 
     budgets = budgets or BUDGETS
     say = progress or (lambda message: None)
     synth = synthetic_inputs(synthetic, seed) if synthetic else np.empty((0, 64, 64, 3), np.float32)
     references = References(age_weights, gender_weights, weights_candidates, reference_engine)
+    places = [resolve(name) for name in dict.fromkeys(platforms or [host_platform()])]
     results = []
-    for number, item in enumerate(items, start=1):
-        found = item if isinstance(item, Found) else Found(Path(item))
-        try:
-            artifact = found.open()
-        except MissingExtraError as err:
-            # Reading this format's facts needs its runtime's library: nothing can check it here.
-            fmt = format_of(found.path)
-            results.append(_not_installed(found.path.name, "-", (engine or fmt.engine.name),
-                                          str(err), _extra_in(str(err))))
-            say(f"[{number}/{len(items)}] {found.path.name}: not run: {err}")
-            continue
-        except SsrconvError as err:
-            results.append(_failed(found.path, str(err)))
-            say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
-            continue
-        for name in engines_for(artifact.format.family, engine, engines):
-            chosen = get_engine(name or artifact.format.engine.name)
-            why = (chosen.why_not_run(artifact.path, refusals=bool(engines))
-                   if artifact.format.family in chosen.reads else None)  # else: load says why
-            if why:
-                missing = None if chosen.installed() else (chosen.extra or "all")
-                results.append(_not_installed(artifact.label, artifact.target.key, chosen.name,
-                                              why, missing))
-                say(f"[{number}/{len(items)}] {artifact.label} on {chosen.name}: not run: {why}")
-                continue
+    with contextlib.ExitStack() as stack:
+        workers = {p.name: stack.enter_context(_start_worker(p, say)) for p in places if not p.host}
+        described = {p.name: _platform_entry(p, workers.get(p.name), machine_info) for p in places}
+        for number, item in enumerate(items, start=1):
+            found = item if isinstance(item, Found) else Found(Path(item))
             try:
-                result = _check_one(artifact, faces, synth, budgets, references, name, number,
-                                    len(items), say)
+                artifact = found.open()
+            except MissingExtraError as err:
+                # Reading this format's facts needs its runtime's library: nothing can check it here.
+                fmt = format_of(found.path)
+                results.append(_not_installed(found.path.name, "-", (engine or fmt.engine.name),
+                                              str(err), _extra_in(str(err))))
+                say(f"[{number}/{len(items)}] {found.path.name}: not run: {err}")
+                continue
             except SsrconvError as err:
-                result = _failed(found.path, str(err), target=artifact.target.key,
-                                 engine=name or artifact.format.engine.name)
+                results.append(_failed(found.path, str(err)))
                 say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
-            results.append(result)
+                continue
+            for name in engines_for(artifact.format.family, engine, engines):
+                chosen = get_engine(name or artifact.format.engine.name)
+                for place in places:
+                    worker = workers.get(place.name)
+                    where = {"platform": place.name, "machine": described[place.name]["machine"],
+                             "emulated": place.emulated}
+                    on = f" on {place.name}" if len(places) > 1 or not place.host else ""
+                    why, missing = _why_not_run(artifact, chosen, worker, bool(engines))
+                    if why:
+                        results.append(replace(_not_installed(
+                            artifact.label, artifact.target.key, chosen.name, why, missing), **where))
+                        say(f"[{number}/{len(items)}] {artifact.label} on {chosen.name}{on}: "
+                            f"not run: {why}")
+                        continue
+                    try:
+                        result = _check_one(artifact, faces, synth, budgets, references, name,
+                                            worker, number, len(items), say, on)
+                    except SsrconvError as err:
+                        result = _failed(found.path, str(err), target=artifact.target.key,
+                                         engine=chosen.name)
+                        say(f"[{number}/{len(items)}] {found.path.name}{on}: FAILED: {err}")
+                    results.append(replace(result, **where))
     engines = sorted({r.engine for r in references.runtimes.values()})
     report = ParityReport(faces_dir=faces_dir, results=results,
-                          reference_engine=", ".join(engines))
+                          reference_engine=", ".join(engines), platforms=described)
     if raise_on_failure and not report.passed:
         raise ParityError(report)
     return report
+
+
+def _why_not_run(artifact, chosen, worker, refusals: bool) -> tuple[str | None, str | None]:
+    """(why the pair is not run, the extra that would bring its engine), or (None, None)."""
+    if worker is not None:
+        if not worker.engines.get(chosen.name):
+            return (f"engine {chosen.name} has no runtime in the {worker.platform.name} root "
+                    "filesystem (no aarch64 Linux wheel, or not installed by make arm64)"), None
+        return (chosen.refuses(artifact.path) if refusals else None), None
+    if artifact.format.family not in chosen.reads:
+        return None, None  # loading it says why, as a failed row
+    why = chosen.why_not_run(artifact.path, refusals=refusals)
+    return why, (None if not why or chosen.installed() else (chosen.extra or "all"))
+
+
+def _start_worker(place, say):
+    from ssrconv.platforms import describe_features
+    from ssrconv.runtimes.remote import Worker
+
+    say(f"starting the {place.name} worker (emulated: QEMU in {place.root}) ...")
+    worker = Worker(place)
+    say(f"{place.name}: {worker.info['machine']}, Python {worker.info['python']}, emulated by "
+        f"QEMU; CPU features {describe_features(worker.info)}")
+    return worker
+
+
+def _platform_entry(place, worker, machine_info) -> dict:
+    """What the report says about a platform: machine, key CPU features, how it ran."""
+    if worker is None:
+        info, versions = machine_info(), {}
+        runner = "this process (native)"
+    else:
+        info, versions = worker.info, worker.versions
+        runner = f"QEMU user-mode emulation (binfmt_misc qemu-aarch64), root filesystem {place.root}"
+    return {"machine": info["machine"], "emulated": place.emulated, "host": place.host,
+            "runner": runner, "python": info["python"], "key_features": info["key_features"],
+            "features": info["features"], "features_source": info["features_source"],
+            "versions": {k: v for k, v in versions.items() if v}}
 
 
 def _not_installed(label: str, target: str, engine: str, why: str,
@@ -289,18 +348,23 @@ def _extra_in(message: str) -> str:
     return found.group(1) if found else message.rsplit(": ", 1)[-1]
 
 
-def _check_one(artifact, faces, synth, budgets, references, engine, number, total, say) -> ParityResult:
+def _check_one(artifact, faces, synth, budgets, references, engine, worker, number, total, say,
+               on="") -> ParityResult:
     budget = artifact.budget(budgets)
     weights = references.weights_for(artifact)
-    with artifact.runtime(engine=engine) as runtime:  # closed before the next engine starts
+    if worker is None:
+        runtime = artifact.runtime(engine=engine)
+    else:
+        runtime = worker.runtime(artifact.path, engine)
+    with runtime:  # closed before the next engine starts
         return _measure(artifact, runtime, faces, synth, budget, weights, references, number,
-                        total, say)
+                        total, say, on)
 
 
 def _measure(artifact, runtime, faces, synth, budget, weights, references, number, total,
-             say) -> ParityResult:
+             say, on="") -> ParityResult:
     managed = "" if artifact.managed else ", unmanaged: precision read from the file"
-    say(f"[{number}/{total}] {artifact.label} on {runtime.engine} ({artifact.budget_class} "
+    say(f"[{number}/{total}] {artifact.label} on {runtime.engine}{on} ({artifact.budget_class} "
         f"budget{managed})")
     real_ref = references.outputs(weights, faces, "real")
     real_got = run_batched(runtime, faces)

@@ -324,7 +324,8 @@ TARGETS: dict[str, Target] = {
         Target("ncnn", "fp32", "fp32",
                "ncnn (pnnx from the ONNX export) param + bin, float32 weights; run with fp16 "
                "storage and Winograd off", graph_variant="onnx-unpadded"),
-        Target("ncnn", "fp16", "fp16", "ncnn param + bin, float16 weights, fp16 storage and arithmetic",
+        Target("ncnn", "fp16", "fp16", "ncnn param + bin, float16 weights, fp16 storage and "
+               "arithmetic; Winograd off per convolution in the param (31=64)",
                graph_variant="onnx-unpadded-fp16"),
         Target("mnn", "fp32", "fp32",
                "MNN (mnnconvert from the ONNX export), float32; run at precision high, Winograd off",

@@ -164,6 +164,10 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
 @click.option("--pipeline-runs", type=click.IntRange(min=0), default=20, show_default=True,
               help="Passes of each sample photo through YuNet + crop + model per row, for the "
                    "end-to-end rows (0: none).")
+@click.option("--platform", "platform", default=None, metavar="NAME",
+              help="Refuse unless NAME (linux/amd64, linux/arm64) is this machine's platform: "
+                   "another instruction set only runs emulated here, and emulated time is not "
+                   "speed (parity --platform checks its numerics).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path),
               help="Write the Markdown report (README-ready) here.")
@@ -173,7 +177,7 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
               help="Print every column of the tables (default: the main ones, within 100 "
                    "columns; --markdown and --json always hold all of them).")
 def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_seconds, faces_dir,
-          with_keras, reference_engine, engine, engines, pipeline_runs, json_out, md_out,
+          with_keras, reference_engine, engine, engines, pipeline_runs, platform, json_out, md_out,
           plot_out, wide) -> int:
     """Size, latency, throughput, efficiency and memory per backend, measured side by side.
 
@@ -186,6 +190,12 @@ def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_
     from ssrconv.atomic import write_atomic
     from ssrconv.benchmarks.report import render_json, render_markdown, render_plot, render_text
 
+    if platform is not None:
+        from ssrconv.platforms import why_not_timed
+
+        refusal = why_not_timed(platform)
+        if refusal:
+            raise SsrconvError(f"bench --platform {platform}: {refusal}")
     _check_output(json_out, "--json")
     _check_output(md_out, "--markdown")
     _check_output(plot_out, "--plot", (".png",))

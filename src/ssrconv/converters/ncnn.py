@@ -31,6 +31,17 @@ _PNNX_OUTPUT = "out{}"
 # pnnx writes these besides the ncnn files; ncnn needs none of them.
 _PNNX_EXTRAS = ("pnnxparam", "pnnxbin", "pnnxpy", "pnnxonnx", "ncnnpy")
 _TIMEOUT_S = 600
+# ncnn's per-layer feature mask: param key 31, read by Net::load_param into layer->featmask and
+# applied to the Option each layer is created and run with (net.cpp get_masked_option): bit 0
+# no fp16 arithmetic, bit 1 no fp16 storage/packing, bit 6 no Winograd. It travels in the file,
+# so it holds under the options a phone app runs (ncnn's defaults).
+FEATMASK_KEY = "31"
+NO_WINOGRAD = 1 << 6
+# The fp16 file on ARMv8.2 CPUs (fp16 arithmetic): Winograd's F(6,3)/F(4,3) transforms computed
+# in float16 put it at max 1.41 y / mean 0.146 y on the 300 dev faces (budget 0.25 / 0.05);
+# direct/im2col convolution in float16 stays inside (docs/ARM64.md). x86 has no fp16
+# arithmetic, so there the mask changes nothing measurable.
+FP16_FEATMASKS = {"Convolution": NO_WINOGRAD, "ConvolutionDepthWise": NO_WINOGRAD}
 
 
 class ConverterError(SsrconvError):
@@ -94,6 +105,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         names = {_PNNX_INPUT: INPUT_NAME}
         names.update({_PNNX_OUTPUT.format(i): name for i, name in enumerate(outputs)})
         text = _rename_blobs(param_src.read_text(encoding="utf-8"), names)
+        if fp16:
+            text = set_featmasks(text, FP16_FEATMASKS)
         dest.mkdir()
         (dest / param_src.name).write_text(text, encoding="utf-8")
         os.replace(bin_src, dest / bin_src.name)
@@ -101,6 +114,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     import ncnn
 
     return {"converter": "pnnx", "pnnx_fp16_weights": bool(fp16),
+            "ncnn_featmasks": FP16_FEATMASKS if fp16 else {},
             "converter_versions": {"pnnx": _version("pnnx"),
                                    "ncnn": getattr(ncnn, "__version__", None)},
             "input_layout": "one face per call: 64x64x3 BGR (the contract's NHWC without the "
@@ -124,6 +138,24 @@ def _add_stage_outputs(proto, heads) -> list[str]:
         proto.graph.output.append(
             onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return names
+
+
+def set_featmasks(text: str, masks: dict[str, int]) -> str:
+    """The param text with ncnn's per-layer feature mask (key 31) set on every layer whose type
+    ``masks`` names (ORed into a mask the line already has)."""
+    lines = text.splitlines()
+    out = lines[:2]
+    for line in lines[2:]:
+        tokens = line.split()
+        mask = masks.get(tokens[0]) if tokens else None
+        if mask:
+            n_in, n_out = int(tokens[2]), int(tokens[3])
+            head, params = tokens[:4 + n_in + n_out], tokens[4 + n_in + n_out:]
+            old = [int(p.split("=", 1)[1]) for p in params if p.startswith(FEATMASK_KEY + "=")]
+            params = [p for p in params if not p.startswith(FEATMASK_KEY + "=")]
+            line = " ".join(head + params + [f"{FEATMASK_KEY}={mask | (old[0] if old else 0)}"])
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def _rename_blobs(text: str, names: dict[str, str]) -> str:
