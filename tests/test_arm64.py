@@ -85,7 +85,8 @@ def test_arm64_rows_beside_x86_rows_within_budget(arm64, export_dir, faces, tmp_
     within the same budget as its x86 row; an artifact without an aarch64 runtime is a
     not-run row naming why."""
     from ssrconv.artifacts import discover
-    from ssrconv.parity import check, render_markdown
+    from ssrconv.parity import check
+    from ssrconv.parity_report import render_markdown
 
     places = (host_platform(), "linux/arm64")
     items = discover(export_dir)
