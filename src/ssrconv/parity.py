@@ -15,6 +15,7 @@ import numpy as np
 
 from ssrconv.errors import SsrconvError
 from ssrconv.targets import BUDGETS, Budget
+from ssrconv.reference.preprocess import crop_rule_of
 
 
 class ParityError(SsrconvError):
@@ -56,6 +57,8 @@ class ParityResult:
     managed: bool = True
     sha256: str = ""
     weights: dict[str, str] = field(default_factory=dict)  # the reference's weights per head
+    member: str = ""  # the SSR-Net family member of each head ("age: wayen820-mxnet, ...")
+    crop_rule: str = ""  # the contract's crop rule the faces were cut by
     error: str | None = None  # the artifact could not be verified, loaded or run
     not_run: str | None = None  # this (artifact, engine) pair was not run, and why (reported)
 
@@ -239,7 +242,8 @@ def _failed(path: Path, reason: str, target: str = "-", engine: str = "-") -> Pa
 def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, seed: int = 0,
           budgets: dict[str, Budget] | None = None, age_weights=None, gender_weights=None,
           weights_candidates=(), engine: str | None = None, engines=(), progress=None,
-          raise_on_failure: bool = True, reference_engine: str = "auto") -> ParityReport:
+          raise_on_failure: bool = True, reference_engine: str = "auto",
+          faces_for=None) -> ParityReport:
     """Compare every artifact of ``items`` (paths, or :class:`ssrconv.artifacts.Found` from
     :func:`ssrconv.artifacts.discover`) with the reference built from its own weights.
 
@@ -250,7 +254,9 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     not installed, a file the engine refuses by design) is a reported "not run" row, not a
     silent skip. Raises ParityError when any row failed (after all of them),
     unless ``raise_on_failure`` is False. ``reference_engine``: "auto" (Keras when TensorFlow
-    is installed, else numpy), "keras", "numpy", "numpy-float64".
+    is installed, else numpy), "keras", "numpy", "numpy-float64". ``faces_for(crop_rule)``,
+    when given, returns the real faces cut by an artifact's crop rule (its manifest's
+    contract: margin crop or 5-point alignment); else ``faces`` serve every artifact.
     """
     from ssrconv.artifacts import Found
 
@@ -276,8 +282,11 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
                 say(f"[{number}/{len(items)}] {artifact.label} on {name}: not run: {why}")
                 continue
             try:
-                result = _check_one(artifact, faces, synth, budgets, references, name, number,
+                rule = crop_rule_of((artifact.manifest or {}).get("preprocessing"))
+                own_faces = faces_for(rule) if faces_for is not None else faces
+                result = _check_one(artifact, own_faces, synth, budgets, references, name, number,
                                     len(items), say)
+                result.crop_rule = rule
             except SsrconvError as err:
                 result = _failed(found.path, str(err), target=artifact.target.key,
                                  engine=name or artifact.format.engine.name)
@@ -345,9 +354,19 @@ def _measure(artifact, runtime, faces, synth, budget, weights, references, numbe
                           managed=artifact.managed,
                           sha256=artifact.sha256,
                           weights={"age": str(weights[0] or "age-wiki"),
-                                   "gender": str(weights[1] or "gender-wiki")})
+                                   "gender": str(weights[1] or "gender-wiki")},
+                          member=_members_label(artifact))
     say(f"      {'ok' if result.passed else 'BROKEN: ' + '; '.join(result.violations)}")
     return result
+
+
+def _members_label(artifact) -> str:
+    """The family member of each head the artifact was exported from (manifest ``family``)."""
+    family = (artifact.manifest or {}).get("family") or {}
+    heads = [h for h in ("age", "gender") if h in family]
+    if not heads:
+        return "original" if artifact.managed else "-"
+    return ", ".join(f"{h}: {family[h].get('member', '?')}" for h in heads)
 
 
 def run_batched(runtime, inputs: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
@@ -362,14 +381,14 @@ def render_markdown(report: ParityReport) -> str:
     engine = report.reference_engine or "keras"
     lines = [f"Parity against the reference ({engine}) on {faces} "
              f"real faces ({report.faces_dir}); synthetic inputs reported separately.", "",
-             "| artifact | engine | max age diff (y) | mean | p99 | P(male) max diff | gender agreement "
-             "| synthetic max age diff | result |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| artifact | member (crop rule) | engine | max age diff (y) | mean | p99 "
+             "| P(male) max diff | gender agreement | synthetic max age diff | result |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report.results:
         age, gender = r.real.get("age"), r.real.get("p_male")
         synth_age = r.synthetic_stats.get("age")
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            r.artifact, r.engine,
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r.artifact, f"{r.member or '-'} ({r.crop_rule or '-'})", r.engine,
             f"{age.max_abs:.2g}" if age else "-", f"{age.mean_abs:.2g}" if age else "-",
             f"{age.p99_abs:.2g}" if age else "-",
             f"{gender.max_abs:.2g}" if gender else "-",
