@@ -365,3 +365,28 @@ def test_alignment_puts_landmarks_on_the_arcface_template():
     points = (ARCFACE_112 - shift) @ np.linalg.inv(rotation).T  # template = rotation @ p + shift
     matrix = _similarity(points, ARCFACE_112)
     assert np.allclose(points @ matrix[:, :2].T + matrix[:, 2], ARCFACE_112)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="tflite-int8 of oukohou-pytorch misses the int8 budget "
+                   "(measured mean 0.33 / p99 1.27 y vs 0.3 / 1.0): the int8 recipe is tuned on "
+                   "the original graph (docs/PORTS.md)")
+def test_pytorch_port_exports_every_target_and_each_passes_parity(ports_dir, faces_dir, tmp_path,
+                                                                   capsys):
+    """One port through ``--to all`` (the CI budget allows one): every target is written and
+    held to its budget against the port's own reference, faces cut by its contract."""
+    import json
+
+    from ssrconv.options import ExportOptions
+
+    out_dir = tmp_path / "all"
+    _cli(["export", "--to", "all", "--task", "age", "--weights", ports_dir / PTH,
+          "--calibration", faces_dir, "--out", out_dir], capsys)
+    written = {json.loads(p.read_text())["target"] for p in out_dir.glob("*.json")
+               if p.name != "index.json"}
+    assert written == {t.key for t in ExportOptions(to=("all",), task="age").targets}
+    report = tmp_path / "parity.json"
+    _cli(["parity", out_dir, "--faces", faces_dir, "--reference-engine", "numpy",
+          "--json", report], capsys)
+    results = json.loads(report.read_text())["results"]
+    assert all(r["passed"] and r["member"] == "age: oukohou-pytorch" for r in results)
