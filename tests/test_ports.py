@@ -199,7 +199,7 @@ def test_keras_rebuild_of_each_port_matches_its_independent_reference(ports_dir,
 
 
 def test_one_model_with_heads_of_different_crop_rules_has_no_contract(ports_dir):
-    from ssrconv.reference import read_heads
+    from ssrconv.reference.weights import read_heads
     from ssrconv.reference.preprocess import contract_for
 
     _, _, members = read_heads("age-gender", ports_dir / PTH, ports_dir / MX_GENDER)

@@ -40,6 +40,26 @@ class WeightsFile:
     symbol: Path | None = None  # an MXNet port's -symbol.json, read as data
 
 
+def read_heads(task: str, age_weights=None, gender_weights=None):
+    """(resolved assets, weights files, members) per head of ``task`` ("age", "gender",
+    "age-gender"; defaults age-wiki and gender-wiki), each file sha256-checked and read as data.
+
+    Heads of different members may share a model (each has its own in-graph preprocessing);
+    an exported model needs one crop rule for both (checked by
+    :func:`ssrconv.reference.preprocess.contract_for`).
+    """
+    from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, resolve
+    from ssrconv.reference.family import get_member
+
+    heads = {"age": ["age"], "gender": ["gender"], "age-gender": ["age", "gender"]}[task]
+    chosen = {"age": age_weights or DEFAULT_AGE_WEIGHTS,
+              "gender": gender_weights or DEFAULT_GENDER_WEIGHTS}
+    resolved = {head: resolve(chosen[head]) for head in heads}
+    files = {head: read_weights(resolved[head].path) for head in heads}
+    members = {head: get_member(files[head].member) for head in heads}
+    return resolved, files, members
+
+
 def read_weights(path: str | os.PathLike, member: str | None = None) -> WeightsFile:
     """Read any supported SSR-Net weights file (by suffix: ``.h5``, ``.pth``/``.pt``,
     ``.params``) as data. ``member`` (``--arch``) names the family member when the file's own
