@@ -120,7 +120,8 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               type=click.Choice(_TASKS),
               help="age-gender: one artifact with both heads sharing the input.")
 @click.option("--weights", multiple=True, metavar="NAME|PATH",
-              help="Weights (registry name or .h5 path); repeat for age and gender. "
+              help="Weights (registry name, or an .h5, a port's .pth/.pt or MXNet .params path); "
+                   "repeat for age and gender. "
                    "Default: age-wiki, gender-wiki.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="Directory of face images (aligned chips or photos) to calibrate int8 on. Without "
@@ -330,7 +331,7 @@ def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
 @cli.command(name="eval")
 @click.argument("faces_dir", type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(path_type=Path), default=None,
-              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5): the reference "
+              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5, .pth, .params): the reference "
                    "built from it.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Backend (default: from --model's format, or keras without --model).")
@@ -362,7 +363,7 @@ def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, faces_
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Backend (default: from --model's format, or keras without --model).")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
-              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5): the reference "
+              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5, .pth, .params): the reference "
                    "built from it.")
 @click.option("--engine", default=None, type=click.Choice(list(ENGINES)), help=_ENGINE_HELP)
 @click.option("--detector", type=click.Choice(["yunet", "haar"]), default="yunet", show_default=True,
