@@ -6,10 +6,7 @@ script, in the port's own terms: NCHW tensors, its state_dict names and PyTorch 
 (NCHW) flattening, and its input: ``cv2.imread`` BGR / 255 normalised by the ImageNet mean/std
 in that channel order. Nothing of ssrconv's graph code is used (only the pickle reader, which
 reads bytes); if ssrconv's re-layout of the port is wrong anywhere, this disagrees with it.
-
-:func:`torch_port_outputs` runs the same weights through the port's module class itself when
-torch is installed (a copy of its forward pass is not committed: the module is rebuilt from the
-upstream source file named by ``SSRCONV_PORTS_SOURCE`` if set, else skipped by the caller).
+Where torch is installed, tests/test_ports.py also runs the checkpoint in PyTorch itself.
 """
 
 from __future__ import annotations
