@@ -368,9 +368,9 @@ def test_alignment_puts_landmarks_on_the_arcface_template():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="tflite-int8 of oukohou-pytorch misses the int8 budget "
-                   "(measured mean 0.33 / p99 1.27 y vs 0.3 / 1.0): the int8 recipe is tuned on "
-                   "the original graph (docs/PORTS.md)")
+@pytest.mark.xfail(strict=True, reason="2 of 16 targets of oukohou-pytorch miss their budget "
+                   "(measured: tflite-int8 mean 0.33 / p99 1.27 y vs 0.3 / 1.0; mnn-fp16 mean "
+                   "0.0509 vs 0.05 y): the recipes are tuned on the original graph (docs/PORTS.md)")
 def test_pytorch_port_exports_every_target_and_each_passes_parity(ports_dir, faces_dir, tmp_path,
                                                                    capsys):
     """One port through ``--to all`` (the CI budget allows one): every target is written and
