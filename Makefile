@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= ssrconv-out
 
-.PHONY: setup browser arm64 demo test test-fast test-runtime-only install-sizes readme-figures model-card clean
+.PHONY: setup browser arm64 torch-tests demo test test-fast test-runtime-only install-sizes readme-figures model-card clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,13 @@ browser: setup
 # ~/.cache/ssrconv/arm64-bookworm); on an arm64 machine there is nothing to build.
 arm64: setup
 	HOST_PYTHON=$(BIN)/python bash tools/arm64_root.sh
+
+# Optional: torch for tests/test_ports.py's PyTorch check (skipped without it). CPU build only:
+# pip's configured index must serve a +cpu torch (it does on the project's machines); the target
+# fails if any CUDA package came along.
+torch-tests: setup
+	$(BIN)/pip install --quiet 'torch>=2.13,<2.14'
+	@! $(BIN)/pip list 2>/dev/null | grep -iE '^(nvidia-|triton )' || { echo "torch-tests: CUDA packages were installed; uninstall them and use a CPU torch" >&2; exit 1; }
 
 # The main job on the default pretrained weights (age-wiki + gender-wiki): export every target,
 # check each against the reference on real faces (fails on a broken budget), benchmark them all.
@@ -117,14 +124,31 @@ readme-figures: setup browser
 # sets in four age+gender pairs; megaage-asian has no gender head, it is paired with gender-wiki).
 CARD := $(OUT)/model-card
 CARD_PAIRS := imdb__imdb wiki__wiki morph2__morph2 megaage-asian__wiki
+# The SSR-Net family's other published weights (SSRCONV_PORTS = shared/ports): the MegaAge-Asian
+# .h5 of b02901145, the PyTorch port (age only: paired with gender-wiki, same margin crop) and
+# the MXNet port's age + gender pair (5-point aligned crops). Each is evaluated with its own
+# preprocessing contract (ssrconv.reference.family).
+PORTS_DIR = $${SSRCONV_PORTS}
+CARD_PORTS := megaage-b02901145__wiki oukohou-pytorch__wiki wayen820-mxnet__wayen820-mxnet
+weights_megaage-b02901145 := b02901145-megaage/ssrnet_3_3_3_64_1.0_1.0.h5
+weights_oukohou-pytorch := oukohou-pytorch/model_Adam_MSELoss_LRDecay_weightDecay0.0001_batch50_lr0.0005_epoch90_64x64.pth
+age_wayen820-mxnet := wayen820-mxnet/ssr2_megaage_1_1/model-0000.params
+gender_wayen820-mxnet := wayen820-mxnet/ssr2_imdb_gender_1_1/model-0000.params
 model-card: setup
 	@test -n "$$SSRCONV_FACES" || { echo "model-card: set SSRCONV_FACES to labelled faces" >&2; exit 2; }
+	@test -n "$$SSRCONV_PORTS" || { echo "model-card: set SSRCONV_PORTS to the ports' weights (shared/ports)" >&2; exit 2; }
 	rm -rf $(CARD) && mkdir -p $(CARD)
 	for pair in $(CARD_PAIRS); do \
 	  $(BIN)/ssrconv eval "$$SSRCONV_FACES" --age-weights age-$${pair%__*} --gender-weights gender-$${pair#*__} \
 	    --json $(CARD)/eval_$$pair.json || exit 1; done
+	$(BIN)/ssrconv eval "$$SSRCONV_FACES" --age-weights $(PORTS_DIR)/$(weights_megaage-b02901145) \
+	  --gender-weights gender-wiki --json $(CARD)/eval_megaage-b02901145__wiki.json
+	$(BIN)/ssrconv eval "$$SSRCONV_FACES" --age-weights $(PORTS_DIR)/$(weights_oukohou-pytorch) \
+	  --gender-weights gender-wiki --json $(CARD)/eval_oukohou-pytorch__wiki.json
+	$(BIN)/ssrconv eval "$$SSRCONV_FACES" --age-weights $(PORTS_DIR)/$(age_wayen820-mxnet) \
+	  --gender-weights $(PORTS_DIR)/$(gender_wayen820-mxnet) --json $(CARD)/eval_wayen820-mxnet__wayen820-mxnet.json
 	$(BIN)/python tools/model_card.py --faces-label "the 300 UTKFace dev chips (SSRCONV_FACES)" \
-	  $(foreach p,$(CARD_PAIRS),$(CARD)/eval_$(p).json) > docs/MODEL_CARD.md
+	  $(foreach p,$(CARD_PAIRS) $(CARD_PORTS),$(CARD)/eval_$(p).json) > docs/MODEL_CARD.md
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache build src/*.egg-info

@@ -1,7 +1,8 @@
 """Shared fixtures. Real weights and faces come from the environment, never from a fixed path.
 
 ``SSRCONV_ASSETS`` names the directory holding the published weights, ``SSRCONV_FACES`` the
-UTKFace-style labelled chips, ``SSRCONV_IMAGES`` the sample photographs. Outside CI a missing
+UTKFace-style labelled chips, ``SSRCONV_IMAGES`` the sample photographs, ``SSRCONV_PORTS`` the
+weights published by SSR-Net's ports (shared/ports). Outside CI a missing
 variable skips the tests that need it (with the reason); in CI (``CI=true``) it fails them.
 
 The suite shares its expensive work (issue 24): one ``--to all`` export (``export_dir``), one
@@ -51,6 +52,12 @@ def faces_dir() -> Path:
 @pytest.fixture(scope="session")
 def images_dir() -> Path:
     return _need_dir("SSRCONV_IMAGES")
+
+
+@pytest.fixture(scope="session")
+def ports_dir() -> Path:
+    """The ports' published weights (shared/ports: the MXNet and PyTorch ports, MegaAge .h5)."""
+    return _need_dir("SSRCONV_PORTS")
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,21 @@ TRAINING = {
 }
 
 
+# The SSR-Net family's other published weights (make model-card's CARD_PORTS): where each
+# comes from, what it was trained on, and the preprocessing contract it was evaluated with.
+PORTS = {
+    "megaage-b02901145": ("github.com/b02901145/SSR-Net_megaage-asian (Keras .h5, the original "
+                          "graph and contract), no licence file", "MegaAge-Asian"),
+    "oukohou-pytorch": ("github.com/oukohou/SSR_Net_Pytorch (PyTorch .pth; padding=1 convs, "
+                        "ImageNet mean/std on BGR inside the exported graph, margin crop), no "
+                        "licence file", "MegaAge-Asian"),
+    "wayen820-mxnet": ("github.com/wayen820/gender_age_estimation_mxnet (MXNet .params + "
+                       "-symbol.json; RGB, (x - 127.5) / 128 inside the graph, faces aligned by "
+                       "5 landmarks to the ArcFace 112 template), no licence file",
+                       "age: IMDB, WIKI then MegaAge-Asian; gender: IMDB"),
+}
+
+
 def _load(paths: list[Path]) -> list[tuple[str, str, dict]]:
     out = []
     for path in paths:
@@ -53,7 +68,10 @@ def render(reports: list[tuple[str, str, dict]], faces_label: str) -> str:
         "crop (the detector box grown by 0.4 on each side) and regresses an age in years and P(male). "
         "Seven published weight sets exist: age trained on IMDB, WIKI, MORPH2 or MegaAge-Asian; "
         "gender on IMDB, WIKI or MORPH2 (`--age-weights`, `--gender-weights`, `--weights`). "
-        "Default: age-wiki + gender-wiki. Use this card to pick weights for your domain.",
+        "Default: age-wiki + gender-wiki. Use this card to pick weights for your domain. "
+        "Rows named after a port (`age-oukohou-pytorch`, `age-wayen820-mxnet`, "
+        "`gender-wayen820-mxnet`, `age-megaage-b02901145`) are other members of the SSR-Net "
+        "family, each evaluated with its own crop and normalisation (see Provenance).",
         "",
         f"Measured with `ssrconv eval` (Keras reference) on {faces_label}: "
         f"{first['labelled']} labelled faces, {first['adults']} of them adults (16+). "
@@ -138,6 +156,14 @@ def render(reports: list[tuple[str, str, dict]], faces_label: str) -> str:
         "The weights were learnt from the data sets below, whose terms restrict use:", ""]
     for key, (what, terms) in TRAINING.items():
         lines.append(f"  - `{key}`: {what}. Terms: {terms}.")
+    ports = [label for label in PORTS if any(label in (a, g) for a, g, _ in reports)]
+    if ports:
+        lines += ["", "- Other members of the SSR-Net family (`--weights` reads their files as data; "
+                  "test files in SSRCONV_PORTS, not shipped by ssrconv). Each was evaluated with its "
+                  "own preprocessing contract; none of these repositories carries a licence:", ""]
+        for label in ports:
+            source, trained = PORTS[label]
+            lines.append(f"  - `{label}`: {source}; trained on {trained}.")
     lines += ["",
               "  Check those terms against your use before shipping the weights in a product.",
               f"- Evaluation faces: {faces_label}; UTKFace is for non-commercial research only.",

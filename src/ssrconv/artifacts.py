@@ -23,7 +23,7 @@ from ssrconv.targets import (
     BUDGET_OF_PRECISION,
     BUDGETS,
     TARGETS,
-    WEIGHTS_SUFFIX,
+    WEIGHTS_SUFFIXES,
     Budget,
     Format,
     Target,
@@ -222,7 +222,7 @@ class Artifact:
 
 
 def _format_or_refuse(path: Path) -> Format:
-    if path.suffix.lower() == WEIGHTS_SUFFIX:
+    if path.suffix.lower() in WEIGHTS_SUFFIXES:
         raise NotAnArtifactError(
             f"{path}: a weights file, not an exported artifact; export it first "
             f"(ssrconv export --weights {path} --out DIR), or use it as the reference "
@@ -306,7 +306,7 @@ def discover(path: str | os.PathLike) -> list[Found]:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
-    if not path.is_dir() or format_of(path) is not None or path.suffix.lower() == WEIGHTS_SUFFIX:
+    if not path.is_dir() or format_of(path) is not None or path.suffix.lower() in WEIGHTS_SUFFIXES:
         return [Found(path)]
     on_disk = sorted(p for p in path.iterdir() if format_of(p) is not None and not p.name.startswith("."))
     entries = read_index(path)

@@ -92,7 +92,7 @@ def info(age_weights: str | None, gender_weights: str | None) -> None:
 def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
     """Sort ``--weights`` values into (age, gender) by registry kind or by the file's layers."""
     from ssrconv.assets import ASSETS, resolve
-    from ssrconv.reference.weights import read_h5_weights
+    from ssrconv.reference.weights import read_weights
 
     chosen: dict[str, str] = {}
     for value in values:
@@ -102,7 +102,7 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
                 raise click.BadParameter(f"{value!r} is the {kind} asset, not SSR-Net weights",
                                          param_hint="--weights")
         else:
-            kind = read_h5_weights(resolve(value).path).task
+            kind = read_weights(resolve(value).path).task
         if kind in chosen:
             raise click.BadParameter(f"two {kind} weights given ({chosen[kind]}, {value})",
                                      param_hint="--weights")
@@ -121,7 +121,8 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               type=click.Choice(_TASKS),
               help="age-gender: one artifact with both heads sharing the input.")
 @click.option("--weights", multiple=True, metavar="NAME|PATH",
-              help="Weights (registry name or .h5 path); repeat for age and gender. "
+              help="Weights (registry name, or an .h5, a port's .pth/.pt or MXNet .params path); "
+                   "repeat for age and gender. "
                    "Default: age-wiki, gender-wiki.")
 @click.option("--calibration", type=click.Path(path_type=Path), default=None,
               help="Directory of face images (aligned chips or photos) to calibrate int8 on. Without "
@@ -171,17 +172,20 @@ def export(to, precision, task, weights, calibration, calibration_limit, calibra
 _ENGINE_HELP = ("Run on this engine instead of the format's default (" + ", ".join(ENGINES) + ").")
 
 
-def _load_faces_for(faces_dir: Path | None, kind: str, limit: int | None):
-    """--faces (chips or photos), or the built-in sample photos when none is given; says which."""
+def _load_faces_for(faces_dir: Path | None, kind: str, limit: int | None,
+                    crop_rule: str = "margin"):
+    """--faces (chips or photos), or the built-in sample photos when none is given, cut by the
+    model's ``crop_rule``; says which."""
     from ssrconv.reference.preprocess import load_faces, load_sample_faces
 
+    rule = "" if crop_rule == "margin" else f" (crop rule {crop_rule})"
     if faces_dir is None:
-        faces = load_sample_faces()
+        faces = load_sample_faces(crop_rule=crop_rule)
         click.echo(f"faces: no --faces and no SSRCONV_FACES: using the built-in sample photos "
-                   f"(t1.jpg, astronaut.png): {faces.describe()}", err=True)
+                   f"(t1.jpg, astronaut.png){rule}: {faces.describe()}", err=True)
         return faces
-    faces = load_faces(faces_dir, limit=limit, kind=kind)
-    click.echo(f"faces: {faces_dir}: {faces.describe()}", err=True)
+    faces = load_faces(faces_dir, limit=limit, kind=kind, crop_rule=crop_rule)
+    click.echo(f"faces: {faces_dir}{rule}: {faces.describe()}", err=True)
     return faces
 
 
@@ -274,8 +278,17 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
         resolve_platform(name)
     age_weights, gender_weights = _split_weights(tuple(str(w) for w in weights))
     found = discover(model or export_dir)
+    loaded = {}
+
+    def faces_for(crop_rule: str):
+        if crop_rule not in loaded:
+            loaded[crop_rule] = _load_faces_for(faces_dir, faces_kind, limit, crop_rule)
+        return loaded[crop_rule].inputs
+
     faces = _load_faces_for(faces_dir, faces_kind, limit)
+    loaded["margin"] = faces
     report = check(found, faces.inputs, faces_dir=_faces_label(faces_dir, faces),
+                   faces_for=faces_for,
                    synthetic=synthetic, seed=seed, budgets=budgets, age_weights=age_weights,
                    gender_weights=gender_weights, weights_candidates=weights, engine=engine,
                    engines=engine_list,
@@ -342,7 +355,7 @@ def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
 @cli.command(name="eval")
 @click.argument("faces_dir", type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(path_type=Path), default=None,
-              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5): the reference "
+              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5, .pth, .params): the reference "
                    "built from it.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Backend (default: from --model's format, or keras without --model).")
@@ -362,7 +375,7 @@ def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, faces_
     from ssrconv.evaluate import evaluate, render_summary
 
     runtime = _model_runtime(model, backend, engine, age_weights, gender_weights, reference_engine)
-    faces = _load_faces_for(faces_dir, faces_kind, None)
+    faces = _load_faces_for(faces_dir, faces_kind, None, _crop_rule_for(model, runtime))
     result = evaluate(runtime, faces)
     click.echo(render_summary(result["summary"]))
     if json_out:
@@ -374,7 +387,7 @@ def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, faces_
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Backend (default: from --model's format, or keras without --model).")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
-              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5): the reference "
+              help=f"An exported artifact ({_SUFFIXES}), or a weights file (.h5, .pth, .params): the reference "
                    "built from it.")
 @click.option("--engine", default=None, type=click.Choice(list(ENGINES)), help=_ENGINE_HELP)
 @click.option("--detector", type=click.Choice(["yunet", "haar"]), default="yunet", show_default=True,
@@ -400,13 +413,18 @@ def predict(inputs, backend, model, engine, detector, min_face, every, out, fmt,
     if min_face < 0:
         raise click.BadParameter("must be >= 0", param_hint="--min-face")
     runtime = _model_runtime(model, backend, engine, reference_engine=reference_engine)
+    crop_rule = _crop_rule_for(model, runtime)
+    if crop_rule != "margin" and detector != "yunet":
+        raise click.BadParameter(f"this model's faces are cut by {crop_rule}, which needs the "
+                                 "5 landmarks only yunet gives", param_hint="--detector")
     found_detector = make_detector(detector)
     if found_detector.is_fallback:
         click.echo(f"note: using the {detector} detector, a fallback that misses more faces than yunet",
                    err=True)
     reference = (load_reference_runtime("age-gender", engine=reference_engine)
                  if compare else None)
-    predictor = Predictor(runtime, found_detector, min_face=min_face, reference=reference)
+    predictor = Predictor(runtime, found_detector, min_face=min_face, reference=reference,
+                          crop_rule=crop_rule)
     result = predictor.run(list(inputs), out_dir=out, every=every,
                            progress=lambda m: click.echo(m, err=True))
     text = to_json(result) if fmt == "json" else to_csv(result)
@@ -422,6 +440,23 @@ def predict(inputs, backend, model, engine, detector, min_face, every, out, fmt,
         _echo_err(f"{len(result.failures)} of the inputs could not be processed (see 'failures')")
         return 1
     return 0
+
+
+def _crop_rule_for(model, runtime) -> str:
+    """The crop rule of the model a command runs: its manifest's contract for an artifact, its
+    weights' family members for a reference (ssrconv.reference.family)."""
+    from ssrconv.reference.preprocess import contract_for, crop_rule_of
+    from ssrconv.loading import is_weights_file
+
+    members = getattr(runtime, "members", None)
+    if members:
+        return contract_for(members)["crop_rule"]
+    if model is not None and not is_weights_file(model):
+        from ssrconv.artifacts import open_artifact
+
+        manifest = open_artifact(model).manifest
+        return crop_rule_of(manifest.get("preprocessing") if manifest else None)
+    return "margin"
 
 
 def _fields(options) -> dict:

@@ -23,10 +23,12 @@ YUNET_MIN_SIDE = 8
 
 @dataclass(frozen=True)
 class Face:
-    """A detected face: box (x, y, w, h) in image pixels and the detector's score (0..1)."""
+    """A detected face: box (x, y, w, h) in image pixels, the detector's score (0..1) and, from
+    YuNet, five landmarks ((x, y) of the eyes, nose tip and mouth corners, image-left first)."""
 
     box: tuple[float, float, float, float]
     score: float
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
 
 class Detector:
@@ -74,8 +76,10 @@ class YuNetDetector(Detector):
             if not np.all(np.isfinite(row)):
                 continue  # seen once on a 1x1 image: an infinite box (OverflowError downstream)
             x, y, bw, bh = (float(v) / scale for v in row[:4])
+            points = tuple((float(row[4 + 2 * i]) / scale, float(row[5 + 2 * i]) / scale)
+                           for i in range(5))
             if bw >= 1 and bh >= 1:
-                faces.append(Face((x, y, bw, bh), float(row[-1])))
+                faces.append(Face((x, y, bw, bh), float(row[-1]), points))
         return faces
 
 

@@ -114,10 +114,10 @@ def _commit(out: Path, tmp: Path, final: Path, manifest: dict) -> None:
 
 def _model_metadata(reference, task: str) -> dict[str, str]:
     from ssrconv.reference import weights_provenance
-    from ssrconv.reference.preprocess import CONTRACT
+    from ssrconv.reference.preprocess import contract_for
 
     meta = {"ssrconv.version": __version__, "ssrconv.task": task,
-            "ssrconv.preprocessing": json.dumps(CONTRACT, sort_keys=True),
+            "ssrconv.preprocessing": json.dumps(contract_for(reference.members), sort_keys=True),
             "ssrconv.outputs": "age: years (0..101); p_male: probability the face is male"}
     for head, prov in weights_provenance(reference).items():
         meta[f"ssrconv.weights.{head}"] = prov["name"]
@@ -132,13 +132,22 @@ class _ExportGraphs:
     converts: ``Target.variant``, from its row in :mod:`ssrconv.targets`). The int8 recipes
     (tflite_int8/onnx_int8) find their layers in either graph (int8_prep.recipe_layers)."""
 
-    def __init__(self, model, options: ExportOptions, calibration, say):
+    def __init__(self, model, options: ExportOptions, calibration, say, members: dict):
         self.model, self.options, self.calibration, self.say = model, options, calibration, say
         self.built: dict[str, object] = {}
+        # The fast graph's rewrites are proven for the original architecture only (valid
+        # padding: the 62 x 62 crop; BN epsilon; ReLU summaries; no input layer); another
+        # member of the family converts its own layer-for-layer graph.
+        others = sorted({m.name for m in members.values() if m.name != "original"})
+        self.note = (None if not others or options.graph == "original" else
+                     f"--graph fast is built for the original SSR-Net only; {', '.join(others)} "
+                     "converts its reference graph layer for layer (--graph original)")
+        if self.note:
+            say(f"      {self.note}")
 
     def for_target(self, target) -> tuple[str, str | None, object]:
         """("fast" or "original", the fast graph's variant or None, the Keras model)."""
-        if self.options.graph == "original":
+        if self.options.graph == "original" or self.note:
             return "original", None, self.model
         variant = target.variant
         if variant not in self.built:
@@ -185,7 +194,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
     from ssrconv.info import library_versions
     from ssrconv.reference import load_reference, weights_provenance
     from ssrconv.reference.model import with_named_outputs
-    from ssrconv.reference.preprocess import CONTRACT
+    from ssrconv.reference.preprocess import contract_for
 
     say = progress or (lambda message: None)
     out_existed = options.out.exists()
@@ -209,7 +218,9 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
                     "BatchNorm statistics (ZeroQ)")
                 calibration = CalibrationSet.distilled(model, progress=say)
         metadata = _model_metadata(reference, options.task)
-        export_graphs = _ExportGraphs(model, options, calibration, say)
+        export_graphs = _ExportGraphs(model, options, calibration, say, reference.members)
+        contract = contract_for(reference.members)
+        family = {head: m.describe() for head, m in reference.members.items()}
         tools = library_versions()
         for number, target in enumerate(options.targets, start=1):
             final = options.out / target.filename(options.task)
@@ -233,9 +244,16 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
                 "graph": graph,
                 "batch": options.batch,  # None: variable
                 "graph_variant": variant,
+                "graph_note": export_graphs.note,
+                # The bundled browser app (converters/web_app) cuts faces by the margin rule only.
+                "app_note": (f"the demo app crops by the margin rule; this model's contract is "
+                             f"{contract['crop_rule']}: feed it aligned crops of your own"
+                             if target.family == "web" and contract["crop_rule"] != "margin"
+                             else None),
                 "calibration": calibration.describe() if target.precision == "int8" else None,
                 "weights": weights_provenance(reference),
-                "preprocessing": CONTRACT,
+                "preprocessing": contract,
+                "family": family,
                 "parity_budget": target.budget.as_dict(),
                 "tools": {"ssrconv": __version__, **tools},
                 "seconds": round(time.perf_counter() - started, 3),

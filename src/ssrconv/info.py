@@ -40,26 +40,32 @@ def render_info(age_weights: str | None = None, gender_weights: str | None = Non
     """The text of ``ssrconv info``: builds the reference and loads the chosen weights."""
     from ssrconv.reference import keras_available, load_reference, weights_provenance
 
-    if keras_available():
-        from ssrconv.reference.model import count_macs, count_params
+    import math
 
+    from ssrconv.reference.numpy_engine import count_macs, expected_layers
+
+    if keras_available():
         reference = load_reference("age-gender", age_weights, gender_weights)
-        params = count_params(reference.model) // 2
-        macs = count_macs(reference.model) // 2
         engine = "keras"
     else:  # a runtime-only install: the same weights through the numpy reference
-        from ssrconv.reference.numpy_engine import NumpyReference, count_macs
+        from ssrconv.reference.numpy_engine import NumpyReference
 
         reference = NumpyReference("age-gender", age_weights, gender_weights)
-        params = reference.params["age"]
-        macs = count_macs("age")
         engine = reference.engine
+    # Per head, from each head's family member (the ports' heads differ from the original's).
+    cost = {h: (sum(math.prod(shape) for layer in expected_layers(h, m.arch).values()
+                    for shape in layer.values()), count_macs(h, m))
+            for h, m in reference.members.items()}
+    params, macs = cost["age"]
     lines = [
         f"ssrconv {__version__}",
         "model: SSR-Net, stages (3,3,3), lambda_local = lambda_d = 1; input 64x64x3 BGR float32 0..255",
+        "members: " + ", ".join(f"{h} {m.name}" for h, m in reference.members.items()),
         f"parameters per head: {params:,} ({params * 4:,} bytes as float32; paper .h5: "
         f"{PAPER_MODEL_BYTES:,} bytes)",
         f"multiply-adds per face per head: {macs:,} ({2 * macs / 1e6:.1f} MFLOP)",
+        *([f"gender head ({reference.members['gender'].name}): {cost['gender'][0]:,} parameters, "
+           f"{cost['gender'][1]:,} multiply-adds"] if cost["gender"] != cost["age"] else []),
         f"loaded weights (reference engine {engine}):",
     ]
     for head, prov in weights_provenance(reference).items():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ssrconv.errors import SsrconvError
 from ssrconv.runtimes.base import Runtime
-from ssrconv.targets import BACKENDS, REFERENCE_BACKEND, REFERENCE_ON_ENGINE, WEIGHTS_SUFFIX
+from ssrconv.targets import BACKENDS, REFERENCE_BACKEND, REFERENCE_ON_ENGINE, WEIGHTS_SUFFIXES
 
 
 class RuntimeError_(SsrconvError):
@@ -23,8 +23,9 @@ class RuntimeError_(SsrconvError):
 
 
 def is_weights_file(path: str | os.PathLike | None) -> bool:
-    """True for a weights file (``.h5``): the reference is built from it, it is not exported."""
-    return path is not None and Path(path).suffix.lower() == WEIGHTS_SUFFIX
+    """True for a weights file (``.h5``, a port's ``.pth``/``.pt``/``.params``): the reference is
+    built from it, it is not exported."""
+    return path is not None and Path(path).suffix.lower() in WEIGHTS_SUFFIXES
 
 
 def reference_from_weights(path: str | os.PathLike, engine: str = "auto") -> Runtime:
@@ -32,9 +33,9 @@ def reference_from_weights(path: str | os.PathLike, engine: str = "auto") -> Run
     ``engine`` (see :func:`ssrconv.reference.load_reference_runtime`)."""
     from ssrconv.assets import resolve
     from ssrconv.reference import load_reference_runtime
-    from ssrconv.reference.weights import read_h5_weights
+    from ssrconv.reference.weights import read_weights
 
-    task = read_h5_weights(resolve(path).path).task
+    task = read_weights(resolve(path).path).task
     runtime = load_reference_runtime(task, **{f"{task}_weights": path}, engine=engine)
     runtime.path = Path(path)  # reports name the weights file the reference was built from
     return runtime

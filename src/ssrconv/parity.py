@@ -16,6 +16,7 @@ import numpy as np
 from ssrconv.assets import find_weights
 from ssrconv.errors import MissingExtraError, SsrconvError
 from ssrconv.targets import BUDGETS, Budget, engines_for, format_of, get_engine
+from ssrconv.reference.preprocess import crop_rule_of
 
 
 class ParityError(SsrconvError):
@@ -57,6 +58,8 @@ class ParityResult:
     managed: bool = True
     sha256: str = ""
     weights: dict[str, str] = field(default_factory=dict)  # the reference's weights per head
+    member: str = ""  # the SSR-Net family member of each head ("age: wayen820-mxnet, ...")
+    crop_rule: str = ""  # the contract's crop rule the faces were cut by
     error: str | None = None  # the artifact could not be verified, loaded or run
     not_run: str | None = None  # this (artifact, engine) pair was not run, and why (reported)
     missing_extra: str | None = None  # not run because its engine is not installed: the extra
@@ -217,7 +220,7 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
           budgets: dict[str, Budget] | None = None, age_weights=None, gender_weights=None,
           weights_candidates=(), engine: str | None = None, engines=(), progress=None,
           raise_on_failure: bool = True, reference_engine: str = "auto",
-          platforms=()) -> ParityReport:
+          platforms=(), faces_for=None) -> ParityReport:
     """Compare every artifact of ``items`` (paths, or :class:`ssrconv.artifacts.Found` from
     :func:`ssrconv.artifacts.discover`) with the reference built from its own weights.
 
@@ -232,7 +235,9 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     machine: :mod:`ssrconv.runtimes.remote`), judged against the same host reference and
     budgets. Raises ParityError when any row failed (after all of them),
     unless ``raise_on_failure`` is False. ``reference_engine``: "auto" (Keras when TensorFlow
-    is installed, else numpy), "keras", "numpy", "numpy-float64".
+    is installed, else numpy), "keras", "numpy", "numpy-float64". ``faces_for(crop_rule)``,
+    when given, returns the real faces cut by an artifact's crop rule (its manifest's
+    contract: margin crop or 5-point alignment); else ``faces`` serve every artifact.
     """
     import contextlib
 
@@ -279,8 +284,11 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
                             f"not run: {why}")
                         continue
                     try:
-                        result = _check_one(artifact, faces, synth, budgets, references, name,
+                        rule = crop_rule_of((artifact.manifest or {}).get("preprocessing"))
+                        own_faces = faces_for(rule) if faces_for is not None else faces
+                        result = _check_one(artifact, own_faces, synth, budgets, references, name,
                                             worker, number, len(items), say, on)
+                        result.crop_rule = rule
                     except SsrconvError as err:
                         result = _failed(found.path, str(err), target=artifact.target.key,
                                          engine=chosen.name)
@@ -385,9 +393,19 @@ def _measure(artifact, runtime, faces, synth, budget, weights, references, numbe
                           managed=artifact.managed,
                           sha256=artifact.sha256,
                           weights={"age": str(weights[0] or "age-wiki"),
-                                   "gender": str(weights[1] or "gender-wiki")})
+                                   "gender": str(weights[1] or "gender-wiki")},
+                          member=_members_label(artifact))
     say(f"      {'ok' if result.passed else 'BROKEN: ' + '; '.join(result.violations)}")
     return result
+
+
+def _members_label(artifact) -> str:
+    """The family member of each head the artifact was exported from (manifest ``family``)."""
+    family = (artifact.manifest or {}).get("family") or {}
+    heads = [h for h in ("age", "gender") if h in family]
+    if not heads:
+        return "original" if artifact.managed else "-"
+    return ", ".join(f"{h}: {family[h].get('member', '?')}" for h in heads)
 
 
 def run_batched(runtime, inputs: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:

@@ -23,18 +23,18 @@ def render_markdown(report: ParityReport) -> str:
     several = any(not p.get("host", True) for p in report.platforms.values())
     lines = [f"Parity against the reference ({engine}) on {faces} "
              f"real faces ({report.faces_dir}); synthetic inputs reported separately.", "",
-             "| artifact | engine | " + ("platform | " if several else "")
+             "| artifact | member (crop rule) | engine | " + ("platform | " if several else "")
              + "max age diff (y) | mean | p99 | P(male) max diff | gender agreement "
              "| synthetic max age diff | result |",
-             "|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if several else "")]
     for r in report.results:
         age, gender = r.real.get("age"), r.real.get("p_male")
         synth_age = r.synthetic_stats.get("age")
         where = ""
         if several:
             where = f"{r.platform} ({r.machine or '?'}{', emulated' if r.emulated else ''}) | "
-        lines.append("| {} | {} | {}{} | {} | {} | {} | {} | {} | {} |".format(
-            r.artifact, r.engine, where,
+        lines.append("| {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} |".format(
+            r.artifact, f"{r.member or '-'} ({r.crop_rule or '-'})", r.engine, where,
             f"{age.max_abs:.2g}" if age else "-", f"{age.mean_abs:.2g}" if age else "-",
             f"{age.p99_abs:.2g}" if age else "-",
             f"{gender.max_abs:.2g}" if gender else "-",

@@ -19,7 +19,7 @@ import numpy as np
 
 from ssrconv.atomic import fsync_path, place, temp_path, write_atomic
 from ssrconv.errors import InputError, SsrconvError
-from ssrconv.reference.preprocess import IMAGE_SUFFIXES, check_regular_file, crop_face, read_image
+from ssrconv.reference.preprocess import IMAGE_SUFFIXES, check_regular_file, crop_by_rule, read_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 CSV_FIELDS = ("source", "frame", "face", "x", "y", "w", "h", "score", "age", "p_male", "gender",
@@ -81,11 +81,13 @@ def annotate(image: np.ndarray, records: list[dict]) -> np.ndarray:
 class Predictor:
     """Detector + crops + one runtime (+ optionally the reference, for ``--compare``)."""
 
-    def __init__(self, runtime, detector, min_face: int = 0, reference=None):
+    def __init__(self, runtime, detector, min_face: int = 0, reference=None,
+                 crop_rule: str = "margin"):
         self.runtime = runtime
         self.detector = detector
         self.min_face = min_face
         self.reference = reference
+        self.crop_rule = crop_rule  # the model's contract: margin crop or 5-point alignment
 
     def find(self, image: np.ndarray) -> list:
         """The detector's faces of ``image`` at least ``min_face`` pixels on their short side."""
@@ -99,7 +101,7 @@ class Predictor:
         crops = []
         for face in found:
             try:
-                crops.append(crop_face(image, face.box))
+                crops.append(crop_by_rule(image, face, self.crop_rule))
             except InputError:
                 continue  # a box wholly outside the image: nothing to read
             records.append({"source": source, "frame": frame, "face": len(records),

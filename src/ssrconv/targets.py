@@ -25,7 +25,9 @@ from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "bf16", "dynamic", "int8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
-WEIGHTS_SUFFIX = ".h5"  # the published weights: not an artifact (the reference is built from them)
+# Weights files (the original .h5, the ports' .pth/.pt/.params): not artifacts, the reference
+# is built from them (ssrconv.reference.weights.read_weights reads each).
+WEIGHTS_SUFFIXES = (".h5", ".pth", ".pt", ".params")
 
 
 @dataclass(frozen=True)

@@ -55,9 +55,9 @@ def keras_entries(predict: bool = True, weights: str | os.PathLike | None = None
     options, heads, label = {"task": "age-gender"}, ["age", "p_male"], KERAS.backend
     if weights is not None:
         from ssrconv.assets import resolve
-        from ssrconv.reference.weights import read_h5_weights
+        from ssrconv.reference.weights import read_weights
 
-        task = read_h5_weights(resolve(weights).path).task
+        task = read_weights(resolve(weights).path).task
         options = {"task": task, f"{task}_weights": str(weights)}
         heads, label = (["age"] if task == "age" else ["p_male"]), f"keras {Path(weights).name}"
     rows = [Entry(f"{label} (model call)", KERAS.backend, "keras-fp32", "fp32", mode="run",
@@ -81,9 +81,9 @@ def reference_entries(engine: str = "auto", predict: bool = True,
     options, heads, label = {"task": "age-gender"}, ["age", "p_male"], f"reference {chosen}"
     if weights is not None:
         from ssrconv.assets import resolve
-        from ssrconv.reference.weights import read_h5_weights
+        from ssrconv.reference.weights import read_weights
 
-        task = read_h5_weights(resolve(weights).path).task
+        task = read_weights(resolve(weights).path).task
         options = {"task": task, f"{task}_weights": str(weights)}
         heads, label = (["age"] if task == "age" else ["p_male"]), f"{label} {Path(weights).name}"
     return [Entry(label, REFERENCE.backend, f"reference-{chosen}", "fp32", mode="run",

@@ -191,7 +191,8 @@ def numpy_info(runtime) -> dict:
     heads = max(len(runtime.heads), 1)
     return {"weights_files": [str(w.path) for w in runtime.weights.values()],
             "params_per_head": sum(runtime.params.values()) // heads,
-            "macs_per_head": count_macs("age")}
+            "macs_per_head": sum(count_macs(t, m) for t, m in runtime.members.items())
+            // max(len(runtime.members), 1)}
 
 
 def _blas_limit(threads: int) -> dict:

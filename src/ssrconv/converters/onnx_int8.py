@@ -231,8 +231,14 @@ def age_head_ranges(src: Path, proto, model, nodes, reader, augmented: Path) -> 
     calibrator = create_calibrator(src, list(OP_TYPES), augmented_model_path=str(augmented),
                                    calibrate_method=CalibrationMethod.Percentile,
                                    extra_options={"percentile": AGE_RANGE_PERCENTILE})
-    calibrator.collect_data(reader)
-    ranges = calibrator.compute_data()
+    try:
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+    except ValueError:
+        # numpy.histogram of a tensor whose calibration values are all equal (a ReLU that never
+        # fires on these faces, seen in the oukohou-pytorch port): no percentile exists, and
+        # every activation keeps its MinMax range.
+        return {}
     heads = tensor_heads(proto, model)
     weights = {i.name for i in proto.graph.initializer}
     picked = set(nodes)

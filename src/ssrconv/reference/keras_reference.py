@@ -8,10 +8,12 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, ResolvedAsset, resolve
+from ssrconv.assets import ResolvedAsset
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from ssrconv.reference.family import Member
 
 
 TASKS = ("age", "gender", "age-gender")
@@ -24,6 +26,7 @@ class Reference:
     model: object  # keras.Model
     task: str
     weights: dict[str, ResolvedAsset] = field(default_factory=dict)  # head task -> weights
+    members: dict[str, "Member"] = field(default_factory=dict)  # head task -> family member
 
     def predict(self, batch, batch_size: int = 256) -> dict[str, "np.ndarray"]:
         """Run the model on an N x 64 x 64 x 3 float32 BGR batch: {"age": ..., "p_male": ...}."""
@@ -44,33 +47,31 @@ def load_reference(task: str = "age-gender", age_weights: str | os.PathLike | No
                    gender_weights: str | os.PathLike | None = None) -> Reference:
     """Build SSR-Net for ``task`` ("age", "gender", "age-gender") and load its weights.
 
-    Weights are registry names (``age-wiki``, ...) or paths; the defaults are
-    ``age-wiki`` and ``gender-wiki``. Every file is sha256-checked and copied in by layer name.
+    Weights are registry names (``age-wiki``, ...) or paths (``.h5``, a port's ``.pth`` or
+    ``.params``); the defaults are ``age-wiki`` and ``gender-wiki``. Every file is
+    sha256-checked, read as data, and each head is built from its file's family member.
     """
     from ssrconv.errors import SsrconvError
     from ssrconv.reference import model as m
-    from ssrconv.reference.weights import load_into, read_h5_weights
+    from ssrconv.reference.weights import load_into, read_heads
 
     if task not in TASKS:
         raise SsrconvError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
     heads = {"age": ["age"], "gender": ["gender"], "age-gender": ["age", "gender"]}[task]
-    chosen = {"age": age_weights or DEFAULT_AGE_WEIGHTS,
-              "gender": gender_weights or DEFAULT_GENDER_WEIGHTS}
-    resolved = {head: resolve(chosen[head]) for head in heads}
-    h5 = {head: read_h5_weights(resolved[head].path) for head in heads}
+    resolved, files, members = read_heads(task, age_weights, gender_weights)
 
     if task == "age-gender":
-        model = m.build_age_gender()
+        model = m.build_age_gender(members["age"], members["gender"])
         for head in heads:
-            load_into(model, h5[head], head, prefix=f"{head}_")
+            load_into(model, files[head], head, prefix=f"{head}_")
     else:
-        model = m.build_ssrnet(task)
-        load_into(model, h5[task], task)
-    return Reference(model=model, task=task, weights=resolved)
+        model = m.build_ssrnet(task, members[task])
+        load_into(model, files[task], task)
+    return Reference(model=model, task=task, weights=resolved, members=members)
 
 
 def weights_provenance(reference: Reference) -> dict[str, dict[str, str]]:
-    """{head: {"name", "file", "sha256", "source"}} for manifests and reports."""
+    """{head: {"name", "file", "sha256", "source", "member"}} for manifests and reports."""
     return {head: {"name": _weights_label(a), "file": a.path.name, "sha256": a.sha256,
-                   "source": a.source}
+                   "source": a.source, "member": reference.members[head].name}
             for head, a in reference.weights.items()}

@@ -22,6 +22,7 @@ class KerasRuntime(Runtime):
         from ssrconv.reference.keras_reference import load_reference
         from ssrconv.reference.model import OUTPUT_NAMES
         self.reference = load_reference(task, age_weights, gender_weights)
+        self.members = self.reference.members  # head -> SSR-Net family member
         self.heads = OUTPUT_NAMES[task]
         self._model = self.reference.model
         # An eager Keras call re-dispatches every layer from Python (~240 ms per call measured);

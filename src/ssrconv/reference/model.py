@@ -7,6 +7,11 @@ are the original ones (``conv2d_5``, ``pred_age_stage1``, ...), so weights copy 
 and the graph matches ``ssrnet_age_original_keras2.json``. The merge, a Lambda in the
 original, is :class:`SSRMerge` here: a registered, serializable layer with no code payload.
 
+Other members of the SSR-Net family (:mod:`ssrconv.reference.family`) are built from their
+:class:`~ssrconv.reference.family.ArchSpec` (padding, BatchNorm epsilon, stage-1 ReLU, stages and
+lambdas) with their preprocessing as a first :class:`InputAffine` layer; the original member
+builds exactly the graph above (no input layer).
+
 Importing this module imports Keras (and so TensorFlow): keep it out of ``ssrconv --help``.
 """
 
@@ -19,11 +24,13 @@ tensorflow("the Keras model")  # quiet import of TF before Keras pulls it in
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
+from ssrconv.reference.family import ORIGINAL, Member  # noqa: E402
+
 INPUT_SIZE = 64
-STAGE_NUM = (3, 3, 3)
-LAMBDA_LOCAL = 1.0
-LAMBDA_D = 1.0
-BN_EPSILON = 1e-3
+STAGE_NUM = ORIGINAL.arch.stage_num
+LAMBDA_LOCAL = ORIGINAL.arch.lambda_local
+LAMBDA_D = ORIGINAL.arch.lambda_d
+BN_EPSILON = ORIGINAL.arch.bn_epsilon
 TASKS = ("age", "gender")
 V_BY_TASK = {"age": 101.0, "gender": 1.0}
 
@@ -69,6 +76,34 @@ class SSRMerge(layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="ssrconv")
+class InputAffine(layers.Layer):
+    """A member's preprocessing inside the graph: ``face_bgr @ kernel + bias`` per pixel.
+
+    A fixed 1x1 convolution (channel permutation times scale, bias -offset * scale: see
+    :meth:`ssrconv.reference.family.Preprocess.affine`) held in the config, not as weights, so
+    weight files and parameter counts are the member's own. Converters see one Conv2D.
+    """
+
+    def __init__(self, kernel, bias, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_values = [[float(v) for v in row] for row in kernel]
+        self.bias_values = [float(v) for v in bias]
+
+    def call(self, x):
+        kernel = ops.reshape(ops.convert_to_tensor(self.kernel_values, x.dtype), (1, 1, 3, 3))
+        bias = ops.convert_to_tensor(self.bias_values, x.dtype)
+        return ops.conv(x, kernel, padding="valid") + bias
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel=self.kernel_values, bias=self.bias_values)
+        return config
+
+
 def head_names(task: str) -> dict[str, str]:
     """Names of the task-specific layers: stage predictions and the merged output."""
     if task == "age":
@@ -87,15 +122,21 @@ def stage_layer_names(task: str, prefix: str = "") -> list[str]:
     return [prefix + n for n in names]
 
 
-def _ssrnet_head(x, task: str, prefix: str):
-    """Build one SSR-Net on input tensor ``x``; every layer name gets ``prefix``."""
+def _ssrnet_head(x, task: str, prefix: str, member: Member = ORIGINAL):
+    """Build one SSR-Net of ``member``'s architecture on input tensor ``x`` (face_bgr); every
+    layer name gets ``prefix``."""
+    arch = member.arch
 
     def name(n):
         return prefix + n
 
+    if not member.preprocess.identity:
+        kernel, bias = member.preprocess.affine()
+        x = InputAffine(kernel.tolist(), bias.tolist(), name=name("input_affine"))(x)
+
     def conv_block(t, conv, bn, act, filters, activation):
-        t = layers.Conv2D(filters, 3, padding="valid", name=name(conv))(t)
-        t = layers.BatchNormalization(axis=-1, epsilon=BN_EPSILON, name=name(bn))(t)
+        t = layers.Conv2D(filters, 3, padding=arch.padding, name=name(conv))(t)
+        t = layers.BatchNormalization(axis=-1, epsilon=arch.bn_epsilon, name=name(bn))(t)
         return layers.Activation(activation, name=name(act))(t)
 
     # Stream 1: relu + average pooling, 32 filters (conv2d_1..4 in the original).
@@ -116,8 +157,8 @@ def _ssrnet_head(x, task: str, prefix: str):
     s_layer3 = layers.MaxPooling2D(2, 2, name=name("max_pooling2d_3"))(s)
     s = conv_block(s_layer3, "conv2d_8", "batch_normalization_8", "activation_8", 16, "tanh")
 
-    def summary(t, conv, pool=None, pool_cls=None):
-        t = layers.Conv2D(10, 1, activation="relu", name=name(conv))(t)
+    def summary(t, conv, pool=None, pool_cls=None, relu=True):
+        t = layers.Conv2D(10, 1, activation="relu" if relu else None, name=name(conv))(t)
         if pool is not None:
             t = pool_cls(pool[1], pool[1], name=name(pool[0]))(t)
         return t
@@ -128,8 +169,8 @@ def _ssrnet_head(x, task: str, prefix: str):
 
     stages = head_names(task)["stages"]
     # Stage 1 reads the deepest features, stage 3 the shallowest (as in the original).
-    s_1 = summary(s, "conv2d_9")
-    x_1 = summary(x1, "conv2d_10")
+    s_1 = summary(s, "conv2d_9", relu=arch.stage1_summary_relu)
+    x_1 = summary(x1, "conv2d_10", relu=arch.stage1_summary_relu)
     s_2 = summary(s_layer2, "conv2d_11", ("max_pooling2d_4", 4), layers.MaxPooling2D)
     x_2 = summary(x_layer2, "conv2d_12", ("average_pooling2d_4", 4), layers.AveragePooling2D)
     s_3 = summary(s_layer1, "conv2d_13", ("max_pooling2d_5", 8), layers.MaxPooling2D)
@@ -153,27 +194,30 @@ def _ssrnet_head(x, task: str, prefix: str):
         deltas.append(layers.Dense(1, activation="tanh", name=name(f"delta_s{k}"))(delta_in))
         locals_.append(layers.Dense(3, activation="tanh", name=name(f"local_delta_stage{k}"))(feat))
 
-    merge = SSRMerge(STAGE_NUM, LAMBDA_LOCAL, LAMBDA_D, V=V_BY_TASK[task],
+    merge = SSRMerge(arch.stage_num, arch.lambda_local, arch.lambda_d, V=V_BY_TASK[task],
                      name=name(head_names(task)["output"]))
     return merge(probs + deltas + locals_)
 
 
-def build_ssrnet(task: str = "age") -> keras.Model:
-    """An untrained SSR-Net for ``task`` ("age": years, V=101; "gender": P(male), V=1)."""
+def build_ssrnet(task: str = "age", member: Member = ORIGINAL) -> keras.Model:
+    """An untrained SSR-Net of ``member`` for ``task`` ("age": years, V=101; "gender":
+    P(male), V=1)."""
     head_names(task)  # validates task
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="face_bgr")
-    output = _ssrnet_head(inputs, task, prefix="")
+    output = _ssrnet_head(inputs, task, prefix="", member=member)
     return keras.Model(inputs, output, name=f"ssrnet_{task}")
 
 
-def build_age_gender() -> keras.Model:
+def build_age_gender(age_member: Member = ORIGINAL, gender_member: Member = ORIGINAL
+                     ) -> keras.Model:
     """Both SSR-Nets on one shared input: outputs ``age`` (years) and ``p_male``.
 
-    Layers are prefixed ``age_`` and ``gender_`` so each head keeps its original names.
+    Layers are prefixed ``age_`` and ``gender_`` so each head keeps its original names; each
+    head is built from its own member's spec.
     """
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="face_bgr")
-    age = _ssrnet_head(inputs, "age", prefix="age_")
-    gender = _ssrnet_head(inputs, "gender", prefix="gender_")
+    age = _ssrnet_head(inputs, "age", prefix="age_", member=age_member)
+    gender = _ssrnet_head(inputs, "gender", prefix="gender_", member=gender_member)
     age = layers.Identity(name="age")(age)
     gender = layers.Identity(name="p_male")(gender)
     return keras.Model(inputs, [age, gender], name="ssrnet_age_gender")

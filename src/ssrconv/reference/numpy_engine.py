@@ -7,6 +7,10 @@ matched by layer name and shape-checked like :func:`ssrconv.reference.weights.lo
 Only numpy and h5py are imported, so a runtime-only install (no ``ssrconv[export]``) can still
 check an artifact's parity against the published weights.
 
+Other members of the SSR-Net family are computed from their
+:class:`~ssrconv.reference.family.ArchSpec` and preprocessing (read from the weights file),
+as :mod:`ssrconv.reference.model` builds them.
+
 Speed: a 3x3 conv is one im2col copy and one GEMM; BatchNorm is folded into the conv it follows
 (in float64, before casting); the first convs of every stream and head read the same input, so
 they share one im2col and one GEMM. Faces run in chunks so the im2col buffer stays small.
@@ -19,13 +23,13 @@ import os
 import numpy as np
 
 from ssrconv.errors import SsrconvError, WeightsError
+from ssrconv.reference.family import ORIGINAL, ArchSpec, Member, get_member
 from ssrconv.runtimes.base import Runtime
 from ssrconv.targets import REFERENCE_ON_ENGINE
 
-BN_EPSILON = 1e-3  # = ssrconv.reference.model.BN_EPSILON (that module imports Keras)
-STAGE_NUM = (3, 3, 3)
-LAMBDA_LOCAL = 1.0
-LAMBDA_D = 1.0
+STAGE_NUM = ORIGINAL.arch.stage_num
+LAMBDA_LOCAL = ORIGINAL.arch.lambda_local
+LAMBDA_D = ORIGINAL.arch.lambda_d
 V_BY_TASK = {"age": 101.0, "gender": 1.0}
 OUTPUT_NAMES = {"age": ("age",), "gender": ("p_male",), "age-gender": ("age", "p_male")}
 DTYPES = {"numpy-float32": np.float32, "numpy-float64": np.float64}
@@ -39,59 +43,55 @@ _CONVS = {  # name: (kernel size, in channels, filters)
     "conv2d_9": (1, 16, 10), "conv2d_10": (1, 32, 10), "conv2d_11": (1, 16, 10),
     "conv2d_12": (1, 32, 10), "conv2d_13": (1, 16, 10), "conv2d_14": (1, 32, 10),
 }
-# Output height (= width) of each conv on a 64x64 input: valid 3x3 convs, 2x2 pools between.
-_CONV_OUT = {"conv2d_1": 62, "conv2d_2": 29, "conv2d_3": 12, "conv2d_4": 4,
-             "conv2d_5": 62, "conv2d_6": 29, "conv2d_7": 12, "conv2d_8": 4,
-             "conv2d_9": 4, "conv2d_10": 4, "conv2d_11": 14, "conv2d_12": 14,
-             "conv2d_13": 31, "conv2d_14": 31}
 _BN_OF_CONV = {f"conv2d_{i}": f"batch_normalization_{i}" for i in range(1, 9)}
-_FLAT = 160, 90, 90  # flattened summary width per stage (4x4x10, 3x3x10, 3x3x10)
 
 
-def _dense_shapes(task: str) -> dict[str, tuple[int, int]]:
+def _dense_shapes(task: str, arch: ArchSpec = ORIGINAL.arch) -> dict[str, tuple[int, int]]:
     stage = "pred_age_stage{}" if task == "age" else "pred_gender_stage{}"
+    flat = arch.flat_widths()  # original: 160, 90, 90 (4x4x10, 3x3x10, 3x3x10)
     shapes = {}
     for k, (s, x, fuse) in enumerate((("dense_1", "dense_2", "dense_3"),
                                       ("dense_4", "dense_5", "dense_6"),
                                       ("dense_7", "dense_8", "dense_9")), start=1):
-        shapes[s] = shapes[x] = (_FLAT[k - 1], 3)
+        shapes[s] = shapes[x] = (flat[k - 1], 3)
         shapes[fuse] = (3, 6)
         shapes[stage.format(k)] = (6, 3)
-        shapes[f"delta_s{k}"] = (_FLAT[k - 1], 1)
+        shapes[f"delta_s{k}"] = (flat[k - 1], 1)
         shapes[f"local_delta_stage{k}"] = (6, 3)
     return shapes
 
 
-def _expected(task: str) -> dict[str, dict[str, tuple[int, ...]]]:
-    """{layer: {variable: shape}} of one head, in the rebuilt model's names."""
+def expected_layers(task: str, arch: ArchSpec = ORIGINAL.arch) -> dict[str, dict[str, tuple[int, ...]]]:
+    """{layer: {variable: shape}} of one head of ``arch``, in the rebuilt model's names."""
     layers = {}
     for name, (k, c_in, f) in _CONVS.items():
         layers[name] = {"kernel": (k, k, c_in, f), "bias": (f,)}
     for conv, bn in _BN_OF_CONV.items():
         f = _CONVS[conv][2]
         layers[bn] = {v: (f,) for v in ("gamma", "beta", "moving_mean", "moving_variance")}
-    for name, (c_in, c_out) in _dense_shapes(task).items():
+    for name, (c_in, c_out) in _dense_shapes(task, arch).items():
         layers[name] = {"kernel": (c_in, c_out), "bias": (c_out,)}
     return layers
 
 
-def count_macs(task: str = "age") -> int:
+def count_macs(task: str = "age", member: Member = ORIGINAL) -> int:
     """Multiply-adds of one head's forward pass for one face (conv and dense layers), as
     :func:`ssrconv.reference.model.count_macs` counts them on the Keras model."""
     total = 0
+    sizes = member.arch.conv_sizes()
     for name, (k, c_in, f) in _CONVS.items():
-        total += _CONV_OUT[name] ** 2 * k * k * c_in * f
-    return total + sum(c_in * c_out for c_in, c_out in _dense_shapes(task).values())
+        total += sizes[name] ** 2 * k * k * c_in * f
+    return total + sum(c_in * c_out for c_in, c_out in _dense_shapes(task, member.arch).values())
 
 
 def head_arrays(weights, task: str) -> dict[str, dict[str, np.ndarray]]:
-    """The arrays of an :class:`~ssrconv.reference.weights.H5Weights` in the rebuilt model's
+    """The arrays of an :class:`~ssrconv.reference.weights.WeightsFile` in the rebuilt model's
     layer names, every layer present with its expected shape; WeightsError names the first
     problem (the same checks :func:`~ssrconv.reference.weights.load_into` makes on Keras)."""
     from ssrconv.reference.weights import check_task, model_layer_name
 
     check_task(weights, task)
-    expected = _expected(task)
+    expected = expected_layers(task, get_member(weights.member).arch)
     found: dict[str, dict[str, np.ndarray]] = {}
     for h5_layer, arrays in weights.layers.items():
         if not arrays:
@@ -121,8 +121,11 @@ def head_arrays(weights, task: str) -> dict[str, dict[str, np.ndarray]]:
 class _Head:
     """One SSR-Net head's folded parameters in the engine's dtype."""
 
-    def __init__(self, arrays: dict[str, dict[str, np.ndarray]], task: str, dtype):
+    def __init__(self, arrays: dict[str, dict[str, np.ndarray]], task: str, dtype,
+                 member: Member = ORIGINAL):
         self.task = task
+        self.member = member
+        self.arch = member.arch
         self.V = V_BY_TASK[task]
         self.stage = "pred_age_stage{}" if task == "age" else "pred_gender_stage{}"
         self.conv = {}
@@ -130,17 +133,20 @@ class _Head:
             kernel, bias = arrays[name]["kernel"], arrays[name]["bias"]
             if name in _BN_OF_CONV:
                 bn = arrays[_BN_OF_CONV[name]]
-                scale = bn["gamma"] / np.sqrt(bn["moving_variance"] + BN_EPSILON)
+                scale = bn["gamma"] / np.sqrt(bn["moving_variance"] + self.arch.bn_epsilon)
                 kernel = kernel * scale
                 bias = (bias - bn["moving_mean"]) * scale + bn["beta"]
             self.conv[name] = (kernel.reshape(-1, kernel.shape[-1]).astype(dtype),
                                bias.astype(dtype))
         self.dense = {name: (arrays[name]["kernel"].astype(dtype), arrays[name]["bias"].astype(dtype))
-                      for name in _dense_shapes(task)}
+                      for name in _dense_shapes(task, self.arch)}
 
 
-def _im2col3(x: np.ndarray) -> np.ndarray:
-    """(N, H, W, C) -> (N, H-2, W-2, 9C), ordered (kh, kw, c) like a Keras kernel's reshape."""
+def _im2col3(x: np.ndarray, padding: str = "valid") -> np.ndarray:
+    """(N, H, W, C) -> (N, H-2, W-2, 9C), ordered (kh, kw, c) like a Keras kernel's reshape;
+    ``padding="same"`` zero-pads one row/column on each side first (output H x W)."""
+    if padding == "same":
+        x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     n, h, w, c = x.shape
     oh, ow = h - 2, w - 2
     cols = np.empty((n, oh, ow, 3, 3, c), x.dtype)
@@ -150,18 +156,18 @@ def _im2col3(x: np.ndarray) -> np.ndarray:
     return cols.reshape(n, oh, ow, 9 * c)
 
 
-def _conv3(x, params):
+def _conv3(x, params, padding: str = "valid"):
     kernel, bias = params
-    out = _im2col3(x) @ kernel
+    out = _im2col3(x, padding) @ kernel
     out += bias
     return out
 
 
-def _conv1_relu(x, params):
+def _conv1_relu(x, params, relu: bool = True):
     kernel, bias = params
     out = x @ kernel
     out += bias
-    return np.maximum(out, 0, out=out)
+    return np.maximum(out, 0, out=out) if relu else out
 
 
 def _reduce_windows(x, size: int, ufunc) -> np.ndarray:
@@ -204,20 +210,22 @@ def _forward_head(head: _Head, first_relu: np.ndarray, first_tanh: np.ndarray):
     """The rest of one head after its first convs (BN folded, activation not yet applied).
     Returns (output (N,), {layer: stage tensor})."""
     avg, mx = _avg_pool, _max_pool
+    pad = head.arch.padding
     # Stream 1: relu + average pooling.
     x_layer1 = avg(_relu(first_relu), 2)
-    x_layer2 = avg(_relu(_conv3(x_layer1, head.conv["conv2d_2"])), 2)
-    x_layer3 = avg(_relu(_conv3(x_layer2, head.conv["conv2d_3"])), 2)
-    x1 = _relu(_conv3(x_layer3, head.conv["conv2d_4"]))
+    x_layer2 = avg(_relu(_conv3(x_layer1, head.conv["conv2d_2"], pad)), 2)
+    x_layer3 = avg(_relu(_conv3(x_layer2, head.conv["conv2d_3"], pad)), 2)
+    x1 = _relu(_conv3(x_layer3, head.conv["conv2d_4"], pad))
     # Stream 2: tanh + max pooling. tanh is monotonic, so max(tanh(t)) == tanh(max(t)) exactly:
     # pooling first takes a quarter of the tanh evaluations.
     s_layer1 = np.tanh(mx(first_tanh, 2))
-    s_layer2 = np.tanh(mx(_conv3(s_layer1, head.conv["conv2d_6"]), 2))
-    s_layer3 = np.tanh(mx(_conv3(s_layer2, head.conv["conv2d_7"]), 2))
-    s = np.tanh(_conv3(s_layer3, head.conv["conv2d_8"]))
+    s_layer2 = np.tanh(mx(_conv3(s_layer1, head.conv["conv2d_6"], pad), 2))
+    s_layer3 = np.tanh(mx(_conv3(s_layer2, head.conv["conv2d_7"], pad), 2))
+    s = np.tanh(_conv3(s_layer3, head.conv["conv2d_8"], pad))
     n = s.shape[0]
+    relu1 = head.arch.stage1_summary_relu
     summaries = [
-        (_conv1_relu(s, head.conv["conv2d_9"]), _conv1_relu(x1, head.conv["conv2d_10"])),
+        (_conv1_relu(s, head.conv["conv2d_9"], relu1), _conv1_relu(x1, head.conv["conv2d_10"], relu1)),
         (mx(_conv1_relu(s_layer2, head.conv["conv2d_11"]), 4),
          avg(_conv1_relu(x_layer2, head.conv["conv2d_12"]), 4)),
         (mx(_conv1_relu(s_layer1, head.conv["conv2d_13"]), 8),
@@ -240,7 +248,8 @@ def _forward_head(head: _Head, first_relu: np.ndarray, first_tanh: np.ndarray):
         probs.append(prob)
         deltas.append(delta)
         locals_.append(local)
-    return ssr_merge(probs, deltas, locals_, head.V)[:, 0], stages
+    return ssr_merge(probs, deltas, locals_, head.V, head.arch.stage_num, head.arch.lambda_local,
+                     head.arch.lambda_d)[:, 0], stages
 
 
 def ssr_merge(probs, deltas, locals_, V: float, stage_num=STAGE_NUM, lambda_local=LAMBDA_LOCAL,
@@ -273,8 +282,7 @@ class NumpyReference(Runtime):
     def __init__(self, task: str = "age-gender", age_weights=None, gender_weights=None,
                  engine: str = "numpy-float32"):
         from ssrconv.reference.keras_reference import TASKS
-        from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, resolve
-        from ssrconv.reference.weights import read_h5_weights
+        from ssrconv.reference.weights import read_heads
 
         if task not in TASKS:
             raise SsrconvError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
@@ -286,29 +294,38 @@ class NumpyReference(Runtime):
         self.task = task
         self.heads = OUTPUT_NAMES[task]
         tasks = {"age": ["age"], "gender": ["gender"], "age-gender": ["age", "gender"]}[task]
-        chosen = {"age": age_weights or DEFAULT_AGE_WEIGHTS,
-                  "gender": gender_weights or DEFAULT_GENDER_WEIGHTS}
-        self.weights = {t: resolve(chosen[t]) for t in tasks}  # head task -> ResolvedAsset
-        arrays = {t: head_arrays(read_h5_weights(self.weights[t].path), t) for t in tasks}
+        # head task -> ResolvedAsset, WeightsFile, Member
+        self.weights, files, self.members = read_heads(task, age_weights, gender_weights)
+        arrays = {t: head_arrays(files[t], t) for t in tasks}
         # Stored parameters per head (weights + BN statistics), as in the original .h5.
         self.params = {t: sum(a.size for layer in arrays[t].values() for a in layer.values())
                        for t in tasks}
-        self._heads = [_Head(arrays[t], t, self.dtype) for t in tasks]
+        self._heads = [_Head(arrays[t], t, self.dtype, self.members[t]) for t in tasks]
         # Layer-name prefixes as in the Keras model: only the two-head model has them.
         self._prefix = {t: (f"{t}_" if task == "age-gender" else "") for t in tasks}
-        kernels = [h.conv[c] for h in self._heads for c in ("conv2d_1", "conv2d_5")]
-        self._first_kernel = np.concatenate([k for k, _ in kernels], axis=1)
-        self._first_bias = np.concatenate([b for _, b in kernels])
-        self._first_split = np.cumsum([k.shape[1] for k, _ in kernels])[:-1]
+        # Heads reading the same network input (same preprocessing and padding) share one
+        # im2col and one GEMM for their first convs.
+        self._groups: dict[tuple, list[int]] = {}
+        for i, head in enumerate(self._heads):
+            self._groups.setdefault((head.member.preprocess, head.arch.padding), []).append(i)
+        self._first = {}
+        for key, members in self._groups.items():
+            kernels = [self._heads[i].conv[c] for i in members for c in ("conv2d_1", "conv2d_5")]
+            self._first[key] = (np.concatenate([k for k, _ in kernels], axis=1),
+                                np.concatenate([b for _, b in kernels]),
+                                np.cumsum([k.shape[1] for k, _ in kernels])[:-1])
 
     def _forward(self, batch: np.ndarray):
-        x = np.asarray(batch, self.dtype)
-        first = _im2col3(x) @ self._first_kernel
-        first += self._first_bias
-        parts = np.split(first, self._first_split, axis=-1)
-        results = []
-        for i, head in enumerate(self._heads):
-            results.append(_forward_head(head, parts[2 * i], parts[2 * i + 1]))
+        results = [None] * len(self._heads)
+        for (preprocess, padding), members in self._groups.items():
+            x = (np.asarray(batch, self.dtype) if preprocess.identity
+                 else preprocess.apply(batch, np.float64).astype(self.dtype))
+            kernel, bias, split = self._first[(preprocess, padding)]
+            first = _im2col3(x, padding) @ kernel
+            first += bias
+            parts = np.split(first, split, axis=-1)
+            for j, i in enumerate(members):
+                results[i] = _forward_head(self._heads[i], parts[2 * j], parts[2 * j + 1])
         return results
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -355,4 +372,5 @@ def load_numpy_reference(task: str = "age-gender", age_weights: str | os.PathLik
     return NumpyReference(task, age_weights, gender_weights, engine=engine)
 
 
-__all__ = ["NumpyReference", "count_macs", "head_arrays", "load_numpy_reference", "ssr_merge"]
+__all__ = ["NumpyReference", "count_macs", "expected_layers", "head_arrays",
+           "load_numpy_reference", "ssr_merge"]

@@ -30,7 +30,42 @@ CONTRACT = {
     "range": "0..255 float32, no normalisation",
     "crop": f"detector box grown by {MARGIN} of its width/height on each side, clipped to the image",
     "resize": "cv2.INTER_LINEAR",
+    "crop_rule": "margin",
 }
+_ALIGN5_CROP = ("the 5 detector landmarks (eyes, nose tip, mouth corners) similarity-aligned to "
+                "the ArcFace 112x112 template, then resized to 64x64")
+
+
+def contract_for(members: dict) -> dict:
+    """The input contract of a model whose heads are ``members`` ({head: Member}): always
+    ``face_bgr`` N x 64 x 64 x 3 float32 BGR 0..255 (each member's colour order and
+    normalisation are inside the graph), cut by the members' one crop rule."""
+    from ssrconv.reference.family import CROP_ALIGN5
+
+    rules = {m.preprocess.crop for m in members.values()}
+    if len(rules) != 1:
+        from ssrconv.errors import WeightsError
+
+        described = ", ".join(f"{h}: {m.name} ({m.preprocess.crop})" for h, m in members.items())
+        raise WeightsError(f"the two heads want different face crops ({described}); use "
+                           "--task age / --task gender for one head, or give both heads weights "
+                           "of one member")
+    (rule,) = rules
+    contract = dict(CONTRACT)
+    if rule == CROP_ALIGN5:
+        contract.update(crop=_ALIGN5_CROP, crop_rule=rule)
+    if any(not m.preprocess.identity for m in members.values()):
+        contract["range"] = ("0..255 float32; each head's colour order and normalisation are "
+                             "inside the graph")
+        contract["in_graph"] = {head: m.preprocess.note for head, m in members.items()
+                                if not m.preprocess.identity}
+    return contract
+
+
+def crop_rule_of(contract: dict | None) -> str:
+    """The crop rule a manifest's ``preprocessing`` names (manifests before the SSR-Net
+    family had only the margin crop)."""
+    return (contract or {}).get("crop_rule", "margin")
 
 
 def to_bgr_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -131,16 +166,87 @@ def crop_face(image: np.ndarray, box, margin: float = MARGIN) -> np.ndarray:
     return resized.astype(np.float32)
 
 
-def prepare_chip(chip: np.ndarray, margin: float = MARGIN) -> np.ndarray:
-    """The model input for a pre-cropped aligned face chip (e.g. UTKFace): 64x64x3 float32."""
+def _padded_chip(chip: np.ndarray, margin: float = MARGIN) -> np.ndarray:
     import cv2
 
     chip = to_bgr_uint8(chip)
     h, w = chip.shape[:2]
     pad_y, pad_x = round(margin * h), round(margin * w)
-    padded = cv2.copyMakeBorder(chip, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REPLICATE)
-    resized = cv2.resize(padded, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+    return cv2.copyMakeBorder(chip, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REPLICATE)
+
+
+def prepare_chip(chip: np.ndarray, margin: float = MARGIN) -> np.ndarray:
+    """The model input for a pre-cropped aligned face chip (e.g. UTKFace): 64x64x3 float32."""
+    import cv2
+
+    resized = cv2.resize(_padded_chip(chip, margin), (INPUT_SIZE, INPUT_SIZE),
+                         interpolation=cv2.INTER_LINEAR)
     return resized.astype(np.float32)
+
+
+# The ArcFace 112 x 112 template (insightface's face_preprocess.preprocess, as the MXNet port
+# aligns): eyes, nose tip, mouth corners, image-left first.
+ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                        [41.5493, 92.3655], [70.7299, 92.2041]])
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 least-squares similarity transform (rotation, uniform scale, shift) taking
+    ``src`` points onto ``dst`` (Umeyama 1991; skimage's SimilarityTransform.estimate)."""
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    s, d = src - src_mean, dst - dst_mean
+    u, sigma, vt = np.linalg.svd(d.T @ s / len(src))
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[-1] = -1
+    rotation = u @ np.diag(sign) @ vt
+    scale = (sigma * sign).sum() / s.var(0).sum()
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - matrix[:, :2] @ src_mean
+    return matrix
+
+
+def align_face(image: np.ndarray, landmarks) -> np.ndarray:
+    """The model input of the 5-point crop rule: the face warped so its landmarks meet the
+    ArcFace 112 x 112 template (black border), resized to 64x64 (INTER_LINEAR), float32 BGR."""
+    import cv2
+
+    points = np.asarray(landmarks, np.float64).reshape(5, 2)
+    if not np.all(np.isfinite(points)):
+        raise InputError("face landmarks are not finite")
+    matrix = _similarity(points, ARCFACE_112)
+    warped = cv2.warpAffine(to_bgr_uint8(image), matrix, (112, 112), borderValue=0.0)
+    resized = cv2.resize(warped, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+    return resized.astype(np.float32)
+
+
+def crop_by_rule(image: np.ndarray, face, crop_rule: str = "margin") -> np.ndarray:
+    """The model input for detected ``face`` under a member's crop rule
+    (:mod:`ssrconv.reference.family`): the margin crop of its box, or 5-point alignment."""
+    from ssrconv.reference.family import CROP_ALIGN5
+
+    if crop_rule != CROP_ALIGN5:
+        return crop_face(image, face.box)
+    if getattr(face, "landmarks", None) is None:
+        raise InputError("this model's crop rule aligns faces by 5 landmarks, and the detector "
+                         "gave none: use --detector yunet")
+    return align_face(image, face.landmarks)
+
+
+def prepare_chip_by_rule(chip: np.ndarray, detector, crop_rule: str = "margin") -> np.ndarray | None:
+    """A chip's model input under ``crop_rule``: :func:`prepare_chip`, or for 5-point alignment the
+    chip padded as prepare_chip pads it, its largest YuNet face aligned (None: no face found)."""
+    from ssrconv.reference.family import CROP_ALIGN5
+
+    if crop_rule != CROP_ALIGN5:
+        return prepare_chip(chip)
+    padded = _padded_chip(chip)
+    found = [f for f in detector.detect(padded) if f.landmarks is not None]
+    if not found:
+        return None
+    face = max(found, key=lambda f: f.box[2] * f.box[3])
+    return align_face(padded, face.landmarks)
 
 
 _UTK = re.compile(r"^(\d{1,3})_([01])_")
@@ -193,7 +299,7 @@ class FaceSet:
         text = (f"{len(self)} faces from {o['files']} files ({o['chips']} aligned chips, "
                 f"{o['photos']} photos with {o['photo_faces']} faces")
         if o.get("files_without_face"):
-            text += f", {len(o['files_without_face'])} photos without a face"
+            text += f", {len(o['files_without_face'])} files without a face"
         text += f"), {o['labelled']} labelled; chip vs photo: {o['decided_by']}"
         return text
 
@@ -221,17 +327,19 @@ def spread_pick(paths: list, limit: int | None) -> list:
 
 
 def load_faces(directory: str | os.PathLike, limit: int | None = None, kind: str = "auto",
-               detector=None) -> FaceSet:
+               detector=None, crop_rule: str = "margin") -> FaceSet:
     """The faces of ``directory``: aligned chips (see :func:`prepare_chip`) and/or full photos
     (faces detected with YuNet, cropped by :func:`crop_face`), decided per file by
     :data:`CHIP_RULE` with ``kind="auto"``, or forced with ``"chips"`` / ``"photos"``. Labels
     come from a ``labels.csv`` beside the images (columns file, age, gender) or else from
-    UTKFace-style names. ``limit`` caps the number of files read (:func:`spread_pick`)."""
+    UTKFace-style names. ``limit`` caps the number of files read (:func:`spread_pick`).
+    ``crop_rule`` is the model's crop rule (:func:`crop_by_rule`, :func:`prepare_chip_by_rule`)."""
     if limit is not None and limit < 1:
         raise InputError(f"--limit {limit}: must be at least 1")
     paths = spread_pick(list_images(directory), limit)
     labels = read_labels(Path(directory) / LABELS_FILE)
-    return load_face_files(paths, name=str(directory), kind=kind, detector=detector, labels=labels)
+    return load_face_files(paths, name=str(directory), kind=kind, detector=detector, labels=labels,
+                           crop_rule=crop_rule)
 
 
 def read_labels(path: Path) -> dict[str, tuple[float, float]]:
@@ -272,8 +380,10 @@ def _label_for(name: str, face_name: str, single: bool, labels: dict) -> tuple[f
 
 
 def load_face_files(paths: list[Path], name: str = "face list", kind: str = "auto",
-                    detector=None, labels: dict | None = None) -> FaceSet:
+                    detector=None, labels: dict | None = None, crop_rule: str = "margin") -> FaceSet:
     """The faces of the given files (see :func:`load_faces`)."""
+    from ssrconv.reference.family import CROP_ALIGN5
+
     if kind not in FACE_KINDS:
         raise InputError(f"faces kind {kind!r}: choose from {', '.join(FACE_KINDS)}")
     if not paths:
@@ -281,7 +391,7 @@ def load_face_files(paths: list[Path], name: str = "face list", kind: str = "aut
     from ssrconv.progress import progress
 
     labels = labels or {}
-    if kind != "chips" and detector is None:
+    if (kind != "chips" or crop_rule == CROP_ALIGN5) and detector is None:
         from ssrconv.detect import YuNetDetector
 
         detector = YuNetDetector()
@@ -293,13 +403,16 @@ def load_face_files(paths: list[Path], name: str = "face list", kind: str = "aut
         found = [] if kind == "chips" else sorted(detector.detect(image), key=lambda f: f.box[0])
         if kind == "chips" or (kind == "auto" and _is_chip(image, found)):
             chips += 1
-            crops, face_names = [prepare_chip(image)], [path.name]
+            chip = prepare_chip_by_rule(image, detector, crop_rule)
+            crops, face_names = ([chip], [path.name]) if chip is not None else ([], [])
+            if chip is None:
+                without_face.append(path.name)
         else:
             photos += 1
             crops, face_names = [], []
             for face in found:
                 try:
-                    crops.append(crop_face(image, face.box))
+                    crops.append(crop_by_rule(image, face, crop_rule))
                 except InputError:
                     continue  # a box wholly outside the image
                 face_names.append(f"{path.name}#{len(face_names)}")
@@ -321,7 +434,7 @@ def load_face_files(paths: list[Path], name: str = "face list", kind: str = "aut
     origin = {"source": name, "files": len(paths), "faces": len(inputs), "chips": chips,
               "photos": photos, "photo_faces": photo_faces, "files_without_face": without_face,
               "labelled": int(np.isfinite(ages_arr).sum()), "kind": kind, "decided_by": decided,
-              "labels": LABELS_FILE if labels else "UTKFace-style names"}
+              "labels": LABELS_FILE if labels else "UTKFace-style names", "crop": crop_rule}
     return FaceSet(names=names, inputs=np.stack(inputs), ages=ages_arr,
                    is_male=np.array(males, dtype=np.float64), origin=origin)
 
@@ -337,10 +450,10 @@ def _is_chip(image: np.ndarray, found) -> bool:
     return bw * bh >= CHIP_MIN_COVERAGE * w * h
 
 
-def load_sample_faces(detector=None) -> FaceSet:
+def load_sample_faces(detector=None, crop_rule: str = "margin") -> FaceSet:
     """The 7 faces of the two built-in sample photographs (asset registry), unlabelled."""
     from ssrconv.assets import sample_photos
 
     faces = load_face_files(sample_photos(), name="the built-in sample photos", kind="photos",
-                            detector=detector)
+                            detector=detector, crop_rule=crop_rule)
     return faces

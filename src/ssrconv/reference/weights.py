@@ -1,4 +1,8 @@
-"""Copy the original weights-only ``.h5`` files into the rebuilt model, by layer name, with h5py.
+"""Read SSR-Net weights files as data and copy them into the rebuilt model, by layer name.
+
+:func:`read_weights` reads any supported file: the original weights-only ``.h5`` (h5py), a
+PyTorch ``.pth``/``.pt`` or an MXNet ``.params`` of a port (:mod:`ssrconv.reference.ports`),
+and says which member of the SSR-Net family (:mod:`ssrconv.reference.family`) it is.
 
 Loading by layer order is fragile (the saved order interleaves the two streams), so every
 weight is matched by its layer name and variable name, and its shape is checked. The age
@@ -23,20 +27,117 @@ _GENDER_MARK = "pred_stage1"
 
 
 @dataclass(frozen=True)
-class H5Weights:
-    """The numeric contents of an SSR-Net weights file: {layer: {variable: array}}."""
+class WeightsFile:
+    """The numeric contents of an SSR-Net weights file: {layer: {variable: array}}, in the
+    original Keras layer names and layouts, whatever file it was read from."""
 
     path: Path
     task: str  # "age" or "gender", read from the layer names
     layers: dict[str, dict[str, np.ndarray]]
     keras_version: str
+    member: str = "original"  # the family member (ssrconv.reference.family.MEMBERS)
+    format: str = "keras-h5"  # "keras-h5", "pytorch" or "mxnet"
+    symbol: Path | None = None  # an MXNet port's -symbol.json, read as data
+
+
+def read_heads(task: str, age_weights=None, gender_weights=None):
+    """(resolved assets, weights files, members) per head of ``task`` ("age", "gender",
+    "age-gender"; defaults age-wiki and gender-wiki), each file sha256-checked and read as data.
+
+    Heads of different members may share a model (each has its own in-graph preprocessing);
+    an exported model needs one crop rule for both (checked by
+    :func:`ssrconv.reference.preprocess.contract_for`).
+    """
+    from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, resolve
+    from ssrconv.reference.family import get_member
+
+    heads = {"age": ["age"], "gender": ["gender"], "age-gender": ["age", "gender"]}[task]
+    chosen = {"age": age_weights or DEFAULT_AGE_WEIGHTS,
+              "gender": gender_weights or DEFAULT_GENDER_WEIGHTS}
+    resolved = {head: resolve(chosen[head]) for head in heads}
+    files = {head: read_weights(resolved[head].path) for head in heads}
+    members = {head: get_member(files[head].member) for head in heads}
+    return resolved, files, members
+
+
+def read_weights(path: str | os.PathLike, member: str | None = None) -> WeightsFile:
+    """Read any supported SSR-Net weights file (by suffix: ``.h5``, ``.pth``/``.pt``,
+    ``.params``) as data. ``member`` (``--arch``) names the family member when the file's own
+    names cannot; a file that matches no member is a WeightsError listing expected vs found."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".pth", ".pt"):
+        weights = _read_pytorch(path, member)
+    elif suffix == ".params":
+        weights = _read_mxnet(path, member)
+    else:
+        weights = read_h5_weights(path)
+        if member not in (None, "original"):
+            raise WeightsError(f"{path}: an .h5 holds the original Keras graph, not --arch "
+                               f"{member}")
+    return weights
+
+
+def _port_candidates(member: str | None, fmt: str) -> tuple[str, ...]:
+    from ssrconv.reference.family import get_member
+    from ssrconv.reference.ports import PORT_LAYOUTS
+
+    ports = tuple(m for m in PORT_LAYOUTS if m.endswith(fmt))
+    if member is None:
+        return ports
+    get_member(member)  # validates the name
+    if member not in ports:
+        raise WeightsError(f"--arch {member} is not read from {fmt} files (members read from "
+                           f"them: {', '.join(ports)})")
+    return (member,)
+
+
+def _read_pytorch(path: Path, member: str | None) -> WeightsFile:
+    from ssrconv.reference.family import get_member
+    from ssrconv.reference.ports import recognise, to_keras_layers
+    from ssrconv.reference.torch_pickle import load_torch_file, state_dict_of
+
+    tensors = state_dict_of(load_torch_file(path), path)
+    name = recognise(tensors, path, _port_candidates(member, "pytorch"))
+    task = get_member(name).arch.heads[0]  # a PyTorch port publishes one head per file
+    return WeightsFile(path=path, task=task, layers=to_keras_layers(tensors, name, task, path),
+                       keras_version="", member=name, format="pytorch")
+
+
+def _read_mxnet(path: Path, member: str | None) -> WeightsFile:
+    from ssrconv.reference.mxnet_params import read_params, read_symbol, symbol_for
+    from ssrconv.reference.ports import recognise, to_keras_layers
+
+    symbol_path = symbol_for(path)
+    if symbol_path is None:
+        raise WeightsError(f"{path}: no MXNet symbol file beside it (expected "
+                           f"{path.name.rsplit('-', 1)[0]}-symbol.json): it says whether the "
+                           "model is age or gender; copy it next to the .params")
+    tensors = read_params(path)
+    name = recognise(tensors, path, _port_candidates(member, "mxnet"))
+    task = _mxnet_task(read_symbol(symbol_path))
+    return WeightsFile(path=path, task=task, layers=to_keras_layers(tensors, name, task, path),
+                       keras_version="", member=name, format="mxnet", symbol=symbol_path)
+
+
+def _mxnet_task(symbol) -> str:
+    """age (V = 101) or gender (V = 1), read from the symbol's last op: output * V."""
+    head = symbol.nodes[symbol.heads[0]]
+    if head["op"] == "_mul_scalar":
+        V = float(head["attrs"].get("scalar", "nan"))
+        if V == 101.0:
+            return "age"
+        if V == 1.0:
+            return "gender"
+    raise WeightsError(f"{symbol.path}: its output is not SSR-Net's final 'times V' (101 for "
+                       "age, 1 for gender); not an SSR-Net symbol")
 
 
 def _decode(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def read_h5_weights(path: str | os.PathLike) -> H5Weights:
+def read_h5_weights(path: str | os.PathLike) -> WeightsFile:
     """Read every layer's arrays from an SSR-Net ``.h5`` (weights-only, or a full-model file's
     ``model_weights`` group) without touching any model config stored beside them."""
     import h5py
@@ -78,7 +179,7 @@ def read_h5_weights(path: str | os.PathLike) -> H5Weights:
     else:
         raise WeightsError(f"{path}: not SSR-Net weights (no layer {_AGE_MARK} or {_GENDER_MARK}); "
                            "pass one of the published SSR-Net .h5 files")
-    return H5Weights(path=path, task=task, layers=result, keras_version=keras_version)
+    return WeightsFile(path=path, task=task, layers=result, keras_version=keras_version)
 
 
 def _model_layer_name(h5_layer: str, task: str) -> str:
@@ -87,7 +188,7 @@ def _model_layer_name(h5_layer: str, task: str) -> str:
     return h5_layer
 
 
-def check_task(weights: H5Weights, task: str) -> None:
+def check_task(weights: WeightsFile, task: str) -> None:
     """WeightsError unless ``weights`` are for the ``task`` head ("age" or "gender")."""
     if weights.task != task:
         raise WeightsError(
@@ -102,7 +203,7 @@ def model_layer_name(h5_layer: str, task: str) -> str:
     return _model_layer_name(h5_layer, task)
 
 
-def load_into(model, weights: H5Weights, task: str, prefix: str = "") -> None:
+def load_into(model, weights: WeightsFile, task: str, prefix: str = "") -> None:
     """Assign ``weights`` to the layers of ``model`` named ``prefix + original name``.
 
     Every weighted layer of that head must be found in the file and every weighted layer in

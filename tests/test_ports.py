@@ -1,0 +1,392 @@
+"""The SSR-Net family: the ports' files read as data, recognised, and rebuilt exactly.
+
+Each port's rebuild (numpy engine and Keras) is held to an independent float64 evaluation that
+shares no graph code with ssrconv: the MXNet port's own ``-symbol.json`` interpreted over its
+``.params`` (tests/independent_mxnet.py), the PyTorch port's architecture written from its
+module (tests/independent_pytorch.py) and, where torch is installed, run by PyTorch itself.
+Files come from ``SSRCONV_PORTS`` (shared/ports), never from the repository.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+from ssrconv.errors import WeightsError
+
+PTH = "oukohou-pytorch/model_Adam_MSELoss_LRDecay_weightDecay0.0001_batch50_lr0.0005_epoch90_64x64.pth"
+MX_AGE = "wayen820-mxnet/ssr2_megaage_1_1/model-0000.params"
+MX_GENDER = "wayen820-mxnet/ssr2_imdb_gender_1_1/model-0000.params"
+MEGAAGE = "b02901145-megaage/ssrnet_3_3_3_64_1.0_1.0.h5"
+# The fp32 budget a rebuilt member is held to against its independent reference.
+AGE_BUDGET, P_MALE_BUDGET = 0.01, 1e-4
+
+
+@pytest.mark.parametrize("name, member, task, params", [
+    (PTH, "oukohou-pytorch", "age", 45_255),
+    (MX_AGE, "wayen820-mxnet", "age", 40_915),
+    (MX_GENDER, "wayen820-mxnet", "gender", 40_915),
+    (MEGAAGE, "original", "age", 40_915),
+])
+def test_every_published_file_is_recognised_as_its_member(ports_dir, name, member, task, params):
+    from ssrconv.reference.family import get_member
+    from ssrconv.reference.numpy_engine import expected_layers
+    from ssrconv.reference.weights import read_weights
+
+    weights = read_weights(ports_dir / name)
+    assert (weights.member, weights.task) == (member, task)
+    assert sum(a.size for layer in weights.layers.values() for a in layer.values()) == params
+    expected = expected_layers(task, get_member(member).arch)
+    got = {layer: {v: a.shape for v, a in arrays.items()}
+           for layer, arrays in weights.layers.items() if arrays}
+    assert got == expected
+
+
+def test_original_spec_is_the_original_graph():
+    from ssrconv.reference.family import ORIGINAL
+
+    arch = ORIGINAL.arch
+    assert arch.name == "ssrnet_3_3_3_64_1.0_1.0"
+    assert arch.flat_widths() == (160, 90, 90)
+    assert ORIGINAL.preprocess.identity
+    assert arch.conv_sizes()["conv2d_13"] == 31
+
+
+def test_pytorch_spec_reads_its_dense_widths_from_same_padding():
+    from ssrconv.reference.family import get_member
+
+    assert get_member("oukohou-pytorch").arch.flat_widths() == (640, 160, 160)
+
+
+def test_arch_names_a_member_and_refuses_a_wrong_one(ports_dir):
+    from ssrconv.reference.weights import read_weights
+
+    assert read_weights(ports_dir / PTH, member="oukohou-pytorch").member == "oukohou-pytorch"
+    with pytest.raises(WeightsError, match="not read from pytorch files"):
+        read_weights(ports_dir / PTH, member="wayen820-mxnet")
+    with pytest.raises(WeightsError, match="unknown SSR-Net member"):
+        read_weights(ports_dir / PTH, member="nope")
+
+
+def test_a_file_that_matches_no_member_lists_expected_and_found(ports_dir, tmp_path):
+    from ssrconv.reference.weights import read_weights
+
+    # Same-length renames keep the legacy pickle valid: the tensors are read, the names differ.
+    data = (ports_dir / PTH).read_bytes().replace(b"stage1_prob.0", b"stage1_PROB.0")
+    renamed = tmp_path / "renamed.pth"
+    renamed.write_bytes(data)
+    with pytest.raises(WeightsError) as err:
+        read_weights(renamed)
+    message = str(err.value)
+    assert "matches no SSR-Net member" in message and "\n" not in message
+    assert "missing e.g. stage1_prob.0.bias" in message
+    assert "unexpected e.g. stage1_PROB.0.bias" in message
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _legacy_pth(payload) -> bytes:
+    """PyTorch's legacy layout: magic, protocol, system info, then the object's pickle."""
+    parts = [pickle.dumps(0x1950A86A20F9469CFC6C, 2), pickle.dumps(1001, 2),
+             pickle.dumps({"little_endian": True}, 2), pickle.dumps(payload, 2)]
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("container", ["legacy", "zip"])
+def test_a_pickle_that_runs_code_is_refused_and_never_run(tmp_path, container):
+    from ssrconv.reference.weights import read_weights
+
+    marker = tmp_path / "executed"
+    payload = {"state_dict": {"conv.weight": _RunsCode(marker)}}
+    evil = tmp_path / "evil.pth"
+    if container == "legacy":
+        evil.write_bytes(_legacy_pth(payload))
+    else:
+        with zipfile.ZipFile(evil, "w") as archive:
+            archive.writestr("evil/data.pkl", pickle.dumps(payload, 2))
+    with pytest.raises(WeightsError) as err:
+        read_weights(evil)
+    assert not marker.exists()
+    assert "refused to load" in str(err.value) and "system" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_pytorch_reader_resolves_a_checkpoints_tensors_without_torch(ports_dir):
+    from ssrconv.reference.torch_pickle import load_torch_file
+
+    checkpoint = load_torch_file(ports_dir / PTH)
+    assert set(checkpoint) == {"state_dict", "epoch", "optimizer_state_dict"}
+    weight = checkpoint["state_dict"]["stream1_stage3.0.weight"]
+    assert weight.shape == (32, 3, 3, 3) and weight.dtype == np.float32
+    assert np.all(np.isfinite(weight)) and np.std(weight) > 0
+
+
+def test_truncated_mxnet_params_is_one_clear_error(ports_dir, tmp_path):
+    from ssrconv.reference.weights import read_weights
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model-symbol.json").write_bytes(
+        (ports_dir / "wayen820-mxnet/ssr2_megaage_1_1/model-symbol.json").read_bytes())
+    (folder / "model-0000.params").write_bytes((ports_dir / MX_AGE).read_bytes()[:5000])
+    with pytest.raises(WeightsError, match="truncated MXNet .params"):
+        read_weights(folder / "model-0000.params")
+
+
+def test_mxnet_params_without_its_symbol_says_what_is_missing(ports_dir, tmp_path):
+    from ssrconv.reference.weights import read_weights
+
+    lone = tmp_path / "model-0000.params"
+    lone.write_bytes((ports_dir / MX_AGE).read_bytes())
+    with pytest.raises(WeightsError, match="model-symbol.json"):
+        read_weights(lone)
+
+
+def _mxnet_reference(ports_dir, name, faces):
+    from independent_mxnet import mxnet_port_outputs
+
+    folder = (ports_dir / name).parent
+    return mxnet_port_outputs(folder / "model-symbol.json", ports_dir / name, faces)
+
+
+def _pytorch_reference(ports_dir, faces):
+    from independent_pytorch import port_forward, port_input
+
+    from ssrconv.reference.torch_pickle import load_torch_file, state_dict_of
+
+    path = ports_dir / PTH
+    return port_forward(state_dict_of(load_torch_file(path), path), port_input(faces))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["numpy-float64", "numpy-float32"])
+def test_numpy_engine_matches_each_ports_independent_reference(ports_dir, faces, engine):
+    from ssrconv.reference import load_reference_runtime
+
+    x = faces.inputs
+    tolerance = {"numpy-float64": 1e-5, "numpy-float32": 1e-3}[engine]
+    got = load_reference_runtime("age", age_weights=ports_dir / PTH, engine=engine).run(x)
+    assert np.max(np.abs(got["age"] - _pytorch_reference(ports_dir, x))) < tolerance
+    got = load_reference_runtime("age-gender", ports_dir / MX_AGE, ports_dir / MX_GENDER,
+                                 engine=engine).run(x)
+    assert np.max(np.abs(got["age"] - _mxnet_reference(ports_dir, MX_AGE, x))) < tolerance
+    assert np.max(np.abs(got["p_male"] - _mxnet_reference(ports_dir, MX_GENDER, x))) < tolerance / 10
+
+
+@pytest.mark.slow
+def test_keras_rebuild_of_each_port_matches_its_independent_reference(ports_dir, faces):
+    from ssrconv.reference import load_reference
+
+    x = faces.inputs
+    assert len(x) == 300
+    got = load_reference("age", age_weights=ports_dir / PTH).predict(x)["age"]
+    assert np.max(np.abs(got - _pytorch_reference(ports_dir, x))) < AGE_BUDGET
+    got = load_reference("age-gender", ports_dir / MX_AGE, ports_dir / MX_GENDER).predict(x)
+    assert np.max(np.abs(got["age"] - _mxnet_reference(ports_dir, MX_AGE, x))) < AGE_BUDGET
+    assert np.max(np.abs(got["p_male"] - _mxnet_reference(ports_dir, MX_GENDER, x))) < P_MALE_BUDGET
+
+
+def test_one_model_with_heads_of_different_crop_rules_has_no_contract(ports_dir):
+    from ssrconv.reference.weights import read_heads
+    from ssrconv.reference.preprocess import contract_for
+
+    _, _, members = read_heads("age-gender", ports_dir / PTH, ports_dir / MX_GENDER)
+    with pytest.raises(WeightsError, match="different face crops") as err:
+        contract_for(members)
+    assert "oukohou-pytorch (margin)" in str(err.value)
+    assert contract_for({"age": members["age"]})["crop_rule"] == "margin"
+    assert contract_for({"gender": members["gender"]})["crop_rule"] == "align5-arcface112"
+
+
+def _torch_module():
+    """The port's architecture as a torch module under its own state_dict names (written from
+    SSR_models/SSR_Net_model.py; the port's file itself is not committed), so PyTorch's own
+    conv/BatchNorm/pool/view semantics evaluate the checkpoint loaded with strict=True."""
+    import torch
+    from torch import nn
+
+    def block(c_in, c_out, act, pool, twice=False):
+        layers = [nn.Conv2d(c_in, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), act(), pool(2, 2)]
+        if twice:
+            layers += [nn.Conv2d(c_out, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), act()]
+        return nn.Sequential(*layers)
+
+    class Port(nn.Module):
+        def __init__(self):
+            super().__init__()
+            for stream, (ch, act, pool) in {1: (32, nn.ReLU, nn.AvgPool2d),
+                                            2: (16, nn.Tanh, nn.MaxPool2d)}.items():
+                setattr(self, f"stream{stream}_stage3", block(3, ch, act, pool))
+                setattr(self, f"stream{stream}_stage2", block(ch, ch, act, pool))
+                setattr(self, f"stream{stream}_stage1", block(ch, ch, act, pool, twice=True))
+                for k, size in ((3, 8), (2, 4), (1, None)):
+                    before = [nn.Conv2d(ch, 10, 1), nn.ReLU()] + ([pool(size, size)] if size else [])
+                    setattr(self, f"funsion_block_stream{stream}_stage_{k}_before_PB",
+                            nn.Sequential(*before))
+                    setattr(self, f"funsion_block_stream{stream}_stage_{k}_prediction_block",
+                            nn.Sequential(nn.Dropout(0.2), nn.Linear(640 if k == 1 else 160, 3),
+                                          nn.ReLU()))
+            for k in (1, 2, 3):
+                setattr(self, f"stage{k}_FC_after_PB", nn.Sequential(nn.Linear(3, 6), nn.ReLU()))
+                setattr(self, f"stage{k}_prob", nn.Sequential(nn.Linear(6, 3), nn.ReLU()))
+                setattr(self, f"stage{k}_index_offsets", nn.Sequential(nn.Linear(6, 3), nn.Tanh()))
+                setattr(self, f"stage{k}_delta_k",
+                        nn.Sequential(nn.Linear(640 if k == 1 else 160, 1), nn.Tanh()))
+
+        def forward(self, image):
+            feats = {}
+            for s in (1, 2):
+                f3 = getattr(self, f"stream{s}_stage3")(image)
+                f2 = getattr(self, f"stream{s}_stage2")(f3)
+                f1 = getattr(self, f"stream{s}_stage1")(f2)
+                for k, f in ((3, f3), (2, f2), (1, f1)):
+                    e = getattr(self, f"funsion_block_stream{s}_stage_{k}_before_PB")(f)
+                    feats[s, k] = e.view(e.size(0), -1)
+            total, denominator = 0, 1
+            for k in (1, 2, 3):
+                delta = getattr(self, f"stage{k}_delta_k")(feats[1, k] * feats[2, k])
+                after = (getattr(self, f"funsion_block_stream1_stage_{k}_prediction_block")(feats[1, k])
+                         * getattr(self, f"funsion_block_stream2_stage_{k}_prediction_block")(feats[2, k]))
+                after = getattr(self, f"stage{k}_FC_after_PB")(after)
+                prob = getattr(self, f"stage{k}_prob")(after)
+                offset = getattr(self, f"stage{k}_index_offsets")(after)
+                index = torch.arange(3, dtype=prob.dtype)
+                regress = ((index + offset) * prob).sum(1, keepdim=True)
+                denominator = denominator * (3 * (1 + delta))
+                total = total + regress / denominator
+            return (total * 101)[:, 0]
+
+    return Port()
+
+
+@pytest.mark.slow
+def test_pytorch_itself_agrees_with_the_ports_rebuild(ports_dir, faces):
+    torch = pytest.importorskip("torch", reason="torch not installed (optional: ssrconv[torch-tests])")
+    from independent_pytorch import port_input
+
+    from ssrconv.reference import load_reference_runtime
+
+    module = _torch_module().double().eval()
+    checkpoint = torch.load(ports_dir / PTH, map_location="cpu", weights_only=True)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    x = faces.inputs
+    with torch.no_grad():
+        want = module(torch.from_numpy(np.ascontiguousarray(port_input(x)))).numpy()
+    got = load_reference_runtime("age", age_weights=ports_dir / PTH, engine="numpy-float64").run(x)
+    assert np.max(np.abs(got["age"] - want)) < 1e-5
+    assert np.max(np.abs(want - _pytorch_reference(ports_dir, x))) < 1e-9
+
+
+def _cli(args, capsys):
+    from ssrconv.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, err
+    return out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("files, to, member, crop_rule, graph", [
+    ((PTH,), "onnx", "oukohou-pytorch", "margin", "original"),
+    ((MX_AGE, MX_GENDER), "tflite", "wayen820-mxnet", "align5-arcface112", "original"),
+    ((MEGAAGE,), "onnx", "original", "margin", "fast"),
+])
+def test_each_member_exports_and_passes_parity_naming_member_and_contract(
+        ports_dir, faces_dir, tmp_path, capsys, files, to, member, crop_rule, graph):
+    import json
+
+    out_dir = tmp_path / "out"
+    weights = [arg for name in files for arg in ("--weights", ports_dir / name)]
+    task = "age-gender" if len(files) == 2 else "age"
+    _cli(["export", "--to", to, "--task", task, *weights, "--out", out_dir], capsys)
+    (manifest_path,) = out_dir.glob(f"*.{to}.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["preprocessing"]["input"] == "face_bgr"
+    assert manifest["preprocessing"]["crop_rule"] == crop_rule
+    assert manifest["graph"] == graph
+    assert (manifest["graph_note"] is None) == (member == "original")
+    assert {entry["member"] for entry in manifest["family"].values()} == {member}
+    assert manifest["family"]["age"]["arch"]["name"] == "ssrnet_3_3_3_64_1.0_1.0"
+    report = tmp_path / "parity.json"
+    out, _ = _cli(["parity", out_dir, "--faces", faces_dir, "--reference-engine", "numpy",
+                   "--json", report], capsys)
+    (result,) = json.loads(report.read_text())["results"]
+    assert result["faces"] == 300 and result["crop_rule"] == crop_rule
+    assert result["real"]["age"]["max_abs"] < AGE_BUDGET
+    assert f"age: {member}" in out and f"({crop_rule})" in out
+
+
+@pytest.mark.slow
+def test_predict_cuts_faces_by_the_artifacts_crop_rule(ports_dir, images_dir, tmp_path, capsys):
+    """The MXNet pair's artifact aligns faces by 5 landmarks: predict reads that rule from the
+    manifest, and its ages equal the reference's on those aligned crops."""
+    import json
+
+    from ssrconv.detect import YuNetDetector
+    from ssrconv.reference import load_reference_runtime
+    from ssrconv.reference.preprocess import align_face, read_image
+
+    out_dir = tmp_path / "out"
+    _cli(["export", "--to", "onnx", "--weights", ports_dir / MX_AGE, "--weights",
+          ports_dir / MX_GENDER, "--out", out_dir], capsys)
+    (model,) = out_dir.glob("*.onnx")
+    photo = images_dir / "group_t1.jpg"
+    out, _ = _cli(["predict", photo, "--model", model], capsys)
+    faces = json.loads(out)["faces"]
+    image = read_image(photo)
+    found = sorted(YuNetDetector().detect(image), key=lambda f: f.box[0])
+    reference = load_reference_runtime("age-gender", ports_dir / MX_AGE, ports_dir / MX_GENDER,
+                                       engine="numpy-float64")
+    want = reference.run(np.stack([align_face(image, f.landmarks) for f in found]))["age"]
+    got = np.array([r["age"] for r in sorted(faces, key=lambda r: r["box"][0])])
+    assert len(got) == len(found) == 6
+    assert np.max(np.abs(got - want)) < 1e-2
+
+
+def test_alignment_puts_landmarks_on_the_arcface_template():
+    from ssrconv.reference.preprocess import ARCFACE_112, _similarity
+
+    angle, scale, shift = 0.3, 1.7, np.array([12.0, -5.0])
+    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    points = (ARCFACE_112 - shift) @ np.linalg.inv(rotation).T  # template = rotation @ p + shift
+    matrix = _similarity(points, ARCFACE_112)
+    assert np.allclose(points @ matrix[:, :2].T + matrix[:, 2], ARCFACE_112)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="2 of 16 targets of oukohou-pytorch miss their budget "
+                   "(measured: tflite-int8 mean 0.33 / p99 1.27 y vs 0.3 / 1.0; mnn-fp16 mean "
+                   "0.0509 vs 0.05 y): the recipes are tuned on the original graph (docs/PORTS.md)")
+def test_pytorch_port_exports_every_target_and_each_passes_parity(ports_dir, faces_dir, tmp_path,
+                                                                   capsys):
+    """One port through ``--to all`` (the CI budget allows one): every target is written and
+    held to its budget against the port's own reference, faces cut by its contract."""
+    import json
+
+    from ssrconv.options import ExportOptions
+
+    out_dir = tmp_path / "all"
+    _cli(["export", "--to", "all", "--task", "age", "--weights", ports_dir / PTH,
+          "--calibration", faces_dir, "--out", out_dir], capsys)
+    written = {json.loads(p.read_text())["target"] for p in out_dir.glob("*.json")
+               if p.name != "index.json"}
+    assert written == {t.key for t in ExportOptions(to=("all",), task="age").targets}
+    report = tmp_path / "parity.json"
+    _cli(["parity", out_dir, "--faces", faces_dir, "--reference-engine", "numpy",
+          "--json", report], capsys)
+    results = json.loads(report.read_text())["results"]
+    assert all(r["passed"] and r["member"] == "age: oukohou-pytorch" for r in results)
