@@ -10,6 +10,7 @@ from pathlib import Path
 from ssrconv.errors import OptionsError
 from ssrconv.reference import TASKS
 from ssrconv.targets import (
+    CALIBRATED_PRECISIONS,
     DEFAULT_PRECISION,
     FAMILIES,
     OPT_IN_FAMILIES,
@@ -114,8 +115,10 @@ class ExportOptions:
         keys = {t.key for t in self.targets}
         # int8 without --calibration is calibrated data-free (inputs distilled from the model's
         # BatchNorm statistics, ZeroQ): see CalibrationSet.distilled.
-        if self.calibration is not None and not any(t.precision == "int8" for t in self.targets):
-            raise OptionsError("--calibration applies to int8 exports only; add --precision int8")
+        if self.calibration is not None and not any(t.precision in CALIBRATED_PRECISIONS
+                                                    for t in self.targets):
+            raise OptionsError("--calibration applies to int8 and int16x8 exports only; add "
+                               "--precision int8")
         if self.int8_io != "float32" and "tflite-int8" not in keys:
             raise OptionsError("--int8-io applies to the tflite int8 export only")
         if self.image_input and not any(t.family == "coreml" for t in self.targets):

@@ -22,7 +22,9 @@ import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PRECISIONS = ("fp32", "fp16", "bf16", "dynamic", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "dynamic", "int8", "int16x8")
+# Precisions whose export calibrates activation ranges (on --calibration faces or data-free).
+CALIBRATED_PRECISIONS = ("int8", "int16x8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
 WEIGHTS_SUFFIX = ".h5"  # the published weights: not an artifact (the reference is built from them)
 
@@ -44,14 +46,15 @@ class Budget:
 BUDGETS = {
     "fp32": Budget(max_age=0.01, max_p_male=1e-4),
     "fp16": Budget(max_age=0.25, mean_age=0.05, min_gender_agreement=1.0),
-    "int8": Budget(mean_age=0.3, p99_age=1.0, min_gender_agreement=0.99),
+    # max_age bounds the tail: a face 7.8 y off passed mean and p99 alone (issue 23).
+    "int8": Budget(max_age=2.5, mean_age=0.3, p99_age=1.0, min_gender_agreement=0.99),
     # bf16 execution (OpenVINO on AMX/avx512_bf16 CPUs): measured mean 0.066 / max 0.44 y on the
     # session-2 graph, inside the int8 limits and outside fp16's: its own class, int8's numbers.
     "bf16": Budget(mean_age=0.3, p99_age=1.0, min_gender_agreement=0.99),
 }
 # The budget class a precision is judged by (an unmanaged file: the precision read from it).
 BUDGET_OF_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "dynamic": "int8",
-                       "int8": "int8"}
+                       "int8": "int8", "int16x8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,12 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            "read back"),
     Engine("tract", ("onnx",), "ssrconv.runtimes.tract_rt:TractRuntime", "tract", ("tract",),
            "tract (pure-Rust ONNX runtime), one thread"),
+    Engine("tflite-micro", ("tflite",), "ssrconv.runtimes.tflm_rt:TflmRuntime", "mcu",
+           ("tflite_micro",),
+           "TensorFlow Lite Micro (pip tflite-micro), reference kernels, smallest arena; "
+           "integer-only .tflite only",
+           untimed="ssrconv.runtimes.tflm_rt:not_timed_reason",
+           refusal="ssrconv.runtimes.tflm_rt:refuses"),
     Engine("ncnn", ("ncnn",), "ssrconv.runtimes.ncnn_rt:NcnnRuntime", "ncnn", ("ncnn",),
            "pip ncnn, CPU, Vulkan off; fp32 with fp16 storage and Winograd off"),
     Engine("mnn", ("mnn",), "ssrconv.runtimes.mnn_rt:MnnRuntime", "mnn", ("MNN",),
@@ -276,6 +285,10 @@ TARGETS: dict[str, Target] = {
         Target("tflite", "int8", "int8",
                "TFLite int8: convolutions and pools in int8 (weights and activations) except "
                "each stream's first block; SSR head in float; calibrated"),
+        Target("tflite", "int16x8", "int8",
+               "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
+               "operator integer (SSR head included; float32 I/O at the boundary); for TFLite "
+               "Micro and Ethos-U; calibrated", graph_variant="tflite-integer"),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
                graph_variant="coreml"),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",

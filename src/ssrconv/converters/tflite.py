@@ -21,10 +21,6 @@ from ssrconv.atomic import track
 from ssrconv.converters.tflite_flatbuffer import compact, fix_batch
 from ssrconv.errors import ModelFileError
 
-# Ops that only move a tensor between float and integer at the model boundary.
-BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
-
-
 _SAVED_MODELS: dict[int, tuple[object, tempfile.TemporaryDirectory]] = {}
 
 
@@ -67,6 +63,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         warnings.simplefilter("ignore")
         if target.precision == "int8":
             flatbuffer = _convert_int8(model, options, calibration)
+        elif target.precision == "int16x8":
+            flatbuffer = _convert_int16x8(model, calibration)
         else:
             flatbuffer = _converter(model, target, options, calibration).convert()
     # int8: the float parts (first conv blocks, SSR head) keep float32 arithmetic but store their
@@ -80,6 +78,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     if target.precision == "int8":
         extra["int8_io"] = {"input": options.int8_io, "outputs": "float32"}
         extra["int8_recipe"] = INT8_RECIPE
+    if target.precision == "int16x8":
+        extra["int8_recipe"] = INT16X8_RECIPE
     return extra
 
 
@@ -90,6 +90,27 @@ INT8_RECIPE = (
     "stream's second, the six 1x1 summary convs and the SSR head. Average pools become fixed "
     "depthwise convolutions; cross-layer equalization (age head), GPTQ rounding with bias "
     "correction, clipped tanh and MSE-optimal relu ranges. See docs/INT8.md.")
+
+
+INT16X8_RECIPE = (
+    "16x8 integer-only: int16 activations (MinMax ranges), int8 per-channel weights, every "
+    "operator integer from the input QUANTIZE to the output DEQUANTIZEs, the SSR head "
+    "included (its division as rsqrt(x)^2). Average pools become fixed depthwise "
+    "convolutions; cross-layer equalization (age head), GPTQ rounding with bias correction "
+    "of every kernel. See docs/INT8.md.")
+
+
+def _named(model):
+    import keras
+
+    return keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)))
+
+
+def _convert_int16x8(model, calibration) -> bytes:
+    """:func:`ssrconv.converters.tflite_int8.convert_int16x8`, outputs named by a dict."""
+    from ssrconv.converters.tflite_int8 import convert_int16x8
+
+    return convert_int16x8(_named(model), calibration.inputs)
 
 
 def _convert_int8(model, options, calibration) -> bytes:
@@ -312,7 +333,9 @@ def describe(path: Path) -> dict:
         if any(np.dtype(tensors[i]["dtype"]).kind == "f" for i in indices if i in tensors):
             float_ops[op["op_name"]] += 1
         macs += _op_macs(op, tensors)
-    integer_only = bool(ops) and set(float_ops) <= BOUNDARY_OPS
+    from ssrconv.converters.tflite_flatbuffer import integer_only_violations
+
+    integer_only = bool(ops) and not integer_only_violations(read_model(path))
     return {"inputs": io_list(runner.get_input_details()),
             "outputs": io_list(runner.get_output_details()),
             "ops": dict(sorted(ops.items())), "float_ops": dict(sorted(float_ops.items())),
@@ -347,13 +370,15 @@ def verify(path: Path) -> None:
 
 
 def file_precision(path: Path) -> str:
-    """The precision a .tflite file computes in, read from its tensors: int8 when operators
-    produce integer activations, dynamic when only weights are int8, fp16 for float16 weights,
+    """The precision a .tflite file computes in, read from its tensors: int16x8 when operators
+    produce int16 activations, int8 when they produce 8-bit ones, dynamic when only weights are int8, fp16 for float16 weights,
     else fp32."""
     interpreter = load_interpreter(path, use_xnnpack=False)
     tensors = {d["index"]: np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
     produced = {i for op in interpreter._get_ops_details() for i in op["outputs"] if i >= 0}
     kinds = {tensors[i] for i in tensors}
+    if any(tensors[i] == np.dtype(np.int16) for i in produced if i in tensors):
+        return "int16x8"
     if any(tensors[i] in (np.dtype(np.int8), np.dtype(np.uint8)) for i in produced if i in tensors):
         return "int8"
     if np.dtype(np.int8) in kinds:
