@@ -164,7 +164,7 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            "read back"),
     Engine("tract", ("onnx",), "ssrconv.runtimes.tract_rt:TractRuntime", "tract", ("tract",),
            "tract (pure-Rust ONNX runtime), one thread"),
-    Engine("tflite-micro", ("tflite",), "ssrconv.runtimes.tflm_rt:TflmRuntime", "mcu",
+    Engine("tflite-micro", ("tflite", "ethos-u"), "ssrconv.runtimes.tflm_rt:TflmRuntime", "mcu",
            ("tflite_micro",),
            "TensorFlow Lite Micro (pip tflite-micro), reference kernels, smallest arena; "
            "integer-only .tflite only",
@@ -193,6 +193,10 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
            converter_needs=("tf2onnx", "onnx", "pnnx")),
     Format("mnn", ".mnn", False, "mnn", ("mnn",), "mnn", "fp32", "MNN flatbuffer",
            converter_needs=("tf2onnx", "onnx", "MNN")),
+    # Vela's compiled file needs an Ethos-U; its numerics are the integer file's on TFLite Micro.
+    Format("ethos-u", ".ethos-u", True, "ethos_u", ("tflite-micro",), "mcu", "int16x8",
+           "Arm Ethos-U package: integer-only .tflite + Vela-compiled .tflite and report per "
+           "accelerator", converter_needs=("ethosu",), in_all=False),
 )}
 FAMILIES = tuple(FORMATS)
 OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)
@@ -289,6 +293,10 @@ TARGETS: dict[str, Target] = {
                "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
                "operator integer (SSR head included; float32 I/O at the boundary); for TFLite "
                "Micro and Ethos-U; calibrated", graph_variant="tflite-integer"),
+        Target("ethos-u", "int16x8", "int8",
+               "Arm Ethos-U: the tflite-int16x8 file compiled by Vela for ethos-u55-128 and "
+               "ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's estimates); numerics "
+               "on TFLite Micro", graph_variant="tflite-integer"),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
                graph_variant="coreml"),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",

@@ -107,6 +107,7 @@ def build_report(entries, gemm_ns, settings, fingerprint: dict, inputs: str,
             "precision": e.precision, "graph": e.graph, "path": e.path, "engine": e.engine,
             "status": e.status,
             "error": e.error, "note": e.note, "heads": list(e.heads), "size": e.size,
+            "device": e.device,
             "load": {"import_s": e.import_s, "load_s": e.load_s,
                      "first_call_ms": {str(b): v for b, v in sorted(e.first_ms.items())}},
             "latency": latency.get(e.name, {}),
@@ -256,6 +257,29 @@ def pipeline_table(report: dict) -> tuple[list[str], list[list[str]]]:
     return headers, out
 
 
+def device_rows(report: dict) -> list[list[str]]:
+    """One row per (artifact, Ethos-U accelerator) of the rows whose manifests carry
+    microcontroller or NPU figures (one row without an accelerator when there is no Vela
+    report)."""
+    out = []
+    for row in report["results"]:
+        device = row.get("device") or {}
+        if not device or row["mode"] == "predict":
+            continue
+        mcu = device.get("mcu") or {}
+        head = [row["name"], fmt_int(mcu.get("ram_bytes")), fmt_int(mcu.get("flash_bytes"))]
+        accelerators = device.get("ethos_u") or {}
+        if not accelerators:
+            out.append(head + ["-"] * 6)
+        for name, vela in accelerators.items():
+            ops = vela["npu_operators"] + vela["cpu_operators"]
+            out.append(head + [name, f"{vela['npu_operators']}/{ops}",
+                               f"{100 * vela['npu_mac_share']:.2f}%", fmt_num(vela["sram_kib"]),
+                               fmt_num(vela["off_chip_flash_kib"] + vela["dram_kib"]),
+                               fmt_num(vela["estimated_inference_ms"])])
+    return out
+
+
 def _status_text(row: dict) -> str:
     # Short, so the column stays narrow; the notes carry the reason.
     if row["status"] == "failed":
@@ -305,6 +329,12 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                                fmt_mb(row["memory"].get("peak_rss_bytes"))])
     (pipeline_headers, pipeline), browser = pipeline_table(report), browser_rows(report)
     extra = []
+    devices = device_rows(report)
+    if devices:
+        extra.append(("Microcontroller and NPU: MCU RAM is the smallest TFLite Micro arena that "
+                      "allocates; NPU split, SRAM and time are Vela's estimates, not measurements",
+                      ["backend", "MCU RAM bytes", "flash bytes", "accelerator", "NPU ops",
+                       "NPU MACs", "SRAM KiB", "flash/DRAM KiB", "estimated ms"], devices))
     if pipeline:
         extra.append(("End to end per photo and per face (ms, medians): YuNet + crop + model, "
                       "as `ssrconv predict` runs them", pipeline_headers, pipeline))

@@ -80,7 +80,21 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         extra["int8_recipe"] = INT8_RECIPE
     if target.precision == "int16x8":
         extra["int8_recipe"] = INT16X8_RECIPE
+        extra["mcu"] = _mcu(flatbuffer)
     return extra
+
+
+def _mcu(flatbuffer: bytes) -> dict:
+    """TFLite Micro's arena ("MCU RAM") and flash bytes of an integer-only file, when the
+    ``mcu`` extra is installed."""
+    from ssrconv._extras import available
+
+    if not available("tflite_micro"):
+        return {"ram_bytes": None, "flash_bytes": len(flatbuffer),
+                "ram_measured_with": "not measured: pip install 'ssrconv[mcu]'"}
+    from ssrconv.mcu import mcu_figures
+
+    return mcu_figures(flatbuffer)
 
 
 INT8_RECIPE = (

@@ -5,19 +5,13 @@ in ("MCU RAM"), by bisection."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.errors import SsrconvError
+from ssrconv.mcu import interpreter, smallest_arena
 from ssrconv.runtimes.base import HEADS, Runtime, dequantize, quantize
-
-# Bisection bounds: the fp32 file needs 1,198,128 bytes (docs/INT8.md); 16 MiB is far above any
-# SSR-Net file and far below what a corrupt one could ask for.
-MAX_ARENA = 16 * 2**20
-ARENA_STEP = 16  # TFLM aligns its allocations to 16 bytes
-
 
 def refuses(path: Path) -> str | None:
     """Why TFLite Micro does not run ``path`` by design (a float operator or a DEQUANTIZE of
@@ -33,36 +27,6 @@ def refuses(path: Path) -> str | None:
         return (f"TFLite Micro runs integer-only files; this one has {len(violations)} float "
                 f"operators ({names}): export --to tflite --precision int16x8")
     return None
-
-
-def _interpreter(data: bytes, arena: int):
-    from tflite_micro.python.tflite_micro import runtime
-
-    from ssrconv._imports import silenced_fd2
-
-    with silenced_fd2():  # TFLM reports a too-small arena on stderr before raising
-        return runtime.Interpreter.from_bytes(data, arena_size=arena)
-
-
-@lru_cache(maxsize=16)
-def smallest_arena(data: bytes) -> int:
-    """The smallest tensor arena (bytes, a multiple of 16) in which TFLite Micro allocates
-    ``data``: bisection between 0 and MAX_ARENA (allocation succeeds for every arena above the
-    smallest). ModelFileError when even MAX_ARENA does not allocate."""
-    try:
-        _interpreter(data, MAX_ARENA)
-    except (RuntimeError, ValueError) as err:
-        raise ModelFileError(f"TFLite Micro cannot allocate this model in {MAX_ARENA:,} bytes "
-                             f"({str(err).splitlines()[0][:200]})") from None
-    low, high = 0, MAX_ARENA // ARENA_STEP  # in steps: low fails, high allocates
-    while high - low > 1:
-        middle = (low + high) // 2
-        try:
-            _interpreter(data, middle * ARENA_STEP)
-            high = middle
-        except (RuntimeError, ValueError):
-            low = middle
-    return high * ARENA_STEP
 
 
 def output_names(data: bytes) -> list[str]:
@@ -89,13 +53,18 @@ class TflmRuntime(Runtime):
         from ssrconv.converters.tflite import read_model
 
         self.path = Path(path)
-        why = refuses(self.path)
+        source = self.path
+        if self.path.is_dir():  # an Ethos-U package: its pre-Vela integer file
+            from ssrconv.converters.ethos_u import integer_file
+
+            source = integer_file(self.path)
+        why = refuses(source)
         if why:
             raise SsrconvError(f"{path}: {why}")
-        data = read_model(self.path)
+        data = read_model(source)
         self.arena_bytes = smallest_arena(data)
         self.flash_bytes = len(data)
-        self.interpreter = _interpreter(data, self.arena_bytes)
+        self.interpreter = interpreter(data, self.arena_bytes)
         self.input = self.interpreter.get_input_details(0)
         names = output_names(data)
         if not set(names) <= set(HEADS):
