@@ -80,7 +80,7 @@ def export_dir(tmp_path_factory, assets_dir, faces_dir):
 @pytest.fixture(scope="session")
 def reference_outputs(faces):
     """The Keras reference's ages and P(male) on every face of SSRCONV_FACES, computed once."""
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     return load_runtime(backend="keras").run(faces.inputs)
 
@@ -106,7 +106,7 @@ def stage_drift(faces):
     engine against the reference, on the first ``n`` faces (ssrconv.parity.stage_differences);
     fails when the 18 stage tensors are not all found."""
     from ssrconv.parity import stage_differences
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     def drift(path, n=8):
         stages, note = stage_differences(load_runtime(path), load_runtime(backend="keras"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import golden_numpy
 
-from ssrconv.reference.assets import ASSETS
+from ssrconv.assets import ASSETS
 
 # The gender .h5 names its stage layers pred_stage1..3 where the original graph has pred_age_stage.
 GENDER_RENAME = {f"pred_age_stage{k}": f"pred_stage{k}" for k in (1, 2, 3)}

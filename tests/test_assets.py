@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ssrconv.errors import AssetError, WeightsError
-from ssrconv.reference.assets import ASSETS, resolve
+from ssrconv.assets import ASSETS, resolve
 
 
 def test_registry_matches_shared_sha256sums(assets_dir):
@@ -162,7 +162,7 @@ def test_missing_file_on_mirror_is_one_clear_line(http_mirror):
 
 
 def test_sample_photos_are_registry_assets_with_licence_and_url(assets_dir):
-    from ssrconv.reference.assets import SAMPLE_PHOTOS, sample_photos
+    from ssrconv.assets import SAMPLE_PHOTOS, sample_photos
 
     notice = (assets_dir / "LICENSE.samples.txt").read_text()
     assert [ASSETS[n].filename for n in SAMPLE_PHOTOS] == ["t1.jpg", "astronaut.png"]
@@ -173,7 +173,7 @@ def test_sample_photos_are_registry_assets_with_licence_and_url(assets_dir):
 
 
 def test_sample_photos_download_into_cache_like_the_weights(assets_dir, http_mirror, isolated_assets):
-    from ssrconv.reference.assets import sample_photos
+    from ssrconv.assets import sample_photos
 
     _, cache = isolated_assets
     shutil.copy(assets_dir / "t1.jpg", http_mirror)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def _need_browser() -> None:
-    from ssrconv.converters.web import BrowserSetupError, node_modules_dir
+    from ssrconv.formats.web import BrowserSetupError, node_modules_dir
     from ssrconv.runtimes.browser_rt import chromium_path
 
     try:
@@ -57,13 +57,13 @@ def _parity(runtime, faces, reference_outputs):
 
 @pytest.fixture(scope="module")
 def keras_outputs(faces, reference_age_gender):
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     return load_runtime(backend="keras").run(faces.inputs)
 
 
 def test_export_folder_is_self_contained(web_export):
-    from ssrconv.converters import web
+    from ssrconv.formats import web
 
     folder = web_export.path
     assert folder.suffix == ".web" and folder.is_dir()
@@ -78,7 +78,7 @@ def test_export_folder_is_self_contained(web_export):
 
 
 def test_verify_refuses_a_broken_folder(web_export, tmp_path):
-    from ssrconv.converters import web
+    from ssrconv.formats import web
     from ssrconv.errors import ModelFileError
 
     broken = tmp_path / "broken.web"
@@ -112,7 +112,7 @@ def test_fp32_onnx_on_chromium_ort_wasm_within_fp32_budget(web_export, faces, ke
 
 
 def test_web_export_passes_parity_on_its_engine(web_export, faces, keras_outputs):
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     assert (web_export.manifest["graph"], web_export.manifest["graph_variant"]) == ("fast", "onnx")
     runtime = load_runtime(web_export.path)
@@ -134,7 +134,7 @@ def test_web_page_reads_the_group_photo_like_the_reference(web_export, images_di
     from ssrconv.parity import head_stats, violations
     from ssrconv.predict import Predictor, label
     from ssrconv.reference.preprocess import read_image
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
     from ssrconv.runtimes.browser_rt import BrowserPage
     from ssrconv.targets import BUDGETS
 
@@ -191,7 +191,7 @@ def test_batch_1_export_on_chromium_litert_wasm_within_fp32_budget(tmp_path, fac
     # `export --batch 1` is how a user gets a .tflite LiteRT.js runs; opened through the format
     # table like parity does, so the 64-face batches are fed one face per call.
     from ssrconv.artifacts import open_artifact
-    from ssrconv.converters.tflite_flatbuffer import is_dynamic_batch
+    from ssrconv.formats.tflite_flatbuffer import is_dynamic_batch
     from ssrconv.exporter import export
 
     (artifact,) = export(to=("tflite",), precision=("fp32",), batch=1, out=tmp_path / "out")
@@ -228,14 +228,15 @@ def test_web_page_webcam_loop_runs_on_a_fake_camera(web_export):
 
 
 def test_browser_engine_refuses_a_corrupt_onnx_in_one_line(tmp_path):
+    """The read path verifies the file before the browser engine is handed it."""
     _need_browser()
     from ssrconv.errors import ModelFileError
-    from ssrconv.runtimes.browser_rt import BrowserRuntime
+    from ssrconv.loading import load_runtime
 
     bad = tmp_path / "garbage.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 100)
     with pytest.raises(ModelFileError, match="garbage.onnx") as err:
-        BrowserRuntime(bad)
+        load_runtime(bad, engine="chromium-ort-wasm")
     assert "\n" not in str(err.value)
 
 

@@ -85,7 +85,7 @@ def test_int8_export_without_calibration_is_data_free_and_within_budget(tmp_path
     the manifest, and the int8 parity budget and accuracy hold on the real faces."""
     from ssrconv.evaluate import evaluate
     from ssrconv.parity import check
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     out = tmp_path / "data-free"
     result = subprocess.run([sys.executable, "-m", "ssrconv.cli", "export", "--to", "tflite",

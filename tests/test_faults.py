@@ -280,7 +280,7 @@ def test_two_exports_into_one_directory(tmp_path, assets_dir):
     files there, and every artifact loads and runs."""
     import numpy as np
 
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     out = tmp_path / "out"
     procs = [subprocess.Popen(export_cmd(out, "--to", "tflite"), stdout=subprocess.DEVNULL,

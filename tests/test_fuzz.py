@@ -270,7 +270,7 @@ BATCH = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float
 
 
 def _check_loads(path) -> None:
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     with watchdog():
         try:

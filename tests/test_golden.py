@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from golden_assets import golden_outputs
-from ssrconv.reference.assets import ASSETS
+from ssrconv.assets import ASSETS
 
 AGE = [n for n, a in ASSETS.items() if a.kind == "age"]
 GENDER = [n for n, a in ASSETS.items() if a.kind == "gender"]

@@ -21,7 +21,7 @@ def probe_inputs(faces):
 @pytest.mark.parametrize("variant", ["tflite", "onnx", "onnx-unpadded", "onnx-unpadded-fp16",
                                      "per-head"])
 def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, variant):
-    from ssrconv.graph import build_export_graph, check_exact
+    from ssrconv.graph.builder import build_export_graph, check_exact
 
     model = reference_age_gender.model
     fast = build_export_graph(model, "age-gender", variant)
@@ -36,7 +36,7 @@ def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, 
 def test_fp16_weight_variant_keeps_the_first_conv_weights_normal_in_float16(reference_age_gender):
     """pnnx's float16 conversion zeroes every |w| < 2^-14; BN folding leaves first-conv weights
     down to 3e-7 (41 of them zeroed: max 0.41 y on ncnn fp16). The 2^8 input scaling lifts them."""
-    from ssrconv.graph import build_export_graph
+    from ssrconv.graph.builder import build_export_graph
 
     smallest = {}
     for variant in ("onnx-unpadded", "onnx-unpadded-fp16"):
@@ -70,7 +70,7 @@ def test_graph_original_is_the_reference_for_every_target(reference_age_gender, 
 
 @pytest.mark.parametrize("task", ["age", "gender"])
 def test_fast_graph_single_head(assets_dir, faces, task):
-    from ssrconv.graph import build_export_graph, check_exact
+    from ssrconv.graph.builder import build_export_graph, check_exact
     from ssrconv.reference import load_reference
     from ssrconv.reference.model import with_named_outputs
 
@@ -82,7 +82,8 @@ def test_fast_graph_single_head(assets_dir, faces, task):
 
 def test_a_wrong_graph_is_refused(reference_age_gender, probe_inputs):
     from ssrconv.errors import SsrconvError
-    from ssrconv.graph import GraphNotExactError, build_export_graph, check_exact
+    from ssrconv.graph import GraphNotExactError
+    from ssrconv.graph.builder import build_export_graph, check_exact
     from ssrconv.graph.builder import FUSED_DELTAS
 
     model = reference_age_gender.model
@@ -136,7 +137,7 @@ def fast_exports(tmp_path_factory, assets_dir):
 @pytest.mark.parametrize("key", ["onnx-fp32", "tflite-fp32"])
 def test_float_exports_use_the_fast_graph_and_pass_parity(fast_exports, faces, key):
     from ssrconv.parity import head_stats, stage_differences, violations
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
     from ssrconv.targets import BUDGETS, TARGETS
 
     target = TARGETS[key]
@@ -163,7 +164,7 @@ def test_tflite_dynamic_on_its_own_variant_is_within_the_int8_budget_with_margin
     each head's convs and Dense layers apart (the grouped/batched graph measured p99 1.34-1.37 y,
     the original graph 0.66 y on these faces)."""
     from ssrconv.parity import head_stats, stage_differences, violations
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
     from ssrconv.targets import BUDGETS
 
     path = fast_exports / "fast" / "ssrnet_age_gender_dynamic.tflite"
@@ -200,11 +201,12 @@ def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gen
     from the numpy MIL interpreter; each CoreML target's variant is smaller than the original
     graph's mlprogram (fp16 291 KB vs 328 KB, fp32 458 KB vs 475 KB, docs/GRAPH.md)."""
     from ssrconv.converters import coreml
+    from ssrconv.formats import coreml as coreml_format
     from ssrconv.exporter import artifact_digest
-    from ssrconv.graph import build_export_graph
+    from ssrconv.graph.builder import build_export_graph
     from ssrconv.options import ExportOptions
     from ssrconv.parity import stage_differences
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
     from ssrconv.targets import TARGETS
 
     target = TARGETS[key]
@@ -217,7 +219,7 @@ def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gen
         coreml.convert(model, target, options, dest, None, {"ssrconv.version": "test"})
         sizes[graph] = artifact_digest(dest)[0]
     assert sizes["fast"] < sizes["original"], sizes
-    ops = coreml.describe(dest)["ops"]
+    ops = coreml_format.describe(dest)["ops"]
     assert ops["conv"] == 14 and ops["slice_by_index"] >= 1 and ops["matmul"] >= 1
     runtime = load_runtime(dest)  # off macOS: the numpy MIL interpreter
     assert runtime.engine.startswith("coreml")

@@ -16,7 +16,7 @@ def test_int8_prep_on_the_fast_graph(reference_age_gender, faces):
     )
     from ssrconv.converters.onnx_int8 import INT8_LAYERS
     from ssrconv.converters.tflite_int8 import float_backbone_layers
-    from ssrconv.graph import build_export_graph, check_exact
+    from ssrconv.graph.builder import build_export_graph, check_exact
 
     reference = reference_age_gender.model
     fast = rewrite(build_export_graph(reference, "age-gender", "tflite"))
@@ -64,7 +64,7 @@ def test_onnx_int8_per_head_graph_gives_age_activations_percentile_ranges(refere
         int8_nodes,
         tensor_heads,
     )
-    from ssrconv.graph import build_export_graph
+    from ssrconv.graph.builder import build_export_graph
 
     fast = rewrite(build_export_graph(reference_age_gender.model, "age-gender", "per-head"))
     assert recipe_layers(fast, INT8_LAYERS) == {

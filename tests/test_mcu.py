@@ -51,7 +51,7 @@ def ethos_u_package(tmp_path_factory, assets_dir, faces_dir):
 
 @pytest.mark.slow
 def test_ethos_u_package_is_integer_only_and_compiled_for_each_accelerator(ethos_u_package):
-    from ssrconv.converters.ethos_u import ACCELERATORS
+    from ssrconv.formats.ethos_u import ACCELERATORS
 
     package, manifest = ethos_u_package
     assert manifest["precision"] == "int16x8" and manifest["integer_only"] is True
@@ -68,11 +68,11 @@ def test_ethos_u_package_is_integer_only_and_compiled_for_each_accelerator(ethos
 
 @pytest.mark.slow
 def test_tflite_micro_arena_is_the_smallest_that_allocates(ethos_u_package):
-    from ssrconv.converters.ethos_u import integer_file
+    from ssrconv.formats.ethos_u import inner_artifact
     from ssrconv.mcu import interpreter
 
     package, manifest = ethos_u_package
-    data = integer_file(package).read_bytes()
+    data = inner_artifact(package).read_bytes()
     ram = manifest["mcu"]["ram_bytes"]
     assert manifest["mcu"]["flash_bytes"] == len(data)
     interpreter(data, ram)
@@ -82,7 +82,7 @@ def test_tflite_micro_arena_is_the_smallest_that_allocates(ethos_u_package):
 
 @pytest.mark.slow
 def test_16x8_on_tflite_micro_within_the_int8_budget(ethos_u_package, budget_check):
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     package, manifest = ethos_u_package
     runtime = load_runtime(package)  # the package's default engine: TFLite Micro

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ssrconv.errors import InputError, SsrconvError
-from ssrconv.runtimes.mil_numpy import SUPPORTED_OPS, MilProgram, UnsupportedMilOp
+from ssrconv.formats.mil_numpy import SUPPORTED_OPS, MilProgram, UnsupportedMilOp
 
 N_FACES = 64  # of the 300 dev faces: enough for the budgets, keeps the module well under a minute
 OUTPUTS = {"age-gender": ["age", "p_male"], "age": ["age"]}

@@ -22,7 +22,7 @@ def mnn_export(tmp_path_factory, assets_dir):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_every_mnn_artifact_passes_parity_on_its_runtime(mnn_export, precision, budget_check):
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     artifact = mnn_export[precision]
     assert (artifact.manifest["graph"], artifact.manifest["graph_variant"]) == ("fast",
@@ -56,11 +56,11 @@ def test_perturbed_mnn_fails_parity(mnn_export, tmp_path, budget_check):
 
 
 def test_manifest_and_describe_match_the_file(mnn_export):
-    from ssrconv.converters import mnn as converter
+    from ssrconv.formats import mnn as reader
     from ssrconv.exporter import artifact_digest
 
     for precision, artifact in mnn_export.items():
-        described = converter.describe(artifact.path)
+        described = reader.describe(artifact.path)
         assert (artifact.manifest["bytes"], artifact.manifest["sha256"]) == \
             artifact_digest(artifact.path)
         for key in ("inputs", "outputs", "ops", "mnn_version", "biz_code"):
@@ -68,7 +68,7 @@ def test_manifest_and_describe_match_the_file(mnn_export):
         assert [i["name"] for i in described["inputs"]] == ["face_bgr"]
         assert described["inputs"][0]["shape"] == [None, 64, 64, 3]
         assert [o["name"] for o in described["outputs"]] == ["age", "p_male"]
-    from ssrconv.converters.mnn import file_precision
+    from ssrconv.formats.mnn import file_precision
 
     assert [file_precision(a.path) for a in mnn_export.values()] == list(mnn_export)
     # --fp16 halves the stored weights
@@ -90,7 +90,7 @@ def test_the_contract_tensor_gives_the_reference_answer(mnn_export, faces, refer
 
 
 def test_verify_rejects_foreign_files(tmp_path):
-    from ssrconv.converters.mnn import verify
+    from ssrconv.formats.mnn import verify
     from ssrconv.errors import ModelFileError
 
     short = tmp_path / "short.mnn"

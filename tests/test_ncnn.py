@@ -23,7 +23,7 @@ def ncnn_export(tmp_path_factory, assets_dir):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_every_ncnn_artifact_passes_parity_on_its_runtime(ncnn_export, precision, budget_check):
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     artifact = ncnn_export[precision]
     # the fast graph: its 12 groups=2 convs are ncnn ConvolutionDepthWise layers with group 2
@@ -31,7 +31,7 @@ def test_every_ncnn_artifact_passes_parity_on_its_runtime(ncnn_export, precision
     variant = "onnx-unpadded-fp16" if precision == "fp16" else "onnx-unpadded"
     assert (artifact.manifest["graph"], artifact.manifest["graph_variant"]) == ("fast", variant)
     param = next(artifact.path.glob("*.ncnn.param"))
-    from ssrconv.converters.ncnn import parse_param
+    from ssrconv.formats.ncnn import parse_param
 
     groups = [int(layer[4]["7"]) for layer in parse_param(param)["layers"]
               if layer[0] == "ConvolutionDepthWise"]
@@ -69,14 +69,14 @@ def test_perturbed_bin_fails_parity(ncnn_export, tmp_path, budget_check):
 
 
 def test_manifest_and_describe_match_the_files(ncnn_export):
-    from ssrconv.converters import ncnn as converter
+    from ssrconv.formats import ncnn as reader
     from ssrconv.exporter import artifact_digest
 
     for precision, artifact in ncnn_export.items():
         files = sorted(p.name for p in artifact.path.iterdir())
         stem = f"ssrnet_age_gender_{precision}"
         assert files == [f"{stem}.ncnn.bin", f"{stem}.ncnn.param"]  # pnnx's extras dropped
-        described = converter.describe(artifact.path)
+        described = reader.describe(artifact.path)
         manifest = artifact.manifest
         assert (manifest["bytes"], manifest["sha256"]) == artifact_digest(artifact.path)
         for key in ("inputs", "outputs", "layer_count", "blob_count", "files", "weights_dtype"):
@@ -84,7 +84,7 @@ def test_manifest_and_describe_match_the_files(ncnn_export):
         assert [i["name"] for i in described["inputs"]] == ["face_bgr"]
         assert [o["name"] for o in described["outputs"]] == ["age", "p_male"]
         assert described["weights_dtype"] == ("float16" if precision == "fp16" else "float32")
-        assert converter.file_precision(artifact.path) == precision
+        assert reader.file_precision(artifact.path) == precision
         header = (artifact.path / f"{stem}.ncnn.param").read_text().splitlines()
         assert header[0] == "7767517"
         assert header[1].split() == [str(described["layer_count"]), str(described["blob_count"])]
@@ -106,7 +106,7 @@ def test_the_contract_tensor_gives_the_reference_answer(ncnn_export, faces, refe
 
 
 def test_verify_rejects_broken_packages(ncnn_export, tmp_path):
-    from ssrconv.converters.ncnn import verify
+    from ssrconv.formats.ncnn import verify
     from ssrconv.errors import ModelFileError
 
     good = ncnn_export["fp32"].path

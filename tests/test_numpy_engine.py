@@ -12,8 +12,8 @@ from golden_assets import golden_outputs
 from ssrconv.errors import MissingExtraError, WeightsError
 from ssrconv.parity import synthetic_inputs
 from ssrconv.reference import load_reference_runtime
-from ssrconv.reference.assets import ASSETS
-from ssrconv.runtimes.stages import stage_specs
+from ssrconv.assets import ASSETS
+from ssrconv.stages import stage_specs
 
 ENGINES = ("numpy-float32", "numpy-float64")
 AGE = [n for n, a in ASSETS.items() if a.kind == "age"]
@@ -76,7 +76,7 @@ def test_single_heads_match_golden_for_every_weights_file(assets_dir, faces, nam
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_matches_keras_to_1e4_years(reference_age_gender, inputs, engine):
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     keras = load_runtime(backend="keras")
     want = {h: np.concatenate([keras.run(inputs[i:i + 64])[h] for i in range(0, len(inputs), 64)])
@@ -110,7 +110,7 @@ STAGE_TOL = {"numpy-float64": 1e-5, "numpy-float32": 2e-5}
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_stage_outputs_match_keras(reference_age_gender, faces, engine):
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     batch = faces.inputs[:64]
     specs = stage_specs(("age", "p_male"))
@@ -122,7 +122,7 @@ def test_stage_outputs_match_keras(reference_age_gender, faces, engine):
 
 
 def test_stage_outputs_refuse_unknown_layers(assets_dir, faces):
-    from ssrconv.runtimes.stages import StagesUnavailable
+    from ssrconv.stages import StagesUnavailable
 
     single = load_reference_runtime("age", engine="numpy")
     with pytest.raises(StagesUnavailable, match="age_pred_age_stage1"):

@@ -73,7 +73,7 @@ def test_float_irs_convert_the_fast_graph_and_keep_their_stage_tensors(export_di
     import json
 
     from ssrconv.parity import stage_differences
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     for key in ("openvino-fp32", "openvino-fp16", "openvino-bf16", "openvino-int8"):
         path = _artifact(export_dir, key)
@@ -91,7 +91,7 @@ def test_float_irs_convert_the_fast_graph_and_keep_their_stage_tensors(export_di
 def test_compacted_tflite_names_are_unique_and_load_in_openvino(export_dir):
     import openvino as ov
 
-    from ssrconv.converters import tflite_flatbuffer as tfb
+    from ssrconv.formats import tflite_flatbuffer as tfb
 
     for key in ("tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8"):
         path = _artifact(export_dir, key)
@@ -104,7 +104,7 @@ def test_compacted_tflite_names_are_unique_and_load_in_openvino(export_dir):
 def test_ir_manifest_is_read_back_from_the_package(export_dir):
     import json
 
-    from ssrconv.converters.openvino import describe
+    from ssrconv.formats.openvino import describe
 
     for key in ("openvino-fp32", "openvino-fp16", "openvino-int8"):
         path = _artifact(export_dir, key)
@@ -130,8 +130,8 @@ def test_ir_manifest_is_read_back_from_the_package(export_dir):
 def test_verify_refuses_broken_packages(export_dir, tmp_path):
     import shutil
 
-    from ssrconv.converters.openvino import verify
-    from ssrconv.runtimes.openvino_rt import OpenVinoRuntime
+    from ssrconv.formats.openvino import verify
+    from ssrconv.loading import load_runtime
 
     good = _artifact(export_dir, "openvino-fp32")
     verify(good)
@@ -139,8 +139,8 @@ def test_verify_refuses_broken_packages(export_dir, tmp_path):
     shutil.copytree(good, broken)
     xml, bin_ = sorted(broken.glob("*.xml"))[0], sorted(broken.glob("*.bin"))[0]
     bin_.write_bytes(bin_.read_bytes()[:1000])
-    with pytest.raises(ModelFileError, match="truncated"):
-        OpenVinoRuntime(broken)
+    with pytest.raises(ModelFileError, match="truncated"):  # verified before OpenVINO reads it
+        load_runtime(broken, engine="openvino")
     bin_.unlink()
     with pytest.raises(ModelFileError, match="missing"):
         verify(broken)

@@ -85,7 +85,7 @@ def test_parity_fails_on_a_corrupted_artifact(export_dir, faces_dir, tmp_path):
 def test_eval_reproduces_reference_mae_from_every_fp32_artifact(export_dir, faces_dir, tmp_path):
     from ssrconv.evaluate import evaluate
     from ssrconv.reference.preprocess import load_faces
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     faces = load_faces(faces_dir)
     reference = evaluate(load_runtime(backend="keras"), faces)["summary"]

@@ -35,7 +35,7 @@ def test_yunet_finds_all_six_faces_haar_fewer(group_photo, assets_dir):
 def test_every_backend_agrees_with_reference_on_the_group_photo(export_dir, group_photo, key, tmp_path):
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     artifact = export_dir / TARGETS[key].filename("age-gender")
     predictor = Predictor(load_runtime(artifact), make_detector("yunet"),

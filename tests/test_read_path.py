@@ -42,7 +42,9 @@ def tampered_weights(tmp_path_factory, assets_dir):
 
 def test_the_table_is_the_one_suffix_map():
     """Every target's suffix comes from its format row, every format has a default engine that
-    reads it, and no module outside the table maps suffixes to families."""
+    reads it, and no module outside the table (targets.py, the read path artifacts.py and the
+    format read layer formats/) maps suffixes to families or branches on a format literal:
+    ``.endswith(".onnx")``, ``with_suffix(".onnx")``, ``family == "web"``, ``backend != "tflite"``."""
     assert {t.suffix for t in TARGETS.values()} == set(artifact_suffixes())
     for fmt in FORMATS.values():
         assert fmt.family in fmt.engine.reads
@@ -54,16 +56,26 @@ def test_the_table_is_the_one_suffix_map():
     src = Path(__file__).resolve().parents[1] / "src" / "ssrconv"
     families = "|".join(FORMATS)
     offenders = []
+    table = {src / "targets.py", src / "artifacts.py"}
     for file in src.rglob("*.py"):
-        if file.name == "targets.py":
+        if file in table or (src / "formats") in file.parents:
             continue
         text = file.read_text()
         for suffix in artifact_suffixes():
-            # a suffix mapped to a family, or compared with a path's suffix
-            mapping = rf"""["']{re.escape(suffix)}["']\s*:\s*["']({families})["']"""
-            compare = rf"""suffix(\.lower\(\))?\s*[!=]=\s*["']{re.escape(suffix)}["']"""
-            if re.search(mapping, text) or re.search(compare, text):
+            quoted = rf"""["']{re.escape(suffix)}["']"""
+            # a suffix mapped to a family, compared with a path's suffix, tested with
+            # endswith (alone or in a tuple) or put on a path with with_suffix
+            mapping = rf"""{quoted}\s*:\s*["']({families})["']"""
+            compare = rf"""suffix(\.lower\(\))?\s*[!=]=\s*{quoted}"""
+            ends = rf"""\.endswith\(\(?[^)]*{quoted}"""
+            put = rf"""with_suffix\(\s*{quoted}"""
+            if any(re.search(p, text) for p in (mapping, compare, ends, put)):
                 offenders.append(f"{file.name}: {suffix}")
+        # a branch on a family name: family/backend compared with a family literal
+        branch = (rf"""\b(family|backend)["']?(\s*,\s*None\))?\s*[!=]=\s*["']({families})["']"""
+                  rf"""|["']({families})["']\s*[!=]=\s*[\w.]*\b(family|backend)\b""")
+        for match in re.finditer(branch, text):
+            offenders.append(f"{file.name}: {match.group(0)}")
     assert not offenders, offenders
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from ssrconv.artifacts import discover, open_artifact, read_index
-from ssrconv.converters import tflite_flatbuffer as tfb
+from ssrconv.formats import tflite_flatbuffer as tfb
 from ssrconv.errors import ManifestError, ModelFileError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ssrconv.converters import tflite_flatbuffer as tfb
+from ssrconv.formats import tflite_flatbuffer as tfb
 
 
 @pytest.fixture(scope="module")

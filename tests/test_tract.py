@@ -27,7 +27,7 @@ def _has_dynamic_reshape(path) -> bool:
 def test_tract_within_budget(export_dir, faces, reference_outputs, key):
     import onnx
 
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     path = export_dir / TARGETS[key].filename("age-gender")
     if key == "onnx-int8":

@@ -52,7 +52,7 @@ def manifest_path_for(path: Path) -> Path:
 def artifact_digest(path: Path) -> tuple[int, str]:
     """(bytes, sha256) of a file, or of a directory package (files in sorted relative order,
     each contributing its relative path and contents)."""
-    from ssrconv.reference.assets import sha256_of
+    from ssrconv.assets import sha256_of
 
     path = Path(path)
     if path.is_file():
@@ -208,7 +208,12 @@ class Artifact:
             readers = [e.name for e in engines_reading(self.format.family)]
             raise OptionsError(f"engine {chosen.name} does not read {self.format.suffix} files "
                                f"({self.label}); engines that do: {', '.join(readers)}")
-        return chosen.load(self.path, num_threads=num_threads, precision=self.precision, **options)
+        from ssrconv.runtimes.base import StaticBatchRuntime
+
+        runtime = chosen.load(self.path, num_threads=num_threads, precision=self.precision,
+                              **options)
+        batch = self.format.static_batch(self.path)
+        return runtime if batch is None else StaticBatchRuntime(runtime, batch)
 
     def describe(self) -> dict:
         """What a report says about the artifact."""
@@ -261,9 +266,9 @@ def open_artifact(path: str | os.PathLike, index_entry: dict | None = None) -> A
         if target.family != fmt.family:
             raise ManifestError(f"{manifest_path_for(path)}: target {target.key} is not a "
                                 f"{fmt.suffix} file; re-run ssrconv export")
-    fmt.converter().verify(path)
+    fmt.reader().verify(path)
     if manifest is None:
-        precision = fmt.converter().file_precision(path)
+        precision = fmt.reader().file_precision(path)
         target = TARGETS.get(f"{fmt.family}-{precision}") or _unlisted(fmt, precision)
     return Artifact(path, fmt, target, manifest, size, sha, index_entry)
 

@@ -90,7 +90,7 @@ def info(age_weights: str | None, gender_weights: str | None) -> None:
 
 def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
     """Sort ``--weights`` values into (age, gender) by registry kind or by the file's layers."""
-    from ssrconv.reference.assets import ASSETS, resolve
+    from ssrconv.assets import ASSETS, resolve
     from ssrconv.reference.weights import read_h5_weights
 
     chosen: dict[str, str] = {}
@@ -237,7 +237,7 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
 
     from ssrconv.artifacts import discover
     from ssrconv.parity import check, parse_budget_overrides, render_junit, render_markdown
-    from ssrconv.runtimes import is_weights_file
+    from ssrconv.loading import is_weights_file
 
     if (export_dir is None) == (model is None):
         raise click.UsageError("give an export directory or --model PATH (one of them)")
@@ -291,7 +291,8 @@ def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
     built from a weights file given as --model, or the default reference (on
     --reference-engine; --backend keras insists on Keras)."""
     from ssrconv.reference import load_reference_runtime
-    from ssrconv.runtimes import REFERENCE_BACKEND, is_weights_file, load_runtime
+    from ssrconv.loading import is_weights_file, load_runtime
+    from ssrconv.targets import REFERENCE_BACKEND
 
     if backend == REFERENCE_BACKEND:
         reference_engine = "keras"
@@ -308,7 +309,7 @@ def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
     if is_weights_file(model) and engine is not None:
         raise click.UsageError(f"--engine runs artifacts; {model} is a weights file")
     if is_weights_file(model):
-        from ssrconv.runtimes import reference_from_weights
+        from ssrconv.loading import reference_from_weights
 
         return reference_from_weights(model, engine=reference_engine)
     return load_runtime(model, backend=backend, engine=engine)

@@ -46,7 +46,7 @@ class YuNetDetector(Detector):
                  nms_threshold: float = 0.3):
         import cv2
 
-        from ssrconv.reference.assets import resolve
+        from ssrconv.assets import resolve
 
         path = resolve(model_path or "yunet").path
         try:

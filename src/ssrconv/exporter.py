@@ -144,7 +144,7 @@ class _ExportGraphs:
         if variant not in self.built:
             import numpy as np
 
-            from ssrconv.graph import build_export_graph, check_exact
+            from ssrconv.graph.builder import build_export_graph, check_exact
             from ssrconv.parity import synthetic_inputs
 
             fast = build_export_graph(self.model, self.options.task, variant)
@@ -222,7 +222,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
             graph, variant, graph_model = export_graphs.for_target(target)
             extra = target.format.converter().convert(graph_model, target, options, tmp,
                                                       calibration, metadata)
-            description = target.format.converter().describe(tmp)
+            description = target.format.reader().describe(tmp)
             size, sha = artifact_digest(tmp)
             manifest = {
                 "schema": MANIFEST_SCHEMA,

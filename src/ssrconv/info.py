@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import metadata
 
 from ssrconv._version import __version__
-from ssrconv.reference.assets import ASSETS, locate, sha256_of
+from ssrconv.assets import ASSETS, locate, sha256_of
 
 PAPER_MODEL_BYTES = 326_368  # the original ssrnet_3_3_3_64_1.0_1.0.h5: the paper's "0.32 MB"
 LIBRARIES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "coremltools",

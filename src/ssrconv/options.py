@@ -23,6 +23,8 @@ from ssrconv.targets import (
 
 
 MAX_STATIC_BATCH = 256
+# Options only some targets take (the Target rows' ``options``): field -> its flag.
+TARGET_OPTIONS = {"int8_io": "--int8-io", "image_input": "--image-input"}
 
 
 def _as_tuple(value) -> tuple[str, ...]:
@@ -112,17 +114,19 @@ class ExportOptions:
         return chosen
 
     def _check_combinations(self) -> None:
-        keys = {t.key for t in self.targets}
         # int8 without --calibration is calibrated data-free (inputs distilled from the model's
         # BatchNorm statistics, ZeroQ): see CalibrationSet.distilled.
         if self.calibration is not None and not any(t.precision in CALIBRATED_PRECISIONS
                                                     for t in self.targets):
             raise OptionsError("--calibration applies to int8 and int16x8 exports only; add "
                                "--precision int8")
-        if self.int8_io != "float32" and "tflite-int8" not in keys:
-            raise OptionsError("--int8-io applies to the tflite int8 export only")
-        if self.image_input and not any(t.family == "coreml" for t in self.targets):
-            raise OptionsError("--image-input applies to CoreML exports only")
+        defaults = {name: ExportOptions.__dataclass_fields__[name].default for name in TARGET_OPTIONS}
+        for name, flag in TARGET_OPTIONS.items():
+            if getattr(self, name) == defaults[name] or any(name in t.options for t in self.targets):
+                continue
+            takers = [t.key for t in TARGETS.values() if name in t.options]
+            raise OptionsError(f"{flag} applies to the {', '.join(takers)} export"
+                               f"{'s' if len(takers) > 1 else ''} only")
 
     def check_paths(self) -> None:
         """Check the output directory is writable and the calibration directory usable,

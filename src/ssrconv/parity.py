@@ -162,7 +162,7 @@ def find_weights(head: str, entry: dict, candidates=()) -> str:
     (paths the user gave). WeightsError naming the head, the name and the hash otherwise: an
     export is never compared with weights it was not made from."""
     from ssrconv.errors import AssetError, WeightsError
-    from ssrconv.reference.assets import ASSETS, resolve
+    from ssrconv.assets import ASSETS, resolve
 
     want = entry.get("sha256")
     names = [entry.get("name")] + [a.name for a in ASSETS.values() if a.sha256 == want]
@@ -215,7 +215,7 @@ class References:
 def stage_differences(runtime, reference, inputs: np.ndarray) -> tuple[dict[str, float] | None, str]:
     """Max |diff| of every stage tensor (probabilities, deltas, local deltas) against the
     reference, or (None, why) when the runtime cannot expose them."""
-    from ssrconv.runtimes.stages import StagesUnavailable, stage_specs
+    from ssrconv.stages import StagesUnavailable, stage_specs
 
     specs = stage_specs(runtime.heads)
     both = set(runtime.heads) == {"age", "p_male"}

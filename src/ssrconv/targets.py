@@ -3,10 +3,11 @@ one row here, and everything else (CLI choices, ``open_artifact``, ``load_runtim
 planning, parity discovery, soak) derives from it. Adding a format is one :class:`Format` row,
 its :class:`Target` rows, one converter module and one runtime module.
 
-- :class:`Format`: a file family: its suffix, whether it is a directory package, the module
-  that converts to it, verifies its bytes before a runtime sees them and reads its facts back
-  (``convert``/``verify``/``describe``/``file_precision``), the engines that read it (the first
-  is the default) and the pip extra holding its converter.
+- :class:`Format`: a file family: its suffix, whether it is a directory package, its reader
+  (``ssrconv.formats.<module>``: ``verify`` its bytes before a runtime sees them, ``describe``,
+  ``file_precision``, ``static_batch``) and its converter (``ssrconv.converters.<module>``:
+  ``convert``), the engines that read it (the first is the default) and the pip extra holding
+  its converter.
 - :class:`Engine`: something that executes artifacts: the formats it reads, the factory that
   loads an artifact into a :class:`~ssrconv.runtimes.base.Runtime`, and the pip extra (with
   the import it needs) that brings it.
@@ -73,6 +74,7 @@ class Engine:
     # "module:function(path)" returning why the engine cannot read this file by design (None:
     # it can), e.g. LiteRT.js and a variable-batch .tflite: such pairs are reported, not run.
     refusal: str | None = None
+    in_browser: bool = False  # runs inside a web page (its timings include the page's calls)
 
     def refuses(self, path) -> str | None:
         """Why this engine cannot read ``path`` by design, or None."""
@@ -102,14 +104,7 @@ class Engine:
         check(self.needs, self.extra or "all", f"engine {self.name}")
         module, name = self.factory.split(":")
         factory = getattr(importlib.import_module(module), name)
-        runtime = factory(Path(path), num_threads=num_threads, precision=precision, **options)
-        fmt = format_of(path)
-        batch = fmt.static_batch(path) if fmt is not None else None
-        if batch is None:
-            return runtime
-        from ssrconv.runtimes.base import StaticBatchRuntime
-
-        return StaticBatchRuntime(runtime, batch)
+        return factory(Path(path), num_threads=num_threads, precision=precision, **options)
 
 
 @dataclass(frozen=True)
@@ -119,27 +114,39 @@ class Format:
     family: str
     suffix: str
     package: bool  # a directory package (several files, hashed and committed as one)
-    module: str  # ssrconv.converters.<module>: convert, describe, verify, file_precision
+    module: str  # reader ssrconv.formats.<module>, converter ssrconv.converters.<module>
     engines: tuple[str, ...]  # engine names; the first is the default
     extra: str  # pip extra holding the converter (each includes ``export``: TensorFlow, Keras)
     default_precision: str
     description: str
     in_all: bool = True  # exported by `--to all` (False: only when asked for by name)
+    # The family of the model a package wraps and runs (a .web folder: an .onnx), if any.
+    inner_family: str | None = None
     converter_needs: tuple[str, ...] = ("tf2onnx", "onnx")  # modules besides TensorFlow/Keras
 
+    def reader(self):
+        """The format's read side (``verify``, ``describe``, ``file_precision``, optionally
+        ``static_batch``): needs only the runtime libraries, never TensorFlow."""
+        return importlib.import_module(f"ssrconv.formats.{self.module}")
+
     def converter(self):
-        """The format's converter/reader module (imported lazily: converting is heavy, reading
-        needs only the runtime libraries)."""
+        """The format's converter module (``convert``; imported lazily: converting is heavy)."""
         return importlib.import_module(f"ssrconv.converters.{self.module}")
 
     @property
     def engine(self) -> Engine:
         return ENGINES[self.engines[0]]
 
+    def inner_artifact(self, path) -> Path | None:
+        """The file inside a package a runtime reads (a .web folder's .onnx, an IR's .xml), or
+        None for a single-file format (the reader module's ``inner_artifact``)."""
+        reader = getattr(self.reader(), "inner_artifact", None)
+        return reader(Path(path)) if reader is not None else None
+
     def static_batch(self, path) -> int | None:
         """The fixed input batch stored in the file (``export --batch N``), or None when it is
-        variable or the format stores none (the converter module's ``static_batch``)."""
-        reader = getattr(self.converter(), "static_batch", None)
+        variable or the format stores none (the reader module's ``static_batch``)."""
+        reader = getattr(self.reader(), "static_batch", None)
         return reader(Path(path)) if reader is not None else None
 
 
@@ -150,11 +157,11 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            ("ai_edge_litert",), "ai-edge-litert (TFLite without TensorFlow), XNNPACK"),
     Engine("chromium-ort-wasm", ("onnx", "web"), "ssrconv.runtimes.browser_rt:BrowserRuntime",
            "browser", ("playwright", "onnx"),
-           "onnxruntime-web (wasm) in headless system Chromium (make browser)"),
+           "onnxruntime-web (wasm) in headless system Chromium (make browser)", in_browser=True),
     Engine("chromium-litert-wasm", ("tflite",), "ssrconv.runtimes.browser_rt:LiteRtBrowserRuntime",
            "browser", ("playwright", "ai_edge_litert"),
            "LiteRT.js (wasm) in headless system Chromium; static-batch .tflite only",
-           refusal="ssrconv.runtimes.browser_rt:litert_refuses"),
+           refusal="ssrconv.runtimes.browser_rt:litert_refuses", in_browser=True),
     Engine("coreml", ("coreml",), "ssrconv.runtimes.coreml_rt:load_coreml", "export",
            ("coremltools",), "CoreML on macOS; a numpy interpreter of the MIL program elsewhere",
            untimed="ssrconv.runtimes.coreml_rt:not_timable_reason"),
@@ -184,7 +191,8 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
            "CoreML ML Program package", converter_needs=("coremltools",)),
     # Opt-in: it vendors the npm packages of package.json (`make browser`).
     Format("web", ".web", True, "web", ("chromium-ort-wasm",), "export", "fp32",
-           "static web folder (ONNX + YuNet + app + onnxruntime-web)", in_all=False),
+           "static web folder (ONNX + YuNet + app + onnxruntime-web)", in_all=False,
+           inner_family="onnx"),
     Format("openvino", ".openvino", True, "openvino", ("openvino",), "openvino", "fp32",
            "OpenVINO IR package: <stem>.xml + <stem>.bin",
            converter_needs=("tf2onnx", "onnx", "openvino")),
@@ -196,7 +204,7 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
     # Vela's compiled file needs an Ethos-U; its numerics are the integer file's on TFLite Micro.
     Format("ethos-u", ".ethos-u", True, "ethos_u", ("tflite-micro",), "mcu", "int16x8",
            "Arm Ethos-U package: integer-only .tflite + Vela-compiled .tflite and report per "
-           "accelerator", converter_needs=("ethosu",), in_all=False),
+           "accelerator", converter_needs=("ethosu",), in_all=False, inner_family="tflite"),
 )}
 FAMILIES = tuple(FORMATS)
 OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)
@@ -248,6 +256,8 @@ class Target:
     # original` converts the reference's instead) for this target's converter and runtime: a
     # name in ssrconv.graph.VARIANTS (None: the one named like the family: "tflite", "onnx").
     graph_variant: str | None = None
+    # Export options (ExportOptions fields) beyond the common ones that only some targets take.
+    options: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -288,7 +298,7 @@ TARGETS: dict[str, Target] = {
                graph_variant="per-head"),
         Target("tflite", "int8", "int8",
                "TFLite int8: convolutions and pools in int8 (weights and activations) except "
-               "each stream's first block; SSR head in float; calibrated"),
+               "each stream's first block; SSR head in float; calibrated", options=("int8_io",)),
         Target("tflite", "int16x8", "int8",
                "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
                "operator integer (SSR head included; float32 I/O at the boundary); for TFLite "
@@ -298,9 +308,9 @@ TARGETS: dict[str, Target] = {
                "ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's estimates); numerics "
                "on TFLite Micro", graph_variant="tflite-integer"),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
-               graph_variant="coreml"),
+               graph_variant="coreml", options=("image_input",)),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",
-               graph_variant="coreml-perstage"),
+               graph_variant="coreml-perstage", options=("image_input",)),
         Target("web", "fp32", "fp32",
                "Static web folder: fp32 ONNX + YuNet + a plain-JS app on onnxruntime-web (wasm)",
                graph_variant="onnx"),

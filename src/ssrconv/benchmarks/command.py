@@ -43,7 +43,8 @@ def _plan(backend: str | None, model: Path | None, all_dirs: tuple[Path, ...], w
     from ssrconv.artifacts import open_all, open_artifact
     from ssrconv.benchmarks.harness import (add_native_rows, engine_entries, keras_entries,
                                             reference_entries)
-    from ssrconv.runtimes import REFERENCE_BACKEND, is_weights_file
+    from ssrconv.loading import is_weights_file
+    from ssrconv.targets import REFERENCE_BACKEND
 
     def rows(artifacts):
         # A browser row's in-page time is shown beside native: its native row comes along.

@@ -145,7 +145,7 @@ def keras_entries(predict: bool = True, weights: str | os.PathLike | None = None
     weights file (its head read from its layers) instead of the default age-gender pair."""
     options, heads, label = {"task": "age-gender"}, ["age", "p_male"], "keras"
     if weights is not None:
-        from ssrconv.reference.assets import resolve
+        from ssrconv.assets import resolve
         from ssrconv.reference.weights import read_h5_weights
 
         task = read_h5_weights(resolve(weights).path).task
@@ -171,7 +171,7 @@ def reference_entries(engine: str = "auto", predict: bool = True,
         return keras_entries(predict=predict, weights=weights)
     options, heads, label = {"task": "age-gender"}, ["age", "p_male"], f"reference {chosen}"
     if weights is not None:
-        from ssrconv.reference.assets import resolve
+        from ssrconv.assets import resolve
         from ssrconv.reference.weights import read_h5_weights
 
         task = read_h5_weights(resolve(weights).path).task
@@ -208,7 +208,7 @@ def _runs_in_browser(entry: Entry) -> bool:
     if entry.backend not in FORMATS:
         return False
     name = entry.options.get("engine") or FORMATS[entry.backend].engines[0]
-    return get_engine(name).extra == "browser"
+    return get_engine(name).in_browser
 
 
 def add_native_rows(entries: list[Entry]) -> list[Entry]:
@@ -217,6 +217,7 @@ def add_native_rows(entries: list[Entry]) -> list[Entry]:
     for a ``.web`` folder the ``.onnx`` it carries (on onnxruntime) unless the export's own
     ``.onnx`` of that precision is already a row (the folder carries the same graph)."""
     from ssrconv.artifacts import open_artifact
+    from ssrconv.targets import FORMATS
 
     out = list(entries)
     native = [e for e in entries if e.timed and e.path and not _runs_in_browser(e)]
@@ -226,13 +227,12 @@ def add_native_rows(entries: list[Entry]) -> list[Entry]:
         path = Path(entry.path)
         if any(Path(e.path) == path for e in native):
             continue
-        if entry.backend == "web":
-            if any(e.backend == "onnx" and Path(e.path).parent == path.parent
+        inner_family = FORMATS[entry.backend].inner_family
+        if inner_family is not None:
+            if any(e.backend == inner_family and Path(e.path).parent == path.parent
                    and e.precision == entry.precision for e in native):
                 continue
-            from ssrconv.converters.web import read_config
-
-            inner = open_artifact(path / read_config(path)["model"])
+            inner = open_artifact(FORMATS[entry.backend].inner_artifact(path))
             row = artifact_entry(inner)
             row.name = row.worker_key = f"{path.name}/{inner.path.name}"
         else:
@@ -430,7 +430,7 @@ def _size_paths(entry: Entry) -> list[str]:
         return files
     if entry.backend not in ("keras", "reference"):
         return []
-    from ssrconv.reference.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, locate
+    from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, locate
 
     found = [locate(name)[0] for name in (DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS)]
     return [str(p) for p in found if p is not None]
@@ -629,7 +629,7 @@ class Bench:
         """The end-to-end rows: each sample photo through YuNet, the crops and the model, in
         every live worker, interleaved in rounds like the model calls. A failure here is the
         row's pipeline_error; its model-call timings stand."""
-        from ssrconv.reference.assets import SAMPLE_PHOTOS, sample_photos
+        from ssrconv.assets import SAMPLE_PHOTOS, sample_photos
 
         s = self.settings
         try:

@@ -50,7 +50,7 @@ def settled_rss_bytes() -> int:
 
 def soak_one(path: str | None, n: int, backend: str | None = None) -> dict:
     """Run ``n`` batch-1 inferences on one runtime in this process; RSS samples along the way."""
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     runtime = load_runtime(path, backend=backend)
     rng = np.random.default_rng(0)

@@ -87,7 +87,7 @@ def soak_predict(model: str | None, images: list[Path], warmup: int, annotate_di
     point of the same sequence: the end of the first pass against the end of the last."""
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor
-    from ssrconv.runtimes import load_runtime
+    from ssrconv.loading import load_runtime
 
     say = progress or (lambda message: None)
     runtime = load_runtime(model, backend="keras" if model is None else None)

@@ -222,7 +222,7 @@ class Worker:
         else:
             info.update(_import_backend(backend, threads, options.get("engine")))
             import_s = time.perf_counter() - started
-            from ssrconv.runtimes import load_runtime
+            from ssrconv.loading import load_runtime
 
             started = time.perf_counter()
             runtime = load_runtime(req.get("path"), backend=backend, num_threads=threads, **options)

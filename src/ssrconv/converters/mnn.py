@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from ssrconv.atomic import scratch_dir
-from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.errors import SsrconvError
+from ssrconv.formats.mnn import BIZ_CODE, verify
 
-BIZ_CODE = "ssrconv-{precision}"  # MNN keeps it in the file: file_precision reads it back
 _TIMEOUT_S = 600
 _CONVERT = "import sys, MNN, _tools; _tools.mnnconvert(sys.argv)"
 
@@ -56,7 +56,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         raise ConverterError(f"MNN's converter failed (exit {done.returncode}): "
                              f"{(lines or ['no error message'])[-1][:200]}")
     verify(dest)
-    from ssrconv.runtimes.mnn_rt import mnn_module
+    from ssrconv.formats.mnn import mnn_module
 
     return {"converter": "mnnconvert (ONNX)", "mnn_fp16_weights": target.precision == "fp16",
             "converter_versions": {"MNN": mnn_module().version()},
@@ -64,64 +64,4 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
                             "conversion; the graph transposes to NCHW itself)"}
 
 
-def verify(path: Path) -> None:
-    """Cheap structural check of an .mnn (a FlatBuffers ``Net``) before MNN is handed the bytes:
-    a root table offset and its vtable inside the file."""
-    import struct
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise ModelFileError(f"{path}: cannot read ({err.strerror or err})") from None
-    if len(data) < 16:
-        raise ModelFileError(f"{path}: {len(data)} bytes, too short for an MNN model; re-export it")
-    root = struct.unpack_from("<I", data, 0)[0]
-    if not 4 <= root <= len(data) - 4:
-        raise ModelFileError(f"{path}: not an MNN model (root offset {root} outside the file)")
-    vtable = root - struct.unpack_from("<i", data, root)[0]
-    if not 0 <= vtable <= len(data) - 4:
-        raise ModelFileError(f"{path}: not an MNN model (vtable offset {vtable} outside the file)")
-    vt_size, table_size = struct.unpack_from("<HH", data, vtable)
-    if vt_size < 4 or vt_size % 2 or vtable + vt_size > len(data) or root + table_size > len(data):
-        raise ModelFileError(f"{path}: not an MNN model (malformed root table); re-export it")
-
-
-def file_precision(path: Path) -> str:
-    """The precision an .mnn computes in, from the bizCode ssrconv wrote into it ("fp32" for a
-    file ssrconv did not write: MNN's converter writes float32 weights unless told --fp16)."""
-    from ssrconv.runtimes.mnn_rt import _stdout_to_stderr, mnn_module
-
-    verify(path)
-    mnn = mnn_module()
-    with _stdout_to_stderr():
-        code = mnn.nn.load_module_from_file(str(path), [], []).get_info().get("bizCode", "")
-    precision = code.removeprefix("ssrconv-")
-    return precision if precision in ("fp32", "fp16") else "fp32"
-
-
-def describe(path: Path) -> dict:
-    """Inputs/outputs (names, shapes), op counts, MNN version and bizCode, read back by MNN."""
-    from collections import Counter
-
-    from ssrconv.runtimes.mnn_rt import mnn_module
-
-    verify(path)
-    mnn = mnn_module()
-    variables = mnn.expr.load_as_dict(str(path))
-    info = mnn.nn.load_module_from_file(str(path), [], []).get_info()
-
-    def io(names):
-        out = []
-        for name in names:
-            var = variables.get(name)
-            shape = list(var.shape) if var is not None else None
-            if shape:
-                shape[0] = None  # the batch: MNN resizes to the batch it is given
-            out.append({"name": name, "shape": shape, "dtype": "float32", "quantization": None})
-        return out
-
-    ops = Counter(v.op_type for v in variables.values())
-    return {"inputs": io(info["inputNames"]), "outputs": io(info["outputNames"]),
-            "ops": dict(sorted(ops.items())), "float_ops": dict(sorted(ops.items())),
-            "integer_only": False, "mnn_version": info.get("version"),
-            "biz_code": info.get("bizCode")}

@@ -39,7 +39,7 @@ from ssrconv.converters.int8_prep import (
     rewrite,
     round_kernels,
 )
-from ssrconv.converters.tflite_flatbuffer import integer_only_violations, operators, pack, schema
+from ssrconv.formats.tflite_flatbuffer import integer_only_violations, operators, pack, schema
 from ssrconv.errors import Int8RecipeError
 
 TANH_CLIP = 4.0       # calibrated range of tanh inputs clipped to [-T, T]

@@ -1,7 +1,8 @@
 """The export graph: the reference SSR-Net rewritten into a faster, function-preserving graph.
 
-``build_export_graph`` (in :mod:`ssrconv.graph.builder`) and ``check_exact`` import Keras;
-this package's ``__init__`` stays light.
+``build_export_graph`` and ``check_exact`` live in :mod:`ssrconv.graph.builder` (it imports
+Keras); this package's ``__init__`` holds the variants and stays light. The fused stage layers
+the builder writes are described in :mod:`ssrconv.stages`.
 """
 
 from __future__ import annotations
@@ -12,15 +13,6 @@ from ssrconv.errors import SsrconvError
 
 GRAPHS = ("fast", "original")
 
-# Layers of the fast graph holding every stage tensor of every head, columns stage-major
-# (column (k * heads + head) * units + unit): runtimes slice the original stage tensors out of
-# them (ssrconv.runtimes.stages.locate). (layer name, activation, units per stage and head).
-FUSED_STAGE_LAYERS = {
-    "probabilities": ("fused_stage_probs", "Relu", 3),
-    "delta": ("fused_stage_deltas", "Tanh", 1),
-    "local_delta": ("fused_stage_local_deltas", "Tanh", 3),
-}
-STAGES = 3
 DEFAULT_GRAPH = "fast"
 
 
@@ -93,16 +85,3 @@ def get_variant(name: str) -> Variant:
         raise GraphNotExactError(f"unknown export-graph variant {name!r}: known variants are "
                                  f"{', '.join(VARIANTS)}") from None
 
-
-def build_export_graph(reference_model, task: str, variant: str):
-    """See :func:`ssrconv.graph.builder.build_export_graph`."""
-    from ssrconv.graph.builder import build_export_graph as build
-
-    return build(reference_model, task, variant)
-
-
-def check_exact(reference_model, export_model, inputs):
-    """See :func:`ssrconv.graph.builder.check_exact`."""
-    from ssrconv.graph.builder import check_exact as check
-
-    return check(reference_model, export_model, inputs)

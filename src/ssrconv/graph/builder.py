@@ -65,7 +65,8 @@ tensorflow()  # quiet import of TF before Keras pulls it in
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from ssrconv.graph import FUSED_STAGE_LAYERS, GraphNotExactError, Variant, get_variant  # noqa: E402
+from ssrconv.graph import GraphNotExactError, Variant, get_variant  # noqa: E402
+from ssrconv.stages import FUSED_STAGE_LAYERS  # noqa: E402
 from ssrconv.reference.model import (  # noqa: E402
     BN_EPSILON,
     INPUT_SIZE,
@@ -81,7 +82,7 @@ CROP = 62  # the rows/columns of the 64 x 64 input the network reads (module doc
 SUMMARY_CHANNELS = 10
 
 # Names of the fused stage layers: runtimes' stage_outputs find them by these names and slice
-# each original stage tensor out of them (ssrconv.runtimes.stages.fused_location).
+# each original stage tensor out of them (ssrconv.stages.fused_location).
 FUSED_PROBS = FUSED_STAGE_LAYERS["probabilities"][0]
 FUSED_DELTAS = FUSED_STAGE_LAYERS["delta"][0]
 FUSED_LOCAL = FUSED_STAGE_LAYERS["local_delta"][0]

@@ -263,7 +263,7 @@ class NumpyReference(Runtime):
 
     ``task`` "age", "gender" or "age-gender"; weights are registry names or ``.h5`` paths
     (default age-wiki, gender-wiki), resolved and sha256-checked by
-    :func:`ssrconv.reference.assets.resolve`. ``engine`` "numpy-float32" or "numpy-float64" is
+    :func:`ssrconv.assets.resolve`. ``engine`` "numpy-float32" or "numpy-float64" is
     the arithmetic of the whole forward pass; outputs are float32 like every runtime's.
     """
 
@@ -271,8 +271,8 @@ class NumpyReference(Runtime):
 
     def __init__(self, task: str = "age-gender", age_weights=None, gender_weights=None,
                  engine: str = "numpy-float32"):
-        from ssrconv.reference import TASKS
-        from ssrconv.reference.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, resolve
+        from ssrconv.reference.keras_reference import TASKS
+        from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, resolve
         from ssrconv.reference.weights import read_h5_weights
 
         if task not in TASKS:
@@ -321,7 +321,7 @@ class NumpyReference(Runtime):
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
         """The stage tensors named by ``specs`` (``spec.layer`` as in the Keras model: with the
         ``age_``/``gender_`` prefix for the two-head reference, without for a single head)."""
-        from ssrconv.runtimes.stages import StagesUnavailable
+        from ssrconv.stages import StagesUnavailable
 
         names = {}
         for t, head in zip(self._prefix, self._heads):

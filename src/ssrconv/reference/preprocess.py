@@ -339,7 +339,7 @@ def _is_chip(image: np.ndarray, found) -> bool:
 
 def load_sample_faces(detector=None) -> FaceSet:
     """The 7 faces of the two built-in sample photographs (asset registry), unlabelled."""
-    from ssrconv.reference.assets import sample_photos
+    from ssrconv.assets import sample_photos
 
     faces = load_face_files(sample_photos(), name="the built-in sample photos", kind="photos",
                             detector=detector)

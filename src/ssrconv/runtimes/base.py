@@ -9,14 +9,11 @@ import numpy as np
 
 from ssrconv.errors import SsrconvError
 
-HEADS = ("age", "p_male")
-
 
 class Runtime(ABC):
     """A loaded artifact. ``engine`` names what actually executes it (e.g. ``tflite+xnnpack``,
     ``coreml-mil-numpy``), so reports never pass one engine off as another."""
 
-    backend: str = ""
     engine: str = ""
     path: Path | None = None
     heads: tuple[str, ...] = ()
@@ -37,10 +34,10 @@ class Runtime(ABC):
         return np.ascontiguousarray(array, dtype=np.float32)
 
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
-        """The stage tensors named by ``specs`` (see :mod:`ssrconv.runtimes.stages`) for
+        """The stage tensors named by ``specs`` (see :mod:`ssrconv.stages`) for
         ``batch``, as float32 {spec.key: (N, units)}; StagesUnavailable when this runtime
         cannot expose them."""
-        from ssrconv.runtimes.stages import StagesUnavailable
+        from ssrconv.stages import StagesUnavailable
 
         raise StagesUnavailable(f"{self.engine} exposes the model outputs only")
 
@@ -61,6 +58,15 @@ class Runtime(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+    @property
+    def backend(self) -> str:
+        """The format family this runtime serves, asked of the table from its path ("" when it
+        has none; the reference runtimes name themselves)."""
+        from ssrconv.targets import format_of
+
+        fmt = format_of(self.path) if self.path is not None else None
+        return fmt.family if fmt is not None else ""
 
     def describe(self) -> dict:
         return {"backend": self.backend, "engine": self.engine,

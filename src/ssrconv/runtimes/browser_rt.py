@@ -4,7 +4,9 @@
 (WebAssembly, the same files ``--to web`` vendors). The folder is served from 127.0.0.1 by a
 small threaded server on a random port, with the cross-origin isolation headers (COOP/COEP)
 that give ``performance.now()`` 5 us resolution (100 us without) and allow wasm threads.
-Batches cross into the page as base64 float32; ages and P(male) come back as numbers.
+Batches cross into the page as base64 float32; ages and P(male) come back as numbers. The page
+side of each engine is a module in ``browser_js/`` (package data), read at run time and
+embedded in the blank page the engine opens.
 
 Chromium is the system's (Debian's ``chromium``, ``$SSRCONV_CHROMIUM`` to override), never a
 browser download: ``make browser`` installs it with the npm packages and Playwright.
@@ -28,7 +30,9 @@ import numpy as np
 
 from ssrconv.atomic import remove_path, track
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats import HEADS, web
+from ssrconv.formats.web import BrowserSetupError
+from ssrconv.runtimes.base import Runtime
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 # As the machine probe ran it (root: --no-sandbox); the background-networking flags stop
@@ -39,12 +43,11 @@ CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 HARNESS = "/__ssrconv_harness.html"
 CHUNK = 64  # faces per page call: bounds the base64 string (~260 KB per 4 faces)
 TIMEOUT_MS = 120_000
+PAGE_JS = Path(__file__).with_name("browser_js")  # each engine's page module (package data)
 
 
 def chromium_path() -> Path:
     """The Chromium executable the browser engines launch; BrowserSetupError when missing."""
-    from ssrconv.converters.web import BrowserSetupError
-
     path = Path(os.environ.get("SSRCONV_CHROMIUM") or DEFAULT_CHROMIUM)
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise BrowserSetupError(f"no Chromium at {path}; run `make browser` (Debian's chromium) "
@@ -115,8 +118,6 @@ class BrowserPage:
         try:
             from playwright.sync_api import sync_playwright
         except ImportError:
-            from ssrconv.converters.web import BrowserSetupError
-
             raise BrowserSetupError("Playwright for Python is not installed; run `make browser` "
                                     "or pip install 'ssrconv[browser]'") from None
         executable = executable or chromium_path()
@@ -153,40 +154,21 @@ class BrowserPage:
         self.close()
 
 
-_LOAD = """async ([model, threads]) => {
-  const lib = await import('./ssrconv.mjs');
-  lib.configure({ numThreads: threads });
-  const session = await lib.loadModel(model);
-  window.__ssrconv = { lib, session };
-  return { inputs: session.inputNames, outputs: session.outputNames,
-           isolated: self.crossOriginIsolated, version: lib.ort.env.versions.web };
-}"""
-
-_RUN = """async ([b64, n]) => {
-  const { lib, session } = window.__ssrconv;
-  const bytes = Uint8Array.fromBase64(b64);
-  const { heads, ms } = await lib.runSsrnet(session, new Float32Array(bytes.buffer), n);
-  const out = { ms };
-  for (const [k, v] of Object.entries(heads)) out[k] = Array.from(v);
-  return out;
-}"""
-
-_TIME = """async ([b64, n, repeats]) => {
-  const { lib, session } = window.__ssrconv;
-  const data = new Float32Array(Uint8Array.fromBase64(b64).buffer);
-  const times = [];
-  for (let i = 0; i < repeats; i++) times.push((await lib.runSsrnet(session, data, n)).ms);
-  return times;
-}"""
-
-
 class BrowserRuntime(Runtime):
     """``chromium-ort-wasm``: an .onnx file or a .web folder in onnxruntime-web in headless
     Chromium. ``num_threads`` sets ort-web's wasm threads (default 1)."""
 
     engine = "chromium-ort-wasm"
-    harness = ""  # extra HTML in the blank page (LiteRT.js: an import map)
-    load_js, run_js, time_js = _LOAD, _RUN, _TIME
+    page_module = "ort.mjs"  # in PAGE_JS: defines window.__ssrconvEngine.{load, run, time}
+    import_map: dict | None = None  # bare module names the page module's imports need
+
+    @classmethod
+    def harness(cls) -> str:
+        """The HTML the blank page gets: the import map (if any), then the page module."""
+        source = (PAGE_JS / cls.page_module).read_text(encoding="utf-8")
+        imports = ("" if cls.import_map is None else
+                   f'<script type="importmap">{json.dumps(cls.import_map)}</script>')
+        return f'{imports}<script type="module">\n{source}</script>'
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         self.path = Path(path)
@@ -211,23 +193,21 @@ class BrowserRuntime(Runtime):
         atexit.register(_close_ref, weakref.ref(self))
 
     def _prepare(self) -> tuple[Path, str]:
-        """(folder to serve, model file in it): a .web folder as is; for an .onnx, a private
-        folder with the library, the vendored runtime and a copy of the model."""
-        from ssrconv.converters import web
+        """(folder to serve, model file in it): a folder package (``.web``) as is, with the
+        model its format names as its inner artifact; a bare model (``.onnx``) in a private
+        folder with the library, the vendored runtime and a copy of it. The artifact was
+        verified by open_artifact."""
+        from ssrconv.targets import ENGINES, format_of
 
-        from ssrconv.targets import format_of
-
-        family = getattr(format_of(self.path), "family", None)
-        if family == "web":
-            web.verify(self.path)
-            self.backend = "web"
-            return self.path, web.read_config(self.path)["model"]
-        if family != "onnx":
-            raise ModelFileError(f"{self.path}: {self.engine} reads .onnx files and .web folders")
+        fmt = format_of(self.path)
+        if fmt is None or fmt.family not in ENGINES[self.engine].reads:
+            raise ModelFileError(f"{self.path}: {self.engine} reads "
+                                 f"{', '.join(ENGINES[self.engine].reads)} artifacts")
+        inner = fmt.inner_artifact(self.path)
+        if inner is not None:
+            return self.path, inner.relative_to(self.path).as_posix()
         if not self.path.is_file():
             raise ModelFileError(f"{self.path}: no such file")
-        _check_onnx(self.path)
-        self.backend = "onnx"
         self._tmp = track(Path(tempfile.mkdtemp(prefix="ssrconv-browser-")))
         web.build_folder(self._tmp, self.path, "model.onnx", detector=False)
         return self._tmp, "model.onnx"
@@ -235,11 +215,11 @@ class BrowserRuntime(Runtime):
     def _start(self, root: Path, model: str, executable: Path) -> None:
         from playwright.sync_api import Error as PlaywrightError
 
-        self._page = BrowserPage(root, executable, self.harness)
+        self._page = BrowserPage(root, executable, self.harness())
         self.page = self._page.page
         try:
             self.page.goto(self._page.url + HARNESS)
-            info = self.page.evaluate(self.load_js, [model, self.num_threads])
+            info = self._call("load", [model, self.num_threads])
         except PlaywrightError as err:
             raise ModelFileError(f"{self.path}: {self.engine} could not load it "
                                  f"({_first_line(err)})") from None
@@ -260,8 +240,7 @@ class BrowserRuntime(Runtime):
         for start in range(0, len(batch), CHUNK):
             part = batch[start:start + CHUNK]
             try:
-                got = self.page.evaluate(self.run_js,
-                                         [base64.b64encode(part.tobytes()).decode(), len(part)])
+                got = self._call("run", [base64.b64encode(part.tobytes()).decode(), len(part)])
             except PlaywrightError as err:
                 raise SsrconvError(f"{self.path}: {self.engine} failed running a batch of "
                                    f"{len(part)} ({_first_line(err)})") from None
@@ -278,9 +257,13 @@ class BrowserRuntime(Runtime):
         """``repeats`` timings (ms) of session.run on one batch, measured inside the page
         (no Python/DevTools round trip): the per-call cost a web app sees."""
         batch = self.check_batch(batch)
-        times = self.page.evaluate(self.time_js, [base64.b64encode(batch.tobytes()).decode(),
-                                                  len(batch), int(repeats)])
+        times = self._call("time", [base64.b64encode(batch.tobytes()).decode(), len(batch),
+                                    int(repeats)])
         return np.asarray(times, dtype=np.float64)
+
+    def _call(self, name: str, args: list):
+        """``window.__ssrconvEngine[name](args)`` in the page (the page module's function)."""
+        return self.page.evaluate(f"(args) => window.__ssrconvEngine.{name}(args)", args)
 
     def describe(self) -> dict:
         return {**super().describe(), "runtime_version": getattr(self, "runtime_version", None),
@@ -298,77 +281,27 @@ class BrowserRuntime(Runtime):
             self._tmp = None
 
 
-# LiteRT.js: the static batch B the model declares; a batch of N runs as N/B calls in the page.
-_LITERT_LOAD = """async ([model, threads]) => {
-  const L = await import('./litert/litert.mjs');
-  await L.loadLiteRt(new URL('./litert/wasm/', location.href).href, { threads: false });
-  const m = await L.loadAndCompile(model, { accelerator: 'wasm' });
-  const inp = m.getInputDetails(), out = m.getOutputDetails();
-  window.__ssrconv = { L, m, input: inp[0].name, batch: inp[0].shape[0] };
-  return { inputs: inp.map((d) => d.name), input_shapes: inp.map((d) => Array.from(d.shape)),
-           outputs: out.map((d) => d.name), isolated: self.crossOriginIsolated,
-           version: null };
-}"""
-
-_LITERT_CALL = """
-  const { L, m, input, batch } = window.__ssrconv;
-  const face = 64 * 64 * 3;
-  const call = async (data, offset) => {
-    const t = new L.Tensor(data.slice(offset * face, (offset + batch) * face), [batch, 64, 64, 3]);
-    const t0 = performance.now();
-    const out = await m.run({ [input]: t });
-    const ms = performance.now() - t0;
-    const heads = {};
-    for (const [k, v] of Object.entries(out)) { heads[k] = v.toTypedArray(); v.delete(); }
-    t.delete();
-    return { heads, ms };
-  };
-"""
-
-_LITERT_RUN = """async ([b64, n]) => {""" + _LITERT_CALL + """
-  const data = new Float32Array(Uint8Array.fromBase64(b64).buffer);
-  const result = { ms: 0 };
-  for (let i = 0; i < n; i += batch) {
-    const { heads, ms } = await call(data, i);
-    result.ms += ms;
-    for (const [k, v] of Object.entries(heads)) (result[k] ??= []).push(...v);
-  }
-  return result;
-}"""
-
-_LITERT_TIME = """async ([b64, n, repeats]) => {""" + _LITERT_CALL + """
-  const data = new Float32Array(Uint8Array.fromBase64(b64).buffer);
-  const times = [];
-  for (let r = 0; r < repeats; r++) {
-    let total = 0;
-    for (let i = 0; i < n; i += batch) total += (await call(data, i)).ms;
-    times.push(total);
-  }
-  return times;
-}"""
-
-
 class LiteRtBrowserRuntime(BrowserRuntime):
     """``chromium-litert-wasm``: a static-batch ``.tflite`` in LiteRT.js (``@litertjs/core``,
     wasm, XNNPACK) in headless Chromium. LiteRT.js 2.5 has no input resize, so a dynamic-batch
     file is refused with the fix (``ssrconv export --batch 1``)."""
 
     engine = "chromium-litert-wasm"
-    harness = ('<script type="importmap">' + json.dumps(
-        {"imports": {"@litertjs/wasm-utils": "./litert/wasm-utils.mjs"}}) + "</script>")
-    load_js, run_js, time_js = _LITERT_LOAD, _LITERT_RUN, _LITERT_TIME
+    page_module = "litert.mjs"
+    import_map = web.LITERT_IMPORT_MAP
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         super().__init__(path, num_threads=1, precision=precision)
         self.executed_precision = None  # LiteRT.js reports no per-kernel precision
 
     def _prepare(self) -> tuple[Path, str]:
-        from ssrconv.converters import tflite_flatbuffer, web
+        from ssrconv.formats import tflite_flatbuffer
+        from ssrconv.targets import ENGINES, format_of
 
-        from ssrconv.targets import format_of
-
-        if getattr(format_of(self.path), "family", None) != "tflite" or not self.path.is_file():
-            raise ModelFileError(f"{self.path}: {self.engine} reads .tflite files")
+        fmt = format_of(self.path)
+        if fmt is None or fmt.family not in ENGINES[self.engine].reads or not self.path.is_file():
+            raise ModelFileError(f"{self.path}: {self.engine} reads "
+                                 f"{', '.join(ENGINES[self.engine].reads)} files")
         data = self.path.read_bytes()
         try:
             dynamic = tflite_flatbuffer.is_dynamic_batch(data)
@@ -378,12 +311,10 @@ class LiteRtBrowserRuntime(BrowserRuntime):
             raise ModelFileError(f"{self.path}: input has a variable batch and LiteRT.js 2.5 "
                                  "cannot resize inputs; export a static-batch file with "
                                  "ssrconv export --to tflite --batch 1")
-        self.backend = "tflite"
         self._tmp = track(Path(tempfile.mkdtemp(prefix="ssrconv-litert-")))
         self.runtime_version = web.vendor_litert(self._tmp)
         shutil.copyfile(self.path, self._tmp / "model.tflite")
         return self._tmp, "model.tflite"
-
 
 
 ENGINES = {BrowserRuntime.engine: BrowserRuntime, LiteRtBrowserRuntime.engine: LiteRtBrowserRuntime}
@@ -392,7 +323,7 @@ ENGINES = {BrowserRuntime.engine: BrowserRuntime, LiteRtBrowserRuntime.engine: L
 def litert_refuses(path: Path) -> str | None:
     """Why LiteRT.js cannot run ``path`` by design (a variable-batch input: it has no resize
     call), or None."""
-    from ssrconv.converters import tflite_flatbuffer
+    from ssrconv.formats import tflite_flatbuffer
 
     try:
         dynamic = tflite_flatbuffer.is_dynamic_batch(Path(path).read_bytes())
@@ -402,16 +333,6 @@ def litert_refuses(path: Path) -> str | None:
         return ("LiteRT.js 2.5 cannot resize a variable-batch input; it runs static-batch "
                 ".tflite files: ssrconv export --to tflite --batch 1")
     return None
-
-
-def _check_onnx(path: Path) -> None:
-    """Refuse a file that does not parse as ONNX before the browser is handed it."""
-    import onnx
-
-    try:
-        onnx.load_model_from_string(path.read_bytes())
-    except Exception as err:  # protobuf raises several unrelated types on garbage
-        raise ModelFileError(f"{path}: not a readable ONNX model ({type(err).__name__})") from None
 
 
 def _close_ref(ref) -> None:

@@ -1,7 +1,7 @@
 """CoreML as a Runtime: the real CoreML framework on macOS, a numpy MIL interpreter elsewhere.
 
 coremltools cannot execute a model off macOS (there is no ``libcoremlpython`` on Linux), so on
-Linux the exported mlprogram is executed op by op by :mod:`ssrconv.runtimes.mil_numpy`,
+Linux the exported mlprogram is executed op by op by :mod:`ssrconv.formats.mil_numpy`,
 honouring its fp16 casts. ``engine`` says which one ran: ``coreml`` or ``coreml-mil-numpy``.
 """
 
@@ -14,7 +14,8 @@ import numpy as np
 
 from ssrconv._imports import coremltools
 from ssrconv.errors import MissingExtraError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 
 def coreml_available() -> bool:
@@ -57,7 +58,7 @@ def load_coreml(path: Path, num_threads: int | None = None, precision: str | Non
 
 
 class _CoreMLBase(Runtime):
-    backend = "coreml"
+    """What the native and the numpy CoreML runtimes share."""
 
     def _outputs(self, results: dict, n: int) -> dict[str, np.ndarray]:
         return {h: self.head_values(h, results[h], n) for h in self.heads}
@@ -97,7 +98,7 @@ class MilNumpyRuntime(_CoreMLBase):
     engine = "coreml-mil-numpy"
 
     def __init__(self, path: Path):
-        from ssrconv.runtimes.mil_numpy import MilProgram
+        from ssrconv.formats.mil_numpy import MilProgram
 
         self.path = Path(path)
         self.program = MilProgram.from_mlpackage(self.path)
@@ -113,7 +114,7 @@ class MilNumpyRuntime(_CoreMLBase):
         return self._outputs(self.program.run({self.input_name: batch}), len(batch))
 
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
-        from ssrconv.runtimes.stages import locate
+        from ssrconv.stages import locate
 
         shapes = self.program.intermediate_names()
 

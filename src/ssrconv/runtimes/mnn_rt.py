@@ -11,52 +11,27 @@ artifact runs at precision ``low`` (fp16 arithmetic where the CPU has it) with M
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats.mnn import mnn_module, stdout_to_stderr
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 INPUT_NAME = "face_bgr"
 WINOGRAD_MEMORY_LEVEL = 3  # MNN::Interpreter::HintMode; value 0 = no Winograd
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """MNN's C++ prints banners ("The device supports: ...", "MNN use high precision") on fd 1,
-    which carries predict's JSON: send them to fd 2 while MNN is set up."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def mnn_module():
-    """The ``MNN`` package, imported with its banner kept off stdout."""
-    with _stdout_to_stderr():
-        import MNN
-    return MNN
-
 
 class MnnRuntime(Runtime):
     """An ``.mnn`` file on MNN's CPU backend, one thread unless told otherwise."""
 
-    backend = "mnn"
-
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
-        from ssrconv.converters.mnn import file_precision, verify
+        from ssrconv.formats.mnn import file_precision
 
         self.path = Path(path)
-        verify(self.path)
         mnn = mnn_module()
         self.precision = precision or file_precision(self.path)
         fp16 = self.precision == "fp16"
@@ -64,7 +39,7 @@ class MnnRuntime(Runtime):
         self.config = {"backend": "CPU", "precision": "low" if fp16 else "high",
                        "numThread": self.threads}
         self.hints = {} if fp16 else {"WINOGRAD_MEMORY_LEVEL": 0}
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             try:
                 manager = mnn.nn.create_runtime_manager((self.config,))
                 for _name, value in self.hints.items():
@@ -90,11 +65,11 @@ class MnnRuntime(Runtime):
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
         """A second module on the same file with the stage tensors (which keep their ONNX
         names in an .mnn) as its outputs."""
-        from ssrconv.runtimes.stages import locate
+        from ssrconv.stages import locate
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:
-            with _stdout_to_stderr():
+            with stdout_to_stderr():
                 variables = self._mnn.expr.load_as_dict(str(self.path))
                 located = [locate(s, self.heads, lambda units: {n: n for n in variables})
                            for s in specs]

@@ -1,6 +1,6 @@
 """ncnn (the pip ``ncnn`` package, CPU, Vulkan off) as a Runtime.
 
-The package's param takes one face per call (see :mod:`ssrconv.converters.ncnn`), so
+The package's param takes one face per call (see :mod:`ssrconv.formats.ncnn`), so
 :meth:`NcnnRuntime.run` loops over the batch, handing ncnn each 64 x 64 x 3 face of the contract
 as it is. The options that make fp32 fp32 on x86 (measured on the dev faces, docs/CONVERTERS.md):
 ncnn's default ``use_fp16_storage`` keeps weights and activations in float16 on CPUs with F16C
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 FP32_OPTIONS = {"use_vulkan_compute": False, "use_fp16_storage": False, "use_fp16_packed": False,
                 "use_fp16_arithmetic": False, "use_bf16_storage": False,
@@ -28,16 +29,13 @@ FP16_OPTIONS = {"use_vulkan_compute": False, "use_fp16_storage": True, "use_fp16
 class NcnnRuntime(Runtime):
     """An ``.ncnn`` package (param + bin) on ncnn's CPU path, one thread unless told otherwise."""
 
-    backend = "ncnn"
-
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         import ncnn
 
-        from ssrconv.converters.ncnn import (INPUT_NAME, _blob_io, _weights_dtype, blob_names,
-                                             package_files, parse_param, verify)
+        from ssrconv.formats.ncnn import (INPUT_NAME, _blob_io, _weights_dtype, blob_names,
+                                          package_files, parse_param)
 
         self.path = Path(path)
-        verify(self.path)
         param, weights = package_files(self.path)
         parsed = parse_param(param)
         inputs, outputs = _blob_io(parsed)
@@ -83,7 +81,7 @@ class NcnnRuntime(Runtime):
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
         """The stage blobs the converter kept under their ONNX names (one face at a time; in
         the fast graph, columns of the fused stage blobs)."""
-        from ssrconv.runtimes.stages import locate
+        from ssrconv.stages import locate
 
         located = [locate(s, self.heads, lambda units: {b: b for b in self._blobs}) for s in specs]
         names = list(dict.fromkeys(n for n, _ in located))

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 
 class OnnxRuntime(Runtime):
     """An .onnx artifact on onnxruntime's CPU execution provider."""
 
-    backend = "onnx"
     engine = "onnxruntime-cpu"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
@@ -22,7 +22,7 @@ class OnnxRuntime(Runtime):
 
         import onnxruntime as ort
 
-        from ssrconv.converters.onnx import read_model
+        from ssrconv.formats.onnx import read_model
 
         self.proto = read_model(path)  # parsed and checked by onnx before onnxruntime sees it
         data = self.proto.SerializeToString()
@@ -53,7 +53,7 @@ class OnnxRuntime(Runtime):
         import onnx
         import onnxruntime as ort
 
-        from ssrconv.runtimes.stages import locate
+        from ssrconv.stages import locate
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 # Artifact precision -> the float precision OpenVINO is told to execute. Only an explicit bf16
 # artifact runs in bf16; fp16 weights are decompressed and computed in f32, int8 QDQ graphs run
@@ -32,18 +33,10 @@ _PRECISION_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 _MAX_COMPILED = 4
 
 
-def ir_files(package: Path) -> tuple[Path, Path]:
-    """The ``(<stem>.xml, <stem>.bin)`` of an OpenVINO IR package directory."""
-    xmls = sorted(Path(package).glob("*.xml"))
-    if len(xmls) != 1:
-        raise ModelFileError(f"{package}: an OpenVINO package holds one .xml, found {len(xmls)}; "
-                             "re-export it with ssrconv export --to openvino")
-    return xmls[0], xmls[0].with_suffix(".bin")
 
-
-def _check_file(path: Path) -> str:
-    """The project's structural check of ``path`` (its format's verifier, from the table)
-    before OpenVINO's C++ reads it; returns the format family."""
+def _format(path: Path):
+    """The format of ``path`` (from the table), refused unless OpenVINO reads it. The bytes
+    were verified by :func:`ssrconv.artifacts.open_artifact` before this runtime got them."""
     from ssrconv.targets import ENGINES, format_of
 
     fmt = format_of(path)
@@ -51,20 +44,7 @@ def _check_file(path: Path) -> str:
     if fmt is None or fmt.family not in reads:
         raise ModelFileError(f"{path}: OpenVINO reads {', '.join(reads)} artifacts, not "
                              f"{path.suffix or '(no suffix)'!r}")
-    fmt.converter().verify(path)
-    return fmt.family
-
-
-def _tflite_heads(path: Path) -> list[str]:
-    """The signature names of a .tflite's outputs, in subgraph output order (OpenVINO's TFLite
-    frontend names outputs after their tensors, e.g. ``StatefulPartitionedCall_1:0``)."""
-    from ssrconv.converters import tflite_flatbuffer
-
-    model = tflite_flatbuffer.load(path.read_bytes())
-    if not model.signatureDefs:
-        return []
-    names = {o.tensorIndex: o.name.decode() for o in model.signatureDefs[0].outputs}
-    return [names.get(i, "") for i in model.subgraphs[0].outputs]
+    return fmt
 
 
 def _ir_precision(model) -> str | None:
@@ -91,26 +71,26 @@ class OpenVinoRuntime(Runtime):
         self.path = Path(path)
         if not self.path.exists():
             raise ModelFileError(f"{self.path}: no such file")
-        self.backend = _check_file(self.path)
-        source = ir_files(self.path)[0] if self.backend == "openvino" else self.path
+        fmt = _format(self.path)
+        source = fmt.inner_artifact(self.path) or self.path
         self.core = ov.Core()
         try:
             self.model = self.core.read_model(str(source))
         except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError/GeneralFailure
             raise ModelFileError(f"{self.path}: OpenVINO cannot read it ({_ov_error(err)})") from None
         self.float_convs = float_signed_input_convs(self.model)
-        if precision is None and self.backend == "openvino":
+        if precision is None:  # an ssrconv IR records its own; other files run in f32
             precision = _ir_precision(self.model)
         self.precision = precision
         self.requested_hint = _HINTS.get(precision or "", "f32")
         self.threads = num_threads
         if len(self.model.inputs) != 1:
             raise SsrconvError(f"{self.path}: not an SSR-Net export ({len(self.model.inputs)} inputs)")
-        if self.backend == "tflite":
-            heads = _tflite_heads(self.path)
-        else:
-            heads = [next((n for n in o.get_names() if n in HEADS), o.get_any_name())
-                     for o in self.model.outputs]
+        heads = [next((n for n in o.get_names() if n in HEADS), o.get_any_name())
+                 for o in self.model.outputs]
+        renamed = getattr(fmt.reader(), "output_names", None)  # names the frontend dropped
+        if not set(heads) <= set(HEADS) and renamed is not None:
+            heads = renamed(self.path)
         if not heads or not set(heads) <= set(HEADS) or len(set(heads)) != len(heads):
             raise SsrconvError(f"{self.path}: not an SSR-Net export (outputs {heads})")
         self.heads = tuple(heads)
@@ -169,10 +149,10 @@ class OpenVinoRuntime(Runtime):
         """The stage tensors, from a second compiled model with them added as outputs (the
         tensor names of the source graph survive in OpenVINO's: tf2onnx's, the .tflite's kept
         stage names, the IR's); a fast-graph file's stages are columns of its fused stage
-        tensors (:func:`ssrconv.runtimes.stages.locate`)."""
+        tensors (:func:`ssrconv.stages.locate`)."""
         import openvino as ov
 
-        from ssrconv.runtimes.stages import locate
+        from ssrconv.stages import locate
 
         batch = self.check_batch(batch)
         key = (tuple(s.key for s in specs), len(batch))

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime, dequantize, quantize
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime, dequantize, quantize
 
 
 def has_int8_dense(interpreter) -> bool:
@@ -33,12 +34,11 @@ class TFLiteRuntime(Runtime):
     layers (see :func:`has_int8_dense`), which get the builtin kernels.
     """
 
-    backend = "tflite"
     stage_engine = "tflite-builtin"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None,
                  use_xnnpack: bool | None = None):
-        from ssrconv.converters.tflite import load_interpreter, read_model
+        from ssrconv.formats.tflite import load_interpreter, read_model
 
         self.path = Path(path)
         self._data = read_model(self.path)  # read and checked once, before C++ sees it
@@ -67,8 +67,8 @@ class TFLiteRuntime(Runtime):
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
         """Stage tensors from a second interpreter that keeps every intermediate tensor
         (builtin kernels: a delegate's internal tensors are not preserved), dequantized."""
-        from ssrconv.converters.tflite import load_interpreter
-        from ssrconv.runtimes.stages import locate
+        from ssrconv.formats.tflite import load_interpreter
+        from ssrconv.stages import locate
 
         key = tuple(s.key for s in specs)
         if getattr(self, "_stage_key", None) != key:

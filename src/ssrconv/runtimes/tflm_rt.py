@@ -11,12 +11,14 @@ import numpy as np
 
 from ssrconv.errors import SsrconvError
 from ssrconv.mcu import interpreter, smallest_arena
-from ssrconv.runtimes.base import HEADS, Runtime, dequantize, quantize
+from ssrconv.targets import format_of
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime, dequantize, quantize
 
 def refuses(path: Path) -> str | None:
     """Why TFLite Micro does not run ``path`` by design (a float operator or a DEQUANTIZE of
     weights: the microcontroller targets are integer-only), or None."""
-    from ssrconv.converters.tflite_flatbuffer import integer_only_violations
+    from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
     try:
         violations = integer_only_violations(Path(path).read_bytes())
@@ -31,7 +33,7 @@ def refuses(path: Path) -> str | None:
 
 def output_names(data: bytes) -> list[str]:
     """The signature name of each subgraph output, in TFLite Micro's output order."""
-    from ssrconv.converters.tflite_flatbuffer import load
+    from ssrconv.formats.tflite_flatbuffer import load
 
     model = load(data)
     graph = model.subgraphs[0]
@@ -50,14 +52,11 @@ class TflmRuntime(Runtime):
     engine = "tflite-micro"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
-        from ssrconv.converters.tflite import read_model
+        from ssrconv.formats.tflite import read_model
 
         self.path = Path(path)
-        source = self.path
-        if self.path.is_dir():  # an Ethos-U package: its pre-Vela integer file
-            from ssrconv.converters.ethos_u import integer_file
-
-            source = integer_file(self.path)
+        fmt = format_of(self.path)  # an Ethos-U package: its pre-Vela integer file
+        source = (fmt.inner_artifact(self.path) if fmt is not None else None) or self.path
         why = refuses(source)
         if why:
             raise SsrconvError(f"{path}: {why}")

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError
-from ssrconv.runtimes.base import HEADS, Runtime
+from ssrconv.formats import HEADS
+from ssrconv.runtimes.base import Runtime
 
 _MAX_MODELS = 4  # runnable models kept, one per batch size
 
@@ -27,19 +28,18 @@ _MAX_MODELS = 4  # runnable models kept, one per batch size
 class TractRuntime(Runtime):
     """An .onnx artifact on tract (CPU, one thread)."""
 
-    backend = "onnx"
     engine = "tract"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         import tract
 
-        from ssrconv.converters.onnx import read_model
+        from ssrconv.formats.onnx import read_model
+
+        from ssrconv.targets import ENGINES, format_of
 
         self.path = Path(path)
-        from ssrconv.targets import format_of
-
-        if getattr(format_of(self.path), "family", None) != "onnx":
-            raise ModelFileError(f"{self.path}: tract reads .onnx only")
+        if getattr(format_of(self.path), "family", None) not in ENGINES["tract"].reads:
+            raise ModelFileError(f"{self.path}: tract reads {', '.join(ENGINES['tract'].reads)} only")
         proto = read_model(self.path)  # checked before tract's parser sees the bytes
         inputs = [i.name for i in proto.graph.input
                   if i.name not in {init.name for init in proto.graph.initializer}]

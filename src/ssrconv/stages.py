@@ -16,6 +16,16 @@ from dataclasses import dataclass
 
 from ssrconv.errors import SsrconvError
 
+# Layers of the fast graph holding every stage tensor of every head, columns stage-major
+# (column (k * heads + head) * units + unit): runtimes slice the original stage tensors out of
+# them (:func:`locate`). (layer name, activation, units per stage and head).
+FUSED_STAGE_LAYERS = {
+    "probabilities": ("fused_stage_probs", "Relu", 3),
+    "delta": ("fused_stage_deltas", "Tanh", 1),
+    "local_delta": ("fused_stage_local_deltas", "Tanh", 3),
+}
+STAGES = 3
+
 
 class StagesUnavailable(SsrconvError):
     """This runtime cannot expose the stage tensors (the reason is the message)."""
@@ -64,8 +74,6 @@ def find_unique(spec: StageSpec, candidates: dict[str, object]) -> object:
 def fused_location(spec: StageSpec, heads: tuple[str, ...]) -> tuple[StageSpec, slice]:
     """The fused fast-graph tensor holding ``spec`` and its columns (ssrconv.graph lays them
     out stage-major: column (k * heads + head) * units + unit)."""
-    from ssrconv.graph import FUSED_STAGE_LAYERS, STAGES
-
     layer, activation, units = FUSED_STAGE_LAYERS[spec.kind]
     head = heads.index(spec.key.split(".", 1)[0])
     k = int(spec.layer[-1]) - 1

@@ -18,7 +18,7 @@ class KerasRuntime(Runtime):
 
         tf = tensorflow("the keras reference")  # first: a missing extra is named for this step
 
-        from ssrconv.reference import load_reference
+        from ssrconv.reference.keras_reference import load_reference
         from ssrconv.reference.model import OUTPUT_NAMES
         self.reference = load_reference(task, age_weights, gender_weights)
         self.heads = OUTPUT_NAMES[task]

@@ -169,7 +169,8 @@ def resolve(name_or_path: str | os.PathLike, *, download: bool = True) -> Resolv
         return _resolve_name(ASSETS[text], download=download)
     path = Path(text).expanduser()
     if not path.exists():
-        if os.sep not in text and not text.endswith((".h5", ".onnx", ".json")):
+        registry_suffixes = tuple({Path(a.filename).suffix for a in ASSETS.values()})
+        if os.sep not in text and not text.endswith(registry_suffixes):
             known = ", ".join(n for n, a in ASSETS.items())
             raise AssetError(f"{text!r} is neither a known asset name ({known}) nor an existing file")
         raise AssetError(f"{path}: no such file")

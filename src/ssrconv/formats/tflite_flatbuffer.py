@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 # Tensor names parity still needs: the SSR stage tensors, located by layer name
-# (ssrconv.runtimes.stages), and the fused stage layers of the fast graph (ssrconv.graph).
+# (ssrconv.stages), and the fused stage layers of the fast graph (ssrconv.graph).
 # Every other internal tensor gets the short name ``t<index>``: not blank, because OpenVINO's
 # TFLite frontend tells tensors apart by name (with blank names it merged a conv's input with
 # its weights: "Argument shapes are inconsistent").
