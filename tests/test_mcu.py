@@ -39,14 +39,21 @@ def test_tflite_micro_refuses_a_file_with_float_operators(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def ethos_u_package(tmp_path_factory, assets_dir, faces_dir):
-    """``ssrconv export --to ethos-u`` (16x8, calibrated on SSRCONV_FACES), once."""
-    from ssrconv.exporter import export
+def ethos_u_package(export_dir, tmp_path_factory):
+    """The session's ``--to all`` tflite-int16x8 file (calibrated on SSRCONV_FACES) packaged as
+    ``--to ethos-u`` packages it (the same file, Vela per accelerator), and the manifest
+    fields: the file's own (MCU RAM, flash) and the package's (Vela's figures)."""
+    import shutil
 
-    out = tmp_path_factory.mktemp("ethos-u")
-    export(to=("ethos-u",), calibration=faces_dir, out=out)
-    (package,) = out.glob("*.ethos-u")
-    return package, json.loads(package.with_name(package.name + ".json").read_text())
+    from ssrconv.converters.ethos_u import compile_package
+    from ssrconv.formats.ethos_u import describe
+
+    source = export_dir / "ssrnet_age_gender_int16x8.tflite"
+    package = tmp_path_factory.mktemp("ethos-u") / "ssrnet_age_gender_int16x8.ethos-u"
+    package.mkdir()
+    shutil.copyfile(source, package / source.name)
+    manifest = json.loads(source.with_name(source.name + ".json").read_text())
+    return package, {**manifest, **compile_package(package / source.name), **describe(package)}
 
 
 @pytest.mark.slow
@@ -90,3 +97,20 @@ def test_16x8_on_tflite_micro_within_the_int8_budget(ethos_u_package, budget_che
     assert runtime.describe()["mcu_ram_bytes"] == manifest["mcu"]["ram_bytes"]
     broken, stats = budget_check(runtime, "int8")
     assert not broken, (broken, stats)
+
+
+def test_bench_reports_mcu_ram_flash_and_vela_estimates_per_accelerator():
+    from ssrconv.benchmarks.report import device_rows
+
+    vela = {"npu_operators": 93, "cpu_operators": 5, "npu_mac_share": 0.99956, "sram_kib": 259.0,
+            "off_chip_flash_kib": 88.3, "dram_kib": 0.0, "estimated_inference_ms": 2.7693}
+    rows = [{"name": "a.ethos-u", "mode": "run",
+             "device": {"mcu": {"ram_bytes": 620016, "flash_bytes": 156304},
+                        "ethos_u": {"ethos-u55-128": vela}}},
+            {"name": "b.tflite", "mode": "run", "device": {"mcu": {"ram_bytes": 191824,
+                                                                    "flash_bytes": 163984}}},
+            {"name": "c.onnx", "mode": "run", "device": {}}]
+    assert device_rows({"results": rows}) == [
+        ["a.ethos-u", "620,016", "156,304", "ethos-u55-128", "93/98", "99.96%", "259", "88.3",
+         "2.77"],
+        ["b.tflite", "191,824", "163,984", "-", "-", "-", "-", "-", "-"]]

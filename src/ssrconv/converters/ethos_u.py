@@ -54,8 +54,14 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     dest.mkdir(parents=True, exist_ok=False)
     source = dest / f"{stem}.tflite"
     extra = tflite.convert(model, target, options, source, calibration, metadata)
-    for accelerator in ACCELERATORS:  # describe() reads the reports back into the manifest
-        run_vela(source, accelerator, dest)
+    return {**extra, **compile_package(source)}
+
+
+def compile_package(source: Path) -> dict:
+    """Vela's compilation of the integer file ``source`` for every accelerator, written beside
+    it (the package's directory); the manifest's Vela fields (describe() reads the reports)."""
     from importlib.metadata import version
 
-    return {**extra, "vela": version("ethos-u-vela"), "vela_optimise": OPTIMISE}
+    for accelerator in ACCELERATORS:
+        run_vela(source, accelerator, source.parent)
+    return {"vela": version("ethos-u-vela"), "vela_optimise": OPTIMISE}
