@@ -261,7 +261,14 @@ def convert_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPHA)
         tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tfl = conv.convert()
+        try:
+            tfl = conv.convert()
+        except Exception as err:  # noqa: BLE001 - the converter raises several unrelated types
+            if "'DIV'" not in str(err):
+                raise
+            raise Int8RecipeError("16x8 TFLite: the graph divides (the original graph's SSR "
+                                  "merge) and TFLite's 16x8 quantizer has no DIV; export it "
+                                  "from the fast graph (--graph fast, the default)") from None
     float_ops = integer_only_violations(tfl)
     if float_ops:
         raise Int8RecipeError(f"16x8 TFLite: operators computing in float: {float_ops} "
