@@ -1,18 +1,25 @@
 # Set-up and the two jobs the README names. Everything lands in ./.venv.
+SHELL := bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= ssrconv-out
 
-.PHONY: setup browser demo test test-fast test-runtime-only readme-figures model-card clean
+.PHONY: setup browser demo test test-fast test-runtime-only install-sizes readme-figures model-card clean
 
 setup: $(VENV)/.installed
 
+# pip's own output is hundreds of lines; PIP_PROGRESS keeps one line per ten packages resolved,
+# then the install step (about 3 minutes on 2 cores from a warm cache, 3.3 GB: make install-sizes).
+PIP_PROGRESS = awk '/^Collecting/ { n++; if (n % 10 == 0) { print "  setup: " n " packages resolved..."; fflush() } } \
+  /^Installing collected/ { print "  setup: installing " n " packages (the longest step)..."; fflush() } \
+  /^Successfully installed/ { print "  setup: installed" }'
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "ssrconv needs Python 3.11, got " + sys.version' 
+	@echo "setup: creating $(VENV) and installing ssrconv with every converter and runtime"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[all,test]'
+	set -o pipefail; $(BIN)/pip install --progress-bar off -e '.[all,test]' | $(PIP_PROGRESS)
 	$(BIN)/pip install --quiet --no-deps 'pnnx>=20261020'
 	@touch $@
 
@@ -32,11 +39,13 @@ browser: setup
 # Needs no data of one's own: without SSRCONV_FACES, int8 is calibrated data-free and parity runs
 # on the 7 faces of the built-in sample photos (assets, downloaded or from SSRCONV_ASSETS).
 # With SSRCONV_FACES (aligned chips or photos), both use those faces.
+DEMO_STARTED := $(shell date +%s)
 demo: setup
 	$(BIN)/ssrconv info
 	$(BIN)/ssrconv export --to all $${SSRCONV_FACES:+--calibration "$$SSRCONV_FACES"} --out $(OUT)
 	$(BIN)/ssrconv parity $(OUT) --json $(OUT)/parity.json --markdown $(OUT)/parity.md --junit $(OUT)/parity.xml
 	$(BIN)/ssrconv bench --all $(OUT) --json $(OUT)/bench.json --markdown $(OUT)/bench.md --plot $(OUT)/bench.png
+	@$(BIN)/python tools/demo_summary.py $(OUT) --started $(DEMO_STARTED)
 
 # The whole suite, slow tests included (CI runs exactly this). The browser tests need Chromium
 # and the npm packages: `make browser` (idempotent) comes first.
@@ -53,8 +62,14 @@ test-fast: setup
 test-runtime-only: setup
 	FULL_BIN=$(BIN) bash tools/runtime_only_check.sh
 
-# Regenerate the README's measured figures (sizes, parity, speed, accuracy, predict example).
+# The README's install sizes, measured: du -sh of this venv and of a fresh runtime-only one.
+install-sizes: setup
+	bash tools/install_sizes.sh $(VENV)
+
+# Regenerate the measured figures: the README's headline table and every full table of
+# docs/RESULTS.md (sizes, parity, speed, accuracy, int8, predict example).
 FIG := $(OUT)/figures
+RESULTS := docs/RESULTS.md
 readme-figures: setup browser
 	@test -n "$$SSRCONV_FACES" -a -n "$$SSRCONV_IMAGES" || { echo "readme-figures: set SSRCONV_FACES and SSRCONV_IMAGES" >&2; exit 2; }
 	rm -rf $(FIG) && mkdir -p $(FIG)
@@ -77,15 +92,17 @@ readme-figures: setup browser
 	$(BIN)/python tools/int8_report.py --bench $(FIG)/bench.json --parity "real-face=$(FIG)/parity.json" \
 	  --parity "data-free=$(FIG)/parity_datafree.json" --age-int8 $(FIG)/age/ssrnet_age_int8.tflite \
 	  --eval $(FIG)/eval_keras.json $(foreach m,export_ssrnet_age_gender_int8.tflite export_ssrnet_age_gender_int8.onnx datafree_ssrnet_age_gender_int8.tflite datafree_ssrnet_age_gender_int8.onnx,--eval $(FIG)/eval_$(m).json) > $(FIG)/int8.md
-	$(BIN)/ssrconv predict "$$SSRCONV_IMAGES/group_t1.jpg" --model $(FIG)/export/ssrnet_age_gender_int8.tflite --format csv --out $(FIG)/predict > $(FIG)/predict.csv
+	$(BIN)/ssrconv predict "$$SSRCONV_IMAGES/group_t1.jpg" --model $(FIG)/export/ssrnet_age_gender_int8.tflite --out $(FIG)/predict > $(FIG)/predict.json
 	$(BIN)/python -c "import json, datetime; from ssrconv.benchmarks.fingerprint import one_line; \
 	  print('Last regenerated on', datetime.date.today().isoformat(), 'on:', one_line(json.load(open('$(FIG)/bench.json'))['fingerprint']) + '.')" > $(FIG)/stamp.md
-	$(BIN)/python tools/splice_readme.py README.md stamp $(FIG)/stamp.md
-	$(BIN)/python tools/splice_readme.py README.md parity $(FIG)/parity.md
-	$(BIN)/python tools/splice_readme.py README.md bench $(FIG)/bench.md
-	$(BIN)/python tools/splice_readme.py README.md int8 $(FIG)/int8.md
-	{ echo '```'; cat $(FIG)/eval.txt; echo '```'; } > $(FIG)/eval.md && $(BIN)/python tools/splice_readme.py README.md eval $(FIG)/eval.md
-	{ echo '```'; cat $(FIG)/predict.csv; echo '```'; } > $(FIG)/predict.md && $(BIN)/python tools/splice_readme.py README.md predict $(FIG)/predict.md
+	$(BIN)/python tools/headline_table.py --parity $(FIG)/parity.json --bench $(FIG)/bench.json > $(FIG)/headline.md
+	$(BIN)/python tools/splice_readme.py README.md headline $(FIG)/headline.md
+	$(BIN)/python tools/splice_readme.py $(RESULTS) stamp $(FIG)/stamp.md
+	$(BIN)/python tools/splice_readme.py $(RESULTS) parity $(FIG)/parity.md
+	$(BIN)/python tools/splice_readme.py $(RESULTS) bench $(FIG)/bench.md
+	$(BIN)/python tools/splice_readme.py $(RESULTS) int8 $(FIG)/int8.md
+	{ echo '```'; cat $(FIG)/eval.txt; echo '```'; } > $(FIG)/eval.md && $(BIN)/python tools/splice_readme.py $(RESULTS) eval $(FIG)/eval.md
+	{ echo '```json'; cat $(FIG)/predict.json; echo '```'; } > $(FIG)/predict.md && $(BIN)/python tools/splice_readme.py $(RESULTS) predict $(FIG)/predict.md
 
 # docs/MODEL_CARD.md: `ssrconv eval` of every published weight set on SSRCONV_FACES (the seven
 # sets in four age+gender pairs; megaage-asian has no gender head, it is paired with gender-wiki).

@@ -3,11 +3,26 @@
 ``SSRCONV_ASSETS`` names the directory holding the published weights, ``SSRCONV_FACES`` the
 UTKFace-style labelled chips, ``SSRCONV_IMAGES`` the sample photographs. Outside CI a missing
 variable skips the tests that need it (with the reason); in CI (``CI=true``) it fails them.
+
+The suite shares its expensive work (issue 24): one ``--to all`` export (``export_dir``), one
+export factory for everything else (``exported``), one Keras reference per task and weights
+(``keras_reference``, ``references``), one numpy reference per engine (``numpy_references``) and
+one in-process CLI runner (``cli``). A new test asks these fixtures instead of exporting,
+building a reference or starting ``ssrconv`` in a subprocess of its own; it keeps its own export
+or subprocess only when that is what it tests (the exporter itself, atomicity, signals, process
+isolation, a fresh process's output).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
 import os
+import signal
+import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,7 +32,7 @@ def _need_dir(variable: str) -> Path:
     value = os.environ.get(variable)
     if value and Path(value).is_dir():
         return Path(value)
-    message = f"{variable} is not set to a directory (see README, 'Running the tests')"
+    message = f"{variable} is not set to a directory (see README, 'Two commands')"
     if os.environ.get("CI"):
         pytest.fail(message + "; CI must provide it", pytrace=False)
     pytest.skip(message)
@@ -47,11 +62,58 @@ def faces(faces_dir):
 
 
 @pytest.fixture(scope="session")
-def reference_age_gender(assets_dir):
-    """The default reference (age-wiki + gender-wiki) in one model."""
-    from ssrconv.reference import load_reference
+def references(assets_dir):
+    """``references(task="age-gender", age_weights=None, gender_weights=None) -> KerasRuntime``:
+    the Keras reference of ``task`` with those weights (registry names; None: age-wiki,
+    gender-wiki), built once per task and weights per session. Its ``.reference`` is the
+    :class:`ssrconv.reference.Reference` (the Keras model and its weights' provenance). Tests
+    must not change its model's weights (they build their own for that)."""
+    from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS
+    from ssrconv.loading import load_runtime
 
-    return load_reference("age-gender")
+    built = {}
+
+    def get(task: str = "age-gender", age_weights: str | None = None,
+            gender_weights: str | None = None):
+        age = (age_weights or DEFAULT_AGE_WEIGHTS) if task != "gender" else None
+        gender = (gender_weights or DEFAULT_GENDER_WEIGHTS) if task != "age" else None
+        if (task, age, gender) not in built:
+            built[task, age, gender] = load_runtime(backend="keras", task=task, age_weights=age,
+                                                    gender_weights=gender)
+        return built[task, age, gender]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def keras_reference(references):
+    """The default Keras reference (age-gender) as a runtime: what ``load_runtime(backend="keras")``
+    returns, built once per session."""
+    return references("age-gender")
+
+
+@pytest.fixture(scope="session")
+def reference_age_gender(keras_reference):
+    """The default reference (age-wiki + gender-wiki) in one model: the session Keras
+    reference's :class:`ssrconv.reference.Reference`."""
+    return keras_reference.reference
+
+
+@pytest.fixture(scope="session")
+def numpy_references(assets_dir):
+    """``numpy_references(engine="numpy-float32") -> NumpyReference``: the default reference
+    (age-gender) on a numpy engine ("numpy-float32" or "numpy-float64"), loaded once per engine
+    per session."""
+    from ssrconv.reference import load_reference_runtime
+
+    loaded = {}
+
+    def get(engine: str = "numpy-float32"):
+        if engine not in loaded:
+            loaded[engine] = load_reference_runtime("age-gender", engine=engine)
+        return loaded[engine]
+
+    return get
 
 
 @pytest.fixture
@@ -69,7 +131,7 @@ def isolated_assets(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory, assets_dir, faces_dir):
     """``ssrconv export --to all`` of the default age-gender reference, done once per session
-    (int8 calibrated on SSRCONV_FACES)."""
+    (int8 calibrated on SSRCONV_FACES). Read only: a test that changes files copies them first."""
     from ssrconv.exporter import export
 
     out = tmp_path_factory.mktemp("export") / "all"
@@ -78,11 +140,81 @@ def export_dir(tmp_path_factory, assets_dir, faces_dir):
 
 
 @pytest.fixture(scope="session")
-def reference_outputs(faces):
-    """The Keras reference's ages and P(male) on every face of SSRCONV_FACES, computed once."""
-    from ssrconv.loading import load_runtime
+def exported(request, tmp_path_factory, assets_dir, faces_dir):
+    """``exported(key, **options) -> Artifact``: the target ``key`` (a row of the target table,
+    e.g. "tflite-fp32") exported from the default weights with ``ssrconv.exporter.export``
+    options (``task``, ``graph``, ``batch``, ``calibration``...), once per session per key and
+    options, opened and verified (``.path``, ``.manifest``, ``.target``...). Read only: a test
+    that changes files copies them first.
 
-    return load_runtime(backend="keras").run(faces.inputs)
+    An int8 or int16x8 target without ``calibration`` is calibrated on SSRCONV_FACES, as in
+    ``export_dir``.
+    When the options are the ``--to all`` export's and a selected test needs ``export_dir``
+    anyway, the artifact is that export's file (the same converter, options and bytes), so no
+    row is converted twice; otherwise it is exported alone into a directory of its own.
+    """
+    from ssrconv.artifacts import open_artifact
+    from ssrconv.exporter import export
+    from ssrconv.options import ExportOptions
+    from ssrconv.targets import CALIBRATED_PRECISIONS, EXPORTED_BY_ALL, TARGETS
+
+    all_dir = None
+    if any("export_dir" in item.fixturenames for item in request.session.items):
+        all_dir = request.getfixturevalue("export_dir")
+    made: dict[tuple, object] = {}
+
+    def export_one(key: str, **options):
+        target = TARGETS[key]
+        if target.precision in CALIBRATED_PRECISIONS:
+            options.setdefault("calibration", faces_dir)
+        fields = ExportOptions(to=(target.family,), precision=(target.precision,), **options)
+        as_in_all = {"calibration": faces_dir} if target.precision in CALIBRATED_PRECISIONS else {}
+        default = ExportOptions(to=(target.family,), precision=(target.precision,), **as_in_all)
+        memo = (key, tuple(sorted(options.items())))
+        if memo not in made:
+            if all_dir is not None and key in EXPORTED_BY_ALL and fields == default:
+                path = all_dir / target.filename(fields.task)
+            else:
+                out = tmp_path_factory.mktemp(f"exported-{key}") / "out"
+                (artifact,) = export(dataclasses.replace(fields, out=out))
+                path = artifact.path
+            made[memo] = open_artifact(path)
+        return made[memo]
+
+    return export_one
+
+
+@pytest.fixture(scope="session")
+def parity_inputs(faces):
+    """The parity inputs: the 300 real faces of SSRCONV_FACES, then 64 seeded synthetic ones."""
+    import numpy as np
+
+    from ssrconv.parity import synthetic_inputs
+
+    return np.concatenate([faces.inputs, synthetic_inputs(64)])
+
+
+@pytest.fixture(scope="session")
+def golden(assets_dir, parity_inputs):
+    """``golden(name) -> float64 array``: the independent oracle (tests/golden_numpy.py, the
+    original JSON graph) with registry weights ``name`` on every row of ``parity_inputs``,
+    computed once per weights file (each row is computed on its own: slice the rows you need)."""
+    from golden_assets import golden_outputs
+
+    computed = {}
+
+    def get(name: str):
+        if name not in computed:
+            computed[name] = golden_outputs(assets_dir, name, parity_inputs)
+        return computed[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def reference_outputs(faces, keras_reference):
+    """The Keras reference's ages and P(male) on every face of SSRCONV_FACES, computed once."""
+    return keras_reference.run(faces.inputs)
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +233,7 @@ def budget_check(faces, reference_outputs):
 
 
 @pytest.fixture(scope="session")
-def stage_drift(faces):
+def stage_drift(faces, keras_reference):
     """``drift(path, n=8) -> {stage tensor: max |diff|}``: the artifact at ``path`` on its own
     engine against the reference, on the first ``n`` faces (ssrconv.parity.stage_differences);
     fails when the 18 stage tensors are not all found."""
@@ -109,9 +241,73 @@ def stage_drift(faces):
     from ssrconv.loading import load_runtime
 
     def drift(path, n=8):
-        stages, note = stage_differences(load_runtime(path), load_runtime(backend="keras"),
-                                         faces.inputs[:n])
+        stages, note = stage_differences(load_runtime(path), keras_reference, faces.inputs[:n])
         assert stages is not None and len(stages) == 18, note
         return stages
 
     return drift
+
+
+@dataclass
+class CliResult:
+    """What ``ssrconv ARGS`` ended with: its exit code and everything it wrote."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def _as_a_fresh_process():
+    """Inside the block, warnings and log records reach stderr as they do in a fresh
+    ``ssrconv`` process (Python's default warning filters, logging's last-resort handler), not
+    pytest's collectors; the signal handlers and the working directory are restored after."""
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    cwd = os.getcwd()
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+        warnings.showwarning = _print_warning
+        root.handlers = []
+        try:
+            yield
+        finally:
+            root.handlers = handlers
+            for signum, handler in signals.items():
+                if handler is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(signum, handler)
+            os.chdir(cwd)
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+@pytest.fixture
+def cli(capfd):
+    """``cli(*args, cwd=None) -> CliResult``: ``ssrconv ARGS`` run in this process by the console
+    script's own entry point (``ssrconv.cli.main``: exit codes, one-line errors), its stdout and
+    stderr captured at the file descriptors, so a library's native output counts as it would in
+    a terminal. A few seconds cheaper per call than a subprocess (no Python start, no TensorFlow
+    import). Tests about signals, process isolation or the installed script use a subprocess."""
+    from ssrconv.cli import main
+
+    def run(*args, cwd=None) -> CliResult:
+        capfd.readouterr()  # what the test printed before is not the command's output
+        with _as_a_fresh_process():
+            if cwd is not None:
+                os.chdir(cwd)
+            try:
+                main([str(a) for a in args])
+                code = 0
+            except SystemExit as done:
+                code = 0 if done.code is None else done.code
+        out, err = capfd.readouterr()
+        return CliResult(code, out, err)
+
+    return run

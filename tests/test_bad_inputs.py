@@ -9,8 +9,6 @@ import shutil
 import numpy as np
 import pytest
 
-from ssrconv.cli import main
-
 
 def _make(kind: str, tmp_path, assets_dir, export_dir):
     rng = np.random.default_rng(0)
@@ -43,16 +41,15 @@ KINDS = ["empty.onnx", "random.onnx", "truncated.onnx", "tflite-bytes.onnx", "yu
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("command", ["parity", "eval", "predict"])
-def test_bad_artifact(kind, command, tmp_path, assets_dir, export_dir, faces_dir, images_dir, capsys):
+def test_bad_artifact(kind, command, tmp_path, assets_dir, export_dir, faces_dir, images_dir, cli):
     path = _make(kind, tmp_path, assets_dir, export_dir)
     args = {"parity": ["parity", "--model", str(path), "--faces", str(faces_dir), "--limit", "4",
                        "--synthetic", "0"],
             "eval": ["eval", str(faces_dir), "--model", str(path)],
             "predict": ["predict", str(images_dir / "astronaut.png"), "--model", str(path)]}[command]
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    err = capsys.readouterr().err
-    assert exit_info.value.code not in (0, None)
+    result = cli(*args)
+    err = result.stderr
+    assert result.returncode != 0
     error_lines = [line for line in err.splitlines() if line.startswith("ssrconv: error:")]
     assert len(error_lines) == 1 and path.name in error_lines[0], err
     assert "Traceback" not in err
@@ -69,7 +66,7 @@ def test_nan_and_inf_pixels_are_refused(pixels):
         to_bgr_uint8(image)
 
 
-def test_huge_and_tiny_images_in_predict(tmp_path, assets_dir, capsys):
+def test_huge_and_tiny_images_in_predict(tmp_path, assets_dir, cli):
     import cv2
 
     (tmp_path / "tiny.png").write_bytes(cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes())
@@ -77,8 +74,6 @@ def test_huge_and_tiny_images_in_predict(tmp_path, assets_dir, capsys):
     (tmp_path / "huge.png").write_bytes(cv2.imencode(".png", big)[1].tobytes())
     rgba16 = np.zeros((40, 40, 4), np.uint16)
     (tmp_path / "rgba16.png").write_bytes(cv2.imencode(".png", rgba16)[1].tobytes())
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", str(tmp_path)])
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert '"failures": []' in out
+    result = cli("predict", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert '"failures": []' in result.stdout

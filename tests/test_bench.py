@@ -15,17 +15,14 @@ import pytest
 from ssrconv.benchmarks import stats
 from ssrconv.benchmarks.fingerprint import fingerprint, one_line, parse_cpuinfo
 from ssrconv.atomic import write_atomic
-from ssrconv.benchmarks.harness import Entry, Settings, artifact_entry, run_bench
+from ssrconv.benchmarks.plan import Entry, artifact_entry
+from ssrconv.benchmarks.schedule import run_bench
+from ssrconv.benchmarks.settings import Settings
 from ssrconv.benchmarks.report import build_report, render_json, render_markdown, render_plot, render_text
 from ssrconv.runtimes.coreml_rt import not_timable_reason
 from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES, size_info
 
 TINY = dict(runs=4, warmup=1, rounds=2, batch=4, pipeline_runs=2)
-
-
-def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", *args],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 # ---------------------------------------------------------------- statistics (pure)
@@ -244,6 +241,44 @@ def test_report_renderings(fake_report, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary left behind
 
 
+def test_a_bench_column_is_one_entry(fake_report, monkeypatch):
+    """A column is defined in one place: one Column entry in report.TABLES (header, value from
+    a table line, formatter, shown in the terminal's default view or only with --wide) puts its
+    header and cells in the Markdown and both terminal views; a row with no timing gets "-"."""
+    from dataclasses import replace
+
+    from ssrconv.benchmarks import report
+
+    def spread(line):
+        face = line["lat"]["per_face_us"]
+        return face["p90"] / face["median"]
+
+    def with_column(narrow):
+        column = report.Column("p90 / median", spread, report.fmt_ratio, narrow=narrow)
+        return tuple(replace(t, columns=(*t.columns, column)) if t.title.startswith("Latency")
+                     else t for t in report.TABLES)
+
+    face = fake_report["results"][3]["latency"]["4"]["per_face_us"]  # a.tflite, batch 4
+    cell = report.fmt_ratio(face["p90"] / face["median"])
+    monkeypatch.setattr(report, "TABLES", with_column(narrow=False))
+    markdown = render_markdown(fake_report)
+    assert "| overhead share | p90 / median |" in markdown
+    tflite = next(ln for ln in markdown.splitlines() if ln.startswith("| a.tflite | tflite | 4 |"))
+    assert tflite.endswith(f"| {cell} |")
+    failed = next(ln for ln in markdown.splitlines() if ln.startswith("| bad.tflite | - | - |"))
+    assert failed.endswith("| - |")
+    assert "p90 / median" in render_text(fake_report, wide=True)
+    assert "p90 / median" not in render_text(fake_report)  # --wide only
+    monkeypatch.setattr(report, "TABLES", with_column(narrow=True))
+    text = render_text(fake_report)
+    header = text.splitlines()[text.splitlines().index(next(
+        t for t, _, _ in report.tables(fake_report) if t.startswith("Latency"))) + 1]
+    assert header.split() == ["backend", "engine", "batch", "median", "p90", "min", "p90", "/",
+                              "median"]
+    assert any(ln.startswith("a.tflite") and ln.rstrip().endswith(cell) and " 4 " in ln
+               for ln in text.splitlines())
+
+
 # ---------------------------------------------------------------- harness: processes, crashes
 
 
@@ -290,15 +325,16 @@ def _one_line_error(out, *needles):
         assert needle in lines[0]
 
 
-def test_cli_errors(tmp_path):
-    _one_line_error(_cli("--model", str(tmp_path / "missing.onnx")), "no such file")
+def test_cli_errors(cli, tmp_path):
+    _one_line_error(cli("bench", "--model", str(tmp_path / "missing.onnx")), "no such file")
     empty = tmp_path / "empty"
     empty.mkdir()
-    _one_line_error(_cli("--all", str(empty)), "no artifacts")
+    _one_line_error(cli("bench", "--all", str(empty)), "no artifacts")
     onnx = tmp_path / "x.onnx"
     onnx.write_bytes(b"not really")
-    _one_line_error(_cli("--backend", "coreml", "--model", str(onnx)), "x.onnx", "not a valid ONNX")
-    _one_line_error(_cli("--backend", "keras", "--plot", str(tmp_path / "x.jpg")), ".png")
+    _one_line_error(cli("bench", "--backend", "coreml", "--model", onnx), "x.onnx",
+                    "not a valid ONNX")
+    _one_line_error(cli("bench", "--backend", "keras", "--plot", str(tmp_path / "x.jpg")), ".png")
 
 
 def test_backend_without_model_uses_or_makes_the_default_export(tmp_path, monkeypatch):
@@ -318,24 +354,21 @@ def test_backend_without_model_uses_or_makes_the_default_export(tmp_path, monkey
 
 
 @pytest.mark.slow
-def test_backend_tflite_verbatim_times_the_default_export(export_dir, tmp_path):
+def test_backend_tflite_verbatim_times_the_default_export(export_dir, tmp_path, cli):
     """The design card's `ssrconv bench --backend tflite`, run where ssrconv-out/ exists: every
     tflite artifact there, beside the reference."""
     import shutil
 
     shutil.copytree(export_dir, tmp_path / "ssrconv-out")
     json_out = tmp_path / "b.json"
-    out = subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", "--backend", "tflite",
-                          "--runs", "2", "--warmup", "1", "--rounds", "1", "--batch", "2",
-                          "--pipeline-runs", "1", "--json", str(json_out)],
-                         capture_output=True, text=True, timeout=900,
-                         cwd=tmp_path)
+    out = cli("bench", "--backend", "tflite", "--runs", "2", "--warmup", "1", "--rounds", "1",
+              "--batch", "2", "--pipeline-runs", "1", "--json", json_out, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     names = [r["name"] for r in json.loads(json_out.read_text())["results"]]
     assert sorted(n for n in names if n.endswith(".tflite")) == sorted(
         p.name for p in export_dir.glob("*.tflite"))
     assert any(n.startswith("keras") for n in names) and "timing the tflite artifacts" in out.stderr
-    usage = _cli()
+    usage = cli("bench")
     assert usage.returncode == 2 and "--all DIR" in usage.stderr
 
 
@@ -351,13 +384,13 @@ def test_command_module_is_light():
 
 
 @pytest.mark.slow
-def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path):
+def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path, cli):
     """Every artifact of a real export plus Keras, interleaved: finite positive medians for
     each timed row, CoreML reported as not timed off macOS, TFLite workers without TensorFlow."""
     json_out, md_out, png_out = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"
-    out = _cli("--all", str(export_dir), "--runs", "4", "--warmup", "1", "--rounds", "2",
-               "--batch", "4", "--faces", str(faces_dir), "--pipeline-runs", "2",
-               "--json", str(json_out), "--markdown", str(md_out), "--plot", str(png_out))
+    out = cli("bench", "--all", export_dir, "--runs", "4", "--warmup", "1", "--rounds", "2",
+              "--batch", "4", "--faces", faces_dir, "--pipeline-runs", "2",
+              "--json", json_out, "--markdown", md_out, "--plot", png_out)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(json_out.read_text())
     rows = {r["name"]: r for r in report["results"]}
@@ -394,11 +427,11 @@ def test_bench_all_real_backends(export_dir, assets_dir, faces_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
-def test_single_tflite_worker_does_not_import_tensorflow(export_dir, tmp_path, precision):
+def test_single_tflite_worker_does_not_import_tensorflow(export_dir, tmp_path, precision, cli):
     model = export_dir / f"ssrnet_age_gender_{precision}.tflite"
     json_out = tmp_path / "b.json"
-    out = _cli("--backend", "tflite", "--model", str(model), "--runs", "3", "--warmup", "1",
-               "--rounds", "1", "--batch", "2", "--pipeline-runs", "0", "--json", str(json_out))
+    out = cli("bench", "--backend", "tflite", "--model", model, "--runs", "3", "--warmup", "1",
+              "--rounds", "1", "--batch", "2", "--pipeline-runs", "0", "--json", json_out)
     assert out.returncode == 0, out.stderr[-2000:]
     (row,) = json.loads(json_out.read_text())["results"]
     assert row["status"] == "ok" and row["tensorflow_imported"] is False
@@ -406,7 +439,7 @@ def test_single_tflite_worker_does_not_import_tensorflow(export_dir, tmp_path, p
 
 
 @pytest.mark.slow
-def test_corrupt_tflite_refused_before_timing(export_dir, tmp_path):
+def test_corrupt_tflite_refused_before_timing(export_dir, tmp_path, cli):
     """Random bytes named .tflite are refused by the read path, in one line, before any worker
     is started; a verified artifact's row is measured."""
     from ssrconv.artifacts import open_artifact
@@ -417,7 +450,7 @@ def test_corrupt_tflite_refused_before_timing(export_dir, tmp_path):
     with pytest.raises(ModelFileError, match="corrupt.tflite") as err:
         open_artifact(corrupt)
     assert "\n" not in str(err.value)
-    out = _cli("--model", str(corrupt), "--runs", "2")
+    out = cli("bench", "--model", str(corrupt), "--runs", "2")
     assert out.returncode == 1 and "corrupt.tflite" in out.stderr and "Traceback" not in out.stderr
     rows = [artifact_entry(open_artifact(export_dir / "ssrnet_age_gender_fp32.onnx"))]
     report = run_bench(rows, Settings(**TINY))

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
 from ssrconv.benchmarks.fingerprint import fingerprint
-from ssrconv.benchmarks.harness import Entry, Settings, reference_entries, run_bench
+from ssrconv.benchmarks.plan import Entry, reference_entries
+from ssrconv.benchmarks.schedule import run_bench
+from ssrconv.benchmarks.settings import Settings
 from ssrconv.benchmarks.report import build_report, render_json, render_markdown, render_text
 
 TINY = dict(runs=2, warmup=1, rounds=2, batch=2, pipeline_runs=2, pipeline_warmup=1)
@@ -107,9 +107,8 @@ def test_no_pipeline_rows_when_asked_for_none(assets_dir):
     assert "End to end per photo" not in render_text(report)
 
 
-def test_engines_option_errors_are_usage_errors():
-    out = subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", "--model", "x.onnx",
-                          "--engines", "nosuch"], capture_output=True, text=True, timeout=60)
+def test_engines_option_errors_are_usage_errors(cli):
+    out = cli("bench", "--model", "x.onnx", "--engines", "nosuch")
     assert out.returncode == 2 and "--engines takes all or names from" in out.stderr
     assert "chromium-ort-wasm" in out.stderr
 
@@ -179,20 +178,16 @@ def test_browser_in_page_time_beside_native_in_the_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_web_folder_in_chromium_beside_native(tmp_path_factory, assets_dir, tmp_path):
+def test_bench_web_folder_in_chromium_beside_native(exported, tmp_path, cli):
     """`ssrconv bench --model X.web`: the folder in headless Chromium (chromium-ort-wasm) with its
     in-page time, and the .onnx it carries on onnxruntime beside it; both get end-to-end rows."""
     from test_browser import _need_browser
 
     _need_browser()
-    from ssrconv.exporter import export
-
-    (web,) = export(to=("web",), out=tmp_path_factory.mktemp("benchweb") / "out")
+    web = exported("web-fp32")
     json_out = tmp_path / "b.json"
-    out = subprocess.run([sys.executable, "-m", "ssrconv.cli", "bench", "--model", str(web.path),
-                          "--runs", "2", "--warmup", "1", "--rounds", "1", "--batch", "2",
-                          "--pipeline-runs", "1", "--json", str(json_out)],
-                         capture_output=True, text=True, timeout=900)
+    out = cli("bench", "--model", web.path, "--runs", "2", "--warmup", "1", "--rounds", "1",
+              "--batch", "2", "--pipeline-runs", "1", "--json", json_out)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(json_out.read_text())
     rows = {r["name"]: r for r in report["results"]}

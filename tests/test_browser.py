@@ -31,13 +31,10 @@ def _need_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def web_export(tmp_path_factory, assets_dir):
+def web_export(exported):
     """``ssrconv export --to web`` of the default age-gender reference."""
     _need_browser()
-    from ssrconv.exporter import export
-
-    (artifact,) = export(to=("web",), out=tmp_path_factory.mktemp("web") / "out")
-    return artifact
+    return exported("web-fp32")
 
 
 def _locked(package: str) -> str:
@@ -53,13 +50,6 @@ def _parity(runtime, faces, reference_outputs):
     got = runtime.run(faces.inputs)
     stats = {h: head_stats(got[h], reference_outputs[h], h) for h in runtime.heads}
     return stats, violations(stats, BUDGETS["fp32"])
-
-
-@pytest.fixture(scope="module")
-def keras_outputs(faces, reference_age_gender):
-    from ssrconv.loading import load_runtime
-
-    return load_runtime(backend="keras").run(faces.inputs)
 
 
 def test_export_folder_is_self_contained(web_export):
@@ -94,7 +84,7 @@ def test_verify_refuses_a_broken_folder(web_export, tmp_path):
         web.verify(broken)
 
 
-def test_fp32_onnx_on_chromium_ort_wasm_within_fp32_budget(web_export, faces, keras_outputs):
+def test_fp32_onnx_on_chromium_ort_wasm_within_fp32_budget(web_export, faces, reference_outputs):
     from ssrconv.runtimes.browser_rt import BrowserRuntime
 
     onnx_file = web_export.path / web_export.manifest["web"]["model"]
@@ -102,7 +92,7 @@ def test_fp32_onnx_on_chromium_ort_wasm_within_fp32_budget(web_export, faces, ke
         assert (runtime.backend, runtime.engine) == ("onnx", "chromium-ort-wasm")
         assert runtime.heads == ("age", "p_male")
         assert runtime.cross_origin_isolated  # COOP/COEP: 5 us timers, wasm threads allowed
-        stats, broken = _parity(runtime, faces, keras_outputs)
+        stats, broken = _parity(runtime, faces, reference_outputs)
         times = runtime.time_in_browser(faces.inputs[:1], repeats=50)
     print(f"\nchromium-ort-wasm fp32 .onnx: max age diff {stats['age'].max_abs:.2e} y, "
           f"P(male) {stats['p_male'].max_abs:.2e}; batch 1: median {np.median(times):.2f} ms, "
@@ -111,14 +101,14 @@ def test_fp32_onnx_on_chromium_ort_wasm_within_fp32_budget(web_export, faces, ke
     assert np.all(times > 0) and np.isfinite(times).all()
 
 
-def test_web_export_passes_parity_on_its_engine(web_export, faces, keras_outputs):
+def test_web_export_passes_parity_on_its_engine(web_export, faces, reference_outputs):
     from ssrconv.loading import load_runtime
 
     assert (web_export.manifest["graph"], web_export.manifest["graph_variant"]) == ("fast", "onnx")
     runtime = load_runtime(web_export.path)
     try:
         assert (runtime.backend, runtime.engine) == ("web", "chromium-ort-wasm")
-        stats, broken = _parity(runtime, faces, keras_outputs)
+        stats, broken = _parity(runtime, faces, reference_outputs)
     finally:
         runtime.close()
     assert broken == [], broken
@@ -126,7 +116,7 @@ def test_web_export_passes_parity_on_its_engine(web_export, faces, keras_outputs
 
 @pytest.mark.parametrize("isolate", [True, False], ids=["coop-coep", "plain-server"])
 def test_web_page_reads_the_group_photo_like_the_reference(web_export, images_dir,
-                                                           reference_age_gender, isolate):
+                                                           keras_reference, isolate):
     """The page a user opens: choose the photo, the app finds the faces and prints ages; they
     match ``ssrconv predict``'s detector + crops + the Keras reference. Also from a plain static
     server without cross-origin isolation headers (one wasm thread needs none)."""
@@ -134,7 +124,6 @@ def test_web_page_reads_the_group_photo_like_the_reference(web_export, images_di
     from ssrconv.parity import head_stats, violations
     from ssrconv.predict import Predictor, label
     from ssrconv.reference.preprocess import read_image
-    from ssrconv.loading import load_runtime
     from ssrconv.runtimes.browser_rt import BrowserPage
     from ssrconv.targets import BUDGETS
 
@@ -155,7 +144,7 @@ def test_web_page_reads_the_group_photo_like_the_reference(web_export, images_di
         assert browser.errors == []
     assert status.startswith("6 face(s)"), status
 
-    predictor = Predictor(load_runtime(backend="keras"), make_detector("yunet"))
+    predictor = Predictor(keras_reference, make_detector("yunet"))
     want = predictor.faces_of(read_image(photo), photo.name)
     got = result["faces"]
     assert len(got) == len(want) == 6
@@ -169,13 +158,9 @@ def test_web_page_reads_the_group_photo_like_the_reference(web_export, images_di
 
 
 @pytest.fixture(scope="module")
-def tflite_fp32(tmp_path_factory, assets_dir):
+def tflite_fp32(exported):
     _need_browser()
-    from ssrconv.exporter import export
-
-    (artifact,) = export(to=("tflite",), precision=("fp32",),
-                         out=tmp_path_factory.mktemp("tflite") / "out")
-    return artifact.path
+    return exported("tflite-fp32").path
 
 
 def test_litert_js_refuses_a_dynamic_batch_tflite(tflite_fp32):
@@ -186,19 +171,18 @@ def test_litert_js_refuses_a_dynamic_batch_tflite(tflite_fp32):
         LiteRtBrowserRuntime(tflite_fp32)
 
 
-def test_batch_1_export_on_chromium_litert_wasm_within_fp32_budget(tmp_path, faces,
-                                                                    keras_outputs):
+def test_batch_1_export_on_chromium_litert_wasm_within_fp32_budget(exported, faces,
+                                                                    reference_outputs):
     # `export --batch 1` is how a user gets a .tflite LiteRT.js runs; opened through the format
     # table like parity does, so the 64-face batches are fed one face per call.
     from ssrconv.artifacts import open_artifact
     from ssrconv.formats.tflite_flatbuffer import is_dynamic_batch
-    from ssrconv.exporter import export
 
-    (artifact,) = export(to=("tflite",), precision=("fp32",), batch=1, out=tmp_path / "out")
+    artifact = exported("tflite-fp32", batch=1)
     assert not is_dynamic_batch(artifact.path.read_bytes())
     with open_artifact(artifact.path).runtime(engine="chromium-litert-wasm") as runtime:
         assert (runtime.backend, runtime.runtime_version) == ("tflite", _locked("@litertjs/core"))
-        stats, broken = _parity(runtime, faces, keras_outputs)
+        stats, broken = _parity(runtime, faces, reference_outputs)
         times = runtime.time_in_browser(faces.inputs[:1], repeats=50)
     print(f"\nchromium-litert-wasm fp32 batch-1 .tflite: max age diff {stats['age'].max_abs:.2e} y; "
           f"median {np.median(times):.2f} ms, min {times.min():.2f} ms per face")

@@ -4,8 +4,6 @@ statistics (ZeroQ) for int8 exports made without --calibration."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,10 +12,8 @@ from ssrconv.calibration import DATA_FREE_KIND
 
 
 @pytest.fixture(scope="module")
-def age_model(assets_dir):
-    from ssrconv.reference import load_reference
-
-    return load_reference("age").model
+def age_model(references):
+    return references("age").reference.model
 
 
 def _batchnorm_mismatch(model, inputs: np.ndarray) -> float:
@@ -80,7 +76,8 @@ def test_real_faces_describe_themselves(faces_dir):
 
 @pytest.mark.slow
 def test_int8_export_without_calibration_is_data_free_and_within_budget(tmp_path, assets_dir,
-                                                                        faces_dir, faces):
+                                                                        faces_dir, faces, cli,
+                                                                        keras_reference):
     """`ssrconv export --precision int8` with no --calibration: distilled inputs, recorded in
     the manifest, and the int8 parity budget and accuracy hold on the real faces."""
     from ssrconv.evaluate import evaluate
@@ -88,9 +85,7 @@ def test_int8_export_without_calibration_is_data_free_and_within_budget(tmp_path
     from ssrconv.loading import load_runtime
 
     out = tmp_path / "data-free"
-    result = subprocess.run([sys.executable, "-m", "ssrconv.cli", "export", "--to", "tflite",
-                             "--precision", "int8", "--out", str(out)],
-                            capture_output=True, text=True, timeout=1800)
+    result = cli("export", "--to", "tflite", "--precision", "int8", "--out", out)
     assert result.returncode == 0, result.stderr
     assert "distilling data-free calibration inputs" in result.stderr
     path = out / "ssrnet_age_gender_int8.tflite"
@@ -106,12 +101,12 @@ def test_int8_export_without_calibration_is_data_free_and_within_budget(tmp_path
     assert r.passed, r.violations
 
     got = evaluate(load_runtime(path), faces)["summary"]
-    want = evaluate(load_runtime(backend="keras"), faces)["summary"]
+    want = evaluate(keras_reference, faces)["summary"]
     assert abs(got["age_mae_adults"] - want["age_mae_adults"]) <= 0.15
 
 
 @pytest.mark.slow
-def test_int8_calibrated_on_other_faces_holds_the_budget(tmp_path, assets_dir, faces_dir):
+def test_int8_calibrated_on_other_faces_holds_the_budget(tmp_path, assets_dir, faces_dir, cli):
     """What a user gets: the faces a file later sees are not its calibration faces. Calibrated
     on one half of the dev faces (every other file by name), the int8 file holds the int8 budget
     on the other half (the recipe before FLOAT_BACKBONE's second block measured p99 1.12 y here)."""
@@ -126,9 +121,8 @@ def test_int8_calibrated_on_other_faces_holds_the_budget(tmp_path, assets_dir, f
         for name in picked:
             (halves[half] / name).symlink_to(faces_dir / name)
     out = tmp_path / "int8"
-    result = subprocess.run([sys.executable, "-m", "ssrconv.cli", "export", "--to", "tflite",
-                             "--precision", "int8", "--calibration", str(halves["calibration"]),
-                             "--out", str(out)], capture_output=True, text=True, timeout=1800)
+    result = cli("export", "--to", "tflite", "--precision", "int8", "--calibration",
+                 halves["calibration"], "--out", out)
     assert result.returncode == 0, result.stderr
     held_out = load_faces(halves["held-out"])
     assert len(held_out.inputs) == len(names) // 2

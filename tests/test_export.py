@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -168,16 +166,11 @@ def test_coreml_spec_matches_manifest(export_dir, key):
     assert weights > 100_000  # the weights are in the package, not lost
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "ssrconv.cli", *args], capture_output=True,
-                          text=True, timeout=600, cwd=cwd)
-
-
-def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
+def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir, cli):
     out = tmp_path / "one"
-    result = _cli("export", "--to", "tflite", "--precision", "int8", "--task", "age",
-                  "--int8-io", "uint8", "--calibration", str(faces_dir), "--calibration-limit", "50",
-                  "--out", str(out))
+    result = cli("export", "--to", "tflite", "--precision", "int8", "--task", "age",
+                 "--int8-io", "uint8", "--calibration", faces_dir, "--calibration-limit", "50",
+                 "--out", out)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "ssrnet_age_int8.tflite.json").read_text())
     assert [o["name"] for o in manifest["outputs"]] == ["age"]
@@ -189,7 +182,7 @@ def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
     # the fast graph: 6 Dense layers for all stages and 2 merge matmuls (the reference has 18 Dense)
     assert manifest["graph"] == "fast" and manifest["ops"]["FULLY_CONNECTED"] == 8
 
-    result = _cli("export", "--to", "coreml", "--task", "gender", "--image-input", "--out", str(out))
+    result = cli("export", "--to", "coreml", "--task", "gender", "--image-input", "--out", str(out))
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "ssrnet_gender_fp16.mlpackage.json").read_text())
     assert manifest["inputs"][0]["dtype"] == "image(BGR)" and manifest["image_input"] is True
@@ -197,13 +190,13 @@ def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir):
     assert len(index["artifacts"]) == 2  # merged with the earlier export into the same directory
 
 
-def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_dir):
+def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_dir, cli):
     """`--graph original` still gives the reference-graph int8 file (the recipe finds the
     reference's own layer names): 18 Dense layers, per-stream convs, the same 5 of 14 in int8."""
     out = tmp_path / "original"
-    result = _cli("export", "--to", "tflite", "--precision", "int8", "--task", "age",
-                  "--graph", "original", "--calibration", str(faces_dir),
-                  "--calibration-limit", "40", "--out", str(out))
+    result = cli("export", "--to", "tflite", "--precision", "int8", "--task", "age",
+                 "--graph", "original", "--calibration", faces_dir,
+                 "--calibration-limit", "40", "--out", out)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "ssrnet_age_int8.tflite.json").read_text())
     assert manifest["graph"] == "original" and manifest["ops"]["FULLY_CONNECTED"] == 18
@@ -220,15 +213,15 @@ def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_
     (["--to", "onnx", "--weights", "yunet"], "not SSR-Net weights"),
     (["--to", "onnx", "--batch", "0"], "--batch 0: choose a static batch from 1"),
 ])
-def test_bad_options_one_line_nothing_written(tmp_path, args, needle):
+def test_bad_options_one_line_nothing_written(tmp_path, args, needle, cli):
     out = tmp_path / "out"
-    result = _cli("export", *args, "--out", str(out))
+    result = cli("export", *args, "--out", str(out))
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
 
 
-def test_bad_paths_one_line_nothing_written(tmp_path, assets_dir):
+def test_bad_paths_one_line_nothing_written(tmp_path, assets_dir, cli):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
@@ -239,15 +232,15 @@ def test_bad_paths_one_line_nothing_written(tmp_path, assets_dir):
     ]
     for args, needle in cases:
         out = tmp_path / "out"
-        result = _cli("export", *args, "--out", str(out))
+        result = cli("export", *args, "--out", str(out))
         assert result.returncode == 2 and needle in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
         assert not out.exists()
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    result = _cli("export", "--to", "onnx", "--out", str(blocker / "sub"))
+    result = cli("export", "--to", "onnx", "--out", str(blocker / "sub"))
     assert result.returncode == 2 and "not writable" in result.stderr
-    result = _cli("export", "--to", "onnx", "--out", str(blocker))
+    result = cli("export", "--to", "onnx", "--out", str(blocker))
     assert result.returncode == 2 and "not a directory" in result.stderr
 
 

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from ssrconv.cli import main
-
 pytestmark = pytest.mark.slow
 
 
@@ -148,7 +146,7 @@ def test_signal_ends_the_command_without_unwinding(existing, tmp_path, assets_di
 
 # -- read-only directory and full disk ---------------------------------------------------
 
-def _run_cli_injected(monkeypatch, capsys, out: Path, where: str, code: int) -> tuple[int, str]:
+def _run_cli_injected(monkeypatch, cli, out: Path, where: str, code: int) -> tuple[int, str]:
     """Run ``ssrconv export`` in-process with OSError(code) raised at the write layer:
     ``where`` = "check" (the writability probe), "model" (the converter writing the model)
     or "manifest" (the exporter's JSON writes)."""
@@ -168,20 +166,19 @@ def _run_cli_injected(monkeypatch, capsys, out: Path, where: str, code: int) -> 
         monkeypatch.setattr(onnx_converter, "convert", half_then_fail)
     else:
         monkeypatch.setattr(exporter, "write_temp", fail)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", "--to", "onnx", "--task", "age", "--out", str(out)])
-    return exit_info.value.code, capsys.readouterr().err
+    result = cli("export", "--to", "onnx", "--task", "age", "--out", out)
+    return result.returncode, result.stderr
 
 
 @pytest.mark.parametrize("where", ["check", "model", "manifest"])
 @pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC], ids=["EROFS", "ENOSPC"])
 def test_injected_write_failure_one_line_nothing_written(where, code, tmp_path, assets_dir,
-                                                         monkeypatch, capsys):
+                                                         monkeypatch, cli):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("an earlier file")
     before = snapshot(out)
-    exit_code, stderr = _run_cli_injected(monkeypatch, capsys, out, where, code)
+    exit_code, stderr = _run_cli_injected(monkeypatch, cli, out, where, code)
     assert exit_code not in (0, None)
     lines = error_lines(stderr)
     assert len(lines) == 1 and os.strerror(code) in lines[0], stderr
@@ -191,7 +188,7 @@ def test_injected_write_failure_one_line_nothing_written(where, code, tmp_path, 
 
 
 @pytest.mark.parametrize("case", ["read-only", "full"])
-def test_real_read_only_and_full_tmpfs(case, tmp_path, assets_dir, monkeypatch, capsys):
+def test_real_read_only_and_full_tmpfs(case, tmp_path, assets_dir, monkeypatch, cli):
     """A real tmpfs (read-only, or 150 kB: smaller than the 200 kB model) where mountable;
     elsewhere the same failure injected, so the test never skips."""
     mount = tmp_path / "mnt"
@@ -200,11 +197,11 @@ def test_real_read_only_and_full_tmpfs(case, tmp_path, assets_dir, monkeypatch, 
     with tmpfs(mount, options) as mounted:
         before = snapshot(mount)
         if mounted:
-            done = subprocess.run(export_cmd(mount), capture_output=True, text=True, timeout=600)
+            done = cli("export", "--to", "onnx", "--task", "age", "--out", mount)
             exit_code, stderr = done.returncode, done.stderr
         else:
             print(f"tmpfs not mountable here: {case} injected instead")
-            exit_code, stderr = _run_cli_injected(monkeypatch, capsys, mount,
+            exit_code, stderr = _run_cli_injected(monkeypatch, cli, mount,
                                                   "check" if case == "read-only" else "model", code)
         after = snapshot(mount)
     assert exit_code not in (0, None)

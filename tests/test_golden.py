@@ -14,35 +14,30 @@ GENDER = [n for n, a in ASSETS.items() if a.kind == "gender"]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", AGE)
-def test_age_matches_original_graph_on_all_faces(assets_dir, faces, name):
-    from ssrconv.reference import load_reference
-
-    keras_age = load_reference("age", age_weights=name).predict(faces.inputs)["age"]
-    golden = golden_outputs(assets_dir, name, faces.inputs)
+def test_age_matches_original_graph_on_all_faces(faces, references, golden, name):
+    keras_age = references("age", age_weights=name).reference.predict(faces.inputs)["age"]
+    original = golden(name)[:len(faces)]
     assert len(faces) == 300
-    assert np.max(np.abs(keras_age - golden)) < 1e-3
-    assert 1.0 < np.mean(golden) < 100.0  # real ages, not a degenerate constant
+    assert np.max(np.abs(keras_age - original)) < 1e-3
+    assert 1.0 < np.mean(original) < 100.0  # real ages, not a degenerate constant
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", GENDER)
-def test_gender_matches_original_graph_on_all_faces(assets_dir, faces, name):
-    from ssrconv.reference import load_reference
+def test_gender_matches_original_graph_on_all_faces(faces, references, golden, name):
+    reference = references("gender", gender_weights=name).reference
+    keras_p = reference.predict(faces.inputs)["p_male"]
+    original = golden(name)[:len(faces)]
+    assert np.max(np.abs(keras_p - original)) < 1e-4
+    assert np.std(original) > 0.05  # it separates faces
 
-    keras_p = load_reference("gender", gender_weights=name).predict(faces.inputs)["p_male"]
-    golden = golden_outputs(assets_dir, name, faces.inputs)
-    assert np.max(np.abs(keras_p - golden)) < 1e-4
-    assert np.std(golden) > 0.05  # it separates faces
 
-
-def test_stage_outputs_reachable_and_match_original(assets_dir, faces):
+def test_stage_outputs_reachable_and_match_original(assets_dir, faces, reference_age_gender):
     """Every intermediate stage layer is an output of stage_model() and equals the original's."""
-    from ssrconv.reference import load_reference
     from ssrconv.reference.model import stage_layer_names, stage_model
 
     batch = faces.inputs[:16]
-    ref = load_reference("age-gender")
-    model = stage_model(ref.model, "gender", prefix="gender_")
+    model = stage_model(reference_age_gender.model, "gender", prefix="gender_")
     outputs = model.predict(batch, verbose=0)
     _, values = golden_outputs(assets_dir, "gender-wiki", batch, return_all=True)
     names = stage_layer_names("gender")

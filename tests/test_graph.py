@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def probe_inputs(faces):
-    from ssrconv.parity import synthetic_inputs
+    from ssrconv.reference.synthetic import synthetic_inputs
 
     return np.concatenate([faces.inputs[:300], synthetic_inputs(48, seed=5)])
 
@@ -69,12 +69,11 @@ def test_graph_original_is_the_reference_for_every_target(reference_age_gender, 
 
 
 @pytest.mark.parametrize("task", ["age", "gender"])
-def test_fast_graph_single_head(assets_dir, faces, task):
+def test_fast_graph_single_head(references, faces, task):
     from ssrconv.graph.builder import build_export_graph, check_exact
-    from ssrconv.reference import load_reference
     from ssrconv.reference.model import with_named_outputs
 
-    model = with_named_outputs(load_reference(task).model, task)
+    model = with_named_outputs(references(task).reference.model, task)
     fast = build_export_graph(model, task, "tflite")
     assert fast.output_names == (["age"] if task == "age" else ["p_male"])
     check_exact(model, fast, faces.inputs[:100])
@@ -123,25 +122,14 @@ def test_unknown_graph_option_is_refused():
     assert ExportOptions(to=("onnx",)).graph == "fast"
 
 
-@pytest.fixture(scope="module")
-def fast_exports(tmp_path_factory, assets_dir):
-    from ssrconv.exporter import export
-
-    out = tmp_path_factory.mktemp("fastgraph")
-    export(to=("onnx", "tflite"), precision=("fp32",), out=out / "fast")
-    export(to=("tflite",), precision=("dynamic",), out=out / "fast")
-    export(to=("tflite",), precision=("fp32",), out=out / "original", graph="original")
-    return out
-
-
 @pytest.mark.parametrize("key", ["onnx-fp32", "tflite-fp32"])
-def test_float_exports_use_the_fast_graph_and_pass_parity(fast_exports, faces, key):
+def test_float_exports_use_the_fast_graph_and_pass_parity(exported, faces, keras_reference, key):
     from ssrconv.parity import head_stats, stage_differences, violations
     from ssrconv.loading import load_runtime
     from ssrconv.targets import BUDGETS, TARGETS
 
     target = TARGETS[key]
-    path = fast_exports / "fast" / target.filename("age-gender")
+    path = exported(key).path
     manifest = json.loads(path.with_name(path.name + ".json").read_text())
     assert manifest["graph"] == "fast"
     ops = manifest["ops"]
@@ -149,7 +137,7 @@ def test_float_exports_use_the_fast_graph_and_pass_parity(fast_exports, faces, k
     assert not {"SHAPE", "PACK", "Shape", "Gather"} & set(ops)
     assert ops.get("CONV_2D", ops.get("Conv")) == 14
     runtime = load_runtime(path)
-    reference = load_runtime(backend="keras")
+    reference = keras_reference
     inputs = faces.inputs[:300]
     got, want = runtime.run(inputs), reference.run(inputs)
     stats = {head: head_stats(got[head], want[head], head) for head in ("age", "p_male")}
@@ -159,7 +147,8 @@ def test_float_exports_use_the_fast_graph_and_pass_parity(fast_exports, faces, k
     assert max(stages.values()) < 1e-3
 
 
-def test_tflite_dynamic_on_its_own_variant_is_within_the_int8_budget_with_margin(fast_exports, faces):
+def test_tflite_dynamic_on_its_own_variant_is_within_the_int8_budget_with_margin(exported, faces,
+                                                                                  keras_reference):
     """Hybrid kernels quantize each conv/Dense input with one scale: the dynamic variant keeps
     each head's convs and Dense layers apart (the grouped/batched graph measured p99 1.34-1.37 y,
     the original graph 0.66 y on these faces)."""
@@ -167,11 +156,11 @@ def test_tflite_dynamic_on_its_own_variant_is_within_the_int8_budget_with_margin
     from ssrconv.loading import load_runtime
     from ssrconv.targets import BUDGETS
 
-    path = fast_exports / "fast" / "ssrnet_age_gender_dynamic.tflite"
+    path = exported("tflite-dynamic").path
     manifest = json.loads(path.with_name(path.name + ".json").read_text())
     assert (manifest["graph"], manifest["graph_variant"]) == ("fast", "per-head")
     assert not {"SHAPE", "PACK", "SUM"} & set(manifest["ops"])  # static flattens, fused merge
-    runtime, reference = load_runtime(path), load_runtime(backend="keras")
+    runtime, reference = load_runtime(path), keras_reference
     got, want = runtime.run(faces.inputs), reference.run(faces.inputs)
     stats = {head: head_stats(got[head], want[head], head) for head in ("age", "p_male")}
     assert violations(stats, BUDGETS["int8"]) == []
@@ -180,11 +169,11 @@ def test_tflite_dynamic_on_its_own_variant_is_within_the_int8_budget_with_margin
     assert stages is not None and len(stages) == 18, note
 
 
-def test_graph_original_exports_the_reference_graph(fast_exports, reference_age_gender):
+def test_graph_original_exports_the_reference_graph(exported, reference_age_gender):
     from ssrconv.reference.model import count_macs
 
-    original = json.loads((fast_exports / "original" / "ssrnet_age_gender_fp32.tflite.json").read_text())
-    fast = json.loads((fast_exports / "fast" / "ssrnet_age_gender_fp32.tflite.json").read_text())
+    original = exported("tflite-fp32", graph="original").manifest
+    fast = exported("tflite-fp32").manifest
     assert original["graph"] == "original" and fast["graph"] == "fast"
     assert sum(fast["ops"].values()) < 0.4 * sum(original["ops"].values())
     # The manifest's multiply-adds, counted on the file: the original graph's are the
@@ -195,8 +184,8 @@ def test_graph_original_exports_the_reference_graph(fast_exports, reference_age_
 
 
 @pytest.mark.parametrize("key", ["coreml-fp16", "coreml-fp32"])
-def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gender, faces, tmp_path,
-                                                               key):
+def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gender, keras_reference,
+                                                               faces, tmp_path, key):
     """The fused graph as an mlprogram needs slice_by_index, concat, matmul and grouped conv
     from the numpy MIL interpreter; each CoreML target's variant is smaller than the original
     graph's mlprogram (fp16 291 KB vs 328 KB, fp32 458 KB vs 475 KB, docs/GRAPH.md)."""
@@ -223,7 +212,7 @@ def test_coreml_fast_graph_runs_exactly_on_the_mil_interpreter(reference_age_gen
     assert ops["conv"] == 14 and ops["slice_by_index"] >= 1 and ops["matmul"] >= 1
     runtime = load_runtime(dest)  # off macOS: the numpy MIL interpreter
     assert runtime.engine.startswith("coreml")
-    reference = load_runtime(backend="keras")
+    reference = keras_reference
     inputs = faces.inputs[:50]
     got, want = runtime.run(inputs), reference.run(inputs)
     exact = target.precision == "fp32"  # fp16 compute: its own budget (parity, fp16 class)

@@ -1,11 +1,9 @@
 """Microcontrollers and NPUs (issue 23): the integer-only 16x8 file on TensorFlow Lite Micro
 (parity, smallest arena) and compiled by Arm Vela (`--to ethos-u`), and the int8 budget's tail
 bound. TFLite Micro and Vela are pip packages (the ``mcu`` extra): no hardware, never skipped
-in CI. One ``--to ethos-u`` export per session (it holds the tflite-int16x8 file)."""
+in CI. The session's tflite-int16x8 file is reused (no conversion of its own)."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -39,21 +37,22 @@ def test_tflite_micro_refuses_a_file_with_float_operators(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def ethos_u_package(export_dir, tmp_path_factory):
-    """The session's ``--to all`` tflite-int16x8 file (calibrated on SSRCONV_FACES) packaged as
-    ``--to ethos-u`` packages it (the same file, Vela per accelerator), and the manifest
-    fields: the file's own (MCU RAM, flash) and the package's (Vela's figures)."""
+def ethos_u_package(exported, tmp_path_factory):
+    """The session's tflite-int16x8 file (calibrated on SSRCONV_FACES; the ``--to all`` one when
+    the session has it) packaged as ``--to ethos-u`` packages it (the same file, Vela per
+    accelerator), and the manifest fields: the file's own (MCU RAM, flash) and the package's
+    (Vela's figures)."""
     import shutil
 
     from ssrconv.converters.ethos_u import compile_package
     from ssrconv.formats.ethos_u import describe
 
-    source = export_dir / "ssrnet_age_gender_int16x8.tflite"
+    artifact = exported("tflite-int16x8")
     package = tmp_path_factory.mktemp("ethos-u") / "ssrnet_age_gender_int16x8.ethos-u"
     package.mkdir()
-    shutil.copyfile(source, package / source.name)
-    manifest = json.loads(source.with_name(source.name + ".json").read_text())
-    return package, {**manifest, **compile_package(package / source.name), **describe(package)}
+    shutil.copyfile(artifact.path, package / artifact.path.name)
+    return package, {**artifact.manifest, **compile_package(package / artifact.path.name),
+                     **describe(package)}
 
 
 @pytest.mark.slow
@@ -100,7 +99,7 @@ def test_16x8_on_tflite_micro_within_the_int8_budget(ethos_u_package, budget_che
 
 
 def test_bench_reports_mcu_ram_flash_and_vela_estimates_per_accelerator():
-    from ssrconv.benchmarks.report import device_rows
+    from ssrconv.benchmarks.report import TABLES
 
     vela = {"npu_operators": 93, "cpu_operators": 5, "npu_mac_share": 0.99956, "sram_kib": 259.0,
             "off_chip_flash_kib": 88.3, "dram_kib": 0.0, "estimated_inference_ms": 2.7693}
@@ -110,7 +109,10 @@ def test_bench_reports_mcu_ram_flash_and_vela_estimates_per_accelerator():
             {"name": "b.tflite", "mode": "run", "device": {"mcu": {"ram_bytes": 191824,
                                                                     "flash_bytes": 163984}}},
             {"name": "c.onnx", "mode": "run", "device": {}}]
-    assert device_rows({"results": rows}) == [
+    (table,) = [t for t in TABLES if t.title.startswith("Microcontroller and NPU")]
+    headers, cells = table.render({"results": rows})
+    assert headers[1:4] == ["MCU RAM bytes", "flash bytes", "accelerator"]
+    assert cells == [
         ["a.ethos-u", "620,016", "156,304", "ethos-u55-128", "93/98", "99.96%", "259", "88.3",
          "2.77"],
         ["b.tflite", "191,824", "163,984", "-", "-", "-", "-", "-", "-"]]

@@ -31,20 +31,6 @@ def _pipeline():
 
 
 @pytest.fixture(scope="module")
-def references(assets_dir):
-    from ssrconv.reference import load_reference
-
-    cache = {}
-
-    def get(task):
-        if task not in cache:
-            cache[task] = load_reference(task)
-        return cache[task]
-
-    return get
-
-
-@pytest.fixture(scope="module")
 def export(tmp_path_factory, references):
     """export(task, precision, image=None) -> path of a saved .mlpackage (made once).
 
@@ -67,7 +53,7 @@ def export(tmp_path_factory, references):
         if key in cache:
             return cache[key]
         path = tmp_path_factory.mktemp("mil") / f"{task}_{precision}_{len(cache)}.mlpackage"
-        model = with_named_outputs(references(task).model, task)
+        model = with_named_outputs(references(task).reference.model, task)
         if image is None:
             target = TARGETS["coreml-fp16" if precision == "FLOAT16" else "coreml-fp32"]
             coreml.convert(model, target, types.SimpleNamespace(image_input=False, batch=None), path,
@@ -115,7 +101,7 @@ def keras_out(references, batch):
 
     def get(task):
         if task not in cache:
-            cache[task] = references(task).predict(batch)
+            cache[task] = references(task).reference.predict(batch)
         return cache[task]
 
     return get
@@ -199,7 +185,8 @@ def test_single_head_age_with_image_input(program, batch, references):
     rows = batch[:7]
     out = program.run({"face_bgr": rows})["age"]
     assert out.shape == (7, 1)
-    expected = references("age").predict(rows * scale + np.array(bias, np.float32))["age"]
+    age = references("age").reference
+    expected = age.predict(rows * scale + np.array(bias, np.float32))["age"]
     assert np.abs(out[:, 0] - expected).max() <= 0.01
 
 

@@ -12,12 +12,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.faces, pytest.mark.assets]
 
 
 @pytest.fixture(scope="module")
-def mnn_export(tmp_path_factory, assets_dir):
-    from ssrconv.exporter import export
-
-    out = tmp_path_factory.mktemp("mnn")
-    return {a.target.precision: a for a in export(to=("mnn",), precision=("fp32", "fp16"),
-                                                  out=out)}
+def mnn_export(exported):
+    return {precision: exported(f"mnn-{precision}") for precision in ("fp32", "fp16")}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -13,12 +13,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.faces, pytest.mark.assets]
 
 
 @pytest.fixture(scope="module")
-def ncnn_export(tmp_path_factory, assets_dir):
-    from ssrconv.exporter import export
-
-    out = tmp_path_factory.mktemp("ncnn")
-    return {a.target.precision: a for a in export(to=("ncnn",), precision=("fp32", "fp16"),
-                                                  out=out)}
+def ncnn_export(exported):
+    return {precision: exported(f"ncnn-{precision}") for precision in ("fp32", "fp16")}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

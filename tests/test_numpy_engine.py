@@ -10,7 +10,7 @@ import pytest
 
 from golden_assets import golden_outputs
 from ssrconv.errors import MissingExtraError, WeightsError
-from ssrconv.parity import synthetic_inputs
+from ssrconv.reference.synthetic import synthetic_inputs
 from ssrconv.reference import load_reference_runtime
 from ssrconv.assets import ASSETS
 from ssrconv.stages import stage_specs
@@ -25,21 +25,14 @@ GOLDEN_TOL = {"numpy-float32": {"age": 1e-4, "p_male": 2e-5},
 
 
 @pytest.fixture(scope="module")
-def inputs(faces):
-    """The parity inputs: 300 real faces and 64 seeded synthetic ones."""
-    return np.concatenate([faces.inputs, synthetic_inputs(64)])
-
-
-@pytest.fixture(scope="module")
-def golden_default(assets_dir, inputs):
-    return {"age": golden_outputs(assets_dir, "age-wiki", inputs),
-            "p_male": golden_outputs(assets_dir, "gender-wiki", inputs)}
+def golden_default(golden):
+    return {"age": golden("age-wiki"), "p_male": golden("gender-wiki")}
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_matches_golden_on_a_few_faces(assets_dir, faces, engine):
+def test_matches_golden_on_a_few_faces(assets_dir, faces, numpy_references, engine):
     batch = np.concatenate([faces.inputs[:24], synthetic_inputs(6)])
-    got = load_reference_runtime("age-gender", engine=engine).run(batch)
+    got = numpy_references(engine).run(batch)
     for head, name in (("age", "age-wiki"), ("p_male", "gender-wiki")):
         diff = np.max(np.abs(got[head].astype(np.float64) - golden_outputs(assets_dir, name, batch)))
         assert diff < GOLDEN_TOL[engine][head], (head, diff)
@@ -47,12 +40,12 @@ def test_matches_golden_on_a_few_faces(assets_dir, faces, engine):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_matches_golden_on_parity_inputs(assets_dir, inputs, golden_default, engine):
-    runtime = load_reference_runtime("age-gender", engine=engine)
+def test_matches_golden_on_parity_inputs(parity_inputs, golden_default, numpy_references, engine):
+    runtime = numpy_references(engine)
     assert runtime.engine == engine and runtime.backend == "reference"
     assert runtime.heads == ("age", "p_male")
-    got = runtime.run(inputs)
-    assert len(inputs) == 364
+    got = runtime.run(parity_inputs)
+    assert len(parity_inputs) == 364
     for head in ("age", "p_male"):
         assert got[head].dtype == np.float32 and got[head].shape == (364,)
         diff = np.max(np.abs(got[head].astype(np.float64) - golden_default[head]))
@@ -62,34 +55,32 @@ def test_matches_golden_on_parity_inputs(assets_dir, inputs, golden_default, eng
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", AGE + GENDER)
-def test_single_heads_match_golden_for_every_weights_file(assets_dir, faces, name):
+def test_single_heads_match_golden_for_every_weights_file(faces, golden, name):
     batch = faces.inputs[:64]
     kind = ASSETS[name].kind
     weights = {"age_weights": name} if kind == "age" else {"gender_weights": name}
     runtime = load_reference_runtime(kind, engine="numpy-float64", **weights)
     head = "age" if kind == "age" else "p_male"
     assert runtime.heads == (head,)
-    diff = np.max(np.abs(runtime.run(batch)[head] - golden_outputs(assets_dir, name, batch)))
+    diff = np.max(np.abs(runtime.run(batch)[head] - golden(name)[:len(batch)]))
     assert diff < GOLDEN_TOL["numpy-float64"][head], diff
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_matches_keras_to_1e4_years(reference_age_gender, inputs, engine):
-    from ssrconv.loading import load_runtime
-
-    keras = load_runtime(backend="keras")
+def test_matches_keras_to_1e4_years(keras_reference, numpy_references, parity_inputs, engine):
+    keras, inputs = keras_reference, parity_inputs
     want = {h: np.concatenate([keras.run(inputs[i:i + 64])[h] for i in range(0, len(inputs), 64)])
             for h in keras.heads}
-    got = load_reference_runtime(engine=engine).run(inputs)
+    got = numpy_references(engine).run(inputs)
     assert np.max(np.abs(got["age"] - want["age"])) < 1e-4
     assert np.max(np.abs(got["p_male"] - want["p_male"])) < 1e-4
 
 
-def test_stage_outputs_match_golden_with_and_without_prefix(assets_dir, faces):
+def test_stage_outputs_match_golden_with_and_without_prefix(assets_dir, faces, numpy_references):
     batch = faces.inputs[:16]
     _, golden = golden_outputs(assets_dir, "gender-wiki", batch, return_all=True)
-    both = load_reference_runtime("age-gender", engine="numpy-float64")
+    both = numpy_references("numpy-float64")
     single = load_reference_runtime("gender", engine="numpy-float64")
     got_both = both.stage_outputs(batch, stage_specs(("age", "p_male")))
     got_single = single.stage_outputs(batch, stage_specs(("p_male",)))
@@ -109,13 +100,11 @@ STAGE_TOL = {"numpy-float64": 1e-5, "numpy-float32": 2e-5}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_stage_outputs_match_keras(reference_age_gender, faces, engine):
-    from ssrconv.loading import load_runtime
-
+def test_stage_outputs_match_keras(keras_reference, numpy_references, faces, engine):
     batch = faces.inputs[:64]
     specs = stage_specs(("age", "p_male"))
-    want = load_runtime(backend="keras").stage_outputs(batch, specs)
-    got = load_reference_runtime(engine=engine).stage_outputs(batch, specs)
+    want = keras_reference.stage_outputs(batch, specs)
+    got = numpy_references(engine).stage_outputs(batch, specs)
     for spec in specs:
         np.testing.assert_allclose(got[spec.key], want[spec.key], atol=STAGE_TOL[engine],
                                    err_msg=spec.key)
@@ -146,8 +135,8 @@ def test_wrong_or_incomplete_weights_are_refused(assets_dir, tmp_path):
         load_reference_runtime("age", age_weights=str(broken), engine="numpy")
 
 
-def test_batch_shapes(assets_dir):
-    runtime = load_reference_runtime(engine="numpy")
+def test_batch_shapes(numpy_references):
+    runtime = numpy_references("numpy-float32")
     assert runtime.run(np.zeros((0, 64, 64, 3), np.float32))["age"].shape == (0,)
     # more faces than one internal chunk, and a remainder
     assert runtime.run(np.full((37, 64, 64, 3), 128, np.float32))["p_male"].shape == (37,)
@@ -183,49 +172,38 @@ def test_auto_is_keras_with_tensorflow():
     assert reference_engine("auto") == "keras"  # the test environment has ssrconv[export]
 
 
-def _one_line_error(capsys, argv) -> str:
-    from ssrconv.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1, err
-    assert err.count("\n") == 1, err
-    return err
-
-
 @pytest.mark.parametrize("argv", [
     ["export", "--to", "tflite"],
     ["export", "--to", "onnx", "--precision", "fp32"],
     ["eval", "{faces}", "--backend", "keras"],
     ["predict", "{images}/astronaut.png", "--backend", "keras"],
 ])
-def test_commands_needing_the_converters_fail_in_one_line(capsys, tmp_path, faces_dir, images_dir,
+def test_commands_needing_the_converters_fail_in_one_line(cli, tmp_path, faces_dir, images_dir,
                                                           no_tensorflow, argv):
     argv = [a.format(faces=faces_dir, images=images_dir) for a in argv]
     if argv[0] == "export":
         argv += ["--out", str(tmp_path / "out")]
-    err = _one_line_error(capsys, argv)
+    result = cli(*argv)
+    err = result.stderr
+    assert result.returncode == 1, err
+    assert err.count("\n") == 1, err
     assert "pip install 'ssrconv[export]'" in err and "not installed" in err, err
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
-def test_info_without_tensorflow_counts_on_numpy(capsys, assets_dir, no_tensorflow):
-    from ssrconv.cli import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        main(["info"])
-    out, err = capsys.readouterr()
-    assert exit_info.value.code == 0, err
+def test_info_without_tensorflow_counts_on_numpy(cli, assets_dir, no_tensorflow):
+    result = cli("info")
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
     assert "40,915" in out and "17,078,926" in out  # the counts test_cli reads from Keras
     assert "reference engine numpy-float32" in out and "age-wiki" in out
 
 
-def test_counts_match_keras(reference_age_gender):
+def test_counts_match_keras(reference_age_gender, numpy_references):
     from ssrconv.reference.model import count_macs, count_params
     from ssrconv.reference.numpy_engine import count_macs as numpy_macs
 
-    runtime = load_reference_runtime(engine="numpy")
+    runtime = numpy_references("numpy-float32")
     assert runtime.params == {"age": count_params(reference_age_gender.model) // 2,
                               "gender": count_params(reference_age_gender.model) // 2}
     assert numpy_macs("age") == numpy_macs("gender") == count_macs(reference_age_gender.model) // 2
@@ -250,27 +228,20 @@ def test_require_names_missing_dependency(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tflite_fp32(tmp_path_factory, assets_dir):
+def tflite_fp32(exported):
     """One fp32 .tflite exported with the converters (before any of them is hidden)."""
-    from ssrconv.exporter import export
-
-    out = tmp_path_factory.mktemp("tflite")
-    (artifact,) = export(to=("tflite",), precision=("fp32",), out=out)
-    return artifact.path
+    return exported("tflite-fp32").path
 
 
 @pytest.mark.slow
-def test_parity_and_predict_run_on_numpy_without_tensorflow(capsys, tmp_path, tflite_fp32, faces_dir,
+def test_parity_and_predict_run_on_numpy_without_tensorflow(cli, tmp_path, tflite_fp32, faces_dir,
                                                             images_dir, no_tensorflow):
     import json
 
-    from ssrconv.cli import main
-
     report = tmp_path / "parity.json"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["parity", "--model", str(tflite_fp32), "--faces", str(faces_dir), "--json", str(report)])
-    out, err = capsys.readouterr()
-    assert exit_info.value.code == 0, err
+    result = cli("parity", "--model", tflite_fp32, "--faces", faces_dir, "--json", report)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
     data = json.loads(report.read_text())
     assert data["reference_engine"] == "numpy-float32" and data["passed"]
     (result,) = data["results"]
@@ -280,10 +251,8 @@ def test_parity_and_predict_run_on_numpy_without_tensorflow(capsys, tmp_path, tf
     for module in CONVERTERS:
         assert sys.modules[module] is None  # nothing imported them behind the test's back
 
-    with pytest.raises(SystemExit) as exit_info:
-        main(["predict", str(images_dir / "group_t1.jpg")])
-    out, err = capsys.readouterr()
-    assert exit_info.value.code == 0, err
-    assert len(json.loads(out)["faces"]) == 6
+    result = cli("predict", images_dir / "group_t1.jpg")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["faces"]) == 6
     for module in CONVERTERS:  # the reference that predicted was the numpy one: TF never loaded
         assert sys.modules[module] is None

@@ -69,7 +69,8 @@ def test_openvino_exports_pass_parity_on_their_engine(export_dir, faces):
                                                                 "openvino-cpu-bf16"}
 
 
-def test_float_irs_convert_the_fast_graph_and_keep_their_stage_tensors(export_dir, faces):
+def test_float_irs_convert_the_fast_graph_and_keep_their_stage_tensors(export_dir, faces,
+                                                                        keras_reference):
     import json
 
     from ssrconv.parity import stage_differences
@@ -83,7 +84,7 @@ def test_float_irs_convert_the_fast_graph_and_keep_their_stage_tensors(export_di
         if want[1] == "onnx":  # the groups=2 convs survive as OpenVINO GroupConvolution
             assert manifest["ops"]["GroupConvolution"] == 12, key
     runtime = load_runtime(_artifact(export_dir, "openvino-fp32"))
-    stages, note = stage_differences(runtime, load_runtime(backend="keras"), faces.inputs[:8])
+    stages, note = stage_differences(runtime, keras_reference, faces.inputs[:8])
     assert stages is not None and len(stages) == 18, note
     assert max(stages.values()) < 1e-4, stages
 

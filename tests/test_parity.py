@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,16 +14,11 @@ from ssrconv.targets import BUDGETS, EXPORTED_BY_ALL, TARGETS
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "ssrconv.cli", *args], capture_output=True,
-                          text=True, timeout=900)
-
-
-def test_parity_passes_for_every_artifact_of_export_all(export_dir, faces_dir, tmp_path):
+def test_parity_passes_for_every_artifact_of_export_all(export_dir, faces_dir, tmp_path, cli):
     junit = tmp_path / "parity.xml"
     report = tmp_path / "parity.json"
-    result = _cli("parity", str(export_dir), "--faces", str(faces_dir), "--json", str(report),
-                  "--junit", str(junit))
+    result = cli("parity", str(export_dir), "--faces", str(faces_dir), "--json", str(report),
+                 "--junit", str(junit))
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(report.read_text())
     assert data["passed"] is True and len(data["results"]) == len(EXPORTED_BY_ALL)
@@ -61,7 +54,7 @@ def _corrupt_onnx(src, dst):
     onnx.save(proto, str(dst))
 
 
-def test_parity_fails_on_a_corrupted_artifact(export_dir, faces_dir, tmp_path):
+def test_parity_fails_on_a_corrupted_artifact(export_dir, faces_dir, tmp_path, cli):
     """A perturbed model breaks its budget when unmanaged (no manifest: judged on the precision
     read from the file, fp32), and is refused before running when its manifest is beside it
     (the bytes are not the ones the manifest records)."""
@@ -69,26 +62,25 @@ def test_parity_fails_on_a_corrupted_artifact(export_dir, faces_dir, tmp_path):
     bad = tmp_path / "ssrnet_age_gender_fp32.onnx"
     _corrupt_onnx(src, bad)
     junit = tmp_path / "parity.xml"
-    result = _cli("parity", "--model", str(bad), "--faces", str(faces_dir), "--limit", "60",
-                  "--junit", str(junit))
+    result = cli("parity", "--model", str(bad), "--faces", str(faces_dir), "--limit", "60",
+                 "--junit", str(junit))
     assert result.returncode == 1
     assert "max age diff" in result.stdout and "FAIL" in result.stdout
     assert "parity failed for 1 of 1" in result.stderr and "Traceback" not in result.stderr
     assert "unmanaged" in result.stderr
     assert 'failures="1"' in junit.read_text()
     shutil.copy(export_dir / (src.name + ".json"), tmp_path / (bad.name + ".json"))
-    result = _cli("parity", "--model", str(bad), "--faces", str(faces_dir), "--limit", "60")
+    result = cli("parity", "--model", str(bad), "--faces", str(faces_dir), "--limit", "60")
     assert result.returncode == 1 and "not the ones its manifest records" in result.stdout
     assert "Traceback" not in result.stderr
 
 
-def test_eval_reproduces_reference_mae_from_every_fp32_artifact(export_dir, faces_dir, tmp_path):
+def test_eval_reproduces_reference_mae_from_every_fp32_artifact(export_dir, faces,
+                                                                 keras_reference):
     from ssrconv.evaluate import evaluate
-    from ssrconv.reference.preprocess import load_faces
     from ssrconv.loading import load_runtime
 
-    faces = load_faces(faces_dir)
-    reference = evaluate(load_runtime(backend="keras"), faces)["summary"]
+    reference = evaluate(keras_reference, faces)["summary"]
     assert reference["adults"] == 240
     for name in ("ssrnet_age_gender_fp32.onnx", "ssrnet_age_gender_fp32.tflite",
                  "ssrnet_age_gender_fp32.mlpackage"):
@@ -98,10 +90,10 @@ def test_eval_reproduces_reference_mae_from_every_fp32_artifact(export_dir, face
         assert summary["gender_accuracy_all"] == reference["gender_accuracy_all"], name
 
 
-def test_eval_cli_writes_predictions(export_dir, faces_dir, tmp_path):
+def test_eval_cli_writes_predictions(export_dir, faces_dir, tmp_path, cli):
     out = tmp_path / "eval.json"
-    result = _cli("eval", str(faces_dir), "--model", str(export_dir / "ssrnet_age_gender_int8.tflite"),
-                  "--json", str(out))
+    result = cli("eval", str(faces_dir), "--model", str(export_dir / "ssrnet_age_gender_int8.tflite"),
+                 "--json", str(out))
     assert result.returncode == 0, result.stderr
     assert "age MAE" in result.stdout and "tflite" in result.stdout
     data = json.loads(out.read_text())

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -32,14 +30,15 @@ def test_yunet_finds_all_six_faces_haar_fewer(group_photo, assets_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", EXPORTED_BY_ALL)
-def test_every_backend_agrees_with_reference_on_the_group_photo(export_dir, group_photo, key, tmp_path):
+def test_every_backend_agrees_with_reference_on_the_group_photo(export_dir, group_photo, key, tmp_path,
+                                                                keras_reference):
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor
     from ssrconv.loading import load_runtime
 
     artifact = export_dir / TARGETS[key].filename("age-gender")
     predictor = Predictor(load_runtime(artifact), make_detector("yunet"),
-                          reference=load_runtime(backend="keras"))
+                          reference=keras_reference)
     result = predictor.run([group_photo], out_dir=tmp_path)
     assert result.ok and len(result.records) == 6
     budget = TARGETS[key].budget
@@ -56,12 +55,8 @@ def test_every_backend_agrees_with_reference_on_the_group_photo(export_dir, grou
     assert annotated is not None and annotated.shape == cv2.imread(str(group_photo)).shape
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "ssrconv.cli", *args], capture_output=True,
-                          text=True, timeout=600)
-
-
-def test_directory_with_corrupt_and_non_image_files(group_photo, tmp_path, assets_dir, images_dir):
+def test_directory_with_corrupt_and_non_image_files(group_photo, tmp_path, assets_dir, images_dir,
+                                                     cli):
     photos = tmp_path / "my photos ü"
     photos.mkdir()
     shutil.copy(group_photo, photos / "a_group.jpg")
@@ -69,7 +64,7 @@ def test_directory_with_corrupt_and_non_image_files(group_photo, tmp_path, asset
     (photos / "c_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
     (photos / "d_notes.txt").write_text("not an image")
     out = tmp_path / "out"
-    result = _cli("predict", str(photos), "--out", str(out))
+    result = cli("predict", str(photos), "--out", str(out))
     assert result.returncode == 1
     data = json.loads(result.stdout)
     assert {r["source"].split("/")[-1] for r in data["faces"]} == {"a_group.jpg", "b_astronaut.png"}
@@ -78,10 +73,10 @@ def test_directory_with_corrupt_and_non_image_files(group_photo, tmp_path, asset
     assert failed == ["c_corrupt.jpg", "d_notes.txt"]
     assert "Traceback" not in result.stderr and "could not be processed" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_group_annotated.jpg",
-                                                     "b_astronaut_annotated.jpg", "predictions.json"]
+                                                     "b_astronaut_annotated.png", "predictions.json"]
 
 
-def test_video_is_processed_frame_by_frame(group_photo, tmp_path, assets_dir):
+def test_video_is_processed_frame_by_frame(group_photo, tmp_path, assets_dir, cli):
     image = cv2.imread(str(group_photo))
     video = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5,
@@ -90,7 +85,7 @@ def test_video_is_processed_frame_by_frame(group_photo, tmp_path, assets_dir):
         writer.write(np.roll(image, shift * 8, axis=1))
     writer.release()
     out = tmp_path / "out"
-    result = _cli("predict", str(video), "--every", "2", "--format", "csv", "--out", str(out))
+    result = cli("predict", str(video), "--every", "2", "--format", "csv", "--out", str(out))
     assert result.returncode == 0, result.stderr
     rows = result.stdout.strip().splitlines()[1:]
     frames = sorted({int(r.split(",")[1]) for r in rows})
@@ -100,9 +95,9 @@ def test_video_is_processed_frame_by_frame(group_photo, tmp_path, assets_dir):
     assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
 
 
-def test_predict_bad_options(tmp_path, group_photo):
-    result = _cli("predict", str(group_photo), "--backend", "onnx")
+def test_predict_bad_options(tmp_path, group_photo, cli):
+    result = cli("predict", str(group_photo), "--backend", "onnx")
     assert result.returncode == 2 and "needs --model" in result.stderr
-    result = _cli("predict", str(group_photo), "--model", str(tmp_path / "missing.onnx"))
+    result = cli("predict", str(group_photo), "--model", str(tmp_path / "missing.onnx"))
     assert result.returncode == 1 and "missing.onnx: no such file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

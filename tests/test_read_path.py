@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +17,6 @@ import pytest
 from ssrconv.artifacts import discover, open_artifact
 from ssrconv.errors import IntegrityError, ModelFileError
 from ssrconv.targets import ENGINES, FORMATS, TARGETS, artifact_suffixes, format_of
-
-
-def _cli(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "ssrconv.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -79,20 +72,20 @@ def test_the_table_is_the_one_suffix_map():
     assert not offenders, offenders
 
 
-def test_weights_file_is_not_an_artifact(tampered_weights, faces_dir):
-    result = _cli("parity", "--model", tampered_weights, "--faces", faces_dir)
+def test_weights_file_is_not_an_artifact(tampered_weights, faces_dir, cli):
+    result = cli("parity", "--model", tampered_weights, "--faces", faces_dir)
     assert result.returncode == 2
     assert "weights file" in result.stderr and "export" in result.stderr
     assert "Traceback" not in result.stderr and "within budget" not in result.stderr
 
 
-def test_eval_of_a_weights_file_uses_those_weights(tampered_weights, faces_dir):
+def test_eval_of_a_weights_file_uses_those_weights(tampered_weights, faces_dir, cli):
     """eval --model my_weights.h5 reports that file's MAE (not the default weights' 9.18 y)."""
-    mine = _cli("eval", faces_dir, "--model", tampered_weights, "--json", tampered_weights.with_suffix(".json"))
+    mine = cli("eval", faces_dir, "--model", tampered_weights, "--json", tampered_weights.with_suffix(".json"))
     assert mine.returncode == 0, mine.stderr
     summary = json.loads(tampered_weights.with_suffix(".json").read_text())["summary"]
     assert "my_weights.h5" in summary["model"]
-    default = _cli("eval", faces_dir)
+    default = cli("eval", faces_dir)
     assert default.returncode == 0, default.stderr
     default_mae = float(default.stdout.split("age MAE ")[1].split(" y")[0])
     assert abs(summary["age_mae_adults"] - default_mae) > 0.5, (summary, default_mae)
@@ -100,21 +93,22 @@ def test_eval_of_a_weights_file_uses_those_weights(tampered_weights, faces_dir):
 
 
 @pytest.mark.slow
-def test_export_of_user_weights_is_checked_against_those_weights(tampered_weights, faces_dir, tmp_path):
+def test_export_of_user_weights_is_checked_against_those_weights(tampered_weights, faces_dir, tmp_path,
+                                                                  cli):
     """Parity builds the reference from the weights the manifest names (by sha256)."""
     out = tmp_path / "mine"
-    result = _cli("export", "--to", "onnx", "--task", "age", "--weights", tampered_weights, "--out", out)
+    result = cli("export", "--to", "onnx", "--task", "age", "--weights", tampered_weights, "--out", out)
     assert result.returncode == 0, result.stderr
-    parity = _cli("parity", out, "--faces", faces_dir, "--limit", "40", "--json", out / "p.json")
+    parity = cli("parity", out, "--faces", faces_dir, "--limit", "40", "--json", out / "p.json")
     assert parity.returncode == 0, parity.stdout + parity.stderr
     (row,) = json.loads((out / "p.json").read_text())["results"]
     assert row["weights"]["age"] == str(tampered_weights) and row["real"]["age"]["max_abs"] < 0.01
     moved = tmp_path / "elsewhere.h5"
     shutil.move(tampered_weights, moved)  # the recorded path is gone: found again by sha256 only
     try:
-        lost = _cli("parity", out, "--faces", faces_dir, "--limit", "8")
+        lost = cli("parity", out, "--faces", faces_dir, "--limit", "8")
         assert lost.returncode == 1 and "--weights" in lost.stdout
-        found = _cli("parity", out, "--faces", faces_dir, "--limit", "8", "--weights", moved)
+        found = cli("parity", out, "--faces", faces_dir, "--limit", "8", "--weights", moved)
         assert found.returncode == 0, found.stdout + found.stderr
     finally:
         shutil.move(moved, tampered_weights)
@@ -127,7 +121,7 @@ def export_copy(export_dir, tmp_path):
     return copy
 
 
-def test_swapped_file_fails_verification(export_copy, faces_dir):
+def test_swapped_file_fails_verification(export_copy, faces_dir, cli):
     """The fp32 .tflite copied over the int8 one (its manifest still says int8): refused with
     both hashes, the other artifacts still measured, exit 1."""
     int8 = export_copy / "ssrnet_age_gender_int8.tflite"
@@ -135,8 +129,8 @@ def test_swapped_file_fails_verification(export_copy, faces_dir):
     with pytest.raises(IntegrityError, match="not the ones its manifest records") as err:
         open_artifact(int8)
     assert int8.name in str(err.value) and "\n" not in str(err.value)
-    result = _cli("parity", export_copy, "--faces", faces_dir, "--limit", "16", "--synthetic", "0",
-                  "--json", export_copy / "p.json")
+    result = cli("parity", export_copy, "--faces", faces_dir, "--limit", "16", "--synthetic", "0",
+                 "--json", export_copy / "p.json")
     assert result.returncode == 1
     rows = {r["artifact"]: r for r in json.loads((export_copy / "p.json").read_text())["results"]}
     assert len(rows) == len(list(export_copy.glob("*.json"))) - 2  # every artifact, one row each
@@ -144,15 +138,15 @@ def test_swapped_file_fails_verification(export_copy, faces_dir):
     assert all(r["passed"] for name, r in rows.items() if name != int8.name), rows
 
 
-def test_one_truncated_artifact_does_not_hide_the_others(export_copy, faces_dir):
+def test_one_truncated_artifact_does_not_hide_the_others(export_copy, faces_dir, cli):
     """The others are still measured and judged, on the whole dev set: the int8 budget's 99%
     gender agreement allows no disagreement on fewer than 100 faces, and a 16-face subset holds
     the one face whose reference P(male), 0.97, +/-1 grey level of input noise moves to 0.49
     (docs/INT8.md, "The one face whose gender flips")."""
     onnx = export_copy / "ssrnet_age_gender_fp32.onnx"
     onnx.write_bytes(onnx.read_bytes()[:20_000])
-    result = _cli("parity", export_copy, "--faces", faces_dir, "--synthetic", "0",
-                  "--json", export_copy / "p.json", "--junit", export_copy / "p.xml")
+    result = cli("parity", export_copy, "--faces", faces_dir, "--synthetic", "0",
+                 "--json", export_copy / "p.json", "--junit", export_copy / "p.xml")
     assert result.returncode == 1, result.stderr
     report = json.loads((export_copy / "p.json").read_text())
     failed = [r for r in report["results"] if not r["passed"]]
@@ -201,14 +195,14 @@ def test_engine_that_does_not_read_the_format_is_refused(export_dir):
 
 
 @pytest.mark.slow
-def test_engines_all_runs_every_engine_of_the_format(export_dir, faces_dir, tmp_path):
+def test_engines_all_runs_every_engine_of_the_format(export_dir, faces_dir, tmp_path, cli):
     """`parity --engines all`: one row per (artifact, engine) that reads its format, each within
     the artifact's budget; a pair an engine refuses by design is a reported 'not run' row."""
     from ssrconv.targets import engines_reading
 
     report = tmp_path / "p.json"
-    result = _cli("parity", "--model", export_dir / "ssrnet_age_gender_fp32.onnx", "--faces", faces_dir,
-                  "--limit", "30", "--synthetic", "8", "--engines", "all", "--json", report)
+    result = cli("parity", "--model", export_dir / "ssrnet_age_gender_fp32.onnx", "--faces", faces_dir,
+                 "--limit", "30", "--synthetic", "8", "--engines", "all", "--json", report)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(report.read_text())["results"]
     assert len(rows) == len(engines_reading("onnx")) and all(r["passed"] for r in rows)
@@ -216,8 +210,8 @@ def test_engines_all_runs_every_engine_of_the_format(export_dir, faces_dir, tmp_
     engines = " ".join(r["engine"] for r in rows)
     for name in ("onnxruntime", "openvino", "tract", "chromium-ort-wasm"):
         assert name in engines, engines
-    tfl = _cli("parity", "--model", export_dir / "ssrnet_age_gender_fp32.tflite", "--faces", faces_dir,
-               "--limit", "8", "--synthetic", "0", "--engines", "all", "--json", report)
+    tfl = cli("parity", "--model", export_dir / "ssrnet_age_gender_fp32.tflite", "--faces", faces_dir,
+              "--limit", "8", "--synthetic", "0", "--engines", "all", "--json", report)
     assert tfl.returncode == 0, tfl.stdout + tfl.stderr
     rows = {r["engine"]: r for r in json.loads(report.read_text())["results"]}
     assert "variable-batch" in rows["chromium-litert-wasm"]["not_run"]

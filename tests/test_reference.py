@@ -80,10 +80,8 @@ def test_bgr_matters(reference_age_gender, faces):
 
 
 @pytest.mark.parametrize("task", ["age", "gender"])
-def test_age_gender_model_equals_single_heads(reference_age_gender, faces, task):
-    from ssrconv.reference import load_reference
-
-    single = load_reference(task).predict(faces.inputs[:32])
+def test_age_gender_model_equals_single_heads(reference_age_gender, references, faces, task):
+    single = references(task).reference.predict(faces.inputs[:32])
     key = "age" if task == "age" else "p_male"
     both = reference_age_gender.predict(faces.inputs[:32])[key]
     np.testing.assert_allclose(both, single[key], atol=1e-5)

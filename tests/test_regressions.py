@@ -5,8 +5,6 @@ changes: every one is refused in one line naming the file, before a runtime sees
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -63,15 +61,13 @@ def test_tflite_conv_pointed_at_another_operators_tensors_is_refused(tmp_path, f
     _refused(_mutated(tmp_path, fp32_tflite, edit, "dataflow.tflite"), "already written|never written|no earlier operator")
 
 
-def test_onnx_parse_error_keeps_stdout_clean(tmp_path, export_dir, images_dir):
+def test_onnx_parse_error_keeps_stdout_clean(tmp_path, export_dir, images_dir, cli):
     """onnxruntime printed an 'EP Error' banner on stdout (predict's JSON) for a corrupt file."""
     bad = tmp_path / "bad.onnx"
     data = bytearray((export_dir / "ssrnet_age_gender_fp32.onnx").read_bytes())
     data[100:400] = bytes(300)
     bad.write_bytes(bytes(data))
-    out = subprocess.run([sys.executable, "-m", "ssrconv.cli", "predict",
-                          str(images_dir / "astronaut.png"), "--model", str(bad)],
-                         capture_output=True, text=True, timeout=300)
+    out = cli("predict", images_dir / "astronaut.png", "--model", bad)
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.count("ssrconv: error:") == 1 and "bad.onnx" in out.stderr
 

@@ -14,12 +14,8 @@ ENGINES = {"onnx": ("onnxruntime", "openvino", "tract"), "tflite": ("litert", "o
 
 
 @pytest.fixture(scope="module")
-def static_export(tmp_path_factory, assets_dir):
-    from ssrconv.exporter import export
-
-    out = tmp_path_factory.mktemp("batch3") / "out"
-    return {a.format.family: a for a in export(to=("onnx", "tflite"), precision=("fp32",),
-                                                 batch=3, out=out)}
+def static_export(exported):
+    return {family: exported(f"{family}-fp32", batch=3) for family in ("onnx", "tflite")}
 
 
 def test_the_file_declares_the_batch_and_the_manifest_records_it(static_export):

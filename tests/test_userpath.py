@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssrconv.cli import main
 
 # EXIF Orientation -> the transpose that makes the stored (sideways) image from the upright one
 # (what a phone writes); a viewer, and ssrconv, undo it.
@@ -33,13 +32,6 @@ def _rotated_copy(source, dest, orientation: int, crop_wide: bool = True):
     return upright
 
 
-def _run(capsys, *args) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_read_image_applies_exif_orientation(images_dir, tmp_path, orientation):
     from ssrconv.reference.preprocess import read_image
@@ -52,7 +44,7 @@ def test_read_image_applies_exif_orientation(images_dir, tmp_path, orientation):
 
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])
-def test_rotated_astronaut_predicts_like_upright(images_dir, tmp_path, capsys, assets_dir, orientation):
+def test_rotated_astronaut_predicts_like_upright(images_dir, tmp_path, cli, assets_dir, orientation):
     photos = tmp_path / "photos"
     photos.mkdir()
     # PNG (eXIf chunk, which OpenCV honours too): lossless, so the only difference between the
@@ -60,14 +52,14 @@ def test_rotated_astronaut_predicts_like_upright(images_dir, tmp_path, capsys, a
     upright = _rotated_copy(images_dir / "astronaut.png", photos / "rotated.png", orientation)
     upright.save(photos / "upright.png")
     out = tmp_path / "out"
-    code, stdout, _ = _run(capsys, "predict", photos, "--out", out)
-    assert code == 0
-    faces = {r["source"].split("/")[-1]: r for r in json.loads(stdout)["faces"]}
+    result = cli("predict", photos, "--out", out)
+    assert result.returncode == 0, result.stderr
+    faces = {r["source"].split("/")[-1]: r for r in json.loads(result.stdout)["faces"]}
     assert set(faces) == {"rotated.png", "upright.png"}  # one face each
     rotated, straight = faces["rotated.png"], faces["upright.png"]
     assert straight["gender"] == rotated["gender"] == "F"  # sideways she came out male, 33.9 y
     assert rotated["age"] == straight["age"] and rotated["box"] == straight["box"]  # displayed frame
-    annotated = Image.open(out / "rotated_annotated.jpg")
+    annotated = Image.open(out / "rotated_annotated.png")
     assert annotated.size == upright.size  # the annotated copy is upright
 
 
@@ -112,13 +104,13 @@ def test_predict_refuses_a_named_pipe_in_one_line(tmp_path, assets_dir):
     assert "1 of the inputs could not be processed" in result.stderr
 
 
-def test_predict_on_an_empty_directory_is_an_error(tmp_path, capsys, assets_dir):
+def test_predict_on_an_empty_directory_is_an_error(tmp_path, cli, assets_dir):
     empty = tmp_path / "empty_dir"
     empty.mkdir()
     (empty / ".hidden.jpg").write_bytes(b"")  # hidden files are not inputs
-    code, stdout, stderr = _run(capsys, "predict", empty)
-    assert code == 1 and stdout == ""
-    assert stderr.strip().splitlines() == [f"ssrconv: error: no image or video files in {empty}"]
+    result = cli("predict", empty)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"ssrconv: error: no image or video files in {empty}"]
 
 
 # ------------------------------------------------------------------ photos as faces
@@ -188,42 +180,39 @@ def test_calibration_from_a_directory_of_photos(photos_dir):
 
 
 @pytest.fixture(scope="module")
-def tflite_fp32(tmp_path_factory, assets_dir):
-    from ssrconv.exporter import export
-
-    out = tmp_path_factory.mktemp("export")
-    (artifact,) = export(to=("tflite",), precision=("fp32",), out=out)
-    return artifact.path
+def tflite_fp32(exported):
+    return exported("tflite-fp32").path
 
 
-def test_parity_with_no_faces_runs_on_the_sample_photos(tflite_fp32, tmp_path, capsys, monkeypatch):
+def test_parity_with_no_faces_runs_on_the_sample_photos(tflite_fp32, tmp_path, cli, monkeypatch):
     monkeypatch.delenv("SSRCONV_FACES", raising=False)
     report = tmp_path / "parity.json"
-    code, stdout, stderr = _run(capsys, "parity", "--model", tflite_fp32, "--json", report)
-    assert code == 0, stderr
-    assert "no --faces and no SSRCONV_FACES: using the built-in sample photos" in stderr
+    result = cli("parity", "--model", tflite_fp32, "--json", report)
+    assert result.returncode == 0, result.stderr
+    assert "no --faces and no SSRCONV_FACES: using the built-in sample photos" in result.stderr
     data = json.loads(report.read_text())
     assert data["faces_dir"].endswith("t1.jpg, astronaut.png: 7 faces from 2 files")
-    assert "7 real faces" in stdout
+    assert "7 real faces" in result.stdout
 
 
-def test_parity_on_a_directory_of_photos_counts_their_faces(tflite_fp32, photos_dir, capsys):
-    code, stdout, stderr = _run(capsys, "parity", "--model", tflite_fp32, "--faces", photos_dir)
-    assert code == 0, stderr
-    assert "7 real faces" in stdout and f"faces: {photos_dir}: 7 faces from 2 files" in stderr
+def test_parity_on_a_directory_of_photos_counts_their_faces(tflite_fp32, photos_dir, cli):
+    result = cli("parity", "--model", tflite_fp32, "--faces", photos_dir)
+    assert result.returncode == 0, result.stderr
+    assert "7 real faces" in result.stdout
+    assert f"faces: {photos_dir}: 7 faces from 2 files" in result.stderr
 
 
 # ------------------------------------------------------------------ progress
-def test_predict_over_a_directory_prints_no_line_per_file(images_dir, tmp_path, capsys, assets_dir):
+def test_predict_over_a_directory_prints_no_line_per_file(images_dir, tmp_path, cli, assets_dir):
     import shutil
 
     for i in range(3):
         shutil.copy(images_dir / "astronaut.png", tmp_path / f"a{i}.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    code, stdout, stderr = _run(capsys, "predict", tmp_path)
-    assert code == 1 and len(json.loads(stdout)["faces"]) == 3
+    result = cli("predict", tmp_path)
+    assert result.returncode == 1 and len(json.loads(result.stdout)["faces"]) == 3
     # not a TTY: no bar, no per-file lines; one line for the skipped file and the error
-    assert stderr.strip().splitlines() == [
+    assert result.stderr.strip().splitlines() == [
         f"skipped: {tmp_path / 'broken.jpg'}: not a decodable image (JPEG, PNG, BMP, WebP, TIFF)",
         "ssrconv: error: 1 of the inputs could not be processed (see 'failures')"]
 
@@ -258,15 +247,15 @@ def test_reports_get_the_artifacts_mode_not_0600(tmp_path):
     assert (tmp_path / "parity.json").read_text() == "{}\n"
 
 
-def test_predict_writes_predictions_and_annotated_copies_0644(images_dir, tmp_path, capsys, assets_dir):
+def test_predict_writes_predictions_and_annotated_copies_0644(images_dir, tmp_path, cli, assets_dir):
     old = os.umask(0o022)
     try:
-        code, _, _ = _run(capsys, "predict", images_dir / "astronaut.png", "--out", tmp_path / "out")
+        result = cli("predict", images_dir / "astronaut.png", "--out", tmp_path / "out")
     finally:
         os.umask(old)
-    assert code == 0
+    assert result.returncode == 0, result.stderr
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
-    assert modes == {"astronaut_annotated.jpg": 0o644, "predictions.json": 0o644}
+    assert modes == {"astronaut_annotated.png": 0o644, "predictions.json": 0o644}
 
 
 # ------------------------------------------------------------------ the users' CI template
@@ -283,7 +272,7 @@ def test_ci_template_passes_zizmor():
     assert "No findings to report" in result.stdout + result.stderr
     text = template.read_text()
     assert "permissions:\n  contents: read" in text
-    assert text.count("persist-credentials: false") == text.count("actions/checkout@") == 2
+    assert text.count("persist-credentials: false") == text.count("actions/checkout@") == 3
 
 
 # ------------------------------------------------------------------ eval figures for the model card

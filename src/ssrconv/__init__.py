@@ -1,4 +1,5 @@
-"""ssrconv: ship SSR-Net to ONNX, TFLite and CoreML, prove parity, measure speed.
+"""ssrconv: ship SSR-Net to ONNX, TFLite, CoreML, the browser, OpenVINO, ncnn and MNN, prove
+parity, measure speed.
 
 ``import ssrconv`` stays light: TensorFlow, coremltools and onnxruntime are imported
 only by the functions that need them.
@@ -22,4 +23,12 @@ def export(options=None, progress=None, **kwargs):
     return _export(options, progress=progress, **kwargs)
 
 
-__all__ = ["__version__", "export", "AssetError", "InputError", "SsrconvError", "WeightsError"]
+def predict_faces(image, model=None, detector="yunet", min_face=0):
+    """Faces of one photo (path or BGR array) with ages and genders; see
+    :func:`ssrconv.predict.predict_faces` (imported lazily)."""
+    from ssrconv.predict import predict_faces as _predict_faces
+
+    return _predict_faces(image, model=model, detector=detector, min_face=min_face)
+
+
+__all__ = ["__version__", "export", "predict_faces", "AssetError", "InputError", "SsrconvError", "WeightsError"]

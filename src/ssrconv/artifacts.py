@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssrconv.errors import InputError, IntegrityError, ManifestError, ModelFileError
+from ssrconv.errors import InputError, IntegrityError, ManifestError, ModelFileError, clip
 from ssrconv.targets import (
     BUDGET_OF_PRECISION,
     BUDGETS,
@@ -140,7 +140,7 @@ def read_index(directory: Path) -> list[dict] | None:
                             "ssrconv export")
     for entry in entries:
         if not isinstance(entry, dict) or not all(_plain_name(entry.get(k)) for k in ("file", "manifest")):
-            raise ManifestError(f"{path}: entry {str(entry)[:80]!r} does not name a file in this "
+            raise ManifestError(f"{path}: entry {clip(str(entry), 80)!r} does not name a file in this "
                                 "directory; re-run ssrconv export")
     return entries
 

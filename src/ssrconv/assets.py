@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssrconv.errors import AssetError
+from ssrconv.errors import AssetError, WeightsError
 
 _SSR = "https://github.com/shamangary/SSR-Net/raw/master/pre-trained"
 _SSR_DIR = "ssrnet_3_3_3_64_1.0_1.0/ssrnet_3_3_3_64_1.0_1.0"
@@ -262,3 +262,20 @@ def _download(asset: Asset) -> ResolvedAsset:
         return ResolvedAsset(path=final, source="download", sha256=actual, asset=asset)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def find_weights(head: str, entry: dict, candidates=()) -> str:
+    """The weights (registry name or path) whose sha256 is the one ``entry`` (a manifest's
+    ``weights[head]``) records: its own name first, then the registry, then ``candidates``
+    (paths the user gave). WeightsError naming the head, the name and the hash otherwise: an
+    export is never compared with weights it was not made from."""
+    want = entry.get("sha256")
+    names = [entry.get("name")] + [a.name for a in ASSETS.values() if a.sha256 == want]
+    for name in [n for n in names if n] + [str(c) for c in candidates]:
+        try:
+            if resolve(name, download=name in ASSETS).sha256 == want:
+                return name
+        except (AssetError, OSError):
+            continue
+    raise WeightsError(f"the {head} weights {entry.get('name')!r} (sha256 {str(want)[:16]}...) "
+                       "this artifact was exported from are not here; pass them with --weights PATH")

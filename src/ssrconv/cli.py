@@ -25,6 +25,7 @@ from ssrconv.targets import (
     PRECISIONS,
     REFERENCE_ENGINES,
     artifact_suffixes,
+    formats_in_words,
 )
 
 _TASKS = ("age", "gender", "age-gender")  # = ssrconv.reference.TASKS (kept light: no import)
@@ -63,15 +64,15 @@ def _echo_err(message: str) -> None:
     click.echo(_error_line(message), err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=(
+    f"Ship SSR-Net (IJCAI 2018 age/gender CNN) to {formats_in_words()}; check each export "
+    "against the original on real faces and benchmark them.\n\n"
+    "Weights resolve from a path, $SSRCONV_ASSETS (offline mirror), $SSRCONV_CACHE "
+    "(default ~/.cache/ssrconv), then a sha256-verified download."))
 @click.version_option(__version__, "--version", prog_name="ssrconv")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def cli(debug: bool) -> None:
-    """Ship SSR-Net (IJCAI 2018 age/gender CNN) to ONNX, TFLite and CoreML.
-
-    Weights resolve from a path, $SSRCONV_ASSETS (offline mirror), $SSRCONV_CACHE
-    (default ~/.cache/ssrconv), then a sha256-verified download.
-    """
+    """The command group (its help text is built from the format table)."""
     global _DEBUG
     _DEBUG = debug
 
@@ -109,7 +110,7 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
     return chosen.get("age"), chosen.get("gender")
 
 
-@cli.command()
+@cli.command(help=f"Export SSR-Net to {formats_in_words()}, each file with a JSON manifest.")
 @click.option("--to", "to", multiple=True, default=("all",), show_default=True,
               type=click.Choice([*FAMILIES, "all"]),
               help="Target family; repeat for several.")
@@ -147,7 +148,7 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
                    "call, e.g. LiteRT.js: --batch 1). Default: a variable batch.")
 def export(to, precision, task, weights, calibration, calibration_limit, calibration_kind, out, opset,
            int8_io, image_input, graph, batch) -> None:
-    """Export SSR-Net to ONNX, TFLite and/or CoreML, each file with a JSON manifest."""
+    """Export (the help text names every format of the table)."""
     from ssrconv.exporter import export as run_export
     from ssrconv.options import ExportOptions
 
@@ -225,18 +226,23 @@ _REFERENCE_ENGINE = click.option(
               help="Run each artifact on every engine that reads its format (all) or on these; "
                    "one row per (artifact, engine); an engine not installed here is reported "
                    "with the extra that brings it.")
+@click.option("--allow-missing-runtimes", is_flag=True,
+              help="An artifact whose runtime is not installed here is reported 'not run' "
+                   "(naming the extra) and does not fail the check. Default: it fails, as an "
+                   "unchecked artifact (a runtime-only CI job checking only what it can run "
+                   "passes this).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), help="Write the JSON report here.")
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown table here.")
 @click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="Write JUnit XML here.")
 @_REFERENCE_ENGINE
 def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, budget_overrides,
-           weights, engine, engines, json_out, md_out, junit_out, reference_engine) -> int:
+           weights, engine, engines, allow_missing_runtimes, json_out, md_out, junit_out,
+           reference_engine) -> int:
     """Compare every artifact with the reference built from its own weights, on real faces;
     exit 1 if any artifact breaks its budget or fails to verify, load or run."""
-    import json
-
     from ssrconv.artifacts import discover
-    from ssrconv.parity import check, parse_budget_overrides, render_junit, render_markdown
+    from ssrconv.parity import check, parse_budget_overrides
+    from ssrconv.parity_report import render_json, render_junit, render_markdown
     from ssrconv.loading import is_weights_file
 
     if (export_dir is None) == (model is None):
@@ -269,7 +275,7 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
     markdown = render_markdown(report)
     click.echo(markdown)
     if json_out:
-        write_atomic(json_out, json.dumps(report.as_dict(), indent=2) + "\n")
+        write_atomic(json_out, render_json(report))
     if md_out:
         write_atomic(md_out, markdown)
     if junit_out:
@@ -278,6 +284,15 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
         broken = [r.artifact for r in report.results if not r.passed]
         _echo_err(f"parity failed for {len(broken)} of {len(report.results)} artifacts: "
                   f"{', '.join(broken)}")
+        return 1
+    unchecked = report.unchecked()
+    if unchecked and not allow_missing_runtimes:
+        _echo_err(f"{len(unchecked)} of {len(report.results)} artifacts not run, their runtime "
+                  "is not installed here: " + ", ".join(
+                      f"{name} (pip install 'ssrconv[{extra}]')" if "install" not in extra
+                      else f"{name} ({extra})" for name, extra in unchecked.items())
+                  + "; install it, or pass --allow-missing-runtimes to check only what this "
+                  "install runs")
         return 1
     not_run = sum(bool(r.not_run) for r in report.results)
     click.echo(f"parity ok: {len(report.results) - not_run} checks within budget"

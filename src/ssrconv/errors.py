@@ -46,3 +46,15 @@ class IntegrityError(ModelFileError):
 class Int8RecipeError(SsrconvError):
     """An int8 recipe's own check failed (a converter or quantizer behaved unlike the recipe
     expects): the export is refused rather than shipped wrong."""
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """The first line of ``text`` (a library's error message) shortened for one of our error
+    lines: at most ``limit`` characters, cut at a word boundary with "..." when longer, never
+    mid-word (``... at offset 190496 (actua`` said nothing); a single word longer than the
+    limit is kept whole."""
+    line = (str(text).strip().splitlines() or [""])[0].strip()
+    if len(line) <= limit:
+        return line
+    cut = line.rfind(" ", 0, limit - 3)
+    return line if cut <= 0 else line[:cut].rstrip(" ,;:") + "..."

@@ -145,7 +145,7 @@ class _ExportGraphs:
             import numpy as np
 
             from ssrconv.graph.builder import build_export_graph, check_exact
-            from ssrconv.parity import synthetic_inputs
+            from ssrconv.reference.synthetic import synthetic_inputs
 
             fast = build_export_graph(self.model, self.options.task, variant)
             # Real faces when a calibration set was given, always seeded synthetic inputs.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ssrconv.errors import SsrconvError
 from ssrconv.runtimes.base import Runtime
-from ssrconv.targets import BACKENDS, REFERENCE_BACKEND, WEIGHTS_SUFFIX
+from ssrconv.targets import BACKENDS, REFERENCE_BACKEND, REFERENCE_ON_ENGINE, WEIGHTS_SUFFIX
 
 
 class RuntimeError_(SsrconvError):
@@ -54,7 +54,7 @@ def load_runtime(path: str | os.PathLike | None = None, backend: str | None = No
     """
     from ssrconv.artifacts import open_artifact
 
-    if backend == "reference":
+    if backend == REFERENCE_ON_ENGINE:
         from ssrconv.reference import load_reference_runtime
 
         return load_reference_runtime(**options, engine=engine or "auto")

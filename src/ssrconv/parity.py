@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import SsrconvError
-from ssrconv.targets import BUDGETS, Budget
+from ssrconv.assets import find_weights
+from ssrconv.errors import MissingExtraError, SsrconvError
+from ssrconv.targets import BUDGETS, Budget, engines_for, format_of, get_engine
 
 
 class ParityError(SsrconvError):
@@ -58,6 +59,8 @@ class ParityResult:
     weights: dict[str, str] = field(default_factory=dict)  # the reference's weights per head
     error: str | None = None  # the artifact could not be verified, loaded or run
     not_run: str | None = None  # this (artifact, engine) pair was not run, and why (reported)
+    missing_extra: str | None = None  # not run because its engine is not installed: the extra
+
 
     @property
     def passed(self) -> bool:
@@ -74,9 +77,16 @@ class ParityReport:
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
 
+    def unchecked(self) -> dict[str, str]:
+        """Artifacts that no row checked because none of their engines is installed here:
+        artifact -> the extra that brings one (``parity --allow-missing-runtimes`` accepts them)."""
+        ran = {r.artifact for r in self.results if not r.not_run}
+        return {r.artifact: r.missing_extra for r in self.results
+                if r.missing_extra and r.artifact not in ran}
+
     def as_dict(self) -> dict:
         return {"faces_dir": self.faces_dir, "reference_engine": self.reference_engine,
-                "passed": self.passed,
+                "passed": self.passed, "unchecked": self.unchecked(),
                 "results": [{**asdict(r), "passed": r.passed} for r in self.results]}
 
 
@@ -120,24 +130,6 @@ def violations(stats: dict[str, HeadStats], budget: Budget) -> list[str]:
     return broken
 
 
-def synthetic_inputs(n: int, seed: int = 0) -> np.ndarray:
-    """Seeded synthetic faces-shaped inputs: uniform noise, smooth gradients, flat fields."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, 64, 64, 3), np.float32)
-    yy, xx = np.mgrid[0:64, 0:64] / 63.0
-    for i in range(n):
-        kind = i % 3
-        if kind == 0:
-            out[i] = rng.uniform(0, 255, (64, 64, 3))
-        elif kind == 1:
-            a, b, c = rng.uniform(-1, 1, 3)
-            base = 127.5 + 127.5 * np.tanh(a * xx + b * yy + c)
-            out[i] = np.clip(base[..., None] + rng.normal(0, 10, (64, 64, 3)), 0, 255)
-        else:
-            out[i] = rng.uniform(0, 255, (1, 1, 3))
-    return out
-
-
 def parse_budget_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Budget]:
     """``["int8.mean_age=0.2", ...]`` -> the budget table with those values replaced."""
     table = dict(BUDGETS)
@@ -156,32 +148,12 @@ def parse_budget_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Budg
 STAGE_FACES = 64
 
 
-def find_weights(head: str, entry: dict, candidates=()) -> str:
-    """The weights (registry name or path) whose sha256 is the one ``entry`` (a manifest's
-    ``weights[head]``) records: its own name first, then the registry, then ``candidates``
-    (paths the user gave). WeightsError naming the head, the name and the hash otherwise: an
-    export is never compared with weights it was not made from."""
-    from ssrconv.errors import AssetError, WeightsError
-    from ssrconv.assets import ASSETS, resolve
-
-    want = entry.get("sha256")
-    names = [entry.get("name")] + [a.name for a in ASSETS.values() if a.sha256 == want]
-    for name in [n for n in names if n] + [str(c) for c in candidates]:
-        try:
-            if resolve(name, download=name in ASSETS).sha256 == want:
-                return name
-        except (AssetError, OSError):
-            continue
-    raise WeightsError(f"the {head} weights {entry.get('name')!r} (sha256 {str(want)[:16]}...) "
-                       "this artifact was exported from are not here; pass them with --weights PATH")
-
-
 class References:
     """Reference runtimes and outputs, one per weights combination, built on first use.
 
     A managed artifact is compared with the weights its manifest names, found by sha256
-    (:func:`find_weights`); an unmanaged one with ``age_weights``/``gender_weights`` (default:
-    the registry defaults).
+    (:func:`ssrconv.assets.find_weights`); an unmanaged one with ``age_weights``/
+    ``gender_weights`` (default: the registry defaults).
     """
 
     def __init__(self, age_weights=None, gender_weights=None, candidates=(), engine: str = "auto"):
@@ -253,6 +225,7 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     is installed, else numpy), "keras", "numpy", "numpy-float64".
     """
     from ssrconv.artifacts import Found
+    from ssrconv.reference.synthetic import synthetic_inputs
 
     budgets = budgets or BUDGETS
     say = progress or (lambda message: None)
@@ -263,17 +236,26 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
         found = item if isinstance(item, Found) else Found(Path(item))
         try:
             artifact = found.open()
+        except MissingExtraError as err:
+            # Reading this format's facts needs its runtime's library: nothing can check it here.
+            fmt = format_of(found.path)
+            results.append(_not_installed(found.path.name, "-", (engine or fmt.engine.name),
+                                          str(err), _extra_in(str(err))))
+            say(f"[{number}/{len(items)}] {found.path.name}: not run: {err}")
+            continue
         except SsrconvError as err:
             results.append(_failed(found.path, str(err)))
             say(f"[{number}/{len(items)}] {found.path.name}: FAILED: {err}")
             continue
-        for name in engines_for(artifact, engine, engines):
-            why = not_run_reason(artifact, name) if engines else None
+        for name in engines_for(artifact.format.family, engine, engines):
+            chosen = get_engine(name or artifact.format.engine.name)
+            why = (chosen.why_not_run(artifact.path, refusals=bool(engines))
+                   if artifact.format.family in chosen.reads else None)  # else: load says why
             if why:
-                results.append(ParityResult(artifact=artifact.label, target=artifact.target.key,
-                                            engine=name, budget={}, faces=0, synthetic=0, real={},
-                                            synthetic_stats={}, not_run=why))
-                say(f"[{number}/{len(items)}] {artifact.label} on {name}: not run: {why}")
+                missing = None if chosen.installed() else (chosen.extra or "all")
+                results.append(_not_installed(artifact.label, artifact.target.key, chosen.name,
+                                              why, missing))
+                say(f"[{number}/{len(items)}] {artifact.label} on {chosen.name}: not run: {why}")
                 continue
             try:
                 result = _check_one(artifact, faces, synth, budgets, references, name, number,
@@ -291,26 +273,20 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     return report
 
 
-def engines_for(artifact, engine: str | None, engines) -> list[str | None]:
-    """The engines to run ``artifact`` on: ``engines`` ("all": every engine of the table that
-    reads its format, the default first; or names), else ``engine`` (None: the default)."""
-    from ssrconv.targets import engines_reading
-
-    if not engines:
-        return [engine]
-    readers = [e.name for e in engines_reading(artifact.format.family)]
-    return readers if "all" in engines else [e for e in engines if e in readers]
+def _not_installed(label: str, target: str, engine: str, why: str,
+                   missing_extra: str | None) -> ParityResult:
+    return ParityResult(artifact=label, target=target, engine=engine, budget={}, faces=0,
+                        synthetic=0, real={}, synthetic_stats={}, not_run=why,
+                        missing_extra=missing_extra)
 
 
-def not_run_reason(artifact, engine_name: str) -> str | None:
-    """Why an (artifact, engine) pair of ``--engines`` is not run (None: run it)."""
-    from ssrconv.targets import get_engine
+def _extra_in(message: str) -> str:
+    """The extra a MissingExtraError's message names (``pip install 'ssrconv[X]'``), or the
+    message's own install command when no extra brings the module."""
+    import re
 
-    engine = get_engine(engine_name)
-    if not engine.installed():
-        return (f"engine {engine.name} is not installed here: pip install "
-                f"'ssrconv[{engine.extra or 'all'}]'")
-    return engine.refuses(artifact.path)
+    found = re.search(r"ssrconv\[([\w,-]+)\]", message)
+    return found.group(1) if found else message.rsplit(": ", 1)[-1]
 
 
 def _check_one(artifact, faces, synth, budgets, references, engine, number, total, say) -> ParityResult:
@@ -356,66 +332,3 @@ def run_batched(runtime, inputs: np.ndarray, batch: int = 64) -> dict[str, np.nd
     return {h: np.concatenate([p[h] for p in parts]) for h in runtime.heads}
 
 
-def render_markdown(report: ParityReport) -> str:
-    """A Markdown table: one row per artifact, the statistics the budgets judge."""
-    faces = max((r.faces for r in report.results), default=0)
-    engine = report.reference_engine or "keras"
-    lines = [f"Parity against the reference ({engine}) on {faces} "
-             f"real faces ({report.faces_dir}); synthetic inputs reported separately.", "",
-             "| artifact | engine | max age diff (y) | mean | p99 | P(male) max diff | gender agreement "
-             "| synthetic max age diff | result |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in report.results:
-        age, gender = r.real.get("age"), r.real.get("p_male")
-        synth_age = r.synthetic_stats.get("age")
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            r.artifact, r.engine,
-            f"{age.max_abs:.2g}" if age else "-", f"{age.mean_abs:.2g}" if age else "-",
-            f"{age.p99_abs:.2g}" if age else "-",
-            f"{gender.max_abs:.2g}" if gender else "-",
-            f"{gender.agreement:.1%}" if gender else "-",
-            f"{synth_age.max_abs:.2g}" if synth_age else "-",
-            ("not run: " + r.not_run) if r.not_run
-            else "pass" if r.passed else "**FAIL**: " + "; ".join(r.violations)))
-    lines += ["", f"Where drift starts: max |diff| of the stage tensors on the first {STAGE_FACES} "
-              "faces (stage probabilities, width shifts delta_k, local shifts; both heads), on "
-              "the engine named (TFLite's come from its builtin kernels: XNNPACK keeps no "
-              "intermediate tensors).", "",
-              "| artifact | stage engine | stage probabilities | deltas | local deltas | largest |",
-              "|---|---|---|---|---|---|"]
-    for r in report.results:
-        if r.stages is None:
-            lines.append(f"| {r.artifact} | - | - | - | - | n/a: {r.stages_note or 'not run'} |")
-            continue
-        by_kind = {}
-        for key, value in r.stages.items():
-            kind = ("deltas" if ".delta_s" in key else "local" if ".local_delta" in key else "probs")
-            by_kind[kind] = max(by_kind.get(kind, 0.0), value)
-        worst = max(r.stages, key=r.stages.get)
-        lines.append(f"| {r.artifact} | {r.stages_engine} | {by_kind.get('probs', 0):.2g} | {by_kind.get('deltas', 0):.2g} "
-                     f"| {by_kind.get('local', 0):.2g} | {worst} ({r.stages[worst]:.2g}) |")
-    return "\n".join(lines) + "\n"
-
-
-def render_junit(report: ParityReport) -> str:
-    """JUnit XML: one test case per (artifact, engine), a failure element naming each broken
-    budget, a skipped element for a pair that was not run (and why)."""
-    from xml.sax.saxutils import escape, quoteattr
-
-    failures = sum(not r.passed for r in report.results)
-    skipped = sum(bool(r.not_run) for r in report.results)
-    cases = []
-    for r in report.results:
-        body = ""
-        if not r.passed:
-            message = "; ".join(r.violations)
-            body = f"<failure message={quoteattr(message)}>{escape(message)}</failure>"
-        elif r.not_run:
-            body = f"<skipped message={quoteattr(r.not_run)}/>"
-        name = r.artifact if r.engine in ("", "-") else f"{r.artifact} on {r.engine}"
-        cases.append(f'  <testcase classname="ssrconv.parity" name={quoteattr(name)}>'
-                     f"{body}</testcase>")
-    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="ssrconv-parity" '
-            f'tests="{len(report.results)}" failures="{failures}" skipped="{skipped}">\n'
-            + "\n".join(cases)
-            + "\n</testsuite>\n")

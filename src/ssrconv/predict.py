@@ -187,8 +187,9 @@ class Predictor:
         image = read_image(path)
         records = self.faces_of(image, str(path))
         if out_dir is not None:
-            name = self._out_name(path, ".jpg", used)
-            ok, encoded = cv2.imencode(".jpg", annotate(image, records))
+            suffix = path.suffix.lower()  # the input's own format: a PNG stays lossless
+            name = self._out_name(path, suffix, used)
+            ok, encoded = cv2.imencode(suffix, annotate(image, records))
             if not ok:
                 raise InputError(f"{path}: could not encode the annotated image")
             write_atomic(out_dir / name, encoded.tobytes())
@@ -239,6 +240,35 @@ class Predictor:
             if tmp is not None and tmp.exists():
                 tmp.unlink()
         return records
+
+
+def predict_faces(image: str | os.PathLike | np.ndarray, model: str | os.PathLike | None = None,
+                  detector: str = "yunet", min_face: int = 0) -> list[dict]:
+    """The faces of one photo with their ages and genders: what ``ssrconv predict PHOTO`` prints,
+    as a list of dicts (``box`` x, y, w, h in pixels, detector ``score``, ``age`` in years,
+    ``p_male`` clipped to 0..1, ``gender`` "M"/"F"), one per face found.
+
+    ``image``: a path, or a BGR uint8 array as ``cv2.imread`` returns. ``model``: an exported
+    artifact or a weights file (``.h5``); None: the reference (Keras when TensorFlow is
+    installed, else the numpy engine). ``detector``: "yunet" or "haar".
+    """
+    from ssrconv.detect import make_detector
+    from ssrconv.loading import is_weights_file, load_runtime, reference_from_weights
+
+    if isinstance(image, np.ndarray):
+        source, pixels = "<array>", image
+    else:
+        check_regular_file(Path(image))
+        source, pixels = str(image), read_image(Path(image))
+    if model is None:
+        from ssrconv.reference import load_reference_runtime
+
+        runtime = load_reference_runtime("age-gender")
+    else:
+        runtime = reference_from_weights(model) if is_weights_file(model) else load_runtime(model)
+    with runtime:
+        faces = Predictor(runtime, make_detector(detector), min_face=min_face).faces_of(pixels, source)
+    return [{k: v for k, v in face.items() if k not in ("source", "frame")} for face in faces]
 
 
 def to_json(result: PredictResult) -> str:

@@ -96,6 +96,14 @@ class Engine:
 
         return all(available(m) for m in self.needs)
 
+    def why_not_run(self, path, refusals: bool = True) -> str | None:
+        """Why this engine does not run ``path`` here (None: run it): it is not installed (the
+        message names the pip command), or (``refusals``) it cannot read the file by design."""
+        if not self.installed():
+            return (f"engine {self.name} is not installed here: pip install "
+                    f"'ssrconv[{self.extra or 'all'}]'")
+        return self.refuses(path) if refusals else None
+
     def load(self, path: Path, num_threads: int | None = None, precision: str | None = None,
              **options):
         """The engine's Runtime for ``path`` (its libraries are imported only now)."""
@@ -123,6 +131,7 @@ class Format:
     # The family of the model a package wraps and runs (a .web folder: an .onnx), if any.
     inner_family: str | None = None
     converter_needs: tuple[str, ...] = ("tf2onnx", "onnx")  # modules besides TensorFlow/Keras
+    title: str = ""  # how prose names the format ("TFLite", "the browser")
 
     def reader(self):
         """The format's read side (``verify``, ``describe``, ``file_precision``, optionally
@@ -162,7 +171,7 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            "browser", ("playwright", "ai_edge_litert"),
            "LiteRT.js (wasm) in headless system Chromium; static-batch .tflite only",
            refusal="ssrconv.runtimes.browser_rt:litert_refuses", in_browser=True),
-    Engine("coreml", ("coreml",), "ssrconv.runtimes.coreml_rt:load_coreml", "export",
+    Engine("coreml", ("coreml",), "ssrconv.runtimes.coreml_rt:load_coreml", "coreml",
            ("coremltools",), "CoreML on macOS; a numpy interpreter of the MIL program elsewhere",
            untimed="ssrconv.runtimes.coreml_rt:not_timable_reason"),
     Engine("openvino", ("onnx", "tflite", "openvino"), "ssrconv.runtimes.openvino_rt:OpenVinoRuntime",
@@ -184,31 +193,35 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
 )}
 
 FORMATS: dict[str, Format] = {f.family: f for f in (
-    Format("onnx", ".onnx", False, "onnx", ("onnxruntime",), "export", "fp32", "ONNX"),
+    Format("onnx", ".onnx", False, "onnx", ("onnxruntime",), "export", "fp32", "ONNX", title="ONNX"),
     Format("tflite", ".tflite", False, "tflite", ("litert",), "export", "fp32", "TFLite flatbuffer",
-           converter_needs=()),
+           converter_needs=(), title="TFLite"),
     Format("coreml", ".mlpackage", True, "coreml", ("coreml",), "export", "fp16",
-           "CoreML ML Program package", converter_needs=("coremltools",)),
+           "CoreML ML Program package", converter_needs=("coremltools",), title="CoreML"),
     # Opt-in: it vendors the npm packages of package.json (`make browser`).
     Format("web", ".web", True, "web", ("chromium-ort-wasm",), "export", "fp32",
            "static web folder (ONNX + YuNet + app + onnxruntime-web)", in_all=False,
-           inner_family="onnx"),
+           inner_family="onnx", title="the browser"),
     Format("openvino", ".openvino", True, "openvino", ("openvino",), "openvino", "fp32",
            "OpenVINO IR package: <stem>.xml + <stem>.bin",
-           converter_needs=("tf2onnx", "onnx", "openvino")),
+           converter_needs=("tf2onnx", "onnx", "openvino"), title="OpenVINO"),
     Format("ncnn", ".ncnn", True, "ncnn", ("ncnn",), "ncnn", "fp32",
            "ncnn package: <stem>.ncnn.param + <stem>.ncnn.bin (pnnx)",
-           converter_needs=("tf2onnx", "onnx", "pnnx")),
+           converter_needs=("tf2onnx", "onnx", "pnnx"), title="ncnn"),
     Format("mnn", ".mnn", False, "mnn", ("mnn",), "mnn", "fp32", "MNN flatbuffer",
-           converter_needs=("tf2onnx", "onnx", "MNN")),
+           converter_needs=("tf2onnx", "onnx", "MNN"), title="MNN"),
     # Vela's compiled file needs an Ethos-U; its numerics are the integer file's on TFLite Micro.
     Format("ethos-u", ".ethos-u", True, "ethos_u", ("tflite-micro",), "mcu", "int16x8",
            "Arm Ethos-U package: integer-only .tflite + Vela-compiled .tflite and report per "
-           "accelerator", converter_needs=("ethosu",), in_all=False, inner_family="tflite"),
+           "accelerator", converter_needs=("ethosu",), in_all=False, inner_family="tflite",
+           title="Arm Ethos-U"),
 )}
 FAMILIES = tuple(FORMATS)
 OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)
 REFERENCE_BACKEND = "keras"  # the reference itself, built from weights (not a format)
+# The reference on the engine --reference-engine chooses (load_runtime(backend=...); the
+# backend of the numpy reference's runtime and of bench's numpy reference rows).
+REFERENCE_ON_ENGINE = "reference"
 # What computes the reference (ssrconv.reference.reference_engine): "auto" is Keras when
 # TensorFlow is installed, else numpy; "numpy" is "numpy-float32".
 REFERENCE_ENGINES = ("auto", "keras", "numpy", "numpy-float32", "numpy-float64")
@@ -222,6 +235,12 @@ def format_of(path: str | Path) -> Format | None:
     return _BY_SUFFIX.get(Path(path).suffix.lower())
 
 
+def formats_in_words() -> str:
+    """Every format of the table as prose: "ONNX, TFLite, ..., ncnn and MNN" (taglines)."""
+    titles = [f.title for f in FORMATS.values()]
+    return ", ".join(titles[:-1]) + " and " + titles[-1]
+
+
 def artifact_suffixes() -> tuple[str, ...]:
     """Every artifact suffix, for messages and directory scans."""
     return tuple(_BY_SUFFIX)
@@ -232,6 +251,16 @@ def engines_reading(family: str) -> list[Engine]:
     default = FORMATS[family].engines
     others = [e for e in ENGINES.values() if family in e.reads and e.name not in default]
     return [ENGINES[n] for n in default] + others
+
+
+def engines_for(family: str, engine: str | None, engines) -> list[str | None]:
+    """The engines a file of ``family`` is run on: ``engines`` ("all": every engine that reads
+    the format, the default first; or names, those that read it), else ``engine`` (None: the
+    format's default), as ``parity``/``bench`` ``--engine``/``--engines`` pair them."""
+    if not engines:
+        return [engine]
+    readers = [e.name for e in engines_reading(family)]
+    return readers if "all" in engines else [e for e in engines if e in readers]
 
 
 def get_engine(name: str) -> Engine:

@@ -41,8 +41,8 @@ def _plan(backend: str | None, model: Path | None, all_dirs: tuple[Path, ...], w
     are Keras' when TensorFlow is installed, else the numpy engine's (``reference_engine``);
     ``--backend keras`` insists on Keras, as in eval and predict."""
     from ssrconv.artifacts import open_all, open_artifact
-    from ssrconv.benchmarks.harness import (add_native_rows, engine_entries, keras_entries,
-                                            reference_entries)
+    from ssrconv.benchmarks.plan import (add_native_rows, engine_entries, keras_entries,
+                                         reference_entries)
     from ssrconv.loading import is_weights_file
     from ssrconv.targets import REFERENCE_BACKEND
 
@@ -169,16 +169,20 @@ def _check_output(path: Path | None, option: str, suffixes: tuple[str, ...] = ()
               help="Write the Markdown report (README-ready) here.")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path),
               help="Write a PNG chart (latency and size per backend) here.")
+@click.option("--wide", is_flag=True,
+              help="Print every column of the tables (default: the main ones, within 100 "
+                   "columns; --markdown and --json always hold all of them).")
 def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_seconds, faces_dir,
           with_keras, reference_engine, engine, engines, pipeline_runs, json_out, md_out,
-          plot_out) -> int:
+          plot_out, wide) -> int:
     """Size, latency, throughput, efficiency and memory per backend, measured side by side.
 
     Every backend runs in its own worker process; timed calls are interleaved across backends
     in rounds, so ratios between them are measured under the same machine noise. Progress goes
     to stderr, the table to stdout. Exits 1 if any backend failed (the others are reported).
     """
-    from ssrconv.benchmarks.harness import Settings, run_bench
+    from ssrconv.benchmarks.schedule import run_bench
+    from ssrconv.benchmarks.settings import Settings
     from ssrconv.atomic import write_atomic
     from ssrconv.benchmarks.report import render_json, render_markdown, render_plot, render_text
 
@@ -206,7 +210,7 @@ def bench(backend, model, all_dirs, threads, batch, runs, warmup, rounds, block_
     say = lambda m: click.echo(f"bench: {m}", err=True)  # noqa: E731
     entries = _plan(backend, model, all_dirs, with_keras, say, engine, engine_list, reference_engine)
     report = run_bench(entries, settings, progress=say)
-    click.echo(render_text(report), nl=False)
+    click.echo(render_text(report, wide=wide), nl=False)
     if json_out:
         write_atomic(json_out, render_json(report))
     if md_out:

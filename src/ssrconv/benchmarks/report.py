@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ssrconv.benchmarks import stats
 from ssrconv.benchmarks.fingerprint import one_line
+from ssrconv.benchmarks.kinds import row_kind
 from ssrconv.benchmarks.sizes import PAPER_MODEL_BYTES
 
 SCHEMA = "ssrconv.bench/1"
@@ -129,8 +132,8 @@ def build_report(entries, gemm_ns, settings, fingerprint: dict, inputs: str,
                        "source": macs_source},
         "paper_bytes": PAPER_MODEL_BYTES,
         "gemm": gemm,
-        "reference_engine": next((e.engine for e in entries
-                                  if e.backend in ("keras", "reference") and e.engine), None),
+        "reference_engine": next((e.engine for e in entries if e.engine
+                                  and getattr(row_kind(e.backend), "from_weights", False)), None),
         "pipeline": {"photos": photos or [], "detector": "yunet", "error": pipeline_error,
                      "context": {"ssrnet_issue_21_ms": list(ISSUE_21_MS), "url": ISSUE_21_URL,
                                  "what": "model.predict on the demo's faces, CPU, detector "
@@ -180,10 +183,9 @@ def fmt_mb(value) -> str:
 
 
 def _size_label(row: dict) -> str:
-    """Size rows name files: the reference's are its .h5 weights."""
-    if row["backend"] == "keras":
-        return "keras (.h5 weights)"
-    return f"{row['name']} (.h5 weights)" if row["backend"] == "reference" else row["name"]
+    """Size rows name files: the reference's are its .h5 weights (its row kind says how)."""
+    kind = row_kind(row["backend"])
+    return kind.size_label.format(name=row["name"]) if kind is not None else row["name"]
 
 
 def _native_row(row: dict, results: list[dict]) -> dict | None:
@@ -196,88 +198,20 @@ def _native_row(row: dict, results: list[dict]) -> dict | None:
     same = [r for r in results if native(r) and r["path"] == row["path"]]
     if same:
         return same[0]
-    if row["backend"] == "web" and row["path"]:
+    from ssrconv.targets import FORMATS
+
+    fmt = FORMATS.get(row["backend"])
+    if fmt is not None and fmt.inner_family is not None and row["path"]:
         from pathlib import Path
 
         # The .onnx the folder carries, or the export's own of the same precision beside it.
         folders = (str(Path(row["path"])), str(Path(row["path"]).parent))
-        onnx = [r for r in results if native(r) and r["backend"] == "onnx" and r["path"]
+        onnx = [r for r in results if native(r) and r["backend"] == fmt.inner_family and r["path"]
                 and str(Path(r["path"]).parent) in folders and r["precision"] == row["precision"]]
         # The carried file first (the very graph), then the format's default engine.
         onnx.sort(key=lambda r: (str(Path(r["path"]).parent) != folders[0], " on " in r["name"]))
         return onnx[0] if onnx else None
     return None
-
-
-def browser_rows(report: dict) -> list[list[str]]:
-    """Browser engines: round trip (Playwright) and in-page (performance.now) time per face,
-    beside the native engine's time for the same artifact."""
-    out = []
-    for row in report["results"]:
-        for batch, lat in sorted(row["latency"].items(), key=lambda kv: int(kv[0])):
-            page = lat.get("in_page_per_face_us")
-            if not page:
-                continue
-            native = _native_row(row, report["results"])
-            native_lat = (native or {}).get("latency", {}).get(batch)
-            native_us = native_lat["per_face_us"]["median"] if native_lat else None
-            out.append([row["name"], row["engine"] or "-", batch,
-                        fmt_num(lat["per_face_us"]["median"]), fmt_num(page["median"]),
-                        fmt_num(page["min"]),
-                        f"{native['name']} ({native['engine']})" if native else "-",
-                        fmt_num(native_us),
-                        fmt_ratio(page["median"] / native_us) if native_us else "-"])
-    return out
-
-
-PIPELINE_STEPS = (("YuNet", "detect_ms"), ("crop", "crop_ms"), ("model", "model_ms"),
-                  ("total", "total_ms"))
-
-
-def pipeline_table(report: dict) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows), one row per (timed row, sample photo): YuNet, crop, model and total ms
-    per photo, then the same per face; a "model in page" column when a browser row has one."""
-    in_page = any("in_page_model_ms" in p for r in report["results"]
-                  for p in r.get("pipeline", {}).values())
-    headers = ["backend", "engine", "photo", "faces", "n"]
-    headers += [f"{label} ms" for label, _ in PIPELINE_STEPS[:3]]
-    headers += ["model in page ms"] if in_page else []
-    headers += ["total ms"] + [f"{label} per face" for label, _ in PIPELINE_STEPS]
-    out = []
-    for row in report["results"]:
-        for photo, p in row.get("pipeline", {}).items():
-            if not p.get("n"):
-                continue
-            cells = [row["name"], row["engine"] or "-", photo, str(p["faces"]), str(p["n"])]
-            cells += [fmt_num(p[key]) for _, key in PIPELINE_STEPS[:3]]
-            cells += [fmt_num(p.get("in_page_model_ms"))] if in_page else []
-            cells += [fmt_num(p["total_ms"])]
-            cells += [fmt_num(p["per_face"][key]) for _, key in PIPELINE_STEPS]
-            out.append(cells)
-    return headers, out
-
-
-def device_rows(report: dict) -> list[list[str]]:
-    """One row per (artifact, Ethos-U accelerator) of the rows whose manifests carry
-    microcontroller or NPU figures (one row without an accelerator when there is no Vela
-    report)."""
-    out = []
-    for row in report["results"]:
-        device = row.get("device") or {}
-        if not device or row["mode"] == "predict":
-            continue
-        mcu = device.get("mcu") or {}
-        head = [row["name"], fmt_int(mcu.get("ram_bytes")), fmt_int(mcu.get("flash_bytes"))]
-        accelerators = device.get("ethos_u") or {}
-        if not accelerators:
-            out.append(head + ["-"] * 6)
-        for name, vela in accelerators.items():
-            ops = vela["npu_operators"] + vela["cpu_operators"]
-            out.append(head + [name, f"{vela['npu_operators']}/{ops}",
-                               f"{100 * vela['npu_mac_share']:.2f}%", fmt_num(vela["sram_kib"]),
-                               fmt_num(vela["off_chip_flash_kib"] + vela["dram_kib"]),
-                               fmt_num(vela["estimated_inference_ms"])])
-    return out
 
 
 def _status_text(row: dict) -> str:
@@ -289,73 +223,257 @@ def _status_text(row: dict) -> str:
     return "-"
 
 
-def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, headers, rows) of the report tables: size, latency, throughput, and when measured
-    the end-to-end pipeline and the browser's in-page time beside native."""
-    size_rows, latency_rows, speed_rows = [], [], []
+# ---------------------------------------------------------------- the tables, column by column
+
+
+def fmt_text(value) -> str:
+    """A name or count as it is; a missing value as "-"."""
+    return "-" if _missing(value) or value == "" else str(value)
+
+
+def _at(*path):
+    """A cell's value at ``path`` in one table line (None where any step is missing)."""
+    def value(line: dict):
+        for key in path:
+            if not isinstance(line, dict) or line.get(key) is None:
+                return None
+            line = line[key]
+        return line
+    return value
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a report table: its header, its value in one line of the table (a dict:
+    ``row``, the report's result, and what the table adds: ``batch``, ``lat``, ``size``...),
+    how the value is written, and whether the terminal shows it by default (within 100
+    columns; ``ssrconv bench --wide`` and the Markdown show every column). ``when``: the
+    column is there only for reports it answers True for (e.g. a browser row's in-page time)."""
+
+    header: str
+    value: Callable[[dict], object]
+    fmt: Callable[[object], str] = fmt_text
+    narrow: bool = False
+    when: Callable[[dict], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A report table: its title, its columns, and its lines (one dict per line, from the
+    report). A line with ``status`` (a row with no timing) writes that text in the
+    ``status_column``, the table's names where the columns have them, and "-" elsewhere.
+    ``optional``: the table is left out when it has no line."""
+
+    title: str
+    columns: tuple[Column, ...]
+    lines: Callable[[dict], list[dict]]
+    status_column: str | None = None
+    optional: bool = False
+
+    def render(self, report: dict, wide: bool = True) -> tuple[list[str], list[list[str]]]:
+        """(headers, cells) of this table for ``report``: every column, or (``wide`` False)
+        the terminal's default ones."""
+        columns = [c for c in self.columns if (wide or c.narrow)
+                   and (c.when is None or c.when(report))]
+        cells = []
+        for line in self.lines(report):
+            if "status" in line:
+                cells.append([line["status"] if c.header == self.status_column
+                              else c.fmt(c.value(line)) if c.header in _NAME_HEADERS else "-"
+                              for c in columns])
+            else:
+                cells.append([c.fmt(c.value(line)) for c in columns])
+        return [c.header for c in columns], cells
+
+
+_NAME_HEADERS = ("backend", "engine")  # written on a status line too
+
+
+def _engine(line: dict):
+    return line["row"]["engine"]
+
+
+def _size_lines(report: dict) -> list[dict]:
+    # model.predict is the same files as the model call
+    return [{"row": r, "size": r["size"] or {}} for r in report["results"] if r["mode"] != "predict"]
+
+
+def _batch_lines(report: dict) -> list[dict]:
+    """One line per row and batch size it was timed at; a status line for an untimed row."""
+    out = []
     for row in report["results"]:
-        size = row["size"] or {}
-        if row["mode"] != "predict":  # model.predict is the same files as the model call
-            size_rows.append([_size_label(row), row["target"], str(len(row["heads"]) or "-"),
-                              fmt_int(size.get("file_bytes")), fmt_int(size.get("gzip_bytes")),
-                              fmt_int(size.get("param_bytes")),
-                              fmt_ratio(size.get("ratio_to_paper")),
-                              fmt_ratio(size.get("ratio_to_paper_per_head"))])
-        batches = sorted(row["latency"], key=int) or [None]
-        for batch in batches:
-            if batch is None:
-                text = _status_text(row)
-                latency_rows.append([row["name"], row["engine"] or "-", "-", "-", text] + ["-"] * 6)
-                speed_rows.append([row["name"], "-", text] + ["-"] * 10)
-                continue
-            lat = row["latency"][batch]
-            face, over = lat["per_face_us"], lat["overhead_us"]
-            latency_rows.append([row["name"], row["engine"] or "-", batch, str(face["n"]),
-                                 fmt_num(face["median"]),
-                                 fmt_num(face["p90"]), fmt_num(face["p99"]), fmt_num(face["min"]),
-                                 fmt_num(face["std"]), fmt_num(over["median"]),
-                                 fmt_pct(lat["overhead_share"])])
-            ratio = row["ratios"].get(batch, {})
+        if not row["latency"]:
+            out.append({"row": row, "status": _status_text(row)})
+            continue
+        for batch in sorted(row["latency"], key=int):
             load = row["load"]
-            load_s = (load["import_s"] or 0) + (load["load_s"] or 0)
-            speed_rows.append([row["name"], batch, fmt_num(lat["throughput_faces_per_s"]),
-                               fmt_num(lat["gflops"]), fmt_num(lat["gflops_best"]),
-                               fmt_pct(lat["fraction_of_core_gemm_best"]),
-                               fmt_ratio(ratio.get("speedup_vs_keras_predict")),
-                               fmt_ratio(ratio.get("time_vs_fastest_fp32")),
-                               fmt_ratio(ratio.get("time_vs_original_fp32")),
-                               fmt_ratio(ratio.get("time_vs_original_target")),
-                               fmt_num(load_s), fmt_num(load["first_call_ms"].get(batch)),
-                               fmt_mb(row["memory"].get("peak_rss_bytes"))])
-    (pipeline_headers, pipeline), browser = pipeline_table(report), browser_rows(report)
-    extra = []
-    devices = device_rows(report)
-    if devices:
-        extra.append(("Microcontroller and NPU: MCU RAM is the smallest TFLite Micro arena that "
-                      "allocates; NPU split, SRAM and time are Vela's estimates, not measurements",
-                      ["backend", "MCU RAM bytes", "flash bytes", "accelerator", "NPU ops",
-                       "NPU MACs", "SRAM KiB", "flash/DRAM KiB", "estimated ms"], devices))
-    if pipeline:
-        extra.append(("End to end per photo and per face (ms, medians): YuNet + crop + model, "
-                      "as `ssrconv predict` runs them", pipeline_headers, pipeline))
-    if browser:
-        extra.append(("In the browser vs native (per face, us, medians)",
-                      ["backend", "engine", "batch", "round trip", "in page", "in page min",
-                       "native row (engine)", "native", "in page vs native"], browser))
-    return [
-        ("Size", ["backend", "target", "heads", "file bytes", "gzip bytes", "param bytes",
-                  "x paper 0.32 MB", "x paper per head"], size_rows),
-        ("Latency per face (us; raw, harness overhead shown beside, not subtracted)",
-         ["backend", "engine", "batch", "n", "median", "p90", "p99", "min", "std",
-          "overhead us/call", "overhead share"], latency_rows),
-        ("Throughput and efficiency",
-         ["backend", "batch", "faces/s", "GFLOP/s", "best GFLOP/s", "best of 1-core GEMM",
-          "speed-up vs predict",
-          "time vs fastest fp32", "vs original fp32", "vs original same target",
-          "import+load s", "first call ms",
-          "peak RSS MB"], speed_rows),
-        *extra,
-    ]
+            out.append({"row": row, "batch": batch, "lat": row["latency"][batch],
+                        "ratio": row["ratios"].get(batch, {}),
+                        "load_s": (load["import_s"] or 0) + (load["load_s"] or 0),
+                        "first_ms": load["first_call_ms"].get(batch),
+                        "rss": row["memory"].get("peak_rss_bytes")})
+    return out
+
+
+def _pipeline_lines(report: dict) -> list[dict]:
+    return [{"row": row, "photo": photo, "p": p} for row in report["results"]
+            for photo, p in row.get("pipeline", {}).items() if p.get("n")]
+
+
+def _has_in_page_model(report: dict) -> bool:
+    return any("in_page_model_ms" in p for r in report["results"]
+               for p in r.get("pipeline", {}).values())
+
+
+def _browser_lines(report: dict) -> list[dict]:
+    """Browser engines: one line per row and batch size with an in-page time, beside the native
+    engine's time for the same artifact."""
+    out = []
+    for row in report["results"]:
+        for batch, lat in sorted(row["latency"].items(), key=lambda kv: int(kv[0])):
+            page = lat.get("in_page_per_face_us")
+            if not page:
+                continue
+            native = _native_row(row, report["results"])
+            native_lat = (native or {}).get("latency", {}).get(batch)
+            native_us = native_lat["per_face_us"]["median"] if native_lat else None
+            out.append({"row": row, "batch": batch, "lat": lat, "page": page,
+                        "native": f"{native['name']} ({native['engine']})" if native else None,
+                        "native_us": native_us,
+                        "vs": page["median"] / native_us if native_us else None})
+    return out
+
+
+def _device_lines(report: dict) -> list[dict]:
+    """One line per (artifact, Ethos-U accelerator) of the rows whose manifests carry
+    microcontroller or NPU figures (one line without an accelerator when there is no Vela
+    report)."""
+    out = []
+    for row in report["results"]:
+        device = row.get("device") or {}
+        if not device or row["mode"] == "predict":
+            continue
+        for name, vela in (device.get("ethos_u") or {None: None}).items():
+            out.append({"row": row, "mcu": device.get("mcu") or {}, "accelerator": name,
+                        "vela": vela})
+    return out
+
+
+def _npu_ops(line: dict) -> str | None:
+    vela = line["vela"]
+    return f"{vela['npu_operators']}/{vela['npu_operators'] + vela['cpu_operators']}" if vela else None
+
+
+def _npu_macs(line: dict) -> str | None:
+    return f"{100 * line['vela']['npu_mac_share']:.2f}%" if line["vela"] else None
+
+
+def _off_chip(line: dict) -> float | None:
+    vela = line["vela"]
+    return vela["off_chip_flash_kib"] + vela["dram_kib"] if vela else None
+
+
+_NAME = Column("backend", _at("row", "name"), narrow=True)
+_FILES = Column("backend", lambda line: _size_label(line["row"]), narrow=True)
+_PER_FACE = ("lat", "per_face_us")
+
+TABLES = (
+    Table("Size", (
+        _FILES,
+        Column("target", _at("row", "target"), narrow=True),
+        Column("heads", lambda line: len(line["row"]["heads"]) or None),
+        Column("file bytes", _at("size", "file_bytes"), fmt_int, narrow=True),
+        Column("gzip bytes", _at("size", "gzip_bytes"), fmt_int, narrow=True),
+        Column("param bytes", _at("size", "param_bytes"), fmt_int),
+        Column("x paper 0.32 MB", _at("size", "ratio_to_paper"), fmt_ratio),
+        Column("x paper per head", _at("size", "ratio_to_paper_per_head"), fmt_ratio,
+               narrow=True),
+    ), lines=_size_lines),
+    Table("Latency per face (us; raw: the harness overhead is measured beside, never "
+          "subtracted)", (
+        _NAME,
+        Column("engine", _engine, narrow=True),
+        Column("batch", _at("batch"), narrow=True),
+        Column("n", _at(*_PER_FACE, "n")),
+        Column("median", _at(*_PER_FACE, "median"), fmt_num, narrow=True),
+        Column("p90", _at(*_PER_FACE, "p90"), fmt_num, narrow=True),
+        Column("p99", _at(*_PER_FACE, "p99"), fmt_num),
+        Column("min", _at(*_PER_FACE, "min"), fmt_num, narrow=True),
+        Column("std", _at(*_PER_FACE, "std"), fmt_num),
+        Column("overhead us/call", _at("lat", "overhead_us", "median"), fmt_num),
+        Column("overhead share", _at("lat", "overhead_share"), fmt_pct),
+    ), lines=_batch_lines, status_column="median"),
+    Table("Throughput and efficiency", (
+        _NAME,
+        Column("batch", _at("batch"), narrow=True),
+        Column("faces/s", _at("lat", "throughput_faces_per_s"), fmt_num, narrow=True),
+        Column("GFLOP/s", _at("lat", "gflops"), fmt_num),
+        Column("best GFLOP/s", _at("lat", "gflops_best"), fmt_num),
+        Column("best of 1-core GEMM", _at("lat", "fraction_of_core_gemm_best"), fmt_pct),
+        Column("speed-up vs predict", _at("ratio", "speedup_vs_keras_predict"), fmt_ratio,
+               narrow=True),
+        Column("time vs fastest fp32", _at("ratio", "time_vs_fastest_fp32"), fmt_ratio,
+               narrow=True),
+        Column("vs original fp32", _at("ratio", "time_vs_original_fp32"), fmt_ratio),
+        Column("vs original same target", _at("ratio", "time_vs_original_target"), fmt_ratio),
+        Column("import+load s", _at("load_s"), fmt_num),
+        Column("first call ms", _at("first_ms"), fmt_num),
+        Column("peak RSS MB", _at("rss"), fmt_mb),
+    ), lines=_batch_lines, status_column="faces/s"),
+    Table("End to end per photo and per face (ms, medians): YuNet + crop + model, as "
+          "`ssrconv predict` runs them", (
+        _NAME,
+        Column("engine", _engine),
+        Column("photo", _at("photo"), narrow=True),
+        Column("faces", _at("p", "faces"), narrow=True),
+        Column("n", _at("p", "n")),
+        Column("YuNet ms", _at("p", "detect_ms"), fmt_num, narrow=True),
+        Column("crop ms", _at("p", "crop_ms"), fmt_num),
+        Column("model ms", _at("p", "model_ms"), fmt_num, narrow=True),
+        Column("model in page ms", _at("p", "in_page_model_ms"), fmt_num,
+               when=_has_in_page_model),
+        Column("total ms", _at("p", "total_ms"), fmt_num, narrow=True),
+        Column("YuNet per face", _at("p", "per_face", "detect_ms"), fmt_num),
+        Column("crop per face", _at("p", "per_face", "crop_ms"), fmt_num),
+        Column("model per face", _at("p", "per_face", "model_ms"), fmt_num, narrow=True),
+        Column("total per face", _at("p", "per_face", "total_ms"), fmt_num),
+    ), lines=_pipeline_lines, optional=True),
+    Table("In the browser vs native (per face, us, medians)", (
+        _NAME,
+        Column("engine", _engine, narrow=True),
+        Column("batch", _at("batch")),
+        Column("round trip", _at(*_PER_FACE, "median"), fmt_num),
+        Column("in page", _at("page", "median"), fmt_num, narrow=True),
+        Column("in page min", _at("page", "min"), fmt_num),
+        Column("native row (engine)", _at("native")),
+        Column("native", _at("native_us"), fmt_num, narrow=True),
+        Column("in page vs native", _at("vs"), fmt_ratio, narrow=True),
+    ), lines=_browser_lines, optional=True),
+    Table("Microcontroller and NPU: MCU RAM is the smallest TFLite Micro arena that allocates; "
+          "NPU split, SRAM and time are Vela's estimates, not measurements", (
+        _NAME,
+        Column("MCU RAM bytes", _at("mcu", "ram_bytes"), fmt_int, narrow=True),
+        Column("flash bytes", _at("mcu", "flash_bytes"), fmt_int, narrow=True),
+        Column("accelerator", _at("accelerator"), narrow=True),
+        Column("NPU ops", _npu_ops, narrow=True),
+        Column("NPU MACs", _npu_macs, narrow=True),
+        Column("SRAM KiB", _at("vela", "sram_kib"), fmt_num, narrow=True),
+        Column("flash/DRAM KiB", _off_chip, fmt_num),
+        Column("estimated ms", _at("vela", "estimated_inference_ms"), fmt_num, narrow=True),
+    ), lines=_device_lines, optional=True),
+)
+
+
+def tables(report: dict, wide: bool = True) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, headers, cells) of the report's tables (:data:`TABLES`): size, latency,
+    throughput, and when measured the end-to-end pipeline and the browser's in-page time beside
+    native. ``wide`` False: the terminal's default columns only."""
+    out = []
+    for table in TABLES:
+        headers, cells = table.render(report, wide)
+        if cells or not table.optional:
+            out.append((table.title, headers, cells))
+    return out
 
 
 def _coretype_caveat(report: dict) -> str:
@@ -472,13 +590,23 @@ def _align(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
 
 
-def render_text(report: dict) -> str:
-    """The terminal report: the three tables aligned, then the notes and the fingerprint."""
+# The terminal's width: a table shows its ``narrow`` columns unless --wide, and the notes wrap.
+TERMINAL_WIDTH = 100
+
+
+def render_text(report: dict, wide: bool = False) -> str:
+    """The terminal report: the tables aligned (their main columns, within 100 columns; every
+    column with ``wide``), then the notes and the fingerprint wrapped to 100 columns."""
+    import textwrap
+
     lines = []
-    for title, headers, rows in tables(report):
+    for title, headers, rows in tables(report, wide):
         lines += [title, *_align(headers, rows), ""]
-    lines += [f"- {n}" for n in notes(report)]
-    lines.append(f"- Machine: {one_line(report['fingerprint'])}")
+    if not wide:
+        lines += ["(main columns; ssrconv bench --wide, --markdown or --json for all of them)", ""]
+    for note in [*notes(report), f"Machine: {one_line(report['fingerprint'])}"]:
+        lines += textwrap.wrap(note, TERMINAL_WIDTH, initial_indent="- ", subsequent_indent="  ",
+                               break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines) + "\n"
 
 
@@ -510,6 +638,14 @@ def render_json(report: dict) -> str:
     return json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n"
 
 
+def plotted_rows(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows drawn on the latency chart, timed rows left out of it). model.predict (Keras'
+    per-call overhead, ~100x the model call) squashed every other bar on the log axis: it is
+    left out and named, with its time, under the axis."""
+    timed = [r for r in results if r["latency"]]
+    return ([r for r in timed if r["mode"] != "predict"], [r for r in timed if r["mode"] == "predict"])
+
+
 def render_plot(report: dict) -> bytes:
     """PNG bytes: median latency per face per row and batch size with p10-p90 error bars
     (log scale: model.predict is orders of magnitude slower), and file size per artifact
@@ -522,9 +658,11 @@ def render_plot(report: dict) -> bytes:
     matplotlib.use("Agg")  # no display: render to memory
     import matplotlib.pyplot as plt
 
+    import textwrap
+
     results = report["results"]
     batches = [str(b) for b in report["settings"]["batches"]]
-    timed = [r for r in results if r["latency"]]
+    timed, left_out = plotted_rows(results)
     sized = [r for r in results if r["mode"] != "predict" and r["size"] and "file_bytes" in r["size"]]
     fig, (ax_lat, ax_size) = plt.subplots(1, 2, figsize=(13, max(3.5, 0.45 * max(len(timed), len(sized), 1) + 1.5)))
     height = 0.8 / max(len(batches), 1)
@@ -543,7 +681,12 @@ def render_plot(report: dict) -> bytes:
     ax_lat.set_yticks(range(len(timed)), [r["name"] for r in timed], fontsize=8)
     ax_lat.invert_yaxis()
     ax_lat.set_xscale("log")
-    ax_lat.set_xlabel("median latency per face (us, log; bars p10-p90)")
+    xlabel = "median latency per face (us, log; bars p10-p90)"
+    for r in left_out:
+        worst = max(r["latency"].values(), key=lambda lat: lat["per_face_us"]["median"])
+        xlabel += (f"\nnot drawn: {r['name']}, {worst['per_face_us']['median']:,.0f} us per face "
+                   "(Keras' per-call overhead)")
+    ax_lat.set_xlabel(xlabel)
     ax_lat.legend(fontsize=8)
     ax_lat.set_title(f"Latency, {report['settings']['threads']} thread(s)")
     names = [_size_label(r) for r in sized]
@@ -555,7 +698,8 @@ def render_plot(report: dict) -> bytes:
     ax_size.set_xlabel("file size (KiB; age-gender files hold two heads)")
     ax_size.legend(fontsize=8)
     ax_size.set_title("Size")
-    fig.suptitle(one_line(report["fingerprint"])[:150], fontsize=7)
+    # The whole machine line, wrapped to the figure's width (it was cut at 150 characters).
+    fig.suptitle(textwrap.fill(one_line(report["fingerprint"]), 190), fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ssrconv.benchmarks import stats
+from ssrconv.benchmarks.kinds import row_kind
 
 # The original ssrnet_3_3_3_64_1.0_1.0.h5 (one head): the paper's "0.32 MB". Kept equal to
 # ssrconv.info.PAPER_MODEL_BYTES without importing it (info imports the assets registry).
@@ -58,3 +59,31 @@ def size_info(paths: list[str | os.PathLike], precision: str, heads: int,
         "bytes_per_head": size / heads if heads else None,
         "ratio_to_paper_per_head": size / heads / PAPER_MODEL_BYTES if heads else None,
     }
+
+
+def _size_paths(entry) -> list[str]:
+    """The files a row's size is of: its artifact, or the reference's .h5 weights."""
+    if entry.path:
+        return [entry.path]
+    files = entry.info.get("weights_files")
+    if files:
+        return files
+    kind = row_kind(entry.backend)
+    if kind is None or not kind.from_weights:
+        return []
+    from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS, locate
+
+    found = [locate(name)[0] for name in (DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS)]
+    return [str(p) for p in found if p is not None]
+
+
+def measure_sizes(entries: list) -> None:
+    """Fill each row's size block (a missing file is reported, not fatal)."""
+    for entry in entries:
+        heads = len(entry.heads) or 1
+        params = entry.info.get("params_per_head", stats.PARAMS_PER_HEAD)
+        try:
+            paths = _size_paths(entry)
+            entry.size = size_info(paths, entry.precision, heads, params) if paths else None
+        except OSError as err:
+            entry.size = {"error": f"cannot read: {err.strerror or err}"}

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ssrconv.targets import REFERENCE_BACKEND
+
 WARMUP = 1000
 SAMPLES = 20
 
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(["--one", str(a.path)], a.label) for a in artifacts
             if a.format.engine.why_not_timed() is None]
     if args.keras:
-        jobs.insert(0, (["--one", "", "--backend", "keras"], "keras"))
+        jobs.insert(0, (["--one", "", "--backend", REFERENCE_BACKEND], REFERENCE_BACKEND))
     results = []
     for extra, label in jobs:
         print(f"soak: {label}: {args.n:,} calls ...", file=sys.stderr, flush=True)

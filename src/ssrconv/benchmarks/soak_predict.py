@@ -88,9 +88,10 @@ def soak_predict(model: str | None, images: list[Path], warmup: int, annotate_di
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor
     from ssrconv.loading import load_runtime
+    from ssrconv.targets import REFERENCE_BACKEND
 
     say = progress or (lambda message: None)
-    runtime = load_runtime(model, backend="keras" if model is None else None)
+    runtime = load_runtime(model, backend=REFERENCE_BACKEND if model is None else None)
     predictor = Predictor(runtime, make_detector("yunet"))
     faces = failures = 0
     after_warmup = None

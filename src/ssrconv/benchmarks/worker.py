@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 
+from ssrconv.benchmarks.kinds import FAKE, GEMM, resolve, row_kind
+
 MAX_DISTINCT_BATCHES = 8  # pre-made inputs cycled through, so no call reuses the previous array
 MIN_CALLS = 2  # a block cut short by its time budget still times at least this many calls
 
@@ -95,8 +97,7 @@ class FakeRuntime:
     """A stand-in backend for tests of the harness (no real library): busy-waits ``delay_us``
     per call, and can kill its own process with a signal at ``crash`` ("load" or "time")."""
 
-    backend = "fake"
-    engine = "fake"
+    backend = engine = FAKE.backend
 
     def __init__(self, delay_us: float = 0.0, crash: str | None = None,
                  crash_signal: str = "SIGSEGV", heads=("age", "p_male")):
@@ -121,7 +122,7 @@ class FakeRuntime:
 class Gemm:
     """numpy float32 square matrix multiply: the machine's reference compute rate."""
 
-    backend = "gemm"
+    backend = GEMM.backend
     engine = "numpy-float32-gemm"
     heads = ()
 
@@ -139,19 +140,20 @@ class Gemm:
 
 def _import_backend(backend: str, threads: int | None, engine: str | None = None) -> dict:
     """Import the library of the engine that runs the row (timed separately from loading the
-    model): the format table's ``needs`` of ``engine`` (default: the format's first engine); set
-    threads where they are process settings rather than load options. Returns what was set."""
+    model): the format table's ``needs`` of ``engine`` (default: the format's first engine), or
+    TensorFlow for a row kind that runs on it (:mod:`ssrconv.benchmarks.kinds`); set threads
+    where they are process settings rather than load options. Returns what was set."""
     import importlib
 
+    from ssrconv.benchmarks.kinds import row_kind
     from ssrconv.targets import FORMATS, get_engine
 
     info = {}
-    if backend == "reference":
-        pass  # the numpy reference: numpy is imported already
-    elif backend == "keras":
+    kind = row_kind(backend)
+    if kind is not None and kind.tensorflow:
         from ssrconv._imports import tensorflow
 
-        tf = tensorflow("benchmarking the keras reference")
+        tf = tensorflow(f"benchmarking the {kind.backend} reference")
         if threads:
             try:  # must happen before TensorFlow's runtime starts; the env vars cover it too
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -167,7 +169,29 @@ def _import_backend(backend: str, threads: int | None, engine: str | None = None
         check(chosen.needs, chosen.extra or "all", f"engine {chosen.name}")
         for module in chosen.needs:
             importlib.import_module(module)
-    return info
+    return info  # other row kinds (the numpy reference) need only numpy, imported already
+
+
+def keras_info(runtime) -> dict:
+    """The Keras reference's weights files and the rebuilt model's parameters and multiply-adds
+    per head (the ``describe`` of its row kind)."""
+    from ssrconv.reference.model import count_macs, count_params
+
+    model = runtime.reference.model
+    heads = max(len(runtime.heads), 1)
+    return {"weights_files": [str(w.path) for w in runtime.reference.weights.values()],
+            "params_per_head": count_params(model) // heads,
+            "macs_per_head": count_macs(model) // heads}
+
+
+def numpy_info(runtime) -> dict:
+    """The numpy reference's weights files, parameters and multiply-adds per head."""
+    from ssrconv.reference.numpy_engine import count_macs
+
+    heads = max(len(runtime.heads), 1)
+    return {"weights_files": [str(w.path) for w in runtime.weights.values()],
+            "params_per_head": sum(runtime.params.values()) // heads,
+            "macs_per_head": count_macs("age")}
 
 
 def _blas_limit(threads: int) -> dict:
@@ -208,16 +232,15 @@ class Worker:
         options = dict(req.get("options") or {})
         info: dict = {}
         started = time.perf_counter()
-        if backend == "gemm":
-            limits = _blas_limit(threads or 1)
-            self._keep.append(limits.pop("_limiter", None))
-            info.update(limits)
-            runtime = Gemm(int(options.get("size", 512)))
+        kind = row_kind(backend)
+        if kind is not None and kind.builds is not None:
+            # Built here from its options: no library to import, no file to load.
+            if kind.blas_threads is not None:
+                limits = _blas_limit(threads or 1)
+                self._keep.append(limits.pop("_limiter", None))
+                info.update(limits)
+            runtime = resolve(kind.builds)(**options)
             import_s = 0.0
-            load_s = time.perf_counter() - started
-        elif backend == "fake":
-            import_s = 0.0
-            runtime = FakeRuntime(**options)
             load_s = time.perf_counter() - started
         else:
             info.update(_import_backend(backend, threads, options.get("engine")))
@@ -230,10 +253,8 @@ class Worker:
         self.runtime = runtime
         if getattr(runtime, "threads", None) is not None:
             info["runtime_threads"] = runtime.threads  # what the runtime was built with
-        if backend == "keras":
-            info.update(self._keras_info(runtime))
-        elif backend == "reference":
-            info.update(self._numpy_info(runtime))
+        if kind is not None and kind.describe is not None:
+            info.update(resolve(kind.describe)(runtime))
         pool = np.load(req["inputs"], allow_pickle=False) if req.get("inputs") else np.zeros((1, 64, 64, 3), np.float32)
         modes = req.get("modes") or ["run"]
         for mode in modes:
@@ -253,25 +274,6 @@ class Worker:
         return {"engine": getattr(runtime, "engine", backend), "heads": list(getattr(runtime, "heads", ())),
                 "import_s": import_s, "load_s": load_s, "first_ms": first_ms, "info": info,
                 "pid": os.getpid(), "inputs": int(len(pool))}
-
-    @staticmethod
-    def _keras_info(runtime) -> dict:
-        from ssrconv.reference.model import count_macs, count_params
-
-        model = runtime.reference.model
-        heads = max(len(runtime.heads), 1)
-        return {"weights_files": [str(w.path) for w in runtime.reference.weights.values()],
-                "params_per_head": count_params(model) // heads,
-                "macs_per_head": count_macs(model) // heads}
-
-    @staticmethod
-    def _numpy_info(runtime) -> dict:
-        from ssrconv.reference.numpy_engine import count_macs
-
-        heads = max(len(runtime.heads), 1)
-        return {"weights_files": [str(w.path) for w in runtime.weights.values()],
-                "params_per_head": sum(runtime.params.values()) // heads,
-                "macs_per_head": count_macs("age")}
 
     def _fn(self, req: dict):
         mode = req.get("mode", "run")
@@ -306,7 +308,9 @@ class Worker:
     def cmd_time(self, req: dict) -> dict:
         fn, batches = self._fn(req)
         n = int(req["n"])
-        if isinstance(self.runtime, FakeRuntime) and self.runtime.crash == "time":
+        # The test stand-in's crash point (duck-typed: the worker runs as __main__, the table
+        # builds ssrconv.benchmarks.worker's class).
+        if getattr(self.runtime, "crash", None) == "time":
             self.runtime.die()
         after, in_page = self._in_page_probe()
         ns = time_calls(fn, batches, n, req.get("budget_s"), after=after)

@@ -61,8 +61,29 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         ml.output_description[name] = OUTPUT_DESCRIPTIONS[name]
     ml.user_defined_metadata.update(metadata)
     ml.save(str(dest))
+    stable_package_identifiers(dest)
     return {"format": "mlprogram", "image_input": bool(options.image_input),
             "minimum_deployment_target": "iOS15"}
 
+
+def stable_package_identifiers(package: Path) -> None:
+    """Replace the random UUIDs that name the items of an .mlpackage's Manifest.json by UUIDs
+    derived from each item's path, so the same model gives the same package bytes.
+
+    coremltools' ModelPackage names every item (the spec, the weights folder) with a fresh
+    uuid4 on each save: two exports of one model differed in Manifest.json alone, so the
+    package's sha256 changed every time (docs/CONVERTERS.md, "Byte-reproducible exports").
+    The identifiers are opaque keys (rootModelIdentifier points at one): any UUID reads the
+    same. The text is edited in place, so the file keeps coremltools' own layout.
+    """
+    import json
+    import uuid
+
+    manifest = package / "Manifest.json"
+    text = manifest.read_text()
+    for key, item in json.loads(text)["itemInfoEntries"].items():
+        stable = str(uuid.uuid5(uuid.NAMESPACE_URL, f"ssrconv:mlpackage/{item['path']}"))
+        text = text.replace(key, stable)
+    manifest.write_text(text)
 
 

@@ -15,12 +15,13 @@ package's ``mnnconvert`` console script also posts a usage log to a remote endpo
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from ssrconv.atomic import scratch_dir
-from ssrconv.errors import SsrconvError
+from ssrconv.errors import SsrconvError, clip
 from ssrconv.formats.mnn import BIZ_CODE, verify
 
 _TIMEOUT_S = 600
@@ -29,6 +30,28 @@ _CONVERT = "import sys, MNN, _tools; _tools.mnnconvert(sys.argv)"
 
 class ConverterError(SsrconvError):
     """MNN's converter failed."""
+
+
+_UUID4 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def stable_uuid(path: Path) -> None:
+    """Replace the random ``mnn_uuid`` MNN's converter writes (AddUUID.cpp: a uuid4 from
+    std::random_device on every conversion) by a UUID derived from the rest of the file, so the
+    same model gives the same bytes (docs/CONVERTERS.md, "Byte-reproducible exports"). Same
+    length, same place in the flatbuffer: nothing else moves."""
+    import hashlib
+    import uuid
+
+    data = path.read_bytes()
+    found = list(_UUID4.finditer(data))
+    if len(found) != 1:
+        raise ConverterError(f"{path}: expected one mnn_uuid in MNN's output, found {len(found)} "
+                             "(the converter's layout changed?)")
+    start, end = found[0].span()
+    rest = hashlib.sha256(data[:start] + data[end:]).hexdigest()
+    stable = str(uuid.uuid5(uuid.NAMESPACE_URL, f"ssrconv:mnn/{rest}")).encode()
+    path.write_bytes(data[:start] + stable + data[end:])
 
 
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
@@ -54,7 +77,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     if done.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
         lines = [ln for ln in (done.stdout + done.stderr).splitlines() if "rror" in ln]
         raise ConverterError(f"MNN's converter failed (exit {done.returncode}): "
-                             f"{(lines or ['no error message'])[-1][:200]}")
+                             f"{clip((lines or ['no error message'])[-1])}")
+    stable_uuid(dest)
     verify(dest)
     from ssrconv.formats.mnn import mnn_module
 

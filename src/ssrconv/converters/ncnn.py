@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ssrconv._extras import INSTALL_COMMANDS
 from ssrconv.atomic import scratch_dir
-from ssrconv.errors import MissingExtraError, SsrconvError
+from ssrconv.errors import MissingExtraError, SsrconvError, clip
 from ssrconv.formats.ncnn import BIN_SUFFIX, INPUT_NAME, PARAM_SUFFIX, verify
 
 # pnnx's names for the graph's input and outputs (outN in the ONNX graph's output order).
@@ -90,7 +90,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         param_src, bin_src = work / f"{stem}{PARAM_SUFFIX}", work / f"{stem}{BIN_SUFFIX}"
         if done.returncode != 0 or not param_src.is_file() or not bin_src.is_file():
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ConverterError(f"pnnx failed (exit {done.returncode}): {tail[0][:200]}")
+            raise ConverterError(f"pnnx failed (exit {done.returncode}): {clip(tail[0])}")
         names = {_PNNX_INPUT: INPUT_NAME}
         names.update({_PNNX_OUTPUT.format(i): name for i, name in enumerate(outputs)})
         text = _rename_blobs(param_src.read_text(encoding="utf-8"), names)

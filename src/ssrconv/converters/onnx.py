@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -20,11 +21,62 @@ def to_proto(model, opset: int, batch: int | None = None):
     tf = tensorflow("ONNX export")
     spec = [tf.TensorSpec((batch, INPUT_SIZE, INPUT_SIZE, 3), tf.float32, name="face_bgr")]
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=int(opset))
+    canonical_names(proto)
     for value in list(proto.graph.input) + list(proto.graph.output):
         dim = value.type.tensor_type.shape.dim[0]
         if dim.dim_param or not dim.dim_value:
             dim.dim_param = "batch"  # tf2onnx names it "unk__NN"
     return proto
+
+
+_GENERATED = re.compile(r"__\d+")
+
+
+def canonical_names(proto) -> None:
+    """Make a tf2onnx graph the same bytes for the same model, in place.
+
+    tf2onnx numbers the names of the nodes and constants it inserts from a process-wide
+    counter (``utils.make_name``: "const_axes__310" in a process that converted before,
+    "const_axes__10" in a fresh one), in an order that varies between two conversions of one
+    model in one process (which of two equal constants survives its merge, and so its name,
+    varies too), and lists its initializers in that varying order: the bytes of
+    every ONNX-derived file (ONNX, MNN, OpenVINO, the web folder) depended on what the command
+    exported before (docs/CONVERTERS.md, "Byte-reproducible exports"). The node order itself
+    is stable, so every generated name is renumbered by its first appearance in node order
+    (generated constants named ``const__<n>``) and the initializers and value infos are sorted
+    by name. Names are labels: the function is unchanged.
+    """
+    graph = proto.graph
+    constants = {tensor.name for tensor in graph.initializer}
+    renamed: dict[str, str] = {}
+
+    def name(old: str) -> str:
+        if not old or not _GENERATED.search(old):
+            return old
+        if old not in renamed:
+            # A generated constant is named after its first user's role ("const_starts__21"),
+            # but tf2onnx merges equal constants and keeps whichever it meets first, so the
+            # same tensor came out as const_starts__21 or const_axes__21: constants get a
+            # neutral name, other generated names keep their base.
+            number = f"__{len(renamed)}"
+            renamed[old] = f"const{number}" if old in constants else _GENERATED.sub(number, old)
+        return renamed[old]
+
+    for node in graph.node:
+        node.name = name(node.name)
+        node.input[:] = [name(i) for i in node.input]
+        node.output[:] = [name(o) for o in node.output]
+    for tensor in graph.initializer:
+        tensor.name = name(tensor.name)
+    for value in list(graph.value_info) + list(graph.input) + list(graph.output):
+        value.name = name(value.name)
+    for field in (graph.initializer, graph.value_info):
+        ordered = sorted(field, key=lambda item: item.name)
+        copies = [type(item)() for item in ordered]
+        for copy, item in zip(copies, ordered):
+            copy.CopyFrom(item)
+        del field[:]
+        field.extend(copies)
 
 
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:

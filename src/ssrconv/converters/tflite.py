@@ -24,11 +24,9 @@ _SAVED_MODELS: dict[int, tuple[object, tempfile.TemporaryDirectory]] = {}
 def _saved_model_dir(model) -> str:
     """Export ``model`` (outputs as a dict, so the signature names them) to a SavedModel once
     per model and process; every precision converts from it (the export is the slow part)."""
-    import keras
-
     cached = _SAVED_MODELS.get(id(model))
     if cached is None or cached[0] is not model:
-        named = keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)))
+        named = _named_outputs(model)
         tmp = tempfile.TemporaryDirectory(prefix="ssrconv-savedmodel-")
         track(Path(tmp.name))
         with contextlib.redirect_stdout(io.StringIO()):  # Keras prints every captured variable
@@ -123,12 +121,21 @@ def _convert_int16x8(model, calibration) -> bytes:
 
 def _convert_int8(model, options, calibration) -> bytes:
     """The int8 recipe of :mod:`ssrconv.converters.tflite_int8`, outputs named by a dict."""
-    import keras
-
     from ssrconv.converters.tflite_int8 import convert_int8
 
-    named = keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)))
-    return convert_int8(named, calibration.inputs, dynamic_batch=True, input_type=options.int8_io)
+    return convert_int8(_named_outputs(model), calibration.inputs, dynamic_batch=True,
+                        input_type=options.int8_io)
+
+
+def _named_outputs(model):
+    """``model`` with its outputs as a dict (the signature then names them), under ``model``'s
+    own name: a Keras model built without one is named from a process-wide counter
+    ("functional_7"), and that name is in the tensor names the file keeps, so the bytes of a
+    file depended on how many models the process had built before (docs/CONVERTERS.md,
+    "Byte-reproducible exports")."""
+    import keras
+
+    return keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)), name=model.name)
 
 
 

@@ -97,7 +97,7 @@ def read_model(path: Path):
     fail to decode them, after printing a banner: onnx sees the bytes first.)"""
     import onnx
 
-    from ssrconv.errors import ModelFileError
+    from ssrconv.errors import ModelFileError, clip
 
     try:
         data = Path(path).read_bytes()
@@ -107,7 +107,7 @@ def read_model(path: Path):
         proto = onnx.load_model_from_string(data)
         onnx.checker.check_model(proto)
     except Exception as err:  # noqa: BLE001 - protobuf DecodeError, ValidationError, ...
-        first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        first = clip(str(err)) or type(err).__name__
         raise ModelFileError(f"{path}: not a valid ONNX model ({first}); re-export it with "
                              "ssrconv export") from None
     return proto

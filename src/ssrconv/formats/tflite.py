@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import ModelFileError
+from ssrconv.errors import ModelFileError, clip
 
 
 # Larger than any tensor an SSR-Net export has (the biggest activation is 64x64x32 float32,
@@ -140,7 +140,7 @@ def check_flatbuffer(data: bytes, path: Path) -> None:
     except UnicodeDecodeError:
         raise bad("a tensor or signature name is not UTF-8 text") from None
     except Exception as err:  # noqa: BLE001 - the generated reader fails with struct/index errors
-        raise bad(f"corrupt or truncated flatbuffer: {str(err)[:100] or type(err).__name__}") from None
+        raise bad(f"corrupt or truncated flatbuffer: {clip(str(err)) or type(err).__name__}") from None
 
 
 def read_model(path: Path) -> bytes:
@@ -183,7 +183,7 @@ def load_interpreter(path: Path, num_threads: int | None = None, use_xnnpack: bo
             interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as err:
         raise ModelFileError(f"{path}: not a loadable TFLite model "
-                             f"({str(err).splitlines()[0][:200]})") from None
+                             f"({clip(str(err))})") from None
     return interpreter
 
 

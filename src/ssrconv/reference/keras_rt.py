@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from ssrconv.runtimes.base import Runtime
+from ssrconv.targets import REFERENCE_BACKEND
 
 
 class KerasRuntime(Runtime):
     """The rebuilt SSR-Net with the published weights (the reference every export is held to)."""
 
-    backend = "keras"
-    engine = "keras"
+    backend = REFERENCE_BACKEND
+    engine = "keras"  # its name among --reference-engine's choices
 
     def __init__(self, task: str = "age-gender", age_weights=None, gender_weights=None):
         from ssrconv._imports import tensorflow

@@ -20,6 +20,7 @@ import numpy as np
 
 from ssrconv.errors import SsrconvError, WeightsError
 from ssrconv.runtimes.base import Runtime
+from ssrconv.targets import REFERENCE_ON_ENGINE
 
 BN_EPSILON = 1e-3  # = ssrconv.reference.model.BN_EPSILON (that module imports Keras)
 STAGE_NUM = (3, 3, 3)
@@ -267,7 +268,7 @@ class NumpyReference(Runtime):
     the arithmetic of the whole forward pass; outputs are float32 like every runtime's.
     """
 
-    backend = "reference"
+    backend = REFERENCE_ON_ENGINE
 
     def __init__(self, task: str = "age-gender", age_weights=None, gender_weights=None,
                  engine: str = "numpy-float32"):

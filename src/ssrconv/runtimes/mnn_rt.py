@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.errors import ModelFileError, SsrconvError, clip
 from ssrconv.formats.mnn import mnn_module, stdout_to_stderr
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime
@@ -54,7 +54,7 @@ class MnnRuntime(Runtime):
             except SsrconvError:
                 raise
             except Exception as err:  # noqa: BLE001 - MNN raises bare Exception/SystemError
-                raise ModelFileError(f"{path}: MNN cannot load it ({str(err)[:200]}); re-export "
+                raise ModelFileError(f"{path}: MNN cannot load it ({clip(str(err))}); re-export "
                                      "it with ssrconv export --to mnn") from None
         self._expr = mnn.expr
         self._mnn, self._manager = mnn, manager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.errors import ModelFileError, SsrconvError, clip
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime
 
@@ -88,4 +88,4 @@ class OnnxRuntime(Runtime):
 
 def _first_line(err: Exception) -> str:
     """The first line of an error message, bounded (runtime messages can be pages long)."""
-    return (str(err).splitlines() or [type(err).__name__])[0][:200]
+    return clip(str(err)) or type(err).__name__

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.errors import ModelFileError, SsrconvError, clip
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime
 
@@ -283,4 +283,4 @@ def _ov_error(err: Exception) -> str:
     src/...cpp:NN:' and 'Check ... failed at ...' lines)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
-    return ((useful or lines or [type(err).__name__])[0])[:200]
+    return clip((useful or lines or [type(err).__name__])[0])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import SsrconvError
+from ssrconv.errors import SsrconvError, clip
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime, dequantize, quantize
 
@@ -112,7 +112,7 @@ class TFLiteRuntime(Runtime):
             results = self.runner(face_bgr=self._feed(batch))
         except (ValueError, RuntimeError) as err:  # a kernel refused to prepare or invoke
             raise SsrconvError(f"{self.path}: the TFLite runtime cannot run it "
-                               f"({str(err).splitlines()[0][:200]})") from None
+                               f"({clip(str(err))})") from None
         out = {}
         for head in self.heads:
             value = np.asarray(results[head])

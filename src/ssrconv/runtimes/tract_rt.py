@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import ModelFileError, SsrconvError
+from ssrconv.errors import ModelFileError, SsrconvError, clip
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime
 
@@ -102,4 +102,4 @@ def _tract_error(err: Exception) -> str:
     causes = [line for line in lines if line != "Caused by:"]
     if len(causes) > 2:  # the failing node, then the innermost cause (the actual reason)
         causes = [causes[0], causes[-1]]
-    return "; ".join(causes)[:240] or type(err).__name__
+    return clip("; ".join(causes), 240) or type(err).__name__
