@@ -154,7 +154,8 @@ def exported(request, tmp_path_factory, assets_dir, faces_dir):
     options, opened and verified (``.path``, ``.manifest``, ``.target``...). Read only: a test
     that changes files copies them first.
 
-    An int8 target without ``calibration`` is calibrated on SSRCONV_FACES, as in ``export_dir``.
+    An int8 or int16x8 target without ``calibration`` is calibrated on SSRCONV_FACES, as in
+    ``export_dir``.
     When the options are the ``--to all`` export's and a selected test needs ``export_dir``
     anyway, the artifact is that export's file (the same converter, options and bytes), so no
     row is converted twice; otherwise it is exported alone into a directory of its own.
@@ -162,7 +163,7 @@ def exported(request, tmp_path_factory, assets_dir, faces_dir):
     from ssrconv.artifacts import open_artifact
     from ssrconv.exporter import export
     from ssrconv.options import ExportOptions
-    from ssrconv.targets import EXPORTED_BY_ALL, TARGETS
+    from ssrconv.targets import CALIBRATED_PRECISIONS, EXPORTED_BY_ALL, TARGETS
 
     all_dir = None
     if any("export_dir" in item.fixturenames for item in request.session.items):
@@ -171,10 +172,10 @@ def exported(request, tmp_path_factory, assets_dir, faces_dir):
 
     def export_one(key: str, **options):
         target = TARGETS[key]
-        if target.precision == "int8":
+        if target.precision in CALIBRATED_PRECISIONS:
             options.setdefault("calibration", faces_dir)
         fields = ExportOptions(to=(target.family,), precision=(target.precision,), **options)
-        as_in_all = {"calibration": faces_dir} if target.precision == "int8" else {}
+        as_in_all = {"calibration": faces_dir} if target.precision in CALIBRATED_PRECISIONS else {}
         default = ExportOptions(to=(target.family,), precision=(target.precision,), **as_in_all)
         memo = (key, tuple(sorted(options.items())))
         if memo not in made:

@@ -34,7 +34,7 @@ from ssrconv.atomic import (CommitPause, deferred_signals, fsync_dir, fsync_path
                             temp_path, track_created_dir, write_temp)
 from ssrconv.errors import ManifestError, SsrconvError
 from ssrconv.options import ExportOptions
-from ssrconv.targets import format_of
+from ssrconv.targets import CALIBRATED_PRECISIONS, format_of
 
 
 @contextlib.contextmanager
@@ -208,7 +208,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
         reference = load_reference(options.task, options.age_weights, options.gender_weights)
         model = with_named_outputs(reference.model, options.task)
         calibration = None
-        if any(t.precision == "int8" for t in options.targets):
+        if any(t.precision in CALIBRATED_PRECISIONS for t in options.targets):
             if options.calibration is not None:
                 say(f"reading calibration faces from {options.calibration}")
                 calibration = CalibrationSet.from_dir(options.calibration, options.calibration_limit,
@@ -226,7 +226,8 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
             final = options.out / target.filename(options.task)
             tmp = temp_path(final, f".part{target.suffix}")
             tmp_paths.append(tmp)
-            step = "calibrating and converting" if target.precision == "int8" else "converting"
+            calibrated = target.precision in CALIBRATED_PRECISIONS
+            step = "calibrating and converting" if calibrated else "converting"
             say(f"[{number}/{len(options.targets)}] {target.key}: {step} -> {final.name}")
             started = time.perf_counter()
             graph, variant, graph_model = export_graphs.for_target(target)
@@ -250,7 +251,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
                              f"{contract['crop_rule']}: feed it aligned crops of your own"
                              if target.family == "web" and contract["crop_rule"] != "margin"
                              else None),
-                "calibration": calibration.describe() if target.precision == "int8" else None,
+                "calibration": calibration.describe() if calibrated else None,
                 "weights": weights_provenance(reference),
                 "preprocessing": contract,
                 "family": family,

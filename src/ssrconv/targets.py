@@ -23,7 +23,9 @@ import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PRECISIONS = ("fp32", "fp16", "bf16", "dynamic", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "dynamic", "int8", "int16x8")
+# Precisions whose export calibrates activation ranges (on --calibration faces or data-free).
+CALIBRATED_PRECISIONS = ("int8", "int16x8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
 # Weights files (the original .h5, the ports' .pth/.pt/.params): not artifacts, the reference
 # is built from them (ssrconv.reference.weights.read_weights reads each).
@@ -47,14 +49,15 @@ class Budget:
 BUDGETS = {
     "fp32": Budget(max_age=0.01, max_p_male=1e-4),
     "fp16": Budget(max_age=0.25, mean_age=0.05, min_gender_agreement=1.0),
-    "int8": Budget(mean_age=0.3, p99_age=1.0, min_gender_agreement=0.99),
+    # max_age bounds the tail: a face 7.8 y off passed mean and p99 alone (issue 23).
+    "int8": Budget(max_age=2.5, mean_age=0.3, p99_age=1.0, min_gender_agreement=0.99),
     # bf16 execution (OpenVINO on AMX/avx512_bf16 CPUs): measured mean 0.066 / max 0.44 y on the
     # session-2 graph, inside the int8 limits and outside fp16's: its own class, int8's numbers.
     "bf16": Budget(mean_age=0.3, p99_age=1.0, min_gender_agreement=0.99),
 }
 # The budget class a precision is judged by (an unmanaged file: the precision read from it).
 BUDGET_OF_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "dynamic": "int8",
-                       "int8": "int8"}
+                       "int8": "int8", "int16x8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,12 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            "read back"),
     Engine("tract", ("onnx",), "ssrconv.runtimes.tract_rt:TractRuntime", "tract", ("tract",),
            "tract (pure-Rust ONNX runtime), one thread"),
+    Engine("tflite-micro", ("tflite", "ethos-u"), "ssrconv.runtimes.tflm_rt:TflmRuntime", "mcu",
+           ("tflite_micro",),
+           "TensorFlow Lite Micro (pip tflite-micro), reference kernels, smallest arena; "
+           "integer-only .tflite only",
+           untimed="ssrconv.runtimes.tflm_rt:not_timed_reason",
+           refusal="ssrconv.runtimes.tflm_rt:refuses"),
     Engine("ncnn", ("ncnn",), "ssrconv.runtimes.ncnn_rt:NcnnRuntime", "ncnn", ("ncnn",),
            "pip ncnn, CPU, Vulkan off; fp32 with fp16 storage and Winograd off"),
     Engine("mnn", ("mnn",), "ssrconv.runtimes.mnn_rt:MnnRuntime", "mnn", ("MNN",),
@@ -203,6 +212,11 @@ FORMATS: dict[str, Format] = {f.family: f for f in (
            converter_needs=("tf2onnx", "onnx", "pnnx"), title="ncnn"),
     Format("mnn", ".mnn", False, "mnn", ("mnn",), "mnn", "fp32", "MNN flatbuffer",
            converter_needs=("tf2onnx", "onnx", "MNN"), title="MNN"),
+    # Vela's compiled file needs an Ethos-U; its numerics are the integer file's on TFLite Micro.
+    Format("ethos-u", ".ethos-u", True, "ethos_u", ("tflite-micro",), "mcu", "int16x8",
+           "Arm Ethos-U package: integer-only .tflite + Vela-compiled .tflite and report per "
+           "accelerator", converter_needs=("ethosu",), in_all=False, inner_family="tflite",
+           title="Arm Ethos-U"),
 )}
 FAMILIES = tuple(FORMATS)
 OPT_IN_FAMILIES = tuple(f.family for f in FORMATS.values() if not f.in_all)
@@ -275,6 +289,8 @@ class Target:
     graph_variant: str | None = None
     # Export options (ExportOptions fields) beyond the common ones that only some targets take.
     options: tuple[str, ...] = ()
+    # Exported by `--to all` (False: only when its precision or family is asked for by name).
+    in_all: bool = True
 
     @property
     def key(self) -> str:
@@ -316,6 +332,18 @@ TARGETS: dict[str, Target] = {
         Target("tflite", "int8", "int8",
                "TFLite int8: convolutions and pools in int8 (weights and activations) except "
                "each stream's first block; SSR head in float; calibrated", options=("int8_io",)),
+        Target("tflite", "int16x8", "int8",
+               "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
+               "operator integer (SSR head included; float32 I/O at the boundary); for TFLite "
+               "Micro and Ethos-U; calibrated", graph_variant="tflite-integer",
+               # Not in `--to all`: calibrated data-free its int16 output range ends at the
+               # oldest age the distilled inputs reach (58 y) and older faces clip (p99 14.5 y),
+               # so `make demo` with no faces of one's own would fail parity (docs/INT8.md).
+               in_all=False),
+        Target("ethos-u", "int16x8", "int8",
+               "Arm Ethos-U: the tflite-int16x8 file compiled by Vela for ethos-u55-128 and "
+               "ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's estimates); numerics "
+               "on TFLite Micro", graph_variant="tflite-integer"),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
                graph_variant="coreml", options=("image_input",)),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",
@@ -349,7 +377,8 @@ TARGETS: dict[str, Target] = {
 }
 
 # The targets `--to all` exports (every row but the opt-in families').
-EXPORTED_BY_ALL = tuple(k for k, t in TARGETS.items() if t.family not in OPT_IN_FAMILIES)
+EXPORTED_BY_ALL = tuple(k for k, t in TARGETS.items()
+                        if t.family not in OPT_IN_FAMILIES and t.in_all)
 
 DEFAULT_PRECISION = {f.family: f.default_precision for f in FORMATS.values()}
 

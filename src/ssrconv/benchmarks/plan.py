@@ -27,6 +27,9 @@ class Entry:
     note: str | None = None
     heads: list[str] = field(default_factory=list)
     graph: str | None = None  # the export graph of its manifest ("fast", "original"; None: unknown)
+    # Its manifest's microcontroller/NPU figures ("mcu": TFLite Micro arena and flash bytes;
+    # "ethos_u": Vela's estimates per accelerator), reported in their own table.
+    device: dict = field(default_factory=dict)
     # measured
     status: str = "pending"  # ok | failed | not-timed
     error: str | None = None
@@ -100,7 +103,9 @@ def artifact_entry(artifact, engine: str | None = None) -> Entry:
     entry = Entry(name, artifact.format.family, artifact.target.key, artifact.precision,
                   path=str(artifact.path), heads=heads,
                   options={} if engine is None else {"engine": engine},
-                  graph=(artifact.manifest or {}).get("graph"))
+                  graph=(artifact.manifest or {}).get("graph"),
+                  device={key: (artifact.manifest or {})[key] for key in ("mcu", "ethos_u")
+                          if (artifact.manifest or {}).get(key)})
     chosen = artifact.format.engine if engine is None else get_engine(engine)
     reason = chosen.why_not_timed()
     if reason is not None:

@@ -110,6 +110,7 @@ def build_report(entries, gemm_ns, settings, fingerprint: dict, inputs: str,
             "precision": e.precision, "graph": e.graph, "path": e.path, "engine": e.engine,
             "status": e.status,
             "error": e.error, "note": e.note, "heads": list(e.heads), "size": e.size,
+            "device": e.device,
             "load": {"import_s": e.import_s, "load_s": e.load_s,
                      "first_call_ms": {str(b): v for b, v in sorted(e.first_ms.items())}},
             "latency": latency.get(e.name, {}),
@@ -343,6 +344,35 @@ def _browser_lines(report: dict) -> list[dict]:
     return out
 
 
+def _device_lines(report: dict) -> list[dict]:
+    """One line per (artifact, Ethos-U accelerator) of the rows whose manifests carry
+    microcontroller or NPU figures (one line without an accelerator when there is no Vela
+    report)."""
+    out = []
+    for row in report["results"]:
+        device = row.get("device") or {}
+        if not device or row["mode"] == "predict":
+            continue
+        for name, vela in (device.get("ethos_u") or {None: None}).items():
+            out.append({"row": row, "mcu": device.get("mcu") or {}, "accelerator": name,
+                        "vela": vela})
+    return out
+
+
+def _npu_ops(line: dict) -> str | None:
+    vela = line["vela"]
+    return f"{vela['npu_operators']}/{vela['npu_operators'] + vela['cpu_operators']}" if vela else None
+
+
+def _npu_macs(line: dict) -> str | None:
+    return f"{100 * line['vela']['npu_mac_share']:.2f}%" if line["vela"] else None
+
+
+def _off_chip(line: dict) -> float | None:
+    vela = line["vela"]
+    return vela["off_chip_flash_kib"] + vela["dram_kib"] if vela else None
+
+
 _NAME = Column("backend", _at("row", "name"), narrow=True)
 _FILES = Column("backend", lambda line: _size_label(line["row"]), narrow=True)
 _PER_FACE = ("lat", "per_face_us")
@@ -419,6 +449,18 @@ TABLES = (
         Column("native", _at("native_us"), fmt_num, narrow=True),
         Column("in page vs native", _at("vs"), fmt_ratio, narrow=True),
     ), lines=_browser_lines, optional=True),
+    Table("Microcontroller and NPU: MCU RAM is the smallest TFLite Micro arena that allocates; "
+          "NPU split, SRAM and time are Vela's estimates, not measurements", (
+        _NAME,
+        Column("MCU RAM bytes", _at("mcu", "ram_bytes"), fmt_int, narrow=True),
+        Column("flash bytes", _at("mcu", "flash_bytes"), fmt_int, narrow=True),
+        Column("accelerator", _at("accelerator"), narrow=True),
+        Column("NPU ops", _npu_ops, narrow=True),
+        Column("NPU MACs", _npu_macs, narrow=True),
+        Column("SRAM KiB", _at("vela", "sram_kib"), fmt_num, narrow=True),
+        Column("flash/DRAM KiB", _off_chip, fmt_num),
+        Column("estimated ms", _at("vela", "estimated_inference_ms"), fmt_num, narrow=True),
+    ), lines=_device_lines, optional=True),
 )
 
 

@@ -58,6 +58,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         warnings.simplefilter("ignore")
         if target.precision == "int8":
             flatbuffer = _convert_int8(model, options, calibration)
+        elif target.precision == "int16x8":
+            flatbuffer = _convert_int16x8(model, calibration)
         else:
             flatbuffer = _converter(model, target, options, calibration).convert()
     # int8: the float parts (first conv blocks, SSR head) keep float32 arithmetic but store their
@@ -71,7 +73,23 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     if target.precision == "int8":
         extra["int8_io"] = {"input": options.int8_io, "outputs": "float32"}
         extra["int8_recipe"] = INT8_RECIPE
+    if target.precision == "int16x8":
+        extra["int8_recipe"] = INT16X8_RECIPE
+        extra["mcu"] = _mcu(flatbuffer)
     return extra
+
+
+def _mcu(flatbuffer: bytes) -> dict:
+    """TFLite Micro's arena ("MCU RAM") and flash bytes of an integer-only file, when the
+    ``mcu`` extra is installed."""
+    from ssrconv._extras import available
+
+    if not available("tflite_micro"):
+        return {"ram_bytes": None, "flash_bytes": len(flatbuffer),
+                "ram_measured_with": "not measured: pip install 'ssrconv[mcu]'"}
+    from ssrconv.mcu import mcu_figures
+
+    return mcu_figures(flatbuffer)
 
 
 INT8_RECIPE = (
@@ -81,6 +99,24 @@ INT8_RECIPE = (
     "stream's second, the six 1x1 summary convs and the SSR head. Average pools become fixed "
     "depthwise convolutions; cross-layer equalization (age head), GPTQ rounding with bias "
     "correction, clipped tanh and MSE-optimal relu ranges. See docs/INT8.md.")
+
+
+INT16X8_RECIPE = (
+    "16x8 integer-only: int16 activations (MinMax ranges), int8 per-channel weights, every "
+    "operator integer from the input QUANTIZE to the output DEQUANTIZEs, the SSR head "
+    "included (its division as rsqrt(x)^2). Average pools become fixed depthwise "
+    "convolutions; cross-layer equalization (age head), GPTQ rounding with bias correction "
+    "of every kernel. See docs/INT8.md.")
+
+
+def _convert_int16x8(model, calibration) -> bytes:
+    """:func:`ssrconv.converters.tflite_int8.convert_int16x8`, outputs named by a dict."""
+    import keras
+
+    from ssrconv.converters.tflite_int8 import convert_int16x8
+
+    named = keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)))
+    return convert_int16x8(named, calibration.inputs)
 
 
 def _convert_int8(model, options, calibration) -> bytes:

@@ -39,7 +39,7 @@ from ssrconv.converters.int8_prep import (
     rewrite,
     round_kernels,
 )
-from ssrconv.formats.tflite_flatbuffer import operators, pack, schema
+from ssrconv.formats.tflite_flatbuffer import integer_only_violations, operators, pack, schema
 from ssrconv.errors import Int8RecipeError
 
 TANH_CLIP = 4.0       # calibrated range of tanh inputs clipped to [-T, T]
@@ -241,3 +241,45 @@ def _ops_name(ops, op):
     for n, o in ops:
         if o is op:
             return n
+
+
+# ------------------------------------------------------------------------------------------------ 16x8 integer-only
+def convert_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPHA) -> bytes:
+    """Integer-only 16x8 TFLite (int16 activations, int8 per-channel weights, every operator
+    integer, SSR head included; float32 input and outputs through one QUANTIZE / DEQUANTIZE
+    each) of an ssrconv Keras model whose merge has no division (the ``rsqrt_reciprocal``
+    graph variant: TFLite's 16x8 quantizer has no DIV) -> flatbuffer bytes.
+
+    The recipe's exact rewrites, cross-layer equalization and GPTQ rounding of every kernel
+    (step 1-3 of this module's docstring) then TFLite's MinMax calibration: with int16
+    activations the ranges need no clipping; the error is the weights' (docs/INT8.md,
+    "16x8 integer-only")."""
+    from ssrconv._imports import tensorflow
+
+    tf = tensorflow("16x8 TFLite export")
+    cal = np.asarray(calibration_inputs, np.float32)
+    m = rewrite(model)
+    if alpha:
+        equalize(m, cal, alpha)
+    round_kernels(m, cal)
+    conv = tf.lite.TFLiteConverter.from_keras_model(m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
+    conv.target_spec.supported_ops = [
+        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            tfl = conv.convert()
+        except Exception as err:  # noqa: BLE001 - the converter raises several unrelated types
+            if "'DIV'" not in str(err):
+                raise
+            raise Int8RecipeError("16x8 TFLite: the graph divides (the original graph's SSR "
+                                  "merge) and TFLite's 16x8 quantizer has no DIV; export it "
+                                  "from the fast graph (--graph fast, the default)") from None
+    float_ops = integer_only_violations(tfl)
+    if float_ops:
+        raise Int8RecipeError(f"16x8 TFLite: operators computing in float: {float_ops} "
+                              "(the integer-only export allows none)")
+    return tfl
+

@@ -12,10 +12,6 @@ import numpy as np
 from ssrconv.errors import ModelFileError, clip
 
 
-# Ops that only move a tensor between float and integer at the model boundary.
-BOUNDARY_OPS = {"QUANTIZE", "DEQUANTIZE"}
-
-
 # Larger than any tensor an SSR-Net export has (the biggest activation is 64x64x32 float32,
 # 512 KB per face) by a wide margin, and far below what a corrupt shape asks for: one flipped
 # bit in a dimension made allocate_tensors try to fill 19 GB and hang the process (docs/BAD_INPUTS.md).
@@ -226,7 +222,9 @@ def describe(path: Path) -> dict:
         if any(np.dtype(tensors[i]["dtype"]).kind == "f" for i in indices if i in tensors):
             float_ops[op["op_name"]] += 1
         macs += _op_macs(op, tensors)
-    integer_only = bool(ops) and set(float_ops) <= BOUNDARY_OPS
+    from ssrconv.formats.tflite_flatbuffer import integer_only_violations
+
+    integer_only = bool(ops) and not integer_only_violations(read_model(path))
     return {"inputs": io_list(runner.get_input_details()),
             "outputs": io_list(runner.get_output_details()),
             "ops": dict(sorted(ops.items())), "float_ops": dict(sorted(float_ops.items())),
@@ -261,13 +259,15 @@ def verify(path: Path) -> None:
 
 
 def file_precision(path: Path) -> str:
-    """The precision a .tflite file computes in, read from its tensors: int8 when operators
-    produce integer activations, dynamic when only weights are int8, fp16 for float16 weights,
+    """The precision a .tflite file computes in, read from its tensors: int16x8 when operators
+    produce int16 activations, int8 when they produce 8-bit ones, dynamic when only weights are int8, fp16 for float16 weights,
     else fp32."""
     interpreter = load_interpreter(path, use_xnnpack=False)
     tensors = {d["index"]: np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
     produced = {i for op in interpreter._get_ops_details() for i in op["outputs"] if i >= 0}
     kinds = {tensors[i] for i in tensors}
+    if any(tensors[i] == np.dtype(np.int16) for i in produced if i in tensors):
+        return "int16x8"
     if any(tensors[i] in (np.dtype(np.int8), np.dtype(np.uint8)) for i in produced if i in tensors):
         return "int8"
     if np.dtype(np.int8) in kinds:

@@ -195,3 +195,26 @@ def is_dynamic_batch(tfl: bytes) -> bool:
         if signature is not None and -1 in list(signature):
             return True
     return False
+
+
+def integer_only_violations(flatbuffer: bytes) -> list[str]:
+    """The operators of ``flatbuffer`` that read or write a float tensor, other than the one
+    QUANTIZE of the input and the DEQUANTIZE of each output ("DEQUANTIZE of weights" and
+    any float kernel count): an integer-only file has none."""
+    fb = schema()
+    _, sg, ops = operators(flatbuffer)
+    floats = (fb.TensorType.FLOAT32, fb.TensorType.FLOAT16)
+    inputs, outputs = set(sg.inputs), set(sg.outputs)
+    bad = []
+    for name, op in ops:
+        ins = [i for i in op.inputs if i >= 0]
+        float_in = [i for i in ins if sg.tensors[i].type in floats]
+        float_out = [o for o in op.outputs if sg.tensors[o].type in floats]
+        if not float_in and not float_out:
+            continue
+        if name == "QUANTIZE" and set(float_in) <= inputs and not float_out:
+            continue
+        if name == "DEQUANTIZE" and set(float_out) <= outputs and not float_in:
+            continue
+        bad.append(name)
+    return bad

@@ -43,6 +43,9 @@ class Variant:
     # |w| < 2^-14 to zero (pnnx's convert_to_fp16_model): BatchNorm folding makes the first
     # convs' weights small (they read 0..255 pixels), down to 3e-7.
     input_scale_log2: int = 0
+    # The merge's division as a multiplication by rsqrt(x)^2 (exact in real arithmetic, float
+    # rounding only): TFLite's 16x8 quantizer has no DIV; the integer-only files need it.
+    rsqrt_reciprocal: bool = False
 
 
 VARIANTS = {v.name: v for v in (
@@ -55,6 +58,10 @@ VARIANTS = {v.name: v for v in (
     # (grouped: p99 1.01 y). Dense per stage: the int8 head is float, and batched it stores its
     # block-sparse zeros in float32 (ONNX int8: 399 KB batched and padded vs 248 KB, docs/INT8.md).
     Variant("per-head", plain_groups=False, batched_dense=False, grouped_convs=False),
+    # Integer-only TFLite (int16x8, and what microcontrollers and NPUs run): no DIV in the merge.
+    Variant("tflite-integer", plain_groups=False, rsqrt_reciprocal=True),
+    Variant("per-head-integer", plain_groups=False, batched_dense=False, grouped_convs=False,
+            rsqrt_reciprocal=True),
     # onnxruntime keeps its NCHWc blocked layout through 16-channel summaries (also used by
     # OpenVINO and onnxruntime-web: measured faster padded, docs/GRAPH.md).
     Variant("onnx", summary_channels=16),

@@ -204,9 +204,11 @@ class FusedStagewiseMerge(layers.Layer):
     (N, K*H*s), columns stage-major (k, head, unit). Returns one (N, 1) tensor per head.
     """
 
-    def __init__(self, heads: int, V=(101.0,), stage_num=STAGE_NUM, **kwargs):
+    def __init__(self, heads: int, V=(101.0,), stage_num=STAGE_NUM, rsqrt_reciprocal=False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.heads = int(heads)
+        self.rsqrt_reciprocal = bool(rsqrt_reciprocal)
         self.V = tuple(float(v) for v in V)
         self.stage_num = tuple(int(s) for s in stage_num)
         if len(set(self.stage_num)) != 1 or len(self.V) != self.heads:
@@ -233,7 +235,14 @@ class FusedStagewiseMerge(layers.Layer):
         for k in range(1, len(self.stage_num)):
             running = running * width[:, k * h:(k + 1) * h]
             dens.append(running)
-        total = ops.matmul(sums / ops.concatenate(dens, axis=-1), self._out)
+        dens = ops.concatenate(dens, axis=-1)
+        if self.rsqrt_reciprocal:
+            # 1/x as rsqrt(x)^2 (x > 0: a product of 1 + tanh terms): TFLite's 16x8
+            # quantizer has no DIV, and RSQRT and MUL are integer kernels everywhere.
+            root = ops.rsqrt(dens)
+            total = ops.matmul(sums * root * root, self._out)
+        else:
+            total = ops.matmul(sums / dens, self._out)
         if h == 1:
             return [total]
         return [total[:, i:i + 1] for i in range(h)]
@@ -243,7 +252,8 @@ class FusedStagewiseMerge(layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(heads=self.heads, V=list(self.V), stage_num=list(self.stage_num))
+        config.update(heads=self.heads, V=list(self.V), stage_num=list(self.stage_num),
+                      rsqrt_reciprocal=self.rsqrt_reciprocal)
         return config
 
 
@@ -335,7 +345,8 @@ def build_export_graph(reference_model, task: str, variant: str | Variant) -> ke
         stage_maps = per_head_maps[0]
     n_stages = len(stage_maps)
     if not variant.batched_dense:
-        return _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width, inputs)
+        return _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width, inputs,
+                               variant)
     if per_head_maps is not None:
         raise GraphNotExactError(f"variant {variant.name!r}: batched Dense layers need grouped convs")
 
@@ -416,11 +427,11 @@ def build_export_graph(reference_model, task: str, variant: str | Variant) -> ke
             bias[col(k, head)] = wb[0]
     deltas = _dense(delta_in, kernel, bias, FUSED_DELTAS, "tanh")
 
-    return _merged_model(inputs, task, heads, probs, deltas, local)
+    return _merged_model(inputs, task, heads, probs, deltas, local, variant)
 
 
 def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
-                    inputs) -> keras.Model:
+                    inputs, variant: Variant) -> keras.Model:
     """The Dense part as in the reference, one Dense per stage and head under the reference's
     layer names (so the stage tensors keep theirs), on each head's channels of the grouped
     summaries; then the vectorised merge (module docstring, 7.)."""
@@ -458,13 +469,14 @@ def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
     p = layers.Concatenate(name="stage_probs_all")(probs)
     d = layers.Concatenate(name="stage_deltas_all")(deltas)
     local = layers.Concatenate(name="stage_local_deltas_all")(locals_)
-    return _merged_model(inputs, task, heads, p, d, local)
+    return _merged_model(inputs, task, heads, p, d, local, variant)
 
 
-def _merged_model(inputs, task, heads, probs, deltas, local) -> keras.Model:
+def _merged_model(inputs, task, heads, probs, deltas, local, variant: Variant) -> keras.Model:
     """The vectorised soft stagewise merge of every head (module docstring, 6.) on the
     stage-major stage tensors, and the model with the reference's output names."""
     merged = FusedStagewiseMerge(len(heads), [V_BY_TASK[t] for t, _, _ in heads],
+                                 rsqrt_reciprocal=variant.rsqrt_reciprocal,
                                  name="stagewise_merge")([probs, deltas, local])
     outputs = [layers.Identity(name=out)(t) for (_, _, out), t in zip(heads, merged)]
     return keras.Model(inputs, outputs if len(heads) > 1 else outputs[0],

@@ -50,7 +50,11 @@ class TFLiteRuntime(Runtime):
                                                 use_xnnpack=use_xnnpack, data=self._data)
         else:
             self.interpreter = probe
-        self.engine = "tflite+xnnpack" if use_xnnpack else "tflite-builtin"
+        # XNNPACK has no int16 kernels: on a 16x8 file the delegate takes no operator, and the
+        # report must not say XNNPACK ran it.
+        delegated = use_xnnpack and any(op["op_name"] == "DELEGATE"
+                                        for op in self.interpreter._get_ops_details())
+        self.engine = "tflite+xnnpack" if delegated else "tflite-builtin"
         self.threads = num_threads
         try:
             self.runner = self.interpreter.get_signature_runner()

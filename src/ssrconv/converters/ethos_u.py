@@ -1,0 +1,67 @@
+"""Arm Ethos-U export (``--to ethos-u``): the integer-only 16x8 TFLite file of
+:mod:`ssrconv.converters.tflite` compiled by Vela (pip ``ethos-u-vela``) for every accelerator
+configuration of :data:`ssrconv.formats.ethos_u.ACCELERATORS`, into the package
+:mod:`ssrconv.formats.ethos_u` describes (Vela's figures are its estimates, not measurements)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ssrconv.errors import SsrconvError
+from ssrconv.formats.ethos_u import ACCELERATORS, report
+
+# Vela's Size strategy: ethos-u55-128 SRAM 259 KiB against 595 KiB for Performance, the same
+# estimated time (2.77 ms) on the 16x8 file (docs/INT8.md, "Ethos-U").
+OPTIMISE = "Size"
+VELA_TIMEOUT_S = 600
+
+
+def run_vela(source: Path, accelerator: str, out_dir: Path) -> dict:
+    """Compile ``source`` with Vela for ``accelerator`` into ``out_dir`` (the compiled file, its
+    summary CSV and Vela's printed report ``<stem>_<accelerator>_vela.txt``); its
+    :func:`report`."""
+    work = out_dir / f"vela-{accelerator}"
+    work.mkdir()
+    command = [sys.executable, "-m", "ethosu.vela", str(source), "--accelerator-config",
+               accelerator, "--optimise", OPTIMISE, "--output-dir", str(work)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=VELA_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SsrconvError(f"Vela did not finish {source.name} for {accelerator} in "
+                           f"{VELA_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SsrconvError(f"Vela failed on {source.name} for {accelerator}: {last[0][:200]}")
+    stem = f"{source.stem}_{accelerator}"
+    compiled = out_dir / f"{stem}_vela.tflite"
+    (work / f"{source.stem}_vela.tflite").rename(compiled)
+    summary_csv = next(work.glob("*_summary_*.csv"))
+    summary_csv.rename(out_dir / f"{stem}_summary.csv")
+    (out_dir / f"{stem}_vela.txt").write_text(done.stdout)
+    work.rmdir()
+    return report(out_dir, stem)
+
+
+def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
+    """Write the Ethos-U package of ``model`` at ``dest``: the integer-only 16x8 .tflite and
+    Vela's compilation of it for every configuration in ACCELERATORS."""
+    from ssrconv.converters import tflite
+
+    dest = Path(dest)
+    stem = Path(target.filename(options.task)).name[:-len(target.suffix)]
+    dest.mkdir(parents=True, exist_ok=False)
+    source = dest / f"{stem}.tflite"
+    extra = tflite.convert(model, target, options, source, calibration, metadata)
+    return {**extra, **compile_package(source)}
+
+
+def compile_package(source: Path) -> dict:
+    """Vela's compilation of the integer file ``source`` for every accelerator, written beside
+    it (the package's directory); the manifest's Vela fields (describe() reads the reports)."""
+    from importlib.metadata import version
+
+    for accelerator in ACCELERATORS:
+        run_vela(source, accelerator, source.parent)
+    return {"vela": version("ethos-u-vela"), "vela_optimise": OPTIMISE}
