@@ -257,7 +257,11 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
     if (export_dir is None) == (model is None):
         raise click.UsageError("give an export directory or --model PATH (one of them)")
     if is_weights_file(model or export_dir):
-        raise click.UsageError(
+        # One line like any other file parity cannot check (a .pt is a weights suffix now:
+        # the PyTorch port's), still exit 2: the command was asked the wrong question.
+        from ssrconv.errors import OptionsError
+
+        raise OptionsError(
             f"{model or export_dir} is a weights file: parity compares exported artifacts with "
             "the reference built from their weights; export first (ssrconv export --weights "
             f"{model or export_dir} --out DIR) and run ssrconv parity DIR")
