@@ -1,5 +1,5 @@
-"""ssrconv: ship SSR-Net to ONNX, TFLite, CoreML, the browser, OpenVINO, ncnn and MNN, prove
-parity, measure speed.
+"""ssrconv: ship SSR-Net to ONNX, TFLite, CoreML, the browser, OpenVINO, ncnn, MNN and Arm
+Ethos-U, prove parity, measure speed.
 
 ``import ssrconv`` stays light: TensorFlow, coremltools and onnxruntime are imported
 only by the functions that need them.
