@@ -64,10 +64,11 @@ def test_onnx_checker_runtime_and_metadata(export_dir, faces):
 
 
 @pytest.mark.parametrize("key", [k for k in TARGETS if k.startswith("tflite")])
-def test_tflite_loads_and_manifest_io_matches_interpreter(export_dir, faces, key):
+def test_tflite_loads_and_manifest_io_matches_interpreter(exported, faces, key):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    path, manifest = _manifest(export_dir, key)
+    artifact = exported(key)  # the --to all file, or (tflite-int16x8, opt-in) its own export
+    path, manifest = artifact.path, artifact.manifest
     interpreter = Interpreter(
         model_path=str(path),
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
@@ -207,7 +208,7 @@ def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_
 @pytest.mark.parametrize("args,needle", [
     (["--to", "tensorrt"], "Invalid value for '--to'"),
     (["--to", "coreml", "--precision", "int8"], "coreml has no int8 export"),
-    (["--to", "tflite", "--calibration", "."], "--calibration applies to int8 exports only"),
+    (["--to", "tflite", "--calibration", "."], "--calibration applies to int8 and int16x8 exports only"),
     (["--to", "onnx", "--int8-io", "uint8"], "--int8-io applies"),
     (["--to", "onnx", "--image-input"], "--image-input applies"),
     (["--to", "onnx", "--weights", "yunet"], "not SSR-Net weights"),
