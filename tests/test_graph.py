@@ -63,7 +63,8 @@ def test_graph_original_is_the_reference_for_every_target(reference_age_gender, 
     from ssrconv.targets import TARGETS
 
     options = ExportOptions(to=("all",), out=tmp_path, graph="original")
-    graphs = _ExportGraphs(reference_age_gender.model, options, None, print)
+    graphs = _ExportGraphs(reference_age_gender.model, options, None, print,
+                           reference_age_gender.members)
     for target in TARGETS.values():
         assert graphs.for_target(target) == ("original", None, reference_age_gender.model)
 
