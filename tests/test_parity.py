@@ -47,7 +47,13 @@ def _corrupt_onnx(src, dst):
     from onnx import numpy_helper
 
     proto = onnx.load(str(src))
-    biggest = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))
+    # The largest convolution kernel. (The largest tensor of all is one of the two equal-size
+    # [1088, 18] stage-feature matrices, and which one comes first depends on initializer order:
+    # since exports sort initializers by name, it is stages_s_features, whose 5% scaling stayed
+    # within the fp32 budget on 60 faces, 2026-12-06.)
+    kernels = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    biggest = max((t for t in proto.graph.initializer if t.name in kernels),
+                  key=lambda t: np.prod(t.dims))
     array = numpy_helper.to_array(biggest).copy()
     array *= 1.05  # one weight tensor perturbed by 5%
     biggest.CopyFrom(numpy_helper.from_array(array, biggest.name))

@@ -62,7 +62,7 @@ def serve(requests, answer) -> None:
                         "heads": list(runtime.heads), "describe": runtime.describe()})
             elif op in ("run", "stages"):
                 runtime = loaded[message["id"]]
-                batch = np.load(message["input"])
+                batch = np.load(message["input"], allow_pickle=False)
                 if op == "run":
                     out = runtime.run(batch)
                 else:

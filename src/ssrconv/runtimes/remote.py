@@ -180,7 +180,7 @@ class RemoteRuntime(Runtime):
             answer = self.worker.request({"op": op, "id": self.handle,
                                           "input": self.worker.inside(source), **extra})
             result = self.worker.root / answer["output"].lstrip("/")
-            with np.load(result) as data:
+            with np.load(result, allow_pickle=False) as data:
                 out = {key: data[key] for key in data.files}
             result.unlink()
         finally:
