@@ -249,7 +249,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
                 # The bundled browser app (converters/web_app) cuts faces by the margin rule only.
                 "app_note": (f"the demo app crops by the margin rule; this model's contract is "
                              f"{contract['crop_rule']}: feed it aligned crops of your own"
-                             if target.family == "web" and contract["crop_rule"] != "margin"
+                             if target.format.engine.in_browser and contract["crop_rule"] != "margin"
                              else None),
                 "calibration": calibration.describe() if calibrated else None,
                 "weights": weights_provenance(reference),
