@@ -51,18 +51,24 @@ class Entry:
         self.worker_key = self.worker_key or self.name
 
 
+def _reference_inputs(label: str, weights) -> tuple[dict, list[str], str]:
+    """(options, heads, row label) of a reference row: the default age-gender pair, or one
+    weights file (its head read from its layers, its name added to ``label``)."""
+    if weights is None:
+        return {"task": "age-gender"}, ["age", "p_male"], label
+    from ssrconv.assets import resolve
+    from ssrconv.reference.weights import read_weights
+
+    task = read_weights(resolve(weights).path).task
+    return ({"task": task, f"{task}_weights": str(weights)},
+            ["age"] if task == "age" else ["p_male"], f"{label} {Path(weights).name}")
+
+
 def keras_entries(predict: bool = True, weights: str | os.PathLike | None = None) -> list[Entry]:
     """The Keras reference: model call, and model.predict (what most users time), sharing one
     worker process (same model; predict adds only Keras' per-call machinery). ``weights``: one
     weights file (its head read from its layers) instead of the default age-gender pair."""
-    options, heads, label = {"task": "age-gender"}, ["age", "p_male"], KERAS.backend
-    if weights is not None:
-        from ssrconv.assets import resolve
-        from ssrconv.reference.weights import read_weights
-
-        task = read_weights(resolve(weights).path).task
-        options = {"task": task, f"{task}_weights": str(weights)}
-        heads, label = (["age"] if task == "age" else ["p_male"]), f"keras {Path(weights).name}"
+    options, heads, label = _reference_inputs(KERAS.backend, weights)
     rows = [Entry(f"{label} (model call)", KERAS.backend, "keras-fp32", "fp32", mode="run",
                   options=options, worker_key=KERAS.backend, heads=heads)]
     if predict:
@@ -81,14 +87,7 @@ def reference_entries(engine: str = "auto", predict: bool = True,
     chosen = reference_engine(engine)
     if chosen == KERAS.backend:
         return keras_entries(predict=predict, weights=weights)
-    options, heads, label = {"task": "age-gender"}, ["age", "p_male"], f"reference {chosen}"
-    if weights is not None:
-        from ssrconv.assets import resolve
-        from ssrconv.reference.weights import read_weights
-
-        task = read_weights(resolve(weights).path).task
-        options = {"task": task, f"{task}_weights": str(weights)}
-        heads, label = (["age"] if task == "age" else ["p_male"]), f"{label} {Path(weights).name}"
+    options, heads, label = _reference_inputs(f"reference {chosen}", weights)
     return [Entry(label, REFERENCE.backend, f"reference-{chosen}", "fp32", mode="run",
                   options={**options, "engine": chosen}, heads=heads)]
 
