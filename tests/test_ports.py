@@ -68,10 +68,58 @@ def test_arch_names_a_member_and_refuses_a_wrong_one(ports_dir):
     from ssrconv.reference.weights import read_weights
 
     assert read_weights(ports_dir / PTH, member="oukohou-pytorch").member == "oukohou-pytorch"
-    with pytest.raises(WeightsError, match="not read from pytorch files"):
+    with pytest.raises(WeightsError, match="a pytorch file, not --arch wayen820-mxnet"):
         read_weights(ports_dir / PTH, member="wayen820-mxnet")
     with pytest.raises(WeightsError, match="unknown SSR-Net member"):
         read_weights(ports_dir / PTH, member="nope")
+
+
+def test_cli_arch_lists_the_known_members_for_an_unknown_name(cli, ports_dir, tmp_path):
+    from ssrconv.reference.family import MEMBERS
+
+    result = cli("export", "--to", "onnx", "--task", "age", "--weights", ports_dir / PTH,
+                 "--arch", "nope", "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert "--arch" in result.stderr and all(name in result.stderr for name in MEMBERS)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "eval", "predict", "parity"])
+@pytest.mark.parametrize("name, arch, says", [
+    (PTH, "wayen820-mxnet", "a pytorch file, not --arch wayen820-mxnet"),
+    (MX_AGE, "oukohou-pytorch", "a mxnet file, not --arch oukohou-pytorch"),
+    (MEGAAGE, "oukohou-pytorch", "an .h5 holds the original Keras graph, not --arch oukohou-pytorch"),
+    (PTH, "original", "a pytorch file, not --arch original"),
+])
+def test_cli_arch_refuses_a_file_of_another_member_in_one_line(cli, ports_dir, faces_dir, images_dir,
+                                                               tmp_path, command, name, arch, says):
+    path = ports_dir / name
+    args = {"export": ["export", "--to", "onnx", "--task", "age", "--weights", path,
+                       "--out", tmp_path / "out"],
+            "eval": ["eval", faces_dir, "--model", path],
+            "predict": ["predict", images_dir / "group_t1.jpg", "--model", path],
+            "parity": ["parity", tmp_path, "--weights", path]}[command]
+    result = cli(*args, "--arch", arch)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ssrconv: error:")]
+    assert len(lines) == 1 and says in lines[0] and str(path) in lines[0], result.stderr
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_cli_arch_default_weights_are_the_original_member(cli, faces_dir):
+    result = cli("eval", faces_dir, "--arch", "wayen820-mxnet")
+    assert result.returncode == 1
+    assert "an .h5 holds the original Keras graph, not --arch wayen820-mxnet" in result.stderr
+
+
+def test_cli_arch_reads_a_file_of_that_member(cli, ports_dir, faces_dir):
+    """``--arch`` naming the file's own member changes nothing: eval of the PyTorch port's
+    reference gives the same figures with and without it."""
+    args = ["eval", faces_dir, "--model", ports_dir / PTH, "--reference-engine", "numpy"]
+    named = cli(*args, "--arch", "oukohou-pytorch")
+    plain = cli(*args)
+    assert named.returncode == plain.returncode == 0, named.stderr
+    assert "MAE" in named.stdout and named.stdout == plain.stdout
 
 
 def test_a_file_that_matches_no_member_lists_expected_and_found(ports_dir, tmp_path):
@@ -312,7 +360,8 @@ def test_each_member_exports_and_passes_parity_naming_member_and_contract(
     out_dir = tmp_path / "out"
     weights = [arg for name in files for arg in ("--weights", ports_dir / name)]
     task = "age-gender" if len(files) == 2 else "age"
-    _cli(["export", "--to", to, "--task", task, *weights, "--out", out_dir], capsys)
+    _cli(["export", "--to", to, "--task", task, *weights, "--arch", member, "--out", out_dir],
+         capsys)
     (manifest_path,) = out_dir.glob(f"*.{to}.json")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["preprocessing"]["input"] == "face_bgr"
