@@ -183,7 +183,8 @@ def _patch_stats(model, layer, cal, bs=25):
     H = S = None; n = 0
     for i in range(0, len(cal), bs):
         a = sub(cal[i:i + bs], training=False)
-        p = tf.image.extract_patches(a, [1, kh, kw, 1], [1, st[0], st[1], 1], [1, 1, 1, 1], "VALID")
+        p = tf.image.extract_patches(a, [1, kh, kw, 1], [1, st[0], st[1], 1], [1, 1, 1, 1],
+                                     layer.padding.upper())  # "same": the zero border too
         p = tf.reshape(p, [-1, p.shape[-1]]).numpy().astype(np.float64)   # (kh, kw, cin) order == kernel.reshape(-1, cout)
         H = p.T @ p if H is None else H + p.T @ p
         S = p.sum(0) if S is None else S + p.sum(0); n += len(p)
