@@ -33,11 +33,13 @@ import numpy as np
 
 from ssrconv.converters.int8_prep import (
     ALPHA,
+    STAGE1_BLOCKS,
     _keras,
     equalize,
     recipe_layers,
     rewrite,
     round_kernels,
+    wide_stage1,
 )
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations, operators, pack, schema
 from ssrconv.errors import Int8RecipeError
@@ -91,25 +93,6 @@ FLOAT_BACKBONE = (
     + ["max_pooling2d_4", "average_pooling2d_4_dw", "max_pooling2d_5", "average_pooling2d_5_dw"])
 
 
-# The fourth conv block of each stream: stage 1 reads its output through a 1x1 summary conv, and
-# its delta layer reads the product of the two flattened summaries. The original's are 4 x 4
-# (160 products, int8 error 0.021-0.024 y mean each: docs/INT8.md); a padding=1 member's are
-# 8 x 8 (640 products), and int8 there broke the budget: oukohou-pytorch's tflite-int8 on the
-# 300 dev faces, mean / p99 age error: both int8 0.308 / 1.23 y, conv2d_8 float 0.279 / 1.20,
-# conv2d_4 float 0.296 / 1.09, both float 0.267 / 0.94 (budget 0.3 / 1.0).
-STAGE1_BLOCKS = ("conv2d_4", "batch_normalization_4", "activation_4",
-                 "conv2d_8", "batch_normalization_8", "activation_8")
-
-
-def _wide_stage1(model) -> bool:
-    """True when the fourth conv blocks output maps larger than the original SSR-Net's."""
-    from ssrconv.reference.family import ORIGINAL
-
-    original = ORIGINAL.arch.conv_sizes()["conv2d_4"]
-    return any(model.get_layer(name).output.shape[1] > original
-               for name in recipe_layers(model, ["conv2d_4"]))
-
-
 def float_backbone_layers(model) -> list[str]:
     """The layers of ``model`` implementing FLOAT_BACKBONE (the reference's, with their
     ``age_``/``gender_`` prefixes, or the fast graph's fused layers). (The fast graph's input
@@ -118,12 +101,12 @@ def float_backbone_layers(model) -> list[str]:
 
     A family member's in-graph preprocessing (``input_affine``, ssrconv.reference.family) stays
     float too, as the original's input does (oukohou-pytorch, 300 dev faces: mean 0.38 / p99
-    1.45 y with it int8). So do the fourth blocks (STAGE1_BLOCKS) of a member whose stage-1
-    maps are wider than the original's (docs/PORTS.md, "int8")."""
+    1.45 y with it int8). So do the fourth blocks (int8_prep.STAGE1_BLOCKS) of a member whose
+    stage-1 maps are wider than the original's (docs/PORTS.md, "int8")."""
     from ssrconv.converters.int8_prep import base_name
 
     affine = {layer.name for layer in model.layers if base_name(layer.name) == "input_affine"}
-    stage1 = recipe_layers(model, STAGE1_BLOCKS) if _wide_stage1(model) else set()
+    stage1 = recipe_layers(model, STAGE1_BLOCKS) if wide_stage1(model) else set()
     return sorted(recipe_layers(model, FLOAT_BACKBONE) | affine | stage1)
 
 
