@@ -97,3 +97,47 @@ def test_verify_rejects_foreign_files(tmp_path):
     foreign.write_bytes(b"\xff\xff\xff\x7f" + b"\x00" * 60)
     with pytest.raises(ModelFileError, match="not an MNN model"):
         verify(foreign)
+
+
+def test_fp16_weights_are_rounded_to_nearest_before_mnns_truncating_conversion(tmp_path):
+    """MNN's ``--fp16`` truncates toward zero (the cause of the PyTorch port's mnn-fp16 mean error
+    0.0509 y: docs/CONVERTERS.md); after :func:`round_to_fp16` the file holds the
+    round-to-nearest float16 weights exactly."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ssrconv.converters.mnn import _CONVERT, round_to_fp16
+    from ssrconv.formats.mnn import mnn_module
+
+    # nearest float16 / truncated: 1 + 2^-10 / 1, 1 / 1, 1 / 1 - 2^-11, -(1 + 2^-10) / -1
+    values = np.array([1 + 3 * 2 ** -12, 1 + 2 ** -12 + 2 ** -14, 1 - 2 ** -13, -(1 + 3 * 2 ** -12)],
+                      np.float32)
+    n = len(values)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n, 1, 1])],
+        [numpy_helper.from_array(np.diag(values).reshape(n, n, 1, 1), "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mnn = mnn_module()
+
+    def weights_in_mnn(model, name):
+        source, dest = tmp_path / f"{name}.onnx", tmp_path / f"{name}.mnn"
+        onnx.save(model, str(source))
+        subprocess.run([sys.executable, "-c", _CONVERT, "-f", "ONNX", "--modelFile", str(source),
+                        "--MNNModel", str(dest), "--bizCode", "test", "--fp16"],
+                       capture_output=True, check=True, timeout=120)
+        module = mnn.nn.load_module_from_file(str(dest), ["x"], ["y"])
+        ones = np.ones((1, n, 1, 1), np.float32)
+        F = mnn.expr
+        return np.array(module.forward([F.const(ones, [1, n, 1, 1], F.NCHW)])[0].read()).ravel()
+
+    nearest = values.astype(np.float16).astype(np.float32)
+    truncated = weights_in_mnn(proto, "raw")
+    np.testing.assert_array_equal(truncated, [1.0, 1.0, 1 - 2 ** -11, -1.0])
+    assert round_to_fp16(proto) == 1
+    np.testing.assert_array_equal(weights_in_mnn(proto, "rounded"), nearest)
+    assert not np.array_equal(nearest, truncated)

@@ -96,7 +96,8 @@ INT8_RECIPE = (
     "int8 (per-channel weights): the relu stream's third and fourth conv blocks and the tanh "
     "stream's second to fourth (3.8 M of the 17.1 M multiply-adds per head); float (float32 "
     "arithmetic, float16-stored weights): the first conv block of each stream, the relu "
-    "stream's second, the six 1x1 summary convs and the SSR head. Average pools become fixed "
+    "stream's second, the six 1x1 summary convs and the SSR head (and both fourth blocks of a "
+    "member whose stage-1 maps are wider than the original's 4 x 4). Average pools become fixed "
     "depthwise convolutions; cross-layer equalization (age head), GPTQ rounding with bias "
     "correction, clipped tanh and MSE-optimal relu ranges. See docs/INT8.md.")
 

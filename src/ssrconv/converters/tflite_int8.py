@@ -33,11 +33,13 @@ import numpy as np
 
 from ssrconv.converters.int8_prep import (
     ALPHA,
+    STAGE1_BLOCKS,
     _keras,
     equalize,
     recipe_layers,
     rewrite,
     round_kernels,
+    wide_stage1,
 )
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations, operators, pack, schema
 from ssrconv.errors import Int8RecipeError
@@ -98,13 +100,14 @@ def float_backbone_layers(model) -> list[str]:
     DEQUANTIZE before the float first convs; the file was byte-identical either way.)
 
     A family member's in-graph preprocessing (``input_affine``, ssrconv.reference.family) stays
-    float too, as the original's input does: oukohou-pytorch's tflite-int8 on the 300 dev
-    faces went from mean 0.38 / p99 1.45 y (input_affine int8) to 0.33 / 1.27 y (still over the
-    int8 budget: the recipe was tuned on the original graph; docs/PORTS.md)."""
+    float too, as the original's input does (oukohou-pytorch, 300 dev faces: mean 0.38 / p99
+    1.45 y with it int8). So do the fourth blocks (int8_prep.STAGE1_BLOCKS) of a member whose
+    stage-1 maps are wider than the original's (docs/PORTS.md, "int8")."""
     from ssrconv.converters.int8_prep import base_name
 
     affine = {layer.name for layer in model.layers if base_name(layer.name) == "input_affine"}
-    return sorted(recipe_layers(model, FLOAT_BACKBONE) | affine)
+    stage1 = recipe_layers(model, STAGE1_BLOCKS) if wide_stage1(model) else set()
+    return sorted(recipe_layers(model, FLOAT_BACKBONE) | affine | stage1)
 
 
 # ------------------------------------------------------------------------------------------------------ the recipe
