@@ -332,12 +332,13 @@ TARGETS: dict[str, Target] = {
                "each stream's first block; SSR head in float; calibrated", options=("int8_io",)),
         Target("tflite", "int16x8", "int8",
                "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
-               "operator integer (SSR head included; float32 I/O at the boundary); for TFLite "
-               "Micro and Ethos-U; calibrated", graph_variant="tflite-integer"),
+               "operator integer (SSR head included; float32 I/O at the boundary), each head "
+               "its own convs (the smallest TFLite Micro arena); for TFLite Micro and Ethos-U; "
+               "calibrated", graph_variant="per-head-integer"),
         Target("ethos-u", "int16x8", "int8",
-               "Arm Ethos-U: the tflite-int16x8 file compiled by Vela for ethos-u55-128 and "
-               "ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's estimates); numerics "
-               "on TFLite Micro", graph_variant="tflite-integer"),
+               "Arm Ethos-U: the tflite-int16x8 file with int16 I/O, compiled by Vela for "
+               "ethos-u55-128 and ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's "
+               "estimates); numerics on TFLite Micro", graph_variant="per-head-integer"),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
                graph_variant="coreml", options=("image_input",)),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",

@@ -75,11 +75,11 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         extra["int8_recipe"] = INT8_RECIPE
     if target.precision == "int16x8":
         extra["int8_recipe"] = INT16X8_RECIPE
-        extra["mcu"] = _mcu(flatbuffer)
+        extra["mcu"] = mcu(flatbuffer)
     return extra
 
 
-def _mcu(flatbuffer: bytes) -> dict:
+def mcu(flatbuffer: bytes) -> dict:
     """TFLite Micro's arena ("MCU RAM") and flash bytes of an integer-only file, when the
     ``mcu`` extra is installed."""
     from ssrconv._extras import available
@@ -90,6 +90,18 @@ def _mcu(flatbuffer: bytes) -> dict:
     from ssrconv.mcu import mcu_figures
 
     return mcu_figures(flatbuffer)
+
+
+def integer_io(flatbuffer: bytes) -> bytes:
+    """The 16x8 file ``flatbuffer`` taking and giving int16 tensors (the input QUANTIZE and
+    the output DEQUANTIZEs removed; each I/O tensor keeps its scale and zero point): what
+    firmware feeds an NPU, which runs neither float conversion (Vela leaves them to the CPU)."""
+    from ssrconv._imports import tensorflow
+
+    tf = tensorflow("16x8 TFLite export")
+    from tensorflow.lite.python.util import modify_model_io_type
+
+    return modify_model_io_type(flatbuffer, tf.int16, tf.int16)
 
 
 INT8_RECIPE = (
