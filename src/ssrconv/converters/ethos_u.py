@@ -59,8 +59,9 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
 
 def package(source: Path) -> dict:
     """The package beside the 16x8 file ``source``: ``source`` rewritten with int16 I/O (the
-    float input's QUANTIZE and the outputs' DEQUANTIZEs were 3 of Vela's 5 CPU operators: 93
-    of 95 on the NPU with int16 I/O, 93 of 98 without; docs/INT8.md, "Ethos-U") and Vela's
+    float input's QUANTIZE and the outputs' DEQUANTIZEs are CPU operators for Vela: the fused
+    graph had 93 of 98 operators on the NPU with them, 93 of 95 without; docs/INT8.md,
+    "Ethos-U") and Vela's
     compilation of it for every accelerator; the manifest's fields (its MCU figures and
     Vela's; describe() reads the reports)."""
     from importlib.metadata import version

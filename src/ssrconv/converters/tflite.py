@@ -114,7 +114,8 @@ INT8_RECIPE = (
 
 
 INT16X8_RECIPE = (
-    "16x8 integer-only: int16 activations (MinMax ranges), int8 per-channel weights, every "
+    "16x8 integer-only: int16 activations (MinMax ranges doubled; the outputs' ranges set to "
+    "their domain, age 0..101 y, P(male) 0..1), int8 per-channel weights, every "
     "operator integer from the input QUANTIZE to the output DEQUANTIZEs, the SSR head "
     "included (its division as rsqrt(x)^2). Average pools become fixed depthwise "
     "convolutions; cross-layer equalization (age head), GPTQ rounding with bias correction "
