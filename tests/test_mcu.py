@@ -36,6 +36,53 @@ def test_tflite_micro_refuses_a_file_with_float_operators(tmp_path):
     assert why is not None and "integer-only" in why and "FULLY_CONNECTED" in why
 
 
+def test_16x8_ranges_are_set_where_calibration_cannot_know_them():
+    """set_ranges on a calibrate-only model: the output and the slice it is read through get the
+    age domain (0..101), a tensor zero on every calibration input gets [0, 1] (calibrated
+    [0, 1.2e-38], it zeroed the next layer's bias), every other range is doubled."""
+    import keras
+    import tensorflow as tf
+
+    from ssrconv.converters.tflite_int8 import HEADROOM, output_domains, set_ranges
+    from ssrconv.formats.tflite_flatbuffer import operators
+
+    x = keras.Input(batch_shape=(1, 4), name="face_bgr")
+    live = keras.layers.Dense(3, activation="relu", kernel_initializer="ones", name="live")(x)
+    dead = keras.layers.Dense(2, activation="relu", kernel_initializer="ones",
+                              bias_initializer=keras.initializers.Constant(-100.0), name="dead")(x)
+    both = keras.layers.Concatenate()([live, dead])
+    merged = keras.layers.Dense(2, name="merge")(both)
+    age = keras.layers.Lambda(lambda t: t[:, :1], name="slice")(merged)
+    model = keras.Model(x, {"age": age})
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    inputs = np.random.default_rng(0).uniform(0, 1, (8, 1, 4)).astype(np.float32)
+    converter.representative_dataset = lambda: ([i] for i in inputs)
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+
+    def ranges(data):
+        """(op name, output (min, max)) per operator, in execution order."""
+        _, graph, ops = operators(data)
+        return [(name, (float(graph.tensors[op.outputs[0]].quantization.min[0]),
+                        float(graph.tensors[op.outputs[0]].quantization.max[0])))
+                for name, op in ops]
+
+    before, after = ranges(calibrated), ranges(set_ranges(calibrated, output_domains()))
+    assert sorted(name for name, _ in after) == ["CONCATENATION", "FULLY_CONNECTED",
+                                                 "FULLY_CONNECTED", "FULLY_CONNECTED",
+                                                 "STRIDED_SLICE"]
+    dead = [k for k, (_, (low, high)) in enumerate(before) if max(abs(low), abs(high)) < 1e-30]
+    domain = [k for k, (_, r) in enumerate(after) if r == (0.0, 101.0)]
+    assert len(dead) == 1 and after[dead[0]] == ("FULLY_CONNECTED", (0.0, 1.0))
+    assert sorted(after[k][0] for k in domain) == ["FULLY_CONNECTED", "STRIDED_SLICE"]
+    doubled = [k for k in range(len(after)) if k not in dead + domain]  # the live relu, concat
+    assert sorted(after[k][0] for k in doubled) == ["CONCATENATION", "FULLY_CONNECTED"]
+    for k in doubled:
+        low, high = before[k][1]
+        assert high > 1 and after[k][1] == pytest.approx((low * HEADROOM, high * HEADROOM))
+
+
 @pytest.fixture(scope="session")
 def ethos_u_package(exported, tmp_path_factory):
     """The session's tflite-int16x8 file (calibrated on SSRCONV_FACES; the ``--to all`` one when
