@@ -46,6 +46,11 @@ class Variant:
     # The merge's division as a multiplication by rsqrt(x)^2 (exact in real arithmetic, float
     # rounding only): TFLite's 16x8 quantizer has no DIV; the integer-only files need it.
     rsqrt_reciprocal: bool = False
+    # One merge per head (batched_dense False only): no tensor of the SSR head holds two
+    # heads' values. Integer-only int8 gives each tensor one scale, and a tensor holding the
+    # gender head's stage features (0..8.3) rounded the age head's (0..0.16) to a few steps
+    # (docs/INT8.md, "Integer-only int8").
+    merge_per_head: bool = False
 
 
 VARIANTS = {v.name: v for v in (
@@ -60,6 +65,9 @@ VARIANTS = {v.name: v for v in (
     Variant("per-head", plain_groups=False, batched_dense=False, grouped_convs=False),
     # Integer-only TFLite (int16x8, and what microcontrollers and NPUs run): no DIV in the merge.
     Variant("tflite-integer", plain_groups=False, rsqrt_reciprocal=True),
+    # Integer-only int8 (TFLite Micro, NPUs): per head from the input to the outputs.
+    Variant("per-head-int8-integer", plain_groups=False, batched_dense=False,
+            grouped_convs=False, rsqrt_reciprocal=True, merge_per_head=True),
     Variant("per-head-integer", plain_groups=False, batched_dense=False, grouped_convs=False,
             rsqrt_reciprocal=True),
     # onnxruntime keeps its NCHWc blocked layout through 16-channel summaries (also used by
