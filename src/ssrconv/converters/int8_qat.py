@@ -293,7 +293,8 @@ def fine_tune(tfl: bytes, inputs: np.ndarray, targets: dict[str, np.ndarray], st
     variables = sim.trainable_variables()
     import keras
 
-    opt = keras.optimizers.Adam(learning_rate=lr)
+    # cosine decay to 0: late steps refine instead of jumping around the rounding grid
+    opt = keras.optimizers.Adam(learning_rate=keras.optimizers.schedules.CosineDecay(lr, steps))
     opt.build(variables)
 
     def loss_of(out, idx):
@@ -362,9 +363,13 @@ def write_back(graph: IntegerGraph, sim: Simulation) -> bytes:
 
 
 def _set(model, fb, tensor, data, scale, zero):
-    buffer = fb.BufferT()
-    buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
-    model.buffers.append(buffer)
-    tensor.buffer = len(model.buffers) - 1
+    """``tensor``'s constant data, scale and zero point replaced; its buffer rewritten in place
+    unless another tensor shares it (the converter deduplicates identical constants)."""
+    raw = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+    shared = sum(t.buffer == tensor.buffer for g in model.subgraphs for t in g.tensors) > 1
+    if shared:
+        model.buffers.append(fb.BufferT())
+        tensor.buffer = len(model.buffers) - 1
+    model.buffers[tensor.buffer].data = raw
     tensor.quantization.scale = np.asarray(scale, np.float32)
     tensor.quantization.zeroPoint = np.asarray(zero, np.int64)

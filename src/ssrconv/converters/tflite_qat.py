@@ -1,26 +1,138 @@
-"""Integer-only int8 TFLite of SSR-Net (work in progress)."""
+"""Integer-only int8 TFLite of SSR-Net: every operator from the input QUANTIZE to the output
+DEQUANTIZEs on int8 tensors (int32 biases), the SSR head and its merge included, for TFLite
+Micro, NPUs and XNNPACK's QS8 kernels. docs/INT8.md ("Integer-only int8") has the figures.
+
+Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
+(``Variant.rsqrt_reciprocal``) and whose SSR head keeps each head's tensors apart
+(``Variant.merge_per_head``: one tensor, one scale):
+ 1. post-training quantization as the int8 recipe's steps: exact rewrites, cross-layer
+    equalization (age head), GPTQ rounding of every kernel; calibrated ranges edited (tanh
+    inputs clipped to [-4, 4], relu outputs at their MSE-optimal clip, each output's range the
+    model's domain 0..V instead of the oldest face seen);
+ 2. quantization-aware fine-tuning by distillation (:mod:`ssrconv.converters.int8_qat`): the
+    file's kernels and biases trained, its integer arithmetic simulated, to reproduce the float
+    graph's outputs on the calibration inputs and seeded variations of them;
+ 3. the result cached under the cache directory (``SSRCONV_CACHE``) by the content hash of the
+    graph's weights, the recipe and the calibration inputs: a second export is a file read.
+"""
+
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 
 import numpy as np
 
-from ssrconv.converters.int8_prep import ALPHA, _keras, equalize, rewrite, round_kernels
+from ssrconv.converters.int8_prep import ALPHA, _keras, equalize, model_heads, rewrite, round_kernels
 from ssrconv.converters.tflite_int8 import TANH_CLIP, _mse_clip, _op_layers
 from ssrconv.errors import Int8RecipeError
-from ssrconv.formats.tflite_flatbuffer import integer_only_violations, load, operators, pack
+from ssrconv.formats.tflite_flatbuffer import integer_only_violations, operators, pack
+
+# What the recipe does, in the cache key: change it whenever the recipe's output changes.
+RECIPE = {"version": 1, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
+          "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
+          "learning_rate": 0.005, "seed": 0}
+CACHE_DIR = "int8-integer"  # under ssrconv.assets.cache_dir()
 
 
-def _output_tensors(sg, model_fb) -> dict[str, int]:
-    """Output name (signature) -> tensor index."""
-    names = {}
-    for signature in model_fb.signatureDefs or []:
-        for tensor_map in signature.outputs or []:
-            names[tensor_map.name.decode()] = int(tensor_map.tensorIndex)
-    return names
+def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str = "float32",
+                         progress=None, recipe: dict | None = None) -> tuple[bytes, dict]:
+    """The integer-only int8 .tflite of ``model`` (an ssrconv fast graph, outputs named by a
+    dict, merge without division) and what was done (``fine_tuning``: steps, loss before and
+    after, seconds; ``cache``: "hit" or "miss" and the key)."""
+    from ssrconv.assets import cache_dir
+    from ssrconv.atomic import write_atomic
+
+    recipe = {**RECIPE, **(recipe or {})}
+    say = progress or (lambda message: None)
+    cal = np.asarray(calibration_inputs, np.float32)
+    key = cache_key(model, cal, input_type, recipe)
+    path = cache_dir() / CACHE_DIR / f"{key}.tflite"
+    info_path = path.with_suffix(".json")
+    if path.is_file() and info_path.is_file():
+        data = path.read_bytes()
+        info = json.loads(info_path.read_text())
+        if hashlib.sha256(data).hexdigest() == info.get("sha256"):
+            say(f"      fine-tuned int8 file from the cache ({path.name[:12]}...)")
+            return data, {**info["recipe_info"], "cache": {"status": "hit", "key": key}}
+    ptq = quantize_ptq(model, cal, input_type, recipe)
+    from ssrconv.converters.int8_qat import augment, fine_tune
+
+    inputs = augment(cal, recipe["augment_copies"], recipe["augment_seed"])
+    targets = _reference_outputs(model, inputs)
+    data, tuned = fine_tune(ptq, inputs, targets, steps=recipe["steps"],
+                            batch_size=recipe["batch_size"], lr=recipe["learning_rate"],
+                            seed=recipe["seed"], progress=say)
+    bad = integer_only_violations(data)
+    if bad:
+        raise Int8RecipeError(f"int8 integer-only TFLite: operators computing in float: {bad}")
+    info = {"fine_tuning": tuned, "recipe": recipe}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    write_atomic(info_path, json.dumps({"sha256": hashlib.sha256(data).hexdigest(),
+                                        "recipe_info": info}, indent=1))
+    return data, {**info, "cache": {"status": "miss", "key": key}}
 
 
-def calibrate(m, cal):
+def cache_key(model, cal: np.ndarray, input_type: str, recipe: dict) -> str:
+    """sha256 of what the file depends on: the graph (layer names, classes and weights), the
+    calibration inputs, the input type, the recipe and the TensorFlow version."""
+    from ssrconv._imports import tensorflow
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"recipe": recipe, "input_type": input_type,
+                              "tensorflow": tensorflow().__version__,
+                              "outputs": list(model.output_names)}, sort_keys=True).encode())
+    for layer in model.layers:
+        digest.update(f"{layer.name}:{type(layer).__name__}".encode())
+        for w in layer.get_weights():
+            digest.update(np.ascontiguousarray(w, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(cal, np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _reference_outputs(model, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """The float graph's outputs on ``inputs``, by output name: what the fine-tuning imitates."""
+    out = model.predict(inputs, batch_size=256, verbose=0)
+    if isinstance(out, dict):
+        return {k: np.asarray(v, np.float32).reshape(-1) for k, v in out.items()}
+    out = out if isinstance(out, (list, tuple)) else [out]
+    return {n: np.asarray(v, np.float32).reshape(-1) for n, v in zip(model.output_names, out)}
+
+
+# ---------------------------------------------------------------------------- step 1: PTQ
+def quantize_ptq(model, cal: np.ndarray, input_type: str = "float32", recipe: dict | None = None,
+                 gptq: bool = True, fixed_output_ranges: bool = True) -> bytes:
+    """Step 1 of the module's recipe: the integer-only int8 file before fine-tuning."""
+    recipe = {**RECIPE, **(recipe or {})}
+    keras = _keras()
+    m = rewrite(model)
+    if recipe["alpha"]:
+        equalize(m, cal, recipe["alpha"])
+    if gptq:
+        round_kernels(m, cal)
+    named = keras.Model(m.inputs, dict(zip(m.output_names, m.outputs)), name=m.name)
+    calibrated = _calibrate(named, cal)
+    domains = output_domains(model) if fixed_output_ranges else {}
+    calibrated = _edit_ranges(calibrated, m, cal, recipe["tanh_clip"], recipe["mse_clip"], domains)
+    tfl = _quantize(calibrated, input_type)
+    bad = integer_only_violations(tfl)
+    if bad:
+        raise Int8RecipeError(f"int8 integer-only TFLite: operators computing in float: {bad} "
+                              "(export it from the integer graph variant)")
+    return tfl
+
+
+def output_domains(model) -> dict[str, tuple[float, float]]:
+    """Each output's range by construction: age 0..V (101 y), P(male) 0..1."""
+    from ssrconv.reference.model import OUTPUT_NAMES, V_BY_TASK
+
+    return {OUTPUT_NAMES[head][0]: (0.0, float(V_BY_TASK[head])) for head in model_heads(model)}
+
+
+def _calibrate(m, cal) -> bytes:
+    """The float .tflite of ``m`` with TFLite's MinMax statistics of ``cal`` on every tensor."""
     from ssrconv._imports import tensorflow
 
     tf = tensorflow("int8 TFLite export")
@@ -35,7 +147,7 @@ def calibrate(m, cal):
         return conv.convert()
 
 
-def quantize(calibrated, input_type="float32", output_type="float32"):
+def _quantize(calibrated: bytes, input_type: str) -> bytes:
     from ssrconv._imports import tensorflow
     from tensorflow.lite.python import convert as tfl_convert
 
@@ -43,72 +155,46 @@ def quantize(calibrated, input_type="float32", output_type="float32"):
     types = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tfl_convert.mlir_quantize(calibrated, fully_quantize=True,
-                                         input_data_type=types[input_type],
-                                         output_data_type=types[output_type])
+        return tfl_convert.mlir_quantize(calibrated, input_data_type=types[input_type],
+                                         output_data_type=tf.float32)
 
 
-def edit_ranges(calibrated, inner, cal, tanh_clip=TANH_CLIP, mse_clip=True, output_ranges=None):
+def _edit_ranges(calibrated: bytes, inner, cal, tanh_clip, mse_clip, domains) -> bytes:
+    """The calibrated ranges edited as the int8 recipe edits them (tflite_int8, step 4), and
+    each output's range set to its domain (``domains``: output name -> (min, max))."""
     keras = _keras()
     g, sg, ops = operators(calibrated)
-    layer_names = [l.name for l in inner.layers]
-    ol = _op_layers(sg, ops, layer_names)
-    producer = {int(o): op for _, op in ops for o in op.outputs}
-    names = {id(op): n for n, op in ops}
+    ol = _op_layers(sg, ops, [layer.name for layer in inner.layers])
+    producer = {int(o): (name, op) for name, op in ops for o in op.outputs}
     if tanh_clip:
         for name, op in ops:
             if name != "TANH":
                 continue
-            t_idx = op.inputs[0]
-            while True:
-                q = sg.tensors[t_idx].quantization
+            index = int(op.inputs[0])
+            while True:  # the tanh input and, through max pools, its producer (same scale)
+                q = sg.tensors[index].quantization
                 q.min = np.maximum(q.min, -tanh_clip).astype(np.float32)
                 q.max = np.minimum(q.max, tanh_clip).astype(np.float32)
-                prod = producer.get(int(t_idx))
-                if prod is not None and names[id(prod)] == "MAX_POOL_2D":
-                    t_idx = prod.inputs[0]
-                else:
+                before = producer.get(index)
+                if before is None or before[0] != "MAX_POOL_2D":
                     break
+                index = int(before[1].inputs[0])
     if mse_clip:
-        relu_like = []
-        for l in inner.layers:
-            is_relu_act = isinstance(l, keras.layers.Activation) and l.get_config()["activation"] == "relu"
-            is_relu_conv = type(l) is keras.layers.Conv2D and l.get_config()["activation"] == "relu"
-            if (is_relu_act or is_relu_conv) and len(l.output.shape) == 4:
-                relu_like.append(l.name)
-        acts = keras.Model(inner.inputs, [inner.get_layer(n).output for n in relu_like]).predict(cal, verbose=0)
-        for n, a in zip(relu_like, acts):
-            ks = [k for k, c in enumerate(ol) if n in c]
-            if not ks:
+        relu = [layer.name for layer in inner.layers
+                if len(layer.output.shape) == 4 and layer.get_config().get("activation") == "relu"
+                and (type(layer) is keras.layers.Conv2D or isinstance(layer, keras.layers.Activation))]
+        acts = keras.Model(inner.inputs, [inner.get_layer(n).output for n in relu]).predict(cal, verbose=0)
+        for name, a in zip(relu, acts if len(relu) > 1 else [acts]):
+            found = [k for k, layers in enumerate(ol) if name in layers]
+            if not found:
                 continue
-            t = sg.tensors[ops[ks[-1]][1].outputs[0]]
-            if t.quantization is None or t.quantization.min is None or float(t.quantization.min[0]) < 0:
+            q = sg.tensors[ops[found[-1]][1].outputs[0]].quantization
+            if q is None or q.min is None or float(q.min[0]) < 0:
                 continue
-            hi = _mse_clip(a)
-            t.quantization.max = np.array([min(hi, float(t.quantization.max[0]))], np.float32)
-    if output_ranges:
-        for name, idx in _output_tensors(sg, g).items():
-            if name in output_ranges:
-                lo, hi = output_ranges[name]
-                q = sg.tensors[idx].quantization
-                q.min = np.array([lo], np.float32); q.max = np.array([hi], np.float32)
+            q.max = np.array([min(_mse_clip(a), float(q.max[0]))], np.float32)
+    by_name = {m.name.decode(): int(m.tensorIndex)
+               for signature in g.signatureDefs or [] for m in signature.outputs or []}
+    for name, (low, high) in domains.items():
+        q = sg.tensors[by_name[name]].quantization
+        q.min, q.max = np.array([low], np.float32), np.array([high], np.float32)
     return pack(g)
-
-
-def convert_int8_integer(model, calibration_inputs, alpha=ALPHA, gptq=True, tanh_clip=TANH_CLIP,
-                         mse_clip=True, output_ranges=None, input_type="float32"):
-    keras = _keras()
-    cal = np.asarray(calibration_inputs, np.float32)
-    m = rewrite(model)
-    if alpha:
-        equalize(m, cal, alpha)
-    if gptq:
-        round_kernels(m, cal)
-    named = keras.Model(m.inputs, dict(zip(m.output_names, m.outputs)), name=m.name)
-    calibrated = calibrate(named, cal)
-    calibrated = edit_ranges(calibrated, m, cal, tanh_clip, mse_clip, output_ranges)
-    tfl = quantize(calibrated, input_type)
-    bad = integer_only_violations(tfl)
-    if bad:
-        raise Int8RecipeError(f"int8 integer-only: float operators {bad}")
-    return tfl
