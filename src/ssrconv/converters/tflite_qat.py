@@ -25,9 +25,9 @@ import warnings
 import numpy as np
 
 from ssrconv.converters.int8_prep import ALPHA, _keras, equalize, model_heads, rewrite, round_kernels
-from ssrconv.converters.tflite_int8 import TANH_CLIP, _mse_clip, _op_layers
+from ssrconv.converters.tflite_int8 import TANH_CLIP, edit_ranges
 from ssrconv.errors import Int8RecipeError
-from ssrconv.formats.tflite_flatbuffer import integer_only_violations, operators, pack
+from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
 # What the recipe does, in the cache key: change it whenever the recipe's output changes.
 RECIPE = {"version": 1, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
@@ -115,7 +115,7 @@ def quantize_ptq(model, cal: np.ndarray, input_type: str = "float32", recipe: di
     named = keras.Model(m.inputs, dict(zip(m.output_names, m.outputs)), name=m.name)
     calibrated = _calibrate(named, cal)
     domains = output_domains(model) if fixed_output_ranges else {}
-    calibrated = _edit_ranges(calibrated, m, cal, recipe["tanh_clip"], recipe["mse_clip"], domains)
+    calibrated, _ = edit_ranges(calibrated, m, cal, recipe["tanh_clip"], recipe["mse_clip"], domains)
     tfl = _quantize(calibrated, input_type)
     bad = integer_only_violations(tfl)
     if bad:
@@ -157,44 +157,3 @@ def _quantize(calibrated: bytes, input_type: str) -> bytes:
         warnings.simplefilter("ignore")
         return tfl_convert.mlir_quantize(calibrated, input_data_type=types[input_type],
                                          output_data_type=tf.float32)
-
-
-def _edit_ranges(calibrated: bytes, inner, cal, tanh_clip, mse_clip, domains) -> bytes:
-    """The calibrated ranges edited as the int8 recipe edits them (tflite_int8, step 4), and
-    each output's range set to its domain (``domains``: output name -> (min, max))."""
-    keras = _keras()
-    g, sg, ops = operators(calibrated)
-    ol = _op_layers(sg, ops, [layer.name for layer in inner.layers])
-    producer = {int(o): (name, op) for name, op in ops for o in op.outputs}
-    if tanh_clip:
-        for name, op in ops:
-            if name != "TANH":
-                continue
-            index = int(op.inputs[0])
-            while True:  # the tanh input and, through max pools, its producer (same scale)
-                q = sg.tensors[index].quantization
-                q.min = np.maximum(q.min, -tanh_clip).astype(np.float32)
-                q.max = np.minimum(q.max, tanh_clip).astype(np.float32)
-                before = producer.get(index)
-                if before is None or before[0] != "MAX_POOL_2D":
-                    break
-                index = int(before[1].inputs[0])
-    if mse_clip:
-        relu = [layer.name for layer in inner.layers
-                if len(layer.output.shape) == 4 and layer.get_config().get("activation") == "relu"
-                and (type(layer) is keras.layers.Conv2D or isinstance(layer, keras.layers.Activation))]
-        acts = keras.Model(inner.inputs, [inner.get_layer(n).output for n in relu]).predict(cal, verbose=0)
-        for name, a in zip(relu, acts if len(relu) > 1 else [acts]):
-            found = [k for k, layers in enumerate(ol) if name in layers]
-            if not found:
-                continue
-            q = sg.tensors[ops[found[-1]][1].outputs[0]].quantization
-            if q is None or q.min is None or float(q.min[0]) < 0:
-                continue
-            q.max = np.array([min(_mse_clip(a), float(q.max[0]))], np.float32)
-    by_name = {m.name.decode(): int(m.tensorIndex)
-               for signature in g.signatureDefs or [] for m in signature.outputs or []}
-    for name, (low, high) in domains.items():
-        q = sg.tensors[by_name[name]].quantization
-        q.min, q.max = np.array([low], np.float32), np.array([high], np.float32)
-    return pack(g)
