@@ -208,7 +208,7 @@ def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_
 @pytest.mark.parametrize("args,needle", [
     (["--to", "tensorrt"], "Invalid value for '--to'"),
     (["--to", "coreml", "--precision", "int8"], "coreml has no int8 export"),
-    (["--to", "tflite", "--calibration", "."], "--calibration applies to int8 and int16x8 exports only"),
+    (["--to", "tflite", "--calibration", "."], "--calibration applies to int8, int8-integer, int16x8 exports only"),
     (["--to", "onnx", "--int8-io", "uint8"], "--int8-io applies"),
     (["--to", "onnx", "--image-input"], "--image-input applies"),
     (["--to", "onnx", "--weights", "yunet"], "not SSR-Net weights"),

@@ -104,7 +104,8 @@ class ExportOptions:
         for family in families:
             offered = precisions_of(family)
             if not self.precision:
-                wanted = offered if "all" in self.to else [DEFAULT_PRECISION[family]]
+                wanted = ([p for p in offered if TARGETS[f"{family}-{p}"].in_all]
+                          if "all" in self.to else [DEFAULT_PRECISION[family]])
             elif "all" in self.to:
                 wanted = [p for p in self.precision if p in offered]
             else:
@@ -123,8 +124,8 @@ class ExportOptions:
         # BatchNorm statistics, ZeroQ): see CalibrationSet.distilled.
         if self.calibration is not None and not any(t.precision in CALIBRATED_PRECISIONS
                                                     for t in self.targets):
-            raise OptionsError("--calibration applies to int8 and int16x8 exports only; add "
-                               "--precision int8")
+            raise OptionsError(f"--calibration applies to {', '.join(CALIBRATED_PRECISIONS)} "
+                               "exports only; add --precision int8")
         defaults = {name: ExportOptions.__dataclass_fields__[name].default for name in TARGET_OPTIONS}
         for name, flag in TARGET_OPTIONS.items():
             if getattr(self, name) == defaults[name] or any(name in t.options for t in self.targets):

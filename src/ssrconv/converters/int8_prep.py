@@ -299,9 +299,15 @@ FAST_LAYERS = {
 FAST_MERGE = "stagewise_merge"  # the fast graph's FusedStagewiseMerge: its V says the heads
 
 
+def _merges(model) -> list:
+    """The fast graph's merge layers: one for every head, or one per head
+    (``Variant.merge_per_head``: ``age_stagewise_merge``, ``gender_stagewise_merge``)."""
+    return [layer for layer in model.layers if base_name(layer.name) == FAST_MERGE]
+
+
 def is_fast_graph(model) -> bool:
     """True for the fast export graph of :mod:`ssrconv.graph` (False: the reference's)."""
-    return any(layer.name == FAST_MERGE for layer in model.layers)
+    return bool(_merges(model))
 
 
 def model_heads(model) -> list[str]:
@@ -310,7 +316,7 @@ def model_heads(model) -> list[str]:
 
     if is_fast_graph(model):
         by_v = {v: task for task, v in V_BY_TASK.items()}
-        return [by_v[float(v)] for v in model.get_layer(FAST_MERGE).V]
+        return [by_v[float(v)] for merge in _merges(model) for v in merge.V]
     if has_gender_head(model) and not any(l.name.startswith("age_") for l in model.layers):
         return ["gender"]
     return ["age", "gender"] if has_gender_head(model) else ["age"]

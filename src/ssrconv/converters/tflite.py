@@ -60,6 +60,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
             flatbuffer = _convert_int8(model, options, calibration)
         elif target.precision == "int16x8":
             flatbuffer = _convert_int16x8(model, calibration)
+        elif target.precision == "int8-integer":
+            flatbuffer, integer_info = _convert_int8_integer(model, options, calibration)
         else:
             flatbuffer = _converter(model, target, options, calibration).convert()
     # int8: the float parts (first conv blocks, SSR head) keep float32 arithmetic but store their
@@ -75,6 +77,11 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         extra["int8_recipe"] = INT8_RECIPE
     if target.precision == "int16x8":
         extra["int8_recipe"] = INT16X8_RECIPE
+        extra["mcu"] = mcu(flatbuffer)
+    if target.precision == "int8-integer":
+        extra["int8_io"] = {"input": options.int8_io, "outputs": "float32"}
+        extra["int8_recipe"] = INT8_INTEGER_RECIPE
+        extra["fine_tuning"] = {**integer_info["fine_tuning"], "cache": integer_info["cache"]}
         extra["mcu"] = mcu(flatbuffer)
     return extra
 
@@ -121,6 +128,25 @@ INT16X8_RECIPE = (
     "included (its division as rsqrt(x)^2). Average pools become fixed depthwise "
     "convolutions; cross-layer equalization (age head), GPTQ rounding with bias correction "
     "of every kernel. See docs/INT8.md.")
+
+
+INT8_INTEGER_RECIPE = (
+    "int8 integer-only: int8 activations, int8 per-channel weights, int32 biases, every "
+    "operator integer from the input QUANTIZE to the output DEQUANTIZEs, the SSR head included "
+    "(its division as rsqrt(x)^2, one merge per head). Cross-layer equalization (age head), "
+    "GPTQ rounding of every kernel, clipped tanh and MSE-optimal relu ranges, outputs' ranges "
+    "their domains (age 0..101, P(male) 0..1); then quantization-aware fine-tuning of the "
+    "kernels and biases by distillation from the float graph (the calibration inputs and "
+    "seeded variations of them; integer arithmetic simulated), cached by content hash. "
+    "See docs/INT8.md.")
+
+
+def _convert_int8_integer(model, options, calibration) -> tuple[bytes, dict]:
+    """:func:`ssrconv.converters.tflite_qat.convert_int8_integer`, outputs named by a dict."""
+    from ssrconv.converters.tflite_qat import convert_int8_integer
+
+    return convert_int8_integer(_named_outputs(model), calibration.inputs,
+                                input_type=options.int8_io)
 
 
 def _convert_int16x8(model, calibration) -> bytes:

@@ -146,42 +146,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
         calibrated = conv.convert()
 
     # ---- step 4: edit calibrated ranges
-    g, sg, ops = operators(calibrated)
-    ol = _op_layers(sg, ops, layer_names)
-    def tensor_of(layer):                              # output tensor of the last op implementing `layer`
-        ks = [k for k, c in enumerate(ol) if layer in c]
-        return sg.tensors[ops[ks[-1]][1].outputs[0]] if ks else None
-    edits = {}
-    if tanh_clip:
-        for k, (name, op) in enumerate(ops):           # tanh input and, through max pools, its producer (same scale)
-            if name != "TANH":
-                continue
-            t_idx = op.inputs[0]
-            while True:
-                q = sg.tensors[t_idx].quantization
-                q.min = np.maximum(q.min, -tanh_clip).astype(np.float32); q.max = np.minimum(q.max, tanh_clip).astype(np.float32)
-                prod = [o for n2, o in ops if t_idx in list(o.outputs)]
-                if prod and _ops_name(ops, prod[0]) == "MAX_POOL_2D":
-                    t_idx = prod[0].inputs[0]
-                else:
-                    break
-    if mse_clip:
-        relu_like = []
-        for l in inner.layers:
-            is_relu_act = isinstance(l, keras.layers.Activation) and l.get_config()["activation"] == "relu"
-            is_relu_conv = type(l) is keras.layers.Conv2D and l.get_config()["activation"] == "relu"
-            # The average pools (DepthwiseConv2D "_dw" layers: not Conv2D subclasses in Keras 3)
-            # are not clipped: their inputs' clipped relu ranges bound them (docs/INT8.md).
-            if (is_relu_act or is_relu_conv) and len(l.output.shape) == 4:
-                relu_like.append(l.name)
-        acts = keras.Model(inner.inputs, [inner.get_layer(n).output for n in relu_like]).predict(cal, verbose=0)
-        for n, a in zip(relu_like, acts):
-            t = tensor_of(n)
-            if t is None or t.quantization is None or t.quantization.min is None or float(t.quantization.min[0]) < 0:
-                continue
-            hi = _mse_clip(a); t.quantization.max = np.array([min(hi, float(t.quantization.max[0]))], np.float32)
-            edits[n] = hi
-    calibrated = pack(g)
+    calibrated, edits = edit_ranges(calibrated, inner, cal, tanh_clip, mse_clip)
 
     # ---- step 5: float head by Keras layer, quantize
     g, sg, ops = operators(calibrated)
@@ -232,6 +197,57 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     if return_info:
         return tfl, {"float_layers": sorted(float_layers), "deny_nodes": len(deny_nodes), "mse_clip": edits}
     return tfl
+
+
+def edit_ranges(calibrated: bytes, inner, cal: np.ndarray, tanh_clip: float | None = TANH_CLIP,
+                mse_clip: bool = True, domains: dict | None = None) -> tuple[bytes, dict]:
+    """Step 4 of the recipe on a calibrate-only flatbuffer of ``inner`` (TFLite's MinMax
+    statistics on every tensor): the ranges of tanh inputs (and, through max pools, of their
+    producers: the same scale) clipped to [-tanh_clip, tanh_clip], relu outputs' maxima at
+    their quantization-MSE-optimal clip on ``cal``, and each output named in ``domains``
+    (signature name -> (min, max)) given that range. Returns the edited flatbuffer and the
+    relu clips chosen (layer name -> max)."""
+    keras = _keras()
+    g, sg, ops = operators(calibrated)
+    ol = _op_layers(sg, ops, [layer.name for layer in inner.layers])
+    edits = {}
+    if tanh_clip:
+        for k, (name, op) in enumerate(ops):           # tanh input and, through max pools, its producer (same scale)
+            if name != "TANH":
+                continue
+            t_idx = op.inputs[0]
+            while True:
+                q = sg.tensors[t_idx].quantization
+                q.min = np.maximum(q.min, -tanh_clip).astype(np.float32); q.max = np.minimum(q.max, tanh_clip).astype(np.float32)
+                prod = [o for n2, o in ops if t_idx in list(o.outputs)]
+                if prod and _ops_name(ops, prod[0]) == "MAX_POOL_2D":
+                    t_idx = prod[0].inputs[0]
+                else:
+                    break
+    if mse_clip:
+        relu_like = []
+        for l in inner.layers:
+            is_relu_act = isinstance(l, keras.layers.Activation) and l.get_config()["activation"] == "relu"
+            is_relu_conv = type(l) is keras.layers.Conv2D and l.get_config()["activation"] == "relu"
+            # The average pools (DepthwiseConv2D "_dw" layers: not Conv2D subclasses in Keras 3)
+            # are not clipped: their inputs' clipped relu ranges bound them (docs/INT8.md).
+            if (is_relu_act or is_relu_conv) and len(l.output.shape) == 4:
+                relu_like.append(l.name)
+        acts = keras.Model(inner.inputs, [inner.get_layer(n).output for n in relu_like]).predict(cal, verbose=0)
+        acts = acts if len(relu_like) > 1 else [acts]
+        for n, a in zip(relu_like, acts):
+            ks = [k for k, c in enumerate(ol) if n in c]  # the last op implementing layer n
+            t = sg.tensors[ops[ks[-1]][1].outputs[0]] if ks else None
+            if t is None or t.quantization is None or t.quantization.min is None or float(t.quantization.min[0]) < 0:
+                continue
+            hi = _mse_clip(a); t.quantization.max = np.array([min(hi, float(t.quantization.max[0]))], np.float32)
+            edits[n] = hi
+    outputs = {m.name.decode(): int(m.tensorIndex)
+               for signature in g.signatureDefs or [] for m in signature.outputs or []}
+    for name, (low, high) in (domains or {}).items():
+        q = sg.tensors[outputs[name]].quantization
+        q.min, q.max = np.array([low], np.float32), np.array([high], np.float32)
+    return pack(g), edits
 
 
 def _rank(layer) -> int:

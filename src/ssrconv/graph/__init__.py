@@ -46,6 +46,11 @@ class Variant:
     # The merge's division as a multiplication by rsqrt(x)^2 (exact in real arithmetic, float
     # rounding only): TFLite's 16x8 quantizer has no DIV; the integer-only files need it.
     rsqrt_reciprocal: bool = False
+    # One merge per head (batched_dense False only): no tensor of the SSR head holds two
+    # heads' values. Integer-only int8 gives each tensor one scale, and a tensor holding the
+    # gender head's stage features (0..8.3) rounded the age head's (0..0.16) to a few steps
+    # (docs/INT8.md, "Integer-only int8").
+    merge_per_head: bool = False
 
 
 VARIANTS = {v.name: v for v in (
@@ -63,6 +68,10 @@ VARIANTS = {v.name: v for v in (
     # graph, whose first convs write both heads' maps at once (docs/INT8.md, "TFLite Micro").
     Variant("per-head-integer", plain_groups=False, batched_dense=False, grouped_convs=False,
             rsqrt_reciprocal=True),
+    # Integer-only int8: per head from the input to the outputs, one merge per head, so no int8
+    # tensor (one scale) holds both heads' values (docs/INT8.md, "Integer-only int8").
+    Variant("per-head-int8-integer", plain_groups=False, batched_dense=False,
+            grouped_convs=False, rsqrt_reciprocal=True, merge_per_head=True),
     # onnxruntime keeps its NCHWc blocked layout through 16-channel summaries (also used by
     # OpenVINO and onnxruntime-web: measured faster padded, docs/GRAPH.md).
     Variant("onnx", summary_channels=16),

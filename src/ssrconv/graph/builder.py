@@ -78,6 +78,7 @@ from ssrconv.reference.model import (  # noqa: E402
     head_names,
 )
 
+FUSED_MERGE = "stagewise_merge"  # the merge layer (per head: prefixed "age_", "gender_")
 CROP = 62  # the rows/columns of the 64 x 64 input the network reads (module docstring, 1.)
 SUMMARY_CHANNELS = 10
 
@@ -465,6 +466,17 @@ def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
             locals_.append(dense_like(fused, prefix + f"local_delta_stage{k + 1}"))
             delta_in = layers.Multiply(name=f"{prefix}stage{k + 1}_delta_in")([fs, fx])
             deltas.append(dense_like(delta_in, prefix + f"delta_s{k + 1}"))
+    if variant.merge_per_head and n_heads > 1:
+        merged = []
+        for head, (head_task, prefix, _) in enumerate(heads):
+            own = slice(head, None, n_heads)  # this head's stages, in stage order
+            p, d, local = (layers.Concatenate(name=f"{prefix}stage_{what}_all")(tensors[own])
+                           for what, tensors in (("probs", probs), ("deltas", deltas),
+                                                 ("local_deltas", locals_)))
+            merged += FusedStagewiseMerge(1, [V_BY_TASK[head_task]],
+                                          rsqrt_reciprocal=variant.rsqrt_reciprocal,
+                                          name=prefix + FUSED_MERGE)([p, d, local])
+        return _named_model(inputs, task, heads, merged)
     # stage-major columns (k * heads + head) * units + unit, as FusedStagewiseMerge reads them
     p = layers.Concatenate(name="stage_probs_all")(probs)
     d = layers.Concatenate(name="stage_deltas_all")(deltas)
@@ -477,7 +489,13 @@ def _merged_model(inputs, task, heads, probs, deltas, local, variant: Variant) -
     stage-major stage tensors, and the model with the reference's output names."""
     merged = FusedStagewiseMerge(len(heads), [V_BY_TASK[t] for t, _, _ in heads],
                                  rsqrt_reciprocal=variant.rsqrt_reciprocal,
-                                 name="stagewise_merge")([probs, deltas, local])
+                                 name=FUSED_MERGE)([probs, deltas, local])
+    return _named_model(inputs, task, heads, merged)
+
+
+def _named_model(inputs, task, heads, merged) -> keras.Model:
+    """The model whose outputs are ``merged`` (one (N, 1) tensor per head) under the
+    reference's output names."""
     outputs = [layers.Identity(name=out)(t) for (_, _, out), t in zip(heads, merged)]
     return keras.Model(inputs, outputs if len(heads) > 1 else outputs[0],
                        name=f"ssrnet_{task.replace('-', '_')}_fast")

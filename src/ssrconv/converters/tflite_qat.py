@@ -1,0 +1,159 @@
+"""Integer-only int8 TFLite of SSR-Net: every operator from the input QUANTIZE to the output
+DEQUANTIZEs on int8 tensors (int32 biases), the SSR head and its merge included, for TFLite
+Micro, NPUs and XNNPACK's QS8 kernels. docs/INT8.md ("Integer-only int8") has the figures.
+
+Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
+(``Variant.rsqrt_reciprocal``) and whose SSR head keeps each head's tensors apart
+(``Variant.merge_per_head``: one tensor, one scale):
+ 1. post-training quantization as the int8 recipe's steps: exact rewrites, cross-layer
+    equalization (age head), GPTQ rounding of every kernel; calibrated ranges edited (tanh
+    inputs clipped to [-4, 4], relu outputs at their MSE-optimal clip, each output's range the
+    model's domain 0..V instead of the oldest face seen);
+ 2. quantization-aware fine-tuning by distillation (:mod:`ssrconv.converters.int8_qat`): the
+    file's kernels and biases trained, its integer arithmetic simulated, to reproduce the float
+    graph's outputs on the calibration inputs and seeded variations of them;
+ 3. the result cached under the cache directory (``SSRCONV_CACHE``) by the content hash of the
+    graph's weights, the recipe and the calibration inputs: a second export is a file read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+
+import numpy as np
+
+from ssrconv.converters.int8_prep import ALPHA, _keras, equalize, model_heads, rewrite, round_kernels
+from ssrconv.converters.tflite_int8 import TANH_CLIP, edit_ranges
+from ssrconv.errors import Int8RecipeError
+from ssrconv.formats.tflite_flatbuffer import integer_only_violations
+
+# What the recipe does, in the cache key: change it whenever the recipe's output changes.
+RECIPE = {"version": 1, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
+          "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
+          "learning_rate": 0.005, "seed": 0}
+CACHE_DIR = "int8-integer"  # under ssrconv.assets.cache_dir()
+
+
+def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str = "float32",
+                         progress=None, recipe: dict | None = None) -> tuple[bytes, dict]:
+    """The integer-only int8 .tflite of ``model`` (an ssrconv fast graph, outputs named by a
+    dict, merge without division) and what was done (``fine_tuning``: steps, loss before and
+    after, seconds; ``cache``: "hit" or "miss" and the key)."""
+    from ssrconv.assets import cache_dir
+    from ssrconv.atomic import write_atomic
+
+    recipe = {**RECIPE, **(recipe or {})}
+    say = progress or (lambda message: None)
+    cal = np.asarray(calibration_inputs, np.float32)
+    key = cache_key(model, cal, input_type, recipe)
+    path = cache_dir() / CACHE_DIR / f"{key}.tflite"
+    info_path = path.with_suffix(".json")
+    if path.is_file() and info_path.is_file():
+        data = path.read_bytes()
+        info = json.loads(info_path.read_text())
+        if hashlib.sha256(data).hexdigest() == info.get("sha256"):
+            say(f"      fine-tuned int8 file from the cache ({path.name[:12]}...)")
+            return data, {**info["recipe_info"], "cache": {"status": "hit", "key": key}}
+    ptq = quantize_ptq(model, cal, input_type, recipe)
+    from ssrconv.converters.int8_qat import augment, fine_tune
+
+    inputs = augment(cal, recipe["augment_copies"], recipe["augment_seed"])
+    targets = _reference_outputs(model, inputs)
+    data, tuned = fine_tune(ptq, inputs, targets, steps=recipe["steps"],
+                            batch_size=recipe["batch_size"], lr=recipe["learning_rate"],
+                            seed=recipe["seed"], progress=say)
+    bad = integer_only_violations(data)
+    if bad:
+        raise Int8RecipeError(f"int8 integer-only TFLite: operators computing in float: {bad}")
+    info = {"fine_tuning": tuned, "recipe": recipe}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    write_atomic(info_path, json.dumps({"sha256": hashlib.sha256(data).hexdigest(),
+                                        "recipe_info": info}, indent=1))
+    return data, {**info, "cache": {"status": "miss", "key": key}}
+
+
+def cache_key(model, cal: np.ndarray, input_type: str, recipe: dict) -> str:
+    """sha256 of what the file depends on: the graph (layer names, classes and weights), the
+    calibration inputs, the input type, the recipe and the TensorFlow version."""
+    from ssrconv._imports import tensorflow
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"recipe": recipe, "input_type": input_type,
+                              "tensorflow": tensorflow().__version__,
+                              "outputs": list(model.output_names)}, sort_keys=True).encode())
+    for layer in model.layers:
+        digest.update(f"{layer.name}:{type(layer).__name__}".encode())
+        for w in layer.get_weights():
+            digest.update(np.ascontiguousarray(w, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(cal, np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def _reference_outputs(model, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """The float graph's outputs on ``inputs``, by output name: what the fine-tuning imitates."""
+    out = model.predict(inputs, batch_size=256, verbose=0)
+    if isinstance(out, dict):
+        return {k: np.asarray(v, np.float32).reshape(-1) for k, v in out.items()}
+    out = out if isinstance(out, (list, tuple)) else [out]
+    return {n: np.asarray(v, np.float32).reshape(-1) for n, v in zip(model.output_names, out)}
+
+
+# ---------------------------------------------------------------------------- step 1: PTQ
+def quantize_ptq(model, cal: np.ndarray, input_type: str = "float32", recipe: dict | None = None,
+                 gptq: bool = True, fixed_output_ranges: bool = True) -> bytes:
+    """Step 1 of the module's recipe: the integer-only int8 file before fine-tuning."""
+    recipe = {**RECIPE, **(recipe or {})}
+    keras = _keras()
+    m = rewrite(model)
+    if recipe["alpha"]:
+        equalize(m, cal, recipe["alpha"])
+    if gptq:
+        round_kernels(m, cal)
+    named = keras.Model(m.inputs, dict(zip(m.output_names, m.outputs)), name=m.name)
+    calibrated = _calibrate(named, cal)
+    domains = output_domains(model) if fixed_output_ranges else {}
+    calibrated, _ = edit_ranges(calibrated, m, cal, recipe["tanh_clip"], recipe["mse_clip"], domains)
+    tfl = _quantize(calibrated, input_type)
+    bad = integer_only_violations(tfl)
+    if bad:
+        raise Int8RecipeError(f"int8 integer-only TFLite: operators computing in float: {bad} "
+                              "(export it from the integer graph variant)")
+    return tfl
+
+
+def output_domains(model) -> dict[str, tuple[float, float]]:
+    """Each output's range by construction: age 0..V (101 y), P(male) 0..1."""
+    from ssrconv.reference.model import OUTPUT_NAMES, V_BY_TASK
+
+    return {OUTPUT_NAMES[head][0]: (0.0, float(V_BY_TASK[head])) for head in model_heads(model)}
+
+
+def _calibrate(m, cal) -> bytes:
+    """The float .tflite of ``m`` with TFLite's MinMax statistics of ``cal`` on every tensor."""
+    from ssrconv._imports import tensorflow
+
+    tf = tensorflow("int8 TFLite export")
+    conv = tf.lite.TFLiteConverter.from_keras_model(m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.experimental_mlir_quantizer = True
+    conv._experimental_calibrate_only = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return conv.convert()
+
+
+def _quantize(calibrated: bytes, input_type: str) -> bytes:
+    from ssrconv._imports import tensorflow
+    from tensorflow.lite.python import convert as tfl_convert
+
+    tf = tensorflow("int8 TFLite export")
+    types = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tfl_convert.mlir_quantize(calibrated, input_data_type=types[input_type],
+                                         output_data_type=tf.float32)
