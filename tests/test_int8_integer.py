@@ -72,6 +72,17 @@ def test_fine_tuning_lowers_its_loss_and_the_file_holds_the_tail_bound(integer_i
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 23 open: measured mean 0.43 / p99 1.66 y against "
+                   "the int8 budget's 0.3 / 1.0 (docs/INT8.md, 'Integer-only int8'); passing "
+                   "fails this xfail, so the row can join `--to all` then")
+def test_the_file_meets_the_whole_int8_budget(integer_int8, budget_check):
+    from ssrconv.loading import load_runtime
+
+    found, stats = budget_check(load_runtime(integer_int8.path, engine="litert"), "int8")
+    assert not found, (found, stats)
+
+
+@pytest.mark.slow
 def test_second_export_is_a_cache_hit_with_the_same_bytes(integer_int8, faces_dir, tmp_path):
     from ssrconv.exporter import export
 
