@@ -8,7 +8,9 @@ transpose it to N x 3 x 64 x 64 and the first convolution fails its shape check 
 returns nothing: that, not the names, is why the ONNX-converted module seemed not to load by
 the output names ``age``/``p_male``). The outputs keep the ONNX names.
 
-fp16 stores the weights as float16 (``--fp16``); computation precision is the runtime's.
+fp16 stores the weights as float16 (``--fp16``); computation precision is the runtime's. The
+options the file must run with (precision, Winograd off: ``formats.mnn.RUN_OPTIONS``) cannot
+travel in an .mnn, so the manifest states them (``mnn_runtime``).
 The converter is called through MNN's C++ binding ``_tools.mnnconvert`` in a child process: the
 package's ``mnnconvert`` console script also posts a usage log to a remote endpoint.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from ssrconv.atomic import scratch_dir
 from ssrconv.errors import SsrconvError, clip
-from ssrconv.formats.mnn import BIZ_CODE, verify
+from ssrconv.formats.mnn import BIZ_CODE, RUN_OPTIONS, verify
 
 _TIMEOUT_S = 600
 _CONVERT = "import sys, MNN, _tools; _tools.mnnconvert(sys.argv)"
@@ -54,6 +56,27 @@ def stable_uuid(path: Path) -> None:
     path.write_bytes(data[:start] + stable + data[end:])
 
 
+def round_to_half(proto) -> int:
+    """Round every float32 initializer of ``proto`` to the nearest float16 (kept as float32),
+    in place; how many changed. MNN's ``--fp16`` casts weights with half.hpp's default rounding,
+    ``round_indeterminate``: truncation toward zero (SaveHalfFloat.cpp, 3rd_party/half), so every
+    weight shrinks by up to one float16 step, all the same way, and the error adds up instead of
+    averaging out. Values already on the float16 grid truncate to themselves."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    changed = 0
+    for tensor in proto.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype != np.float32:
+            continue
+        rounded = values.astype(np.float16).astype(np.float32)
+        if not np.array_equal(rounded, values):
+            tensor.CopyFrom(numpy_helper.from_array(rounded, tensor.name))
+            changed += 1
+    return changed
+
+
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` (via its ONNX export) to an .mnn file at ``dest``."""
     import onnx
@@ -61,6 +84,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     from ssrconv.converters.onnx import to_proto
 
     proto = to_proto(model, options.opset, options.batch)
+    if target.precision == "fp16":
+        round_to_half(proto)
     with scratch_dir("ssrconv-mnn-") as tmp:
         source = Path(tmp) / "model.onnx"
         onnx.save(proto, str(source))
@@ -82,7 +107,13 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     verify(dest)
     from ssrconv.formats.mnn import mnn_module
 
+    run = RUN_OPTIONS[target.precision]
     return {"converter": "mnnconvert (ONNX)", "mnn_fp16_weights": target.precision == "fp16",
+            "mnn_runtime": {"backend": "CPU", "precision": run["precision"], "hints": run["hints"],
+                            "why": "set on the RuntimeManager or session (not in the file): "
+                                   "Winograd's 3x3 transforms cost 0.0034 y in fp32 and, in fp16 "
+                                   "arithmetic at precision low on ARMv8.2 CPUs, put the fp16 "
+                                   "file outside its budget (docs/ARM64.md)"},
             "converter_versions": {"MNN": mnn_module().version()},
             "input_layout": "N x 64 x 64 x 3 BGR as given (MNN data format tag NCHW: no "
                             "conversion; the graph transposes to NCHW itself)"}
