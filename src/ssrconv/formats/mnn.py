@@ -42,8 +42,9 @@ HINT_IDS = {"WINOGRAD_MEMORY_LEVEL": 3}
 # manifest and MnnRuntime runs every file with it (docs/CONVERTERS.md "MNN", docs/ARM64.md).
 # Winograd off (WINOGRAD_MEMORY_LEVEL 0) for both: in fp32 its transforms cost 0.0034 y on x86;
 # at precision low on an ARMv8.2 CPU (fp16 arithmetic, MNN's Arm82 backend) the fp16 file with
-# Winograd measured max 0.43 / mean 0.063 y on 48 faces (budget 0.25 / 0.05), without it
-# max 0.14 / mean 0.033. fp32 runs at precision high, so an fp16-capable CPU keeps fp32 there.
+# Winograd measured max 0.53 / mean 0.091 y on the 300 dev faces (budget 0.25 / 0.05), without
+# it (and with rounded weights) 0.18 / 0.033. fp32 runs at precision high, so an fp16-capable
+# CPU keeps fp32 arithmetic there.
 RUN_OPTIONS = {
     "fp32": {"precision": "high", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
     "fp16": {"precision": "low", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
