@@ -106,6 +106,24 @@ def test_int8_export_without_calibration_is_data_free_and_within_budget(tmp_path
 
 
 @pytest.mark.slow
+def test_16x8_export_without_calibration_is_within_budget(exported, faces, faces_dir):
+    """The integer-only 16x8 file calibrated data-free holds the int8 budget on the real faces,
+    tail included. Before its ranges were set rather than calibrated (output to the age domain,
+    every range doubled) it clipped every age above 58 y, the oldest the distilled inputs
+    produce: p99 14.5 y, max 20.9 y."""
+    from ssrconv.parity import check
+
+    artifact = exported("tflite-int16x8", calibration=None)
+    assert artifact.manifest["calibration"]["kind"] == DATA_FREE_KIND
+    assert artifact.manifest["integer_only"] is True
+    report = check([artifact.path], faces.inputs, str(faces_dir), synthetic=0,
+                   raise_on_failure=False)
+    (r,) = report.results
+    assert r.budget["max_age"] == 2.5 and r.budget["p99_age"] == 1.0
+    assert r.passed, r.violations
+
+
+@pytest.mark.slow
 def test_int8_calibrated_on_other_faces_holds_the_budget(tmp_path, assets_dir, faces_dir, cli):
     """What a user gets: the faces a file later sees are not its calibration faces. Calibrated
     on one half of the dev faces (every other file by name), the int8 file holds the int8 budget

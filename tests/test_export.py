@@ -67,7 +67,7 @@ def test_onnx_checker_runtime_and_metadata(export_dir, faces):
 def test_tflite_loads_and_manifest_io_matches_interpreter(exported, faces, key):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    artifact = exported(key)  # the --to all file, or (tflite-int16x8, opt-in) its own export
+    artifact = exported(key)  # the --to all file when the session has one
     path, manifest = artifact.path, artifact.manifest
     interpreter = Interpreter(
         model_path=str(path),

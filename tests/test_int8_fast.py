@@ -97,3 +97,26 @@ def test_onnx_int8_per_head_graph_gives_age_activations_percentile_ranges(refere
              for name, o in overrides.items()]
     assert all(p <= m * (1 + 1e-6) for p, m in highs)
     assert any(p < 0.999 * m for p, m in highs)
+
+
+def test_bias_correction_of_a_same_padded_conv_counts_its_zero_border():
+    """GPTQ's patch statistics read a conv's input as the conv does: with padding="same" the
+    border patches hold zeros, and the bias correction (mean output shift of the rounded kernel)
+    is exact over every output position (a padding=1 member's 8 x 8 maps: 28 of 64 positions
+    are border; docs/PORTS.md, "int8")."""
+    import keras
+
+    from ssrconv.converters.int8_prep import round_kernels
+
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, keras.layers.Conv2D(6, 3, padding="same", name="conv")(inputs))
+    rng = np.random.default_rng(0)
+    model.get_layer("conv").set_weights([rng.normal(size=(3, 3, 4, 6)).astype(np.float32),
+                                         rng.normal(size=6).astype(np.float32)])
+    cal = rng.uniform(0, 4, size=(64, 8, 8, 4)).astype(np.float32)  # relu-like: mean 2
+    before = model.predict(cal, verbose=0).astype(np.float64)
+    round_kernels(model, cal)
+    after = model.predict(cal, verbose=0).astype(np.float64)
+    shift = (after - before).mean(axis=(0, 1, 2))
+    assert np.abs(after - before).max() > 1e-3  # the kernel did move onto its int8 grid
+    assert np.abs(shift).max() < 1e-5, shift

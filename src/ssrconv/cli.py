@@ -17,6 +17,7 @@ import click
 from ssrconv.atomic import remove_tracked, write_atomic
 from ssrconv._version import __version__
 from ssrconv.errors import SsrconvError
+from ssrconv.reference.family import MEMBERS
 from ssrconv.targets import (
     BACKENDS,
     ENGINES,
@@ -89,8 +90,16 @@ def info(age_weights: str | None, gender_weights: str | None) -> None:
     click.echo(render_info(age_weights, gender_weights))
 
 
-def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
-    """Sort ``--weights`` values into (age, gender) by registry kind or by the file's layers."""
+_ARCH = click.option(
+    "--arch", type=click.Choice(tuple(MEMBERS)), default=None,
+    help="The SSR-Net family member every weights file must be (docs/PORTS.md); a file that is "
+         "not is refused. Default: each file's member, recognised from its tensor names.")
+
+
+def _split_weights(values: tuple[str, ...], arch: str | None = None
+                   ) -> tuple[str | None, str | None]:
+    """Sort ``--weights`` values into (age, gender) by registry kind or by the file's layers;
+    with ``arch`` (``--arch``), each file is read as that family member or refused."""
     from ssrconv.assets import ASSETS, resolve
     from ssrconv.reference.weights import read_weights
 
@@ -101,8 +110,10 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
             if kind not in ("age", "gender"):
                 raise click.BadParameter(f"{value!r} is the {kind} asset, not SSR-Net weights",
                                          param_hint="--weights")
+            if arch is not None:
+                read_weights(resolve(value).path, arch)
         else:
-            kind = read_weights(resolve(value).path).task
+            kind = read_weights(resolve(value).path, arch).task
         if kind in chosen:
             raise click.BadParameter(f"two {kind} weights given ({chosen[kind]}, {value})",
                                      param_hint="--weights")
@@ -147,8 +158,9 @@ def _split_weights(values: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--batch", type=int, default=None, metavar="N",
               help="Fix the input batch to N in every file (runtimes without an input resize "
                    "call, e.g. LiteRT.js: --batch 1). Default: a variable batch.")
+@_ARCH
 def export(to, precision, task, weights, calibration, calibration_limit, calibration_kind, out, opset,
-           int8_io, image_input, graph, batch) -> None:
+           int8_io, image_input, graph, batch, arch) -> None:
     """Export (the help text names every format of the table)."""
     from ssrconv.exporter import export as run_export
     from ssrconv.options import ExportOptions
@@ -157,8 +169,8 @@ def export(to, precision, task, weights, calibration, calibration_limit, calibra
                             calibration_limit=calibration_limit, calibration_kind=calibration_kind,
                             out=out, opset=opset,
                             int8_io=int8_io, image_input=image_input, graph=graph,
-                            batch=batch)
-    age, gender = _split_weights(weights)
+                            batch=batch, arch=arch)
+    age, gender = _split_weights(weights, arch)
     if (age and task == "gender") or (gender and task == "age"):
         raise click.BadParameter(f"weights for the other head given with --task {task}",
                                  param_hint="--weights")
@@ -244,9 +256,10 @@ _REFERENCE_ENGINE = click.option(
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path), help="Write a Markdown table here.")
 @click.option("--junit", "junit_out", type=click.Path(path_type=Path), help="Write JUnit XML here.")
 @_REFERENCE_ENGINE
+@_ARCH
 def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, budget_overrides,
            weights, engine, engines, allow_missing_runtimes, platforms, json_out, md_out, junit_out,
-           reference_engine) -> int:
+           reference_engine, arch) -> int:
     """Compare every artifact with the reference built from its own weights, on real faces;
     exit 1 if any artifact breaks its budget or fails to verify, load or run."""
     from ssrconv.artifacts import discover
@@ -256,6 +269,9 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
 
     if (export_dir is None) == (model is None):
         raise click.UsageError("give an export directory or --model PATH (one of them)")
+    if arch is not None and not weights:
+        raise click.UsageError("--arch names the member of --weights files; give --weights "
+                               "(exported artifacts name their member in their manifest)")
     if is_weights_file(model or export_dir):
         # One line like any other file parity cannot check (a .pt is a weights suffix now:
         # the PyTorch port's), still exit 2: the command was asked the wrong question.
@@ -280,7 +296,7 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
 
     for name in platforms:  # an unbuilt root filesystem: one line before any work
         resolve_platform(name)
-    age_weights, gender_weights = _split_weights(tuple(str(w) for w in weights))
+    age_weights, gender_weights = _split_weights(tuple(str(w) for w in weights), arch)
     found = discover(model or export_dir)
     loaded = {}
 
@@ -327,13 +343,24 @@ def parity(export_dir, model, faces_dir, faces_kind, limit, synthetic, seed, bud
 
 
 def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
-                   age_weights=None, gender_weights=None, reference_engine: str = "auto"):
+                   age_weights=None, gender_weights=None, reference_engine: str = "auto",
+                   arch: str | None = None):
     """The runtime eval and predict use: an artifact on its (or the given) engine, the reference
     built from a weights file given as --model, or the default reference (on
-    --reference-engine; --backend keras insists on Keras)."""
+    --reference-engine; --backend keras insists on Keras). ``arch`` (``--arch``): the family
+    member the weights files must be."""
+    from ssrconv.assets import DEFAULT_AGE_WEIGHTS, DEFAULT_GENDER_WEIGHTS
     from ssrconv.reference import load_reference_runtime
     from ssrconv.loading import is_weights_file, load_runtime
     from ssrconv.targets import REFERENCE_BACKEND
+
+    if arch is not None:
+        if model is not None and not is_weights_file(model):
+            raise click.UsageError(f"--arch names the member of a weights file; {model} is an "
+                                   "exported artifact (its manifest names its member)")
+        files = ((str(model),) if model is not None else
+                 (age_weights or DEFAULT_AGE_WEIGHTS, gender_weights or DEFAULT_GENDER_WEIGHTS))
+        _split_weights(files, arch)
 
     if backend == REFERENCE_BACKEND:
         reference_engine = "keras"
@@ -371,14 +398,16 @@ def _model_runtime(model: Path | None, backend: str | None, engine: str | None,
 @click.option("--json", "json_out", type=click.Path(path_type=Path),
               help="Write per-image predictions and the summary here.")
 @_REFERENCE_ENGINE
+@_ARCH
 def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, faces_kind,
-          json_out, reference_engine) -> None:
+          json_out, reference_engine, arch) -> None:
     """Age MAE (adults 16+ and all) and gender accuracy on labelled faces."""
     import json
 
     from ssrconv.evaluate import evaluate, render_summary
 
-    runtime = _model_runtime(model, backend, engine, age_weights, gender_weights, reference_engine)
+    runtime = _model_runtime(model, backend, engine, age_weights, gender_weights, reference_engine,
+                             arch)
     faces = _load_faces_for(faces_dir, faces_kind, None, _crop_rule_for(model, runtime))
     result = evaluate(runtime, faces)
     click.echo(render_summary(result["summary"]))
@@ -405,8 +434,9 @@ def eval_(faces_dir, model, backend, engine, age_weights, gender_weights, faces_
 @click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
 @click.option("--compare", is_flag=True, help="Also run the reference and print the differences.")
 @_REFERENCE_ENGINE
+@_ARCH
 def predict(inputs, backend, model, engine, detector, min_face, every, out, fmt, compare,
-            reference_engine) -> int:
+            reference_engine, arch) -> int:
     """Ages and genders of the faces in images, directories of images, or videos."""
     from ssrconv.detect import make_detector
     from ssrconv.predict import Predictor, to_csv, to_json
@@ -416,7 +446,8 @@ def predict(inputs, backend, model, engine, detector, min_face, every, out, fmt,
         raise click.BadParameter("must be at least 1", param_hint="--every")
     if min_face < 0:
         raise click.BadParameter("must be >= 0", param_hint="--min-face")
-    runtime = _model_runtime(model, backend, engine, reference_engine=reference_engine)
+    runtime = _model_runtime(model, backend, engine, reference_engine=reference_engine,
+                             arch=arch)
     crop_rule = _crop_rule_for(model, runtime)
     if crop_rule != "margin" and detector != "yunet":
         raise click.BadParameter(f"this model's faces are cut by {crop_rule}, which needs the "

@@ -205,7 +205,8 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
     artifacts: list[Artifact] = []
     try:
         say(f"loading the reference ({options.task})")
-        reference = load_reference(options.task, options.age_weights, options.gender_weights)
+        reference = load_reference(options.task, options.age_weights, options.gender_weights,
+                                   options.arch)
         model = with_named_outputs(reference.model, options.task)
         calibration = None
         if any(t.precision in CALIBRATED_PRECISIONS for t in options.targets):

@@ -46,6 +46,7 @@ class ExportOptions:
     task: str = "age-gender"
     age_weights: str | None = None
     gender_weights: str | None = None
+    arch: str | None = None  # the family member every weights file must be (None: by its names)
     calibration: Path | None = None
     out: Path = Path("ssrconv-out")
     opset: int = 17
@@ -70,6 +71,10 @@ class ExportOptions:
                 raise OptionsError(f"unknown precision {p!r}: choose from {', '.join(PRECISIONS)}")
         if self.task not in TASKS:
             raise OptionsError(f"unknown task {self.task!r}: choose from {', '.join(TASKS)}")
+        if self.arch is not None:
+            from ssrconv.reference.family import get_member
+
+            get_member(self.arch)  # one line naming the known members
         if self.int8_io not in INT8_IO_TYPES:
             raise OptionsError(f"unknown int8 I/O type {self.int8_io!r}: choose from "
                                f"{', '.join(INT8_IO_TYPES)}")
@@ -99,8 +104,7 @@ class ExportOptions:
         for family in families:
             offered = precisions_of(family)
             if not self.precision:
-                wanted = ([p for p in offered if TARGETS[f"{family}-{p}"].in_all]
-                          if "all" in self.to else [DEFAULT_PRECISION[family]])
+                wanted = offered if "all" in self.to else [DEFAULT_PRECISION[family]]
             elif "all" in self.to:
                 wanted = [p for p in self.precision if p in offered]
             else:

@@ -289,8 +289,6 @@ class Target:
     graph_variant: str | None = None
     # Export options (ExportOptions fields) beyond the common ones that only some targets take.
     options: tuple[str, ...] = ()
-    # Exported by `--to all` (False: only when its precision or family is asked for by name).
-    in_all: bool = True
 
     @property
     def key(self) -> str:
@@ -334,16 +332,13 @@ TARGETS: dict[str, Target] = {
                "each stream's first block; SSR head in float; calibrated", options=("int8_io",)),
         Target("tflite", "int16x8", "int8",
                "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
-               "operator integer (SSR head included; float32 I/O at the boundary); for TFLite "
-               "Micro and Ethos-U; calibrated", graph_variant="tflite-integer",
-               # Not in `--to all`: calibrated data-free its int16 output range ends at the
-               # oldest age the distilled inputs reach (58 y) and older faces clip (p99 14.5 y),
-               # so `make demo` with no faces of one's own would fail parity (docs/INT8.md).
-               in_all=False),
+               "operator integer (SSR head included; float32 I/O at the boundary), each head "
+               "its own convs (the smallest TFLite Micro arena); for TFLite Micro and Ethos-U; "
+               "calibrated", graph_variant="per-head-integer"),
         Target("ethos-u", "int16x8", "int8",
-               "Arm Ethos-U: the tflite-int16x8 file compiled by Vela for ethos-u55-128 and "
-               "ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's estimates); numerics "
-               "on TFLite Micro", graph_variant="tflite-integer"),
+               "Arm Ethos-U: the tflite-int16x8 file with int16 I/O, compiled by Vela for "
+               "ethos-u55-128 and ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's "
+               "estimates); numerics on TFLite Micro", graph_variant="per-head-integer"),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
                graph_variant="coreml", options=("image_input",)),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",
@@ -378,8 +373,7 @@ TARGETS: dict[str, Target] = {
 }
 
 # The targets `--to all` exports (every row but the opt-in families').
-EXPORTED_BY_ALL = tuple(k for k, t in TARGETS.items()
-                        if t.family not in OPT_IN_FAMILIES and t.in_all)
+EXPORTED_BY_ALL = tuple(k for k, t in TARGETS.items() if t.family not in OPT_IN_FAMILIES)
 
 DEFAULT_PRECISION = {f.family: f.default_precision for f in FORMATS.values()}
 

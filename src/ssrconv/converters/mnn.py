@@ -8,9 +8,14 @@ transpose it to N x 3 x 64 x 64 and the first convolution fails its shape check 
 returns nothing: that, not the names, is why the ONNX-converted module seemed not to load by
 the output names ``age``/``p_male``). The outputs keep the ONNX names.
 
-fp16 stores the weights as float16 (``--fp16``); computation precision is the runtime's. The
-options the file must run with (precision, Winograd off: ``formats.mnn.RUN_OPTIONS``) cannot
-travel in an .mnn, so the manifest states them (``mnn_runtime``).
+fp16 stores the weights as float16 (``--fp16``); computation precision is the runtime's. MNN's
+converter makes float16 by truncation (toward zero: 1 + 3 * 2^-12 becomes 1, not 1 + 2^-10), so
+every weight shrinks a little in the same direction and the errors add up layer after layer
+instead of averaging out; the ONNX model's float initializers are therefore rounded to the
+nearest float16 first (:func:`round_to_fp16`), which MNN's conversion then keeps exactly
+(docs/PORTS.md: the PyTorch port's mnn-fp16 mean error 0.051 -> 0.013 y).
+The options the file must run with (precision, Winograd off: ``formats.mnn.RUN_OPTIONS``)
+cannot travel in an .mnn, so the manifest states them (``mnn_runtime``).
 The converter is called through MNN's C++ binding ``_tools.mnnconvert`` in a child process: the
 package's ``mnnconvert`` console script also posts a usage log to a remote endpoint.
 """
@@ -56,23 +61,21 @@ def stable_uuid(path: Path) -> None:
     path.write_bytes(data[:start] + stable + data[end:])
 
 
-def round_to_half(proto) -> int:
-    """Round every float32 initializer of ``proto`` to the nearest float16 (kept as float32),
-    in place; how many changed. MNN's ``--fp16`` casts weights with half.hpp's default rounding,
-    ``round_indeterminate``: truncation toward zero (SaveHalfFloat.cpp, 3rd_party/half), so every
-    weight shrinks by up to one float16 step, all the same way, and the error adds up instead of
-    averaging out. Values already on the float16 grid truncate to themselves."""
+def round_to_fp16(proto) -> int:
+    """Round every float32 initializer of ``proto`` to the nearest float16 value (kept as
+    float32), in place; returns how many changed. MNN's ``--fp16`` truncates toward zero
+    (measured: module docstring); values already on the float16 grid convert exactly."""
     import numpy as np
     from onnx import numpy_helper
 
     changed = 0
-    for tensor in proto.graph.initializer:
-        values = numpy_helper.to_array(tensor)
-        if values.dtype != np.float32:
+    for initializer in proto.graph.initializer:
+        array = numpy_helper.to_array(initializer)
+        if array.dtype != np.float32:
             continue
-        rounded = values.astype(np.float16).astype(np.float32)
-        if not np.array_equal(rounded, values):
-            tensor.CopyFrom(numpy_helper.from_array(rounded, tensor.name))
+        rounded = array.astype(np.float16).astype(np.float32)
+        if not np.array_equal(rounded, array):
+            initializer.CopyFrom(numpy_helper.from_array(rounded, initializer.name))
             changed += 1
     return changed
 
@@ -85,7 +88,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
 
     proto = to_proto(model, options.opset, options.batch)
     if target.precision == "fp16":
-        round_to_half(proto)
+        round_to_fp16(proto)
     with scratch_dir("ssrconv-mnn-") as tmp:
         source = Path(tmp) / "model.onnx"
         onnx.save(proto, str(source))
@@ -114,6 +117,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
                                    "Winograd's 3x3 transforms cost 0.0034 y in fp32 and, in fp16 "
                                    "arithmetic at precision low on ARMv8.2 CPUs, put the fp16 "
                                    "file outside its budget (docs/ARM64.md)"},
+            "fp16_rounding": ("nearest (initializers rounded before mnnconvert --fp16, which "
+                              "truncates)" if target.precision == "fp16" else None),
             "converter_versions": {"MNN": mnn_module().version()},
             "input_layout": "N x 64 x 64 x 3 BGR as given (MNN data format tag NCHW: no "
                             "conversion; the graph transposes to NCHW itself)"}

@@ -110,7 +110,6 @@ def prepare(model, calibration_inputs: np.ndarray, int8_layers=INT8_LAYERS):
     from ssrconv.converters.int8_prep import (
         ALPHA,
         equalize,
-        recipe_layers,
         rewrite,
         round_kernels,
     )
@@ -118,9 +117,30 @@ def prepare(model, calibration_inputs: np.ndarray, int8_layers=INT8_LAYERS):
     cal = np.asarray(calibration_inputs, np.float32)
     prepared = rewrite(model)
     equalize(prepared, cal, ALPHA)
-    wanted = recipe_layers(prepared, int8_layers)
+    wanted = int8_layer_names(prepared, int8_layers)
     round_kernels(prepared, cal, only=lambda name: name in wanted)
     return fold_batchnorm(prepared)
+
+
+# A member whose stage-1 maps are wider than the original's (int8_prep.wide_stage1: the PyTorch
+# port, padding=1) keeps float what the TFLite recipe keeps float in the relu stream: its fourth
+# block (int8_prep.STAGE1_BLOCKS) and its second block with the first pool (FLOAT_BACKBONE); int8
+# is then the third block and the two pools after it. oukohou-pytorch, 300 dev faces (numpy
+# reference), mean / p99 age error: INT8_LAYERS as for the original 0.29 / 1.19 y, without the
+# fourth block 0.27 / 1.10, without the second block and first pool too 0.23 / 0.95 (budget
+# 0.3 / 1.0; docs/PORTS.md, "int8").
+WIDE_STAGE1_FLOAT = ("conv2d_2", "activation_2", "average_pooling2d_1_dw")
+
+
+def int8_layer_names(model, int8_layers=INT8_LAYERS) -> set[str]:
+    """The layers of ``model`` implementing ``int8_layers``; for a member with wide stage-1 maps,
+    less its fourth blocks and WIDE_STAGE1_FLOAT."""
+    from ssrconv.converters.int8_prep import STAGE1_BLOCKS, recipe_layers, wide_stage1
+
+    wanted = recipe_layers(model, int8_layers)
+    if not wide_stage1(model):
+        return wanted
+    return wanted - recipe_layers(model, (*STAGE1_BLOCKS, *WIDE_STAGE1_FLOAT))
 
 
 def node_layers(node_name: str, layer_names: set[str]) -> set[str]:
@@ -166,10 +186,8 @@ def convert_int8(model, calibration, to_proto, int8_layers=INT8_LAYERS):
         warnings.simplefilter("ignore")  # Keras warns on every sub-model call of the GPTQ pass
         prepared = prepare(model, calibration.inputs, int8_layers)
         proto = to_proto(prepared)
-    from ssrconv.converters.int8_prep import recipe_layers
-
     nodes = int8_nodes(proto, [layer.name for layer in prepared.layers],
-                       recipe_layers(prepared, int8_layers))
+                       int8_layer_names(prepared, int8_layers))
     if not nodes:
         raise Int8RecipeError("no ONNX node matched the int8 layers: tf2onnx node naming changed?")
     input_name = proto.graph.input[0].name
@@ -286,6 +304,7 @@ INT8_RECIPE = (
     "static QDQ (onnxruntime.quantization), S8S8: int8 activations, int8 symmetric per-channel "
     "weights (U8S8 saturates in VPMADDUBSW on x86 CPUs without VNNI), MinMax ranges (the age "
     "head's activations: 99.999th percentile); int8: the relu stream "
-    "after its first convolution (conv2d_2..4 and the pools); float: the first conv block, the "
+    "after its first convolution (conv2d_2..4 and the pools; a member with stage-1 maps wider "
+    "than the original's: conv2d_3 and the pools after it); float: the first conv block, the "
     "tanh stream, the 1x1 summary convs and the SSR head. BatchNorm folded, cross-layer "
     "equalization (age head), GPTQ rounding with bias correction. See docs/INT8.md.")

@@ -75,11 +75,11 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         extra["int8_recipe"] = INT8_RECIPE
     if target.precision == "int16x8":
         extra["int8_recipe"] = INT16X8_RECIPE
-        extra["mcu"] = _mcu(flatbuffer)
+        extra["mcu"] = mcu(flatbuffer)
     return extra
 
 
-def _mcu(flatbuffer: bytes) -> dict:
+def mcu(flatbuffer: bytes) -> dict:
     """TFLite Micro's arena ("MCU RAM") and flash bytes of an integer-only file, when the
     ``mcu`` extra is installed."""
     from ssrconv._extras import available
@@ -92,17 +92,31 @@ def _mcu(flatbuffer: bytes) -> dict:
     return mcu_figures(flatbuffer)
 
 
+def integer_io(flatbuffer: bytes) -> bytes:
+    """The 16x8 file ``flatbuffer`` taking and giving int16 tensors (the input QUANTIZE and
+    the output DEQUANTIZEs removed; each I/O tensor keeps its scale and zero point): what
+    firmware feeds an NPU, which runs neither float conversion (Vela leaves them to the CPU)."""
+    from ssrconv._imports import tensorflow
+
+    tf = tensorflow("16x8 TFLite export")
+    from tensorflow.lite.python.util import modify_model_io_type
+
+    return modify_model_io_type(flatbuffer, tf.int16, tf.int16)
+
+
 INT8_RECIPE = (
     "int8 (per-channel weights): the relu stream's third and fourth conv blocks and the tanh "
     "stream's second to fourth (3.8 M of the 17.1 M multiply-adds per head); float (float32 "
     "arithmetic, float16-stored weights): the first conv block of each stream, the relu "
-    "stream's second, the six 1x1 summary convs and the SSR head. Average pools become fixed "
+    "stream's second, the six 1x1 summary convs and the SSR head (and both fourth blocks of a "
+    "member whose stage-1 maps are wider than the original's 4 x 4). Average pools become fixed "
     "depthwise convolutions; cross-layer equalization (age head), GPTQ rounding with bias "
     "correction, clipped tanh and MSE-optimal relu ranges. See docs/INT8.md.")
 
 
 INT16X8_RECIPE = (
-    "16x8 integer-only: int16 activations (MinMax ranges), int8 per-channel weights, every "
+    "16x8 integer-only: int16 activations (MinMax ranges doubled; the outputs' ranges set to "
+    "their domain, age 0..101 y, P(male) 0..1), int8 per-channel weights, every "
     "operator integer from the input QUANTIZE to the output DEQUANTIZEs, the SSR head "
     "included (its division as rsqrt(x)^2). Average pools become fixed depthwise "
     "convolutions; cross-layer equalization (age head), GPTQ rounding with bias correction "

@@ -33,11 +33,13 @@ import numpy as np
 
 from ssrconv.converters.int8_prep import (
     ALPHA,
+    STAGE1_BLOCKS,
     _keras,
     equalize,
     recipe_layers,
     rewrite,
     round_kernels,
+    wide_stage1,
 )
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations, operators, pack, schema
 from ssrconv.errors import Int8RecipeError
@@ -98,13 +100,14 @@ def float_backbone_layers(model) -> list[str]:
     DEQUANTIZE before the float first convs; the file was byte-identical either way.)
 
     A family member's in-graph preprocessing (``input_affine``, ssrconv.reference.family) stays
-    float too, as the original's input does: oukohou-pytorch's tflite-int8 on the 300 dev
-    faces went from mean 0.38 / p99 1.45 y (input_affine int8) to 0.33 / 1.27 y (still over the
-    int8 budget: the recipe was tuned on the original graph; docs/PORTS.md)."""
+    float too, as the original's input does (oukohou-pytorch, 300 dev faces: mean 0.38 / p99
+    1.45 y with it int8). So do the fourth blocks (int8_prep.STAGE1_BLOCKS) of a member whose
+    stage-1 maps are wider than the original's (docs/PORTS.md, "int8")."""
     from ssrconv.converters.int8_prep import base_name
 
     affine = {layer.name for layer in model.layers if base_name(layer.name) == "input_affine"}
-    return sorted(recipe_layers(model, FLOAT_BACKBONE) | affine)
+    stage1 = recipe_layers(model, STAGE1_BLOCKS) if wide_stage1(model) else set()
+    return sorted(recipe_layers(model, FLOAT_BACKBONE) | affine | stage1)
 
 
 # ------------------------------------------------------------------------------------------------------ the recipe
@@ -244,16 +247,79 @@ def _ops_name(ops, op):
 
 
 # ------------------------------------------------------------------------------------------------ 16x8 integer-only
-def convert_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPHA) -> bytes:
-    """Integer-only 16x8 TFLite (int16 activations, int8 per-channel weights, every operator
-    integer, SSR head included; float32 input and outputs through one QUANTIZE / DEQUANTIZE
-    each) of an ssrconv Keras model whose merge has no division (the ``rsqrt_reciprocal``
-    graph variant: TFLite's 16x8 quantizer has no DIV) -> flatbuffer bytes.
+# Operators whose int16 output keeps its input's scale: between the merge's last product and
+# the outputs, the range of the merge's output reaches the outputs through them.
+_SAME_SCALE = frozenset({"STRIDED_SLICE", "RESHAPE", "SQUEEZE"})
+# A calibrated range within +/-DEAD is a tensor that was zero on every input; DEAD_RANGE is the
+# range it gets instead (any: its values are zero, which every int16 scale represents exactly).
+DEAD = 1e-30
+DEAD_RANGE = 1.0
+# Calibrated int16 ranges are widened by this factor (set_ranges).
+HEADROOM = 2.0
 
-    The recipe's exact rewrites, cross-layer equalization and GPTQ rounding of every kernel
-    (step 1-3 of this module's docstring) then TFLite's MinMax calibration: with int16
-    activations the ranges need no clipping; the error is the weights' (docs/INT8.md,
-    "16x8 integer-only")."""
+
+def output_domains() -> dict[str, float]:
+    """The largest value each output of an SSR-Net can mean, by output name: the age in
+    years up to the merge's V (101: SSR-Net's age scale), P(male) up to 1."""
+    from ssrconv.reference.model import OUTPUT_NAMES, V_BY_TASK
+
+    return {OUTPUT_NAMES[task][0]: v for task, v in V_BY_TASK.items()}
+
+
+def set_ranges(calibrated: bytes, domains: dict[str, float]) -> bytes:
+    """``calibrated`` (a calibrate-only float model with min/max per tensor) with the ranges the
+    16x8 file is quantized on:
+
+    - every operator's output, HEADROOM times its calibrated range. Data-free inputs cover only
+      42-100% of the ranges real faces reach (the stage deltas before their tanh: 1.5 against
+      3.6), and a value beyond its range is clipped; an int16 range twice as wide costs one
+      of 15 bits, far below the weights' rounding (docs/INT8.md, "The 16x8 file");
+    - each output, and every tensor it is read through (same-scale slices and reshapes back to
+      the merge's output), to [0, its domain] (a shared tensor: the largest domain of the
+      outputs reading it). A calibrated int16 range ends at the largest output the calibration
+      inputs produce and every output above it is clipped there: data-free inputs reach 58 y,
+      so older faces were clipped to 58 y;
+    - a tensor that was zero on every calibration input (a dead relu: the per-head graph's
+      ``age_dense_7`` and the stage features it multiplies) to [0, DEAD_RANGE]. Calibrated, its
+      range is [0, 1.2e-38] and the quantizer scales the bias of the layer reading it by
+      input scale x weight scale, about 0: the bias is lost (per-head 16x8: age mean 13 y)."""
+    from ssrconv.formats.tflite_flatbuffer import signature_output_names
+
+    model, graph, ops = operators(calibrated)
+    producer = {out: (name, op) for name, op in ops for out in op.outputs}
+    names = signature_output_names(model)
+    unknown = sorted(set(names) - set(domains))
+    if unknown:
+        raise Int8RecipeError(f"16x8 TFLite: outputs {unknown} have no known domain "
+                              f"(known: {sorted(domains)})")
+    ranges: dict[int, tuple[float, float]] = {}
+    for _, op in ops:
+        for tensor in op.outputs:
+            q = graph.tensors[tensor].quantization
+            if q is not None and q.min is not None and len(q.min):
+                low, high = float(q.min[0]), float(q.max[0])
+                ranges[tensor] = ((0.0, DEAD_RANGE) if max(abs(low), abs(high)) < DEAD else
+                                  (low * HEADROOM, high * HEADROOM))
+    domain: dict[int, float] = {}
+    for tensor, name in zip(graph.outputs, names):
+        while True:
+            ranges[tensor] = (0.0, max(domain.get(tensor, 0.0), domains[name]))
+            domain[tensor] = ranges[tensor][1]
+            kind, op = producer[tensor]
+            if kind not in _SAME_SCALE:
+                break
+            tensor = op.inputs[0]
+    for tensor, (low, high) in ranges.items():
+        q = graph.tensors[tensor].quantization
+        q.min = np.array([low], np.float32)
+        q.max = np.array([high], np.float32)
+    return pack(model)
+
+
+def calibrate_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPHA) -> bytes:
+    """The recipe's exact rewrites, cross-layer equalization and GPTQ rounding of every kernel
+    (step 1-3 of this module's docstring) on ``model``, then TFLite's MinMax calibration
+    (calibrate-only pass): a float flatbuffer with min/max per tensor."""
     from ssrconv._imports import tensorflow
 
     tf = tensorflow("16x8 TFLite export")
@@ -267,19 +333,51 @@ def convert_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPHA)
     conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
     conv.target_spec.supported_ops = [
         tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    conv._experimental_calibrate_only = True  # float model + min/max per tensor, as convert_int8
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        return conv.convert()
+
+
+def quantize_int16x8(calibrated: bytes) -> bytes:
+    """The calibrated model with :func:`set_ranges`' ranges, quantized by TFLite's 16x8
+    quantizer and checked integer-only."""
+    from ssrconv._imports import tensorflow
+
+    tf = tensorflow("16x8 TFLite export")
+    from tensorflow.lite.python.convert import deduplicate_readonly_buffers
+    from tensorflow.lite.python.optimize import calibrator
+
+    calibrated = set_ranges(calibrated, output_domains())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The quantizer the converter runs for 16x8 (TFLite's calibrate_and_quantize), fed no
+        # inputs so it keeps the ranges in the model. (mlir_quantize with int16 activations,
+        # what convert_int8 uses, writes CONV_2D outputs with zero point -1, which TFLite's
+        # int16 kernels refuse: "output->params.zero_point != 0".)
         try:
-            tfl = conv.convert()
-        except Exception as err:  # noqa: BLE001 - the converter raises several unrelated types
+            tfl = calibrator.Calibrator(calibrated).calibrate_and_quantize(
+                lambda: iter(()), tf.float32, tf.float32, False, tf.int16, tf.int64)
+        except Exception as err:  # noqa: BLE001 - the quantizer raises several unrelated types
             if "'DIV'" not in str(err):
                 raise
             raise Int8RecipeError("16x8 TFLite: the graph divides (the original graph's SSR "
                                   "merge) and TFLite's 16x8 quantizer has no DIV; export it "
                                   "from the fast graph (--graph fast, the default)") from None
+    tfl = deduplicate_readonly_buffers(tfl)
     float_ops = integer_only_violations(tfl)
     if float_ops:
         raise Int8RecipeError(f"16x8 TFLite: operators computing in float: {float_ops} "
                               "(the integer-only export allows none)")
     return tfl
 
+
+def convert_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPHA) -> bytes:
+    """Integer-only 16x8 TFLite (int16 activations, int8 per-channel weights, every operator
+    integer, SSR head included; float32 input and outputs through one QUANTIZE / DEQUANTIZE
+    each) of an ssrconv Keras model with named outputs (``age`` and/or ``p_male``) whose merge
+    has no division (the ``rsqrt_reciprocal`` graph variant: TFLite's 16x8 quantizer has no
+    DIV) -> flatbuffer bytes: :func:`calibrate_int16x8` then :func:`quantize_int16x8`. With
+    int16 activations the ranges need no clipping; the error is the weights' (docs/INT8.md,
+    "16x8 integer-only")."""
+    return quantize_int16x8(calibrate_int16x8(model, calibration_inputs, alpha))

@@ -283,8 +283,4 @@ def output_names(path: Path) -> list[str]:
     back to the heads)."""
     from ssrconv.formats import tflite_flatbuffer
 
-    model = tflite_flatbuffer.load(path.read_bytes())
-    if not model.signatureDefs:
-        return []
-    names = {o.tensorIndex: o.name.decode() for o in model.signatureDefs[0].outputs}
-    return [names.get(i, "") for i in model.subgraphs[0].outputs]
+    return tflite_flatbuffer.signature_output_names(tflite_flatbuffer.load(path.read_bytes()))

@@ -197,6 +197,17 @@ def is_dynamic_batch(tfl: bytes) -> bool:
     return False
 
 
+def signature_output_names(model) -> list[str]:
+    """The signature name of each subgraph output of ``model`` (a ``ModelT``), in the
+    subgraph's output order ("" for an output no signature names)."""
+    graph = model.subgraphs[0]
+    by_tensor = {}
+    for signature in model.signatureDefs or []:
+        for tensor_map in signature.outputs or []:
+            by_tensor[tensor_map.tensorIndex] = tensor_map.name.decode()
+    return [by_tensor.get(int(t), "") for t in graph.outputs]
+
+
 def integer_only_violations(flatbuffer: bytes) -> list[str]:
     """The operators of ``flatbuffer`` that read or write a float tensor, other than the one
     QUANTIZE of the input and the DEQUANTIZE of each output ("DEQUANTIZE of weights" and

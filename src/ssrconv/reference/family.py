@@ -28,10 +28,12 @@ records what the port computed.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ssrconv.errors import WeightsError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the CLI reads MEMBERS for --arch
+    import numpy as np
 
 ORIGINAL_NAME = "ssrnet_3_3_3_64_1.0_1.0"
 
@@ -126,6 +128,8 @@ class Preprocess:
         One 1x1 convolution: a channel permutation (BGR -> the member's order) times the scale,
         and the bias -offset * scale. Every converter maps it to one conv op.
         """
+        import numpy as np
+
         order = (0, 1, 2) if self.colour == "BGR" else (2, 1, 0)
         kernel = np.zeros((3, 3))
         for out_channel, in_channel in enumerate(order):
@@ -133,8 +137,12 @@ class Preprocess:
         bias = -np.asarray(self.offset, np.float64) * np.asarray(self.scale, np.float64)
         return kernel, bias
 
-    def apply(self, faces_bgr: np.ndarray, dtype=np.float64) -> np.ndarray:
-        """``faces_bgr`` (N x H x W x 3, BGR 0..255) as the member's network reads them."""
+    def apply(self, faces_bgr: np.ndarray, dtype=None) -> np.ndarray:
+        """``faces_bgr`` (N x H x W x 3, BGR 0..255) as the member's network reads them, in
+        ``dtype`` (default float64)."""
+        import numpy as np
+
+        dtype = np.float64 if dtype is None else dtype
         x = np.asarray(faces_bgr, dtype)
         if self.colour == "RGB":
             x = x[..., ::-1]

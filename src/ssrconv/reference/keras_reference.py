@@ -44,12 +44,14 @@ def _weights_label(asset: ResolvedAsset) -> str:
 
 
 def load_reference(task: str = "age-gender", age_weights: str | os.PathLike | None = None,
-                   gender_weights: str | os.PathLike | None = None) -> Reference:
+                   gender_weights: str | os.PathLike | None = None,
+                   arch: str | None = None) -> Reference:
     """Build SSR-Net for ``task`` ("age", "gender", "age-gender") and load its weights.
 
     Weights are registry names (``age-wiki``, ...) or paths (``.h5``, a port's ``.pth`` or
     ``.params``); the defaults are ``age-wiki`` and ``gender-wiki``. Every file is
-    sha256-checked, read as data, and each head is built from its file's family member.
+    sha256-checked, read as data, and each head is built from its file's family member (which
+    ``arch``, when given, must be: ``--arch``).
     """
     from ssrconv.errors import SsrconvError
     from ssrconv.reference import model as m
@@ -58,7 +60,7 @@ def load_reference(task: str = "age-gender", age_weights: str | os.PathLike | No
     if task not in TASKS:
         raise SsrconvError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
     heads = {"age": ["age"], "gender": ["gender"], "age-gender": ["age", "gender"]}[task]
-    resolved, files, members = read_heads(task, age_weights, gender_weights)
+    resolved, files, members = read_heads(task, age_weights, gender_weights, arch)
 
     if task == "age-gender":
         model = m.build_age_gender(members["age"], members["gender"])

@@ -40,9 +40,10 @@ class WeightsFile:
     symbol: Path | None = None  # an MXNet port's -symbol.json, read as data
 
 
-def read_heads(task: str, age_weights=None, gender_weights=None):
+def read_heads(task: str, age_weights=None, gender_weights=None, arch: str | None = None):
     """(resolved assets, weights files, members) per head of ``task`` ("age", "gender",
-    "age-gender"; defaults age-wiki and gender-wiki), each file sha256-checked and read as data.
+    "age-gender"; defaults age-wiki and gender-wiki), each file sha256-checked and read as data
+    (as member ``arch`` when given: ``--arch``, see :func:`read_weights`).
 
     Heads of different members may share a model (each has its own in-graph preprocessing);
     an exported model needs one crop rule for both (checked by
@@ -55,15 +56,16 @@ def read_heads(task: str, age_weights=None, gender_weights=None):
     chosen = {"age": age_weights or DEFAULT_AGE_WEIGHTS,
               "gender": gender_weights or DEFAULT_GENDER_WEIGHTS}
     resolved = {head: resolve(chosen[head]) for head in heads}
-    files = {head: read_weights(resolved[head].path) for head in heads}
+    files = {head: read_weights(resolved[head].path, arch) for head in heads}
     members = {head: get_member(files[head].member) for head in heads}
     return resolved, files, members
 
 
 def read_weights(path: str | os.PathLike, member: str | None = None) -> WeightsFile:
     """Read any supported SSR-Net weights file (by suffix: ``.h5``, ``.pth``/``.pt``,
-    ``.params``) as data. ``member`` (``--arch``) names the family member when the file's own
-    names cannot; a file that matches no member is a WeightsError listing expected vs found."""
+    ``.params``) as data. Which family member it is comes from its tensor names; ``member``
+    (``--arch``) narrows the candidates to that one, so a file that is not that member is one
+    WeightsError. A file that matches no member is a WeightsError listing expected vs found."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".pth", ".pt"):
@@ -71,6 +73,10 @@ def read_weights(path: str | os.PathLike, member: str | None = None) -> WeightsF
     elif suffix == ".params":
         weights = _read_mxnet(path, member)
     else:
+        if member is not None:
+            from ssrconv.reference.family import get_member
+
+            get_member(member)  # validates the name
         weights = read_h5_weights(path)
         if member not in (None, "original"):
             raise WeightsError(f"{path}: an .h5 holds the original Keras graph, not --arch "
@@ -78,7 +84,7 @@ def read_weights(path: str | os.PathLike, member: str | None = None) -> WeightsF
     return weights
 
 
-def _port_candidates(member: str | None, fmt: str) -> tuple[str, ...]:
+def _port_candidates(member: str | None, fmt: str, path: Path) -> tuple[str, ...]:
     from ssrconv.reference.family import get_member
     from ssrconv.reference.ports import PORT_LAYOUTS
 
@@ -87,8 +93,8 @@ def _port_candidates(member: str | None, fmt: str) -> tuple[str, ...]:
         return ports
     get_member(member)  # validates the name
     if member not in ports:
-        raise WeightsError(f"--arch {member} is not read from {fmt} files (members read from "
-                           f"them: {', '.join(ports)})")
+        raise WeightsError(f"{path}: a {fmt} file, not --arch {member} (members read from "
+                           f"{fmt} files: {', '.join(ports)})")
     return (member,)
 
 
@@ -98,7 +104,7 @@ def _read_pytorch(path: Path, member: str | None) -> WeightsFile:
     from ssrconv.reference.torch_pickle import load_torch_file, state_dict_of
 
     tensors = state_dict_of(load_torch_file(path), path)
-    name = recognise(tensors, path, _port_candidates(member, "pytorch"))
+    name = recognise(tensors, path, _port_candidates(member, "pytorch", path))
     task = get_member(name).arch.heads[0]  # a PyTorch port publishes one head per file
     return WeightsFile(path=path, task=task, layers=to_keras_layers(tensors, name, task, path),
                        keras_version="", member=name, format="pytorch")
@@ -114,7 +120,7 @@ def _read_mxnet(path: Path, member: str | None) -> WeightsFile:
                            f"{path.name.rsplit('-', 1)[0]}-symbol.json): it says whether the "
                            "model is age or gender; copy it next to the .params")
     tensors = read_params(path)
-    name = recognise(tensors, path, _port_candidates(member, "mxnet"))
+    name = recognise(tensors, path, _port_candidates(member, "mxnet", path))
     task = _mxnet_task(read_symbol(symbol_path))
     return WeightsFile(path=path, task=task, layers=to_keras_layers(tensors, name, task, path),
                        keras_version="", member=name, format="mxnet", symbol=symbol_path)

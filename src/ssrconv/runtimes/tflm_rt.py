@@ -31,19 +31,6 @@ def refuses(path: Path) -> str | None:
     return None
 
 
-def output_names(data: bytes) -> list[str]:
-    """The signature name of each subgraph output, in TFLite Micro's output order."""
-    from ssrconv.formats.tflite_flatbuffer import load
-
-    model = load(data)
-    graph = model.subgraphs[0]
-    by_tensor = {}
-    for signature in model.signatureDefs or []:
-        for tensor_map in signature.outputs or []:
-            by_tensor[tensor_map.tensorIndex] = tensor_map.name.decode()
-    return [by_tensor.get(int(t), f"output_{k}") for k, t in enumerate(graph.outputs)]
-
-
 class TflmRuntime(Runtime):
     """An integer-only .tflite on TFLite Micro's reference kernels, one face per invoke, in the
     smallest arena it allocates in (``self.arena_bytes``)."""
@@ -52,7 +39,7 @@ class TflmRuntime(Runtime):
     engine = "tflite-micro"
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
-        from ssrconv.formats.tflite import read_model
+        from ssrconv.formats.tflite import output_names, read_model
 
         self.path = Path(path)
         fmt = format_of(self.path)  # an Ethos-U package: its pre-Vela integer file
@@ -65,7 +52,7 @@ class TflmRuntime(Runtime):
         self.flash_bytes = len(data)
         self.interpreter = interpreter(data, self.arena_bytes)
         self.input = self.interpreter.get_input_details(0)
-        names = output_names(data)
+        names = output_names(source)
         if not set(names) <= set(HEADS):
             raise SsrconvError(f"{path}: not an SSR-Net export (outputs {names})")
         self._outputs = [(k, name, self.interpreter.get_output_details(k))
