@@ -26,7 +26,12 @@ def test_every_mnn_artifact_passes_parity_on_its_runtime(mnn_export, precision, 
     runtime = load_runtime(artifact.path)  # precision read from the file (its bizCode)
     assert runtime.precision == precision
     assert runtime.heads == ("age", "p_male")
-    assert runtime.config["precision"] == ("low" if precision == "fp16" else "high")
+    # parity runs the file under the options its manifest tells an app to use (an .mnn cannot
+    # carry them): precision low (fp16 arithmetic on ARMv8.2) or high, Winograd off
+    stated = artifact.manifest["mnn_runtime"]
+    assert runtime.config["precision"] == stated["precision"] == \
+        ("low" if precision == "fp16" else "high")
+    assert runtime.hints == stated["hints"] == {"WINOGRAD_MEMORY_LEVEL": 0}
     broken, stats = budget_check(runtime, artifact.target.budget_class)
     assert broken == [], stats
 

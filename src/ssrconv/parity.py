@@ -41,6 +41,9 @@ class HeadStats:
     faces: int = 0
 
 
+STAGE_FACES = 64  # the stage tensors are compared on the first faces, at most this many
+
+
 @dataclass
 class ParityResult:
     artifact: str
@@ -80,6 +83,7 @@ class ParityReport:
     reference_engine: str = ""  # what computed the reference: keras, numpy-float32, ...
     # platform name -> machine, CPU features, emulated, runtime versions (ssrconv.platforms)
     platforms: dict[str, dict] = field(default_factory=dict)
+    stage_faces: int = STAGE_FACES  # the stage tensors were compared on this many first faces
 
     @property
     def passed(self) -> bool:
@@ -153,8 +157,6 @@ def parse_budget_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Budg
     return table
 
 
-STAGE_FACES = 64
-
 
 class References:
     """Reference runtimes and outputs, one per weights combination, built on first use.
@@ -220,7 +222,7 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
           budgets: dict[str, Budget] | None = None, age_weights=None, gender_weights=None,
           weights_candidates=(), engine: str | None = None, engines=(), progress=None,
           raise_on_failure: bool = True, reference_engine: str = "auto",
-          platforms=(), faces_for=None) -> ParityReport:
+          platforms=(), faces_for=None, stage_faces: int = STAGE_FACES) -> ParityReport:
     """Compare every artifact of ``items`` (paths, or :class:`ssrconv.artifacts.Found` from
     :func:`ssrconv.artifacts.discover`) with the reference built from its own weights.
 
@@ -238,6 +240,8 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
     is installed, else numpy), "keras", "numpy", "numpy-float64". ``faces_for(crop_rule)``,
     when given, returns the real faces cut by an artifact's crop rule (its manifest's
     contract: margin crop or 5-point alignment); else ``faces`` serve every artifact.
+    ``stage_faces``: the stage tensors are compared on that many of the first faces (a second
+    pass through each artifact; fewer keeps an emulated run short).
     """
     import contextlib
 
@@ -287,7 +291,7 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
                         rule = crop_rule_of((artifact.manifest or {}).get("preprocessing"))
                         own_faces = faces_for(rule) if faces_for is not None else faces
                         result = _check_one(artifact, own_faces, synth, budgets, references, name,
-                                            worker, number, len(items), say, on)
+                                            worker, number, len(items), say, on, stage_faces)
                         result.crop_rule = rule
                     except SsrconvError as err:
                         result = _failed(found.path, str(err), target=artifact.target.key,
@@ -296,7 +300,8 @@ def check(items, faces: np.ndarray, faces_dir: str = "", synthetic: int = 64, se
                     results.append(replace(result, **where))
     engines = sorted({r.engine for r in references.runtimes.values()})
     report = ParityReport(faces_dir=faces_dir, results=results,
-                          reference_engine=", ".join(engines), platforms=described)
+                          reference_engine=", ".join(engines), platforms=described,
+                          stage_faces=min(stage_faces, len(faces)))
     if raise_on_failure and not report.passed:
         raise ParityError(report)
     return report
@@ -357,7 +362,7 @@ def _extra_in(message: str) -> str:
 
 
 def _check_one(artifact, faces, synth, budgets, references, engine, worker, number, total, say,
-               on="") -> ParityResult:
+               on="", stage_faces=STAGE_FACES) -> ParityResult:
     budget = artifact.budget(budgets)
     weights = references.weights_for(artifact)
     if worker is None:
@@ -366,11 +371,11 @@ def _check_one(artifact, faces, synth, budgets, references, engine, worker, numb
         runtime = worker.runtime(artifact.path, engine)
     with runtime:  # closed before the next engine starts
         return _measure(artifact, runtime, faces, synth, budget, weights, references, number,
-                        total, say, on)
+                        total, say, on, stage_faces)
 
 
 def _measure(artifact, runtime, faces, synth, budget, weights, references, number, total,
-             say, on="") -> ParityResult:
+             say, on="", stage_faces=STAGE_FACES) -> ParityResult:
     managed = "" if artifact.managed else ", unmanaged: precision read from the file"
     say(f"[{number}/{total}] {artifact.label} on {runtime.engine}{on} ({artifact.budget_class} "
         f"budget{managed})")
@@ -383,7 +388,7 @@ def _measure(artifact, runtime, faces, synth, budget, weights, references, numbe
         synth_got = run_batched(runtime, synth)
         synth_stats = {h: head_stats(synth_got[h], synth_ref[h], h) for h in runtime.heads}
     stages, stages_note = stage_differences(runtime, references.runtime(weights),
-                                            faces[:STAGE_FACES])
+                                            faces[:stage_faces])
     result = ParityResult(artifact=artifact.label, target=artifact.target.key,
                           engine=runtime.engine, budget=budget.as_dict(), faces=len(faces),
                           synthetic=len(synth), real=real, synthetic_stats=synth_stats,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ssrconv.parity import STAGE_FACES, ParityReport
+from ssrconv.parity import ParityReport
 from ssrconv.platforms import describe_features
 
 
@@ -49,7 +49,8 @@ def render_markdown(report: ParityReport) -> str:
                    "its time is not the platform's speed") if p["emulated"] else p["runner"]
             lines.append(f"- {name}: {p['machine']}, CPU features {describe_features(p)} "
                          f"({p['features_source']}); {how}.")
-    lines += ["", f"Where drift starts: max |diff| of the stage tensors on the first {STAGE_FACES} "
+    lines += ["", "Where drift starts: max |diff| of the stage tensors on the first "
+              f"{report.stage_faces} "
               "faces (stage probabilities, width shifts delta_k, local shifts; both heads), on "
               "the engine named (TFLite's come from its builtin kernels: XNNPACK keeps no "
               "intermediate tensors).", "",

@@ -366,7 +366,8 @@ TARGETS: dict[str, Target] = {
         Target("mnn", "fp32", "fp32",
                "MNN (mnnconvert from the ONNX export), float32; run at precision high, Winograd off",
                graph_variant="onnx-unpadded"),
-        Target("mnn", "fp16", "fp16", "MNN, float16 weights (mnnconvert --fp16); run at precision low",
+        Target("mnn", "fp16", "fp16", "MNN, float16 weights (mnnconvert --fp16); run at precision "
+               "low, Winograd off (a runtime hint the manifest's mnn_runtime states)",
                graph_variant="onnx-unpadded"),
         Target("openvino", "fp32", "fp32",
                "OpenVINO IR (.xml + .bin) of the fp32 ONNX export, f32 weights, f32 execution",

@@ -14,6 +14,8 @@ every weight shrinks a little in the same direction and the errors add up layer 
 instead of averaging out; the ONNX model's float initializers are therefore rounded to the
 nearest float16 first (:func:`round_to_fp16`), which MNN's conversion then keeps exactly
 (docs/PORTS.md: the PyTorch port's mnn-fp16 mean error 0.051 -> 0.013 y).
+The options the file must run with (precision, Winograd off: ``formats.mnn.RUN_OPTIONS``)
+cannot travel in an .mnn, so the manifest states them (``mnn_runtime``).
 The converter is called through MNN's C++ binding ``_tools.mnnconvert`` in a child process: the
 package's ``mnnconvert`` console script also posts a usage log to a remote endpoint.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from ssrconv.atomic import scratch_dir
 from ssrconv.errors import SsrconvError, clip
-from ssrconv.formats.mnn import BIZ_CODE, verify
+from ssrconv.formats.mnn import BIZ_CODE, RUN_OPTIONS, verify
 
 _TIMEOUT_S = 600
 _CONVERT = "import sys, MNN, _tools; _tools.mnnconvert(sys.argv)"
@@ -108,7 +110,13 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     verify(dest)
     from ssrconv.formats.mnn import mnn_module
 
+    run = RUN_OPTIONS[target.precision]
     return {"converter": "mnnconvert (ONNX)", "mnn_fp16_weights": target.precision == "fp16",
+            "mnn_runtime": {"backend": "CPU", "precision": run["precision"], "hints": run["hints"],
+                            "why": "set on the RuntimeManager or session (not in the file): "
+                                   "Winograd's 3x3 transforms cost 0.0034 y in fp32 and, in fp16 "
+                                   "arithmetic at precision low on ARMv8.2 CPUs, put the fp16 "
+                                   "file outside its budget (docs/ARM64.md)"},
             "fp16_rounding": ("nearest (initializers rounded before mnnconvert --fp16, which "
                               "truncates)" if target.precision == "fp16" else None),
             "converter_versions": {"MNN": mnn_module().version()},

@@ -1,5 +1,5 @@
-"""The .mnn read side: the MNN module import (banner off stdout), verify, describe and file
-precision (the bizCode the converter writes)."""
+"""The .mnn read side: the MNN module import (banner off stdout), verify, describe, file
+precision (the bizCode the converter writes) and the runtime options a file needs."""
 
 from __future__ import annotations
 
@@ -34,6 +34,21 @@ def mnn_module():
 
 
 BIZ_CODE = "ssrconv-{precision}"  # MNN keeps it in the file: file_precision reads it back
+
+# MNN::Interpreter::HintMode ids, for RuntimeManager.set_hint (the Python binding takes ints).
+HINT_IDS = {"WINOGRAD_MEMORY_LEVEL": 3}
+# What an .mnn must be run with, per the precision it computes in: the file cannot carry it (an
+# MNN Net has no per-op algorithm or runtime-hint field), so the converter writes it into the
+# manifest and MnnRuntime runs every file with it (docs/CONVERTERS.md "MNN", docs/ARM64.md).
+# Winograd off (WINOGRAD_MEMORY_LEVEL 0) for both: in fp32 its transforms cost 0.0034 y on x86;
+# at precision low on an ARMv8.2 CPU (fp16 arithmetic, MNN's Arm82 backend) the fp16 file with
+# Winograd measured max 0.53 / mean 0.091 y on the 300 dev faces (budget 0.25 / 0.05), without
+# it (and with rounded weights) 0.18 / 0.033. fp32 runs at precision high, so an fp16-capable
+# CPU keeps fp32 arithmetic there.
+RUN_OPTIONS = {
+    "fp32": {"precision": "high", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
+    "fp16": {"precision": "low", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
+}
 
 
 def verify(path: Path) -> None:

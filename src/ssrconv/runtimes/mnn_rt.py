@@ -1,12 +1,12 @@
 """MNN (the pip ``MNN`` package, CPU backend) as a Runtime, through ``MNN.nn`` modules loaded
 with the named input ``face_bgr`` and outputs ``age``/``p_male``.
 
-What makes fp32 fp32 (measured on the dev faces, docs/CONVERTERS.md "MNN"): not the precision
-mode (high, normal and low gave identical results on this x86 CPU, which has no fp16
-arithmetic), but MNN's Winograd 3x3 convolutions: they moved the 32-channel conv outputs by
-3e-4 relative and the heads by 0.0034 y / P(male) 8.7e-4. An fp32 artifact runs at precision
-``high`` with the hint ``WINOGRAD_MEMORY_LEVEL = 0`` (no Winograd): 3.4e-5 y / 4.8e-6. An fp16
-artifact runs at precision ``low`` (fp16 arithmetic where the CPU has it) with MNN's defaults.
+Every file runs with the options :data:`ssrconv.formats.mnn.RUN_OPTIONS` gives its precision
+(the converter writes the same into the manifest): Winograd off (the hint
+``WINOGRAD_MEMORY_LEVEL = 0``), fp32 at precision ``high``, fp16 at precision ``low`` (fp16
+arithmetic where the CPU has it: MNN's Arm82 backend on ARMv8.2). Measured (docs/CONVERTERS.md
+"MNN", docs/ARM64.md): Winograd's 3x3 transforms moved fp32 by 0.0034 y on x86 (3.4e-5 y
+without), and in fp16 arithmetic on arm64 put the fp16 file outside its budget.
 """
 
 from __future__ import annotations
@@ -16,34 +16,32 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError, clip
-from ssrconv.formats.mnn import mnn_module, stdout_to_stderr
+from ssrconv.formats.mnn import (HINT_IDS, RUN_OPTIONS, file_precision, mnn_module,
+                                 stdout_to_stderr)
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime
 
 INPUT_NAME = "face_bgr"
-WINOGRAD_MEMORY_LEVEL = 3  # MNN::Interpreter::HintMode; value 0 = no Winograd
-
 
 
 class MnnRuntime(Runtime):
     """An ``.mnn`` file on MNN's CPU backend, one thread unless told otherwise."""
 
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
-        from ssrconv.formats.mnn import file_precision
-
         self.path = Path(path)
         mnn = mnn_module()
         self.precision = precision or file_precision(self.path)
         fp16 = self.precision == "fp16"
         self.threads = int(num_threads or 1)
-        self.config = {"backend": "CPU", "precision": "low" if fp16 else "high",
+        options = RUN_OPTIONS["fp16" if fp16 else "fp32"]
+        self.config = {"backend": "CPU", "precision": options["precision"],
                        "numThread": self.threads}
-        self.hints = {} if fp16 else {"WINOGRAD_MEMORY_LEVEL": 0}
+        self.hints = dict(options["hints"])
         with stdout_to_stderr():
             try:
                 manager = mnn.nn.create_runtime_manager((self.config,))
-                for _name, value in self.hints.items():
-                    manager.set_hint(WINOGRAD_MEMORY_LEVEL, value)
+                for name, value in self.hints.items():
+                    manager.set_hint(HINT_IDS[name], value)
                 info = mnn.nn.load_module_from_file(str(self.path), [], []).get_info()
                 outputs = [h for h in HEADS if h in info["outputNames"]]
                 if info["inputNames"] != [INPUT_NAME] or not outputs:
@@ -59,7 +57,8 @@ class MnnRuntime(Runtime):
         self._expr = mnn.expr
         self._mnn, self._manager = mnn, manager
         self.heads = tuple(outputs)
-        self.engine = f"mnn-cpu-{'low' if fp16 else 'high-nowinograd'}"
+        winograd = "-nowinograd" if self.hints.get("WINOGRAD_MEMORY_LEVEL") == 0 else ""
+        self.engine = f"mnn-cpu-{options['precision']}{winograd}"
         self.executed_precision = "fp16" if fp16 else "fp32"
 
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
