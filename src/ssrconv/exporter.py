@@ -133,15 +133,17 @@ class _ExportGraphs:
     (tflite_int8/onnx_int8) find their layers in either graph (int8_prep.recipe_layers)."""
 
     def __init__(self, model, options: ExportOptions, calibration, say, members: dict):
+        from ssrconv.graph import fast_graph_blocker
+
         self.model, self.options, self.calibration, self.say = model, options, calibration, say
+        self.members = members
         self.built: dict[str, object] = {}
-        # The fast graph's rewrites are proven for the original architecture only (valid
-        # padding: the 62 x 62 crop; BN epsilon; ReLU summaries; no input layer); another
-        # member of the family converts its own layer-for-layer graph.
-        others = sorted({m.name for m in members.values() if m.name != "original"})
-        self.note = (None if not others or options.graph == "original" else
-                     f"--graph fast is built for the original SSR-Net only; {', '.join(others)} "
-                     "converts its reference graph layer for layer (--graph original)")
+        # The builder follows each member's spec; a model whose heads one graph cannot serve
+        # (fast_graph_blocker) converts its reference graph layer for layer.
+        blocker = None if options.graph == "original" else fast_graph_blocker(members)
+        self.note = (None if blocker is None else
+                     f"--graph fast cannot express this model ({blocker}); it converts its "
+                     "reference graph layer for layer (--graph original)")
         if self.note:
             say(f"      {self.note}")
 
@@ -156,7 +158,7 @@ class _ExportGraphs:
             from ssrconv.graph.builder import build_export_graph, check_exact
             from ssrconv.reference.synthetic import synthetic_inputs
 
-            fast = build_export_graph(self.model, self.options.task, variant)
+            fast = build_export_graph(self.model, self.options.task, variant, self.members)
             # Real faces when a calibration set was given, always seeded synthetic inputs.
             inputs = synthetic_inputs(96, seed=13)
             from ssrconv.calibration import REAL_KIND
