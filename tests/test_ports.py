@@ -132,6 +132,28 @@ def test_fast_graph_built_as_the_original_is_refused_for_a_port(ports_dir, faces
         check_exact(model, wrong, faces.inputs[:64])
 
 
+@pytest.mark.parametrize("member", ["original", "wayen820-mxnet", "oukohou-pytorch"])
+def test_a_ports_calibrated_targets_convert_its_reference_graph(tmp_path, member):
+    """int8/int16x8 of a port keep the reference graph their recipes were measured on (the
+    MXNet pair's fast tflite-int8 broke its budget); the original's keep the fast graph."""
+    from ssrconv.exporter import _ExportGraphs
+    from ssrconv.options import ExportOptions
+    from ssrconv.reference.family import MEMBERS
+    from ssrconv.targets import CALIBRATED_PRECISIONS, TARGETS
+
+    graphs = _ExportGraphs("reference", ExportOptions(to=("all",), out=tmp_path), None, print,
+                           {"age": MEMBERS[member], "gender": MEMBERS[member]})
+    calibrated = [t for t in TARGETS.values() if t.precision in CALIBRATED_PRECISIONS]
+    assert calibrated
+    for target in calibrated:
+        if member == "original":
+            assert graphs.calibrated_note is None
+        else:
+            graph, variant, model, note = graphs.for_target(target)
+            assert (graph, variant, model) == ("original", None, "reference")
+            assert member in note and "calibrated" in note
+
+
 def test_arch_names_a_member_and_refuses_a_wrong_one(ports_dir):
     from ssrconv.reference.weights import read_weights
 
