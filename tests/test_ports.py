@@ -72,13 +72,15 @@ def test_fast_graph_serves_heads_that_one_conv_can_serve():
     from ssrconv.graph import fast_graph_blocker
     from ssrconv.reference.family import MEMBERS
 
-    original, mxnet, pytorch = (MEMBERS[n] for n in ("original", "wayen820-mxnet", "oukohou-pytorch"))
+    original, mxnet, pytorch = (MEMBERS[n]
+                                for n in ("original", "wayen820-mxnet", "oukohou-pytorch"))
     for member in MEMBERS.values():
         assert fast_graph_blocker({"age": member, "gender": member}) is None
     assert "pad" in fast_graph_blocker({"age": pytorch, "gender": mxnet})
     assert "ReLU" in fast_graph_blocker({"age": original, "gender": mxnet})
     # valid convs fold each head's own normalisation into its first convs
-    assert fast_graph_blocker({"age": mxnet, "gender": replace(mxnet, preprocess=original.preprocess)}) is None
+    assert fast_graph_blocker(
+        {"age": mxnet, "gender": replace(mxnet, preprocess=original.preprocess)}) is None
     # padding=1 keeps one input_affine layer for every head
     assert "normalise" in fast_graph_blocker(
         {"age": pytorch, "gender": replace(pytorch, preprocess=original.preprocess)})
