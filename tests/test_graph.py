@@ -66,7 +66,7 @@ def test_graph_original_is_the_reference_for_every_target(reference_age_gender, 
     graphs = _ExportGraphs(reference_age_gender.model, options, None, print,
                            reference_age_gender.members)
     for target in TARGETS.values():
-        assert graphs.for_target(target) == ("original", None, reference_age_gender.model)
+        assert graphs.for_target(target) == ("original", None, reference_age_gender.model, None)
 
 
 @pytest.mark.parametrize("task", ["age", "gender"])

@@ -64,6 +64,98 @@ def test_pytorch_spec_reads_its_dense_widths_from_same_padding():
     assert get_member("oukohou-pytorch").arch.flat_widths() == (640, 160, 160)
 
 
+def test_fast_graph_serves_heads_that_one_conv_can_serve():
+    """The fast graph groups the heads' convs: they must pad alike and share the stage-1
+    summary activation; heads that zero-pad a normalised input must share its normalisation."""
+    from dataclasses import replace
+
+    from ssrconv.graph import fast_graph_blocker
+    from ssrconv.reference.family import MEMBERS
+
+    original, mxnet, pytorch = (MEMBERS[n]
+                                for n in ("original", "wayen820-mxnet", "oukohou-pytorch"))
+    for member in MEMBERS.values():
+        assert fast_graph_blocker({"age": member, "gender": member}) is None
+    assert "pad" in fast_graph_blocker({"age": pytorch, "gender": mxnet})
+    assert "ReLU" in fast_graph_blocker({"age": original, "gender": mxnet})
+    # valid convs fold each head's own normalisation into its first convs
+    assert fast_graph_blocker(
+        {"age": mxnet, "gender": replace(mxnet, preprocess=original.preprocess)}) is None
+    # padding=1 keeps one input_affine layer for every head
+    assert "normalise" in fast_graph_blocker(
+        {"age": pytorch, "gender": replace(pytorch, preprocess=original.preprocess)})
+
+
+def _port_reference(ports_dir, files):
+    from ssrconv.reference import load_reference
+    from ssrconv.reference.model import with_named_outputs
+
+    task = "age-gender" if len(files) == 2 else "age"
+    reference = load_reference(task, *(ports_dir / f for f in files))
+    return task, reference, with_named_outputs(reference.model, task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("files", [(MX_AGE, MX_GENDER), (PTH,)], ids=["mxnet", "pytorch"])
+def test_fast_graph_of_each_port_is_exact_in_every_variant(ports_dir, faces, files):
+    """The builder follows the member's spec (BN epsilon, stage-1 ReLU, padding, preprocessing):
+    each variant passes the export's exactness check on the 300 dev faces and synthetic inputs,
+    and the member's independent reference agrees with it to the fp32 budget."""
+    from ssrconv.graph.builder import build_export_graph, check_exact, grouped_convs_runnable
+    from ssrconv.reference.synthetic import synthetic_inputs
+
+    task, reference, model = _port_reference(ports_dir, files)
+    inputs = np.concatenate([faces.inputs, synthetic_inputs(96, seed=13)])
+    # one variant per knob: XLA groups, padded summaries, input scaling, per-head convs and
+    # Dense, per-stage Dense with plain groups (the integer ones differ only in the merge)
+    for variant in ("tflite", "onnx", "onnx-unpadded-fp16", "per-head", "coreml-perstage"):
+        fast = build_export_graph(model, task, variant, reference.members)
+        diffs = check_exact(model, fast, inputs)  # raises above 1e-3 y / 1e-4
+        assert set(diffs) == ({"age", "p_male"} if task == "age-gender" else {"age"})
+    with grouped_convs_runnable():  # the last variant's GroupedConv2D
+        got = fast.predict(faces.inputs, verbose=0)
+    got = got if isinstance(got, list) else [got]
+    independent = ([_mxnet_reference(ports_dir, f, faces.inputs) for f in files]
+                   if len(files) == 2 else [_pytorch_reference(ports_dir, faces.inputs)])
+    for out, want, budget in zip(got, independent, (AGE_BUDGET, P_MALE_BUDGET)):
+        assert np.max(np.abs(out[:, 0] - want)) < budget
+
+
+@pytest.mark.slow
+def test_fast_graph_built_as_the_original_is_refused_for_a_port(ports_dir, faces):
+    """The spec matters and the check sees it: the MXNet pair (the original's shapes) built
+    with the original's spec (BN eps 1e-3, ReLU summaries, no preprocessing) fails the check."""
+    from ssrconv.graph import GraphNotExactError
+    from ssrconv.graph.builder import build_export_graph, check_exact
+
+    task, _, model = _port_reference(ports_dir, (MX_AGE, MX_GENDER))
+    wrong = build_export_graph(model, task, "tflite")  # members default to the original
+    with pytest.raises(GraphNotExactError, match="not exact"):
+        check_exact(model, wrong, faces.inputs[:64])
+
+
+@pytest.mark.parametrize("member", ["original", "wayen820-mxnet", "oukohou-pytorch"])
+def test_a_ports_calibrated_targets_convert_its_reference_graph(tmp_path, member):
+    """int8/int16x8 of a port keep the reference graph their recipes were measured on (the
+    MXNet pair's fast tflite-int8 broke its budget); the original's keep the fast graph."""
+    from ssrconv.exporter import _ExportGraphs
+    from ssrconv.options import ExportOptions
+    from ssrconv.reference.family import MEMBERS
+    from ssrconv.targets import CALIBRATED_PRECISIONS, TARGETS
+
+    graphs = _ExportGraphs("reference", ExportOptions(to=("all",), out=tmp_path), None, print,
+                           {"age": MEMBERS[member], "gender": MEMBERS[member]})
+    calibrated = [t for t in TARGETS.values() if t.precision in CALIBRATED_PRECISIONS]
+    assert calibrated
+    for target in calibrated:
+        if member == "original":
+            assert graphs.calibrated_note is None
+        else:
+            graph, variant, model, note = graphs.for_target(target)
+            assert (graph, variant, model) == ("original", None, "reference")
+            assert member in note and "calibrated" in note
+
+
 def test_arch_names_a_member_and_refuses_a_wrong_one(ports_dir):
     from ssrconv.reference.weights import read_weights
 
@@ -348,13 +440,14 @@ def _cli(args, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("files, to, member, crop_rule, graph", [
-    ((PTH,), "onnx", "oukohou-pytorch", "margin", "original"),
-    ((MX_AGE, MX_GENDER), "tflite", "wayen820-mxnet", "align5-arcface112", "original"),
-    ((MEGAAGE,), "onnx", "original", "margin", "fast"),
+@pytest.mark.parametrize("files, to, member, crop_rule", [
+    ((PTH,), "onnx", "oukohou-pytorch", "margin"),
+    ((MX_AGE, MX_GENDER), "tflite", "wayen820-mxnet", "align5-arcface112"),
+    ((MEGAAGE,), "onnx", "original", "margin"),
 ])
 def test_each_member_exports_and_passes_parity_naming_member_and_contract(
-        ports_dir, faces_dir, tmp_path, capsys, files, to, member, crop_rule, graph):
+        ports_dir, faces_dir, tmp_path, capsys, files, to, member, crop_rule):
+    """Each member exports its fast graph (checked exact at export) and passes parity."""
     import json
 
     out_dir = tmp_path / "out"
@@ -366,8 +459,7 @@ def test_each_member_exports_and_passes_parity_naming_member_and_contract(
     manifest = json.loads(manifest_path.read_text())
     assert manifest["preprocessing"]["input"] == "face_bgr"
     assert manifest["preprocessing"]["crop_rule"] == crop_rule
-    assert manifest["graph"] == graph
-    assert (manifest["graph_note"] is None) == (member == "original")
+    assert manifest["graph"] == "fast" and manifest["graph_note"] is None
     assert {entry["member"] for entry in manifest["family"].values()} == {member}
     assert manifest["family"]["age"]["arch"]["name"] == "ssrnet_3_3_3_64_1.0_1.0"
     report = tmp_path / "parity.json"

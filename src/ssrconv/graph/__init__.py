@@ -87,6 +87,26 @@ VARIANTS = {v.name: v for v in (
 )}
 
 
+def fast_graph_blocker(members: dict) -> str | None:
+    """Why the fast graph cannot express a model whose heads are ``members`` ({head: Member of
+    :mod:`ssrconv.reference.family`}), or None when it can (every member today).
+
+    The builder reads each member's spec (padding, BatchNorm epsilon, stage-1 summary ReLU,
+    in-graph preprocessing); what it needs of several heads is that one conv serves them all:
+    the same padding and stage-1 activation, and, where the preprocessing cannot be folded into
+    the first convs (same padding: the convs zero-pad the normalised input), one preprocessing.
+    """
+    specs = list(members.values())
+    if len({m.arch.padding for m in specs}) > 1:
+        return "its heads' convs pad differently"
+    if len({m.arch.stage1_summary_relu for m in specs}) > 1:
+        return "its heads differ in the stage-1 summary ReLU"
+    unfoldable = [m for m in specs if m.arch.padding != "valid" and not m.preprocess.identity]
+    if unfoldable and len({m.preprocess for m in specs}) > 1:
+        return "its heads normalise the input differently and zero-pad it (padding=1)"
+    return None
+
+
 def get_variant(name: str) -> Variant:
     """The variant called ``name``; GraphNotExactError naming the known ones otherwise."""
     try:

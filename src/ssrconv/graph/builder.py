@@ -48,6 +48,15 @@ is exact (docs/GRAPH.md has the measured effect):
    ``input_scale_log2=n`` (ncnn/MNN fp16): the input times 2^-n and the first convs' kernels
    times 2^n: powers of two, so every product is bit-identical; float16 weight storage that
    flushes |w| < 2^-14 to zero then keeps the small BN-folded first-conv weights.
+8. **Members of the family** (:mod:`ssrconv.reference.family`: ``members`` names each head's
+   spec). BatchNorm folds with the member's epsilon; the stage-1 summary convs keep or drop
+   their ReLU as the member does (the zero-padded summary channels stay exact zeros either
+   way). A member's in-graph preprocessing ``x @ A + c`` (colour order, mean, scale) is folded
+   into its head's first convs when the convs are valid (kernel A K, bias b + sum c K: every
+   tap reads a real pixel); padding=1 convs zero-pad the normalised input, so for them it stays
+   one ``input_affine`` layer shared by the heads, and the input is not cropped (every row is
+   live: 64 -> 32 -> 16 -> 8). NCHW-flatten ports need nothing: their Dense rows were re-laid
+   out to NHWC when read.
 
 Dropout is the identity at inference and is dropped.
 """
@@ -65,11 +74,12 @@ tensorflow()  # quiet import of TF before Keras pulls it in
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from ssrconv.graph import GraphNotExactError, Variant, get_variant  # noqa: E402
+from ssrconv.graph import GraphNotExactError, Variant, fast_graph_blocker, get_variant  # noqa: E402
+from ssrconv.reference.family import ORIGINAL  # noqa: E402
 from ssrconv.stages import FUSED_STAGE_LAYERS  # noqa: E402
 from ssrconv.reference.model import (  # noqa: E402
-    BN_EPSILON,
     INPUT_SIZE,
+    InputAffine,
     LAMBDA_D,
     LAMBDA_LOCAL,
     OUTPUT_NAMES,
@@ -79,7 +89,7 @@ from ssrconv.reference.model import (  # noqa: E402
 )
 
 FUSED_MERGE = "stagewise_merge"  # the merge layer (per head: prefixed "age_", "gender_")
-CROP = 62  # the rows/columns of the 64 x 64 input the network reads (module docstring, 1.)
+CROP = 62  # the rows/columns of the 64 x 64 input valid convs read (module docstring, 1.)
 SUMMARY_CHANNELS = 10
 
 # Names of the fused stage layers: runtimes' stage_outputs find them by these names and slice
@@ -110,11 +120,23 @@ def _weights(model, name):
                                  "load_reference built (original layer names)") from None
 
 
-def _folded_conv(model, prefix: str, conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
+def _folded_conv(model, prefix: str, conv: str, bn: str, epsilon: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
     kernel, bias = _weights(model, prefix + conv)
     gamma, beta, mean, var = _weights(model, prefix + bn)
-    scale = gamma / np.sqrt(var + BN_EPSILON)
+    scale = gamma / np.sqrt(var + epsilon)
     return kernel * scale, (bias - mean) * scale + beta
+
+
+def _affine_folded(kernel: np.ndarray, bias: np.ndarray, member) -> tuple[np.ndarray, np.ndarray]:
+    """A first conv that reads ``face_bgr @ A + c`` (the member's in-graph preprocessing) as
+    one conv reading ``face_bgr``: kernel A K per tap, bias b + sum of c K over the taps. Exact
+    for valid padding only (every tap reads a real pixel; padding=1 pads the normalised input
+    with zeros, which no raw pixel value maps to for every channel at once)."""
+    if member.preprocess.identity:
+        return kernel, bias
+    a, c = member.preprocess.affine()
+    return np.einsum("ij,hwjo->hwio", a, kernel), bias + np.einsum("j,hwjo->o", c, kernel)
 
 
 @keras.saving.register_keras_serializable(package="ssrconv")
@@ -142,7 +164,7 @@ class GroupedConv2D(layers.Conv2D):
 
 
 def _conv_layer(t, kernels, biases, name, groups, activation=None, pad_to=None,
-                plain_groups=False):
+                plain_groups=False, padding="valid"):
     """One conv holding each head's kernel as one group (``groups`` = heads, or 1 for the
     first layer where every head reads the same 3 input channels)."""
     if pad_to is not None:
@@ -152,7 +174,7 @@ def _conv_layer(t, kernels, biases, name, groups, activation=None, pad_to=None,
     kernel = np.concatenate(kernels, axis=3)
     bias = np.concatenate(biases)
     conv_class = GroupedConv2D if groups > 1 and plain_groups else layers.Conv2D
-    layer = conv_class(kernel.shape[3], kernel.shape[:2], padding="valid", groups=groups,
+    layer = conv_class(kernel.shape[3], kernel.shape[:2], padding=padding, groups=groups,
                        activation=activation, name=name)
     out = layer(t)
     layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
@@ -258,11 +280,14 @@ class FusedStagewiseMerge(layers.Layer):
         return config
 
 
-def build_export_graph(reference_model, task: str, variant: str | Variant) -> keras.Model:
+def build_export_graph(reference_model, task: str, variant: str | Variant,
+                       members: dict | None = None) -> keras.Model:
     """The fast, function-preserving export graph of ``reference_model`` for ``task``
     ("age", "age-gender", "gender") shaped as ``variant`` (a :class:`ssrconv.graph.Variant` or
     its name in ``ssrconv.graph.VARIANTS``: "tflite", "onnx", ...; the target table says which
-    each target converts).
+    each target converts). ``members`` ({head task: family Member}, default the original for
+    every head) are the specs the reference was built from: their padding, BatchNorm epsilon,
+    stage-1 summary ReLU and in-graph preprocessing shape the graph (module docstring, 8.).
 
     Input ``face_bgr`` (N, 64, 64, 3) float32 BGR 0..255; outputs named ``age`` and/or
     ``p_male`` (N, 1), as the reference's. The rewrites and why each is exact are in this
@@ -271,6 +296,14 @@ def build_export_graph(reference_model, task: str, variant: str | Variant) -> ke
     variant = variant if isinstance(variant, Variant) else get_variant(variant)
     heads = _heads(task)
     n_heads = len(heads)
+    members = members or {head_task: ORIGINAL for head_task, _, _ in heads}
+    member_of = {prefix: members[head_task] for head_task, prefix, _ in heads}
+    blocker = fast_graph_blocker({t: members[t] for t, _, _ in heads})
+    if blocker:
+        raise GraphNotExactError(f"the fast graph cannot express this model: {blocker}; "
+                                 "export with --graph original")
+    arch = members[heads[0][0]].arch  # padding and stage-1 ReLU: shared by the heads (above)
+    valid = arch.padding == "valid"
     summary_width = variant.summary_channels
     if summary_width < SUMMARY_CHANNELS:
         raise GraphNotExactError(f"variant {variant.name!r}: summary_channels must be >= "
@@ -279,14 +312,27 @@ def build_export_graph(reference_model, task: str, variant: str | Variant) -> ke
     plain = variant.plain_groups
 
     def _conv(*args, **kwargs):
-        return _conv_layer(*args, plain_groups=plain, **kwargs)
+        return _conv_layer(*args, plain_groups=plain, padding=arch.padding, **kwargs)
 
     def folded(own, conv, bn):
-        pairs = [_folded_conv(m, prefix, conv, bn) for _, prefix, _ in own]
+        pairs = [_folded_conv(m, prefix, conv, bn, member_of[prefix].arch.bn_epsilon)
+                 for _, prefix, _ in own]
+        if conv in ("conv2d_1", "conv2d_5") and valid:  # the preprocessing, folded in
+            pairs = [_affine_folded(k, b, member_of[prefix])
+                     for (k, b), (_, prefix, _) in zip(pairs, own)]
         return [k for k, _ in pairs], [b for _, b in pairs]
 
     inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="face_bgr")
-    x = layers.Cropping2D(((0, INPUT_SIZE - CROP), (0, INPUT_SIZE - CROP)), name="crop_62")(inputs)
+    x = inputs
+    if valid:
+        x = layers.Cropping2D(((0, INPUT_SIZE - CROP), (0, INPUT_SIZE - CROP)), name="crop_62")(x)
+    else:
+        # padding=1: every input row is live (no crop), and the preprocessing stays a layer
+        # (one for every head: fast_graph_blocker); the padded zeros are in its output's space.
+        preprocess = members[heads[0][0]].preprocess
+        if not preprocess.identity:
+            kernel, bias = preprocess.affine()
+            x = InputAffine(kernel.tolist(), bias.tolist(), name="input_affine")(x)
     first_scale = 2.0 ** variant.input_scale_log2
     if variant.input_scale_log2:
         x = layers.Rescaling(1.0 / first_scale, name="input_scale")(x)
@@ -322,16 +368,19 @@ def build_export_graph(reference_model, task: str, variant: str | Variant) -> ke
         s_layer3 = tanh_block(s_layer2, "conv2d_7", "batch_normalization_7", 3, len(own))
         s_4 = tanh_block(s_layer3, "conv2d_8", "batch_normalization_8", 4, len(own), pool=False)
 
-        def summary(t, conv, name, pool=None, pool_cls=None):
+        def summary(t, conv, name, pool=None, pool_cls=None, relu=True):
+            # Without relu the zero-padded channels are still exact zeros (zero kernel and bias).
             kernels, biases = zip(*[_weights(m, prefix + conv) for _, prefix, _ in own])
-            t = _conv(t, list(kernels), list(biases), name, len(own), "relu", pad_to=summary_width)
+            t = _conv(t, list(kernels), list(biases), name, len(own), "relu" if relu else None,
+                      pad_to=summary_width)
             if pool is not None:
                 t = pool_cls(pool, pool, name=name + "_pool")(t)
             return t
 
         # (stream s summary, stream x summary) per stage, as in the reference.
         return [
-            (summary(s_4, "conv2d_9", tag + "stage1_s"), summary(x_4, "conv2d_10", tag + "stage1_x")),
+            (summary(s_4, "conv2d_9", tag + "stage1_s", relu=arch.stage1_summary_relu),
+             summary(x_4, "conv2d_10", tag + "stage1_x", relu=arch.stage1_summary_relu)),
             (summary(s_layer2, "conv2d_11", tag + "stage2_s", 4, layers.MaxPooling2D),
              summary(x_layer2, "conv2d_12", tag + "stage2_x", 4, layers.AveragePooling2D)),
             (summary(s_layer1, "conv2d_13", tag + "stage3_s", 8, layers.MaxPooling2D),
