@@ -256,17 +256,25 @@ def parity_inputs(faces):
 
 
 @pytest.fixture(scope="session")
-def golden(assets_dir, parity_inputs):
+def golden(tmp_path_factory, assets_dir, parity_inputs):
     """``golden(name) -> float64 array``: the independent oracle (tests/golden_numpy.py, the
     original JSON graph) with registry weights ``name`` on every row of ``parity_inputs``,
-    computed once per weights file (each row is computed on its own: slice the rows you need)."""
+    computed once per weights file and run (each row is computed on its own: slice the rows you
+    need). A pure-numpy float64 forward pass of 364 inputs takes tens of seconds, so the
+    workers share it as a saved array."""
+    import numpy as np
+
     from golden_assets import golden_outputs
 
     computed = {}
 
     def get(name: str):
         if name not in computed:
-            computed[name] = golden_outputs(assets_dir, name, parity_inputs)
+            def make(out):
+                np.save(out / "golden.npy", golden_outputs(assets_dir, name, parity_inputs))
+
+            saved = _made_once(tmp_path_factory, f"golden-{name}", make) / "golden.npy"
+            computed[name] = np.load(saved, allow_pickle=False)
         return computed[name]
 
     return get
