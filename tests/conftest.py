@@ -186,8 +186,9 @@ def _made_once(tmp_path_factory, name: str, make) -> Path:
 
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory, assets_dir, faces_dir):
-    """``ssrconv export --to all`` of the default age-gender reference, done once per session
-    (int8 calibrated on SSRCONV_FACES). Read only: a test that changes files copies them first."""
+    """``ssrconv export --to all`` of the default age-gender reference, done once per run (the
+    xdist workers share it; int8 calibrated on SSRCONV_FACES). Read only: a test that changes
+    files copies them first."""
     from ssrconv.exporter import export
 
     def make(out):
@@ -200,7 +201,7 @@ def export_dir(tmp_path_factory, assets_dir, faces_dir):
 def exported(request, tmp_path_factory, assets_dir, faces_dir):
     """``exported(key, **options) -> Artifact``: the target ``key`` (a row of the target table,
     e.g. "tflite-fp32") exported from the default weights with ``ssrconv.exporter.export``
-    options (``task``, ``graph``, ``batch``, ``calibration``...), once per session per key and
+    options (``task``, ``graph``, ``batch``, ``calibration``...), once per run per key and
     options, opened and verified (``.path``, ``.manifest``, ``.target``...). Read only: a test
     that changes files copies them first.
 
