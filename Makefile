@@ -64,12 +64,16 @@ demo: setup
 	@$(BIN)/python tools/demo_summary.py $(OUT) --started $(DEMO_STARTED)
 
 # The whole suite, slow tests included (CI runs exactly this). The browser tests need Chromium
-# and the npm packages: `make browser` (idempotent) comes first.
+# and the npm packages: `make browser` (idempotent) comes first. Two pytest-xdist workers (the
+# machine's 2 cores) with work stealing: the exports are made once per run and shared by both
+# (tests/conftest.py), one worker starts on them while the other runs the tests that need none.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 test: setup browser
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The runtime-only install: a clean venv with `pip install .` (no extras) predicts, checks
 # parity and benchmarks (numpy reference rows, end-to-end rows) a .tflite (exported here by the

@@ -12,14 +12,21 @@ one in-process CLI runner (``cli``). A new test asks these fixtures instead of e
 building a reference or starting ``ssrconv`` in a subprocess of its own; it keeps its own export
 or subprocess only when that is what it tests (the exporter itself, atomicity, signals, process
 isolation, a fresh process's output).
+
+``make test`` runs the suite on two pytest-xdist workers. The exports are made once per run, not
+once per worker: ``_made_once`` builds each in a directory both workers share, under a file lock,
+and the worker that comes second waits for it and reads the same files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import sys
 import warnings
@@ -27,6 +34,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+
+SHARED_EXPORTS = ("export_dir", "exported")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On pytest-xdist workers (``make test``): the tests that need the shared exports first,
+    the slow ones at the front (the arm64 rows wait for ``--to all``, then run for minutes in
+    QEMU), then the tests that need no export. ``--dist worksteal`` hands each worker one
+    contiguous half of this order, so one worker starts making the exports while the other runs
+    tests that need none, instead of both waiting on the same export. The sort is stable and
+    the same in every worker (xdist requires identical collections)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def needs_exports(item) -> bool:
+        return any(name in getattr(item, "fixturenames", ()) for name in SHARED_EXPORTS)
+
+    items.sort(key=lambda item: (not needs_exports(item),
+                                 not (needs_exports(item) and item.get_closest_marker("slow"))))
 
 
 def _need_dir(variable: str) -> Path:
@@ -135,22 +162,46 @@ def isolated_assets(tmp_path, monkeypatch):
     return mirror, cache
 
 
+def _made_once(tmp_path_factory, name: str, make) -> Path:
+    """``make(out)`` run once per test run for ``name``, whichever worker asks first; returns
+    ``out``. Under pytest-xdist the directory is in the run's temporary root, which every worker
+    shares (each worker's own root is a subdirectory of it); a worker that finds another one
+    making it waits on the lock. A ``make`` that failed leaves no ``.done`` file: the next worker
+    to ask starts again from an empty directory (and fails the same way)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    shared = root / "made-once"
+    shared.mkdir(exist_ok=True)
+    out, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            make(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def export_dir(tmp_path_factory, assets_dir, faces_dir):
-    """``ssrconv export --to all`` of the default age-gender reference, done once per session
-    (int8 calibrated on SSRCONV_FACES). Read only: a test that changes files copies them first."""
+    """``ssrconv export --to all`` of the default age-gender reference, done once per run (the
+    xdist workers share it; int8 calibrated on SSRCONV_FACES). Read only: a test that changes
+    files copies them first."""
     from ssrconv.exporter import export
 
-    out = tmp_path_factory.mktemp("export") / "all"
-    export(to=("all",), calibration=faces_dir, out=out)
-    return out
+    def make(out):
+        export(to=("all",), calibration=faces_dir, out=out / "all")
+
+    return _made_once(tmp_path_factory, "export-all", make) / "all"
 
 
 @pytest.fixture(scope="session")
 def exported(request, tmp_path_factory, assets_dir, faces_dir):
     """``exported(key, **options) -> Artifact``: the target ``key`` (a row of the target table,
     e.g. "tflite-fp32") exported from the default weights with ``ssrconv.exporter.export``
-    options (``task``, ``graph``, ``batch``, ``calibration``...), once per session per key and
+    options (``task``, ``graph``, ``batch``, ``calibration``...), once per run per key and
     options, opened and verified (``.path``, ``.manifest``, ``.target``...). Read only: a test
     that changes files copies them first.
 
@@ -182,9 +233,13 @@ def exported(request, tmp_path_factory, assets_dir, faces_dir):
             if all_dir is not None and key in EXPORTED_BY_ALL and fields == default:
                 path = all_dir / target.filename(fields.task)
             else:
-                out = tmp_path_factory.mktemp(f"exported-{key}") / "out"
-                (artifact,) = export(dataclasses.replace(fields, out=out))
-                path = artifact.path
+                def make(out):
+                    (artifact,) = export(dataclasses.replace(fields, out=out / "out"))
+                    (out / "artifact").write_text(artifact.path.name)
+
+                digest = hashlib.sha256(repr(memo).encode()).hexdigest()[:16]
+                out = _made_once(tmp_path_factory, f"exported-{key}-{digest}", make)
+                path = out / "out" / (out / "artifact").read_text()
             made[memo] = open_artifact(path)
         return made[memo]
 
@@ -202,17 +257,25 @@ def parity_inputs(faces):
 
 
 @pytest.fixture(scope="session")
-def golden(assets_dir, parity_inputs):
+def golden(tmp_path_factory, assets_dir, parity_inputs):
     """``golden(name) -> float64 array``: the independent oracle (tests/golden_numpy.py, the
     original JSON graph) with registry weights ``name`` on every row of ``parity_inputs``,
-    computed once per weights file (each row is computed on its own: slice the rows you need)."""
+    computed once per weights file and run (each row is computed on its own: slice the rows you
+    need). A pure-numpy float64 forward pass of 364 inputs takes tens of seconds, so the
+    workers share it as a saved array."""
+    import numpy as np
+
     from golden_assets import golden_outputs
 
     computed = {}
 
     def get(name: str):
         if name not in computed:
-            computed[name] = golden_outputs(assets_dir, name, parity_inputs)
+            def make(out):
+                np.save(out / "golden.npy", golden_outputs(assets_dir, name, parity_inputs))
+
+            saved = _made_once(tmp_path_factory, f"golden-{name}", make) / "golden.npy"
+            computed[name] = np.load(saved, allow_pickle=False)
         return computed[name]
 
     return get
