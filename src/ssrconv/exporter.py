@@ -146,22 +146,24 @@ class _ExportGraphs:
                      "reference graph layer for layer (--graph original)")
         if self.note:
             say(f"      {self.note}")
-        # The calibrated recipes (int8, int16x8) were tuned on the original's fast graph and
-        # measured for the ports on their reference graphs only: on the fast graph the MXNet
-        # pair's tflite-int8 broke its budget (max 3.1 y > 2.5; its onnx-int8 passed, p99 0.97 y
-        # vs 0.75 on the reference graph) and the recipe has no fast-graph layers for the
-        # PyTorch port's wide fourth blocks (docs/PORTS.md, "Export").
+        # The int8 recipes (tflite-int8, onnx-int8: float layers kept by name) were tuned on the
+        # original's fast graph and measured for the ports on their reference graphs only: on
+        # the fast graph the MXNet pair's tflite-int8 broke its budget (max 3.1 y > 2.5; its
+        # onnx-int8 passed, p99 0.97 y vs 0.75 on the reference graph) and the recipe has no
+        # fast-graph layers for the PyTorch port's wide fourth blocks (docs/PORTS.md,
+        # "Export"). The integer-only precisions need the fast graph: the reference's merge
+        # divides, and TFLite's 16x8 quantizer has no DIV.
         ports = sorted({m.name for m in members.values() if m.name != "original"})
         self.calibrated_note = (None if not ports or options.graph == "original" else
-                                f"{', '.join(ports)}: calibrated precisions convert the "
-                                "reference graph (their recipes are measured there)")
+                                f"{', '.join(ports)}: int8 converts the reference graph (its "
+                                "recipes are measured there)")
 
     def for_target(self, target) -> tuple[str, str | None, object, str | None]:
         """("fast" or "original", the fast graph's variant or None, the Keras model, the note
         saying why a fast export converts the original graph, or None)."""
         if self.options.graph == "original" or self.note:
             return "original", None, self.model, self.note
-        if self.calibrated_note and target.precision in CALIBRATED_PRECISIONS:
+        if self.calibrated_note and target.precision == "int8":
             return "original", None, self.model, self.calibrated_note
         variant = target.variant
         if variant not in self.built:

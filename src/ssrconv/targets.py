@@ -345,7 +345,11 @@ TARGETS: dict[str, Target] = {
                "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
                "operator integer (SSR head included; float32 I/O at the boundary), each head "
                "its own convs (the smallest TFLite Micro arena); for TFLite Micro and Ethos-U; "
-               "calibrated", graph_variant="per-head-integer"),
+               "calibrated", graph_variant="per-head-integer",
+               # Not in `--to all`: the original passes the int8 budget (faces and data-free)
+               # but the PyTorch port's age file measured p99 1.05 y > 1.0 (mean 0.29;
+               # docs/INT8.md, "The 16x8 file"), and `--to all` must pass for every member.
+               in_all=False),
         Target("ethos-u", "int16x8", "int8",
                "Arm Ethos-U: the tflite-int16x8 file with int16 I/O, compiled by Vela for "
                "ethos-u55-128 and ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's "
