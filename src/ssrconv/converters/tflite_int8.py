@@ -135,15 +135,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     inner = m if dynamic_batch else m.layers[-1]
     layer_names = [l.name for l in inner.layers]
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(m)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.experimental_mlir_quantizer = True
-    conv._experimental_calibrate_only = True           # what QuantizationDebugger does: float model + min/max stats
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        calibrated = conv.convert()
+    calibrated = calibrate_only(m, cal)
 
     # ---- step 4: edit calibrated ranges
     calibrated, edits = edit_ranges(calibrated, inner, cal, tanh_clip, mse_clip)
@@ -330,6 +322,23 @@ def set_ranges(calibrated: bytes, domains: dict[str, float]) -> bytes:
         q.min = np.array([low], np.float32)
         q.max = np.array([high], np.float32)
     return pack(model)
+
+
+def calibrate_only(m, cal: np.ndarray) -> bytes:
+    """The float .tflite of ``m`` with TFLite's MinMax statistics of ``cal`` on every tensor
+    (the int8 MLIR quantizer's calibrate-only pass, what QuantizationDebugger does)."""
+    from ssrconv._imports import tensorflow
+
+    tf = tensorflow("int8 TFLite export")
+    conv = tf.lite.TFLiteConverter.from_keras_model(m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.experimental_mlir_quantizer = True
+    conv._experimental_calibrate_only = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return conv.convert()
 
 
 def calibrate_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPHA) -> bytes:

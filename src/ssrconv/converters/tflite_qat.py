@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 
 from ssrconv.converters.int8_prep import ALPHA, _keras, equalize, model_heads, rewrite, round_kernels
-from ssrconv.converters.tflite_int8 import TANH_CLIP, edit_ranges
+from ssrconv.converters.tflite_int8 import TANH_CLIP, calibrate_only, edit_ranges
 from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
@@ -113,7 +113,7 @@ def quantize_ptq(model, cal: np.ndarray, input_type: str = "float32", recipe: di
     if gptq:
         round_kernels(m, cal)
     named = keras.Model(m.inputs, dict(zip(m.output_names, m.outputs)), name=m.name)
-    calibrated = _calibrate(named, cal)
+    calibrated = calibrate_only(named, cal)
     domains = output_domains(model) if fixed_output_ranges else {}
     calibrated, _ = edit_ranges(calibrated, m, cal, recipe["tanh_clip"], recipe["mse_clip"], domains)
     tfl = _quantize(calibrated, input_type)
@@ -129,22 +129,6 @@ def output_domains(model) -> dict[str, tuple[float, float]]:
     from ssrconv.reference.model import OUTPUT_NAMES, V_BY_TASK
 
     return {OUTPUT_NAMES[head][0]: (0.0, float(V_BY_TASK[head])) for head in model_heads(model)}
-
-
-def _calibrate(m, cal) -> bytes:
-    """The float .tflite of ``m`` with TFLite's MinMax statistics of ``cal`` on every tensor."""
-    from ssrconv._imports import tensorflow
-
-    tf = tensorflow("int8 TFLite export")
-    conv = tf.lite.TFLiteConverter.from_keras_model(m)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.experimental_mlir_quantizer = True
-    conv._experimental_calibrate_only = True
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return conv.convert()
 
 
 def _quantize(calibrated: bytes, input_type: str) -> bytes:
