@@ -35,6 +35,11 @@ from pathlib import Path
 
 import pytest
 
+# One BLAS thread per process: `make test` runs two workers on two cores, and OpenBLAS's default
+# (a thread per core) in each of them spends its time spinning on the other's cores: an int8
+# export calibrated on the dev faces took 77 CPU-s with it, 37 with one thread (the same file).
+# Set before any test imports numpy; the xdist workers and the tests' subprocesses inherit it.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 SHARED_EXPORTS = ("export_dir", "exported")
 

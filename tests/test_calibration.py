@@ -66,6 +66,37 @@ def test_distillation_in_uneven_batches(age_model):
     assert [len(b) for b in calibration.batches(2)] == [2, 2, 1]
 
 
+def test_distilled_inputs_cached_by_content(age_model, references, tmp_path, monkeypatch):
+    """The exporter's distillation (cache=True): the second call reads the first's inputs from
+    SSRCONV_CACHE, the same bytes and details; other weights or settings are another entry; an
+    entry whose bytes were changed is computed again."""
+    from ssrconv.calibration import CACHE_DIR, CalibrationSet
+
+    monkeypatch.setenv("SSRCONV_CACHE", str(tmp_path))
+    kwargs = dict(images=3, iterations=2, batch_size=3, cache=True)
+    first = CalibrationSet.distilled(age_model, **kwargs)
+    again = CalibrationSet.distilled(age_model, **kwargs)
+    assert first.details["cache"]["status"] == "miss" and again.details["cache"] == {
+        "status": "hit", "key": first.details["cache"]["key"]}
+    np.testing.assert_array_equal(again.inputs, first.inputs)
+    assert {k: v for k, v in again.details.items() if k != "cache"} == \
+        {k: v for k, v in first.details.items() if k != "cache"}
+    fresh = CalibrationSet.distilled(age_model, images=3, iterations=2, batch_size=3)
+    np.testing.assert_array_equal(fresh.inputs, first.inputs)  # what the cache stands in for
+    assert "cache" not in fresh.details
+
+    gender = CalibrationSet.distilled(references("gender").reference.model, **kwargs)
+    seeded = CalibrationSet.distilled(age_model, seed=1, **kwargs)
+    assert gender.details["cache"]["status"] == seeded.details["cache"]["status"] == "miss"
+    assert len(list((tmp_path / CACHE_DIR).glob("*.npy"))) == 3
+
+    entry = tmp_path / CACHE_DIR / f"{first.details['cache']['key']}.npy"
+    entry.write_bytes(entry.read_bytes()[:-4] + b"\0\0\0\0")
+    redone = CalibrationSet.distilled(age_model, **kwargs)
+    assert redone.details["cache"]["status"] == "miss"
+    np.testing.assert_array_equal(redone.inputs, first.inputs)
+
+
 def test_real_faces_describe_themselves(faces_dir):
     from ssrconv.calibration import CalibrationSet
 

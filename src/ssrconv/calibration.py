@@ -4,6 +4,9 @@ or, with no face directory, inputs distilled from the model's own BatchNorm stat
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -42,11 +45,18 @@ class CalibrationSet:
     @classmethod
     def distilled(cls, model, images: int = 64, seed: int = 0, iterations: int = 100,
                   batch_size: int = 32, progress: Callable[[str], None] | None = None,
-                  **options) -> "CalibrationSet":
+                  cache: bool = False, **options) -> "CalibrationSet":
         """Data-free calibration inputs: ``images`` inputs distilled from ``model``'s BatchNorm
-        statistics as in ZeroQ (Cai et al., CVPR 2020). See :func:`distill_inputs`."""
-        inputs, details = distill_inputs(model, images=images, seed=seed, iterations=iterations,
-                                         batch_size=batch_size, progress=progress, **options)
+        statistics as in ZeroQ (Cai et al., CVPR 2020). See :func:`distill_inputs`. With
+        ``cache`` (the exporter's), read from / written to the cache directory by content hash
+        (:func:`distilled_cached`): a second data-free export of the same weights distils
+        nothing."""
+        settings = dict(images=images, seed=seed, iterations=iterations, batch_size=batch_size,
+                        **options)
+        if cache:
+            inputs, details = distilled_cached(model, settings, progress)
+        else:
+            inputs, details = distill_inputs(model, progress=progress, **settings)
         return cls(inputs=inputs, source="distilled from the model's BatchNorm statistics",
                    kind=DATA_FREE_KIND, details=details)
 
@@ -193,3 +203,51 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
                "final_loss": round(float(np.mean(last)), 4),
                "seconds": round(time.perf_counter() - started, 1)}
     return inputs, details
+
+
+# What the distillation does, in the cache key: change it whenever distill_inputs' output changes.
+DISTILL_VERSION = 1
+CACHE_DIR = "distilled"  # under ssrconv.assets.cache_dir()
+
+
+def distilled_cached(model, settings: dict, progress: Callable[[str], None] | None = None,
+                     ) -> tuple[np.ndarray, dict]:
+    """:func:`distill_inputs` of ``model`` with ``settings``, cached under the cache directory
+    (``SSRCONV_CACHE``) by the sha256 of the graph and weights, the settings and the TensorFlow
+    and Keras versions (the optimiser's arithmetic): a hit returns the same inputs bytes and
+    details a miss computed, with ``cache`` saying which ("hit" or "miss", and the key). An
+    entry whose bytes do not match its recorded sha256 is computed again."""
+    from ssrconv._imports import tensorflow
+    from ssrconv.assets import cache_dir
+    from ssrconv.atomic import write_atomic
+    from ssrconv.reference.model import graph_digest
+
+    import keras
+
+    say = progress or (lambda message: None)
+    digest = hashlib.sha256(json.dumps(
+        {"version": DISTILL_VERSION, "settings": settings, "tensorflow": tensorflow().__version__,
+         "keras": keras.__version__}, sort_keys=True).encode())
+    graph_digest(model, digest)
+    key = digest.hexdigest()
+    path = cache_dir() / CACHE_DIR / f"{key}.npy"
+    info_path = path.with_suffix(".json")
+    if path.is_file() and info_path.is_file():
+        data = path.read_bytes()
+        info = json.loads(info_path.read_text())
+        if hashlib.sha256(data).hexdigest() == info.get("sha256"):
+            say(f"      distilled inputs from the cache ({key[:12]}...)")
+            inputs = np.load(io.BytesIO(data), allow_pickle=False)
+            return inputs, {**info["details"], "cache": {"status": "hit", "key": key}}
+    inputs, details = distill_inputs(model, progress=progress, **settings)
+    buffer = io.BytesIO()
+    np.save(buffer, inputs, allow_pickle=False)
+    data = buffer.getvalue()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+        write_atomic(info_path, json.dumps({"sha256": hashlib.sha256(data).hexdigest(),
+                                            "details": details}, indent=1))
+    except OSError as err:  # a read-only cache costs the next export time, not this one
+        say(f"      distilled inputs not cached ({err.strerror}: {path.parent})")
+    return inputs, {**details, "cache": {"status": "miss", "key": key}}

@@ -233,7 +233,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
             else:
                 say("no --calibration: distilling data-free calibration inputs from the model's "
                     "BatchNorm statistics (ZeroQ)")
-                calibration = CalibrationSet.distilled(model, progress=say)
+                calibration = CalibrationSet.distilled(model, progress=say, cache=True)
         metadata = _model_metadata(reference, options.task)
         export_graphs = _ExportGraphs(model, options, calibration, say, reference.members)
         contract = contract_for(reference.members)

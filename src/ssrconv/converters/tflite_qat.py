@@ -79,15 +79,13 @@ def cache_key(model, cal: np.ndarray, input_type: str, recipe: dict) -> str:
     """sha256 of what the file depends on: the graph (layer names, classes and weights), the
     calibration inputs, the input type, the recipe and the TensorFlow version."""
     from ssrconv._imports import tensorflow
+    from ssrconv.reference.model import graph_digest
 
     digest = hashlib.sha256()
     digest.update(json.dumps({"recipe": recipe, "input_type": input_type,
                               "tensorflow": tensorflow().__version__,
                               "outputs": list(model.output_names)}, sort_keys=True).encode())
-    for layer in model.layers:
-        digest.update(f"{layer.name}:{type(layer).__name__}".encode())
-        for w in layer.get_weights():
-            digest.update(np.ascontiguousarray(w, np.float32).tobytes())
+    graph_digest(model, digest)
     digest.update(np.ascontiguousarray(cal, np.float32).tobytes())
     return digest.hexdigest()
 

@@ -260,3 +260,15 @@ def with_named_outputs(model: keras.Model, task: str) -> keras.Model:
     (name,) = OUTPUT_NAMES[task]
     output = layers.Identity(name=name)(model.outputs[0])
     return keras.Model(model.inputs, output, name=f"{model.name}_export")
+
+
+def graph_digest(model: keras.Model, digest) -> None:
+    """Feed ``digest`` (a hashlib object) what ``model`` computes: each layer's name, class and
+    weights (float32), in order. The content half of the caches' keys (the integer-only int8
+    file, the distilled calibration inputs): the same graph and weights, the same bytes."""
+    import numpy as np
+
+    for layer in model.layers:
+        digest.update(f"{layer.name}:{type(layer).__name__}".encode())
+        for w in layer.get_weights():
+            digest.update(np.ascontiguousarray(w, np.float32).tobytes())
