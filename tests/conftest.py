@@ -205,10 +205,12 @@ def mxnet_export_dir(tmp_path_factory, ports_dir, faces_dir):
     only."""
     from ssrconv.exporter import export
 
+    pair = ports_dir / "wayen820-mxnet"
+
     def make(out):
         export(to=("all",), task="age-gender", calibration=faces_dir, out=out / "all",
-               age_weights=str(ports_dir / "wayen820-mxnet/ssr2_megaage_1_1/model-0000.params"),
-               gender_weights=str(ports_dir / "wayen820-mxnet/ssr2_imdb_gender_1_1/model-0000.params"))
+               age_weights=str(pair / "ssr2_megaage_1_1/model-0000.params"),
+               gender_weights=str(pair / "ssr2_imdb_gender_1_1/model-0000.params"))
 
     return _made_once(tmp_path_factory, "export-all-mxnet", make) / "all"
 

@@ -182,9 +182,9 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
     matched = set().union(*[ol[k] for k in denied]) if denied else set()
     # A layer without an op of its own is matched when a twin's op computes it (_twins).
     twins = _twins(inner, float_layers)
+    identities = (keras.layers.Dropout, keras.layers.Identity)
     unmatched = {n for n in float_layers - matched
-                 if not isinstance(inner.get_layer(n), (keras.layers.Dropout, keras.layers.Identity))
-                 and not twins[n] & matched}
+                 if not isinstance(inner.get_layer(n), identities) and not twins[n] & matched}
     if unmatched:
         raise Int8RecipeError(f"int8 TFLite: float layers without a TFLite op: {sorted(unmatched)} "
                               "(the converter's tensor naming changed?)")
