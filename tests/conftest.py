@@ -5,8 +5,9 @@ UTKFace-style labelled chips, ``SSRCONV_IMAGES`` the sample photographs, ``SSRCO
 weights published by SSR-Net's ports (shared/ports). Outside CI a missing
 variable skips the tests that need it (with the reason); in CI (``CI=true``) it fails them.
 
-The suite shares its expensive work (issue 24): one ``--to all`` export (``export_dir``), one
-export factory for everything else (``exported``), one Keras reference per task and weights
+The suite shares its expensive work (issue 24): one ``--to all`` export (``export_dir``; the MXNet
+port's pair has one too, ``mxnet_export_dir``), one export factory for everything else
+(``exported``), one Keras reference per task and weights
 (``keras_reference``, ``references``), one numpy reference per engine (``numpy_references``) and
 one in-process CLI runner (``cli``). A new test asks these fixtures instead of exporting,
 building a reference or starting ``ssrconv`` in a subprocess of its own; it keeps its own export
@@ -41,7 +42,7 @@ import pytest
 # Set before any test imports numpy; the xdist workers and the tests' subprocesses inherit it.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-SHARED_EXPORTS = ("export_dir", "exported")
+SHARED_EXPORTS = ("export_dir", "exported", "mxnet_export_dir")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -200,6 +201,23 @@ def export_dir(tmp_path_factory, assets_dir, faces_dir):
         export(to=("all",), calibration=faces_dir, out=out / "all")
 
     return _made_once(tmp_path_factory, "export-all", make) / "all"
+
+
+@pytest.fixture(scope="session")
+def mxnet_export_dir(tmp_path_factory, ports_dir, faces_dir):
+    """``ssrconv export --to all`` of the MXNet port's age and gender pair (shared/ports), done
+    once per run (int8 calibrated on SSRCONV_FACES, cut by the pair's 5-point alignment). Read
+    only."""
+    from ssrconv.exporter import export
+
+    pair = ports_dir / "wayen820-mxnet"
+
+    def make(out):
+        export(to=("all",), task="age-gender", calibration=faces_dir, out=out / "all",
+               age_weights=str(pair / "ssr2_megaage_1_1/model-0000.params"),
+               gender_weights=str(pair / "ssr2_imdb_gender_1_1/model-0000.params"))
+
+    return _made_once(tmp_path_factory, "export-all-mxnet", make) / "all"
 
 
 @pytest.fixture(scope="session")

@@ -102,7 +102,8 @@ def test_real_faces_describe_themselves(faces_dir):
 
     calibration = CalibrationSet.from_dir(faces_dir, limit=5)
     assert calibration.describe() == {"kind": "real faces", "source": str(faces_dir), "images": 5,
-                                      "files": 5, "chips": 5, "photos": 0, "faces_kind": "auto"}
+                                      "files": 5, "chips": 5, "photos": 0, "faces_kind": "auto",
+                                      "crop_rule": "margin"}
 
 
 @pytest.mark.slow

@@ -103,7 +103,7 @@ def test_int8_backbone_is_integer_head_float_and_says_so(export_dir):
     assert manifest["integer_only"] is False and "float16-stored weights): the first conv block" in manifest["int8_recipe"]
     assert manifest["calibration"] == {"kind": "real faces", "source": manifest["calibration"]["source"],
                                        "images": 300, "files": 300, "chips": 300, "photos": 0,
-                                       "faces_kind": "auto"}
+                                       "faces_kind": "auto", "crop_rule": "margin"}
     _, fp32 = _manifest(export_dir, "tflite-fp32")
     assert fp32["integer_only"] is False and fp32["calibration"] is None
     _, dynamic = _manifest(export_dir, "tflite-dynamic")

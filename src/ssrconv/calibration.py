@@ -29,18 +29,22 @@ class CalibrationSet:
     details: dict = field(default_factory=dict)  # how the inputs were made (data-free)
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike, limit: int = 300, kind: str = "auto") -> "CalibrationSet":
+    def from_dir(cls, directory: str | os.PathLike, limit: int = 300, kind: str = "auto",
+                 crop_rule: str = "margin") -> "CalibrationSet":
         """Faces of ``directory`` (aligned chips and/or photos, as :func:`load_faces` reads
         them), at most ``limit`` of them, spread evenly over the name-sorted list (the one rule:
-        :func:`ssrconv.reference.preprocess.spread_pick`, which says why).
+        :func:`ssrconv.reference.preprocess.spread_pick`, which says why), cut by the model's
+        ``crop_rule`` (its contract's: the faces it will be fed, so the ranges it is quantized
+        on; docs/PORTS.md, "int8").
         """
         from ssrconv.reference.preprocess import load_faces, spread_pick
 
-        faces = load_faces(directory, limit, kind=kind)
+        faces = load_faces(directory, limit, kind=kind, crop_rule=crop_rule)
         keep = spread_pick(list(range(len(faces))), limit)  # photos give several faces per file
         return cls(inputs=faces.inputs[keep], source=str(Path(directory)),
                    details={"files": faces.origin["files"], "chips": faces.origin["chips"],
-                            "photos": faces.origin["photos"], "faces_kind": kind})
+                            "photos": faces.origin["photos"], "faces_kind": kind,
+                            "crop_rule": crop_rule})
 
     @classmethod
     def distilled(cls, model, images: int = 64, seed: int = 0, iterations: int = 100,

@@ -146,25 +146,12 @@ class _ExportGraphs:
                      "reference graph layer for layer (--graph original)")
         if self.note:
             say(f"      {self.note}")
-        # The int8 recipes (tflite-int8, onnx-int8: float layers kept by name) were tuned on the
-        # original's fast graph and measured for the ports on their reference graphs only: on
-        # the fast graph the MXNet pair's tflite-int8 broke its budget (max 3.1 y > 2.5; its
-        # onnx-int8 passed, p99 0.97 y vs 0.75 on the reference graph) and the recipe has no
-        # fast-graph layers for the PyTorch port's wide fourth blocks (docs/PORTS.md,
-        # "Export"). The integer-only precisions need the fast graph: the reference's merge
-        # divides, and TFLite's 16x8 quantizer has no DIV.
-        ports = sorted({m.name for m in members.values() if m.name != "original"})
-        self.calibrated_note = (None if not ports or options.graph == "original" else
-                                f"{', '.join(ports)}: int8 converts the reference graph (its "
-                                "recipes are measured there)")
 
     def for_target(self, target) -> tuple[str, str | None, object, str | None]:
         """("fast" or "original", the fast graph's variant or None, the Keras model, the note
         saying why a fast export converts the original graph, or None)."""
         if self.options.graph == "original" or self.note:
             return "original", None, self.model, self.note
-        if self.calibrated_note and target.precision == "int8":
-            return "original", None, self.model, self.calibrated_note
         variant = target.variant
         if variant not in self.built:
             import numpy as np
@@ -224,19 +211,20 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
         reference = load_reference(options.task, options.age_weights, options.gender_weights,
                                    options.arch)
         model = with_named_outputs(reference.model, options.task)
+        contract = contract_for(reference.members)
         calibration = None
         if any(t.precision in CALIBRATED_PRECISIONS for t in options.targets):
             if options.calibration is not None:
                 say(f"reading calibration faces from {options.calibration}")
                 calibration = CalibrationSet.from_dir(options.calibration, options.calibration_limit,
-                                                      kind=options.calibration_kind)
+                                                      kind=options.calibration_kind,
+                                                      crop_rule=contract["crop_rule"])
             else:
                 say("no --calibration: distilling data-free calibration inputs from the model's "
                     "BatchNorm statistics (ZeroQ)")
                 calibration = CalibrationSet.distilled(model, progress=say, cache=True)
         metadata = _model_metadata(reference, options.task)
         export_graphs = _ExportGraphs(model, options, calibration, say, reference.members)
-        contract = contract_for(reference.members)
         family = {head: m.describe() for head, m in reference.members.items()}
         tools = library_versions()
         for number, target in enumerate(options.targets, start=1):

@@ -299,6 +299,9 @@ FAST_LAYERS = {
     **{f"average_pooling2d_{k}_dw": f"relu_pool{k}_dw" for k in (1, 2, 3)},
     "conv2d_5": "tanh_conv1", "batch_normalization_5": "tanh_conv1",
     "max_pooling2d_1": "tanh_pool1", "activation_5": "tanh_act1",
+    # the tanh stream's fourth block (no pool), kept float with the relu stream's for a member
+    # with wide stage-1 maps (STAGE1_BLOCKS)
+    "conv2d_8": "tanh_conv4", "batch_normalization_8": "tanh_conv4", "activation_8": "tanh_act4",
     # the 1x1 summary convs (stage 1 reads block 4, stage 2 block 2, stage 3 block 1) and pools
     "conv2d_9": "stage1_s", "conv2d_10": "stage1_x", "conv2d_11": "stage2_s",
     "conv2d_12": "stage2_x", "conv2d_13": "stage3_s", "conv2d_14": "stage3_x",

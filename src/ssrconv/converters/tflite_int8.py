@@ -61,6 +61,28 @@ def _op_layers(sg, ops, layer_names):
     return res
 
 
+def _twins(model, names) -> dict[str, set[str]]:
+    """Per layer of ``names``: the other layers of ``model`` computing the same function of the
+    same inputs (same class, same config but the name, equal weights). TFLite's converter keeps
+    one op for such twins, named for one of them: the MXNet pair's reference graph has an
+    ``age_input_affine`` and a ``gender_input_affine`` reading ``face_bgr``, and its file one
+    op for both, in the age head's name scope (docs/PORTS.md, "int8")."""
+    def key(layer):
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        sources = [(t._keras_history[0].name, t._keras_history[1], t._keras_history[2])
+                   for node in layer._inbound_nodes for t in node.input_tensors]
+        return type(layer), repr(sorted(config.items())), repr(sources)
+
+    def same_weights(a, b):
+        wa, wb = a.get_weights(), b.get_weights()
+        return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+    layers = {layer.name: layer for layer in model.layers}
+    keys = {name: key(layer) for name, layer in layers.items()}
+    return {n: {m for m in layers if m != n and keys[m] == keys[n]
+                and same_weights(layers[m], layers[n])} for n in names}
+
+
 def _mse_clip(a, grid=np.linspace(0.2, 1.0, 81)):
     a = a.reshape(-1)
     if len(a) > 2_000_000:
@@ -158,7 +180,11 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
             if srcs and all(s in denied for s in srcs):
                 denied.add(k); changed = True
     matched = set().union(*[ol[k] for k in denied]) if denied else set()
-    unmatched = {n for n in float_layers - matched if not isinstance(inner.get_layer(n), (keras.layers.Dropout, keras.layers.Identity))}
+    # A layer without an op of its own is matched when a twin's op computes it (_twins).
+    twins = _twins(inner, float_layers)
+    identities = (keras.layers.Dropout, keras.layers.Identity)
+    unmatched = {n for n in float_layers - matched
+                 if not isinstance(inner.get_layer(n), identities) and not twins[n] & matched}
     if unmatched:
         raise Int8RecipeError(f"int8 TFLite: float layers without a TFLite op: {sorted(unmatched)} "
                               "(the converter's tensor naming changed?)")
