@@ -26,11 +26,12 @@ import numpy as np
 
 from ssrconv.converters.int8_prep import ALPHA, _keras, equalize, model_heads, rewrite, round_kernels
 from ssrconv.converters.tflite_int8 import TANH_CLIP, calibrate_only, edit_ranges
+from ssrconv.converters.tflite_mixed import widen_head
 from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
 # What the recipe does, in the cache key: change it whenever the recipe's output changes.
-RECIPE = {"version": 1, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
+RECIPE = {"version": 2, "int16_head": True, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
           "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
           "learning_rate": 0.005, "seed": 0}
 CACHE_DIR = "int8-integer"  # under ssrconv.assets.cache_dir()
@@ -57,6 +58,8 @@ def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str 
             say(f"      fine-tuned int8 file from the cache ({path.name[:12]}...)")
             return data, {**info["recipe_info"], "cache": {"status": "hit", "key": key}}
     ptq = quantize_ptq(model, cal, input_type, recipe)
+    if recipe["int16_head"]:
+        ptq = widen_head(ptq)
     from ssrconv.converters.int8_qat import augment, fine_tune
 
     inputs = augment(cal, recipe["augment_copies"], recipe["augment_seed"])
