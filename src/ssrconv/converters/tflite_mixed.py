@@ -38,10 +38,10 @@ def _params(tensor) -> tuple[float, int]:
 
 def _int16_scale(tensor) -> float:
     """The symmetric int16 scale covering ``tensor``'s int8 range (zero point 0, as TFLite's
-    int16 kernels require)."""
+    int16 kernels require), as the file stores it (float32)."""
     scale, zero = _params(tensor)
     reach = max(abs((-128 - zero) * scale), abs((127 - zero) * scale))
-    return (reach if reach >= DEAD else 1.0) / INT16_MAX
+    return float(np.float32((reach if reach >= DEAD else 1.0) / INT16_MAX))
 
 
 def _constant(model, tensor) -> np.ndarray:
@@ -106,13 +106,17 @@ def widen_head(tfl: bytes) -> bytes:
                 continue
             if name == "FULLY_CONNECTED" and position == 1:
                 continue  # int8 weights stay
+            if any(i in op2.inputs for k2, (_, op2) in enumerate(ops) if k2 not in head_set):
+                raise Int8RecipeError(f"int16 head: constant {t.name.decode()} is read by the "
+                                      "int8 convolutions too")
             scale, zero = old[i]
             values = (_constant(model, t).astype(np.float64) - zero) * scale
             new_scale[i] = _int16_scale(t)
             _store(model, fb, t, np.round(values / new_scale[i]).astype(np.int16),
                    fb.TensorType.INT16, new_scale[i], 0)
     # boundary: int8 maps read by the head get an int16 twin through a QUANTIZE
-    twins: dict[int, int] = {}
+    twins: dict[int, int] = {}  # int8 map -> its int16 twin
+    source_of: dict[int, int] = {}
     for k in head:
         for i in (int(j) for j in ops[k][1].inputs):
             if i in producer and producer[i] not in head_set and i not in twins:
@@ -129,6 +133,8 @@ def widen_head(tfl: bytes) -> bytes:
                 twin.quantization.zeroPoint = np.asarray([0], np.int64)
                 sg.tensors.append(twin)
                 twins[i] = len(sg.tensors) - 1
+                source_of[twins[i]] = i
+                new_scale[twins[i]] = _int16_scale(source)
     for k in head:
         name, op = ops[k]
         op.inputs = np.asarray([twins.get(int(i), int(i)) for i in op.inputs], np.int32)
@@ -142,11 +148,9 @@ def widen_head(tfl: bytes) -> bytes:
             bias = sg.tensors[int(op.inputs[2])]
             weight_scale = np.asarray(sg.tensors[int(op.inputs[1])].quantization.scale, np.float64)
             x = int(op.inputs[0])
-            source = {t: i for i, t in twins.items()}.get(x, x)
-            in8 = old[source][0]
-            in16 = float(sg.tensors[x].quantization.scale[0]) if x in twins.values() else new_scale[x]
+            in8 = old[source_of.get(x, x)][0]  # the scale the int32 bias was stored at
             values = _constant(model, bias).astype(np.float64) * (in8 * weight_scale)
-            unit = float(in16) * weight_scale
+            unit = new_scale[x] * weight_scale
             _store(model, fb, bias, np.round(values / unit).astype(np.int64),
                    fb.TensorType.INT64, unit, np.zeros(len(unit), np.int64))
     # the QUANTIZE ops, each right after its map's producer
