@@ -21,10 +21,12 @@ from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import _opcode, operators, pack, schema
 
 INT16_MAX = 32767
-# A range below this is a tensor that is zero on every calibration input (a dead relu); it
-# gets [-1, 1] instead (any range represents zero; a ~0 scale would lose the bias of the
-# layer reading it: docs/INT8.md, "The 16x8 file", point 3).
-DEAD = 1e-6
+# A range below this is a tensor that is zero on every calibration input (a dead relu: the int8
+# file gives it [0, 2e-6], real head tensors reach 0.04 and more); it gets [-1, 1] instead (any
+# range represents zero; a ~0 scale would make the int64 bias of the layer reading it ~1e12
+# steps, past float32's exact integers, and lost in the 16x8 file: docs/INT8.md, "The 16x8
+# file", point 3).
+DEAD = 1e-4
 TANH_OUTPUT_SCALE = 1.0 / 32768  # TFLite's int16 TANH writes this scale
 # Operators allowed in the widened head; each has an int16 kernel in LiteRT and TFLite Micro.
 HEAD_OPS = frozenset({"FULLY_CONNECTED", "MUL", "ADD", "TANH", "QUANTIZE", "CONCATENATION",

@@ -34,7 +34,7 @@ from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
 # What the recipe does, in the cache key: change it whenever the recipe's output changes.
-RECIPE = {"version": 3, "int16_head": True, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
+RECIPE = {"version": 4, "int16_head": True, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
           "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
           "learning_rate": 0.005, "seed": 0}
 CACHE_DIR = "int8-integer"  # under ssrconv.assets.cache_dir()
