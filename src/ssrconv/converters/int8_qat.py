@@ -24,7 +24,9 @@ TRAINED = ("CONV_2D", "FULLY_CONNECTED")  # whose kernel and bias are fine-tuned
 SUPPORTED = TRAINED + ("DEPTHWISE_CONV_2D", "MAX_POOL_2D", "TANH", "RESHAPE",
                        "CONCATENATION", "MUL", "ADD", "STRIDED_SLICE", "RSQRT", "QUANTIZE",
                        "DEQUANTIZE")
-_NP = {0: np.float32, 2: np.int32, 9: np.int8, 4: np.int64}
+_NP = {0: np.float32, 2: np.int32, 9: np.int8, 4: np.int64, 7: np.int16}
+# activation types simulated, with their integer range (int16: the widened head, tflite_mixed)
+_GRID = {9: (-128, 127), 7: (-32768, 32767)}
 
 
 def _array(graph, tensor):
@@ -90,11 +92,12 @@ class IntegerGraph:
 
 
 # ------------------------------------------------------------------------------ the simulation
-def _fake_quant(tf, x, scale, zero):
-    """``x`` rounded onto the int8 grid of (scale, zero point), clipped to it; the gradient
-    passes straight through inside the grid's range and is 0 outside."""
+def _fake_quant(tf, x, scale, zero, grid=(-128, 127)):
+    """``x`` rounded onto the integer grid (int8 unless ``grid`` says) of (scale, zero point),
+    clipped to it; the gradient passes straight through inside the grid's range and is 0
+    outside."""
     s, z = float(scale), float(zero)
-    clipped = tf.clip_by_value(x, (-128 - z) * s, (127 - z) * s)
+    clipped = tf.clip_by_value(x, (grid[0] - z) * s, (grid[1] - z) * s)
     return clipped + tf.stop_gradient(tf.round(clipped / s) * s - clipped)
 
 
@@ -134,8 +137,10 @@ class Simulation:
             init = [w / unit_w]
             if bias is not None:
                 b = graph.constant(bias)
-                # in units of the output's step: the int32 bias step is far finer
-                out_scale = _qparams(graph.tensor(int(graph.ops[k][1].outputs[0])))[0][0]
+                # in units of the output's int8 step (an int16 output's step x 256): the
+                # integer bias step is far finer
+                out = graph.tensor(int(graph.ops[k][1].outputs[0]))
+                out_scale = _qparams(out)[0][0] * (256 if out.type == 7 else 1)
                 unit_b = np.full(b.shape, out_scale)
                 self.units[k].append(unit_b.astype(np.float32))
                 init.append(b / unit_b)
@@ -159,9 +164,10 @@ class Simulation:
 
     def _q(self, x, index):
         params = _qparams(self.graph.tensor(index))
-        if params is None or self.graph.tensor(index).type != 9:
+        grid = _GRID.get(self.graph.tensor(index).type)
+        if params is None or grid is None:
             return x
-        return _fake_quant(self.tf, x, params[0][0], params[1][0])
+        return _fake_quant(self.tf, x, params[0][0], params[1][0], grid)
 
     def __call__(self, x, quantized: bool = True):
         """{output name: (N,) tensor} for the input batch ``x`` (N, 64, 64, 3)."""
@@ -334,8 +340,8 @@ def fine_tune(tfl: bytes, inputs: np.ndarray, targets: dict[str, np.ndarray], st
 
 def write_back(graph: IntegerGraph, sim: Simulation) -> bytes:
     """The file with each fine-tuned kernel requantized (per-channel symmetric, scale
-    max|w| / 127) and its bias requantized to int32 at input scale x weight scale, each in a
-    buffer of its own."""
+    max|w| / 127) and its bias requantized to int32 (int64 where the file has int64: an int16
+    input) at input scale x weight scale, each in a buffer of its own."""
     from ssrconv.formats.tflite_flatbuffer import schema
 
     fb = schema()
@@ -358,7 +364,8 @@ def write_back(graph: IntegerGraph, sim: Simulation) -> bytes:
             op = graph.ops[k][1]
             in_scale = float(_qparams(sg.tensors[int(op.inputs[0])])[0][0])
             unit = scale * in_scale
-            qb = np.round(b[0] / unit).astype(np.int32)
+            wide = sg.tensors[bias_index].type == fb.TensorType.INT64  # 16x8: int64 biases
+            qb = np.round(b[0] / unit).astype(np.int64 if wide else np.int32)
             _set(model, fb, sg.tensors[bias_index], qb, unit, np.zeros(len(unit), np.int64))
     return pack(model)
 

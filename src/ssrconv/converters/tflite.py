@@ -131,14 +131,15 @@ INT16X8_RECIPE = (
 
 
 INT8_INTEGER_RECIPE = (
-    "int8 integer-only: int8 activations, int8 per-channel weights, int32 biases, every "
-    "operator integer from the input QUANTIZE to the output DEQUANTIZEs, the SSR head included "
-    "(its division as rsqrt(x)^2, one merge per head). Cross-layer equalization (age head), "
-    "GPTQ rounding of every kernel, clipped tanh and MSE-optimal relu ranges, outputs' ranges "
-    "their domains (age 0..101, P(male) 0..1); then quantization-aware fine-tuning of the "
-    "kernels and biases by distillation from the float graph (the calibration inputs and "
-    "seeded variations of them; integer arithmetic simulated), cached by content hash. "
-    "See docs/INT8.md.")
+    "int8 integer-only: the convolutions on int8 activations, the SSR head (its Dense layers, "
+    "tanh deltas and merge) on int16 activations entered through one QUANTIZE per flattened "
+    "map, int8 per-channel weights, int32 biases (int64 in the head), every operator integer "
+    "from the input QUANTIZE to the output DEQUANTIZEs (the merge's division as rsqrt(x)^2, "
+    "one merge per head). Cross-layer equalization (age head), GPTQ rounding of every kernel, "
+    "clipped tanh and MSE-optimal relu ranges, outputs' ranges their domains (age 0..101, "
+    "P(male) 0..1); then quantization-aware fine-tuning of the kernels and biases by "
+    "distillation from the float graph (the calibration inputs and seeded variations of them; "
+    "integer arithmetic simulated), cached by content hash. See docs/INT8.md.")
 
 
 def _convert_int8_integer(model, options, calibration) -> tuple[bytes, dict]:

@@ -1,6 +1,7 @@
 """Integer-only int8 TFLite of SSR-Net: every operator from the input QUANTIZE to the output
-DEQUANTIZEs on int8 tensors (int32 biases), the SSR head and its merge included, for TFLite
-Micro, NPUs and XNNPACK's QS8 kernels. docs/INT8.md ("Integer-only int8") has the figures.
+DEQUANTIZEs integer, the convolutions on int8 tensors and the SSR head (its Dense layers, tanh
+deltas and merge) on int16 ones, for TFLite Micro, NPUs and XNNPACK's QS8 kernels.
+docs/INT8.md ("Integer-only int8") has the figures.
 
 Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
 (``Variant.rsqrt_reciprocal``) and whose SSR head keeps each head's tensors apart
@@ -9,10 +10,12 @@ Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
     equalization (age head), GPTQ rounding of every kernel; calibrated ranges edited (tanh
     inputs clipped to [-4, 4], relu outputs at their MSE-optimal clip, each output's range the
     model's domain 0..V instead of the oldest face seen);
- 2. quantization-aware fine-tuning by distillation (:mod:`ssrconv.converters.int8_qat`): the
+ 2. the head widened to int16 activations (:func:`ssrconv.converters.tflite_mixed.widen_head`:
+    with an int8 head the merge's rounding alone kept the file outside the int8 budget);
+ 3. quantization-aware fine-tuning by distillation (:mod:`ssrconv.converters.int8_qat`): the
     file's kernels and biases trained, its integer arithmetic simulated, to reproduce the float
     graph's outputs on the calibration inputs and seeded variations of them;
- 3. the result cached under the cache directory (``SSRCONV_CACHE``) by the content hash of the
+ 4. the result cached under the cache directory (``SSRCONV_CACHE``) by the content hash of the
     graph's weights, the recipe and the calibration inputs: a second export is a file read.
 """
 
@@ -26,11 +29,12 @@ import numpy as np
 
 from ssrconv.converters.int8_prep import ALPHA, _keras, equalize, model_heads, rewrite, round_kernels
 from ssrconv.converters.tflite_int8 import TANH_CLIP, calibrate_only, edit_ranges
+from ssrconv.converters.tflite_mixed import widen_head
 from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
 # What the recipe does, in the cache key: change it whenever the recipe's output changes.
-RECIPE = {"version": 1, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
+RECIPE = {"version": 4, "int16_head": True, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
           "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
           "learning_rate": 0.005, "seed": 0}
 CACHE_DIR = "int8-integer"  # under ssrconv.assets.cache_dir()
@@ -57,6 +61,8 @@ def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str 
             say(f"      fine-tuned int8 file from the cache ({path.name[:12]}...)")
             return data, {**info["recipe_info"], "cache": {"status": "hit", "key": key}}
     ptq = quantize_ptq(model, cal, input_type, recipe)
+    if recipe["int16_head"]:
+        ptq = widen_head(ptq)
     from ssrconv.converters.int8_qat import augment, fine_tune
 
     inputs = augment(cal, recipe["augment_copies"], recipe["augment_seed"])

@@ -1,0 +1,167 @@
+"""An integer-only int8 .tflite with its SSR head widened to int16 activations: the
+convolutions keep int8 activations (XNNPACK's QS8 kernels, the int8 arena), the head (every
+operator after the flattening RESHAPEs: the Dense layers, the tanh deltas and the merge) runs
+on int16 tensors with int8 weights and int64 biases, entered through one QUANTIZE
+(int8 -> int16) per flattened map. TFLite's converter has no mixed int8/int16 mode, so the
+file is edited after conversion; the result is still integer-only and runs on LiteRT's builtin
+kernels and TensorFlow Lite Micro.
+
+Why: simulated on the fine-tuned int8 file, the head's int8 rounding is most of the error
+(300 dev faces: every tensor int8 mean 0.41 / p99 1.56 y; body int8 and head float
+0.19 / 1.08; the merge alone int8 0.31 / 1.26). The merge multiplies three widths
+``1 + tanh`` near 1 held on one int8 grid of step 0.015: a step is 1.5% of a width, the
+same relative error of the age (docs/INT8.md, "int16 head").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ssrconv.errors import Int8RecipeError
+from ssrconv.formats.tflite_flatbuffer import _opcode, operators, pack, schema
+
+INT16_MAX = 32767
+# A range below this is a tensor that is zero on every calibration input (a dead relu: the int8
+# file gives it [0, 2e-6], real head tensors reach 0.04 and more); it gets [-1, 1] instead (any
+# range represents zero; a ~0 scale would make the int64 bias of the layer reading it ~1e12
+# steps, past float32's exact integers, and lost in the 16x8 file: docs/INT8.md, "The 16x8
+# file", point 3).
+DEAD = 1e-4
+TANH_OUTPUT_SCALE = 1.0 / 32768  # TFLite's int16 TANH writes this scale
+# Operators allowed in the widened head; each has an int16 kernel in LiteRT and TFLite Micro.
+HEAD_OPS = frozenset({"FULLY_CONNECTED", "MUL", "ADD", "TANH", "QUANTIZE", "CONCATENATION",
+                      "STRIDED_SLICE", "RESHAPE", "RSQRT"})
+
+
+def _params(tensor) -> tuple[float, int]:
+    q = tensor.quantization
+    return float(q.scale[0]), int(q.zeroPoint[0])
+
+
+def _int16_scale(tensor) -> float:
+    """The symmetric int16 scale covering ``tensor``'s int8 range (zero point 0, as TFLite's
+    int16 kernels require), as the file stores it (float32)."""
+    scale, zero = _params(tensor)
+    reach = max(abs((-128 - zero) * scale), abs((127 - zero) * scale))
+    return float(np.float32((reach if reach >= DEAD else 1.0) / INT16_MAX))
+
+
+def _constant(model, tensor) -> np.ndarray:
+    raw = model.buffers[tensor.buffer].data
+    dtype = {9: np.int8, 2: np.int32, 7: np.int16, 4: np.int64}[tensor.type]
+    return np.frombuffer(bytes(np.asarray(raw, np.uint8)), dtype).reshape(tensor.shape)
+
+
+def _store(model, fb, tensor, data: np.ndarray, tensor_type: int, scale, zero) -> None:
+    """``tensor`` becomes the constant ``data`` of ``tensor_type`` in a buffer of its own."""
+    buffer = fb.BufferT()
+    buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+    model.buffers.append(buffer)
+    tensor.buffer = len(model.buffers) - 1
+    tensor.type = tensor_type
+    tensor.quantization.scale = np.asarray(scale, np.float32).reshape(-1)
+    tensor.quantization.zeroPoint = np.asarray(zero, np.int64).reshape(-1)
+
+
+def head_operators(ops, sg) -> list[int]:
+    """Indices of the SSR head's operators: every operator writing a rank <= 2 tensor, except
+    the RESHAPEs that flatten a feature map (they stay int8: the boundary) and the output
+    DEQUANTIZEs."""
+    head = []
+    for k, (name, op) in enumerate(ops):
+        out = sg.tensors[op.outputs[0]]
+        if len(out.shape) > 2 or name == "DEQUANTIZE":
+            continue
+        if name == "RESHAPE" and len(sg.tensors[op.inputs[0]].shape) > 2:
+            continue
+        head.append(k)
+    return head
+
+
+def widen_head(tfl: bytes) -> bytes:
+    """``tfl`` (an integer-only int8 file) with its SSR head on int16 activations: each head
+    tensor's int8 range kept, on a symmetric int16 grid (256x finer); TANH outputs at
+    TFLite's int16 scale 1/32768; FULLY_CONNECTED biases requantized to int64 at the new
+    input scale x weight scale; int8 constants read by the head (the merge's stage indices and
+    its 1) requantized to int16; ADD told its scales are not powers of two."""
+    fb = schema()
+    model, sg, ops = operators(tfl)
+    head = head_operators(ops, sg)
+    bad = sorted({ops[k][0] for k in head} - HEAD_OPS)
+    if bad:
+        raise Int8RecipeError(f"int16 head: operators {bad} have no int16 path here")
+    head_set = set(head)
+    producer = {int(o): k for k, (_, op) in enumerate(ops) for o in op.outputs}
+    old = {i: (_params(t) if t.quantization is not None and t.quantization.scale is not None
+               and len(t.quantization.scale) else None) for i, t in enumerate(sg.tensors)}
+    new_scale: dict[int, float] = {}
+    for k in head:
+        name, op = ops[k]
+        out = int(op.outputs[0])
+        new_scale[out] = TANH_OUTPUT_SCALE if name == "TANH" else _int16_scale(sg.tensors[out])
+    # constants of the head (not weights, not biases): int8 -> int16
+    for k in head:
+        name, op = ops[k]
+        for position, i in enumerate(int(j) for j in op.inputs):
+            t = sg.tensors[i] if i >= 0 else None
+            if t is None or i in producer or t.type != fb.TensorType.INT8 or i in new_scale:
+                continue
+            if name == "FULLY_CONNECTED" and position == 1:
+                continue  # int8 weights stay
+            if any(i in op2.inputs for k2, (_, op2) in enumerate(ops) if k2 not in head_set):
+                raise Int8RecipeError(f"int16 head: constant {t.name.decode()} is read by the "
+                                      "int8 convolutions too")
+            scale, zero = old[i]
+            values = (_constant(model, t).astype(np.float64) - zero) * scale
+            new_scale[i] = _int16_scale(t)
+            _store(model, fb, t, np.round(values / new_scale[i]).astype(np.int16),
+                   fb.TensorType.INT16, new_scale[i], 0)
+    # boundary: int8 maps read by the head get an int16 twin through a QUANTIZE
+    twins: dict[int, int] = {}  # int8 map -> its int16 twin
+    source_of: dict[int, int] = {}
+    for k in head:
+        for i in (int(j) for j in ops[k][1].inputs):
+            if i in producer and producer[i] not in head_set and i not in twins:
+                source = sg.tensors[i]
+                twin = fb.TensorT()
+                twin.name = source.name + b"/int16"
+                twin.shape = np.asarray(source.shape, np.int32)
+                twin.shapeSignature = (None if source.shapeSignature is None
+                                       else np.asarray(source.shapeSignature, np.int32))
+                twin.type = fb.TensorType.INT16
+                twin.buffer = 0
+                twin.quantization = fb.QuantizationParametersT()
+                twin.quantization.scale = np.asarray([_int16_scale(source)], np.float32)
+                twin.quantization.zeroPoint = np.asarray([0], np.int64)
+                sg.tensors.append(twin)
+                twins[i] = len(sg.tensors) - 1
+                source_of[twins[i]] = i
+                new_scale[twins[i]] = _int16_scale(source)
+    for k in head:
+        name, op = ops[k]
+        op.inputs = np.asarray([twins.get(int(i), int(i)) for i in op.inputs], np.int32)
+        out = sg.tensors[int(op.outputs[0])]
+        out.type = fb.TensorType.INT16
+        out.quantization.scale = np.asarray([new_scale[int(op.outputs[0])]], np.float32)
+        out.quantization.zeroPoint = np.asarray([0], np.int64)
+        if name == "ADD":
+            op.builtinOptions.potScaleInt16 = False
+        if name == "FULLY_CONNECTED" and len(op.inputs) > 2 and op.inputs[2] >= 0:
+            bias = sg.tensors[int(op.inputs[2])]
+            weight_scale = np.asarray(sg.tensors[int(op.inputs[1])].quantization.scale, np.float64)
+            x = int(op.inputs[0])
+            in8 = old[source_of.get(x, x)][0]  # the scale the int32 bias was stored at
+            values = _constant(model, bias).astype(np.float64) * (in8 * weight_scale)
+            unit = new_scale[x] * weight_scale
+            _store(model, fb, bias, np.round(values / unit).astype(np.int64),
+                   fb.TensorType.INT64, unit, np.zeros(len(unit), np.int64))
+    # the QUANTIZE ops, each right after its map's producer
+    code = _opcode(model, fb.BuiltinOperator.QUANTIZE, 1)
+    inserts = sorted(((producer[i], i, t) for i, t in twins.items()), reverse=True)
+    for after, source, twin in inserts:
+        quantize = fb.OperatorT()
+        quantize.opcodeIndex = code
+        quantize.inputs = np.asarray([source], np.int32)
+        quantize.outputs = np.asarray([twin], np.int32)
+        sg.operators.insert(after + 1, quantize)
+    return pack(model)
