@@ -68,7 +68,10 @@ class Worker:
             self.log_path = self.session / "worker.log"
             env = {"PATH": "/venv/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
                    "PYTHONPATH": self.inside(self.session / "src"),
-                   "PYTHONDONTWRITEBYTECODE": "1"}
+                   "PYTHONDONTWRITEBYTECODE": "1",
+                   # OpenVINO's ARM plugin (oneDNN) otherwise writes /tmp/perf-<pid>.map, one
+                   # per worker, left behind in the root filesystem
+                   "ONEDNN_JIT_PROFILE": "0"}
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(
                     chroot_command(self.root) + ["/venv/bin/python", "-m", "ssrconv.platform_worker"],
