@@ -82,6 +82,22 @@ def test_worker_runs_on_aarch64_with_phone_features(arm64):
     assert not session.exists()  # closing removes the session directory
 
 
+def test_the_root_filesystem_sees_the_hosts_sys_and_nothing_stays_mounted(arm64):
+    """OpenVINO's CPU plugin never returns from its first call without /sys (docs/ARM64.md):
+    a program run the worker's way reads the CPU topology there, and the read-only bind mount
+    ends with it (the root filesystem's own /sys stays an empty directory on the host)."""
+    if not arm64.emulated:
+        pytest.skip("native arm64 machine: no root filesystem")
+    def inside(*command):
+        return subprocess.run(chroot_command(arm64.root) + list(command), capture_output=True,
+                              text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+
+    done = inside("/bin/cat", "/sys/devices/system/cpu/possible")
+    assert done.returncode == 0 and done.stdout.strip()[:1].isdigit(), done.stderr
+    assert inside("/bin/touch", "/sys/ssrconv-probe").returncode != 0  # read-only
+    assert not any((arm64.root / "sys").iterdir())
+
+
 @pytest.mark.slow
 def test_arm64_rows_beside_x86_rows_within_budget(arm64, export_dir, faces, tmp_path):
     """`parity --platform linux/amd64 --platform linux/arm64` on the export: one row per
