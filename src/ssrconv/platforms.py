@@ -86,7 +86,7 @@ def root_problem(root: Path) -> str | None:
         return f"no arm64 root filesystem at {root}: build it with `make arm64` (as root; " \
                f"~10 minutes once; {ROOT_ENV} sets where)"
     if shutil.which("unshare") is None:
-        return "running the arm64 root filesystem needs unshare (util-linux) for its mount namespace"
+        return "running the arm64 root filesystem needs unshare (util-linux): its mount namespace"
     if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
         return "qemu-aarch64 is not registered in binfmt_misc: run `make arm64` (as root)"
     return None

@@ -74,7 +74,8 @@ class Worker:
                    "ONEDNN_JIT_PROFILE": "0"}
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(
-                    chroot_command(self.root) + ["/venv/bin/python", "-m", "ssrconv.platform_worker"],
+                    [*chroot_command(self.root), "/venv/bin/python", "-m",
+                     "ssrconv.platform_worker"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
                     preexec_fn=_die_with_parent)
             hello = self.request({"op": "hello"})
