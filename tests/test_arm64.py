@@ -25,10 +25,6 @@ CI_FACES = 48  # the face subset of the CI run (docs/ARM64.md has the 300-face f
 # Stage tensors (a second pass through every artifact) on fewer faces: the budgets are checked on
 # all CI_FACES, and the fp16 files' direct convolutions (Winograd off) are the slowest under QEMU.
 CI_STAGE_FACES = 16
-# Families the CI run leaves to `ssrconv parity --platform linux/arm64` by hand: OpenVINO's ARM
-# plugin compiles and runs under QEMU so slowly (one bf16 IR on 48 faces: over 10 minutes of
-# CPU, unfinished, 2026-12-06) that its four files alone would take most of CI's 90 minutes.
-CI_SKIPS_FAMILIES = ("openvino",)
 
 
 def _cli(*args, timeout=1800):
@@ -80,9 +76,26 @@ def test_worker_runs_on_aarch64_with_phone_features(arm64):
         assert worker.info["machine"] == "aarch64"
         assert all(worker.info["key_features"][f] for f in ARM64_FEATURES), worker.info
         assert worker.engines["ncnn"] and worker.engines["litert"] and worker.engines["onnxruntime"]
+        assert worker.engines["openvino"] and worker.engines["mnn"]
         assert worker.versions["ai-edge-litert"].startswith("1."), worker.versions
         session = worker.session
     assert not session.exists()  # closing removes the session directory
+
+
+def test_the_root_filesystem_sees_the_hosts_sys_and_nothing_stays_mounted(arm64):
+    """OpenVINO's CPU plugin never returns from its first call without /sys (docs/ARM64.md):
+    a program run the worker's way reads the CPU topology there, and the read-only bind mount
+    ends with it (the root filesystem's own /sys stays an empty directory on the host)."""
+    if not arm64.emulated:
+        pytest.skip("native arm64 machine: no root filesystem")
+    def inside(*command):
+        return subprocess.run(chroot_command(arm64.root) + list(command), capture_output=True,
+                              text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+
+    done = inside("/bin/cat", "/sys/devices/system/cpu/possible")
+    assert done.returncode == 0 and done.stdout.strip()[:1].isdigit(), done.stderr
+    assert inside("/bin/touch", "/sys/ssrconv-probe").returncode != 0  # read-only
+    assert not any((arm64.root / "sys").iterdir())
 
 
 @pytest.mark.slow
@@ -94,10 +107,9 @@ def test_arm64_rows_beside_x86_rows_within_budget(arm64, export_dir, faces, tmp_
     from ssrconv.artifacts import discover
     from ssrconv.parity import check
     from ssrconv.parity_report import render_markdown
-    from ssrconv.targets import format_of
 
     places = (host_platform(), "linux/arm64")
-    items = [i for i in discover(export_dir) if format_of(i.path).family not in CI_SKIPS_FAMILIES]
+    items = discover(export_dir)
     report = check(items, faces.inputs[:CI_FACES], synthetic=0, platforms=places,
                    raise_on_failure=False, stage_faces=CI_STAGE_FACES)
     broken = [f"{r.artifact} {r.platform}: {r.violations or r.error}" for r in report.results
@@ -108,7 +120,7 @@ def test_arm64_rows_beside_x86_rows_within_budget(arm64, export_dir, faces, tmp_
     assert all(r.machine == "aarch64" for r in arm), [(r.artifact, r.machine) for r in arm]
     assert all(r.emulated == arm64.emulated for r in arm)
     ran_names = {r.artifact for r in ran}
-    for family in ("onnx", "tflite", "ncnn", "mnn"):
+    for family in ("onnx", "tflite", "ncnn", "mnn", "openvino"):
         assert any(name.endswith(f".{family}") for name in ran_names), (family, ran_names)
     # the two fp16 files that broke on arm64 before their fixes ran there, in fp16 arithmetic
     # (the worker's CPU has fphp/asimdhp: test_worker_runs_on_aarch64_with_phone_features):
@@ -116,6 +128,10 @@ def test_arm64_rows_beside_x86_rows_within_budget(arm64, export_dir, faces, tmp_
     engines = {r.artifact: r.engine for r in ran}
     assert engines["ssrnet_age_gender_fp16.ncnn"] == "ncnn-cpu-fp16"
     assert engines["ssrnet_age_gender_fp16.mnn"] == "mnn-cpu-low-nowinograd"
+    # OpenVINO's ARM CPU plugin ran (it hung before the worker had /sys: docs/ARM64.md), in f32
+    # for the fp32 and fp16 IRs
+    assert engines["ssrnet_age_gender_fp32.openvino"] == "openvino-cpu-f32"
+    assert engines["ssrnet_age_gender_fp16.openvino"] == "openvino-cpu-f32"
     # side by side: each arm64 row right after the host row of the same (artifact, engine)
     rows = report.results
     for i, r in enumerate(rows):
@@ -154,7 +170,6 @@ def test_runtime_only_install_inside_arm64(arm64, export_dir, images_dir, faces_
         for chip in sorted(faces_dir.iterdir())[:16]:
             shutil.copy2(chip, chips)
         inside = worker.inside(work)
-        chroot = chroot_command()
         env = {"PATH": "/venv/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
                "SSRCONV_ASSETS": f"{inside}/assets"}
         assets = work / "assets"
@@ -163,7 +178,7 @@ def test_runtime_only_install_inside_arm64(arm64, export_dir, images_dir, faces_
             shutil.copy2(os.path.join(os.environ["SSRCONV_ASSETS"], name), assets)
 
         def run(*args):
-            return subprocess.run(chroot + [str(arm64.root), "/venv/bin/ssrconv", *args],
+            return subprocess.run(chroot_command(arm64.root) + ["/venv/bin/ssrconv", *args],
                                   capture_output=True, text=True, timeout=1200, env=env)
 
         predicted = run("predict", f"{inside}/group_t1.jpg", "--model",

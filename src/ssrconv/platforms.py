@@ -85,21 +85,29 @@ def root_problem(root: Path) -> str | None:
     if not (root / "venv" / "bin" / "python").exists() or not (root / ".ssrconv" / "venv").is_file():
         return f"no arm64 root filesystem at {root}: build it with `make arm64` (as root; " \
                f"~10 minutes once; {ROOT_ENV} sets where)"
-    if os.geteuid() != 0 and shutil.which("unshare") is None:
-        return "running the arm64 root filesystem needs root or unshare (user namespaces) for chroot"
+    if shutil.which("unshare") is None:
+        return "running the arm64 root filesystem needs unshare (util-linux): its mount namespace"
     if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
         return "qemu-aarch64 is not registered in binfmt_misc: run `make arm64` (as root)"
     return None
 
 
-def chroot_command() -> list[str]:
-    """The command prefix that runs a program inside a root filesystem: chroot as root, else
-    chroot in a user namespace (unshare --map-root-user); absolute paths, so the program's
-    own environment (a minimal PATH) does not matter."""
+def chroot_command(root: Path) -> list[str]:
+    """The command prefix that runs a program inside the root filesystem ``root`` (append the
+    program and its arguments): chroot in a private mount namespace (``unshare --mount``; in a
+    user namespace too when not root) that bind-mounts the host's ``/sys`` read-only on
+    ``root/sys``. OpenVINO's CPU plugin reads the CPU topology there
+    (``/sys/devices/system/cpu/possible``, ``online``, ``cpuN/cache``) and, finding neither it
+    nor ``/proc/cpuinfo``, never returns from its first ``Core`` call (docs/ARM64.md); a phone
+    or a board has ``/sys``. The mount lives and dies with the namespace: nothing stays mounted
+    on the host. Absolute paths, so the program's own environment (a minimal PATH) does not
+    matter."""
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
-    if os.geteuid() == 0:
-        return [chroot]
-    return [shutil.which("unshare") or "/usr/bin/unshare", "--map-root-user", chroot]
+    mount = shutil.which("mount") or "/usr/bin/mount"
+    user = [] if os.geteuid() == 0 else ["--map-root-user"]
+    script = f'{mount} -o bind,ro /sys "$1/sys" && exec "$0" "$@"'  # $0 chroot, $1 root
+    return [unshare, *user, "--mount", "/bin/sh", "-c", script, chroot, str(root)]
 
 
 def resolve(name: str) -> Platform:

@@ -15,7 +15,8 @@ instead of averaging out; the ONNX model's float initializers are therefore roun
 nearest float16 first (:func:`round_to_fp16`), which MNN's conversion then keeps exactly
 (docs/PORTS.md: the PyTorch port's mnn-fp16 mean error 0.051 -> 0.013 y).
 The options the file must run with (precision, Winograd off: ``formats.mnn.RUN_OPTIONS``)
-cannot travel in an .mnn, so the manifest states them (``mnn_runtime``).
+cannot travel in an .mnn: the file's bizCode names their key (:func:`run_key_for`) and the
+manifest states them (``mnn_runtime``).
 The converter is called through MNN's C++ binding ``_tools.mnnconvert`` in a child process: the
 package's ``mnnconvert`` console script also posts a usage log to a remote endpoint.
 """
@@ -80,12 +81,25 @@ def round_to_fp16(proto) -> int:
     return changed
 
 
+def run_key_for(model, precision: str) -> str:
+    """The RUN_OPTIONS key the file of ``model`` at ``precision`` must run with: fp16 files in
+    fp16 arithmetic, except a model with stage-1 maps wider than the original's (the PyTorch
+    port: 8 x 8, so 640-product stage-1 Dense layers), whose fp16 arithmetic on arm64 broke the
+    fp16 budget (mean 0.063 y; float32 arithmetic 0.012, docs/ARM64.md)."""
+    from ssrconv.converters.int8_prep import wide_stage1
+
+    if precision == "fp16" and wide_stage1(model):
+        return "fp16-fp32-arithmetic"
+    return precision
+
+
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` (via its ONNX export) to an .mnn file at ``dest``."""
     import onnx
 
     from ssrconv.converters.onnx import to_proto
 
+    key = run_key_for(model, target.precision)
     proto = to_proto(model, options.opset, options.batch)
     if target.precision == "fp16":
         round_to_fp16(proto)
@@ -94,7 +108,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         onnx.save(proto, str(source))
         command = [sys.executable, "-c", _CONVERT, "-f", "ONNX", "--modelFile", str(source),
                    "--MNNModel", str(dest), "--bizCode",
-                   BIZ_CODE.format(precision=target.precision)]
+                   BIZ_CODE.format(run_key=key)]
         if target.precision == "fp16":
             command.append("--fp16")
         try:
@@ -110,13 +124,17 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     verify(dest)
     from ssrconv.formats.mnn import mnn_module
 
-    run = RUN_OPTIONS[target.precision]
+    run = RUN_OPTIONS[key]
     return {"converter": "mnnconvert (ONNX)", "mnn_fp16_weights": target.precision == "fp16",
             "mnn_runtime": {"backend": "CPU", "precision": run["precision"], "hints": run["hints"],
+                            "run_key": key,
                             "why": "set on the RuntimeManager or session (not in the file): "
                                    "Winograd's 3x3 transforms cost 0.0034 y in fp32 and, in fp16 "
                                    "arithmetic at precision low on ARMv8.2 CPUs, put the fp16 "
-                                   "file outside its budget (docs/ARM64.md)"},
+                                   "file outside its budget (docs/ARM64.md)"
+                                   + ("; this model's fp16 file is outside it in fp16 arithmetic "
+                                      "even without Winograd: precision normal (float32 "
+                                      "arithmetic)" if key == "fp16-fp32-arithmetic" else "")},
             "fp16_rounding": ("nearest (initializers rounded before mnnconvert --fp16, which "
                               "truncates)" if target.precision == "fp16" else None),
             "converter_versions": {"MNN": mnn_module().version()},

@@ -33,21 +33,28 @@ def mnn_module():
     return MNN
 
 
-BIZ_CODE = "ssrconv-{precision}"  # MNN keeps it in the file: file_precision reads it back
+# MNN keeps the bizCode in the file: "ssrconv-<run key>", a key of RUN_OPTIONS whose first
+# part is the precision (run_key and file_precision read it back).
+BIZ_CODE = "ssrconv-{run_key}"
 
 # MNN::Interpreter::HintMode ids, for RuntimeManager.set_hint (the Python binding takes ints).
 HINT_IDS = {"WINOGRAD_MEMORY_LEVEL": 3}
-# What an .mnn must be run with, per the precision it computes in: the file cannot carry it (an
-# MNN Net has no per-op algorithm or runtime-hint field), so the converter writes it into the
-# manifest and MnnRuntime runs every file with it (docs/CONVERTERS.md "MNN", docs/ARM64.md).
-# Winograd off (WINOGRAD_MEMORY_LEVEL 0) for both: in fp32 its transforms cost 0.0034 y on x86;
+# What an .mnn must be run with: the options cannot travel in the file (an MNN Net has no
+# per-op algorithm or runtime-hint field), so the converter writes its key into the bizCode
+# and the options into the manifest, and MnnRuntime runs every file with them
+# (docs/CONVERTERS.md "MNN", docs/ARM64.md).
+# Winograd off (WINOGRAD_MEMORY_LEVEL 0) for all: in fp32 its transforms cost 0.0034 y on x86;
 # at precision low on an ARMv8.2 CPU (fp16 arithmetic, MNN's Arm82 backend) the fp16 file with
 # Winograd measured max 0.53 / mean 0.091 y on the 300 dev faces (budget 0.25 / 0.05), without
 # it (and with rounded weights) 0.18 / 0.033. fp32 runs at precision high, so an fp16-capable
-# CPU keeps fp32 arithmetic there.
+# CPU keeps fp32 arithmetic there. "fp16-fp32-arithmetic": float16 weights computed in float32
+# (precision normal), for a model whose fp16 arithmetic breaks the fp16 budget even so: the
+# PyTorch port (stage-1 maps 8 x 8 where the original's are 4 x 4) measured mean 0.063 y at
+# precision low on arm64 and 0.012 at normal (48 dev faces, docs/ARM64.md).
 RUN_OPTIONS = {
     "fp32": {"precision": "high", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
     "fp16": {"precision": "low", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
+    "fp16-fp32-arithmetic": {"precision": "normal", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
 }
 
 
@@ -73,15 +80,21 @@ def verify(path: Path) -> None:
         raise ModelFileError(f"{path}: not an MNN model (malformed root table); re-export it")
 
 
-def file_precision(path: Path) -> str:
-    """The precision an .mnn computes in, from the bizCode ssrconv wrote into it ("fp32" for a
-    file ssrconv did not write: MNN's converter writes float32 weights unless told --fp16)."""
+def run_key(path: Path) -> str:
+    """The RUN_OPTIONS key an .mnn runs with, from the bizCode ssrconv wrote into it ("fp32"
+    for a file ssrconv did not write: MNN's converter writes float32 weights unless told
+    --fp16)."""
     verify(path)
     mnn = mnn_module()
     with stdout_to_stderr():
         code = mnn.nn.load_module_from_file(str(path), [], []).get_info().get("bizCode", "")
-    precision = code.removeprefix("ssrconv-")
-    return precision if precision in ("fp32", "fp16") else "fp32"
+    key = code.removeprefix("ssrconv-")
+    return key if key in RUN_OPTIONS else "fp32"
+
+
+def file_precision(path: Path) -> str:
+    """The precision an .mnn's weights are stored in (fp32, fp16), from its bizCode."""
+    return run_key(path).split("-")[0]
 
 
 def describe(path: Path) -> dict:

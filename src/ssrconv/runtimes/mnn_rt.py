@@ -1,10 +1,11 @@
 """MNN (the pip ``MNN`` package, CPU backend) as a Runtime, through ``MNN.nn`` modules loaded
 with the named input ``face_bgr`` and outputs ``age``/``p_male``.
 
-Every file runs with the options :data:`ssrconv.formats.mnn.RUN_OPTIONS` gives its precision
-(the converter writes the same into the manifest): Winograd off (the hint
-``WINOGRAD_MEMORY_LEVEL = 0``), fp32 at precision ``high``, fp16 at precision ``low`` (fp16
-arithmetic where the CPU has it: MNN's Arm82 backend on ARMv8.2). Measured (docs/CONVERTERS.md
+Every file runs with the options :data:`ssrconv.formats.mnn.RUN_OPTIONS` gives its run key
+(the bizCode the converter writes into the file; the manifest states the options): Winograd
+off (the hint ``WINOGRAD_MEMORY_LEVEL = 0``), fp32 at precision ``high``, fp16 at precision
+``low`` (fp16 arithmetic where the CPU has it: MNN's Arm82 backend on ARMv8.2), or ``normal``
+(float32 arithmetic) for an fp16 file whose model needs it. Measured (docs/CONVERTERS.md
 "MNN", docs/ARM64.md): Winograd's 3x3 transforms moved fp32 by 0.0034 y on x86 (3.4e-5 y
 without), and in fp16 arithmetic on arm64 put the fp16 file outside its budget.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError, clip
-from ssrconv.formats.mnn import (HINT_IDS, RUN_OPTIONS, file_precision, mnn_module,
+from ssrconv.formats.mnn import (HINT_IDS, RUN_OPTIONS, file_precision, mnn_module, run_key,
                                  stdout_to_stderr)
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime
@@ -31,9 +32,8 @@ class MnnRuntime(Runtime):
         self.path = Path(path)
         mnn = mnn_module()
         self.precision = precision or file_precision(self.path)
-        fp16 = self.precision == "fp16"
         self.threads = int(num_threads or 1)
-        options = RUN_OPTIONS["fp16" if fp16 else "fp32"]
+        options = RUN_OPTIONS[run_key(self.path)]
         self.config = {"backend": "CPU", "precision": options["precision"],
                        "numThread": self.threads}
         self.hints = dict(options["hints"])
@@ -59,7 +59,8 @@ class MnnRuntime(Runtime):
         self.heads = tuple(outputs)
         winograd = "-nowinograd" if self.hints.get("WINOGRAD_MEMORY_LEVEL") == 0 else ""
         self.engine = f"mnn-cpu-{options['precision']}{winograd}"
-        self.executed_precision = "fp16" if fp16 else "fp32"
+        # what MNN computes in where the CPU has fp16 arithmetic (ARMv8.2); elsewhere fp32
+        self.executed_precision = "fp16" if options["precision"] == "low" else "fp32"
 
     def stage_outputs(self, batch: np.ndarray, specs) -> dict[str, np.ndarray]:
         """A second module on the same file with the stage tensors (which keep their ONNX

@@ -2,11 +2,12 @@
 root filesystem (:mod:`ssrconv.platforms`), driven from this process.
 
 The host starts ``chroot ROOT /venv/bin/python -m ssrconv.platform_worker`` (QEMU runs it
-through binfmt_misc) with this very ssrconv package copied into a session directory under
-``ROOT/tmp`` (the worker runs the caller's code, not whatever ssrconv the root filesystem was
-built with; the root filesystem provides Python and the runtimes' aarch64 wheels). Requests are
-JSON lines on the worker's stdin, answers JSON lines on its stdout (the worker moves everything
-else a library prints to its log); face batches and outputs travel as ``.npy``/``.npz`` files
+through binfmt_misc; :func:`ssrconv.platforms.chroot_command` gives it the host's ``/sys``)
+with this very ssrconv package copied into a session directory under ``ROOT/tmp`` (the worker
+runs the caller's code, not whatever ssrconv the root filesystem was built with; the root
+filesystem provides Python and the runtimes' aarch64 wheels). Requests are JSON lines on the
+worker's stdin, answers JSON lines on its stdout (the worker moves everything else a library
+prints to its log); face batches and outputs travel as ``.npy``/``.npz`` files
 in the session directory. :class:`RemoteRuntime` is a :class:`Runtime` like any other, so
 parity measures remote rows with the same code and budgets as host rows.
 """
@@ -65,13 +66,16 @@ class Worker:
             shutil.copytree(Path(__file__).resolve().parents[1], self.session / "src" / "ssrconv",
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             self.log_path = self.session / "worker.log"
-            chroot = chroot_command()
             env = {"PATH": "/venv/bin:/usr/bin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
                    "PYTHONPATH": self.inside(self.session / "src"),
-                   "PYTHONDONTWRITEBYTECODE": "1"}
+                   "PYTHONDONTWRITEBYTECODE": "1",
+                   # OpenVINO's ARM plugin (oneDNN) otherwise writes /tmp/perf-<pid>.map, one
+                   # per worker, left behind in the root filesystem
+                   "ONEDNN_JIT_PROFILE": "0"}
             with open(self.log_path, "wb") as log:
                 self.process = subprocess.Popen(
-                    chroot + [str(self.root), "/venv/bin/python", "-m", "ssrconv.platform_worker"],
+                    [*chroot_command(self.root), "/venv/bin/python", "-m",
+                     "ssrconv.platform_worker"],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, text=True,
                     preexec_fn=_die_with_parent)
             hello = self.request({"op": "hello"})
