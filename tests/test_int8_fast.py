@@ -120,3 +120,50 @@ def test_bias_correction_of_a_same_padded_conv_counts_its_zero_border():
     shift = (after - before).mean(axis=(0, 1, 2))
     assert np.abs(after - before).max() > 1e-3  # the kernel did move onto its int8 grid
     assert np.abs(shift).max() < 1e-5, shift
+
+
+def test_dense_kernels_are_rounded_only_when_asked_onto_their_grid_without_a_shift():
+    """``round_kernels(dense=True)`` (the 16x8 file, whose Dense layers run on int8 weights)
+    puts a Dense kernel on its per-unit int8 grid with the mean output shift corrected in the
+    bias; rounded to nearest by the quantizer instead, the PyTorch port's 640-input stage-1
+    delta layer shifted every age (16x8 mean 0.29 y; docs/INT8.md, "The 16x8 file")."""
+    import keras
+
+    from ssrconv.converters.int8_prep import round_kernels
+
+    inputs = keras.Input((640,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="dense")(inputs))
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(scale=0.1, size=(640, 2)).astype(np.float32)
+    model.get_layer("dense").set_weights([kernel, np.zeros(2, np.float32)])
+    cal = rng.uniform(0, 1, size=(256, 640)).astype(np.float32)  # products of relu features
+    before = model.predict(cal, verbose=0).astype(np.float64)
+    round_kernels(model, cal)
+    assert np.array_equal(model.get_layer("dense").get_weights()[0], kernel)  # convs only
+    round_kernels(model, cal, dense=True)
+    rounded = model.get_layer("dense").get_weights()[0].astype(np.float64)
+    steps = rounded / (np.abs(kernel).max(axis=0) / 127)
+    assert np.abs(steps - np.round(steps)).max() < 1e-3 and np.abs(steps).max() <= 127 + 1e-3
+    after = model.predict(cal, verbose=0).astype(np.float64)
+    assert np.abs(after - before).max() > 1e-3  # the kernel did move onto its grid
+    assert np.abs((after - before).mean(axis=0)).max() < 1e-5
+
+
+def test_integer_merge_keeps_its_stage_weights_where_int8_stores_them_exactly():
+    """The 16x8 graph's merge holds V / 3^k in its stage-sum matrix, one column per stage,
+    so a per-channel int8 scale (max / 127) stores each exactly, and its output matrix is 0/1;
+    in one output column, V/9 and V/27 were stored 0.8% low (docs/INT8.md, "The 16x8 file")."""
+    from ssrconv.graph import VARIANTS
+    from ssrconv.graph.builder import FusedStagewiseMerge
+
+    assert VARIANTS["per-head-integer"].merge_scales_in_sums
+    integer, plain = (FusedStagewiseMerge(2, [101.0, 1.0], scales_in_sums=flag)
+                      for flag in (True, False))
+    assert set(np.unique(integer._out)) == {0.0, 1.0}
+    for sums in (integer._sums, plain._sums):
+        for column in sums.T:  # every nonzero of a column equal: its int8 step is exact
+            assert len(set(column[column != 0])) == 1
+    # the same function: each stage's weight moved from one matrix to the other
+    np.testing.assert_allclose(integer._sums @ integer._out, plain._sums @ plain._out, rtol=1e-6)
+    steps = plain._out / (np.abs(plain._out).max(axis=0) / 127)
+    assert np.abs(steps - np.round(steps)).max() > 0.1  # why: one scale per head column

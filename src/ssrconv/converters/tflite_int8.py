@@ -352,7 +352,7 @@ def calibrate_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPH
     m = rewrite(model)
     if alpha:
         equalize(m, cal, alpha)
-    round_kernels(m, cal)
+    round_kernels(m, cal, dense=True)  # every kernel of the file is int8, the Dense ones too
     conv = tf.lite.TFLiteConverter.from_keras_model(m)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
