@@ -192,16 +192,6 @@ def _patch_stats(model, layer, cal, bs=25):
     return H / n - np.outer(m, m), m
 
 
-def _dense_stats(model, layer, cal, bs=100):
-    """The covariance and mean of a Dense layer's input over ``cal`` (what :func:`_patch_stats`
-    gives a conv: one row per input instead of one per patch)."""
-    keras = _keras()
-    x = keras.Model(model.inputs, layer.input).predict(cal, verbose=0, batch_size=bs)
-    x = np.asarray(x, np.float64).reshape(len(cal), -1)
-    m = x.mean(0)
-    return x.T @ x / len(x) - np.outer(m, m), m
-
-
 def _gptq_channel(w, C):
     s = np.abs(w).max() / 127
     if s == 0:
@@ -234,26 +224,20 @@ def _gptq_channel(w, C):
     return qq, s
 
 
-def round_kernels(model, cal, only=lambda name: True, dense: bool = False):
+def round_kernels(model, cal, only=lambda name: True):
     """GPTQ rounding with bias correction of the Conv2D kernels whose layer name satisfies
     ``only`` (those that will run in int8: rounding a kernel that stays float only adds error),
     onto the symmetric per-channel int8 grid ``[-127, 127] * max|w| / 127``. A ``groups`` g
-    kernel is rounded per group, on the covariance of the input channels that group reads.
-    With ``dense``, the Dense kernels too (per output unit, on the covariance of the layer's
-    input), for files whose Dense layers run on int8 weights (docs/INT8.md, "The 16x8 file")."""
+    kernel is rounded per group, on the covariance of the input channels that group reads."""
     keras = _keras()
     for l in model.layers:
-        is_dense = dense and type(l) is keras.layers.Dense
-        is_conv = isinstance(l, keras.layers.Conv2D) and not isinstance(l, keras.layers.DepthwiseConv2D)
-        if not (is_conv or is_dense) or not only(l.name):
+        if not isinstance(l, keras.layers.Conv2D) or isinstance(l, keras.layers.DepthwiseConv2D) or not only(l.name):
             continue
         wts = l.get_weights(); w = wts[0]
-        if is_dense:
-            w = w.reshape(1, 1, *w.shape)               # a 1x1 conv over a 1x1 map
         kh, kw, per_group_in, cout = w.shape
         groups = int(getattr(l, "groups", 1) or 1)
         per_group_out = cout // groups
-        C, m = (_dense_stats if is_dense else _patch_stats)(model, l, cal)  # (kh, kw, cin) order
+        C, m = _patch_stats(model, l, cal)              # over every input channel: (kh, kw, cin) order
         index = np.arange(kh * kw * per_group_in * groups).reshape(kh, kw, per_group_in * groups)
         new_kernel = np.empty_like(w)
         new_bias = wts[1].astype(np.float64) if l.use_bias else None
@@ -266,7 +250,7 @@ def round_kernels(model, cal, only=lambda name: True, dense: bool = False):
             if new_bias is not None:
                 new_bias[cols] = new_bias[cols] - mg @ (Kq - K)     # bias correction
             new_kernel[..., cols] = Kq.reshape(kh, kw, per_group_in, per_group_out)
-        wts[0] = new_kernel.reshape(wts[0].shape).astype(np.float32)
+        wts[0] = new_kernel.astype(np.float32)
         if new_bias is not None:
             wts[1] = new_bias.astype(np.float32)
         l.set_weights(wts)

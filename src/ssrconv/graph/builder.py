@@ -484,6 +484,23 @@ def build_export_graph(reference_model, task: str, variant: str | Variant,
     return _merged_model(inputs, task, heads, probs, deltas, local, variant)
 
 
+def _grouped_delta(m, t, name, groups: int):
+    """The reference's stage-delta layer ``name`` (one tanh unit reading the stage's feature
+    products) on ``t``; with ``groups`` > 1 as a linear Dense with one output per group of its
+    weights (grouped by magnitude, the rest of each column zero), then the layer ``name``
+    summing the groups (weights 1) with the bias and activation. The same function; a per-channel
+    int8 quantizer gives each group its own scale (Variant.delta_scale_groups)."""
+    kernel, bias = _weights(m, name)
+    activation = m.get_layer(name).get_config().get("activation")
+    if groups <= 1:
+        return _dense(t, kernel, bias, name, activation)
+    parts = np.zeros((kernel.shape[0], groups))
+    for g, rows in enumerate(np.array_split(np.argsort(np.abs(kernel[:, 0])), groups)):
+        parts[rows, g] = kernel[rows, 0]
+    t = _dense(t, parts, np.zeros(groups), name + "_groups", None)
+    return _dense(t, np.ones((groups, 1)), bias, name, activation)
+
+
 def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
                     inputs, variant: Variant) -> keras.Model:
     """The Dense part as in the reference, one Dense per stage and head under the reference's
@@ -518,7 +535,8 @@ def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
             probs.append(dense_like(fused, prefix + head_names(head_task)["stages"].format(k + 1)))
             locals_.append(dense_like(fused, prefix + f"local_delta_stage{k + 1}"))
             delta_in = layers.Multiply(name=f"{prefix}stage{k + 1}_delta_in")([fs, fx])
-            deltas.append(dense_like(delta_in, prefix + f"delta_s{k + 1}"))
+            deltas.append(_grouped_delta(m, delta_in, prefix + f"delta_s{k + 1}",
+                                         variant.delta_scale_groups))
     if variant.merge_per_head and n_heads > 1:
         merged = []
         for head, (head_task, prefix, _) in enumerate(heads):
