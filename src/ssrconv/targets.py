@@ -346,10 +346,14 @@ TARGETS: dict[str, Target] = {
                "operator integer (SSR head included; float32 I/O at the boundary), each head "
                "its own convs (the smallest TFLite Micro arena); for TFLite Micro and Ethos-U; "
                "calibrated", graph_variant="per-head-integer",
-               # Not in `--to all`: the original passes the int8 budget (faces and data-free)
-               # but the PyTorch port's age file measured p99 1.05 y > 1.0 (mean 0.29;
-               # docs/INT8.md, "The 16x8 file"), and `--to all` must pass for every member.
-               in_all=False),
+               # In `--to all` again (2026-12-06): the PyTorch port's age file had measured
+               # p99 1.05 y > 1.0 (mean 0.29), its weights' error, not its activations': one
+               # int8 scale for its stage-1 delta's 640 weights and for the merge's V/3, V/9,
+               # V/27 (stored 0.8% low). The per-head-integer graph now gives those weights
+               # their own scales (Variant.merge_scales_in_sums, delta_scale_groups) and
+               # set_ranges widens products: port 0.15 / 0.55 y mean / p99 on faces, 0.16 /
+               # 0.61 data-free (docs/INT8.md, "The 16x8 file").
+               ),
         Target("ethos-u", "int16x8", "int8",
                "Arm Ethos-U: the tflite-int16x8 file with int16 I/O, compiled by Vela for "
                "ethos-u55-128 and ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's "
