@@ -57,11 +57,13 @@ class Variant:
     # the output matrix one scale served the three stages and 16x8 stored V/9 and V/27 0.8%
     # low, every age shifted down (docs/INT8.md, "The 16x8 file").
     merge_scales_in_sums: bool = False
-    # n > 1 (per-stage Dense only): each stage-delta Dense (one tanh unit over the stage's 160,
-    # or a padding=1 member's 640, feature products) as a Dense with one output per group of
-    # its weights by magnitude, summed by a Dense of ones. Exact; for per-channel int8 weights
-    # each group gets its own scale: with one, the PyTorch port's 640-weight stage-1 delta
-    # cost its 16x8 file most of its error (docs/INT8.md, "The 16x8 file").
+    # n > 1 (per-stage Dense only): each stage-delta Dense wider than the original's (one tanh
+    # unit over a padding=1 member's 640 stage-1 feature products; the original's read 160) as
+    # a Dense with one output per group of its weights by magnitude, summed by a Dense of ones.
+    # Exact; for per-channel int8 weights each group gets its own scale: with one, the PyTorch
+    # port's stage-1 delta cost its 16x8 file most of its error. The original's 160-wide
+    # deltas grouped made its data-free file worse (mean 0.14 -> 0.22 y: the groups' partial
+    # sums get ranges of their own), so they stay one Dense (docs/INT8.md, "The 16x8 file").
     delta_scale_groups: int = 1
 
 

@@ -487,12 +487,15 @@ def build_export_graph(reference_model, task: str, variant: str | Variant,
 def _grouped_delta(m, t, name, groups: int):
     """The reference's stage-delta layer ``name`` (one tanh unit reading the stage's feature
     products) on ``t``; with ``groups`` > 1 as a linear Dense with one output per group of its
-    weights (grouped by magnitude, the rest of each column zero), then the layer ``name``
+    weights (grouped by magnitude, the rest of each column zero), when it reads more products
+    than the original's widest (160: a padding=1 member's stage 1), then the layer ``name``
     summing the groups (weights 1) with the bias and activation. The same function; a per-channel
     int8 quantizer gives each group its own scale (Variant.delta_scale_groups)."""
+    from ssrconv.reference.family import ORIGINAL
+
     kernel, bias = _weights(m, name)
     activation = m.get_layer(name).get_config().get("activation")
-    if groups <= 1:
+    if groups <= 1 or kernel.shape[0] <= max(ORIGINAL.arch.flat_widths()):
         return _dense(t, kernel, bias, name, activation)
     parts = np.zeros((kernel.shape[0], groups))
     for g, rows in enumerate(np.array_split(np.argsort(np.abs(kernel[:, 0])), groups)):
