@@ -352,7 +352,8 @@ TARGETS: dict[str, Target] = {
                # V/27 (stored 0.8% low). The per-head-integer graph now gives those weights
                # their own scales (Variant.merge_scales_in_sums, delta_scale_groups) and
                # set_ranges widens products: port 0.15 / 0.55 y mean / p99 on faces, 0.16 /
-               # 0.61 data-free (docs/INT8.md, "The 16x8 file").
+               # 0.62 data-free; the original
+               # 0.074 / 0.31 and 0.14 / 0.53 (docs/INT8.md, "The 16x8 file").
                ),
         Target("ethos-u", "int16x8", "int8",
                "Arm Ethos-U: the tflite-int16x8 file with int16 I/O, compiled by Vela for "
