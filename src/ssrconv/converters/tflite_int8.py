@@ -307,7 +307,10 @@ def set_ranges(calibrated: bytes, domains: dict[str, float]) -> bytes:
     - every operator's output, HEADROOM times its calibrated range. Data-free inputs cover only
       42-100% of the ranges real faces reach (the stage deltas before their tanh: 1.5 against
       3.6), and a value beyond its range is clipped; an int16 range twice as wide costs one
-      of 15 bits, far below the weights' rounding (docs/INT8.md, "The 16x8 file");
+      of 15 bits, far below the weights' rounding (docs/INT8.md, "The 16x8 file"). A product
+      of two activations (MUL) gets HEADROOM squared: each factor falls short alike, so the
+      product falls short by the square (the PyTorch port's 640 stage-1 delta products,
+      data-free: 35% of the faces' range, doubled still clipped, one face off by 7 y);
     - each output, and every tensor it is read through (same-scale slices and reshapes back to
       the merge's output), to [0, its domain] (a shared tensor: the largest domain of the
       outputs reading it). A calibrated int16 range ends at the largest output the calibration
@@ -326,14 +329,18 @@ def set_ranges(calibrated: bytes, domains: dict[str, float]) -> bytes:
     if unknown:
         raise Int8RecipeError(f"16x8 TFLite: outputs {unknown} have no known domain "
                               f"(known: {sorted(domains)})")
+    activations = set(graph.inputs) | set(producer)
     ranges: dict[int, tuple[float, float]] = {}
-    for _, op in ops:
+    for kind, op in ops:
+        # a product of two activations, each of which may exceed its range by HEADROOM
+        product = kind == "MUL" and all(i in activations for i in op.inputs)
+        headroom = HEADROOM ** 2 if product else HEADROOM
         for tensor in op.outputs:
             q = graph.tensors[tensor].quantization
             if q is not None and q.min is not None and len(q.min):
                 low, high = float(q.min[0]), float(q.max[0])
                 ranges[tensor] = ((0.0, DEAD_RANGE) if max(abs(low), abs(high)) < DEAD else
-                                  (low * HEADROOM, high * HEADROOM))
+                                  (low * headroom, high * headroom))
     domain: dict[int, float] = {}
     for tensor, name in zip(graph.outputs, names):
         while True:

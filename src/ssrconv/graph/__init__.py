@@ -51,6 +51,20 @@ class Variant:
     # gender head's stage features (0..8.3) rounded the age head's (0..0.16) to a few steps
     # (docs/INT8.md, "Integer-only int8").
     merge_per_head: bool = False
+    # The merge's stage weights V / s^(k+1) in its stage-sum matrix (one column per stage and
+    # head) rather than its output matrix (one column per head). A per-channel int8 quantizer
+    # (TFLite's, for FULLY_CONNECTED) then stores each exactly (127 steps of weight / 127); in
+    # the output matrix one scale served the three stages and 16x8 stored V/9 and V/27 0.8%
+    # low, every age shifted down (docs/INT8.md, "The 16x8 file").
+    merge_scales_in_sums: bool = False
+    # n > 1 (per-stage Dense only): each stage-delta Dense wider than the original's (one tanh
+    # unit over a padding=1 member's 640 stage-1 feature products; the original's read 160) as
+    # a Dense with one output per group of its weights by magnitude, summed by a Dense of ones.
+    # Exact; for per-channel int8 weights each group gets its own scale: with one, the PyTorch
+    # port's stage-1 delta cost its 16x8 file most of its error. The original's 160-wide
+    # deltas grouped made its data-free file worse (mean 0.14 -> 0.22 y: the groups' partial
+    # sums get ranges of their own), so they stay one Dense (docs/INT8.md, "The 16x8 file").
+    delta_scale_groups: int = 1
 
 
 VARIANTS = {v.name: v for v in (
@@ -67,7 +81,7 @@ VARIANTS = {v.name: v for v in (
     # each head its own convs: TFLite Micro's arena 350,736 bytes against 620,016 for the fused
     # graph, whose first convs write both heads' maps at once (docs/INT8.md, "TFLite Micro").
     Variant("per-head-integer", plain_groups=False, batched_dense=False, grouped_convs=False,
-            rsqrt_reciprocal=True),
+            rsqrt_reciprocal=True, merge_scales_in_sums=True, delta_scale_groups=4),
     # Integer-only int8: per head from the input to the outputs, one merge per head, so no int8
     # tensor (one scale) holds both heads' values (docs/INT8.md, "Integer-only int8").
     Variant("per-head-int8-integer", plain_groups=False, batched_dense=False,

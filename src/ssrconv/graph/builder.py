@@ -228,24 +228,28 @@ class FusedStagewiseMerge(layers.Layer):
     """
 
     def __init__(self, heads: int, V=(101.0,), stage_num=STAGE_NUM, rsqrt_reciprocal=False,
-                 **kwargs):
+                 scales_in_sums=False, **kwargs):
         super().__init__(**kwargs)
         self.heads = int(heads)
         self.rsqrt_reciprocal = bool(rsqrt_reciprocal)
+        self.scales_in_sums = bool(scales_in_sums)
         self.V = tuple(float(v) for v in V)
         self.stage_num = tuple(int(s) for s in stage_num)
         if len(set(self.stage_num)) != 1 or len(self.V) != self.heads:
             raise GraphNotExactError("FusedStagewiseMerge needs equal stage widths and one V per head")
         s, n, h = self.stage_num[0], len(self.stage_num), self.heads
         self._index = np.tile(np.arange(s, dtype=np.float32), n * h)[None, :]
+        # Stage k of head `head` is column k * h + head of the stage sums; V / s^(k+1) is in
+        # the output matrix, or (scales_in_sums) in that column of the sums matrix, where a
+        # per-channel int8 quantizer stores it exactly (Variant.merge_scales_in_sums).
         sums = np.zeros((n * h * s, n * h), np.float32)
-        for col in range(n * h):
-            sums[col * s:(col + 1) * s, col] = 1.0
-        self._sums = sums
         out = np.zeros((n * h, h), np.float32)
         for k in range(n):
             for head in range(h):
-                out[k * h + head, head] = self.V[head] / float(s) ** (k + 1)
+                col, scale = k * h + head, self.V[head] / float(s) ** (k + 1)
+                sums[col * s:(col + 1) * s, col] = scale if self.scales_in_sums else 1.0
+                out[col, head] = 1.0 if self.scales_in_sums else scale
+        self._sums = sums
         self._out = out
 
     def call(self, inputs):
@@ -276,7 +280,7 @@ class FusedStagewiseMerge(layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(heads=self.heads, V=list(self.V), stage_num=list(self.stage_num),
-                      rsqrt_reciprocal=self.rsqrt_reciprocal)
+                      rsqrt_reciprocal=self.rsqrt_reciprocal, scales_in_sums=self.scales_in_sums)
         return config
 
 
@@ -480,6 +484,26 @@ def build_export_graph(reference_model, task: str, variant: str | Variant,
     return _merged_model(inputs, task, heads, probs, deltas, local, variant)
 
 
+def _grouped_delta(m, t, name, groups: int):
+    """The reference's stage-delta layer ``name`` (one tanh unit reading the stage's feature
+    products) on ``t``; with ``groups`` > 1 as a linear Dense with one output per group of its
+    weights (grouped by magnitude, the rest of each column zero), when it reads more products
+    than the original's widest (160: a padding=1 member's stage 1), then the layer ``name``
+    summing the groups (weights 1) with the bias and activation. The same function; a per-channel
+    int8 quantizer gives each group its own scale (Variant.delta_scale_groups)."""
+    from ssrconv.reference.family import ORIGINAL
+
+    kernel, bias = _weights(m, name)
+    activation = m.get_layer(name).get_config().get("activation")
+    if groups <= 1 or kernel.shape[0] <= max(ORIGINAL.arch.flat_widths()):
+        return _dense(t, kernel, bias, name, activation)
+    parts = np.zeros((kernel.shape[0], groups))
+    for g, rows in enumerate(np.array_split(np.argsort(np.abs(kernel[:, 0])), groups)):
+        parts[rows, g] = kernel[rows, 0]
+    t = _dense(t, parts, np.zeros(groups), name + "_groups", None)
+    return _dense(t, np.ones((groups, 1)), bias, name, activation)
+
+
 def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
                     inputs, variant: Variant) -> keras.Model:
     """The Dense part as in the reference, one Dense per stage and head under the reference's
@@ -514,7 +538,8 @@ def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
             probs.append(dense_like(fused, prefix + head_names(head_task)["stages"].format(k + 1)))
             locals_.append(dense_like(fused, prefix + f"local_delta_stage{k + 1}"))
             delta_in = layers.Multiply(name=f"{prefix}stage{k + 1}_delta_in")([fs, fx])
-            deltas.append(dense_like(delta_in, prefix + f"delta_s{k + 1}"))
+            deltas.append(_grouped_delta(m, delta_in, prefix + f"delta_s{k + 1}",
+                                         variant.delta_scale_groups))
     if variant.merge_per_head and n_heads > 1:
         merged = []
         for head, (head_task, prefix, _) in enumerate(heads):
@@ -524,6 +549,7 @@ def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
                                                  ("local_deltas", locals_)))
             merged += FusedStagewiseMerge(1, [V_BY_TASK[head_task]],
                                           rsqrt_reciprocal=variant.rsqrt_reciprocal,
+                                          scales_in_sums=variant.merge_scales_in_sums,
                                           name=prefix + FUSED_MERGE)([p, d, local])
         return _named_model(inputs, task, heads, merged)
     # stage-major columns (k * heads + head) * units + unit, as FusedStagewiseMerge reads them
@@ -538,6 +564,7 @@ def _merged_model(inputs, task, heads, probs, deltas, local, variant: Variant) -
     stage-major stage tensors, and the model with the reference's output names."""
     merged = FusedStagewiseMerge(len(heads), [V_BY_TASK[t] for t, _, _ in heads],
                                  rsqrt_reciprocal=variant.rsqrt_reciprocal,
+                                 scales_in_sums=variant.merge_scales_in_sums,
                                  name=FUSED_MERGE)([probs, deltas, local])
     return _named_model(inputs, task, heads, merged)
 
