@@ -36,15 +36,37 @@ def test_tflite_micro_refuses_a_file_with_float_operators(tmp_path):
     assert why is not None and "integer-only" in why and "FULLY_CONNECTED" in why
 
 
+def _ranges_before_and_after_set_ranges(model):
+    """(op name, output (min, max)) per operator, in execution order, of ``model`` (one input
+    of 4 values) calibrated-only on 8 seeded uniform inputs, before and after set_ranges."""
+    import tensorflow as tf
+
+    from ssrconv.converters.tflite_int8 import output_domains, set_ranges
+    from ssrconv.formats.tflite_flatbuffer import operators
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    inputs = np.random.default_rng(0).uniform(0, 1, (8, 1, 4)).astype(np.float32)
+    converter.representative_dataset = lambda: ([i] for i in inputs)
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+
+    def ranges(data):
+        _, graph, ops = operators(data)
+        return [(name, (float(graph.tensors[op.outputs[0]].quantization.min[0]),
+                        float(graph.tensors[op.outputs[0]].quantization.max[0])))
+                for name, op in ops]
+
+    return ranges(calibrated), ranges(set_ranges(calibrated, output_domains()))
+
+
 def test_16x8_ranges_are_set_where_calibration_cannot_know_them():
     """set_ranges on a calibrate-only model: the output and the slice it is read through get the
     age domain (0..101), a tensor zero on every calibration input gets [0, 1] (calibrated
     [0, 1.2e-38], it zeroed the next layer's bias), every other range is doubled."""
     import keras
-    import tensorflow as tf
 
-    from ssrconv.converters.tflite_int8 import HEADROOM, output_domains, set_ranges
-    from ssrconv.formats.tflite_flatbuffer import operators
+    from ssrconv.converters.tflite_int8 import HEADROOM
 
     x = keras.Input(batch_shape=(1, 4), name="face_bgr")
     live = keras.layers.Dense(3, activation="relu", kernel_initializer="ones", name="live")(x)
@@ -54,21 +76,7 @@ def test_16x8_ranges_are_set_where_calibration_cannot_know_them():
     merged = keras.layers.Dense(2, name="merge")(both)
     age = keras.layers.Lambda(lambda t: t[:, :1], name="slice")(merged)
     model = keras.Model(x, {"age": age})
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    inputs = np.random.default_rng(0).uniform(0, 1, (8, 1, 4)).astype(np.float32)
-    converter.representative_dataset = lambda: ([i] for i in inputs)
-    converter._experimental_calibrate_only = True
-    calibrated = converter.convert()
-
-    def ranges(data):
-        """(op name, output (min, max)) per operator, in execution order."""
-        _, graph, ops = operators(data)
-        return [(name, (float(graph.tensors[op.outputs[0]].quantization.min[0]),
-                        float(graph.tensors[op.outputs[0]].quantization.max[0])))
-                for name, op in ops]
-
-    before, after = ranges(calibrated), ranges(set_ranges(calibrated, output_domains()))
+    before, after = _ranges_before_and_after_set_ranges(model)
     assert sorted(name for name, _ in after) == ["CONCATENATION", "FULLY_CONNECTED",
                                                  "FULLY_CONNECTED", "FULLY_CONNECTED",
                                                  "STRIDED_SLICE"]
@@ -89,31 +97,15 @@ def test_16x8_product_of_two_activations_gets_the_headroom_squared():
     products reached 35% of the faces' range data-free, and doubled they clipped one face to
     7.4 y off (docs/INT8.md, "The 16x8 file"). Its factors keep HEADROOM."""
     import keras
-    import tensorflow as tf
 
-    from ssrconv.converters.tflite_int8 import HEADROOM, output_domains, set_ranges
-    from ssrconv.formats.tflite_flatbuffer import operators
+    from ssrconv.converters.tflite_int8 import HEADROOM
 
     x = keras.Input(batch_shape=(1, 4), name="face_bgr")
     a = keras.layers.Dense(3, activation="relu", kernel_initializer="ones", name="a")(x)
     b = keras.layers.Dense(3, activation="relu", name="b")(x)
     product = keras.layers.Multiply(name="product")([a, b])
     model = keras.Model(x, {"age": keras.layers.Dense(1, name="age_out")(product)})
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    inputs = np.random.default_rng(0).uniform(0, 1, (8, 1, 4)).astype(np.float32)
-    converter.representative_dataset = lambda: ([i] for i in inputs)
-    converter._experimental_calibrate_only = True
-    calibrated = converter.convert()
-
-    def ranges(data):
-        """(op name, output (min, max)) per operator, in execution order."""
-        _, graph, ops = operators(data)
-        return [(name, (float(graph.tensors[op.outputs[0]].quantization.min[0]),
-                        float(graph.tensors[op.outputs[0]].quantization.max[0])))
-                for name, op in ops]
-
-    before, after = ranges(calibrated), ranges(set_ranges(calibrated, output_domains()))
+    before, after = _ranges_before_and_after_set_ranges(model)
     kinds = [name for name, _ in before]
     assert kinds.count("MUL") == 1 and kinds.count("FULLY_CONNECTED") == 3
     for (name, (low, high)), (_, got) in zip(before[:-1], after[:-1]):  # the last: the output

@@ -211,19 +211,18 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
 
 # What the distillation does, in the cache key: change it whenever distill_inputs' output changes.
 DISTILL_VERSION = 1
-CACHE_DIR = "distilled"  # under ssrconv.assets.cache_dir()
+CACHE_DIR = "distilled"  # a folder of the cache directory (ssrconv.content_cache)
 
 
 def distilled_cached(model, settings: dict, progress: Callable[[str], None] | None = None,
                      ) -> tuple[np.ndarray, dict]:
     """:func:`distill_inputs` of ``model`` with ``settings``, cached under the cache directory
-    (``SSRCONV_CACHE``) by the sha256 of the graph and weights, the settings and the TensorFlow
-    and Keras versions (the optimiser's arithmetic): a hit returns the same inputs bytes and
-    details a miss computed, with ``cache`` saying which ("hit" or "miss", and the key). An
-    entry whose bytes do not match its recorded sha256 is computed again."""
+    (``SSRCONV_CACHE``, :mod:`ssrconv.content_cache`) by the sha256 of the graph and weights,
+    the settings and the TensorFlow and Keras versions (the optimiser's arithmetic): a hit
+    returns the same inputs bytes and details a miss computed, with ``cache`` saying which
+    ("hit" or "miss", and the key)."""
     from ssrconv._imports import tensorflow
-    from ssrconv.assets import cache_dir
-    from ssrconv.atomic import write_atomic
+    from ssrconv.content_cache import read_entry, write_entry
     from ssrconv.reference.model import graph_digest
 
     import keras
@@ -234,24 +233,15 @@ def distilled_cached(model, settings: dict, progress: Callable[[str], None] | No
          "keras": keras.__version__}, sort_keys=True).encode())
     graph_digest(model, digest)
     key = digest.hexdigest()
-    path = cache_dir() / CACHE_DIR / f"{key}.npy"
-    info_path = path.with_suffix(".json")
-    if path.is_file() and info_path.is_file():
-        data = path.read_bytes()
-        info = json.loads(info_path.read_text())
-        if hashlib.sha256(data).hexdigest() == info.get("sha256"):
-            say(f"      distilled inputs from the cache ({key[:12]}...)")
-            inputs = np.load(io.BytesIO(data), allow_pickle=False)
-            return inputs, {**info["details"], "cache": {"status": "hit", "key": key}}
+    cached = read_entry(CACHE_DIR, key, ".npy")
+    if cached is not None:
+        say(f"      distilled inputs from the cache ({key[:12]}...)")
+        inputs = np.load(io.BytesIO(cached[0]), allow_pickle=False)
+        return inputs, {**cached[1], "cache": {"status": "hit", "key": key}}
     inputs, details = distill_inputs(model, progress=progress, **settings)
     buffer = io.BytesIO()
     np.save(buffer, inputs, allow_pickle=False)
-    data = buffer.getvalue()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
-        write_atomic(info_path, json.dumps({"sha256": hashlib.sha256(data).hexdigest(),
-                                            "details": details}, indent=1))
-    except OSError as err:  # a read-only cache costs the next export time, not this one
-        say(f"      distilled inputs not cached ({err.strerror}: {path.parent})")
+    why_not = write_entry(CACHE_DIR, key, ".npy", buffer.getvalue(), details)
+    if why_not:
+        say(f"      distilled inputs not cached ({why_not})")
     return inputs, {**details, "cache": {"status": "miss", "key": key}}

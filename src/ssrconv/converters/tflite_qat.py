@@ -37,7 +37,7 @@ from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 RECIPE = {"version": 4, "int16_head": True, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
           "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
           "learning_rate": 0.005, "seed": 0}
-CACHE_DIR = "int8-integer"  # under ssrconv.assets.cache_dir()
+CACHE_DIR = "int8-integer"  # a folder of the cache directory (ssrconv.content_cache)
 
 
 def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str = "float32",
@@ -45,21 +45,16 @@ def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str 
     """The integer-only int8 .tflite of ``model`` (an ssrconv fast graph, outputs named by a
     dict, merge without division) and what was done (``fine_tuning``: steps, loss before and
     after, seconds; ``cache``: "hit" or "miss" and the key)."""
-    from ssrconv.assets import cache_dir
-    from ssrconv.atomic import write_atomic
+    from ssrconv.content_cache import read_entry, write_entry
 
     recipe = {**RECIPE, **(recipe or {})}
     say = progress or (lambda message: None)
     cal = np.asarray(calibration_inputs, np.float32)
     key = cache_key(model, cal, input_type, recipe)
-    path = cache_dir() / CACHE_DIR / f"{key}.tflite"
-    info_path = path.with_suffix(".json")
-    if path.is_file() and info_path.is_file():
-        data = path.read_bytes()
-        info = json.loads(info_path.read_text())
-        if hashlib.sha256(data).hexdigest() == info.get("sha256"):
-            say(f"      fine-tuned int8 file from the cache ({path.name[:12]}...)")
-            return data, {**info["recipe_info"], "cache": {"status": "hit", "key": key}}
+    cached = read_entry(CACHE_DIR, key, ".tflite")
+    if cached is not None:
+        say(f"      fine-tuned int8 file from the cache ({key[:12]}...)")
+        return cached[0], {**cached[1], "cache": {"status": "hit", "key": key}}
     ptq = quantize_ptq(model, cal, input_type, recipe)
     if recipe["int16_head"]:
         ptq = widen_head(ptq)
@@ -74,10 +69,9 @@ def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str 
     if bad:
         raise Int8RecipeError(f"int8 integer-only TFLite: operators computing in float: {bad}")
     info = {"fine_tuning": tuned, "recipe": recipe}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, data)
-    write_atomic(info_path, json.dumps({"sha256": hashlib.sha256(data).hexdigest(),
-                                        "recipe_info": info}, indent=1))
+    why_not = write_entry(CACHE_DIR, key, ".tflite", data, info)
+    if why_not:
+        say(f"      fine-tuned int8 file not cached ({why_not})")
     return data, {**info, "cache": {"status": "miss", "key": key}}
 
 
