@@ -136,10 +136,10 @@ def test_fast_graph_built_as_the_original_is_refused_for_a_port(ports_dir, faces
 
 @pytest.mark.parametrize("member", ["original", "wayen820-mxnet", "oukohou-pytorch"])
 def test_every_members_calibrated_targets_convert_its_fast_graph(tmp_path, member):
-    """int8 converts the fast graph for every member, as every other precision does: the
-    recipes find their float layers there (int8_prep.FAST_LAYERS, the wide fourth blocks
-    included) and the MXNet pair's tflite-int8 passes there once calibrated on its own
-    aligned crops (docs/PORTS.md, "int8")."""
+    """int8 converts the fast graph for every member, as every other precision does: no
+    per-member special case in the exporter (the recipes' float layers:
+    test_int8_recipe_keeps_a_wide_stage1_float_for_the_pytorch_port; the MXNet pair's files:
+    test_mxnet_pair_exports_every_target_and_each_passes_parity)."""
     from ssrconv.exporter import _ExportGraphs
     from ssrconv.options import ExportOptions
     from ssrconv.reference.family import MEMBERS

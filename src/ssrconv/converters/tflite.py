@@ -122,12 +122,13 @@ INT8_RECIPE = (
 
 
 INT16X8_RECIPE = (
-    "16x8 integer-only: int16 activations (MinMax ranges doubled; the outputs' ranges set to "
+    "16x8 integer-only: int16 activations (MinMax ranges doubled, products of two activations "
+    "x4; the outputs' ranges set to "
     "their domain, age 0..101 y, P(male) 0..1), int8 per-channel weights, every "
     "operator integer from the input QUANTIZE to the output DEQUANTIZEs, the SSR head "
     "included (its division as rsqrt(x)^2). Average pools become fixed depthwise "
     "convolutions; cross-layer equalization (age head), GPTQ rounding with bias correction "
-    "of every kernel. See docs/INT8.md.")
+    "of every conv kernel (Dense kernels to nearest). See docs/INT8.md.")
 
 
 INT8_INTEGER_RECIPE = (
@@ -135,7 +136,7 @@ INT8_INTEGER_RECIPE = (
     "tanh deltas and merge) on int16 activations entered through one QUANTIZE per flattened "
     "map, int8 per-channel weights, int32 biases (int64 in the head), every operator integer "
     "from the input QUANTIZE to the output DEQUANTIZEs (the merge's division as rsqrt(x)^2, "
-    "one merge per head). Cross-layer equalization (age head), GPTQ rounding of every kernel, "
+    "one merge per head). Cross-layer equalization (age head), GPTQ rounding of every conv kernel, "
     "clipped tanh and MSE-optimal relu ranges, outputs' ranges their domains (age 0..101, "
     "P(male) 0..1); then quantization-aware fine-tuning of the kernels and biases by "
     "distillation from the float graph (the calibration inputs and seeded variations of them; "

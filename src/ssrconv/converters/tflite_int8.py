@@ -375,7 +375,7 @@ def calibrate_only(m, cal: np.ndarray) -> bytes:
 
 
 def calibrate_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPHA) -> bytes:
-    """The recipe's exact rewrites, cross-layer equalization and GPTQ rounding of every kernel
+    """The recipe's exact rewrites, cross-layer equalization and GPTQ rounding of every conv kernel
     (step 1-3 of this module's docstring) on ``model``, then TFLite's MinMax calibration
     (calibrate-only pass): a float flatbuffer with min/max per tensor."""
     from ssrconv._imports import tensorflow

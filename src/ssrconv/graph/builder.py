@@ -45,6 +45,10 @@ is exact (docs/GRAPH.md has the measured effect):
    layers stay one per stage and head, as in the reference (each reads its own head's channels
    of the summary, sliced after the pools), so every FULLY_CONNECTED input and kernel holds one
    stage's one head only: hybrid kernels quantize each with one scale.
+   ``merge_scales_in_sums`` (16x8): the merge's V/3^k in the stage-sum matrix's columns and
+   the output matrix 0/1, so per-channel int8 weights store each exactly.
+   ``delta_scale_groups=n`` (16x8): a stage delta wider than the original's split into n
+   magnitude groups summed by ones, each with its own int8 scale.
    ``input_scale_log2=n`` (ncnn/MNN fp16): the input times 2^-n and the first convs' kernels
    times 2^n: powers of two, so every product is bit-identical; float16 weight storage that
    flushes |w| < 2^-14 to zero then keeps the small BN-folded first-conv weights.
@@ -488,7 +492,7 @@ def _grouped_delta(m, t, name, groups: int):
     """The reference's stage-delta layer ``name`` (one tanh unit reading the stage's feature
     products) on ``t``; with ``groups`` > 1 as a linear Dense with one output per group of its
     weights (grouped by magnitude, the rest of each column zero), when it reads more products
-    than the original's widest (160: a padding=1 member's stage 1), then the layer ``name``
+    than the original's widest delta (160; a padding=1 member's stage 1 reads 640), then the layer ``name``
     summing the groups (weights 1) with the bias and activation. The same function; a per-channel
     int8 quantizer gives each group its own scale (Variant.delta_scale_groups)."""
     from ssrconv.reference.family import ORIGINAL
