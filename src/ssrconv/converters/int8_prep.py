@@ -255,7 +255,8 @@ def round_kernels(model, cal, only=lambda name: True):
             Cg, mg = C[np.ix_(rows, rows)], m[rows]
             K = w[..., cols].reshape(-1, per_group_out).astype(np.float64)
             with threadpool_limits(limits=1, user_api="blas"):
-                Kq = np.stack([np.multiply(*_gptq_channel(K[:, c], Cg)) for c in range(K.shape[1])], 1)
+                Kq = np.stack([np.multiply(*_gptq_channel(K[:, c], Cg))
+                               for c in range(K.shape[1])], 1)
             if new_bias is not None:
                 new_bias[cols] = new_bias[cols] - mg @ (Kq - K)     # bias correction
             new_kernel[..., cols] = Kq.reshape(kh, kw, per_group_in, per_group_out)

@@ -18,29 +18,18 @@ import time
 import numpy as np
 
 from ssrconv.errors import Int8RecipeError
-from ssrconv.formats.tflite_flatbuffer import operators, pack
+from ssrconv.formats import tflite_flatbuffer as tfb
+from ssrconv.formats.tflite_flatbuffer import operators, pack, set_constant
 
 TRAINED = ("CONV_2D", "FULLY_CONNECTED")  # whose kernel and bias are fine-tuned
 SUPPORTED = TRAINED + ("DEPTHWISE_CONV_2D", "MAX_POOL_2D", "TANH", "RESHAPE",
                        "CONCATENATION", "MUL", "ADD", "STRIDED_SLICE", "RSQRT", "QUANTIZE",
                        "DEQUANTIZE")
-_NP = {0: np.float32, 2: np.int32, 9: np.int8, 4: np.int64, 7: np.int16}
 # activation types simulated, with their integer range (int16: the widened head, tflite_mixed)
 _GRID = {9: (-128, 127), 7: (-32768, 32767)}
-
-
-def _array(graph, tensor):
-    raw = graph.buffers[tensor.buffer].data
-    if raw is None:
-        return None
-    return np.frombuffer(bytes(np.asarray(raw, np.uint8)), _NP[tensor.type]).reshape(tensor.shape)
-
-
-def _qparams(tensor):
-    q = tensor.quantization
-    if q is None or q.scale is None or len(q.scale) == 0:
-        return None
-    return np.asarray(q.scale, np.float64), np.asarray(q.zeroPoint, np.int64)
+# An int16 tensor of the widened head has its int8 range on a grid 256 times finer
+# (tflite_mixed): the bias unit of the fine-tuning stays the int8 step, not the int16 one.
+_INT16, _INT16_STEPS_PER_INT8 = 7, 256
 
 
 class IntegerGraph:
@@ -68,10 +57,10 @@ class IntegerGraph:
     def constant(self, index):
         """A constant tensor as float (dequantized when quantized), or None for activations."""
         t = self.tensor(index)
-        data = _array(self.model, t)
+        data = tfb.constant(self.model, t)
         if data is None:
             return None
-        q = _qparams(t)
+        q = tfb.quantization(t)
         if q is None or t.type == 0:
             return data.astype(np.float64)
         scale, zero = q
@@ -128,7 +117,7 @@ class Simulation:
         for k, (kernel, bias) in graph.trainable().items():
             w = graph.constant(kernel)
             axis = graph.tensor(kernel).quantization.quantizedDimension
-            scale = _qparams(graph.tensor(kernel))[0]
+            scale = tfb.quantization(graph.tensor(kernel))[0]
             shape = [1] * w.ndim
             shape[axis] = -1
             unit_w = scale.reshape(shape) if len(scale) > 1 else scale.reshape([1] * w.ndim)
@@ -140,7 +129,7 @@ class Simulation:
                 # in units of the output's int8 step (an int16 output's step x 256): the
                 # integer bias step is far finer
                 out = graph.tensor(int(graph.ops[k][1].outputs[0]))
-                out_scale = _qparams(out)[0][0] * (256 if out.type == 7 else 1)
+                out_scale = tfb.quantization(out)[0][0] * (_INT16_STEPS_PER_INT8 if out.type == _INT16 else 1)
                 unit_b = np.full(b.shape, out_scale)
                 self.units[k].append(unit_b.astype(np.float32))
                 init.append(b / unit_b)
@@ -157,13 +146,13 @@ class Simulation:
     def _const(self, index):
         if index not in self.fixed:
             c = self.graph.constant(index)
-            integer = self.graph.tensor(index).type in (2, 4) and _qparams(self.graph.tensor(index)) is None
+            integer = self.graph.tensor(index).type in (2, 4) and tfb.quantization(self.graph.tensor(index)) is None
             self.fixed[index] = None if c is None else c.astype(np.int32 if integer else np.float32)
         c = self.fixed[index]
         return None if c is None else self.tf.constant(c)
 
     def _q(self, x, index):
-        params = _qparams(self.graph.tensor(index))
+        params = tfb.quantization(self.graph.tensor(index))
         grid = _GRID.get(self.graph.tensor(index).type)
         if params is None or grid is None:
             return x
@@ -189,7 +178,7 @@ class Simulation:
                 if quantized:
                     w, w_scale = _channel_grid(tf, w, axis, self._file_scale(op, w))
                     if b:
-                        in_scale = float(_qparams(self.graph.tensor(int(op.inputs[0])))[0][0])
+                        in_scale = float(tfb.quantization(self.graph.tensor(int(op.inputs[0])))[0][0])
                         unit = tf.reshape(w_scale, [-1]) * in_scale
                         b = [b[0] + tf.stop_gradient(tf.round(b[0] / unit) * unit - b[0])]
                 y = self._linear(name, opt, ins[0], w)
@@ -227,7 +216,7 @@ class Simulation:
     def _file_scale(self, op, w):
         """The kernel's per-channel scales in the file, shaped to broadcast against ``w``."""
         kernel = self.graph.tensor(int(op.inputs[1]))
-        scale = _qparams(kernel)[0].astype(np.float32)
+        scale = tfb.quantization(kernel)[0].astype(np.float32)
         shape = [1] * len(w.shape)
         shape[kernel.quantization.quantizedDimension] = -1
         return np.broadcast_to(scale.reshape(shape) if len(scale) > 1 else scale.reshape([1] * len(w.shape)),
@@ -352,32 +341,19 @@ def write_back(graph: IntegerGraph, sim: Simulation) -> bytes:
         axis = kernel.quantization.quantizedDimension
         reduce = tuple(a for a in range(w.ndim) if a != axis)
         top = np.abs(w).max(axis=reduce)
-        scale = np.where(top > 0, top / 127.0, _qparams(kernel)[0])  # all-zero: the file's
+        scale = np.where(top > 0, top / 127.0, tfb.quantization(kernel)[0])  # all-zero: the file's
         if bias_index is not None:  # the int32 bias must fit: a nearly dead channel's scale
-            in_scale = float(_qparams(sg.tensors[int(graph.ops[k][1].inputs[0])])[0][0])
+            in_scale = float(tfb.quantization(sg.tensors[int(graph.ops[k][1].inputs[0])])[0][0])
             scale = np.maximum(scale, np.abs(b[0]) / (in_scale * 2.0 ** 30))
         shape = [1] * w.ndim
         shape[axis] = -1
         q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-        _set(model, fb, kernel, q, scale, np.zeros(len(scale), np.int64))
+        set_constant(model, kernel, q, scale, np.zeros(len(scale), np.int64))
         if bias_index is not None:
             op = graph.ops[k][1]
-            in_scale = float(_qparams(sg.tensors[int(op.inputs[0])])[0][0])
+            in_scale = float(tfb.quantization(sg.tensors[int(op.inputs[0])])[0][0])
             unit = scale * in_scale
             wide = sg.tensors[bias_index].type == fb.TensorType.INT64  # 16x8: int64 biases
             qb = np.round(b[0] / unit).astype(np.int64 if wide else np.int32)
-            _set(model, fb, sg.tensors[bias_index], qb, unit, np.zeros(len(unit), np.int64))
+            set_constant(model, sg.tensors[bias_index], qb, unit, np.zeros(len(unit), np.int64))
     return pack(model)
-
-
-def _set(model, fb, tensor, data, scale, zero):
-    """``tensor``'s constant data, scale and zero point replaced; its buffer rewritten in place
-    unless another tensor shares it (the converter deduplicates identical constants)."""
-    raw = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
-    shared = sum(t.buffer == tensor.buffer for g in model.subgraphs for t in g.tensors) > 1
-    if shared:
-        model.buffers.append(fb.BufferT())
-        tensor.buffer = len(model.buffers) - 1
-    model.buffers[tensor.buffer].data = raw
-    tensor.quantization.scale = np.asarray(scale, np.float32)
-    tensor.quantization.zeroPoint = np.asarray(zero, np.int64)

@@ -131,10 +131,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
                             "why": "set on the RuntimeManager or session (not in the file): "
                                    "Winograd's 3x3 transforms cost 0.0034 y in fp32 and, in fp16 "
                                    "arithmetic at precision low on ARMv8.2 CPUs, put the fp16 "
-                                   "file outside its budget (docs/ARM64.md)"
-                                   + ("; this model's fp16 file is outside it in fp16 arithmetic "
-                                      "even without Winograd: precision normal (float32 "
-                                      "arithmetic)" if key == "fp16-fp32-arithmetic" else "")},
+                                   "file outside its budget (docs/ARM64.md)" + run["why"]},
             "fp16_rounding": ("nearest (initializers rounded before mnnconvert --fp16, which "
                               "truncates)" if target.precision == "fp16" else None),
             "converter_versions": {"MNN": mnn_module().version()},

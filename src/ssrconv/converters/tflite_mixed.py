@@ -18,7 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 from ssrconv.errors import Int8RecipeError
-from ssrconv.formats.tflite_flatbuffer import _opcode, operators, pack, schema
+from ssrconv.formats import tflite_flatbuffer as tfb
+from ssrconv.formats.tflite_flatbuffer import (opcode_index, operators, pack, schema,
+                                               set_constant)
 
 INT16_MAX = 32767
 # A range below this is a tensor that is zero on every calibration input (a dead relu: the int8
@@ -34,8 +36,9 @@ HEAD_OPS = frozenset({"FULLY_CONNECTED", "MUL", "ADD", "TANH", "QUANTIZE", "CONC
 
 
 def _params(tensor) -> tuple[float, int]:
-    q = tensor.quantization
-    return float(q.scale[0]), int(q.zeroPoint[0])
+    """``tensor``'s per-tensor (scale, zero point)."""
+    scales, zeros = tfb.quantization(tensor)
+    return float(scales[0]), int(zeros[0])
 
 
 def _int16_scale(tensor) -> float:
@@ -44,23 +47,6 @@ def _int16_scale(tensor) -> float:
     scale, zero = _params(tensor)
     reach = max(abs((-128 - zero) * scale), abs((127 - zero) * scale))
     return float(np.float32((reach if reach >= DEAD else 1.0) / INT16_MAX))
-
-
-def _constant(model, tensor) -> np.ndarray:
-    raw = model.buffers[tensor.buffer].data
-    dtype = {9: np.int8, 2: np.int32, 7: np.int16, 4: np.int64}[tensor.type]
-    return np.frombuffer(bytes(np.asarray(raw, np.uint8)), dtype).reshape(tensor.shape)
-
-
-def _store(model, fb, tensor, data: np.ndarray, tensor_type: int, scale, zero) -> None:
-    """``tensor`` becomes the constant ``data`` of ``tensor_type`` in a buffer of its own."""
-    buffer = fb.BufferT()
-    buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
-    model.buffers.append(buffer)
-    tensor.buffer = len(model.buffers) - 1
-    tensor.type = tensor_type
-    tensor.quantization.scale = np.asarray(scale, np.float32).reshape(-1)
-    tensor.quantization.zeroPoint = np.asarray(zero, np.int64).reshape(-1)
 
 
 def head_operators(ops, sg) -> list[int]:
@@ -89,7 +75,8 @@ def widen_head(tfl: bytes) -> bytes:
     head = head_operators(ops, sg)
     bad = sorted({ops[k][0] for k in head} - HEAD_OPS)
     if bad:
-        raise Int8RecipeError(f"int16 head: operators {bad} have no int16 path here")
+        raise Int8RecipeError(f"int16 head: operators {bad} have no int16 path here; export "
+                              "with --precision int16x8 (all int16) or int8 instead")
     head_set = set(head)
     producer = {int(o): k for k, (_, op) in enumerate(ops) for o in op.outputs}
     old = {i: (_params(t) if t.quantization is not None and t.quantization.scale is not None
@@ -99,7 +86,8 @@ def widen_head(tfl: bytes) -> bytes:
         name, op = ops[k]
         out = int(op.outputs[0])
         new_scale[out] = TANH_OUTPUT_SCALE if name == "TANH" else _int16_scale(sg.tensors[out])
-    # constants of the head (not weights, not biases): int8 -> int16
+    # the head's int8 constants (stage indices, the 1 of 1 + tanh) must match their int16
+    # readers' type
     for k in head:
         name, op = ops[k]
         for position, i in enumerate(int(j) for j in op.inputs):
@@ -110,12 +98,13 @@ def widen_head(tfl: bytes) -> bytes:
                 continue  # int8 weights stay
             if any(i in op2.inputs for k2, (_, op2) in enumerate(ops) if k2 not in head_set):
                 raise Int8RecipeError(f"int16 head: constant {t.name.decode()} is read by the "
-                                      "int8 convolutions too")
+                                      "int8 convolutions too; export with --precision "
+                                      "int16x8 or int8 instead")
             scale, zero = old[i]
-            values = (_constant(model, t).astype(np.float64) - zero) * scale
+            values = (tfb.constant(model, t).astype(np.float64) - zero) * scale
             new_scale[i] = _int16_scale(t)
-            _store(model, fb, t, np.round(values / new_scale[i]).astype(np.int16),
-                   fb.TensorType.INT16, new_scale[i], 0)
+            set_constant(model, t, np.round(values / new_scale[i]).astype(np.int16),
+                         new_scale[i], 0, fb.TensorType.INT16)
     # boundary: int8 maps read by the head get an int16 twin through a QUANTIZE
     twins: dict[int, int] = {}  # int8 map -> its int16 twin
     source_of: dict[int, int] = {}
@@ -151,12 +140,12 @@ def widen_head(tfl: bytes) -> bytes:
             weight_scale = np.asarray(sg.tensors[int(op.inputs[1])].quantization.scale, np.float64)
             x = int(op.inputs[0])
             in8 = old[source_of.get(x, x)][0]  # the scale the int32 bias was stored at
-            values = _constant(model, bias).astype(np.float64) * (in8 * weight_scale)
+            values = tfb.constant(model, bias).astype(np.float64) * (in8 * weight_scale)
             unit = new_scale[x] * weight_scale
-            _store(model, fb, bias, np.round(values / unit).astype(np.int64),
-                   fb.TensorType.INT64, unit, np.zeros(len(unit), np.int64))
-    # the QUANTIZE ops, each right after its map's producer
-    code = _opcode(model, fb.BuiltinOperator.QUANTIZE, 1)
+            set_constant(model, bias, np.round(values / unit).astype(np.int64),
+                         unit, np.zeros(len(unit), np.int64), fb.TensorType.INT64)
+    # TFLite runs operators in list order: each QUANTIZE must follow its map's producer
+    code = opcode_index(model, fb.BuiltinOperator.QUANTIZE, 1)
     inserts = sorted(((producer[i], i, t) for i, t in twins.items()), reverse=True)
     for after, source, twin in inserts:
         quantize = fb.OperatorT()

@@ -7,7 +7,7 @@ Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
 (``Variant.rsqrt_reciprocal``) and whose SSR head keeps each head's tensors apart
 (``Variant.merge_per_head``: one tensor, one scale):
  1. post-training quantization as the int8 recipe's steps: exact rewrites, cross-layer
-    equalization (age head), GPTQ rounding of every kernel; calibrated ranges edited (tanh
+    equalization (age head), GPTQ rounding of every conv kernel; calibrated ranges edited (tanh
     inputs clipped to [-4, 4], relu outputs at their MSE-optimal clip, each output's range the
     model's domain 0..V instead of the oldest face seen);
  2. the head widened to int16 activations (:func:`ssrconv.converters.tflite_mixed.widen_head`:
@@ -34,7 +34,7 @@ from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
 # What the recipe does, in the cache key: change it whenever the recipe's output changes.
-RECIPE = {"version": 4, "int16_head": True, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
+RECIPE = {"version": 4, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
           "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
           "learning_rate": 0.005, "seed": 0}
 CACHE_DIR = "int8-integer"  # a folder of the cache directory (ssrconv.content_cache)
@@ -55,9 +55,7 @@ def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str 
     if cached is not None:
         say(f"      fine-tuned int8 file from the cache ({key[:12]}...)")
         return cached[0], {**cached[1], "cache": {"status": "hit", "key": key}}
-    ptq = quantize_ptq(model, cal, input_type, recipe)
-    if recipe["int16_head"]:
-        ptq = widen_head(ptq)
+    ptq = widen_head(quantize_ptq(model, cal, input_type, recipe))
     from ssrconv.converters.int8_qat import augment, fine_tune
 
     inputs = augment(cal, recipe["augment_copies"], recipe["augment_seed"])

@@ -6,7 +6,8 @@ Each module (one per family of :data:`ssrconv.targets.FORMATS`) offers
 - ``verify(path)``: a structural check that raises ModelFileError before a runtime sees the
   bytes (``open_artifact`` calls it once; runtimes trust the artifact they are handed);
 - ``describe(path) -> dict``: inputs/outputs, ops and other facts read back from the file;
-- ``file_precision(path) -> str``: the precision an unmanaged file computes in, read from it;
+- ``file_precision(path) -> str``: the precision class (parity budget) of an unmanaged file,
+  read from it;
 - ``static_batch(path) -> int | None`` where the format can store one,
 
 plus the readers converters and runtimes share (the tflite flatbuffer schema, the ncnn param

@@ -50,11 +50,18 @@ HINT_IDS = {"WINOGRAD_MEMORY_LEVEL": 3}
 # CPU keeps fp32 arithmetic there. "fp16-fp32-arithmetic": float16 weights computed in float32
 # (precision normal), for a model whose fp16 arithmetic breaks the fp16 budget even so: the
 # PyTorch port (stage-1 maps 8 x 8 where the original's are 4 x 4) measured mean 0.063 y at
-# precision low on arm64 and 0.012 at normal (48 dev faces, docs/ARM64.md).
+# precision low on arm64 and 0.012 at normal (48 dev faces, docs/ARM64.md). "weights": the
+# file's precision class (its parity budget); "why": appended to the manifest's reason.
 RUN_OPTIONS = {
-    "fp32": {"precision": "high", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
-    "fp16": {"precision": "low", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
-    "fp16-fp32-arithmetic": {"precision": "normal", "hints": {"WINOGRAD_MEMORY_LEVEL": 0}},
+    "fp32": {"weights": "fp32", "precision": "high", "hints": {"WINOGRAD_MEMORY_LEVEL": 0},
+             "why": ""},
+    "fp16": {"weights": "fp16", "precision": "low", "hints": {"WINOGRAD_MEMORY_LEVEL": 0},
+             "why": ""},
+    "fp16-fp32-arithmetic": {"weights": "fp16", "precision": "normal",
+                             "hints": {"WINOGRAD_MEMORY_LEVEL": 0},
+                             "why": "; this model's fp16 file is outside it in fp16 arithmetic "
+                                    "even without Winograd: precision normal (float32 "
+                                    "arithmetic)"},
 }
 
 
@@ -93,8 +100,8 @@ def run_key(path: Path) -> str:
 
 
 def file_precision(path: Path) -> str:
-    """The precision an .mnn's weights are stored in (fp32, fp16), from its bizCode."""
-    return run_key(path).split("-")[0]
+    """The precision class of an .mnn (its weights' storage: fp32, fp16), from its bizCode."""
+    return RUN_OPTIONS[run_key(path)]["weights"]
 
 
 def describe(path: Path) -> dict:

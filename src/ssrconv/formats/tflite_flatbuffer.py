@@ -58,7 +58,47 @@ def operators(tfl: bytes):
     return model, subgraph, out
 
 
-def _opcode(model, builtin: int, min_version: int) -> int:
+# numpy dtype of a TensorType (the ones constants and quantized activations here use)
+NUMPY_DTYPE = {0: np.float32, 2: np.int32, 4: np.int64, 7: np.int16, 9: np.int8}
+
+
+def constant(model, tensor) -> np.ndarray | None:
+    """The stored data of constant ``tensor`` (None: an activation, no data)."""
+    raw = model.buffers[tensor.buffer].data
+    if raw is None:
+        return None
+    return np.frombuffer(bytes(np.asarray(raw, np.uint8)), NUMPY_DTYPE[tensor.type]).reshape(
+        tensor.shape)
+
+
+def quantization(tensor) -> tuple[np.ndarray, np.ndarray] | None:
+    """``tensor``'s (scales, zero points), one per channel (None: not quantized)."""
+    q = tensor.quantization
+    if q is None or q.scale is None or len(q.scale) == 0:
+        return None
+    return np.asarray(q.scale, np.float64), np.asarray(q.zeroPoint, np.int64)
+
+
+def set_constant(model, tensor, data: np.ndarray, scale, zero, tensor_type: int | None = None,
+                 ) -> None:
+    """``tensor`` becomes the constant ``data`` (of ``tensor_type`` when given) with ``scale``
+    and ``zero`` point(s): its buffer rewritten in place unless another tensor shares it (the
+    converter deduplicates identical constants), then in a buffer of its own."""
+    shared = sum(t.buffer == tensor.buffer for g in model.subgraphs for t in g.tensors) > 1
+    if shared:
+        model.buffers.append(schema().BufferT())
+        tensor.buffer = len(model.buffers) - 1
+    model.buffers[tensor.buffer].data = np.frombuffer(np.ascontiguousarray(data).tobytes(),
+                                                      np.uint8)
+    if tensor_type is not None:
+        tensor.type = tensor_type
+    tensor.quantization.scale = np.asarray(scale, np.float32).reshape(-1)
+    tensor.quantization.zeroPoint = np.asarray(zero, np.int64).reshape(-1)
+
+
+def opcode_index(model, builtin: int, min_version: int) -> int:
+    """The index of ``builtin``'s operator code in ``model`` (added when missing), its version
+    raised to at least ``min_version``."""
     for index, code in enumerate(model.operatorCodes):
         if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
             code.version = max(code.version, min_version)
@@ -83,7 +123,7 @@ def _float_constants_to_fp16(model, subgraph, min_elements: int) -> int:
         if tensor.type != fb.TensorType.FLOAT32 or data is None or len(data) < 4 * min_elements:
             continue
         if dequantize is None:
-            dequantize = _opcode(model, fb.BuiltinOperator.DEQUANTIZE, _DEQUANTIZE_FP16_VERSION)
+            dequantize = opcode_index(model, fb.BuiltinOperator.DEQUANTIZE, _DEQUANTIZE_FP16_VERSION)
         values = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32)
         half = fb.TensorT()
         half.shape, half.type, half.name = tensor.shape, fb.TensorType.FLOAT16, b""

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError, clip
-from ssrconv.formats.mnn import (HINT_IDS, RUN_OPTIONS, file_precision, mnn_module, run_key,
-                                 stdout_to_stderr)
+from ssrconv.formats.mnn import HINT_IDS, RUN_OPTIONS, mnn_module, run_key, stdout_to_stderr
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime
 
@@ -31,9 +30,10 @@ class MnnRuntime(Runtime):
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         self.path = Path(path)
         mnn = mnn_module()
-        self.precision = precision or file_precision(self.path)
-        self.threads = int(num_threads or 1)
+        # The file's run key (its bizCode), not ``precision``, chooses the run options.
         options = RUN_OPTIONS[run_key(self.path)]
+        self.precision = precision or options["weights"]
+        self.threads = int(num_threads or 1)
         self.config = {"backend": "CPU", "precision": options["precision"],
                        "numThread": self.threads}
         self.hints = dict(options["hints"])
