@@ -28,7 +28,7 @@ INT16_MAX = 32767
 # range represents zero; a ~0 scale would make the int64 bias of the layer reading it ~1e12
 # steps, past float32's exact integers, and lost in the 16x8 file: docs/INT8.md, "The 16x8
 # file", point 3). Not tflite_int8.DEAD (1e-30): that one reads calibrate-only min/max, where a
-# dead tensor is [0, 1e-38]; a quantized int8 file stores a scale no smaller than ~1e-8.
+# dead tensor is [0, 1e-38]; in the quantized int8 file the same relu came out [0, 2e-6].
 DEAD = 1e-4
 TANH_OUTPUT_SCALE = 1.0 / 32768  # TFLite's int16 TANH writes this scale
 # Operators allowed in the widened head; each has an int16 kernel in LiteRT and TFLite Micro.
