@@ -304,23 +304,33 @@ def test_exports_are_byte_reproducible_whatever_else_the_command_exports(tmp_pat
     """The same weights, options and tool versions give the same sha256 for a target, whatever
     else the command exports and in what order, however many exports the process ran before.
 
-    Covers the two causes found (docs/CONVERTERS.md, "Byte-reproducible exports"): a Keras
+    Covers the causes found (docs/CONVERTERS.md, "Byte-reproducible exports"): a Keras
     model named from the process-wide counter, whose name the .tflite keeps in its tensor
-    names (the data-free int8 TFLite alone vs beside fp32: same size, different sha256), and
-    the random item identifiers of an .mlpackage's Manifest.json (CoreML: every export
-    differed); ONNX rides along (tf2onnx keeps graph names too). The fp32 files are compared
-    with the session's (``exported``: in ``make test`` the ``--to all`` export, every target in
-    table order, made in another process or before this test in this one); the rest are
+    names (the data-free int8 TFLite alone vs beside fp32: same size, different sha256), the
+    random item identifiers of an .mlpackage's Manifest.json (CoreML: every export differed)
+    and its spec's protobuf maps, written in an order that varies between processes; ONNX
+    rides along (tf2onnx keeps graph names too). The fp32 files are exported in reverse table
+    order by a process of their own and compared with the session's (``exported``: in
+    ``make test`` the ``--to all`` export, every target in table order); the int8 pair is
     exported here, in one process, so every process-wide counter has moved on between the
     exports compared."""
+    import json
+    import subprocess
+    import sys
+
     from ssrconv.exporter import export
 
     def shas(name, **options):
         return {a.target.key: a.sha256 for a in export(out=tmp_path / name, **options)}
 
     forward = {key: exported(key).sha256 for key in ("onnx-fp32", "tflite-fp32", "coreml-fp32")}
+    command = [sys.executable, "-m", "ssrconv.cli", "export", "--to", "coreml", "--to", "tflite",
+               "--to", "onnx", "--precision", "fp32", "--out", str(tmp_path / "backward")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    index = json.loads((tmp_path / "backward" / "index.json").read_text())
+    backward = {entry["target"]: entry["sha256"] for entry in index["artifacts"]}
     alone = shas("alone", to=("tflite",), precision=("int8",))  # data-free calibration
-    backward = shas("backward", to=("coreml", "tflite", "onnx"), precision=("fp32",))
     beside = shas("beside", to=("tflite",), precision=("int8", "fp32"))
     assert set(backward) == {"onnx-fp32", "tflite-fp32", "coreml-fp32"}
     assert backward == forward

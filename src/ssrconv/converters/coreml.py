@@ -62,8 +62,26 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     ml.user_defined_metadata.update(metadata)
     ml.save(str(dest))
     stable_package_identifiers(dest)
+    deterministic_spec(dest)
     return {"format": "mlprogram", "image_input": bool(options.image_input),
             "minimum_deployment_target": "iOS15"}
+
+
+def deterministic_spec(package: Path) -> None:
+    """Serialize an .mlpackage's spec (``model.mlmodel``, a protobuf ``Model``) with its map
+    fields ordered by key, so the same model gives the same bytes in every process.
+
+    Protobuf writes a map in insertion order, and coremltools' insertion order is not the same
+    from one process to the next (even with one PYTHONHASHSEED): two processes exporting one
+    model wrote the same message (equal as text, the weights file identical) in different
+    bytes, while two exports in one process matched (docs/CONVERTERS.md, "Byte-reproducible
+    exports")."""
+    from coremltools.proto import Model_pb2
+
+    spec_path = package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def stable_package_identifiers(package: Path) -> None:
