@@ -357,17 +357,23 @@ def set_ranges(calibrated: bytes, domains: dict[str, float]) -> bytes:
     return pack(model)
 
 
-def calibrate_only(m, cal: np.ndarray) -> bytes:
+def calibrate_only(m, cal: np.ndarray, int16_activations: bool = False) -> bytes:
     """The float .tflite of ``m`` with TFLite's MinMax statistics of ``cal`` on every tensor
-    (the int8 MLIR quantizer's calibrate-only pass, what QuantizationDebugger does)."""
+    (the calibrate-only pass, what QuantizationDebugger does): for the int8 MLIR quantizer, or
+    with ``int16_activations`` for the 16x8 ops set (without the MLIR quantizer flag, as the
+    16x8 files were always calibrated)."""
     from ssrconv._imports import tensorflow
 
-    tf = tensorflow("int8 TFLite export")
+    tf = tensorflow("16x8 TFLite export" if int16_activations else "int8 TFLite export")
     conv = tf.lite.TFLiteConverter.from_keras_model(m)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.experimental_mlir_quantizer = True
+    if int16_activations:
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    else:
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.experimental_mlir_quantizer = True
     conv._experimental_calibrate_only = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -378,23 +384,12 @@ def calibrate_int16x8(model, calibration_inputs: np.ndarray, alpha: float = ALPH
     """The recipe's exact rewrites, cross-layer equalization and GPTQ rounding of every conv kernel
     (step 1-3 of this module's docstring) on ``model``, then TFLite's MinMax calibration
     (calibrate-only pass): a float flatbuffer with min/max per tensor."""
-    from ssrconv._imports import tensorflow
-
-    tf = tensorflow("16x8 TFLite export")
     cal = np.asarray(calibration_inputs, np.float32)
     m = rewrite(model)
     if alpha:
         equalize(m, cal, alpha)
     round_kernels(m, cal)
-    conv = tf.lite.TFLiteConverter.from_keras_model(m)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([cal[i:i + 1]] for i in range(len(cal)))
-    conv.target_spec.supported_ops = [
-        tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-    conv._experimental_calibrate_only = True  # float model + min/max per tensor, as convert_int8
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return conv.convert()
+    return calibrate_only(m, cal, int16_activations=True)
 
 
 def quantize_int16x8(calibrated: bytes) -> bytes:
