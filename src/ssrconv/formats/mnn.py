@@ -33,8 +33,8 @@ def mnn_module():
     return MNN
 
 
-# MNN keeps the bizCode in the file: "ssrconv-<run key>", a key of RUN_OPTIONS whose first
-# part is the precision (run_key and file_precision read it back).
+# MNN keeps the bizCode in the file: "ssrconv-<run key>", a key of RUN_OPTIONS (run_key reads
+# it back).
 BIZ_CODE = "ssrconv-{run_key}"
 
 # MNN::Interpreter::HintMode ids, for RuntimeManager.set_hint (the Python binding takes ints).
@@ -94,8 +94,12 @@ def run_key(path: Path) -> str:
     verify(path)
     mnn = mnn_module()
     with stdout_to_stderr():
-        code = mnn.nn.load_module_from_file(str(path), [], []).get_info().get("bizCode", "")
-    key = code.removeprefix("ssrconv-")
+        return run_key_of(mnn.nn.load_module_from_file(str(path), [], []).get_info())
+
+
+def run_key_of(info: dict) -> str:
+    """The RUN_OPTIONS key named by the bizCode of a loaded module's ``get_info()``."""
+    key = info.get("bizCode", "").removeprefix("ssrconv-")
     return key if key in RUN_OPTIONS else "fp32"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.errors import ModelFileError, SsrconvError, clip
-from ssrconv.formats.mnn import HINT_IDS, RUN_OPTIONS, mnn_module, run_key, stdout_to_stderr
+from ssrconv.formats.mnn import HINT_IDS, RUN_OPTIONS, mnn_module, run_key_of, stdout_to_stderr
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime
 
@@ -30,19 +30,19 @@ class MnnRuntime(Runtime):
     def __init__(self, path: Path, num_threads: int | None = None, precision: str | None = None):
         self.path = Path(path)
         mnn = mnn_module()
-        # The file's run key (its bizCode), not ``precision``, chooses the run options.
-        options = RUN_OPTIONS[run_key(self.path)]
-        self.precision = precision or options["weights"]
         self.threads = int(num_threads or 1)
-        self.config = {"backend": "CPU", "precision": options["precision"],
-                       "numThread": self.threads}
-        self.hints = dict(options["hints"])
         with stdout_to_stderr():
             try:
+                info = mnn.nn.load_module_from_file(str(self.path), [], []).get_info()
+                # The file's run key (its bizCode), not ``precision``, chooses the run options.
+                options = RUN_OPTIONS[run_key_of(info)]
+                self.precision = precision or options["weights"]
+                self.config = {"backend": "CPU", "precision": options["precision"],
+                               "numThread": self.threads}
+                self.hints = dict(options["hints"])
                 manager = mnn.nn.create_runtime_manager((self.config,))
                 for name, value in self.hints.items():
                     manager.set_hint(HINT_IDS[name], value)
-                info = mnn.nn.load_module_from_file(str(self.path), [], []).get_info()
                 outputs = [h for h in HEADS if h in info["outputNames"]]
                 if info["inputNames"] != [INPUT_NAME] or not outputs:
                     raise SsrconvError(f"{path}: not an SSR-Net export (inputs "
