@@ -626,6 +626,25 @@ def test_mnn_fp16_of_the_pytorch_port_runs_in_float32_arithmetic(ports_dir):
     assert RUN_OPTIONS["fp16"]["precision"] == "low"
 
 
+def test_stage1_products_of_a_model_are_its_specs(ports_dir):
+    """Whether stage 1 is wider than the original's (family.wide_stage1: the MNN run key, the
+    int8 recipes' float blocks, the 16x8 graph's grouped delta) is asked of a model through
+    graph.stage1_products: the reference's and the export graph's stage-1 summary, with or
+    without a head prefix, give the count the member's spec gives."""
+    from ssrconv.graph import stage1_products
+    from ssrconv.graph.builder import build_export_graph
+    from ssrconv.reference import load_reference
+    from ssrconv.reference.family import wide_stage1
+
+    port = load_reference("age", ports_dir / PTH)
+    pair = load_reference("age-gender", ports_dir / MX_AGE, ports_dir / MX_GENDER)
+    for reference, products in ((port, 640), (pair, 160)):
+        fast = build_export_graph(reference.model, reference.task, "per-head", reference.members)
+        assert reference.members["age"].arch.flat_widths()[0] == products
+        assert stage1_products(reference.model) == stage1_products(fast) == products
+    assert (wide_stage1(640), wide_stage1(160)) == (True, False)
+
+
 def test_int8_recipe_keeps_a_wide_stage1_float_for_the_pytorch_port(ports_dir):
     """The PyTorch port's fourth blocks output 8 x 8 maps (the original's 4 x 4): both int8
     recipes keep them float besides their float layers for the original (without: tflite-int8

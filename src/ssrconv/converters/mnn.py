@@ -86,9 +86,10 @@ def run_key_for(model, precision: str) -> str:
     fp16 arithmetic, except a model with stage-1 maps wider than the original's (the PyTorch
     port: 8 x 8, so 640-product stage-1 Dense layers), whose fp16 arithmetic on arm64 broke the
     fp16 budget (mean 0.063 y; float32 arithmetic 0.012, docs/ARM64.md)."""
-    from ssrconv.converters.int8_prep import wide_stage1
+    from ssrconv.graph import stage1_products
+    from ssrconv.reference.family import wide_stage1
 
-    if precision == "fp16" and wide_stage1(model):
+    if precision == "fp16" and wide_stage1(stage1_products(model)):
         return "fp16-fp32-arithmetic"
     return precision
 

@@ -122,7 +122,7 @@ def prepare(model, calibration_inputs: np.ndarray, int8_layers=INT8_LAYERS):
     return fold_batchnorm(prepared)
 
 
-# A member whose stage-1 maps are wider than the original's (int8_prep.wide_stage1: the PyTorch
+# A member whose stage-1 maps are wider than the original's (family.wide_stage1: the PyTorch
 # port, padding=1) keeps float what the TFLite recipe keeps float in the relu stream: its fourth
 # block (int8_prep.STAGE1_BLOCKS) and its second block with the first pool (FLOAT_BACKBONE); int8
 # is then the third block and the two pools after it. oukohou-pytorch, 300 dev faces (numpy
@@ -135,10 +135,12 @@ WIDE_STAGE1_FLOAT = ("conv2d_2", "activation_2", "average_pooling2d_1_dw")
 def int8_layer_names(model, int8_layers=INT8_LAYERS) -> set[str]:
     """The layers of ``model`` implementing ``int8_layers``; for a member with wide stage-1 maps,
     less its fourth blocks and WIDE_STAGE1_FLOAT."""
-    from ssrconv.converters.int8_prep import STAGE1_BLOCKS, recipe_layers, wide_stage1
+    from ssrconv.converters.int8_prep import STAGE1_BLOCKS, recipe_layers
+    from ssrconv.graph import stage1_products
+    from ssrconv.reference.family import wide_stage1
 
     wanted = recipe_layers(model, int8_layers)
-    if not wide_stage1(model):
+    if not wide_stage1(stage1_products(model)):
         return wanted
     return wanted - recipe_layers(model, (*STAGE1_BLOCKS, *WIDE_STAGE1_FLOAT))
 

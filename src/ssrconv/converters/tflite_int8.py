@@ -39,7 +39,6 @@ from ssrconv.converters.int8_prep import (
     recipe_layers,
     rewrite,
     round_kernels,
-    wide_stage1,
 )
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations, operators, pack, schema
 from ssrconv.errors import Int8RecipeError
@@ -126,9 +125,11 @@ def float_backbone_layers(model) -> list[str]:
     1.45 y with it int8). So do the fourth blocks (int8_prep.STAGE1_BLOCKS) of a member whose
     stage-1 maps are wider than the original's (docs/PORTS.md, "int8")."""
     from ssrconv.converters.int8_prep import base_name
+    from ssrconv.graph import stage1_products
+    from ssrconv.reference.family import wide_stage1
 
     affine = {layer.name for layer in model.layers if base_name(layer.name) == "input_affine"}
-    stage1 = recipe_layers(model, STAGE1_BLOCKS) if wide_stage1(model) else set()
+    stage1 = recipe_layers(model, STAGE1_BLOCKS) if wide_stage1(stage1_products(model)) else set()
     return sorted(recipe_layers(model, FLOAT_BACKBONE) | affine | stage1)
 
 

@@ -15,6 +15,12 @@ GRAPHS = ("fast", "original")
 
 DEFAULT_GRAPH = "fast"
 
+SUMMARY_CHANNELS = 10  # output channels of each head's 1x1 summary convs (the stage inputs)
+
+# The 1x1 conv whose map each stage-1 Dense reads, flattened: the reference's and the export
+# graph's name (either with a head's "age_"/"gender_" prefix when the heads have their own).
+_STAGE1_SUMMARY = ("conv2d_9", "stage1_s")
+
 
 class GraphNotExactError(SsrconvError):
     """The fused export graph does not compute what the reference computes (beyond the bounds)."""
@@ -129,3 +135,15 @@ def get_variant(name: str) -> Variant:
         raise GraphNotExactError(f"unknown export-graph variant {name!r}: known variants are "
                                  f"{', '.join(VARIANTS)}") from None
 
+
+def stage1_products(model) -> int:
+    """How many products each stage-1 Dense of ``model`` (the reference or an export graph, whose
+    Keras layer names say which) sums: one per value of a head's flattened stage-1 summary,
+    SUMMARY_CHANNELS x the area of its map. ``ssrconv.reference.family.wide_stage1`` says
+    whether that is wider than the original's."""
+    for layer in model.layers:
+        if any(layer.name in (name, "age_" + name, "gender_" + name) for name in _STAGE1_SUMMARY):
+            height, width = layer.output.shape[1:3]
+            return SUMMARY_CHANNELS * height * width
+    raise GraphNotExactError(f"model {model.name!r} has no stage-1 summary conv "
+                             f"({' or '.join(_STAGE1_SUMMARY)}): not an SSR-Net graph")

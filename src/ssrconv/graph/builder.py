@@ -47,7 +47,8 @@ is exact (docs/GRAPH.md has the measured effect):
    stage's one head only: hybrid kernels quantize each with one scale.
    ``merge_scales_in_sums`` (16x8): the merge's V/3^k in the stage-sum matrix's columns and
    the output matrix 0/1, so per-channel int8 weights store each exactly.
-   ``delta_scale_groups=n`` (16x8): a stage delta wider than the original's split into n
+   ``delta_scale_groups=n`` (16x8): a stage-1 delta wider than the original's
+   (``ssrconv.reference.family.wide_stage1``) split into n
    magnitude groups summed by ones, each with its own int8 scale.
    ``input_scale_log2=n`` (ncnn/MNN fp16): the input times 2^-n and the first convs' kernels
    times 2^n: powers of two, so every product is bit-identical; float16 weight storage that
@@ -78,8 +79,15 @@ tensorflow()  # quiet import of TF before Keras pulls it in
 import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
-from ssrconv.graph import GraphNotExactError, Variant, fast_graph_blocker, get_variant  # noqa: E402
-from ssrconv.reference.family import ORIGINAL  # noqa: E402
+from ssrconv.graph import (  # noqa: E402
+    SUMMARY_CHANNELS,
+    GraphNotExactError,
+    Variant,
+    fast_graph_blocker,
+    get_variant,
+    stage1_products,
+)
+from ssrconv.reference.family import ORIGINAL, wide_stage1  # noqa: E402
 from ssrconv.stages import FUSED_STAGE_LAYERS  # noqa: E402
 from ssrconv.reference.model import (  # noqa: E402
     INPUT_SIZE,
@@ -94,7 +102,6 @@ from ssrconv.reference.model import (  # noqa: E402
 
 FUSED_MERGE = "stagewise_merge"  # the merge layer (per head: prefixed "age_", "gender_")
 CROP = 62  # the rows/columns of the 64 x 64 input valid convs read (module docstring, 1.)
-SUMMARY_CHANNELS = 10
 
 # Names of the fused stage layers: runtimes' stage_outputs find them by these names and slice
 # each original stage tensor out of them (ssrconv.stages.fused_location).
@@ -488,18 +495,15 @@ def build_export_graph(reference_model, task: str, variant: str | Variant,
     return _merged_model(inputs, task, heads, probs, deltas, local, variant)
 
 
-def _grouped_delta(m, t, name, groups: int):
-    """The reference's stage-delta layer ``name`` (one tanh unit reading the stage's feature
-    products) on ``t``; with ``groups`` > 1 as a linear Dense with one output per group of its
-    weights (grouped by magnitude, the rest of each column zero), when it reads more products
-    than the original's widest delta (160; a padding=1 member's stage 1 reads 640), then the layer ``name``
-    summing the groups (weights 1) with the bias and activation. The same function; a per-channel
-    int8 quantizer gives each group its own scale (Variant.delta_scale_groups)."""
-    from ssrconv.reference.family import ORIGINAL
-
+def _reference_dense(m, t, name, groups: int = 1):
+    """The reference's Dense layer ``name`` on ``t``. With ``groups`` > 1 (a stage delta: one
+    tanh unit reading the stage's feature products) as a linear Dense with one output per group
+    of its weights (grouped by magnitude, the rest of each column zero), then the layer ``name``
+    summing the groups (weights 1) with the bias and activation. The same function; a
+    per-channel int8 quantizer gives each group its own scale (Variant.delta_scale_groups)."""
     kernel, bias = _weights(m, name)
     activation = m.get_layer(name).get_config().get("activation")
-    if groups <= 1 or kernel.shape[0] <= max(ORIGINAL.arch.flat_widths()):
+    if groups <= 1:
         return _dense(t, kernel, bias, name, activation)
     parts = np.zeros((kernel.shape[0], groups))
     for g, rows in enumerate(np.array_split(np.argsort(np.abs(kernel[:, 0])), groups)):
@@ -518,11 +522,8 @@ def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
     plan = [(("dense_1", "dense_2"), "dense_3"), (("dense_4", "dense_5"), "dense_6"),
             (("dense_7", "dense_8"), "dense_9")]
 
-    def dense_like(t, name):
-        kernel, bias = _weights(m, name)
-        activation = m.get_layer(name).get_config().get("activation")
-        return _dense(t, kernel, bias, name, activation)
-
+    # Only a stage-1 delta wider than the original's is grouped (Variant.delta_scale_groups).
+    groups = variant.delta_scale_groups if wide_stage1(stage1_products(m)) else 1
     for k, ((st, xt), ((ds, dx), dfuse)) in enumerate(zip(stage_maps, plan)):
         for head, (head_task, prefix, _) in enumerate(heads):
             def own(t, stream, k=k, head=head, prefix=prefix):
@@ -537,13 +538,14 @@ def _per_stage_head(m, task, heads, stage_maps, per_head_maps, summary_width,
 
             fs, fx = own(st, "s"), own(xt, "x")
             feat = layers.Multiply(name=f"{prefix}stage{k + 1}_features")(
-                [dense_like(fs, prefix + ds), dense_like(fx, prefix + dx)])
-            fused = dense_like(feat, prefix + dfuse)
-            probs.append(dense_like(fused, prefix + head_names(head_task)["stages"].format(k + 1)))
-            locals_.append(dense_like(fused, prefix + f"local_delta_stage{k + 1}"))
+                [_reference_dense(m, fs, prefix + ds), _reference_dense(m, fx, prefix + dx)])
+            fused = _reference_dense(m, feat, prefix + dfuse)
+            probs.append(_reference_dense(m, fused,
+                                          prefix + head_names(head_task)["stages"].format(k + 1)))
+            locals_.append(_reference_dense(m, fused, prefix + f"local_delta_stage{k + 1}"))
             delta_in = layers.Multiply(name=f"{prefix}stage{k + 1}_delta_in")([fs, fx])
-            deltas.append(_grouped_delta(m, delta_in, prefix + f"delta_s{k + 1}",
-                                         variant.delta_scale_groups))
+            deltas.append(_reference_dense(m, delta_in, prefix + f"delta_s{k + 1}",
+                                           groups if k == 0 else 1))
     if variant.merge_per_head and n_heads > 1:
         merged = []
         for head, (head_task, prefix, _) in enumerate(heads):

@@ -189,6 +189,15 @@ MEMBERS: dict[str, Member] = {m.name: m for m in (
 ORIGINAL = MEMBERS["original"]
 
 
+def wide_stage1(stage1_products: int) -> bool:
+    """True when each stage-1 Dense sums ``stage1_products`` products (``ArchSpec.flat_widths()[0]``;
+    of a model: ``ssrconv.graph.stage1_products``), more than the original SSR-Net's 160 (10
+    channels x its 4 x 4 stage-1 summaries). A padding=1 member's are 8 x 8 (the PyTorch port:
+    640), and there fp16 arithmetic (MNN on arm64, docs/ARM64.md), int8 fourth blocks and one
+    int8 scale for the stage-1 delta's weights broke their budgets (docs/PORTS.md, docs/INT8.md)."""
+    return stage1_products > ORIGINAL.arch.flat_widths()[0]
+
+
 def get_member(name: str) -> Member:
     """The member called ``name``; a WeightsError listing the known ones otherwise."""
     try:
