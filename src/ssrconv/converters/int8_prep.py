@@ -19,12 +19,20 @@ def _keras():
     return keras
 
 
+def sources(layer) -> list[tuple[str, int, int]]:
+    """Where each input of each call of ``layer`` comes from: (the producing layer's name, which
+    of its calls, which of its outputs). The one walk of Keras' node records (``_keras_history``)
+    the int8 recipes make; :func:`consumers` and ``tflite_int8._twins`` read the graph through it."""
+    return [(t._keras_history[0].name, t._keras_history[1], t._keras_history[2])
+            for node in layer._inbound_nodes for t in node.input_tensors]
+
+
 def consumers(model):
+    """{layer name: the names of the layers reading its outputs} of ``model``."""
     cons = {}
     for l in model.layers:
-        for node in l._inbound_nodes:
-            for t in node.input_tensors:
-                cons.setdefault(t._keras_history[0].name, []).append(l.name)
+        for source, _, _ in sources(l):
+            cons.setdefault(source, []).append(l.name)
     return cons
 
 

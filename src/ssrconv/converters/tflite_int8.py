@@ -39,6 +39,7 @@ from ssrconv.converters.int8_prep import (
     recipe_layers,
     rewrite,
     round_kernels,
+    sources,
 )
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations, operators, pack, schema
 from ssrconv.errors import Int8RecipeError
@@ -68,9 +69,7 @@ def _twins(model, names) -> dict[str, set[str]]:
     op for both, in the age head's name scope (docs/PORTS.md, "int8")."""
     def key(layer):
         config = {k: v for k, v in layer.get_config().items() if k != "name"}
-        sources = [(t._keras_history[0].name, t._keras_history[1], t._keras_history[2])
-                   for node in layer._inbound_nodes for t in node.input_tensors]
-        return type(layer), repr(sorted(config.items())), repr(sources)
+        return type(layer), repr(sorted(config.items())), repr(sources(layer))
 
     def same_weights(a, b):
         wa, wb = a.get_weights(), b.get_weights()
