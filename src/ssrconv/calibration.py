@@ -117,7 +117,7 @@ def batchnorm_layers(model) -> list:
 def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100,
                    batch_size: int = 32, lr: float = 0.1, normalized: bool = True,
                    clip: bool = True, progress: Callable[[str], None] | None = None,
-                   output_weight: float = 1.0) -> tuple[np.ndarray, dict]:
+                   output_weight: float = 0.0) -> tuple[np.ndarray, dict]:
     """Distil ``images`` model inputs whose BatchNorm input statistics match the stored ones.
 
     Each batch of ``batch_size`` starts from seeded Gaussian noise in the input domain
@@ -130,15 +130,16 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     so their statistics are in the hundreds and would otherwise drown the deeper layers').
     After every step the inputs are projected back onto [0, 255] when ``clip``.
 
-    Each input is also given a target for each of the model's named outputs (``age``,
-    ``p_male``: :func:`ssrconv.reference.model.output_domains`), stratified over the output's
-    domain [0, V] within each batch, and the loss adds ``output_weight`` x the mean
-    |output - target| / V. BatchNorm statistics are per channel over every position, so
-    inputs matching them alone need not look like any face to the SSR head, whose Dense layers
-    weigh each position of the last 4 x 4 maps: the MXNet pair's (trained on 5-point aligned
-    faces) distilled inputs spanned 10-55 y of output, its stage-1 head tensors 1/3 to 1/10 of
-    the ranges real faces reach, and its data-free 16x8 file failed (docs/INT8.md, "The MXNet
-    pair's data-free 16x8 file"). With the targets its inputs span 3-101 y.
+    With ``output_weight`` > 0 each input is also given a target for each of the model's named
+    outputs (``age``, ``p_male``: :func:`ssrconv.reference.model.output_domains`), stratified
+    over the output's domain [0, V] within each batch, and the loss adds ``output_weight`` x the
+    mean |output - target| / V (the 16x8 targets': ``Target.distill_output_weight``). A BatchNorm
+    statistic is per channel over every position, while the SSR head's Dense layers weigh each
+    position of the last maps: matched on BatchNorm statistics alone, the MXNet pair's inputs
+    (a model trained on 5-point aligned faces) spanned 10-55 y of output, reached a third to a
+    tenth of the faces' ranges in its age head's stage-1 tensors, and its data-free 16x8 file
+    failed (docs/INT8.md, "The MXNet pair's data-free 16x8 file"). With the targets its
+    inputs span 3-101 y.
 
     Returns the inputs (float32, N x 64 x 64 x 3) and how they were made: iterations, batch
     size, seed, number of BatchNorm layers, the outputs given targets, loss before and after
@@ -149,9 +150,9 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     tf = tensorflow("int8 calibration")
     import keras
 
-    say = progress or (lambda message: None)
     from ssrconv.reference.model import output_domains
 
+    say = progress or (lambda message: None)
     bns = batchnorm_layers(model)
     if not bns:
         raise ValueError("the model has no BatchNormalization layers to distil inputs from")
@@ -165,10 +166,10 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
         std = np.sqrt(np.asarray(bn.moving_variance, np.float32) + bn.epsilon)
         targets.append((tf.constant(mean), tf.constant(std), float(bn.epsilon)))
 
-    def loss_of(x, wanted=None):
+    def loss_of(x, wanted):
         total = 0.0
         probed = probe(x, training=False)
-        for (k, domain), out, want in zip(heads, probed[len(bns):], wanted or ()):
+        for (_, domain), out, want in zip(heads, probed[len(bns):], wanted):
             total += output_weight * tf.reduce_mean(tf.abs(tf.reshape(out, [-1]) - want)) / domain
         for out, (mean, std, epsilon) in zip(probed[:len(bns)], targets):
             m, v = tf.nn.moments(out, axes=[0, 1, 2])
@@ -226,14 +227,15 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     inputs = np.concatenate(out).astype(np.float32)
     details = {"iterations": iterations, "batch_size": batch_size, "seed": seed,
                "batchnorm_layers": len(bns),
-               "output_targets": [model.output_names[k] for k, _ in heads], "initial_loss": round(float(np.mean(first)), 4),
+               "output_targets": [model.output_names[k] for k, _ in heads],
+               "initial_loss": round(float(np.mean(first)), 4),
                "final_loss": round(float(np.mean(last)), 4),
                "seconds": round(time.perf_counter() - started, 1)}
     return inputs, details
 
 
 # What the distillation does, in the cache key: change it whenever distill_inputs' output changes.
-DISTILL_VERSION = 2  # 2: output targets
+DISTILL_VERSION = 2  # 2: output targets (output_weight)
 CACHE_DIR = "distilled"  # a folder of the cache directory (ssrconv.content_cache)
 
 
