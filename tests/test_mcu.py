@@ -41,8 +41,9 @@ def _ranges_before_and_after_set_ranges(model):
     of 4 values) calibrated-only on 8 seeded uniform inputs, before and after set_ranges."""
     import tensorflow as tf
 
-    from ssrconv.converters.tflite_int8 import output_domains, set_ranges
+    from ssrconv.converters.tflite_int8 import set_ranges
     from ssrconv.formats.tflite_flatbuffer import operators
+    from ssrconv.reference.model import output_domains
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -117,7 +117,7 @@ def batchnorm_layers(model) -> list:
 def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100,
                    batch_size: int = 32, lr: float = 0.1, normalized: bool = True,
                    clip: bool = True, progress: Callable[[str], None] | None = None,
-                   ) -> tuple[np.ndarray, dict]:
+                   output_weight: float = 0.0) -> tuple[np.ndarray, dict]:
     """Distil ``images`` model inputs whose BatchNorm input statistics match the stored ones.
 
     Each batch of ``batch_size`` starts from seeded Gaussian noise in the input domain
@@ -130,28 +130,48 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     so their statistics are in the hundreds and would otherwise drown the deeper layers').
     After every step the inputs are projected back onto [0, 255] when ``clip``.
 
+    With ``output_weight`` > 0 each input is also given a target for each of the model's named
+    outputs (``age``, ``p_male``: :func:`ssrconv.reference.model.output_domains`), stratified
+    over the output's domain [0, V] within each batch, and the loss adds ``output_weight`` x the
+    mean |output - target| / V (the 16x8 targets': ``Target.distill_output_weight``). A BatchNorm
+    statistic is per channel over every position, while the SSR head's Dense layers weigh each
+    position of the last maps: matched on BatchNorm statistics alone, the MXNet pair's inputs
+    (a model trained on 5-point aligned faces) spanned 10-55 y of output, reached a third to a
+    tenth of the faces' ranges in its age head's stage-1 tensors, and its data-free 16x8 file
+    failed (docs/INT8.md, "The MXNet pair's data-free 16x8 file"). With the targets its
+    inputs span 3-101 y.
+
     Returns the inputs (float32, N x 64 x 64 x 3) and how they were made: iterations, batch
-    size, seed, number of BatchNorm layers, loss before and after (mean over batches), seconds.
+    size, seed, number of BatchNorm layers, the outputs given targets, loss before and after
+    (mean over batches), seconds.
     """
     from ssrconv._imports import tensorflow
 
     tf = tensorflow("int8 calibration")
     import keras
 
+    from ssrconv.reference.model import output_domains
+
     say = progress or (lambda message: None)
     bns = batchnorm_layers(model)
     if not bns:
         raise ValueError("the model has no BatchNormalization layers to distil inputs from")
-    probe = keras.Model(model.inputs, [bn.input for bn in bns])
+    domains = output_domains() if output_weight else {}
+    heads = [(k, domains[name]) for k, name in enumerate(model.output_names) if name in domains]
+    outputs = model.outputs if isinstance(model.outputs, (list, tuple)) else [model.outputs]
+    probe = keras.Model(model.inputs, [bn.input for bn in bns] + [outputs[k] for k, _ in heads])
     targets = []
     for bn in bns:
         mean = np.asarray(bn.moving_mean, np.float32)
         std = np.sqrt(np.asarray(bn.moving_variance, np.float32) + bn.epsilon)
         targets.append((tf.constant(mean), tf.constant(std), float(bn.epsilon)))
 
-    def loss_of(x):
+    def loss_of(x, wanted):
         total = 0.0
-        for out, (mean, std, epsilon) in zip(probe(x, training=False), targets):
+        probed = probe(x, training=False)
+        for (_, domain), out, want in zip(heads, probed[len(bns):], wanted):
+            total += output_weight * tf.reduce_mean(tf.abs(tf.reshape(out, [-1]) - want)) / domain
+        for out, (mean, std, epsilon) in zip(probed[:len(bns)], targets):
             m, v = tf.nn.moments(out, axes=[0, 1, 2])
             s = tf.sqrt(v + epsilon)  # as the layer's own sigma
             if normalized:
@@ -166,12 +186,12 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     beta1, beta2, eps = 0.9, 0.999, 1e-8  # Adam, written out: its state is reset per batch
 
     @tf.function(reduce_retracing=True)
-    def optimise(z0):
+    def optimise(z0, wanted):
         z, m, v = z0, tf.zeros_like(z0), tf.zeros_like(z0)
         for t in tf.range(1, iterations + 1):
             with tf.GradientTape() as tape:
                 tape.watch(z)
-                loss = loss_of(PIXEL_CENTER + PIXEL_SCALE * z)
+                loss = loss_of(PIXEL_CENTER + PIXEL_SCALE * z, wanted)
             g = tape.gradient(loss, z)
             m = beta1 * m + (1 - beta1) * g
             v = beta2 * v + (1 - beta2) * g * g
@@ -180,7 +200,7 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
             z = z - step
             if clip:
                 z = tf.clip_by_value(z, lo, hi)
-        return z, loss_of(PIXEL_CENTER + PIXEL_SCALE * z)
+        return z, loss_of(PIXEL_CENTER + PIXEL_SCALE * z, wanted)
 
     from ssrconv.progress import bar
 
@@ -192,25 +212,30 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
         n = min(batch_size, images - b * batch_size)
         init = rng.standard_normal((n, *shape)).astype(np.float32)
         z0 = tf.constant(np.clip(init, lo, hi) if clip else init)
-        first.append(float(loss_of(PIXEL_CENTER + PIXEL_SCALE * z0)))
-        z, loss = optimise(z0)
+        # each input its own target per output, stratified over the output's domain
+        wanted = [tf.constant(((rng.permutation(n) + rng.uniform(size=n)) / n * domain)
+                              .astype(np.float32)) for _, domain in heads]
+        first.append(float(loss_of(PIXEL_CENTER + PIXEL_SCALE * z0, wanted)))
+        z, loss = optimise(z0, wanted)
         last.append(float(loss))
         shown.clear()
-        say(f"      distilled {b * batch_size + n}/{images} inputs (BatchNorm loss "
+        say(f"      distilled {b * batch_size + n}/{images} inputs (loss "
             f"{first[-1]:.1f} -> {last[-1]:.2f}, {time.perf_counter() - started:.0f} s)")
         out.append(PIXEL_CENTER + PIXEL_SCALE * z.numpy())
         shown.update(n)
     shown.close()
     inputs = np.concatenate(out).astype(np.float32)
     details = {"iterations": iterations, "batch_size": batch_size, "seed": seed,
-               "batchnorm_layers": len(bns), "initial_loss": round(float(np.mean(first)), 4),
+               "batchnorm_layers": len(bns),
+               "output_targets": [model.output_names[k] for k, _ in heads],
+               "initial_loss": round(float(np.mean(first)), 4),
                "final_loss": round(float(np.mean(last)), 4),
                "seconds": round(time.perf_counter() - started, 1)}
     return inputs, details
 
 
 # What the distillation does, in the cache key: change it whenever distill_inputs' output changes.
-DISTILL_VERSION = 1
+DISTILL_VERSION = 2  # 2: output targets (output_weight)
 CACHE_DIR = "distilled"  # a folder of the cache directory (ssrconv.content_cache)
 
 

@@ -212,27 +212,38 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
                                    options.arch)
         model = with_named_outputs(reference.model, options.task)
         contract = contract_for(reference.members)
-        calibration = None
-        if any(t.precision in CALIBRATED_PRECISIONS for t in options.targets):
-            if options.calibration is not None:
-                say(f"reading calibration faces from {options.calibration}")
-                calibration = CalibrationSet.from_dir(options.calibration, options.calibration_limit,
-                                                      kind=options.calibration_kind,
-                                                      crop_rule=contract["crop_rule"])
-            else:
+        faces = None
+        if (options.calibration is not None
+                and any(t.precision in CALIBRATED_PRECISIONS for t in options.targets)):
+            say(f"reading calibration faces from {options.calibration}")
+            faces = CalibrationSet.from_dir(options.calibration, options.calibration_limit,
+                                            kind=options.calibration_kind,
+                                            crop_rule=contract["crop_rule"])
+        distilled: dict[float, CalibrationSet] = {}  # by the targets' distill_output_weight
+
+        def calibration_for(target) -> CalibrationSet | None:
+            if target.precision not in CALIBRATED_PRECISIONS:
+                return None
+            if faces is not None:
+                return faces
+            weight = target.distill_output_weight
+            if weight not in distilled:
                 say("no --calibration: distilling data-free calibration inputs from the model's "
-                    "BatchNorm statistics (ZeroQ)")
-                calibration = CalibrationSet.distilled(model, progress=say, cache=True)
+                    "BatchNorm statistics (ZeroQ)" + (", with output targets" if weight else ""))
+                distilled[weight] = CalibrationSet.distilled(model, progress=say, cache=True,
+                                                             output_weight=weight)
+            return distilled[weight]
+
         metadata = _model_metadata(reference, options.task)
-        export_graphs = _ExportGraphs(model, options, calibration, say, reference.members)
+        export_graphs = _ExportGraphs(model, options, faces, say, reference.members)
         family = {head: m.describe() for head, m in reference.members.items()}
         tools = library_versions()
         for number, target in enumerate(options.targets, start=1):
             final = options.out / target.filename(options.task)
             tmp = temp_path(final, f".part{target.suffix}")
             tmp_paths.append(tmp)
-            calibrated = target.precision in CALIBRATED_PRECISIONS
-            step = "calibrating and converting" if calibrated else "converting"
+            calibration = calibration_for(target)
+            step = "calibrating and converting" if calibration is not None else "converting"
             say(f"[{number}/{len(options.targets)}] {target.key}: {step} -> {final.name}")
             started = time.perf_counter()
             graph, variant, graph_model, graph_note = export_graphs.for_target(target)
@@ -256,7 +267,7 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
                              f"{contract['crop_rule']}: feed it aligned crops of your own"
                              if target.format.engine.in_browser and contract["crop_rule"] != "margin"
                              else None),
-                "calibration": calibration.describe() if calibrated else None,
+                "calibration": calibration.describe() if calibration is not None else None,
                 "weights": weights_provenance(reference),
                 "preprocessing": contract,
                 "family": family,

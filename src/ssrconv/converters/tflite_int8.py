@@ -292,14 +292,6 @@ DEAD_RANGE = 1.0
 HEADROOM = 2.0
 
 
-def output_domains() -> dict[str, float]:
-    """The largest value each output of an SSR-Net can mean, by output name: the age in
-    years up to the merge's V (101: SSR-Net's age scale), P(male) up to 1."""
-    from ssrconv.reference.model import OUTPUT_NAMES, V_BY_TASK
-
-    return {OUTPUT_NAMES[task][0]: v for task, v in V_BY_TASK.items()}
-
-
 def set_ranges(calibrated: bytes, domains: dict[str, float]) -> bytes:
     """``calibrated`` (a calibrate-only float model with min/max per tensor) with the ranges the
     16x8 file is quantized on:
@@ -400,6 +392,8 @@ def quantize_int16x8(calibrated: bytes) -> bytes:
     tf = tensorflow("16x8 TFLite export")
     from tensorflow.lite.python.convert import deduplicate_readonly_buffers
     from tensorflow.lite.python.optimize import calibrator
+
+    from ssrconv.reference.model import output_domains
 
     calibrated = set_ranges(calibrated, output_domains())
     with warnings.catch_warnings():

@@ -252,6 +252,12 @@ def count_macs(model: keras.Model) -> int:
 OUTPUT_NAMES = {"age": ("age",), "gender": ("p_male",), "age-gender": ("age", "p_male")}
 
 
+def output_domains() -> dict[str, float]:
+    """The largest value each output of an SSR-Net can mean, by output name: the age in
+    years up to the merge's V (101: SSR-Net's age scale), P(male) up to 1 (both from 0)."""
+    return {OUTPUT_NAMES[task][0]: v for task, v in V_BY_TASK.items()}
+
+
 def with_named_outputs(model: keras.Model, task: str) -> keras.Model:
     """The same graph with outputs named as exported artifacts name them: ``age`` (years)
     and/or ``p_male``. The age-gender model already has those names."""
