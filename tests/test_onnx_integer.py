@@ -154,6 +154,7 @@ def test_every_compute_node_is_between_dequantize_and_quantize(integer_onnx):
     # every conv (38, the pools as depthwise convs), every Dense layer as a Gemm, the merge
     assert ops["Conv"] == 38 and ops["Gemm"] == 36 and ops["Tanh"] == 20 and ops["Pow"] == 2
     assert manifest["opset"] == 21 and [e["name"] for e in manifest["inputs"]] == ["face_bgr"]
+    assert [e["name"] for e in manifest["outputs"]] == ["age", "p_male"]
     inits = {i.name: i for i in proto.graph.initializer}
     for node in proto.graph.node:  # weights int8, biases int32, head activations int16
         if node.op_type in ("Conv", "Gemm"):
@@ -178,3 +179,34 @@ def test_it_is_the_tflite_recipes_file_and_meets_the_int8_budget(integer_onnx, e
     for engine in ("onnxruntime", "openvino"):
         found, stats = budget_check(load_runtime(integer_onnx.path, engine=engine), "int8")
         assert not found, (engine, found, stats)
+
+
+def test_tract_refuses_int16_qdq_by_design(tmp_path):
+    """tract 0.23 has no int16 DequantizeLinear: the engine says so before loading (parity
+    reports the pair as not run), and an 8-bit QDQ graph is not refused."""
+    from ssrconv.converters.onnx_integer import complete_qdq
+    from ssrconv.targets import ENGINES
+
+    wide, narrow = tmp_path / "int16.onnx", tmp_path / "int8.onnx"
+    onnx.save(complete_qdq(_tf2onnx_like_head()), str(wide))
+    proto = _tf2onnx_like_head(np.int32)
+    for tensor in proto.graph.initializer:
+        if tensor.data_type == TensorProto.INT16:
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.int8),
+                                                    tensor.name))
+    onnx.save(proto, str(narrow))
+    assert "int16" in ENGINES["tract"].refuses(wide)
+    assert ENGINES["tract"].refuses(narrow) is None
+
+
+@pytest.mark.slow
+def test_a_second_export_gives_the_same_bytes(integer_onnx, faces_dir, tmp_path):
+    """tf2onnx's node order followed the process's string hash seed and its merged constants'
+    names varied: it runs with the seed fixed and the constants are renamed, so an export in
+    this process matches the session's (another process, or the `exported` one)."""
+    from ssrconv.exporter import export
+
+    (again,) = export(to=("onnx",), precision=("int8-integer",), calibration=faces_dir,
+                      out=tmp_path / "again")
+    assert again.manifest["fine_tuning"]["cache"]["status"] == "hit"
+    assert again.sha256 == integer_onnx.sha256

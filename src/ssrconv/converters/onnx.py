@@ -98,6 +98,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         from ssrconv.converters import onnx_integer
 
         proto, integer_info = onnx_integer.convert_int8_integer(model, calibration, options.batch)
+        canonical_names(proto)
         extra = {"opset": onnx_integer.OPSET,  # int16 QDQ needs 21, whatever --opset says
                  "int8_recipe": onnx_integer.RECIPE,
                  "fine_tuning": {**integer_info["fine_tuning"], "cache": integer_info["cache"]}}

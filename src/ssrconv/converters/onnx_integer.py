@@ -22,13 +22,14 @@ Concat/Slice), what an ONNX-fed NPU compiler takes as an integer graph:
 
 from __future__ import annotations
 
-import contextlib
-import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import Int8RecipeError
+from ssrconv.errors import Int8RecipeError, SsrconvError
 
 OPSET = 21  # the first with int16 QuantizeLinear/DequantizeLinear
 IR_VERSION = 10  # opset 21's
@@ -38,17 +39,16 @@ TF2ONNX_OPSET = 18  # the newest tf2onnx 1.17 writes; converted to OPSET after
 def convert_int8_integer(model, calibration, batch: int | None = None):
     """The integer ONNX ModelProto of ``model`` (the ``per-head-int8-integer`` fast graph) and
     the TFLite recipe's info (``fine_tuning``, ``cache``): input ``face_bgr``, outputs named
-    as the model's."""
+    as the model's; tf2onnx's generated names as it numbers them (the caller canonicalizes:
+    ``converters.onnx.canonical_names``)."""
     import keras
 
     from ssrconv._extras import require
-    from ssrconv._imports import silenced_fd2
     from ssrconv.atomic import scratch_dir
-    from ssrconv.converters.onnx import canonical_names
     from ssrconv.converters.tflite_qat import convert_int8_integer as integer_tflite
     from ssrconv.formats.tflite_flatbuffer import fix_batch, load, signature_output_names
 
-    tf2onnx = require("tf2onnx", "export", "ONNX export")
+    require("tf2onnx", "export", "ONNX export")
     # outputs named by a dict and the model's own name, as the TFLite export converts it: the
     # same fine-tuning cache key, so either export reuses the other's file
     named = keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)),
@@ -63,18 +63,59 @@ def convert_int8_integer(model, calibration, batch: int | None = None):
     with scratch_dir("ssrconv-onnx-integer-") as tmp:
         path = Path(tmp) / "integer.tflite"
         path.write_bytes(tfl)
-        # tf2onnx reads the shapes through TensorFlow's tf.lite.Interpreter, whose QUANTIZE
-        # refuses int8 -> int16 (the head's entry; LiteRT runs it), logs that and takes the
-        # shapes stored in the file, which are the interpreter's here (static but the batch).
-        with silenced_fd2(), contextlib.redirect_stdout(io.StringIO()):
-            proto, _ = tf2onnx.convert.from_tflite(str(path), opset=TF2ONNX_OPSET)
+        proto = _from_tflite(path, Path(tmp) / "integer.onnx")
     _name_io(proto, heads)
+    _name_dequantized(proto)
     proto = complete_qdq(proto)
-    canonical_names(proto)
     # shape-inference hints tf2onnx leaves (706 entries, 76 KB): optional, and tract takes them
     # as facts (onnx_int8.convert_int8 drops them too)
     del proto.graph.value_info[:]
     return proto, info
+
+
+TF2ONNX_TIMEOUT_S = 900
+
+
+def _from_tflite(source: Path, dest: Path):
+    """tf2onnx's conversion of the .tflite ``source`` (written to ``dest``, returned loaded),
+    run by its command line in a child process whose string hash seed is fixed
+    (PYTHONHASHSEED=0): its graph optimizers iterate sets of names, so the node order, and
+    which of two merged equal constants keeps its name, changed from one process to the next
+    (two exports, two sha256; with the seed fixed the order is the same).
+
+    tf2onnx reads the shapes through TensorFlow's tf.lite.Interpreter, whose QUANTIZE refuses
+    int8 -> int16 (the head's entry; LiteRT runs it): it logs that and takes the shapes stored
+    in the file, which are the interpreter's here (static but the batch)."""
+    import onnx
+
+    command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(source), "--output",
+               str(dest), "--opset", str(TF2ONNX_OPSET)]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env,
+                              timeout=TF2ONNX_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SsrconvError(f"tf2onnx did not convert the integer TFLite file in "
+                           f"{TF2ONNX_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SsrconvError(f"tf2onnx failed on the integer TFLite file: {last[0][:200]}")
+    proto = onnx.load(str(dest))
+    proto.graph.doc_string = ""  # "converted from /tmp/<scratch dir>/integer.tflite"
+    _name_constants(proto)
+    return proto
+
+
+def _name_constants(proto) -> None:
+    """Every initializer renamed ``const__<n>`` (n its position; ``canonical_names`` then
+    renumbers them by first use): tf2onnx names a merged constant after whichever duplicate it
+    kept (a zero point came out as "t133" or "const__49", a transposed conv kernel under
+    another layer's name)."""
+    renamed = {}
+    for k, tensor in enumerate(proto.graph.initializer):
+        renamed[tensor.name] = tensor.name = f"const__{k}"
+    for node in proto.graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
 
 
 def _name_io(proto, heads: dict[str, str]) -> None:
@@ -91,6 +132,27 @@ def _name_io(proto, heads: dict[str, str]) -> None:
         dim = value.type.tensor_type.shape.dim[0]
         if dim.dim_param or not dim.dim_value:
             dim.dim_param = "batch"
+
+
+def _name_dequantized(proto) -> None:
+    """Each DequantizeLinear's output (and the node) named after its input, "<input>/dq".
+    tf2onnx names them after the consumer it made them for, then merges the equal ones of one
+    tensor and keeps one of the names (converters.onnx.canonical_names renumbers generated
+    names, not these)."""
+    outputs = {o.name for o in proto.graph.output}
+    renamed: dict[str, str] = {}
+    taken: set[str] = set()
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or node.output[0] in outputs:
+            continue
+        name, k = f"{node.input[0]}/dq", 1
+        while name in taken:  # two DequantizeLinear of one tensor (different parameters)
+            name, k = f"{node.input[0]}/dq{k}", k + 1
+        taken.add(name)
+        renamed[node.output[0]] = name
+        node.output[0] = node.name = name
+    for node in proto.graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
 
 
 class _Graph:
