@@ -159,7 +159,7 @@ class _Graph:
     """Producers and consumers of a graph's tensors, for the rewrites below."""
 
     def __init__(self, proto):
-        self.proto, self.graph = proto, proto.graph
+        self.graph = proto.graph
         self.inits = {i.name: i for i in self.graph.initializer}
         self.producer = {o: n for n in self.graph.node for o in n.output}
         self.consumers: dict[str, list] = {}
@@ -181,13 +181,13 @@ class _Graph:
 def complete_qdq(proto):
     """``proto`` (tf2onnx's conversion of an integer-only .tflite) rewritten so that every
     compute node sits between DequantizeLinear and QuantizeLinear (the module docstring lists
-    the rewrites; each is exact), at opset 21. Returns a new ModelProto (``proto`` is not
-    changed)."""
+    the rewrites; each computes the same integers, Pow(x, -0.5) up to the last bit of a float
+    against 1 / sqrt(x)), at opset 21. Returns a new ModelProto (``proto`` is not changed)."""
     import onnx
     from onnx import version_converter
 
     original, proto = proto, onnx.ModelProto()
-    proto.CopyFrom(original)
+    proto.CopyFrom(original)  # the caller's graph stays as it was
     _int64_biases_to_int32(proto)
     _matmul_add_to_gemm(proto)
     _qdq_relus(proto)
