@@ -57,9 +57,9 @@ def _qdq(name, scale, zero, dtype):
 
 def _tf2onnx_like_head(bias_type=np.int64):
     """A small graph shaped as tf2onnx writes a quantized TFLite head: x -> Q/DQ (int16) ->
-    MatMul (DQ'd int8 weights) -> Add (DQ'd int64 bias; int32: a graph onnxruntime loads) -> Relu -> Q/DQ (int16, zero point 0)
-    -> Sqrt -> Reciprocal -> Q/DQ (int16) -> output; beside it MatMul -> Add -> Relu -> Q/DQ
-    (int8, zero point -128) -> output."""
+    MatMul (DQ'd int8 weights) -> Add (DQ'd int64 bias; int32: a graph onnxruntime loads) ->
+    Relu -> Q/DQ (int16, zero point 0) -> Sqrt -> Reciprocal -> Q/DQ (int16) -> output; beside
+    it MatMul -> Add -> Relu -> Q/DQ (int8, zero point -128) -> output."""
     rng = np.random.default_rng(0)
     ws = np.full(3, 0.02, np.float32)
     inits = [numpy_helper.from_array(rng.integers(-127, 128, (4, 3)).astype(np.int8), "w"),

@@ -267,7 +267,8 @@ def _qdq_relus(proto) -> None:
             continue
         source = g.producer.get(node.input[0])
         readers = g.consumers.get(node.output[0], [])
-        if (source is None or source.op_type in ("DequantizeLinear", "QuantizeLinear") or not readers
+        if (source is None or source.op_type in ("DequantizeLinear", "QuantizeLinear")
+                or not readers
                 or any(r.op_type != "QuantizeLinear" for r in readers)):
             continue
         quantize = readers[0]
@@ -325,7 +326,8 @@ def _rsqrt_as_pow(proto) -> None:
                                             name=node.name))
         drop.add(id(sqrt))
     if drop:
-        proto.graph.initializer.append(numpy_helper.from_array(np.array(-0.5, np.float32), exponent))
+        proto.graph.initializer.append(
+            numpy_helper.from_array(np.array(-0.5, np.float32), exponent))
     _remove(proto, drop)
 
 
