@@ -181,7 +181,8 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
            "OpenVINO CPU; precision hint from the artifact (f32 unless bf16), executed precision "
            "read back"),
     Engine("tract", ("onnx",), "ssrconv.runtimes.tract_rt:TractRuntime", "tract", ("tract",),
-           "tract (pure-Rust ONNX runtime), one thread"),
+           "tract (pure-Rust ONNX runtime), one thread; no int16 QDQ",
+           refusal="ssrconv.runtimes.tract_rt:refuses"),
     Engine("tflite-micro", ("tflite", "ethos-u"), "ssrconv.runtimes.tflm_rt:TflmRuntime", "mcu",
            ("tflite_micro",),
            "TensorFlow Lite Micro (pip tflite-micro), reference kernels, smallest arena; "
@@ -332,6 +333,15 @@ TARGETS: dict[str, Target] = {
                "ONNX int8: static QDQ (onnxruntime.quantization, int8 activations, int8 "
                "per-channel weights) on the relu stream's convolutions and pools, the rest "
                "float; calibrated", graph_variant="per-head"),
+        Target("onnx", "int8-integer", "int8",
+               "ONNX integer: the tflite-int8-integer file (int8 convolutions, int16 SSR head, "
+               "fine-tuned) as QDQ, every compute node between DequantizeLinear and "
+               "QuantizeLinear (opset 21: int16 QDQ); for ONNX-fed NPUs; calibrated",
+               graph_variant="per-head-int8-integer",
+               # Not in `--to all`, as the TFLite file it converts (data-free outside the
+               # budget; ~4 CPU-minutes of fine-tuning unless cached); on onnxruntime's CPU
+               # provider slower than onnx-int8 (docs/INT8.md, "Integer ONNX").
+               in_all=False),
         Target("tflite", "fp32", "fp32", "TFLite, float32"),
         Target("tflite", "fp16", "fp16", "TFLite, float16 weights (dequantized to float32 at load)"),
         Target("tflite", "dynamic", "int8", "TFLite dynamic range: int8 weights, float activations",

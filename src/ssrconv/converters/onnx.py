@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-
 from ssrconv.reference.preprocess import INPUT_SIZE
 
 
@@ -80,26 +79,37 @@ def canonical_names(proto) -> None:
 
 
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
-    """Convert ``model`` to ONNX at ``dest`` (fp32, or int8: static QDQ, see
-    :mod:`ssrconv.converters.onnx_int8`), the preprocessing contract and provenance in
+    """Convert ``model`` to ONNX at ``dest`` (fp32; int8: static QDQ, see
+    :mod:`ssrconv.converters.onnx_int8`; int8-integer: the integer-only TFLite file as QDQ, see
+    :mod:`ssrconv.converters.onnx_integer`), the preprocessing contract and provenance in
     metadata_props."""
     import onnx
 
     extra = {"opset": int(options.opset)}
+    producer = "ssrconv (tf2onnx)"
     if target.precision == "int8":
         from ssrconv.converters import onnx_int8
 
         proto = onnx_int8.convert_int8(
             model, calibration, lambda keras_model: to_proto(keras_model, options.opset, options.batch))
         extra["int8_recipe"] = onnx_int8.INT8_RECIPE
+        producer += " + onnxruntime.quantization"
+    elif target.precision == "int8-integer":
+        from ssrconv.converters import onnx_integer
+
+        proto, integer_info = onnx_integer.convert_int8_integer(model, calibration, options.batch)
+        canonical_names(proto)
+        extra = {"opset": onnx_integer.OPSET,  # int16 QDQ needs 21, whatever --opset says
+                 "int8_recipe": onnx_integer.RECIPE,
+                 "fine_tuning": {**integer_info["fine_tuning"], "cache": integer_info["cache"]}}
+        producer += " from the integer-only TFLite file"
     else:
         proto = to_proto(model, options.opset, options.batch)
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.producer_name = "ssrconv (tf2onnx)" + (" + onnxruntime.quantization"
-                                                 if target.precision == "int8" else "")
+    proto.producer_name = producer
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(dest))
     return extra

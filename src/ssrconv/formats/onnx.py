@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 3: "int8", 2: "uint8", 6: "int32", 7: "int64"}
 
@@ -44,29 +46,58 @@ QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
 
 def _split_qdq(proto):
-    """(integer, float) op counts of a QDQ graph. A node computes in integer when every input
-    that is not an initializer comes out of a DequantizeLinear and every output goes only into
-    QuantizeLinear nodes (the groups onnxruntime fuses into QLinear* kernels); QuantizeLinear /
-    DequantizeLinear themselves are counted in neither."""
+    """(integer, float) op counts of a QDQ graph. A node computes in integer when each of its
+    activations is an integer tensor or a float one read from a DequantizeLinear (inputs) /
+    written only into QuantizeLinear nodes (outputs), and any float constant it reads directly
+    is a scalar (an exponent; weights come through DequantizeLinear): the groups onnxruntime
+    fuses into QLinear* kernels, and the data-movement nodes (Slice, Transpose, Reshape,
+    Concat) working on integer tensors. QuantizeLinear / DequantizeLinear themselves are
+    counted in neither. A tensor whose type ONNX cannot infer counts as float."""
     from collections import Counter
 
-    initializers = {i.name for i in proto.graph.initializer}
-    producer = {out: node for node in proto.graph.node for out in node.output}
+    import onnx
+
+    graph = proto.graph
+    initializers = {i.name: i for i in graph.initializer}
+    types = {i.name: i.data_type for i in graph.initializer}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto).graph
+    except Exception:  # noqa: BLE001 - an unknown op or type: every activation counts as float
+        inferred = graph
+    for value in list(inferred.value_info) + list(inferred.input) + list(inferred.output):
+        types[value.name] = value.type.tensor_type.elem_type
+    floating_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                      onnx.TensorProto.BFLOAT16, onnx.TensorProto.UNDEFINED}
+    producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list] = {}
-    for node in proto.graph.node:
+    for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in proto.graph.output}
+    graph_outputs = {o.name for o in graph.output}
+
+    def is_float(name: str) -> bool:
+        return types.get(name, onnx.TensorProto.UNDEFINED) in floating_types
+
+    def input_ok(name: str) -> bool:
+        if name in initializers:
+            return not is_float(name) or int(np.prod(initializers[name].dims)) <= 1
+        return not is_float(name) or (name in producer
+                                      and producer[name].op_type == "DequantizeLinear")
+
+    def output_ok(name: str) -> bool:
+        if not is_float(name):
+            return True
+        return (name not in graph_outputs and bool(consumers.get(name))
+                and all(c.op_type == "QuantizeLinear" for c in consumers[name]))
+
     integer, floating = Counter(), Counter()
-    for node in proto.graph.node:
+    for node in graph.node:
         if node.op_type in QDQ_OPS:
             continue
-        inputs = [i for i in node.input if i and i not in initializers]
-        fed = all(i in producer and producer[i].op_type == "DequantizeLinear" for i in inputs)
-        drains = all(o not in graph_outputs and consumers.get(o)
-                     and all(c.op_type == "QuantizeLinear" for c in consumers[o])
-                     for o in node.output)
-        (integer if inputs and fed and drains else floating)[node.op_type] += 1
+        activations = [i for i in node.input if i and i not in initializers]
+        ok = (bool(activations) and all(input_ok(i) for i in node.input if i)
+              and all(output_ok(o) for o in node.output))
+        (integer if ok else floating)[node.op_type] += 1
     return integer, floating
 
 

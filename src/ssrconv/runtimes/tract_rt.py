@@ -25,6 +25,27 @@ from ssrconv.runtimes.base import Runtime
 _MAX_MODELS = 4  # runnable models kept, one per batch size
 
 
+def refuses(path: Path) -> str | None:
+    """Why tract does not run ``path`` by design, or None: tract 0.23's DequantizeLinear reads
+    8-bit and int32 tensors only ("tensor is I16, accessed as I32"), so a graph with int16
+    QuantizeLinear/DequantizeLinear (the integer ONNX's SSR head) is refused."""
+    import onnx
+
+    from ssrconv.formats.onnx import read_model
+
+    try:
+        proto = read_model(path)
+    except SsrconvError:  # unreadable: the engine's own load reports it
+        return None
+    types = {i.name: i.data_type for i in proto.graph.initializer}
+    wide = (onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2
+           and types.get(node.input[2]) in wide for node in proto.graph.node):
+        return ("tract 0.23 has no int16 DequantizeLinear (this file's SSR head is int16 QDQ): "
+                "run it on onnxruntime or openvino")
+    return None
+
+
 class TractRuntime(Runtime):
     """An .onnx artifact on tract (CPU, one thread)."""
 

@@ -1,0 +1,342 @@
+"""Integer ONNX of SSR-Net (``--to onnx --precision int8-integer``): the integer-only TFLite
+file of :mod:`ssrconv.converters.tflite_qat` (int8 convolutions, int16 SSR head, fine-tuned by
+distillation) converted by tf2onnx's TFLite path, which writes every quantized TFLite tensor as
+QuantizeLinear -> DequantizeLinear around the operators, so the ONNX file carries the same
+learned integers (one recipe, one cache entry: docs/INT8.md, "Integer ONNX").
+
+tf2onnx's output is completed by :func:`complete_qdq` so that every compute node reads its
+activations from DequantizeLinear and writes them only into QuantizeLinear (or works on integer
+tensors directly: the crop's Slice, the flattening Transpose/Reshape, the merge's
+Concat/Slice), what an ONNX-fed NPU compiler takes as an integer graph:
+
+- the int16 head's int64 biases become int32 (DequantizeLinear has no int64 input; the largest
+  is ~1.4e7 steps), and the opset becomes 21 (int16 QuantizeLinear/DequantizeLinear);
+- each FULLY_CONNECTED (tf2onnx: MatMul, then Add of the bias) becomes one Gemm with its bias
+  as third input, the QDQ Gemm pattern;
+- a fused ReLU after a Conv/Gemm is dropped when its QuantizeLinear's zero point is the type's
+  minimum (the clamp is the ReLU: exact), else gets a copy of that QuantizeLinear/
+  DequantizeLinear pair in front of it (rounding commutes with the ReLU: exact);
+- RSQRT (tf2onnx: Sqrt, then Reciprocal, with a float tensor between) becomes one
+  ``Pow(x, -0.5)``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ssrconv.errors import Int8RecipeError, SsrconvError
+
+OPSET = 21  # the first with int16 QuantizeLinear/DequantizeLinear
+IR_VERSION = 10  # opset 21's
+TF2ONNX_OPSET = 18  # the newest tf2onnx 1.17 writes; converted to OPSET after
+
+
+def convert_int8_integer(model, calibration, batch: int | None = None):
+    """The integer ONNX ModelProto of ``model`` (the ``per-head-int8-integer`` fast graph) and
+    the TFLite recipe's info (``fine_tuning``, ``cache``): input ``face_bgr``, outputs named
+    as the model's; tf2onnx's generated names as it numbers them (the caller canonicalizes:
+    ``converters.onnx.canonical_names``)."""
+    import keras
+
+    from ssrconv._extras import require
+    from ssrconv.atomic import scratch_dir
+    from ssrconv.converters.tflite_qat import convert_int8_integer as integer_tflite
+    from ssrconv.formats.tflite_flatbuffer import fix_batch, load, signature_output_names
+
+    require("tf2onnx", "export", "ONNX export")
+    # outputs named by a dict and the model's own name, as the TFLite export converts it: the
+    # same fine-tuning cache key, so either export reuses the other's file
+    named = keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)),
+                        name=model.name)
+    tfl, info = integer_tflite(named, calibration.inputs, input_type="float32")
+    if batch is not None:
+        tfl = fix_batch(tfl, batch)
+    flat = load(tfl)
+    graph = flat.subgraphs[0]
+    heads = {graph.tensors[i].name.decode(): head
+             for i, head in zip(graph.outputs, signature_output_names(flat))}
+    with scratch_dir("ssrconv-onnx-integer-") as tmp:
+        path = Path(tmp) / "integer.tflite"
+        path.write_bytes(tfl)
+        proto = _from_tflite(path, Path(tmp) / "integer.onnx")
+    _name_io(proto, heads)
+    _name_dequantized(proto)
+    proto = complete_qdq(proto)
+    # shape-inference hints tf2onnx leaves (706 entries, 76 KB): optional, and tract takes them
+    # as facts (onnx_int8.convert_int8 drops them too)
+    del proto.graph.value_info[:]
+    return proto, info
+
+
+TF2ONNX_TIMEOUT_S = 900
+
+
+def _from_tflite(source: Path, dest: Path):
+    """tf2onnx's conversion of the .tflite ``source`` (written to ``dest``, returned loaded),
+    run by its command line in a child process whose string hash seed is fixed
+    (PYTHONHASHSEED=0): its graph optimizers iterate sets of names, so the node order, and
+    which of two merged equal constants keeps its name, changed from one process to the next
+    (two exports, two sha256; with the seed fixed the order is the same).
+
+    tf2onnx reads the shapes through TensorFlow's tf.lite.Interpreter, whose QUANTIZE refuses
+    int8 -> int16 (the head's entry; LiteRT runs it): it logs that and takes the shapes stored
+    in the file, which are the interpreter's here (static but the batch)."""
+    import onnx
+
+    command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(source), "--output",
+               str(dest), "--opset", str(TF2ONNX_OPSET)]
+    env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env,
+                              timeout=TF2ONNX_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SsrconvError(f"tf2onnx did not convert the integer TFLite file in "
+                           f"{TF2ONNX_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SsrconvError(f"tf2onnx failed on the integer TFLite file: {last[0][:200]}")
+    proto = onnx.load(str(dest))
+    proto.graph.doc_string = ""  # "converted from /tmp/<scratch dir>/integer.tflite"
+    _name_constants(proto)
+    return proto
+
+
+def _name_constants(proto) -> None:
+    """Every initializer renamed ``const__<n>`` (n its position; ``canonical_names`` then
+    renumbers them by first use): tf2onnx names a merged constant after whichever duplicate it
+    kept (a zero point came out as "t133" or "const__49", a transposed conv kernel under
+    another layer's name)."""
+    renamed = {}
+    for k, tensor in enumerate(proto.graph.initializer):
+        renamed[tensor.name] = tensor.name = f"const__{k}"
+    for node in proto.graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+
+
+def _name_io(proto, heads: dict[str, str]) -> None:
+    """The input ``face_bgr`` and the outputs their head names (tf2onnx keeps TFLite's tensor
+    names: "serving_default_face_bgr:0", "StatefulPartitionedCall_1:0"); a dynamic batch named
+    "batch", as the fp32 export's."""
+    renamed = {proto.graph.input[0].name: "face_bgr"}
+    renamed.update((o.name, heads[o.name]) for o in proto.graph.output)
+    for node in proto.graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        node.output[:] = [renamed.get(o, o) for o in node.output]
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        value.name = renamed[value.name]
+        dim = value.type.tensor_type.shape.dim[0]
+        if dim.dim_param or not dim.dim_value:
+            dim.dim_param = "batch"
+
+
+def _name_dequantized(proto) -> None:
+    """Each DequantizeLinear's output (and the node) named after its input, "<input>/dq".
+    tf2onnx names them after the consumer it made them for, then merges the equal ones of one
+    tensor and keeps one of the names (converters.onnx.canonical_names renumbers generated
+    names, not these)."""
+    outputs = {o.name for o in proto.graph.output}
+    renamed: dict[str, str] = {}
+    taken: set[str] = set()
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or node.output[0] in outputs:
+            continue
+        name, k = f"{node.input[0]}/dq", 1
+        while name in taken:  # two DequantizeLinear of one tensor (different parameters)
+            name, k = f"{node.input[0]}/dq{k}", k + 1
+        taken.add(name)
+        renamed[node.output[0]] = name
+        node.output[0] = node.name = name
+    for node in proto.graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+
+
+class _Graph:
+    """Producers and consumers of a graph's tensors, for the rewrites below."""
+
+    def __init__(self, proto):
+        self.graph = proto.graph
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+
+    def only_consumer(self, name: str):
+        readers = self.consumers.get(name, [])
+        outputs = {o.name for o in self.graph.output}
+        return readers[0] if len(readers) == 1 and name not in outputs else None
+
+    def constant(self, name: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(self.inits[name])
+
+
+def complete_qdq(proto):
+    """``proto`` (tf2onnx's conversion of an integer-only .tflite) rewritten so that every
+    compute node sits between DequantizeLinear and QuantizeLinear (the module docstring lists
+    the rewrites; each computes the same integers, Pow(x, -0.5) up to the last bit of a float
+    against 1 / sqrt(x)), at opset 21. Returns a new ModelProto (``proto`` is not changed)."""
+    import onnx
+    from onnx import version_converter
+
+    original, proto = proto, onnx.ModelProto()
+    proto.CopyFrom(original)  # the caller's graph stays as it was
+    _int64_biases_to_int32(proto)
+    _matmul_add_to_gemm(proto)
+    _qdq_relus(proto)
+    _rsqrt_as_pow(proto)
+    proto = version_converter.convert_version(proto, OPSET)
+    proto.ir_version = IR_VERSION
+    return proto
+
+
+def _int64_biases_to_int32(proto) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    g = _Graph(proto)
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in g.inits:
+            continue
+        for name in node.input[::2]:  # the integers and the zero point
+            tensor = g.inits.get(name)
+            if tensor is None or tensor.data_type != onnx.TensorProto.INT64:
+                continue
+            values = numpy_helper.to_array(tensor)
+            if np.abs(values).max(initial=0) >= 2**31:
+                raise Int8RecipeError(f"integer ONNX: bias {name} needs more than int32 "
+                                      "(DequantizeLinear reads no int64)")
+            tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int32), name))
+
+
+def _matmul_add_to_gemm(proto) -> None:
+    """MatMul(a, DQ(W)) -> Add(., DQ(bias)) as Gemm(a, DQ(W), DQ(bias))."""
+    import onnx
+
+    g = _Graph(proto)
+    drop = set()
+    for node in list(proto.graph.node):
+        if node.op_type != "MatMul":
+            continue
+        add = g.only_consumer(node.output[0])
+        if add is None or add.op_type != "Add":
+            continue
+        bias = [i for i in add.input if i != node.output[0]]
+        source = g.producer.get(bias[0]) if len(bias) == 1 else None
+        weights = g.producer.get(node.input[1])
+        if (source is None or source.op_type != "DequantizeLinear" or source.input[0] not in g.inits
+                or weights is None or weights.op_type != "DequantizeLinear"):
+            continue
+        gemm = onnx.helper.make_node("Gemm", [node.input[0], node.input[1], bias[0]],
+                                     list(add.output), name=node.name)
+        node.CopyFrom(gemm)
+        drop.add(id(add))
+    _remove(proto, drop)
+
+
+def _remove(proto, ids: set[int]) -> None:
+    kept = [n for n in proto.graph.node if id(n) not in ids]
+    copies = []
+    for node in kept:
+        copy = type(node)()
+        copy.CopyFrom(node)
+        copies.append(copy)
+    del proto.graph.node[:]
+    proto.graph.node.extend(copies)
+
+
+_QMIN = {3: -128, 2: 0, 5: -32768, 4: 0}  # INT8, UINT8, INT16, UINT16
+
+
+def _qdq_relus(proto) -> None:
+    """A ReLU between a compute node and its QuantizeLinear: dropped when every such
+    QuantizeLinear's zero point is its type's minimum, else fed through a copy of the pair."""
+    import onnx
+
+    g = _Graph(proto)
+    drop, inserts = set(), []
+    for node in proto.graph.node:
+        if node.op_type != "Relu":
+            continue
+        source = g.producer.get(node.input[0])
+        readers = g.consumers.get(node.output[0], [])
+        if (source is None or source.op_type in ("DequantizeLinear", "QuantizeLinear")
+                or not readers
+                or any(r.op_type != "QuantizeLinear" for r in readers)):
+            continue
+        quantize = readers[0]
+        zero = g.inits[quantize.input[2]]
+        if all(g.constant(r.input[2]).item() == _QMIN[zero.data_type] for r in readers):
+            for reader in readers:
+                reader.input[0] = node.input[0]
+            drop.add(id(node))
+            continue
+        if any(list(r.input[1:]) != list(quantize.input[1:]) for r in readers):
+            continue
+        q_out, dq_out = node.input[0] + "_relu_q", node.input[0] + "_relu_dq"
+        inserts.append((node.output[0], [
+            onnx.helper.make_node("QuantizeLinear", [node.input[0], *quantize.input[1:]], [q_out],
+                                  name=q_out),
+            onnx.helper.make_node("DequantizeLinear", [q_out, *quantize.input[1:]], [dq_out],
+                                  name=dq_out)]))
+        node.input[0] = dq_out
+    _remove(proto, drop)
+    _insert_before(proto, inserts)
+
+
+def _insert_before(proto, inserts) -> None:
+    """Insert each (output name, nodes) pair's nodes in front of the node writing that output
+    first (keeps the topological order)."""
+    before = dict(inserts)
+    ordered = []
+    for node in proto.graph.node:
+        ordered.extend(before.get(node.output[0], []))
+        ordered.append(node)
+    copies = []
+    for node in ordered:
+        copy = type(node)()
+        copy.CopyFrom(node)
+        copies.append(copy)
+    del proto.graph.node[:]
+    proto.graph.node.extend(copies)
+
+
+def _rsqrt_as_pow(proto) -> None:
+    """Sqrt -> Reciprocal (tf2onnx's RSQRT) as one Pow(x, -0.5)."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = _Graph(proto)
+    drop = set()
+    exponent = "rsqrt_exponent"
+    for node in proto.graph.node:
+        if node.op_type != "Reciprocal" or node.input[0] not in g.producer:
+            continue
+        sqrt = g.producer[node.input[0]]
+        if sqrt.op_type != "Sqrt" or g.only_consumer(sqrt.output[0]) is not node:
+            continue
+        node.CopyFrom(onnx.helper.make_node("Pow", [sqrt.input[0], exponent], list(node.output),
+                                            name=node.name))
+        drop.add(id(sqrt))
+    if drop:
+        proto.graph.initializer.append(
+            numpy_helper.from_array(np.array(-0.5, np.float32), exponent))
+    _remove(proto, drop)
+
+
+RECIPE = (
+    "the tflite-int8-integer file (its recipe: int8 convolutions, the SSR head on int16 "
+    "activations, fine-tuned by distillation; the same cache entry) converted by tf2onnx's "
+    "TFLite path: every quantized tensor a QuantizeLinear/DequantizeLinear pair, every compute "
+    "node (Conv, Gemm, MatMul, MaxPool, Tanh, Mul, Add, Relu, Pow) between them, the crop, "
+    "flattening and merge slices on integer tensors; int8 per-channel weights, int32 biases, "
+    "int16 head activations (opset 21). Exact rewrites of tf2onnx's output: FULLY_CONNECTED as "
+    "Gemm, fused ReLUs dropped or given their own QDQ pair, RSQRT as Pow(x, -0.5), int64 head "
+    "biases as int32. See docs/INT8.md.")
