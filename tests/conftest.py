@@ -191,6 +191,14 @@ def _made_once(tmp_path_factory, name: str, make) -> Path:
 
 
 @pytest.fixture(scope="session")
+def made_once(tmp_path_factory):
+    """``made_once(name, make) -> Path``: ``make(out)`` run once per test run for ``name`` (the
+    xdist workers share the directory ``out``; see ``_made_once``). For a test module's own
+    expensive result that several of its tests read (save it under ``out``)."""
+    return lambda name, make: _made_once(tmp_path_factory, name, make)
+
+
+@pytest.fixture(scope="session")
 def export_dir(tmp_path_factory, assets_dir, faces_dir):
     """``ssrconv export --to all`` of the default age-gender reference, done once per run (the
     xdist workers share it; int8 calibrated on SSRCONV_FACES). Read only: a test that changes

@@ -97,7 +97,7 @@ def _port_reference(ports_dir, files):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("files", [(MX_AGE, MX_GENDER), (PTH,)], ids=["mxnet", "pytorch"])
-def test_fast_graph_of_each_port_is_exact_in_every_variant(ports_dir, faces, files):
+def test_fast_graph_of_each_port_is_exact_in_every_variant(ports_dir, faces, independent, files):
     """The builder follows the member's spec (BN epsilon, stage-1 ReLU, padding, preprocessing):
     each variant passes the export's exactness check on the 300 dev faces and synthetic inputs,
     and the member's independent reference agrees with it to the fp32 budget."""
@@ -115,9 +115,8 @@ def test_fast_graph_of_each_port_is_exact_in_every_variant(ports_dir, faces, fil
     with grouped_convs_runnable():  # the last variant's GroupedConv2D
         got = fast.predict(faces.inputs, verbose=0)
     got = got if isinstance(got, list) else [got]
-    independent = ([_mxnet_reference(ports_dir, f, faces.inputs) for f in files]
-                   if len(files) == 2 else [_pytorch_reference(ports_dir, faces.inputs)])
-    for out, want, budget in zip(got, independent, (AGE_BUDGET, P_MALE_BUDGET)):
+    for out, name, budget in zip(got, files, (AGE_BUDGET, P_MALE_BUDGET)):
+        want = independent(name)
         assert np.max(np.abs(out[:, 0] - want)) < budget
 
 
@@ -371,6 +370,27 @@ def test_mxnet_params_without_its_symbol_says_what_is_missing(ports_dir, tmp_pat
         read_weights(lone)
 
 
+@pytest.fixture(scope="session")
+def independent(made_once, ports_dir, faces):
+    """``independent(name) -> float64 array``: the independent evaluation of the port's file
+    ``name`` (``_mxnet_reference``/``_pytorch_reference``) on every face of SSRCONV_FACES,
+    computed once per run (about 10 CPU-s each) and read by every test that compares with it."""
+    computed = {}
+
+    def get(name: str) -> np.ndarray:
+        if name not in computed:
+            def make(out):
+                outputs = (_mxnet_reference(ports_dir, name, faces.inputs) if name != PTH
+                           else _pytorch_reference(ports_dir, faces.inputs))
+                np.save(out / "outputs.npy", outputs)
+
+            saved = made_once("independent-" + name.replace("/", "-"), make)
+            computed[name] = np.load(saved / "outputs.npy", allow_pickle=False)
+        return computed[name]
+
+    return get
+
+
 def _mxnet_reference(ports_dir, name, faces):
     from independent_mxnet import mxnet_port_outputs
 
@@ -389,30 +409,32 @@ def _pytorch_reference(ports_dir, faces):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["numpy-float64", "numpy-float32"])
-def test_numpy_engine_matches_each_ports_independent_reference(ports_dir, faces, engine):
+def test_numpy_engine_matches_each_ports_independent_reference(ports_dir, faces, independent,
+                                                              engine):
     from ssrconv.reference import load_reference_runtime
 
     x = faces.inputs
     tolerance = {"numpy-float64": 1e-5, "numpy-float32": 1e-3}[engine]
     got = load_reference_runtime("age", age_weights=ports_dir / PTH, engine=engine).run(x)
-    assert np.max(np.abs(got["age"] - _pytorch_reference(ports_dir, x))) < tolerance
+    assert np.max(np.abs(got["age"] - independent(PTH))) < tolerance
     got = load_reference_runtime("age-gender", ports_dir / MX_AGE, ports_dir / MX_GENDER,
                                  engine=engine).run(x)
-    assert np.max(np.abs(got["age"] - _mxnet_reference(ports_dir, MX_AGE, x))) < tolerance
-    assert np.max(np.abs(got["p_male"] - _mxnet_reference(ports_dir, MX_GENDER, x))) < tolerance / 10
+    assert np.max(np.abs(got["age"] - independent(MX_AGE))) < tolerance
+    assert np.max(np.abs(got["p_male"] - independent(MX_GENDER))) < tolerance / 10
 
 
 @pytest.mark.slow
-def test_keras_rebuild_of_each_port_matches_its_independent_reference(ports_dir, faces):
+def test_keras_rebuild_of_each_port_matches_its_independent_reference(ports_dir, faces,
+                                                                     independent):
     from ssrconv.reference import load_reference
 
     x = faces.inputs
     assert len(x) == 300
     got = load_reference("age", age_weights=ports_dir / PTH).predict(x)["age"]
-    assert np.max(np.abs(got - _pytorch_reference(ports_dir, x))) < AGE_BUDGET
+    assert np.max(np.abs(got - independent(PTH))) < AGE_BUDGET
     got = load_reference("age-gender", ports_dir / MX_AGE, ports_dir / MX_GENDER).predict(x)
-    assert np.max(np.abs(got["age"] - _mxnet_reference(ports_dir, MX_AGE, x))) < AGE_BUDGET
-    assert np.max(np.abs(got["p_male"] - _mxnet_reference(ports_dir, MX_GENDER, x))) < P_MALE_BUDGET
+    assert np.max(np.abs(got["age"] - independent(MX_AGE))) < AGE_BUDGET
+    assert np.max(np.abs(got["p_male"] - independent(MX_GENDER))) < P_MALE_BUDGET
 
 
 def test_one_model_with_heads_of_different_crop_rules_has_no_contract(ports_dir):
@@ -489,7 +511,7 @@ def _torch_module():
 
 
 @pytest.mark.slow
-def test_pytorch_itself_agrees_with_the_ports_rebuild(ports_dir, faces):
+def test_pytorch_itself_agrees_with_the_ports_rebuild(ports_dir, faces, independent):
     torch = pytest.importorskip("torch", reason="torch not installed (optional: ssrconv[torch-tests])")
     from independent_pytorch import port_input
 
@@ -503,7 +525,7 @@ def test_pytorch_itself_agrees_with_the_ports_rebuild(ports_dir, faces):
         want = module(torch.from_numpy(np.ascontiguousarray(port_input(x)))).numpy()
     got = load_reference_runtime("age", age_weights=ports_dir / PTH, engine="numpy-float64").run(x)
     assert np.max(np.abs(got["age"] - want)) < 1e-5
-    assert np.max(np.abs(want - _pytorch_reference(ports_dir, x))) < 1e-9
+    assert np.max(np.abs(want - independent(PTH))) < 1e-9
 
 
 def _cli(args, capsys):

@@ -92,6 +92,15 @@ def root_problem(root: Path) -> str | None:
     return None
 
 
+# The CPU QEMU emulates: its `max` model without SVE. The rows then run the NEON kernels every
+# arm64 device has (with ARMv8.2 fp16 arithmetic, dot products, i8mm, bf16), not SVE kernels at
+# QEMU's default 512-bit vectors, which no phone or board has (ARMv9 phones: 128-bit; a Pi 5 or
+# a Jetson Orin: no SVE). QEMU emulates SVE slowly: OpenVINO's ARM plugin took SVE kernels and
+# cost 1.4 CPU-s per face with them, 0.25 without; onnxruntime and LiteRT cost the same either
+# way (docs/ARM64.md, "The emulated CPU").
+EMULATED_CPU = "max,sve=off"
+
+
 def chroot_command(root: Path) -> list[str]:
     """The command prefix that runs a program inside the root filesystem ``root`` (append the
     program and its arguments): chroot in a private mount namespace (``unshare --mount``; in a
@@ -106,7 +115,9 @@ def chroot_command(root: Path) -> list[str]:
     chroot = shutil.which("chroot") or "/usr/sbin/chroot"
     mount = shutil.which("mount") or "/usr/bin/mount"
     user = [] if os.geteuid() == 0 else ["--map-root-user"]
-    script = f'{mount} -o bind,ro /sys "$1/sys" && exec "$0" "$@"'  # $0 chroot, $1 root
+    # $0 chroot, $1 root; QEMU (binfmt_misc) reads its CPU model from the environment
+    script = (f'export QEMU_CPU={EMULATED_CPU}; {mount} -o bind,ro /sys "$1/sys" && '
+              'exec "$0" "$@"')
     return [unshare, *user, "--mount", "/bin/sh", "-c", script, chroot, str(root)]
 
 
