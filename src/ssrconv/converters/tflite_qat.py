@@ -11,7 +11,9 @@ Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
     inputs clipped to [-4, 4], relu outputs at their MSE-optimal clip, each output's range the
     model's domain 0..V instead of the oldest face seen);
  2. the head widened to int16 activations (:func:`ssrconv.converters.tflite_mixed.widen_head`:
-    with an int8 head the merge's rounding alone kept the file outside the int8 budget);
+    with an int8 head the merge's rounding alone kept the file outside the int8 budget), each
+    head range HEADROOM times its calibrated one (data-free inputs fall short of real faces'
+    head ranges, and clipped the oldest faces);
  3. quantization-aware fine-tuning by distillation (:mod:`ssrconv.converters.int8_qat`): the
     file's kernels and biases trained, its integer arithmetic simulated, to reproduce the float
     graph's outputs on the calibration inputs and seeded variations of them;
@@ -28,14 +30,14 @@ import warnings
 import numpy as np
 
 from ssrconv.converters.int8_prep import ALPHA, _keras, equalize, model_heads, rewrite, round_kernels
-from ssrconv.converters.tflite_int8 import TANH_CLIP, calibrate_only, edit_ranges
+from ssrconv.converters.tflite_int8 import HEADROOM, TANH_CLIP, calibrate_only, edit_ranges
 from ssrconv.converters.tflite_mixed import widen_head
 from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
 # What the recipe does, in the cache key: change it whenever the recipe's output changes.
-RECIPE = {"version": 4, "alpha": ALPHA, "tanh_clip": TANH_CLIP, "mse_clip": True,
-          "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
+RECIPE = {"version": 5, "alpha": ALPHA, "head_headroom": HEADROOM, "tanh_clip": TANH_CLIP,
+          "mse_clip": True, "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
           "learning_rate": 0.005, "seed": 0}
 CACHE_DIR = "int8-integer"  # a folder of the cache directory (ssrconv.content_cache)
 
@@ -55,7 +57,7 @@ def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str 
     if cached is not None:
         say(f"      fine-tuned int8 file from the cache ({key[:12]}...)")
         return cached[0], {**cached[1], "cache": {"status": "hit", "key": key}}
-    ptq = widen_head(quantize_ptq(model, cal, input_type, recipe))
+    ptq = widen_head(quantize_ptq(model, cal, input_type, recipe), recipe["head_headroom"])
     from ssrconv.converters.int8_qat import augment, fine_tune
 
     inputs = augment(cal, recipe["augment_copies"], recipe["augment_seed"])
