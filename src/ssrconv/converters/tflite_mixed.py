@@ -75,9 +75,12 @@ def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
 
     ``headroom``: ranges calibrated on data-free inputs fall short of the ranges real faces
     reach in the head (the age head's stage-1 delta input 0.58 of the faces' range, the width
-    products 0.68-0.75), and a value beyond its range is clipped; one factor for every head
-    tensor keeps the ties TFLite's quantizer made (a concatenation's inputs share its scale),
-    and on an int16 grid a range twice as wide costs one of 15 bits (docs/INT8.md, "int16
+    products 0.68-0.75; the PyTorch port's delta inputs 0.27-0.41), and a value beyond its
+    range is clipped. A product of two activations (MUL) gets ``headroom`` squared, as the
+    16x8 file's (:data:`ssrconv.converters.tflite_int8.HEADROOM`), unless it is an input of a
+    concatenation: one factor for the rest keeps the ties TFLite's quantizer made (a
+    concatenation's inputs share its scale; TFLite's int16 concatenation does not rescale).
+    On an int16 grid a range four times as wide costs two of 15 bits (docs/INT8.md, "int16
     head")."""
     fb = schema()
     model, sg, ops = operators(tfl)
@@ -93,11 +96,18 @@ def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
     new_scale: dict[int, float] = {}
     dequantized = {int(op.inputs[0]) for name, op in ops if name == "DEQUANTIZE"}
     outputs = dequantized | {int(o) for o in sg.outputs}
+    concatenated = {int(i) for name, op in ops if name == "CONCATENATION" for i in op.inputs}
+    activations = set(producer) | {int(i) for i in sg.inputs}
     for k in head:
         name, op = ops[k]
         out = int(op.outputs[0])
+        # a product of two activations: each factor may fall short alike, the product by the
+        # square (unless a concatenation ties it to its neighbours' scale)
+        product = (name == "MUL" and out not in concatenated
+                   and all(int(i) in activations for i in op.inputs))
+        factor = 1.0 if out in outputs else headroom ** 2 if product else headroom
         new_scale[out] = (TANH_OUTPUT_SCALE if name == "TANH" else
-                          _int16_scale(sg.tensors[out], 1.0 if out in outputs else headroom))
+                          _int16_scale(sg.tensors[out], factor))
     # the head's int8 constants (stage indices, the 1 of 1 + tanh) must match their int16
     # readers' type
     for k in head:

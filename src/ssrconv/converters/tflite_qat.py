@@ -12,8 +12,9 @@ Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
     model's domain 0..V instead of the oldest face seen);
  2. the head widened to int16 activations (:func:`ssrconv.converters.tflite_mixed.widen_head`:
     with an int8 head the merge's rounding alone kept the file outside the int8 budget), each
-    head range HEADROOM times its calibrated one (data-free inputs fall short of real faces'
-    head ranges, and clipped the oldest faces);
+    head range HEADROOM times its calibrated one, a product of two activations HEADROOM
+    squared (data-free inputs fall short of real faces' head ranges, and clipped the oldest
+    faces);
  3. quantization-aware fine-tuning by distillation (:mod:`ssrconv.converters.int8_qat`): the
     file's kernels and biases trained, its integer arithmetic simulated, to reproduce the float
     graph's outputs on the calibration inputs and seeded variations of them;
@@ -36,7 +37,7 @@ from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
 # What the recipe does, in the cache key: change it whenever the recipe's output changes.
-RECIPE = {"version": 5, "alpha": ALPHA, "head_headroom": HEADROOM, "tanh_clip": TANH_CLIP,
+RECIPE = {"version": 7, "alpha": ALPHA, "head_headroom": HEADROOM, "tanh_clip": TANH_CLIP,
           "mse_clip": True, "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
           "learning_rate": 0.005, "seed": 0}
 CACHE_DIR = "int8-integer"  # a folder of the cache directory (ssrconv.content_cache)
