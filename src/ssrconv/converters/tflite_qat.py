@@ -54,7 +54,8 @@ def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str 
                          progress=None, recipe: dict | None = None) -> tuple[bytes, dict]:
     """The integer-only int8 .tflite of ``model`` (an ssrconv fast graph, outputs named by a
     dict, merge without division) and what was done (``fine_tuning``: steps, loss before and
-    after, seconds; ``cache``: "hit" or "miss" and the key)."""
+    after, seconds; steps 0 under ``RECIPE_DATA_FREE``; ``cache``: "hit" or "miss" and the
+    key)."""
     from ssrconv.content_cache import read_entry, write_entry
 
     recipe = {**RECIPE, **(recipe or {})}
