@@ -343,8 +343,9 @@ TARGETS: dict[str, Target] = {
                # int8 budget calibrated on faces and data-free (recipe version 8: 0.24 / 0.89 /
                # 1.2 y on XNNPACK, 0.25 / 0.97 / 1.1 on TFLite Micro, mean / p99 / max), but
                # the PyTorch port's is not (faces-calibrated 0.49 / 1.5 / 2.0, data-free
-               # 0.58 / 2.2 / 7.7); its export costs 53 CPU-s data-free, ~3.5 CPU-minutes
-               # on faces (fine-tuning) (docs/INT8.md, "int16 head").
+               # 0.58 / 2.0 / 7.5) nor the MXNet pair's data-free one (0.33 / 1.38 / 3.1);
+               # its export costs 53 CPU-s data-free, ~3.5 CPU-minutes on faces
+               # (fine-tuning) (docs/INT8.md, "int16 head").
                in_all=False),
         Target("tflite", "int16x8", "int8",
                "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
