@@ -127,3 +127,48 @@ def test_simulation_is_the_file_and_fine_tuning_is_deterministic(integer_int8, f
     first, info = fine_tune(data, x, targets, steps=3, batch_size=16, seed=1)
     second, _ = fine_tune(data, x, targets, steps=3, batch_size=16, seed=1)
     assert first == second and first != data and info["steps"] == 3
+
+
+def test_widened_head_gets_headroom_except_its_outputs_and_tanh():
+    """widen_head's headroom: every head tensor's int16 range is ``headroom`` times its int8
+    range (data-free inputs fall short of real faces' ranges in the head: docs/INT8.md, "int16
+    head"), a product of two activations ``headroom`` squared unless a concatenation ties it
+    to its neighbours' scale, the output and TANH's output excepted (the output's int8 range
+    is its domain already; TANH writes TFLite's fixed int16 scale)."""
+    import keras
+
+    from ssrconv.converters.tflite_int8 import calibrate_only
+    from ssrconv.converters.tflite_mixed import TANH_OUTPUT_SCALE, widen_head
+    from ssrconv.converters.tflite_qat import _quantize
+    from ssrconv.formats import tflite_flatbuffer as tfb
+
+    x = keras.Input(batch_shape=(1, 4), name="face_bgr")
+    hidden = keras.layers.Dense(3, activation="relu", name="hidden")(x)
+    other = keras.layers.Dense(3, activation="relu", name="other")(x)
+    product = keras.layers.Multiply(name="product")([hidden, other])
+    delta = keras.layers.Dense(3, activation="tanh", name="delta")(product)
+    tied = keras.layers.Multiply(name="tied")([hidden, delta])
+    both = keras.layers.Concatenate(name="both")([tied, other])
+    model = keras.Model(x, {"age": keras.layers.Dense(1, name="age_out")(both)})
+    cal = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    int8 = _quantize(calibrate_only(model, cal), "float32")
+
+    def scales(blob):
+        _, sg, ops = tfb.operators(blob)
+        concatenated = {int(i) for name, op in ops if name == "CONCATENATION" for i in op.inputs}
+        return [(name, float(tfb.quantization(sg.tensors[op.outputs[0]])[0][0]),
+                 int(op.outputs[0]) in concatenated) for name, op in ops if name != "DEQUANTIZE"]
+
+    plain, wide = scales(widen_head(int8, 1.0)), scales(widen_head(int8, 2.0))
+    kinds = [name for name, _, _ in plain]
+    assert kinds.count("FULLY_CONNECTED") == 4 and kinds.count("MUL") == 2
+    assert sorted(tied for name, _, tied in plain if name == "MUL") == [False, True]
+    last_fc = max(k for k, name in enumerate(kinds) if name == "FULLY_CONNECTED")
+    for k, ((name, a, tied), (_, b, _)) in enumerate(zip(plain, wide)):
+        if name == "TANH":
+            assert a == b == pytest.approx(TANH_OUTPUT_SCALE)
+        elif k == last_fc:
+            assert b == a, "the output keeps its range"
+        elif name in ("FULLY_CONNECTED", "MUL", "CONCATENATION"):
+            factor = 4 if name == "MUL" and not tied else 2
+            assert b == pytest.approx(factor * a, rel=1e-6), (name, tied)

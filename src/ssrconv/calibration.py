@@ -28,6 +28,11 @@ class CalibrationSet:
     kind: str = REAL_KIND
     details: dict = field(default_factory=dict)  # how the inputs were made (data-free)
 
+    @property
+    def data_free(self) -> bool:
+        """Whether the inputs were distilled from the model (no real faces)."""
+        return self.kind == DATA_FREE_KIND
+
     @classmethod
     def from_dir(cls, directory: str | os.PathLike, limit: int = 300, kind: str = "auto",
                  crop_rule: str = "margin") -> "CalibrationSet":

@@ -138,17 +138,20 @@ INT8_INTEGER_RECIPE = (
     "from the input QUANTIZE to the output DEQUANTIZEs (the merge's division as rsqrt(x)^2, "
     "one merge per head). Cross-layer equalization (age head), GPTQ rounding of every conv kernel, "
     "clipped tanh and MSE-optimal relu ranges, outputs' ranges their domains (age 0..101, "
-    "P(male) 0..1); then quantization-aware fine-tuning of the kernels and biases by "
+    "P(male) 0..1), the head's int16 ranges 2x the calibrated ones (4x for products); then, "
+    "calibrated on real faces, quantization-aware fine-tuning of the kernels and biases by "
     "distillation from the float graph (the calibration inputs and seeded variations of them; "
-    "integer arithmetic simulated), cached by content hash. See docs/INT8.md.")
+    "integer arithmetic simulated); calibrated data-free, no fine-tuning (CLE and GPTQ on the "
+    "distilled inputs and seeded variations of them). Cached by content hash. See docs/INT8.md.")
 
 
 def _convert_int8_integer(model, options, calibration) -> tuple[bytes, dict]:
     """:func:`ssrconv.converters.tflite_qat.convert_int8_integer`, outputs named by a dict."""
-    from ssrconv.converters.tflite_qat import convert_int8_integer
+    from ssrconv.converters.tflite_qat import RECIPE, RECIPE_DATA_FREE, convert_int8_integer
 
+    recipe = RECIPE_DATA_FREE if calibration.data_free else RECIPE
     return convert_int8_integer(_named_outputs(model), calibration.inputs,
-                                input_type=options.int8_io)
+                                input_type=options.int8_io, recipe=recipe)
 
 
 def _convert_int16x8(model, calibration) -> bytes:

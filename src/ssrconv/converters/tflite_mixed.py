@@ -42,12 +42,12 @@ def _params(tensor) -> tuple[float, int]:
     return float(scales[0]), int(zeros[0])
 
 
-def _int16_scale(tensor) -> float:
-    """The symmetric int16 scale covering ``tensor``'s int8 range (zero point 0, as TFLite's
-    int16 kernels require), as the file stores it (float32)."""
+def _int16_scale(tensor, headroom: float = 1.0) -> float:
+    """The symmetric int16 scale covering ``headroom`` times ``tensor``'s int8 range (zero
+    point 0, as TFLite's int16 kernels require), as the file stores it (float32)."""
     scale, zero = _params(tensor)
     reach = max(abs((-128 - zero) * scale), abs((127 - zero) * scale))
-    return float(np.float32((reach if reach >= DEAD else 1.0) / INT16_MAX))
+    return float(np.float32((reach * headroom if reach >= DEAD else 1.0) / INT16_MAX))
 
 
 def head_operators(ops, sg) -> list[int]:
@@ -65,12 +65,23 @@ def head_operators(ops, sg) -> list[int]:
     return head
 
 
-def widen_head(tfl: bytes) -> bytes:
+def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
     """``tfl`` (an integer-only int8 file) with its SSR head on int16 activations: each head
-    tensor's int8 range kept, on a symmetric int16 grid (256x finer); TANH outputs at
-    TFLite's int16 scale 1/32768; FULLY_CONNECTED biases requantized to int64 at the new
-    input scale x weight scale; int8 constants read by the head (the merge's stage indices and
-    its 1) requantized to int16; ADD told its scales are not powers of two."""
+    tensor's int8 range times ``headroom`` on a symmetric int16 grid (256 / ``headroom`` times
+    finer), except the outputs (their int8 ranges are the outputs' domains already) and the
+    TANH outputs (TFLite's int16 scale 1/32768); FULLY_CONNECTED biases requantized to int64
+    at the new input scale x weight scale; int8 constants read by the head (the merge's stage
+    indices and its 1) requantized to int16; ADD told its scales are not powers of two.
+
+    ``headroom``: ranges calibrated on data-free inputs fall short of the ranges real faces
+    reach in the head (the age head's stage-1 delta input 0.58 of the faces' range, the width
+    products 0.68-0.75; the PyTorch port's delta inputs 0.27-0.41), and a value beyond its
+    range is clipped. A product of two activations (MUL) gets ``headroom`` squared, as the
+    16x8 file's (:data:`ssrconv.converters.tflite_int8.HEADROOM`), unless it is an input of a
+    concatenation: one factor for the rest keeps the ties TFLite's quantizer made (a
+    concatenation's inputs share its scale; TFLite's int16 concatenation does not rescale).
+    On an int16 grid a range four times as wide costs two of 15 bits (docs/INT8.md, "int16
+    head")."""
     fb = schema()
     model, sg, ops = operators(tfl)
     head = head_operators(ops, sg)
@@ -83,10 +94,20 @@ def widen_head(tfl: bytes) -> bytes:
     old = {i: (_params(t) if t.quantization is not None and t.quantization.scale is not None
                and len(t.quantization.scale) else None) for i, t in enumerate(sg.tensors)}
     new_scale: dict[int, float] = {}
+    dequantized = {int(op.inputs[0]) for name, op in ops if name == "DEQUANTIZE"}
+    outputs = dequantized | {int(o) for o in sg.outputs}
+    concatenated = {int(i) for name, op in ops if name == "CONCATENATION" for i in op.inputs}
+    activations = set(producer) | {int(i) for i in sg.inputs}
     for k in head:
         name, op = ops[k]
         out = int(op.outputs[0])
-        new_scale[out] = TANH_OUTPUT_SCALE if name == "TANH" else _int16_scale(sg.tensors[out])
+        # a product of two activations: each factor may fall short alike, the product by the
+        # square (unless a concatenation ties it to its neighbours' scale)
+        product = (name == "MUL" and out not in concatenated
+                   and all(int(i) in activations for i in op.inputs))
+        factor = 1.0 if out in outputs else headroom ** 2 if product else headroom
+        new_scale[out] = (TANH_OUTPUT_SCALE if name == "TANH" else
+                          _int16_scale(sg.tensors[out], factor))
     # the head's int8 constants (stage indices, the 1 of 1 + tanh) must match their int16
     # readers' type
     for k in head:
