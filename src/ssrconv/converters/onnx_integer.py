@@ -46,6 +46,7 @@ def convert_int8_integer(model, calibration, batch: int | None = None):
     from ssrconv._extras import require
     from ssrconv.atomic import scratch_dir
     from ssrconv.converters.tflite_qat import convert_int8_integer as integer_tflite
+    from ssrconv.converters.tflite_qat import recipe_for
     from ssrconv.formats.tflite_flatbuffer import fix_batch, load, signature_output_names
 
     require("tf2onnx", "export", "ONNX export")
@@ -53,7 +54,8 @@ def convert_int8_integer(model, calibration, batch: int | None = None):
     # same fine-tuning cache key, so either export reuses the other's file
     named = keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)),
                         name=model.name)
-    tfl, info = integer_tflite(named, calibration.inputs, input_type="float32")
+    tfl, info = integer_tflite(named, calibration.inputs, input_type="float32",
+                               recipe=recipe_for(calibration))
     if batch is not None:
         tfl = fix_batch(tfl, batch)
     flat = load(tfl)

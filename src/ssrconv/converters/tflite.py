@@ -147,11 +147,10 @@ INT8_INTEGER_RECIPE = (
 
 def _convert_int8_integer(model, options, calibration) -> tuple[bytes, dict]:
     """:func:`ssrconv.converters.tflite_qat.convert_int8_integer`, outputs named by a dict."""
-    from ssrconv.converters.tflite_qat import RECIPE, RECIPE_DATA_FREE, convert_int8_integer
+    from ssrconv.converters.tflite_qat import convert_int8_integer, recipe_for
 
-    recipe = RECIPE_DATA_FREE if calibration.data_free else RECIPE
     return convert_int8_integer(_named_outputs(model), calibration.inputs,
-                                input_type=options.int8_io, recipe=recipe)
+                                input_type=options.int8_io, recipe=recipe_for(calibration))
 
 
 def _convert_int16x8(model, calibration) -> bytes:

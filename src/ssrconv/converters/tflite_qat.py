@@ -50,6 +50,13 @@ RECIPE_DATA_FREE = {**RECIPE, "steps": 0, "prep_on_augmented": True}
 CACHE_DIR = "int8-integer"  # a folder of the cache directory (ssrconv.content_cache)
 
 
+def recipe_for(calibration) -> dict:
+    """The recipe for a ``calibration.CalibrationSet``: :data:`RECIPE_DATA_FREE` for distilled
+    inputs, :data:`RECIPE` for real faces (the TFLite and the integer ONNX export ask here, so
+    both convert, and cache, the same file)."""
+    return RECIPE_DATA_FREE if calibration.data_free else RECIPE
+
+
 def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str = "float32",
                          progress=None, recipe: dict | None = None) -> tuple[bytes, dict]:
     """The integer-only int8 .tflite of ``model`` (an ssrconv fast graph, outputs named by a
