@@ -338,9 +338,10 @@ TARGETS: dict[str, Target] = {
                "fine-tuned) as QDQ, every compute node between DequantizeLinear and "
                "QuantizeLinear (opset 21: int16 QDQ); for ONNX-fed NPUs; calibrated",
                graph_variant="per-head-int8-integer",
-               # Not in `--to all`, as the TFLite file it converts (data-free outside the
-               # budget; ~4 CPU-minutes of fine-tuning unless cached); on onnxruntime's CPU
-               # provider slower than onnx-int8 (docs/INT8.md, "Integer ONNX").
+               # Not in `--to all`, as the TFLite file it converts (the ports' files outside
+               # the budget; data-free, the original's: 0.24 / 0.87 / 1.2 y on onnxruntime);
+               # on onnxruntime's CPU provider slower than onnx-int8 (docs/INT8.md,
+               # "Integer ONNX").
                in_all=False),
         Target("tflite", "fp32", "fp32", "TFLite, float32"),
         Target("tflite", "fp16", "fp16", "TFLite, float16 weights (dequantized to float32 at load)"),
