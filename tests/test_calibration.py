@@ -181,8 +181,8 @@ def test_16x8_export_without_calibration_is_within_budget(exported, faces, faces
 
 @pytest.mark.slow
 def test_integer_int8_export_without_calibration_is_within_budget(exported, budget_check):
-    """The integer-only int8 file (int16 head) calibrated and fine-tuned on the distilled inputs
-    alone holds the int8 budget on the real faces, tail included, on XNNPACK and on TFLite
+    """The integer-only int8 file (int16 head) calibrated on the distilled inputs alone (recipe
+    version 8: CLE and GPTQ on them, no fine-tuning) holds the int8 budget on the real faces, tail included, on XNNPACK and on TFLite
     Micro (measured 0.24 / 0.89 / 1.2 y and 0.25 / 0.97 / 1.1 y). With the head's int16 ranges
     at the distilled inputs' int8 ranges and fine-tuned on them (recipe version 4) it measured
     0.35 / 1.33 / 3.66 y: the distilled inputs reach 0.58 of the faces' range at the age head's

@@ -169,8 +169,7 @@ def test_every_compute_node_is_between_dequantize_and_quantize(integer_onnx):
 def test_it_is_the_tflite_recipes_file_and_meets_the_int8_budget(integer_onnx, exported,
                                                                   budget_check):
     """The same fine-tuned integers as tflite-int8-integer (one cache entry), within the whole
-    int8 budget on onnxruntime and OpenVINO (docs/INT8.md, "Integer ONNX": measured
-    0.19 / 0.94 / 1.2 y and 0.19 / 0.90 / 1.2 y)."""
+    int8 budget on onnxruntime and OpenVINO (figures: docs/INT8.md, "Integer ONNX")."""
     from ssrconv.loading import load_runtime
 
     tflite = exported("tflite-int8-integer")

@@ -325,6 +325,9 @@ class Target:
         return f"ssrnet_{task.replace('-', '_')}_{self.precision}{self.suffix}"
 
 
+# The 16x8 targets' distill_output_weight: tflite-int16x8 and ethos-u-int16x8 convert one file.
+DISTILL_OUTPUT_WEIGHT_16X8 = 1.0
+
 TARGETS: dict[str, Target] = {
     t.key: t
     for t in (
@@ -354,10 +357,12 @@ TARGETS: dict[str, Target] = {
                "TFLite int8, integer-only: int8 activations and per-channel weights in the "
                "convolutions, the SSR head on int16 activations (int8 weights, int64 biases), "
                "every operator integer (float32 or --int8-io input at the boundary); each head "
-               "its own tensors; quantization-aware fine-tuning by distillation from the float "
-               "graph; for TFLite Micro, NPUs and XNNPACK; calibrated",
+               "its own tensors; calibrated on faces: quantization-aware fine-tuning by "
+               "distillation from the float graph; data-free: CLE and GPTQ, no fine-tuning; "
+               "for TFLite Micro, NPUs and XNNPACK",
                graph_variant="per-head-int8-integer", options=("int8_io",),
-               # Not in `--to all` (the integrator's call): the original's file is within the
+               # Not in `--to all`, whose every row must hold for every member: the original's
+               # file is within the
                # int8 budget calibrated on faces and data-free (recipe version 8: 0.24 / 0.89 /
                # 1.2 y on XNNPACK, 0.25 / 0.97 / 1.1 on TFLite Micro, mean / p99 / max), but
                # the PyTorch port's is not (faces-calibrated 0.49 / 1.5 / 2.0, data-free
@@ -369,19 +374,22 @@ TARGETS: dict[str, Target] = {
                "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
                "operator integer (SSR head included; float32 I/O at the boundary), each head "
                "its own convs (the smallest TFLite Micro arena); for TFLite Micro and Ethos-U; "
-               "calibrated", graph_variant="per-head-integer", distill_output_weight=1.0,
-               # Not in `--to all` (yet): every member's file is within the int8 budget
-               # calibrated on faces and data-free (data-free mean / p99 / max y: original
-               # 0.086 / 0.36 / 0.46, PyTorch port 0.16 / 0.64 / 1.0, MXNet pair 0.096 / 0.45 /
-               # 0.76, since the distilled inputs get target outputs); what adding it and
-               # `ethos-u` would cost the export and the suite: docs/INT8.md, "The MXNet
-               # pair's data-free 16x8 file". The integrator decides.
+               "calibrated", graph_variant="per-head-integer",
+               distill_output_weight=DISTILL_OUTPUT_WEIGHT_16X8,
+               # Every member's file is within the int8 budget calibrated on faces and
+               # data-free (data-free mean / p99 / max y: original 0.086 / 0.36 / 0.46,
+               # PyTorch port 0.16 / 0.64 / 1.0, MXNet pair 0.096 / 0.45 / 0.76, since the
+               # distilled inputs get target outputs). Not in `--to all` all the same: `--to
+               # all` already writes this file's integer graph as `ethos-u-int16x8` (the same
+               # conversion with int16 I/O, run on TFLite Micro by parity), and on a desktop
+               # CPU the 16x8 file runs on LiteRT's builtin int16 kernels at ~100x the fp32
+               # file's time (docs/INT8.md, "Speed on this CPU").
                in_all=False),
         Target("ethos-u", "int16x8", "int8",
                "Arm Ethos-U: the tflite-int16x8 file with int16 I/O, compiled by Vela for "
                "ethos-u55-128 and ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's "
                "estimates); numerics on TFLite Micro", graph_variant="per-head-integer",
-               distill_output_weight=1.0),
+               distill_output_weight=DISTILL_OUTPUT_WEIGHT_16X8),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
                graph_variant="coreml", options=("image_input",)),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",

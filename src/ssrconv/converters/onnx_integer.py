@@ -41,21 +41,14 @@ def convert_int8_integer(model, calibration, batch: int | None = None):
     the TFLite recipe's info (``fine_tuning``, ``cache``): input ``face_bgr``, outputs named
     as the model's; tf2onnx's generated names as it numbers them (the caller canonicalizes:
     ``converters.onnx.canonical_names``)."""
-    import keras
-
     from ssrconv._extras import require
     from ssrconv.atomic import scratch_dir
-    from ssrconv.converters.tflite_qat import convert_int8_integer as integer_tflite
-    from ssrconv.converters.tflite_qat import recipe_for
+    from ssrconv.converters.tflite_qat import integer_file
     from ssrconv.formats.tflite_flatbuffer import fix_batch, load, signature_output_names
 
     require("tf2onnx", "export", "ONNX export")
-    # outputs named by a dict and the model's own name, as the TFLite export converts it: the
-    # same fine-tuning cache key, so either export reuses the other's file
-    named = keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)),
-                        name=model.name)
-    tfl, info = integer_tflite(named, calibration.inputs, input_type="float32",
-                               recipe=recipe_for(calibration))
+    # the TFLite export's own call: the same cache key, so either export reuses the other's file
+    tfl, info = integer_file(model, calibration)
     if batch is not None:
         tfl = fix_batch(tfl, batch)
     flat = load(tfl)

@@ -26,7 +26,9 @@ def _saved_model_dir(model) -> str:
     per model and process; every precision converts from it (the export is the slow part)."""
     cached = _SAVED_MODELS.get(id(model))
     if cached is None or cached[0] is not model:
-        named = _named_outputs(model)
+        from ssrconv.reference.model import outputs_as_dict
+
+        named = outputs_as_dict(model)
         tmp = tempfile.TemporaryDirectory(prefix="ssrconv-savedmodel-")
         track(Path(tmp.name))
         with contextlib.redirect_stdout(io.StringIO()):  # Keras prints every captured variable
@@ -146,40 +148,33 @@ INT8_INTEGER_RECIPE = (
 
 
 def _convert_int8_integer(model, options, calibration) -> tuple[bytes, dict]:
-    """:func:`ssrconv.converters.tflite_qat.convert_int8_integer`, outputs named by a dict."""
-    from ssrconv.converters.tflite_qat import convert_int8_integer, recipe_for
+    """:func:`ssrconv.converters.tflite_qat.integer_file` with the ``--int8-io`` type."""
+    from ssrconv.converters.tflite_qat import integer_file
 
-    return convert_int8_integer(_named_outputs(model), calibration.inputs,
-                                input_type=options.int8_io, recipe=recipe_for(calibration))
+    return integer_file(model, calibration, input_type=options.int8_io)
 
 
 def _convert_int16x8(model, calibration) -> bytes:
     """:func:`ssrconv.converters.tflite_int8.convert_int16x8`, outputs named by a dict
-    (:func:`_named_outputs`: an unnamed wrapper's ``functional_<n>`` had put in the file's tensor
-    names how many Keras models the process had built: the MXNet pair's data-free 16x8 file was
-    158,856 bytes when the export distilled its inputs, 158,696 on a cache hit, same numbers)."""
+    (:func:`ssrconv.reference.model.outputs_as_dict`: an unnamed wrapper's ``functional_<n>``
+    had put in the file's tensor names how many Keras models the process had built: the MXNet
+    pair's data-free 16x8 file was 158,856 bytes when the export distilled its inputs, 158,696
+    on a cache hit, same numbers)."""
     from ssrconv.converters.tflite_int8 import convert_int16x8
+    from ssrconv.reference.model import outputs_as_dict
 
-    return convert_int16x8(_named_outputs(model), calibration.inputs)
+    return convert_int16x8(outputs_as_dict(model), calibration.inputs)
 
 
 def _convert_int8(model, options, calibration) -> bytes:
     """The int8 recipe of :mod:`ssrconv.converters.tflite_int8`, outputs named by a dict."""
     from ssrconv.converters.tflite_int8 import convert_int8
+    from ssrconv.reference.model import outputs_as_dict
 
-    return convert_int8(_named_outputs(model), calibration.inputs, dynamic_batch=True,
+    return convert_int8(outputs_as_dict(model), calibration.inputs, dynamic_batch=True,
                         input_type=options.int8_io)
 
 
-def _named_outputs(model):
-    """``model`` with its outputs as a dict (the signature then names them), under ``model``'s
-    own name: a Keras model built without one is named from a process-wide counter
-    ("functional_7"), and that name is in the tensor names the file keeps, so the bytes of a
-    file depended on how many models the process had built before (docs/CONVERTERS.md,
-    "Byte-reproducible exports")."""
-    import keras
-
-    return keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)), name=model.name)
 
 
 

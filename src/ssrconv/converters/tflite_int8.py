@@ -153,7 +153,7 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
         round_kernels(m, cal, only=lambda name: name not in float_backbone_set)
     if not dynamic_batch:
         x = keras.Input(batch_shape=(1, *m.input_shape[1:]), name=m.inputs[0].name)
-        m = keras.Model(x, m(x), name=f"{m.name}_batch1")  # named: see tflite._named_outputs
+        m = keras.Model(x, m(x), name=f"{m.name}_batch1")  # named: see reference.model.outputs_as_dict
     inner = m if dynamic_batch else m.layers[-1]
     layer_names = [l.name for l in inner.layers]
 

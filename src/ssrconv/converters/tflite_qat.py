@@ -32,7 +32,7 @@ import warnings
 
 import numpy as np
 
-from ssrconv.converters.int8_prep import ALPHA, _keras, equalize, model_heads, rewrite, round_kernels
+from ssrconv.converters.int8_prep import ALPHA, equalize, model_heads, rewrite, round_kernels
 from ssrconv.converters.tflite_int8 import HEADROOM, TANH_CLIP, calibrate_only, edit_ranges
 from ssrconv.converters.tflite_mixed import widen_head
 from ssrconv.errors import Int8RecipeError
@@ -50,11 +50,16 @@ RECIPE_DATA_FREE = {**RECIPE, "steps": 0, "prep_on_augmented": True}
 CACHE_DIR = "int8-integer"  # a folder of the cache directory (ssrconv.content_cache)
 
 
-def recipe_for(calibration) -> dict:
-    """The recipe for a ``calibration.CalibrationSet``: :data:`RECIPE_DATA_FREE` for distilled
-    inputs, :data:`RECIPE` for real faces (the TFLite and the integer ONNX export ask here, so
-    both convert, and cache, the same file)."""
-    return RECIPE_DATA_FREE if calibration.data_free else RECIPE
+def integer_file(model, calibration, input_type: str = "float32") -> tuple[bytes, dict]:
+    """:func:`convert_int8_integer` of ``model`` (outputs named by a dict:
+    ``reference.model.outputs_as_dict``) on a ``calibration.CalibrationSet``, with
+    :data:`RECIPE_DATA_FREE` for distilled inputs and :data:`RECIPE` for real faces. The TFLite
+    and the integer ONNX export both ask here, so they convert, and cache, the same file."""
+    from ssrconv.reference.model import outputs_as_dict
+
+    recipe = RECIPE_DATA_FREE if calibration.data_free else RECIPE
+    return convert_int8_integer(outputs_as_dict(model), calibration.inputs,
+                                input_type=input_type, recipe=recipe)
 
 
 def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str = "float32",
@@ -127,16 +132,16 @@ def quantize_ptq(model, cal: np.ndarray, input_type: str = "float32", recipe: di
     """Step 1 of the module's recipe: the integer-only int8 file before fine-tuning, its ranges
     calibrated on ``cal``, CLE and GPTQ on ``prep_inputs`` (default ``cal``)."""
     recipe = {**RECIPE, **(recipe or {})}
+    from ssrconv.reference.model import outputs_as_dict
+
     prep = cal if prep_inputs is None else prep_inputs
-    keras = _keras()
     m = rewrite(model)
     if recipe["alpha"]:
         equalize(m, prep, recipe["alpha"])
     if gptq:
         round_kernels(m, prep)
-    named = keras.Model(m.inputs, dict(zip(m.output_names, m.outputs)), name=m.name)
-    calibrated = calibrate_only(named, cal)
-    domains = output_domains(model) if fixed_output_ranges else {}
+    calibrated = calibrate_only(outputs_as_dict(m), cal)
+    domains = _output_ranges(model) if fixed_output_ranges else {}
     calibrated, _ = edit_ranges(calibrated, m, cal, recipe["tanh_clip"], recipe["mse_clip"], domains)
     tfl = _quantize(calibrated, input_type)
     bad = integer_only_violations(tfl)
@@ -146,11 +151,14 @@ def quantize_ptq(model, cal: np.ndarray, input_type: str = "float32", recipe: di
     return tfl
 
 
-def output_domains(model) -> dict[str, tuple[float, float]]:
-    """Each output's range by construction: age 0..V (101 y), P(male) 0..1."""
-    from ssrconv.reference.model import OUTPUT_NAMES, V_BY_TASK
+def _output_ranges(model) -> dict[str, tuple[float, float]]:
+    """The range of each output of ``model`` by construction (``reference.model.output_domains``:
+    age 0..V, P(male) 0..1)."""
+    from ssrconv.reference.model import OUTPUT_NAMES, output_domains
 
-    return {OUTPUT_NAMES[head][0]: (0.0, float(V_BY_TASK[head])) for head in model_heads(model)}
+    domains = output_domains()
+    return {name: (0.0, float(domains[name])) for head in model_heads(model)
+            for name in OUTPUT_NAMES[head]}
 
 
 def _quantize(calibrated: bytes, input_type: str) -> bytes:

@@ -258,6 +258,15 @@ def output_domains() -> dict[str, float]:
     return {OUTPUT_NAMES[task][0]: v for task, v in V_BY_TASK.items()}
 
 
+def outputs_as_dict(model: keras.Model) -> keras.Model:
+    """``model`` with its outputs as a dict (a converter's signature then names them), under
+    ``model``'s own name: a Keras model built without one is named from a process-wide counter
+    ("functional_7"), and that name is in the tensor names a .tflite keeps, so the bytes of a
+    file depended on how many models the process had built before (docs/CONVERTERS.md,
+    "Byte-reproducible exports")."""
+    return keras.Model(model.inputs, dict(zip(model.output_names, model.outputs)), name=model.name)
+
+
 def with_named_outputs(model: keras.Model, task: str) -> keras.Model:
     """The same graph with outputs named as exported artifacts name them: ``age`` (years)
     and/or ``p_male``. The age-gender model already has those names."""

@@ -61,6 +61,9 @@ class TractRuntime(Runtime):
         self.path = Path(path)
         if getattr(format_of(self.path), "family", None) not in ENGINES["tract"].reads:
             raise ModelFileError(f"{self.path}: tract reads {', '.join(ENGINES['tract'].reads)} only")
+        why = refuses(self.path)
+        if why:
+            raise SsrconvError(f"{self.path}: {why}")
         proto = read_model(self.path)  # checked before tract's parser sees the bytes
         inputs = [i.name for i in proto.graph.input
                   if i.name not in {init.name for init in proto.graph.initializer}]
