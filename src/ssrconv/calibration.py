@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,22 @@ def batchnorm_layers(model) -> list:
     return found
 
 
+@contextmanager
+def without_grappler(tf):
+    """Run the TensorFlow functions called inside without Grappler (the graph optimizer), the
+    process-wide option restored on the way out. Grappler rewrote the distillation's gradient
+    graph differently from one process to the next once the output targets' loss was in it
+    (same seeds, same PYTHONHASHSEED), so the distilled inputs, which feed the int8 files'
+    bytes, differed between runs; without it every process computes what eager mode does
+    (docs/INT8.md, "Reproducible distillation")."""
+    before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
+
+
 def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100,
                    batch_size: int = 32, lr: float = 0.1, normalized: bool = True,
                    clip: bool = True, progress: Callable[[str], None] | None = None,
@@ -208,21 +225,22 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     out, first, last = [], [], []
     n_batches = -(-images // batch_size)
     shown = bar(total=images, desc="distilling calibration inputs", unit="input")
-    for b in range(n_batches):
-        n = min(batch_size, images - b * batch_size)
-        init = rng.standard_normal((n, *shape)).astype(np.float32)
-        z0 = tf.constant(np.clip(init, lo, hi) if clip else init)
-        # each input its own target per output, stratified over the output's domain
-        wanted = [tf.constant(((rng.permutation(n) + rng.uniform(size=n)) / n * domain)
-                              .astype(np.float32)) for _, domain in heads]
-        first.append(float(loss_of(PIXEL_CENTER + PIXEL_SCALE * z0, wanted)))
-        z, loss = optimise(z0, wanted)
-        last.append(float(loss))
-        shown.clear()
-        say(f"      distilled {b * batch_size + n}/{images} inputs (loss "
-            f"{first[-1]:.1f} -> {last[-1]:.2f}, {time.perf_counter() - started:.0f} s)")
-        out.append(PIXEL_CENTER + PIXEL_SCALE * z.numpy())
-        shown.update(n)
+    with without_grappler(tf):  # docs/INT8.md, "Reproducible distillation"
+        for b in range(n_batches):
+            n = min(batch_size, images - b * batch_size)
+            init = rng.standard_normal((n, *shape)).astype(np.float32)
+            z0 = tf.constant(np.clip(init, lo, hi) if clip else init)
+            # each input its own target per output, stratified over the output's domain
+            wanted = [tf.constant(((rng.permutation(n) + rng.uniform(size=n)) / n * domain)
+                                  .astype(np.float32)) for _, domain in heads]
+            first.append(float(loss_of(PIXEL_CENTER + PIXEL_SCALE * z0, wanted)))
+            z, loss = optimise(z0, wanted)
+            last.append(float(loss))
+            shown.clear()
+            say(f"      distilled {b * batch_size + n}/{images} inputs (loss "
+                f"{first[-1]:.1f} -> {last[-1]:.2f}, {time.perf_counter() - started:.0f} s)")
+            out.append(PIXEL_CENTER + PIXEL_SCALE * z.numpy())
+            shown.update(n)
     shown.close()
     inputs = np.concatenate(out).astype(np.float32)
     details = {"iterations": iterations, "batch_size": batch_size, "seed": seed,
@@ -235,7 +253,7 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
 
 
 # What the distillation does, in the cache key: change it whenever distill_inputs' output changes.
-DISTILL_VERSION = 2  # 2: output targets (output_weight)
+DISTILL_VERSION = 3  # 2: output targets (output_weight); 3: without Grappler (reproducible)
 CACHE_DIR = "distilled"  # a folder of the cache directory (ssrconv.content_cache)
 
 
