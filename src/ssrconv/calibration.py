@@ -10,7 +10,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,22 +114,6 @@ def batchnorm_layers(model) -> list:
     return found
 
 
-@contextmanager
-def without_grappler(tf):
-    """Run the TensorFlow functions called inside without Grappler (the graph optimizer), the
-    process-wide option restored on the way out. Grappler rewrote the distillation's gradient
-    graph differently from one process to the next once the output targets' loss was in it
-    (same seeds, same PYTHONHASHSEED), so the distilled inputs, which feed the int8 files'
-    bytes, differed between runs; without it every process computes what eager mode does
-    (docs/INT8.md, "Reproducible distillation")."""
-    before = tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False)
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    try:
-        yield
-    finally:
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
-
-
 def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100,
                    batch_size: int = 32, lr: float = 0.1, normalized: bool = True,
                    clip: bool = True, progress: Callable[[str], None] | None = None,
@@ -162,7 +145,7 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     size, seed, number of BatchNorm layers, the outputs given targets, loss before and after
     (mean over batches), seconds.
     """
-    from ssrconv._imports import tensorflow
+    from ssrconv._imports import grappler_options, tensorflow
 
     tf = tensorflow("int8 calibration")
     import keras
@@ -225,7 +208,10 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     out, first, last = [], [], []
     n_batches = -(-images // batch_size)
     shown = bar(total=images, desc="distilling calibration inputs", unit="input")
-    with without_grappler(tf):  # docs/INT8.md, "Reproducible distillation"
+    # Without Grappler: its rewrites of this gradient graph differed from one process to the
+    # next once the output targets were in it, and so did the inputs (docs/INT8.md,
+    # "Reproducible distillation"); without it every process computes what eager mode does.
+    with grappler_options(disable_meta_optimizer=True):
         for b in range(n_batches):
             n = min(batch_size, images - b * batch_size)
             init = rng.standard_normal((n, *shape)).astype(np.float32)
