@@ -51,6 +51,22 @@ def _tensorflow():
     return tf
 
 
+@contextlib.contextmanager
+def grappler_options(**options: bool):
+    """TensorFlow functions called inside run with these Grappler options
+    (``tf.config.optimizer.set_experimental_options``: process-wide), each restored on the way
+    out; an option not set before goes back to the opposite of what the block asked (each
+    use flips a default: ``remapping`` on, ``disable_meta_optimizer`` off)."""
+    tf = tensorflow()
+    previous = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options(options)
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options(
+            {name: previous.get(name, not value) for name, value in options.items()})
+
+
 def tensorflow(what: str = "this step"):
     """The ``tensorflow`` module, imported quietly (and Keras with it).
 

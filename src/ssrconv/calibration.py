@@ -150,7 +150,7 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     size, seed, number of BatchNorm layers, the outputs given targets, loss before and after
     (mean over batches), seconds.
     """
-    from ssrconv._imports import tensorflow
+    from ssrconv._imports import grappler_options, tensorflow
 
     tf = tensorflow("int8 calibration")
     import keras
@@ -213,21 +213,25 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     out, first, last = [], [], []
     n_batches = -(-images // batch_size)
     shown = bar(total=images, desc="distilling calibration inputs", unit="input")
-    for b in range(n_batches):
-        n = min(batch_size, images - b * batch_size)
-        init = rng.standard_normal((n, *shape)).astype(np.float32)
-        z0 = tf.constant(np.clip(init, lo, hi) if clip else init)
-        # each input its own target per output, stratified over the output's domain
-        wanted = [tf.constant(((rng.permutation(n) + rng.uniform(size=n)) / n * domain)
-                              .astype(np.float32)) for _, domain in heads]
-        first.append(float(loss_of(PIXEL_CENTER + PIXEL_SCALE * z0, wanted)))
-        z, loss = optimise(z0, wanted)
-        last.append(float(loss))
-        shown.clear()
-        say(f"      distilled {b * batch_size + n}/{images} inputs (loss "
-            f"{first[-1]:.1f} -> {last[-1]:.2f}, {time.perf_counter() - started:.0f} s)")
-        out.append(PIXEL_CENTER + PIXEL_SCALE * z.numpy())
-        shown.update(n)
+    # Without Grappler: its rewrites of this gradient graph differed from one process to the
+    # next once the output targets were in it, and so did the inputs (docs/INT8.md,
+    # "Reproducible distillation"); without it every process computes what eager mode does.
+    with grappler_options(disable_meta_optimizer=True):
+        for b in range(n_batches):
+            n = min(batch_size, images - b * batch_size)
+            init = rng.standard_normal((n, *shape)).astype(np.float32)
+            z0 = tf.constant(np.clip(init, lo, hi) if clip else init)
+            # each input its own target per output, stratified over the output's domain
+            wanted = [tf.constant(((rng.permutation(n) + rng.uniform(size=n)) / n * domain)
+                                  .astype(np.float32)) for _, domain in heads]
+            first.append(float(loss_of(PIXEL_CENTER + PIXEL_SCALE * z0, wanted)))
+            z, loss = optimise(z0, wanted)
+            last.append(float(loss))
+            shown.clear()
+            say(f"      distilled {b * batch_size + n}/{images} inputs (loss "
+                f"{first[-1]:.1f} -> {last[-1]:.2f}, {time.perf_counter() - started:.0f} s)")
+            out.append(PIXEL_CENTER + PIXEL_SCALE * z.numpy())
+            shown.update(n)
     shown.close()
     inputs = np.concatenate(out).astype(np.float32)
     details = {"iterations": iterations, "batch_size": batch_size, "seed": seed,
@@ -240,7 +244,7 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
 
 
 # What the distillation does, in the cache key: change it whenever distill_inputs' output changes.
-DISTILL_VERSION = 2  # 2: output targets (output_weight)
+DISTILL_VERSION = 3  # 2: output targets (output_weight); 3: without Grappler (reproducible)
 CACHE_DIR = "distilled"  # a folder of the cache directory (ssrconv.content_cache)
 
 

@@ -588,15 +588,10 @@ def grouped_convs_runnable():
     """Run Keras models holding :class:`GroupedConv2D` in TF inside this block: grappler's
     remapper fuses Conv2D + BiasAdd into ``_FusedConv2D``, which refuses grouped filters, so it
     is off until the block ends (the reference is unaffected by it)."""
-    from ssrconv._imports import tensorflow
+    from ssrconv._imports import grappler_options
 
-    tf = tensorflow()
-    previous = tf.config.optimizer.get_experimental_options()
-    tf.config.optimizer.set_experimental_options({"remapping": False})
-    try:
+    with grappler_options(remapping=False):
         yield
-    finally:
-        tf.config.optimizer.set_experimental_options({"remapping": previous.get("remapping", True)})
 
 
 def _predict(model, inputs: np.ndarray) -> list[np.ndarray]:
