@@ -104,8 +104,8 @@ class ExportOptions:
         for family in families:
             offered = precisions_of(family)
             if not self.precision:
-                wanted = ([p for p in offered if TARGETS[f"{family}-{p}"].in_all]
-                          if "all" in self.to else [DEFAULT_PRECISION[family]])
+                wanted = (precisions_of(family, in_all=True) if "all" in self.to
+                          else [DEFAULT_PRECISION[family]])
             elif "all" in self.to:
                 wanted = [p for p in self.precision if p in offered]
             else:

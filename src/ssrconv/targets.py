@@ -430,9 +430,10 @@ EXPORTED_BY_ALL = tuple(k for k, t in TARGETS.items()
 DEFAULT_PRECISION = {f.family: f.default_precision for f in FORMATS.values()}
 
 
-def precisions_of(family: str) -> list[str]:
-    """Precisions the table offers for ``family``."""
-    return [t.precision for t in TARGETS.values() if t.family == family]
+def precisions_of(family: str, in_all: bool = False) -> list[str]:
+    """Precisions the table offers for ``family`` (``in_all``: only those `--to all` exports)."""
+    return [t.precision for t in TARGETS.values()
+            if t.family == family and (t.in_all or not in_all)]
 
 
 def get_target(key: str) -> Target:

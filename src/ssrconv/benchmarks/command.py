@@ -103,11 +103,11 @@ def _default_artifacts(family: str, progress) -> list:
     from ssrconv.options import ExportOptions
     from ssrconv.targets import precisions_of
 
-    progress(f"no {family} artifacts in {DEFAULT_EXPORT_DIR}/: exporting every {family} "
-             f"precision there first ({', '.join(precisions_of(family))}; int8 calibrated "
+    precisions = precisions_of(family, in_all=True)
+    progress(f"no {family} artifacts in {DEFAULT_EXPORT_DIR}/: exporting the {family} "
+             f"precisions of `--to all` there first ({', '.join(precisions)}; int8 calibrated "
              "data-free unless exported with --calibration)")
-    options = ExportOptions(to=(family,), precision=tuple(precisions_of(family)),
-                            out=DEFAULT_EXPORT_DIR)
+    options = ExportOptions(to=(family,), precision=tuple(precisions), out=DEFAULT_EXPORT_DIR)
     return list(export(options, progress=progress))
 
 
