@@ -77,3 +77,25 @@ def test_huge_and_tiny_images_in_predict(tmp_path, assets_dir, cli):
     result = cli("predict", tmp_path)
     assert result.returncode == 0, result.stderr
     assert '"failures": []' in result.stdout
+
+
+def test_a_failing_converter_tool_is_one_line_naming_it(tmp_path):
+    """converters.tool.run_tool, which pnnx, MNN's converter, tf2onnx and Vela run through:
+    a non-zero exit, missing output files and a timeout each end in one ConverterError line
+    naming the tool and quoting its last word (or the last line naming an error)."""
+    import sys
+
+    from ssrconv.converters.tool import run_tool
+    from ssrconv.errors import ConverterError
+
+    py = sys.executable
+    with pytest.raises(ConverterError, match=r"^toolx failed \(exit 3\): last words$"):
+        run_tool([py, "-c", "import sys; print('first'); print('last words'); sys.exit(3)"],
+                 "toolx", 60)
+    with pytest.raises(ConverterError, match=r"failed \(exit 0\): Error: no graph$"):
+        run_tool([py, "-c", "print('Error: no graph'); print('progress 100%')"], "tooly", 60,
+                 produced=lambda: (tmp_path / "out.bin").is_file(),
+                 says=lambda line: "rror" in line)
+    with pytest.raises(ConverterError, match=r"^toolz did not finish in 0.5 s$"):
+        run_tool([py, "-c", "import time; time.sleep(30)"], "toolz", 0.5)
+    assert run_tool([py, "-c", "print('ok')"], "tool", 60).stdout == "ok\n"

@@ -43,6 +43,11 @@ class IntegrityError(ModelFileError):
     file was replaced or edited after export, or a commit was torn. Never trusted."""
 
 
+class ConverterError(SsrconvError):
+    """A converter's external tool (pnnx, MNN's converter, tf2onnx, Vela) failed or wrote
+    something other than what was asked (``ssrconv.converters.tool.run_tool``)."""
+
+
 class Int8RecipeError(SsrconvError):
     """An int8 recipe's own check failed (a converter or quantizer behaved unlike the recipe
     expects): the export is refused rather than shipped wrong."""

@@ -5,11 +5,10 @@ configuration of :data:`ssrconv.formats.ethos_u.ACCELERATORS`, into the package
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
-from ssrconv.errors import SsrconvError
+from ssrconv.converters.tool import run_tool
 from ssrconv.formats.ethos_u import ACCELERATORS, report
 
 # Vela's Size strategy: ethos-u55-128 SRAM 259 KiB against 595 KiB for Performance, the same
@@ -26,14 +25,7 @@ def run_vela(source: Path, accelerator: str, out_dir: Path) -> dict:
     work.mkdir()
     command = [sys.executable, "-m", "ethosu.vela", str(source), "--accelerator-config",
                accelerator, "--optimise", OPTIMISE, "--output-dir", str(work)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=VELA_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise SsrconvError(f"Vela did not finish {source.name} for {accelerator} in "
-                           f"{VELA_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SsrconvError(f"Vela failed on {source.name} for {accelerator}: {last[0][:200]}")
+    done = run_tool(command, f"Vela on {source.name} for {accelerator}", VELA_TIMEOUT_S)
     stem = f"{source.stem}_{accelerator}"
     compiled = out_dir / f"{stem}_vela.tflite"
     (work / f"{source.stem}_vela.tflite").rename(compiled)

@@ -24,20 +24,16 @@ package's ``mnnconvert`` console script also posts a usage log to a remote endpo
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 from ssrconv.atomic import scratch_dir
-from ssrconv.errors import SsrconvError, clip
+from ssrconv.converters.tool import run_tool
+from ssrconv.errors import ConverterError
 from ssrconv.formats.mnn import BIZ_CODE, RUN_OPTIONS, verify
 
 _TIMEOUT_S = 600
 _CONVERT = "import sys, MNN, _tools; _tools.mnnconvert(sys.argv)"
-
-
-class ConverterError(SsrconvError):
-    """MNN's converter failed."""
 
 
 _UUID4 = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -112,15 +108,10 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
                    BIZ_CODE.format(run_key=key)]
         if target.precision == "fp16":
             command.append("--fp16")
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=_TIMEOUT_S,
-                                  check=False)
-        except subprocess.TimeoutExpired:
-            raise ConverterError(f"MNN's converter did not finish in {_TIMEOUT_S} s") from None
-    if done.returncode != 0 or not dest.is_file() or dest.stat().st_size == 0:
-        lines = [ln for ln in (done.stdout + done.stderr).splitlines() if "rror" in ln]
-        raise ConverterError(f"MNN's converter failed (exit {done.returncode}): "
-                             f"{clip((lines or ['no error message'])[-1])}")
+        # MNN prints its error among progress lines: quote the last line naming an error
+        run_tool(command, "MNN's converter", _TIMEOUT_S,
+                 produced=lambda: dest.is_file() and dest.stat().st_size > 0,
+                 says=lambda line: "rror" in line)
     stable_uuid(dest)
     verify(dest)
     from ssrconv.formats.mnn import mnn_module

@@ -17,12 +17,12 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
-import subprocess
 from pathlib import Path
 
 from ssrconv._extras import INSTALL_COMMANDS
 from ssrconv.atomic import scratch_dir
-from ssrconv.errors import MissingExtraError, SsrconvError, clip
+from ssrconv.converters.tool import run_tool
+from ssrconv.errors import MissingExtraError
 from ssrconv.formats.ncnn import BIN_SUFFIX, INPUT_NAME, PARAM_SUFFIX, verify
 
 # pnnx's names for the graph's input and outputs (outN in the ONNX graph's output order).
@@ -42,10 +42,6 @@ NO_WINOGRAD = 1 << 6
 # direct/im2col convolution in float16 stays inside (docs/ARM64.md). x86 has no fp16
 # arithmetic, so there the mask changes nothing measurable.
 FP16_FEATMASKS = {"Convolution": NO_WINOGRAD, "ConvolutionDepthWise": NO_WINOGRAD}
-
-
-class ConverterError(SsrconvError):
-    """pnnx failed to convert the ONNX graph."""
 
 
 
@@ -93,15 +89,9 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         command = [str(pnnx_exe), "model.onnx", "inputshape=[1,64,64,3]", f"fp16={fp16}",
                    f"ncnnparam={stem}{PARAM_SUFFIX}", f"ncnnbin={stem}{BIN_SUFFIX}"]
         command += [f"{key}=scratch.{key}" for key in _PNNX_EXTRAS]
-        try:
-            done = subprocess.run(command, cwd=work, capture_output=True, text=True,
-                                  timeout=_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            raise ConverterError(f"pnnx did not finish in {_TIMEOUT_S} s") from None
         param_src, bin_src = work / f"{stem}{PARAM_SUFFIX}", work / f"{stem}{BIN_SUFFIX}"
-        if done.returncode != 0 or not param_src.is_file() or not bin_src.is_file():
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ConverterError(f"pnnx failed (exit {done.returncode}): {clip(tail[0])}")
+        run_tool(command, "pnnx", _TIMEOUT_S, cwd=work,
+                 produced=lambda: param_src.is_file() and bin_src.is_file())
         names = {_PNNX_INPUT: INPUT_NAME}
         names.update({_PNNX_OUTPUT.format(i): name for i, name in enumerate(outputs)})
         text = _rename_blobs(param_src.read_text(encoding="utf-8"), names)

@@ -23,13 +23,13 @@ Concat/Slice), what an ONNX-fed NPU compiler takes as an integer graph:
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from ssrconv.errors import Int8RecipeError, SsrconvError
+from ssrconv.converters.tool import run_tool
+from ssrconv.errors import Int8RecipeError
 
 OPSET = 21  # the first with int16 QuantizeLinear/DequantizeLinear
 IR_VERSION = 10  # opset 21's
@@ -86,15 +86,7 @@ def _from_tflite(source: Path, dest: Path):
     command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(source), "--output",
                str(dest), "--opset", str(TF2ONNX_OPSET)]
     env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env,
-                              timeout=TF2ONNX_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise SsrconvError(f"tf2onnx did not convert the integer TFLite file in "
-                           f"{TF2ONNX_TIMEOUT_S} s") from None
-    if done.returncode != 0:
-        last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SsrconvError(f"tf2onnx failed on the integer TFLite file: {last[0][:200]}")
+    run_tool(command, "tf2onnx on the integer TFLite file", TF2ONNX_TIMEOUT_S, env=env)
     proto = onnx.load(str(dest))
     proto.graph.doc_string = ""  # "converted from /tmp/<scratch dir>/integer.tflite"
     _name_constants(proto)
