@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrconv.converters.tool import run_tool
-from ssrconv.errors import Int8RecipeError
+from ssrconv.errors import ConverterError, Int8RecipeError
 
 OPSET = 21  # the first with int16 QuantizeLinear/DequantizeLinear
 IR_VERSION = 10  # opset 21's
@@ -59,9 +59,16 @@ def convert_int8_integer(model, calibration, batch: int | None = None):
         path = Path(tmp) / "integer.tflite"
         path.write_bytes(tfl)
         proto = _from_tflite(path, Path(tmp) / "integer.onnx")
-    _name_io(proto, heads)
-    _name_dequantized(proto)
-    proto = complete_qdq(proto)
+    try:
+        _name_io(proto, heads)
+        _name_dequantized(proto)
+        proto = complete_qdq(proto)
+    except KeyError as missing:  # a tf2onnx whose graph names or omits what these rewrites read
+        import tf2onnx
+
+        raise ConverterError(f"tf2onnx {tf2onnx.__version__} wrote an integer graph the QDQ "
+                             f"completion does not know (no {missing}): install the tf2onnx "
+                             "version pyproject.toml pins") from None
     # shape-inference hints tf2onnx leaves (706 entries, 76 KB): optional, and tract takes them
     # as facts (onnx_int8.convert_int8 drops them too)
     del proto.graph.value_info[:]

@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ssrconv.errors import SsrconvError
+from ssrconv.reference.family import SUMMARY_CHANNELS
 
 GRAPHS = ("fast", "original")
 
 DEFAULT_GRAPH = "fast"
-
-SUMMARY_CHANNELS = 10  # output channels of each head's 1x1 summary convs (the stage inputs)
 
 # The 1x1 conv whose map each stage-1 Dense reads, flattened: the reference's and the export
 # graph's name (either with a head's "age_"/"gender_" prefix when the heads have their own).

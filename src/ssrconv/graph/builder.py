@@ -80,14 +80,13 @@ import keras  # noqa: E402
 from keras import layers, ops  # noqa: E402
 
 from ssrconv.graph import (  # noqa: E402
-    SUMMARY_CHANNELS,
     GraphNotExactError,
     Variant,
     fast_graph_blocker,
     get_variant,
     stage1_products,
 )
-from ssrconv.reference.family import ORIGINAL, wide_stage1  # noqa: E402
+from ssrconv.reference.family import ORIGINAL, SUMMARY_CHANNELS, wide_stage1  # noqa: E402
 from ssrconv.stages import FUSED_STAGE_LAYERS  # noqa: E402
 from ssrconv.reference.model import (  # noqa: E402
     INPUT_SIZE,

@@ -43,6 +43,8 @@ CROP_ALIGN5 = "align5-arcface112"  # 5 landmarks similarity-aligned to the ArcFa
 CROPS = (CROP_MARGIN, CROP_ALIGN5)
 
 
+SUMMARY_CHANNELS = 10  # output channels of each head's 1x1 summary convs (the stage inputs)
+
 @dataclass(frozen=True)
 class ArchSpec:
     """The shape-level facts that tell one SSR-Net from another."""
@@ -85,10 +87,9 @@ class ArchSpec:
         return sizes
 
     def flat_widths(self, input_size: int = 64) -> tuple[int, int, int]:
-        """Flattened summary width per stage (10 channels x the pooled summary's area)."""
-        sizes = self.conv_sizes(input_size)
-        return (10 * sizes["conv2d_9"] ** 2, 10 * (sizes["conv2d_11"] // 4) ** 2,
-                10 * (sizes["conv2d_13"] // 8) ** 2)
+        """Flattened summary width per stage (SUMMARY_CHANNELS x the pooled summary's area)."""
+        return tuple(SUMMARY_CHANNELS * self.summary_hw(stage, input_size) ** 2
+                     for stage in (1, 2, 3))
 
     def summary_hw(self, stage: int, input_size: int = 64) -> int:
         """Height (= width) of stage ``stage``'s flattened summary map (after its pool)."""

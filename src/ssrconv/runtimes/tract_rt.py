@@ -39,8 +39,14 @@ def refuses(path: Path) -> str | None:
         return None
     types = {i.name: i.data_type for i in proto.graph.initializer}
     wide = (onnx.TensorProto.INT16, onnx.TensorProto.UINT16)
-    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2
-           and types.get(node.input[2]) in wide for node in proto.graph.node):
+
+    def int16(node) -> bool:  # by its zero point's type, or (opset 21, no zero point) output_dtype
+        by_zero_point = len(node.input) > 2 and types.get(node.input[2]) in wide
+        return by_zero_point or any(a.name == "output_dtype" and a.i in wide
+                                    for a in node.attribute)
+
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") and int16(node)
+           for node in proto.graph.node):
         return ("tract 0.23 has no int16 DequantizeLinear (this file's SSR head is int16 QDQ): "
                 "run it on onnxruntime or openvino")
     return None
