@@ -209,3 +209,35 @@ def test_a_second_export_gives_the_same_bytes(integer_onnx, faces_dir, tmp_path)
                       out=tmp_path / "again")
     assert again.manifest["fine_tuning"]["cache"]["status"] == "hit"
     assert again.sha256 == integer_onnx.sha256
+
+
+def test_canonical_order_is_the_same_whatever_order_tf2onnx_wrote():
+    """tf2onnx's TFLite path lists the constants' DequantizeLinear nodes in an order that varies
+    from run to run (the session export and a second one differed in 214 of 708 positions):
+    two valid orders of one graph, with their constants named differently, come out as one
+    graph (nodes, constant names) after ``_canonical_order``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ssrconv.converters.onnx_integer import _canonical_order
+
+    def graph(order, names):
+        inits = [numpy_helper.from_array(np.array(v, np.float32), name)
+                 for v, name in zip((1.0, 2.0, 0.5), names)]
+        q = [numpy_helper.from_array(np.array(v, np.int8), f"q{name}")
+             for v, name in zip((3, 4), names)]
+        nodes = [helper.make_node("DequantizeLinear", [f"q{names[0]}", names[2]], ["a"]),
+                 helper.make_node("DequantizeLinear", [f"q{names[1]}", names[2]], ["b"]),
+                 helper.make_node("Mul", ["x", "a"], ["xa"]),
+                 helper.make_node("Add", ["xa", "b"], ["y"])]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        g = helper.make_graph([nodes[k] for k in order], "g", [x], [y], inits + q)
+        return helper.make_model(g)
+
+    one = graph([0, 1, 2, 3], ["c1", "c2", "s"])
+    two = graph([1, 0, 2, 3], ["k9", "k3", "t"])
+    assert [n.input[0] for n in one.graph.node] != [n.input[0] for n in two.graph.node]
+    for proto in (one, two):
+        _canonical_order(proto)
+    assert [(n.op_type, list(n.input)) for n in one.graph.node] == \
+        [(n.op_type, list(n.input)) for n in two.graph.node]

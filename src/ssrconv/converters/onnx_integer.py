@@ -61,6 +61,7 @@ def convert_int8_integer(model, calibration, batch: int | None = None):
         proto = _from_tflite(path, Path(tmp) / "integer.onnx")
     try:
         _name_io(proto, heads)
+        _canonical_order(proto)
         _name_dequantized(proto)
         proto = complete_qdq(proto)
     except KeyError as missing:  # a tf2onnx whose graph names or omits what these rewrites read
@@ -101,15 +102,99 @@ def _from_tflite(source: Path, dest: Path):
 
 
 def _name_constants(proto) -> None:
-    """Every initializer renamed ``const__<n>`` (n its position; ``canonical_names`` then
-    renumbers them by first use): tf2onnx names a merged constant after whichever duplicate it
-    kept (a zero point came out as "t133" or "const__49", a transposed conv kernel under
-    another layer's name)."""
-    renamed = {}
-    for k, tensor in enumerate(proto.graph.initializer):
-        renamed[tensor.name] = tensor.name = f"const__{k}"
-    for node in proto.graph.node:
+    """Equal initializers merged into one and every initializer renamed ``const__<n>``
+    (``canonical_names`` then renumbers them by first use). tf2onnx names a merged constant
+    after whichever duplicate it kept (a zero point came out as "t133" or "const__49", a
+    transposed conv kernel under another layer's name), and which equal constants it merges
+    at all varies from one run to the next, even with the hash seed fixed (three conversions
+    of one .tflite, three sha256; a scale shared by two DequantizeLinear nodes in one file,
+    two copies in the next): merging every equal pair leaves one graph whatever it did."""
+    graph = proto.graph
+    keep, renamed = {}, {}
+    for tensor in graph.initializer:
+        content = (tensor.data_type, tuple(tensor.dims), _payload(tensor))
+        renamed[tensor.name] = keep.setdefault(content, f"const__{len(keep)}")
+    unique = {}
+    for tensor in graph.initializer:
+        name = renamed[tensor.name]
+        if name not in unique:
+            tensor.name = name
+            unique[name] = tensor
+    copies = [type(t)() for t in unique.values()]
+    for copy, tensor in zip(copies, unique.values()):
+        copy.CopyFrom(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(copies)
+    for node in graph.node:
         node.input[:] = [renamed.get(i, i) for i in node.input]
+
+
+def _canonical_order(proto) -> None:
+    """The nodes in one topological order whatever order tf2onnx wrote them in, and the
+    constants renamed ``const__<n>`` by first use in it. tf2onnx's TFLite path lists the
+    DequantizeLinear nodes of constants in an order that varies from run to run with the hash
+    seed fixed (two conversions of one .tflite: 214 of 708 positions differed), so the file's
+    bytes did. Each node gets a signature from what it computes (operator, attributes, its
+    inputs' signatures; a constant's by its values; the graph input by position), never from a
+    generated name; the order is Kahn's, the smallest signature first among the ready nodes."""
+    import hashlib
+    import heapq
+
+    graph = proto.graph
+    values = {t.name: hashlib.sha256(repr((t.data_type, tuple(t.dims))).encode() + _payload(t))
+              .hexdigest() for t in graph.initializer}
+    signature = {"": ""}
+    signature.update({value.name: f"input{k}" for k, value in enumerate(graph.input)})
+    signature.update(values)
+    nodes = list(graph.node)
+    node_signature = []
+    for node in nodes:  # tf2onnx's order is topological: every input is known by now
+        text = repr((node.op_type, node.domain, [a.SerializeToString() for a in node.attribute],
+                     [signature[i] for i in node.input]))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        node_signature.append(digest)
+        for k, output in enumerate(node.output):
+            signature[output] = f"{digest}:{k}"
+    producer = {o: k for k, node in enumerate(nodes) for o in node.output}
+    waiting = [len({producer[i] for i in node.input if i in producer}) for node in nodes]
+    consumers: dict[int, set[int]] = {}
+    for k, node in enumerate(nodes):
+        for i in node.input:
+            if i in producer:
+                consumers.setdefault(producer[i], set()).add(k)
+    ready = [(node_signature[k], k) for k, n in enumerate(waiting) if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, k = heapq.heappop(ready)
+        order.append(k)
+        for c in sorted(consumers.get(k, ())):
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(ready, (node_signature[c], c))
+    if len(order) != len(nodes):
+        raise ConverterError("tf2onnx wrote a graph with a cycle: cannot order it")
+    copies = [type(nodes[k])() for k in order]
+    for copy, k in zip(copies, order):
+        copy.CopyFrom(nodes[k])
+    del graph.node[:]
+    graph.node.extend(copies)
+    renamed: dict[str, str] = {}
+    for node in graph.node:
+        for i in node.input:
+            if i in values and i not in renamed:
+                renamed[i] = f"const__{len(renamed)}"
+    for node in graph.node:
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+    for tensor in graph.initializer:
+        tensor.name = renamed.get(tensor.name, tensor.name)
+
+
+def _payload(tensor) -> bytes:
+    """The values of an initializer as bytes, whichever field tf2onnx stored them in."""
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor).tobytes()
 
 
 def _name_io(proto, heads: dict[str, str]) -> None:
