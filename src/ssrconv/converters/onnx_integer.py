@@ -174,11 +174,7 @@ def _canonical_order(proto) -> None:
                 heapq.heappush(ready, (node_signature[c], c))
     if len(order) != len(nodes):
         raise ConverterError("tf2onnx wrote a graph with a cycle: cannot order it")
-    copies = [type(nodes[k])() for k in order]
-    for copy, k in zip(copies, order):
-        copy.CopyFrom(nodes[k])
-    del graph.node[:]
-    graph.node.extend(copies)
+    _set_nodes(proto, [nodes[k] for k in order])
     renamed: dict[str, str] = {}
     for node in graph.node:
         for i in node.input:
@@ -321,9 +317,14 @@ def _matmul_add_to_gemm(proto) -> None:
 
 
 def _remove(proto, ids: set[int]) -> None:
-    kept = [n for n in proto.graph.node if id(n) not in ids]
+    _set_nodes(proto, [n for n in proto.graph.node if id(n) not in ids])
+
+
+def _set_nodes(proto, nodes: list) -> None:
+    """The graph's node list replaced by ``nodes`` (copied first: they may be the list's own
+    elements, which clearing it would free)."""
     copies = []
-    for node in kept:
+    for node in nodes:
         copy = type(node)()
         copy.CopyFrom(node)
         copies.append(copy)
@@ -378,13 +379,7 @@ def _insert_before(proto, inserts) -> None:
     for node in proto.graph.node:
         ordered.extend(before.get(node.output[0], []))
         ordered.append(node)
-    copies = []
-    for node in ordered:
-        copy = type(node)()
-        copy.CopyFrom(node)
-        copies.append(copy)
-    del proto.graph.node[:]
-    proto.graph.node.extend(copies)
+    _set_nodes(proto, ordered)
 
 
 def _rsqrt_as_pow(proto) -> None:
