@@ -97,46 +97,20 @@ def _from_tflite(source: Path, dest: Path):
     run_tool(command, "tf2onnx on the integer TFLite file", TF2ONNX_TIMEOUT_S, env=env)
     proto = onnx.load(str(dest))
     proto.graph.doc_string = ""  # "converted from /tmp/<scratch dir>/integer.tflite"
-    _name_constants(proto)
     return proto
 
 
-def _name_constants(proto) -> None:
-    """Equal initializers merged into one and every initializer renamed ``const__<n>``
-    (``canonical_names`` then renumbers them by first use). tf2onnx names a merged constant
-    after whichever duplicate it kept (a zero point came out as "t133" or "const__49", a
-    transposed conv kernel under another layer's name), and which equal constants it merges
-    at all varies from one run to the next, even with the hash seed fixed (three conversions
-    of one .tflite, three sha256; a scale shared by two DequantizeLinear nodes in one file,
-    two copies in the next): merging every equal pair leaves one graph whatever it did."""
-    graph = proto.graph
-    keep, renamed = {}, {}
-    for tensor in graph.initializer:
-        content = (tensor.data_type, tuple(tensor.dims), _payload(tensor))
-        renamed[tensor.name] = keep.setdefault(content, f"const__{len(keep)}")
-    unique = {}
-    for tensor in graph.initializer:
-        name = renamed[tensor.name]
-        if name not in unique:
-            tensor.name = name
-            unique[name] = tensor
-    copies = [type(t)() for t in unique.values()]
-    for copy, tensor in zip(copies, unique.values()):
-        copy.CopyFrom(tensor)
-    del graph.initializer[:]
-    graph.initializer.extend(copies)
-    for node in graph.node:
-        node.input[:] = [renamed.get(i, i) for i in node.input]
-
-
 def _canonical_order(proto) -> None:
-    """The nodes in one topological order whatever order tf2onnx wrote them in, and the
-    constants renamed ``const__<n>`` by first use in it. tf2onnx's TFLite path lists the
-    DequantizeLinear nodes of constants in an order that varies from run to run with the hash
-    seed fixed (two conversions of one .tflite: 214 of 708 positions differed), so the file's
-    bytes did. Each node gets a signature from what it computes (operator, attributes, its
-    inputs' signatures; a constant's by its values; the graph input by position), never from a
-    generated name; the order is Kahn's, the smallest signature first among the ready nodes."""
+    """The nodes in one topological order whatever order tf2onnx wrote them in, equal constants
+    merged into one, and the constants renamed ``const__<n>`` by first use in that order.
+    tf2onnx's TFLite path lists the DequantizeLinear nodes of constants in an order that varies
+    from run to run with the hash seed fixed (two conversions of one .tflite: 214 of 708
+    positions differed), merges a varying choice of equal constants (a scale shared by two
+    DequantizeLinear nodes in one file, two copies in the next) and names a merged one after
+    whichever duplicate it kept ("t133" or "const__49"), so the file's bytes varied. Each node
+    gets a signature from what it computes (operator, attributes, its inputs' signatures; a
+    constant's by its values; the graph input by position), never from a generated name; the
+    order is Kahn's, the smallest signature first among the ready nodes."""
     import hashlib
     import heapq
 
@@ -175,15 +149,24 @@ def _canonical_order(proto) -> None:
     if len(order) != len(nodes):
         raise ConverterError("tf2onnx wrote a graph with a cycle: cannot order it")
     _set_nodes(proto, [nodes[k] for k in order])
-    renamed: dict[str, str] = {}
+    by_content: dict[str, str] = {}  # a constant's values -> its one name
     for node in graph.node:
         for i in node.input:
-            if i in values and i not in renamed:
-                renamed[i] = f"const__{len(renamed)}"
+            if i in values:
+                by_content.setdefault(values[i], f"const__{len(by_content)}")
     for node in graph.node:
-        node.input[:] = [renamed.get(i, i) for i in node.input]
+        node.input[:] = [by_content[values[i]] if i in values else i for i in node.input]
+    kept = {}
     for tensor in graph.initializer:
-        tensor.name = renamed.get(tensor.name, tensor.name)
+        name = by_content.get(values[tensor.name])
+        if name is not None and name not in kept:
+            tensor.name = name
+            kept[name] = tensor
+    unique = [type(t)() for t in kept.values()]
+    for copy, tensor in zip(unique, kept.values()):
+        copy.CopyFrom(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(unique)
 
 
 def _payload(tensor) -> bytes:
