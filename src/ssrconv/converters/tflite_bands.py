@@ -9,9 +9,10 @@ tensors) and the same pool, and one CONCATENATION of the bands along the rows. E
 tensor keeps the scale and zero point of the tensor it is a part of, so each output value is
 computed from the same integers by the same kernel: the file's outputs are bit-identical (the
 test checks it on TFLite Micro and LiteRT), and only one band of the conv's output is alive at
-a time. What it costs: one node, a few tensors and each band conv's per-channel requantization
-data in the arena's persistent part (about 0.9 KB a band of a 32-channel conv), and three
-int32[4] constants a band in flash (docs/INT8.md, "TFLite Micro arena").
+a time. What it costs: each band's three operators and tensors, and its conv's and pool's
+per-channel requantization data, in the arena's persistent part and in flash (the age+gender
+int8-integer file, 8 bands more than convs: arena tail +9,776 bytes, file +6,536; the weights
+are not copied; docs/INT8.md, "TFLite Micro arena: row bands").
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ _POOLS = ("MAX_POOL_2D", "AVERAGE_POOL_2D", "DEPTHWISE_CONV_2D")
 _WHOLE_AXES = 0b1101
 
 
-def _window(name: str, op, model, sg) -> tuple[int, int] | None:
+def _window(name: str, op, sg) -> tuple[int, int] | None:
     """(kernel rows, stride rows) of a VALID, undilated row-local operator, None otherwise."""
     options = op.builtinOptions
     if name == "CONV_2D" or name == "DEPTHWISE_CONV_2D":
@@ -52,12 +53,12 @@ def _window(name: str, op, model, sg) -> tuple[int, int] | None:
     return None
 
 
-def _bandable(ops, sg, model, readers, outputs, band_bytes) -> list[tuple[int, int]]:
+def _bandable(ops, sg, readers, outputs, band_bytes) -> list[tuple[int, int]]:
     """(conv index, pool index) pairs: a stride-1 CONV_2D writing more than ``band_bytes`` read
     only by one pooling operator (a pool, or a depthwise conv standing for one)."""
     pairs = []
     for k, (name, op) in enumerate(ops):
-        if name != "CONV_2D" or _window(name, op, model, sg) is None:
+        if name != "CONV_2D" or _window(name, op, sg) is None:
             continue
         if op.builtinOptions.strideH != 1:
             continue
@@ -68,7 +69,7 @@ def _bandable(ops, sg, model, readers, outputs, band_bytes) -> list[tuple[int, i
             continue
         p = readers[y][0]
         pool_name, pool = ops[p]
-        if pool_name not in _POOLS or _window(pool_name, pool, model, sg) is None:
+        if pool_name not in _POOLS or _window(pool_name, pool, sg) is None:
             continue
         if int(pool.inputs[0]) != y:
             continue
@@ -76,8 +77,9 @@ def _bandable(ops, sg, model, readers, outputs, band_bytes) -> list[tuple[int, i
     return pairs
 
 
-def _tensor_like(sg, index: int, rows: int, in_place: bool = False) -> int:
-    """A new activation tensor like ``sg.tensors[index]`` with ``rows`` rows; its index. With
+def _tensor_like(sg, index: int, rows: int, band: int, in_place: bool = False) -> int:
+    """A new activation tensor like ``sg.tensors[index]`` with ``rows`` rows, named after it
+    and ``band``; its index. With
     ``in_place``, ``sg.tensors[index]`` itself gets the rows (its writer is replaced: TFLite
     Micro spends an evaluation record on every tensor of the list, read or not)."""
     tensor = sg.tensors[index] if in_place else copy.deepcopy(sg.tensors[index])
@@ -86,7 +88,7 @@ def _tensor_like(sg, index: int, rows: int, in_place: bool = False) -> int:
     if tensor.shapeSignature is not None and len(tensor.shapeSignature):
         tensor.shapeSignature = np.asarray(tensor.shapeSignature, np.int32).copy()
         tensor.shapeSignature[1] = rows
-    tensor.name = (tensor.name or b"") + f"/rows{rows}".encode()
+    tensor.name = (tensor.name or b"") + f"/band{band}".encode()
     if in_place:
         return index
     tensor.buffer = 0  # the schema's empty buffer: an activation
@@ -139,7 +141,7 @@ def band_rows(tfl: bytes, band_bytes: int = BAND_BYTES) -> bytes:
     for k, (_, op) in enumerate(ops):
         for i in {int(i) for i in op.inputs if i >= 0}:
             readers.setdefault(i, []).append(k)
-    pairs = _bandable(ops, sg, model, readers, {int(o) for o in sg.outputs}, band_bytes)
+    pairs = _bandable(ops, sg, readers, {int(o) for o in sg.outputs}, band_bytes)
     if not pairs:
         return tfl
     slice_code = opcode_index(model, fb.BuiltinOperator.STRIDED_SLICE, 1)
@@ -149,8 +151,8 @@ def band_rows(tfl: bytes, band_bytes: int = BAND_BYTES) -> bytes:
     dropped = set()
     for k, p in pairs:
         conv, pool = ops[k][1], ops[p][1]
-        conv_rows, _ = _window("CONV_2D", conv, model, sg)
-        pool_rows, pool_stride = _window(ops[p][0], pool, model, sg)
+        conv_rows, _ = _window("CONV_2D", conv, sg)
+        pool_rows, pool_stride = _window(ops[p][0], pool, sg)
         x, y, z = int(conv.inputs[0]), int(conv.outputs[0]), int(pool.outputs[0])
         new_ops, parts = [], []
         count = -(-int(np.prod(sg.tensors[y].shape)) // band_bytes)  # ceil
@@ -158,9 +160,9 @@ def band_rows(tfl: bytes, band_bytes: int = BAND_BYTES) -> bytes:
         for n, (a, b) in enumerate(splits):
             y0, y1 = a * pool_stride, (b - 1) * pool_stride + pool_rows
             x0, x1 = y0, y1 - 1 + conv_rows
-            xb = _tensor_like(sg, x, x1 - x0)
-            yb = _tensor_like(sg, y, y1 - y0, in_place=n == len(splits) - 1)
-            zb = _tensor_like(sg, z, b - a)
+            xb = _tensor_like(sg, x, x1 - x0, n)
+            yb = _tensor_like(sg, y, y1 - y0, n, in_place=n == len(splits) - 1)
+            zb = _tensor_like(sg, z, b - a, n)
             cut = fb.OperatorT()
             cut.opcodeIndex = slice_code
             cut.inputs = np.asarray([x, constant([0, x0, 0, 0]), constant([0, x1, 0, 0]),
