@@ -107,7 +107,8 @@ def test_complete_qdq_leaves_no_float_node_and_computes_the_same():
     """The rewrites (int64 bias -> int32, MatMul + Add -> Gemm, ReLU dropped at zero point
     -128 or given its own int16 QDQ pair, Sqrt + Reciprocal -> Pow) leave no float compute
     node, and the graph computes the same integers as before on onnxruntime."""
-    from ssrconv.converters.onnx_integer import OPSET, complete_qdq
+    from ssrconv.converters.onnx_integer import complete_qdq
+    from ssrconv.targets import INT16_QDQ_OPSET
     from ssrconv.formats.onnx import _split_qdq
 
     before = _tf2onnx_like_head()
@@ -117,7 +118,7 @@ def test_complete_qdq_leaves_no_float_node_and_computes_the_same():
     assert float_nodes(after) == []
     integer, floating = _split_qdq(after)
     assert not floating and integer == {"Gemm": 2, "Relu": 1, "Pow": 1}
-    assert max(o.version for o in after.opset_import if o.domain == "") == OPSET
+    assert max(o.version for o in after.opset_import if o.domain == "") == INT16_QDQ_OPSET
     biases = {i.name: i.data_type for i in after.graph.initializer}
     assert biases["b"] == biases["bz"] == TensorProto.INT32
     # the same function: onnxruntime reads no int64 DequantizeLinear, so compared on the graph
@@ -129,6 +130,29 @@ def test_complete_qdq_leaves_no_float_node_and_computes_the_same():
     # Pow(x, -0.5) and 1 / sqrt(x) may differ in the last bit of a float32, so at most one
     # output step (0.001) on a value that lands on a rounding boundary
     assert np.abs(r - r_want).max() <= 0.001 + 1e-7 and np.mean(r == r_want) > 0.95
+
+
+def test_gemm_goes_where_its_bias_is_ready():
+    """tf2onnx may list a bias's DequantizeLinear after the MatMul reading it is written (the
+    16x8 graph's stage-3 deltas): the Gemm replacing MatMul + Add still comes after every
+    input's producer (onnx's checker refuses the graph otherwise)."""
+    from ssrconv.converters.onnx_integer import complete_qdq
+
+    proto = _tf2onnx_like_head(np.int32)
+    nodes = list(proto.graph.node)
+    bias = next(n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] == "b")
+    matmul = next(n for n in nodes if n.op_type == "MatMul")
+    order = [n for n in nodes if n is not bias]
+    order.insert(order.index(matmul) + 1, bias)  # still a topological order
+    copies = [type(n)() for n in order]
+    for copy, node in zip(copies, order):
+        copy.CopyFrom(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(copies)
+    onnx.checker.check_model(proto, full_check=True)
+    after = complete_qdq(proto)
+    onnx.checker.check_model(after, full_check=True)
+    assert [n.op_type for n in after.graph.node].count("Gemm") == 2
 
 
 def test_manifest_counts_a_float_node_as_float():
@@ -241,3 +265,58 @@ def test_canonical_order_is_the_same_whatever_order_tf2onnx_wrote():
         _canonical_order(proto)
     assert [(n.op_type, list(n.input)) for n in one.graph.node] == \
         [(n.op_type, list(n.input)) for n in two.graph.node]
+
+
+@pytest.fixture(scope="session")
+def a16w8_onnx(exported):
+    return exported("onnx-int16x8")
+
+
+@pytest.mark.slow
+def test_a16w8_is_int16_qdq_everywhere(a16w8_onnx):
+    """onnx-int16x8 (A16W8, the form ONNX-fed NPUs such as Qualcomm QNN take): every compute
+    node between DequantizeLinear and QuantizeLinear, every activation int16, every weight
+    int8; tract, which has no int16 DequantizeLinear, refuses it before loading."""
+    from ssrconv.targets import ENGINES
+
+    proto = onnx.load(str(a16w8_onnx.path))
+    assert float_nodes(proto) == []
+    manifest = a16w8_onnx.manifest
+    assert manifest["integer_only"] is True and manifest["float_ops"] == {}
+    ops = manifest["integer_ops"]
+    assert ops["Conv"] == 38 and ops["Gemm"] == 36 and ops["Tanh"] == 20
+    assert manifest["opset"] == 21 and [e["name"] for e in manifest["inputs"]] == ["face_bgr"]
+    assert [e["name"] for e in manifest["outputs"]] == ["age", "p_male"]
+    assert "fine_tuning" not in manifest and "tflite-int16x8" in manifest["int8_recipe"]
+    inits = {i.name: i for i in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            weights = producer[node.input[1]]
+            assert weights.op_type == "DequantizeLinear"
+            assert inits[weights.input[0]].data_type == TensorProto.INT8, node.name
+        if node.op_type == "QuantizeLinear":  # every activation, the input's included
+            assert inits[node.input[2]].data_type == TensorProto.INT16, node.name
+    assert "int16" in ENGINES["tract"].refuses(a16w8_onnx.path)
+
+
+@pytest.mark.slow
+def test_a16w8_meets_the_int8_budget(a16w8_onnx, budget_check):
+    """Within the int8 budget on onnxruntime and OpenVINO (figures: docs/INT8.md, "Integer
+    ONNX": A16W8)."""
+    from ssrconv.loading import load_runtime
+
+    for engine in ("onnxruntime", "openvino"):
+        found, stats = budget_check(load_runtime(a16w8_onnx.path, engine=engine), "int8")
+        assert not found, (engine, found, stats)
+
+
+@pytest.mark.slow
+def test_a16w8_second_export_gives_the_same_bytes(a16w8_onnx, faces_dir, tmp_path):
+    """The same bytes from a second export (its tf2onnx in another child process), as
+    onnx-int8-integer's."""
+    from ssrconv.exporter import export
+
+    (again,) = export(to=("onnx",), precision=("int16x8",), calibration=faces_dir,
+                      out=tmp_path / "again")
+    assert again.sha256 == a16w8_onnx.sha256

@@ -20,8 +20,10 @@ from ssrconv.errors import SsrconvError
 from ssrconv.reference.family import MEMBERS
 from ssrconv.targets import (
     BACKENDS,
+    DEFAULT_OPSET,
     ENGINES,
     FAMILIES,
+    INT16_QDQ_OPSET,
     INT8_IO_TYPES,
     PRECISIONS,
     REFERENCE_ENGINES,
@@ -146,7 +148,10 @@ def _split_weights(values: tuple[str, ...], arch: str | None = None
               help="How --calibration files are read (aligned chips or photos; see parity --help).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ssrconv-out"),
               show_default=True, help="Output directory.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=int, default=None,
+              help=f"ONNX opset of the targets written through ONNX (ONNX, the web folder, "
+                   f"OpenVINO, ncnn, MNN). Default: {DEFAULT_OPSET}; the integer ONNX targets "
+                   f"(int16 QDQ) are opset {INT16_QDQ_OPSET} only.")
 @click.option("--int8-io", type=click.Choice(INT8_IO_TYPES), default="float32",
               show_default=True, help="Input type of the tflite int8 model (uint8: camera bytes); outputs stay float32.")
 @click.option("--image-input", is_flag=True,
