@@ -374,7 +374,8 @@ TARGETS: dict[str, Target] = {
                graph_variant="per-head-int8-integer", options=ONNX_OPTIONS,
                opsets=INTEGER_ONNX_OPSETS,
                # Not in `--to all`, as the TFLite file it converts (the ports' files outside
-               # the budget; data-free, the original's: 0.24 / 0.87 / 1.2 y on onnxruntime);
+               # the budget; the original's on onnxruntime, recipe version 8: faces 0.19 /
+               # 0.90 / 1.1 y, data-free 0.24 / 0.87 / 1.2);
                # on onnxruntime's CPU provider slower than onnx-int8 (docs/INT8.md,
                # "Integer ONNX").
                in_all=False),
@@ -384,9 +385,10 @@ TARGETS: dict[str, Target] = {
                "(opset 21: int16 QDQ); the form Qualcomm QNN and other ONNX-fed NPUs take; "
                "calibrated", graph_variant="per-head-integer", options=ONNX_OPTIONS,
                opsets=INTEGER_ONNX_OPSETS, distill_output_weight=DISTILL_OUTPUT_WEIGHT_16X8,
-               # Not in `--to all`: onnxruntime's CPU provider has no int16 kernels (it runs
-               # the QDQ graph in float between the pairs), so the file is for NPU compilers
-               # (docs/INT8.md, "Integer ONNX").
+               # Not in `--to all`, as the TFLite file it converts: an NPU compiler's input
+               # (the original's file within the int8 budget on onnxruntime, OpenVINO and
+               # onnxruntime-web, calibrated on faces and data-free; the ports' not measured:
+               # docs/INT8.md, "A16W8").
                in_all=False),
         Target("tflite", "fp32", "fp32", "TFLite, float32"),
         Target("tflite", "fp16", "fp16", "TFLite, float16 weights (dequantized to float32 at load)"),
