@@ -155,6 +155,58 @@ def test_gemm_goes_where_its_bias_is_ready():
     assert [n.op_type for n in after.graph.node].count("Gemm") == 2
 
 
+def _dense(weights, w_scales, bias, b_scales):
+    """x -> Q/DQ (int16) -> MatMul (DQ'd int8 ``weights``) -> Add (DQ'd ``bias``) -> Q/DQ
+    (int16) -> y, as tf2onnx writes one FULLY_CONNECTED of a 16x8 file."""
+    inits = [numpy_helper.from_array(weights.astype(np.int8), "w"),
+             numpy_helper.from_array(np.asarray(w_scales, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(len(w_scales), np.int8), "wz"),
+             numpy_helper.from_array(bias, "b"),
+             numpy_helper.from_array(np.asarray(b_scales, np.float32), "bs"),
+             numpy_helper.from_array(np.zeros(len(b_scales), bias.dtype), "bz")]
+    more_x, x = _qdq("x", 0.05, 0, np.int16)
+    more_h, h = _qdq("h", 0.01, 0, np.int16)
+    nodes = [*x,
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["w_dq"], axis=1),
+             helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["b_dq"], axis=0),
+             helper.make_node("MatMul", ["x_dq", "w_dq"], ["mm"]),
+             helper.make_node("Add", ["mm", "b_dq"], ["h"]), *h]
+    graph = helper.make_graph(
+        nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("h_dq", TensorProto.FLOAT, ["n", 3])],
+        inits + more_x + more_h)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_a_dead_channels_overflowing_bias_gets_a_live_channels_scales():
+    """TFLite gives an output channel whose int8 weights are all zero the scale epsilon (the
+    PyTorch port's 16x8 file: weight scale 4.8e-36, bias scale 1.5e-40, bias int64's maximum),
+    beyond int32: that channel takes the widest in-range channel's scales (zero weights at any
+    scale, its ~1e-21 bias 0), the same outputs as the layer written so by hand; a live
+    channel beyond int32 is refused."""
+    from ssrconv.converters.onnx_integer import complete_qdq
+    from ssrconv.errors import Int8RecipeError
+
+    rng = np.random.default_rng(0)
+    weights = rng.integers(-127, 128, (4, 3))
+    weights[:, 0] = 0
+    live_bias = rng.integers(-300, 300, 3)
+    dead = np.array([np.iinfo(np.int64).max, *live_bias[1:]], np.int64)
+    after = complete_qdq(_dense(weights, [4.8e-36, 0.02, 0.03], dead, [1.5e-40, 1e-3, 1.5e-3]))
+    onnx.checker.check_model(after, full_check=True)
+    inits = {i.name: numpy_helper.to_array(i) for i in after.graph.initializer}
+    assert inits["b"].dtype == np.int32 and inits["b"][0] == 0
+    np.testing.assert_array_equal(inits["ws"], np.float32([0.03, 0.02, 0.03]))
+    want = _dense(weights, [0.03, 0.02, 0.03], np.array([0, *live_bias[1:]], np.int32),
+                  [1.5e-3, 1e-3, 1.5e-3])
+    x = rng.uniform(-3, 3, (64, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_run(after, x)[0], _run(want, x)[0])
+    live = np.array([2**40, *live_bias[1:]], np.int64)
+    with pytest.raises(Int8RecipeError, match="not all zero"):
+        complete_qdq(_dense(rng.integers(1, 100, (4, 3)), [0.01, 0.02, 0.03], live,
+                            [5e-4, 1e-3, 1.5e-3]))
+
+
 def test_manifest_counts_a_float_node_as_float():
     """formats/onnx's count flags a compute node whose output is not quantized."""
     from ssrconv.formats.onnx import _split_qdq

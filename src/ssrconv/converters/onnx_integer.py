@@ -15,7 +15,9 @@ tensors directly: the crop's Slice, the flattening Transpose/Reshape, the merge'
 Concat/Slice), what an ONNX-fed NPU compiler takes as an integer graph:
 
 - int64 biases (the int16 layers') become int32 (DequantizeLinear has no int64 input; the
-  largest is ~1.4e7 steps), and the opset becomes 21 (int16 QuantizeLinear/DequantizeLinear);
+  original's largest is ~1.4e7 steps; a dead channel, int8 weights all zero, that TFLite
+  stored at an epsilon scale beyond int32 takes a live channel's scales), and the opset
+  becomes 21 (int16 QuantizeLinear/DequantizeLinear);
 - each FULLY_CONNECTED (tf2onnx: MatMul, then Add of the bias) becomes one Gemm with its bias
   as third input, the QDQ Gemm pattern;
 - a fused ReLU after a Conv/Gemm is dropped when its QuantizeLinear's zero point is the type's
@@ -274,8 +276,8 @@ def complete_qdq(proto, opset: int = INT16_QDQ_OPSET):
 
     original, proto = proto, onnx.ModelProto()
     proto.CopyFrom(original)  # the caller's graph stays as it was
-    _int64_biases_to_int32(proto)
     _matmul_add_to_gemm(proto)
+    _int64_biases_to_int32(proto)
     _qdq_relus(proto)
     _rsqrt_as_pow(proto)
     proto = version_converter.convert_version(proto, opset)
@@ -297,9 +299,50 @@ def _int64_biases_to_int32(proto) -> None:
                 continue
             values = numpy_helper.to_array(tensor)
             if np.abs(values).max(initial=0) >= 2**31:
-                raise Int8RecipeError(f"integer ONNX: bias {name} needs more than int32 "
-                                      "(DequantizeLinear reads no int64)")
+                values = _dead_channels_rescaled(g, node, values)
             tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int32), name))
+
+
+def _dead_channels_rescaled(g: _Graph, bias_dq, values: np.ndarray) -> np.ndarray:
+    """The int64 bias ``values`` of ``bias_dq`` (read by a Conv/Gemm) in int32, when every
+    channel beyond int32 is dead: its int8 weights all zero. TFLite's quantizer gives such a
+    channel the scale epsilon (the PyTorch port's 16x8 file: weight scale 4.8e-36, bias scale
+    1.5e-40, the bias saturated at int64's maximum), so its bias in those units overflows. The
+    channel gets the weight and bias scales of the layer's widest channel within int32
+    instead: its weights are zero at any scale, its bias (~1e-21 there) rounds to the same
+    output integer (the port's layer is dead in every channel: its outputs are its biases).
+    Anything else beyond int32 is an Int8RecipeError."""
+    from onnx import numpy_helper
+
+    name = bias_dq.input[0]
+    reader = g.only_consumer(bias_dq.output[0])
+    weights = g.producer.get(reader.input[1]) if reader is not None and len(reader.input) > 2 else None
+    if (reader is None or reader.op_type not in ("Conv", "Gemm") or reader.input[2] != bias_dq.output[0]
+            or weights is None or weights.op_type != "DequantizeLinear"
+            or weights.input[0] not in g.inits):
+        raise Int8RecipeError(f"integer ONNX: bias {name} needs more than int32 "
+                              "(DequantizeLinear reads no int64)")
+    axis = next((a.i for a in weights.attribute if a.name == "axis"), 1)
+    kernel = g.constant(weights.input[0])
+    dead = ~np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1).any(axis=1)
+    w_scale, b_scale = g.constant(weights.input[1]).copy(), g.constant(bias_dq.input[1]).copy()
+    over = np.abs(values) >= 2**31
+    if (w_scale.size != values.size or b_scale.size != values.size or not dead[over].all()
+            or over.all() or any(len(g.consumers[n]) != 1
+                                 for n in (weights.input[1], bias_dq.input[1]))):
+        raise Int8RecipeError(f"integer ONNX: bias {name} needs more than int32 in a channel "
+                              "whose weights are not all zero (DequantizeLinear reads no "
+                              "int64); export --to tflite --precision int16x8 instead")
+    # any channel within int32 holds a consistent pair (bias scale = input scale x weight
+    # scale); the widest one (a live one when there is one)
+    donor = int(np.argmax(np.where(over, -np.inf, w_scale)))
+    real = values.astype(np.float64) * b_scale.astype(np.float64)
+    w_scale[over], b_scale[over] = w_scale[donor], b_scale[donor]
+    values = values.copy()
+    values[over] = np.round(real[over] / float(b_scale[donor])).astype(values.dtype)
+    for tensor_name, array in ((weights.input[1], w_scale), (bias_dq.input[1], b_scale)):
+        g.inits[tensor_name].CopyFrom(numpy_helper.from_array(array, tensor_name))
+    return values
 
 
 def _matmul_add_to_gemm(proto) -> None:
