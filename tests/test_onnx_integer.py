@@ -201,6 +201,13 @@ def test_a_dead_channels_overflowing_bias_gets_a_live_channels_scales():
                   [1.5e-3, 1e-3, 1.5e-3])
     x = rng.uniform(-3, 3, (64, 4)).astype(np.float32)
     np.testing.assert_array_equal(_run(after, x)[0], _run(want, x)[0])
+    # the port's layer: zero weights in every channel, so its outputs are its biases
+    zero = np.zeros((4, 3), np.int64)
+    biases = np.array([-2**30, np.iinfo(np.int64).max, -2**30], np.int64)
+    after = complete_qdq(_dense(zero, [6e-9, 4.8e-36, 1e-8], biases, [3e-10, 2.4e-37, 5e-10]))
+    want = _dense(zero, [6e-9, 1e-8, 1e-8], np.array([-2**30, 0, -2**30], np.int32),
+                  [3e-10, 5e-10, 5e-10])
+    np.testing.assert_array_equal(_run(after, x)[0], _run(want, x)[0])
     live = np.array([2**40, *live_bias[1:]], np.int64)
     with pytest.raises(Int8RecipeError, match="not all zero"):
         complete_qdq(_dense(rng.integers(1, 100, (4, 3)), [0.01, 0.02, 0.03], live,
