@@ -19,6 +19,7 @@ from ssrconv.targets import (
     TARGETS,
     Target,
     precisions_of,
+    targets_taking,
 )
 
 
@@ -130,7 +131,7 @@ class ExportOptions:
         for name, flag in TARGET_OPTIONS.items():
             if getattr(self, name) == defaults[name] or any(name in t.options for t in self.targets):
                 continue
-            takers = [t.key for t in TARGETS.values() if name in t.options]
+            takers = [t.key for t in targets_taking(name)]
             raise OptionsError(f"{flag} applies to the {', '.join(takers)} export"
                                f"{'s' if len(takers) > 1 else ''} only")
         if self.opset is None:

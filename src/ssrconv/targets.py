@@ -475,6 +475,12 @@ EXPORTED_BY_ALL = tuple(k for k, t in TARGETS.items()
 DEFAULT_PRECISION = {f.family: f.default_precision for f in FORMATS.values()}
 
 
+def targets_taking(option: str) -> list[Target]:
+    """The rows that take the export option ``option`` (an ExportOptions field: their
+    ``options``)."""
+    return [t for t in TARGETS.values() if option in t.options]
+
+
 def precisions_of(family: str, in_all: bool = False) -> list[str]:
     """Precisions the table offers for ``family`` (``in_all``: only those `--to all` exports)."""
     return [t.precision for t in TARGETS.values()
