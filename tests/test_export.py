@@ -213,6 +213,14 @@ def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_
     (["--to", "onnx", "--image-input"], "--image-input applies"),
     (["--to", "onnx", "--weights", "yunet"], "not SSR-Net weights"),
     (["--to", "onnx", "--batch", "0"], "--batch 0: choose a static batch from 1"),
+    (["--to", "onnx", "--precision", "int8-integer", "--opset", "17"],
+     "--opset 17: onnx-int8-integer is written at opset 21 only; pass --opset 21 or leave "
+     "--opset out"),
+    (["--to", "onnx", "--precision", "fp32", "--precision", "int16x8", "--opset", "13"],
+     "--opset 13: onnx-int16x8 is written at opset 21 only"),
+    (["--to", "onnx", "--opset", "5"], "--opset 5: onnx-fp32 is written at opset 7..21 only; "
+                                       "choose from 7..21"),
+    (["--to", "tflite", "--opset", "17"], "--opset applies to the onnx-fp32, onnx-int8"),
 ])
 def test_bad_options_one_line_nothing_written(tmp_path, args, needle, cli):
     out = tmp_path / "out"
@@ -220,6 +228,27 @@ def test_bad_options_one_line_nothing_written(tmp_path, args, needle, cli):
     assert result.returncode == 2, result.stderr
     assert needle in result.stderr and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_each_row_says_its_opsets_and_an_accepted_opset_is_used():
+    """The rows written through ONNX take --opset within their range (the integer ONNX rows:
+    21 only, int16 QDQ), the others take none; without --opset each row is written at its
+    own (17, or 21 for the integer rows), with it at the one asked for."""
+    from ssrconv.options import ExportOptions
+    from ssrconv.targets import TARGETS
+
+    takers = {k for k, t in TARGETS.items() if "opset" in t.options}
+    assert {"onnx-fp32", "onnx-int8", "onnx-int8-integer", "onnx-int16x8", "web-fp32",
+            "openvino-int8", "ncnn-fp32", "mnn-fp16"} <= takers
+    assert not takers & {"tflite-fp32", "coreml-fp16", "ethos-u-int16x8"}
+    assert TARGETS["tflite-fp32"].opset(None) is None
+    assert TARGETS["onnx-fp32"].opset(None) == 17 and TARGETS["onnx-fp32"].opset(13) == 13
+    for key in ("onnx-int8-integer", "onnx-int16x8"):
+        assert TARGETS[key].opsets == (21, 21) and TARGETS[key].opset(None) == 21
+    options = ExportOptions(to=("onnx",), precision=("int8-integer", "int16x8"), opset=21)
+    assert [t.opset(options.opset) for t in options.targets] == [21, 21]
+    mixed = ExportOptions(to=("onnx", "tflite"), precision=("fp32",), opset=13)
+    assert [t.opset(mixed.opset) for t in mixed.targets] == [13, None]
 
 
 def test_bad_paths_one_line_nothing_written(tmp_path, assets_dir, cli):

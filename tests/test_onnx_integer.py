@@ -107,7 +107,8 @@ def test_complete_qdq_leaves_no_float_node_and_computes_the_same():
     """The rewrites (int64 bias -> int32, MatMul + Add -> Gemm, ReLU dropped at zero point
     -128 or given its own int16 QDQ pair, Sqrt + Reciprocal -> Pow) leave no float compute
     node, and the graph computes the same integers as before on onnxruntime."""
-    from ssrconv.converters.onnx_integer import OPSET, complete_qdq
+    from ssrconv.converters.onnx_integer import complete_qdq
+    from ssrconv.targets import INT16_QDQ_OPSET
     from ssrconv.formats.onnx import _split_qdq
 
     before = _tf2onnx_like_head()
@@ -117,7 +118,7 @@ def test_complete_qdq_leaves_no_float_node_and_computes_the_same():
     assert float_nodes(after) == []
     integer, floating = _split_qdq(after)
     assert not floating and integer == {"Gemm": 2, "Relu": 1, "Pow": 1}
-    assert max(o.version for o in after.opset_import if o.domain == "") == OPSET
+    assert max(o.version for o in after.opset_import if o.domain == "") == INT16_QDQ_OPSET
     biases = {i.name: i.data_type for i in after.graph.initializer}
     assert biases["b"] == biases["bz"] == TensorProto.INT32
     # the same function: onnxruntime reads no int64 DequantizeLinear, so compared on the graph
@@ -129,6 +130,88 @@ def test_complete_qdq_leaves_no_float_node_and_computes_the_same():
     # Pow(x, -0.5) and 1 / sqrt(x) may differ in the last bit of a float32, so at most one
     # output step (0.001) on a value that lands on a rounding boundary
     assert np.abs(r - r_want).max() <= 0.001 + 1e-7 and np.mean(r == r_want) > 0.95
+
+
+def test_gemm_goes_where_its_bias_is_ready():
+    """tf2onnx may list a bias's DequantizeLinear after the MatMul reading it is written (the
+    16x8 graph's stage-3 deltas): the Gemm replacing MatMul + Add still comes after every
+    input's producer (onnx's checker refuses the graph otherwise)."""
+    from ssrconv.converters.onnx_integer import complete_qdq
+
+    proto = _tf2onnx_like_head(np.int32)
+    nodes = list(proto.graph.node)
+    bias = next(n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] == "b")
+    matmul = next(n for n in nodes if n.op_type == "MatMul")
+    order = [n for n in nodes if n is not bias]
+    order.insert(order.index(matmul) + 1, bias)  # still a topological order
+    copies = [type(n)() for n in order]
+    for copy, node in zip(copies, order):
+        copy.CopyFrom(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(copies)
+    onnx.checker.check_model(proto, full_check=True)
+    after = complete_qdq(proto)
+    onnx.checker.check_model(after, full_check=True)
+    assert [n.op_type for n in after.graph.node].count("Gemm") == 2
+
+
+def _dense(weights, w_scales, bias, b_scales):
+    """x -> Q/DQ (int16) -> MatMul (DQ'd int8 ``weights``) -> Add (DQ'd ``bias``) -> Q/DQ
+    (int16) -> y, as tf2onnx writes one FULLY_CONNECTED of a 16x8 file."""
+    inits = [numpy_helper.from_array(weights.astype(np.int8), "w"),
+             numpy_helper.from_array(np.asarray(w_scales, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(len(w_scales), np.int8), "wz"),
+             numpy_helper.from_array(bias, "b"),
+             numpy_helper.from_array(np.asarray(b_scales, np.float32), "bs"),
+             numpy_helper.from_array(np.zeros(len(b_scales), bias.dtype), "bz")]
+    more_x, x = _qdq("x", 0.05, 0, np.int16)
+    more_h, h = _qdq("h", 0.01, 0, np.int16)
+    nodes = [*x,
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["w_dq"], axis=1),
+             helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["b_dq"], axis=0),
+             helper.make_node("MatMul", ["x_dq", "w_dq"], ["mm"]),
+             helper.make_node("Add", ["mm", "b_dq"], ["h"]), *h]
+    graph = helper.make_graph(
+        nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("h_dq", TensorProto.FLOAT, ["n", 3])],
+        inits + more_x + more_h)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_a_dead_channels_overflowing_bias_gets_a_live_channels_scales():
+    """TFLite gives an output channel whose int8 weights are all zero the scale epsilon (the
+    PyTorch port's 16x8 file: weight scale 4.8e-36, bias scale 1.5e-40, bias int64's maximum),
+    beyond int32: that channel takes the widest in-range channel's scales (zero weights at any
+    scale, its ~1e-21 bias 0), the same outputs as the layer written so by hand; a live
+    channel beyond int32 is refused."""
+    from ssrconv.converters.onnx_integer import complete_qdq
+    from ssrconv.errors import Int8RecipeError
+
+    rng = np.random.default_rng(0)
+    weights = rng.integers(-127, 128, (4, 3))
+    weights[:, 0] = 0
+    live_bias = rng.integers(-300, 300, 3)
+    dead = np.array([np.iinfo(np.int64).max, *live_bias[1:]], np.int64)
+    after = complete_qdq(_dense(weights, [4.8e-36, 0.02, 0.03], dead, [1.5e-40, 1e-3, 1.5e-3]))
+    onnx.checker.check_model(after, full_check=True)
+    inits = {i.name: numpy_helper.to_array(i) for i in after.graph.initializer}
+    assert inits["b"].dtype == np.int32 and inits["b"][0] == 0
+    np.testing.assert_array_equal(inits["ws"], np.float32([0.03, 0.02, 0.03]))
+    want = _dense(weights, [0.03, 0.02, 0.03], np.array([0, *live_bias[1:]], np.int32),
+                  [1.5e-3, 1e-3, 1.5e-3])
+    x = rng.uniform(-3, 3, (64, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_run(after, x)[0], _run(want, x)[0])
+    # the port's layer: zero weights in every channel, so its outputs are its biases
+    zero = np.zeros((4, 3), np.int64)
+    biases = np.array([-2**30, np.iinfo(np.int64).max, -2**30], np.int64)
+    after = complete_qdq(_dense(zero, [6e-9, 4.8e-36, 1e-8], biases, [3e-10, 2.4e-37, 5e-10]))
+    want = _dense(zero, [6e-9, 1e-8, 1e-8], np.array([-2**30, 0, -2**30], np.int32),
+                  [3e-10, 5e-10, 5e-10])
+    np.testing.assert_array_equal(_run(after, x)[0], _run(want, x)[0])
+    live = np.array([2**40, *live_bias[1:]], np.int64)
+    with pytest.raises(Int8RecipeError, match="not all zero"):
+        complete_qdq(_dense(rng.integers(1, 100, (4, 3)), [0.01, 0.02, 0.03], live,
+                            [5e-4, 1e-3, 1.5e-3]))
 
 
 def test_manifest_counts_a_float_node_as_float():
@@ -241,3 +324,58 @@ def test_canonical_order_is_the_same_whatever_order_tf2onnx_wrote():
         _canonical_order(proto)
     assert [(n.op_type, list(n.input)) for n in one.graph.node] == \
         [(n.op_type, list(n.input)) for n in two.graph.node]
+
+
+@pytest.fixture(scope="session")
+def a16w8_onnx(exported):
+    return exported("onnx-int16x8")
+
+
+@pytest.mark.slow
+def test_a16w8_is_int16_qdq_everywhere(a16w8_onnx):
+    """onnx-int16x8 (A16W8, the form ONNX-fed NPUs such as Qualcomm QNN take): every compute
+    node between DequantizeLinear and QuantizeLinear, every activation int16, every weight
+    int8; tract, which has no int16 DequantizeLinear, refuses it before loading."""
+    from ssrconv.targets import ENGINES
+
+    proto = onnx.load(str(a16w8_onnx.path))
+    assert float_nodes(proto) == []
+    manifest = a16w8_onnx.manifest
+    assert manifest["integer_only"] is True and manifest["float_ops"] == {}
+    ops = manifest["integer_ops"]
+    assert ops["Conv"] == 38 and ops["Gemm"] == 36 and ops["Tanh"] == 20
+    assert manifest["opset"] == 21 and [e["name"] for e in manifest["inputs"]] == ["face_bgr"]
+    assert [e["name"] for e in manifest["outputs"]] == ["age", "p_male"]
+    assert "fine_tuning" not in manifest and "tflite-int16x8" in manifest["int8_recipe"]
+    inits = {i.name: i for i in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            weights = producer[node.input[1]]
+            assert weights.op_type == "DequantizeLinear"
+            assert inits[weights.input[0]].data_type == TensorProto.INT8, node.name
+        if node.op_type == "QuantizeLinear":  # every activation, the input's included
+            assert inits[node.input[2]].data_type == TensorProto.INT16, node.name
+    assert "int16" in ENGINES["tract"].refuses(a16w8_onnx.path)
+
+
+@pytest.mark.slow
+def test_a16w8_meets_the_int8_budget(a16w8_onnx, budget_check):
+    """Within the int8 budget on onnxruntime and OpenVINO (figures: docs/INT8.md, "Integer
+    ONNX": A16W8)."""
+    from ssrconv.loading import load_runtime
+
+    for engine in ("onnxruntime", "openvino"):
+        found, stats = budget_check(load_runtime(a16w8_onnx.path, engine=engine), "int8")
+        assert not found, (engine, found, stats)
+
+
+@pytest.mark.slow
+def test_a16w8_second_export_gives_the_same_bytes(a16w8_onnx, faces_dir, tmp_path):
+    """The same bytes from a second export (its tf2onnx in another child process), as
+    onnx-int8-integer's."""
+    from ssrconv.exporter import export
+
+    (again,) = export(to=("onnx",), precision=("int16x8",), calibration=faces_dir,
+                      out=tmp_path / "again")
+    assert again.sha256 == a16w8_onnx.sha256

@@ -20,13 +20,16 @@ from ssrconv.errors import SsrconvError
 from ssrconv.reference.family import MEMBERS
 from ssrconv.targets import (
     BACKENDS,
+    DEFAULT_OPSET,
     ENGINES,
     FAMILIES,
+    INT16_QDQ_OPSET,
     INT8_IO_TYPES,
     PRECISIONS,
     REFERENCE_ENGINES,
     artifact_suffixes,
     formats_in_words,
+    targets_taking,
 )
 
 _TASKS = ("age", "gender", "age-gender")  # = ssrconv.reference.TASKS (kept light: no import)
@@ -146,7 +149,11 @@ def _split_weights(values: tuple[str, ...], arch: str | None = None
               help="How --calibration files are read (aligned chips or photos; see parity --help).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("ssrconv-out"),
               show_default=True, help="Output directory.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset of the targets written through ONNX ("
+                   + ", ".join(dict.fromkeys(t.format.title for t in targets_taking("opset")))
+                   + f"). Default: {DEFAULT_OPSET}; the integer ONNX targets (int16 QDQ) are "
+                   f"opset {INT16_QDQ_OPSET} only.")
 @click.option("--int8-io", type=click.Choice(INT8_IO_TYPES), default="float32",
               show_default=True, help="Input type of the tflite int8 model (uint8: camera bytes); outputs stay float32.")
 @click.option("--image-input", is_flag=True,

@@ -19,12 +19,13 @@ from ssrconv.targets import (
     TARGETS,
     Target,
     precisions_of,
+    targets_taking,
 )
 
 
 MAX_STATIC_BATCH = 256
 # Options only some targets take (the Target rows' ``options``): field -> its flag.
-TARGET_OPTIONS = {"int8_io": "--int8-io", "image_input": "--image-input"}
+TARGET_OPTIONS = {"int8_io": "--int8-io", "image_input": "--image-input", "opset": "--opset"}
 
 
 def _as_tuple(value) -> tuple[str, ...]:
@@ -49,7 +50,7 @@ class ExportOptions:
     arch: str | None = None  # the family member every weights file must be (None: by its names)
     calibration: Path | None = None
     out: Path = Path("ssrconv-out")
-    opset: int = 17
+    opset: int | None = None  # None: each target's own (Target.opset)
     int8_io: str = "float32"
     image_input: bool = False
     calibration_limit: int = 300
@@ -78,8 +79,6 @@ class ExportOptions:
         if self.int8_io not in INT8_IO_TYPES:
             raise OptionsError(f"unknown int8 I/O type {self.int8_io!r}: choose from "
                                f"{', '.join(INT8_IO_TYPES)}")
-        if not (7 <= int(self.opset) <= 21):
-            raise OptionsError(f"--opset {self.opset} is outside the range tf2onnx supports (7..21)")
         from ssrconv.graph import GRAPHS
 
         if self.graph not in GRAPHS:
@@ -92,6 +91,8 @@ class ExportOptions:
         set_(self, "to", to)
         set_(self, "precision", precision)
         set_(self, "out", Path(self.out).expanduser())
+        if self.opset is not None:
+            set_(self, "opset", int(self.opset))
         if self.calibration is not None:
             set_(self, "calibration", Path(self.calibration).expanduser())
         set_(self, "targets", tuple(self._select_targets()))
@@ -130,9 +131,18 @@ class ExportOptions:
         for name, flag in TARGET_OPTIONS.items():
             if getattr(self, name) == defaults[name] or any(name in t.options for t in self.targets):
                 continue
-            takers = [t.key for t in TARGETS.values() if name in t.options]
+            takers = [t.key for t in targets_taking(name)]
             raise OptionsError(f"{flag} applies to the {', '.join(takers)} export"
                                f"{'s' if len(takers) > 1 else ''} only")
+        if self.opset is None:
+            return
+        for target in self.targets:
+            first, last = target.opsets
+            if "opset" in target.options and not first <= self.opset <= last:
+                words = target.opsets_in_words()
+                choice = f"pass --opset {first}" if first == last else f"choose from {words}"
+                raise OptionsError(f"--opset {self.opset}: {target.key} is written at opset "
+                                   f"{words} only; {choice} or leave --opset out")
 
     def check_paths(self) -> None:
         """Check the output directory is writable and the calibration directory usable,

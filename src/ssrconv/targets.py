@@ -27,6 +27,12 @@ PRECISIONS = ("fp32", "fp16", "bf16", "dynamic", "int8", "int8-integer", "int16x
 # Precisions whose export calibrates activation ranges (on --calibration faces or data-free).
 CALIBRATED_PRECISIONS = ("int8", "int8-integer", "int16x8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
+# ONNX opsets: those tf2onnx 1.17 writes (first, last), the one an export uses when --opset is
+# not given (where the row's range allows it), and the first with int16 QuantizeLinear/
+# DequantizeLinear (the integer ONNX rows' int16 tensors need it).
+TF2ONNX_OPSETS = (7, 21)
+DEFAULT_OPSET = 17
+INT16_QDQ_OPSET = 21
 # Weights files (the original .h5, the ports' .pth/.pt/.params): not artifacts, the reference
 # is built from them (ssrconv.reference.weights.read_weights reads each).
 WEIGHTS_SUFFIXES = (".h5", ".pth", ".pt", ".params")
@@ -288,8 +294,13 @@ class Target:
     # original` converts the reference's instead) for this target's converter and runtime: a
     # name in ssrconv.graph.VARIANTS (None: the one named like the family: "tflite", "onnx").
     graph_variant: str | None = None
-    # Export options (ExportOptions fields) beyond the common ones that only some targets take.
+    # Export options (ExportOptions fields) beyond the common ones that only some targets take:
+    # "opset" for every target written through an ONNX graph (ONNX_OPTIONS).
     options: tuple[str, ...] = ()
+    # The ONNX opsets (first, last) a target taking "opset" can be written at; --opset must be
+    # one of them (ExportOptions checks), and without it the target is written at
+    # DEFAULT_OPSET, or at the first of its range when that is above the default.
+    opsets: tuple[int, int] = TF2ONNX_OPSETS
     # Exported by `--to all` (False: only when its precision or family is asked for by name).
     in_all: bool = True
     # Data-free calibration (no --calibration): the weight of the distilled inputs' output
@@ -303,6 +314,20 @@ class Target:
     @property
     def key(self) -> str:
         return f"{self.family}-{self.precision}"
+
+    def opset(self, asked: int | None) -> int | None:
+        """The ONNX opset this target is written at: ``asked`` (``--opset``, checked against
+        ``opsets`` by ExportOptions), else DEFAULT_OPSET brought into ``opsets``; None for a
+        target that takes no opset."""
+        if "opset" not in self.options:
+            return None
+        first, last = self.opsets
+        return int(asked) if asked is not None else min(max(DEFAULT_OPSET, first), last)
+
+    def opsets_in_words(self) -> str:
+        """``opsets`` as a user reads it: "21", "7..21"."""
+        first, last = self.opsets
+        return str(first) if first == last else f"{first}..{last}"
 
     @property
     def variant(self) -> str:
@@ -325,26 +350,46 @@ class Target:
         return f"ssrnet_{task.replace('-', '_')}_{self.precision}{self.suffix}"
 
 
+# The options of every target written through a tf2onnx graph (ONNX itself, and the formats
+# converted from it).
+ONNX_OPTIONS = ("opset",)
+# The integer ONNX rows: int16 QDQ tensors, opset INT16_QDQ_OPSET (tf2onnx's last) and no other.
+INTEGER_ONNX_OPSETS = (INT16_QDQ_OPSET, TF2ONNX_OPSETS[1])
+
 # The 16x8 targets' distill_output_weight: tflite-int16x8 and ethos-u-int16x8 convert one file.
 DISTILL_OUTPUT_WEIGHT_16X8 = 1.0
 
 TARGETS: dict[str, Target] = {
     t.key: t
     for t in (
-        Target("onnx", "fp32", "fp32", "ONNX (tf2onnx), float32"),
+        Target("onnx", "fp32", "fp32", "ONNX (tf2onnx), float32", options=ONNX_OPTIONS),
         Target("onnx", "int8", "int8",
                "ONNX int8: static QDQ (onnxruntime.quantization, int8 activations, int8 "
                "per-channel weights) on the relu stream's convolutions and pools, the rest "
-               "float; calibrated", graph_variant="per-head"),
+               "float; calibrated", graph_variant="per-head", options=ONNX_OPTIONS),
         Target("onnx", "int8-integer", "int8",
                "ONNX integer: the tflite-int8-integer file (int8 convolutions, int16 SSR head, "
                "fine-tuned) as QDQ, every compute node between DequantizeLinear and "
                "QuantizeLinear (opset 21: int16 QDQ); for ONNX-fed NPUs; calibrated",
-               graph_variant="per-head-int8-integer",
+               graph_variant="per-head-int8-integer", options=ONNX_OPTIONS,
+               opsets=INTEGER_ONNX_OPSETS,
                # Not in `--to all`, as the TFLite file it converts (the ports' files outside
-               # the budget; data-free, the original's: 0.24 / 0.87 / 1.2 y on onnxruntime);
+               # the budget; the original's on onnxruntime, recipe version 8: faces 0.19 /
+               # 0.90 / 1.1 y, data-free 0.24 / 0.87 / 1.2);
                # on onnxruntime's CPU provider slower than onnx-int8 (docs/INT8.md,
                # "Integer ONNX").
+               in_all=False),
+        Target("onnx", "int16x8", "int8",
+               "ONNX A16W8: the tflite-int16x8 file (int16 activations, int8 per-channel "
+               "weights) as QDQ, every compute node between DequantizeLinear and QuantizeLinear "
+               "(opset 21: int16 QDQ); the form Qualcomm QNN and other ONNX-fed NPUs take; "
+               "calibrated", graph_variant="per-head-integer", options=ONNX_OPTIONS,
+               opsets=INTEGER_ONNX_OPSETS, distill_output_weight=DISTILL_OUTPUT_WEIGHT_16X8,
+               # Not in `--to all`, as the TFLite file it converts: an NPU compiler's input.
+               # Every member's file is within the int8 budget on onnxruntime, OpenVINO and
+               # onnxruntime-web, calibrated on faces and data-free (OpenVINO, faces: original
+               # 0.069 / 0.28 / 0.42 y, PyTorch port 0.16 / 0.52 / 0.71, MXNet pair 0.070 /
+               # 0.33 / 0.49; docs/INT8.md, "A16W8").
                in_all=False),
         Target("tflite", "fp32", "fp32", "TFLite, float32"),
         Target("tflite", "fp16", "fp16", "TFLite, float16 weights (dequantized to float32 at load)"),
@@ -396,30 +441,30 @@ TARGETS: dict[str, Target] = {
                graph_variant="coreml-perstage", options=("image_input",)),
         Target("web", "fp32", "fp32",
                "Static web folder: fp32 ONNX + YuNet + a plain-JS app on onnxruntime-web (wasm)",
-               graph_variant="onnx"),
+               graph_variant="onnx", options=ONNX_OPTIONS),
         Target("ncnn", "fp32", "fp32",
                "ncnn (pnnx from the ONNX export) param + bin, float32 weights; run with fp16 "
-               "storage and Winograd off", graph_variant="onnx-unpadded"),
+               "storage and Winograd off", graph_variant="onnx-unpadded", options=ONNX_OPTIONS),
         Target("ncnn", "fp16", "fp16", "ncnn param + bin, float16 weights, fp16 storage and "
                "arithmetic; Winograd off per convolution in the param (31=64)",
-               graph_variant="onnx-unpadded-fp16"),
+               graph_variant="onnx-unpadded-fp16", options=ONNX_OPTIONS),
         Target("mnn", "fp32", "fp32",
                "MNN (mnnconvert from the ONNX export), float32; run at precision high, Winograd off",
-               graph_variant="onnx-unpadded"),
+               graph_variant="onnx-unpadded", options=ONNX_OPTIONS),
         Target("mnn", "fp16", "fp16", "MNN, float16 weights (mnnconvert --fp16); run at precision "
                "low, Winograd off (a runtime hint the manifest's mnn_runtime states)",
-               graph_variant="onnx-unpadded"),
+               graph_variant="onnx-unpadded", options=ONNX_OPTIONS),
         Target("openvino", "fp32", "fp32",
                "OpenVINO IR (.xml + .bin) of the fp32 ONNX export, f32 weights, f32 execution",
-               graph_variant="onnx"),
+               graph_variant="onnx", options=ONNX_OPTIONS),
         Target("openvino", "fp16", "fp16", "OpenVINO IR, float16-stored weights (f32 execution)",
-               graph_variant="onnx"),
+               graph_variant="onnx", options=ONNX_OPTIONS),
         Target("openvino", "bf16", "bf16",
                "OpenVINO IR, f32 weights, bf16 execution requested (CPUs with bf16 support)",
-               graph_variant="onnx"),
+               graph_variant="onnx", options=ONNX_OPTIONS),
         Target("openvino", "int8", "int8",
                "OpenVINO IR of the int8 QDQ ONNX export (the project's int8 recipe)",
-               graph_variant="per-head"),
+               graph_variant="per-head", options=ONNX_OPTIONS),
     )
 }
 
@@ -428,6 +473,12 @@ EXPORTED_BY_ALL = tuple(k for k, t in TARGETS.items()
                         if t.family not in OPT_IN_FAMILIES and t.in_all)
 
 DEFAULT_PRECISION = {f.family: f.default_precision for f in FORMATS.values()}
+
+
+def targets_taking(option: str) -> list[Target]:
+    """The rows that take the export option ``option`` (an ExportOptions field: their
+    ``options``)."""
+    return [t for t in TARGETS.values() if option in t.options]
 
 
 def precisions_of(family: str, in_all: bool = False) -> list[str]:

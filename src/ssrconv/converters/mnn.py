@@ -97,7 +97,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     from ssrconv.converters.onnx import to_proto
 
     key = run_key_for(model, target.precision)
-    proto = to_proto(model, options.opset, options.batch)
+    proto = to_proto(model, target.opset(options.opset), options.batch)
     if target.precision == "fp16":
         round_to_fp16(proto)
     with scratch_dir("ssrconv-mnn-") as tmp:

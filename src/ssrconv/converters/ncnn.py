@@ -76,7 +76,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     pnnx_exe = pnnx_executable()
 
     stem = Path(target.filename(options.task)).name[: -len(target.suffix)]
-    proto = to_proto(model, options.opset, options.batch)
+    proto = to_proto(model, target.opset(options.opset), options.batch)
     outputs = [o.name for o in proto.graph.output]
     # The stage tensors become extra graph outputs, so that they keep a findable name in the
     # param (pnnx numbers every other blob); ncnn computes a blob only when it is extracted,

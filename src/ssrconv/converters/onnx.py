@@ -80,31 +80,33 @@ def canonical_names(proto) -> None:
 
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` to ONNX at ``dest`` (fp32; int8: static QDQ, see
-    :mod:`ssrconv.converters.onnx_int8`; int8-integer: the integer-only TFLite file as QDQ, see
-    :mod:`ssrconv.converters.onnx_integer`), the preprocessing contract and provenance in
-    metadata_props."""
+    :mod:`ssrconv.converters.onnx_int8`; int8-integer and int16x8: the integer-only TFLite file
+    as QDQ, see :mod:`ssrconv.converters.onnx_integer`) at the row's opset, the preprocessing
+    contract and provenance in metadata_props."""
     import onnx
 
-    extra = {"opset": int(options.opset)}
+    from ssrconv.converters import onnx_integer
+
+    opset = target.opset(options.opset)
+    extra = {"opset": opset}
     producer = "ssrconv (tf2onnx)"
     if target.precision == "int8":
         from ssrconv.converters import onnx_int8
 
         proto = onnx_int8.convert_int8(
-            model, calibration, lambda keras_model: to_proto(keras_model, options.opset, options.batch))
+            model, calibration, lambda keras_model: to_proto(keras_model, opset, options.batch))
         extra["int8_recipe"] = onnx_int8.INT8_RECIPE
         producer += " + onnxruntime.quantization"
-    elif target.precision == "int8-integer":
-        from ssrconv.converters import onnx_integer
-
-        proto, integer_info = onnx_integer.convert_int8_integer(model, calibration, options.batch)
+    elif target.precision in onnx_integer.RECIPES:
+        proto, info = onnx_integer.convert_integer(model, target.precision, calibration, opset,
+                                                   options.batch)
         canonical_names(proto)
-        extra = {"opset": onnx_integer.OPSET,  # int16 QDQ needs 21, whatever --opset says
-                 "int8_recipe": onnx_integer.RECIPE,
-                 "fine_tuning": {**integer_info["fine_tuning"], "cache": integer_info["cache"]}}
+        extra["int8_recipe"] = onnx_integer.RECIPES[target.precision]
+        if "fine_tuning" in info:
+            extra["fine_tuning"] = {**info["fine_tuning"], "cache": info["cache"]}
         producer += " from the integer-only TFLite file"
     else:
-        proto = to_proto(model, options.opset, options.batch)
+        proto = to_proto(model, opset, options.batch)
     del proto.metadata_props[:]
     for key, value in metadata.items():
         entry = proto.metadata_props.add()

@@ -1,16 +1,23 @@
-"""Integer ONNX of SSR-Net (``--to onnx --precision int8-integer``): the integer-only TFLite
-file of :mod:`ssrconv.converters.tflite_qat` (int8 convolutions, int16 SSR head, fine-tuned by
-distillation) converted by tf2onnx's TFLite path, which writes every quantized TFLite tensor as
-QuantizeLinear -> DequantizeLinear around the operators, so the ONNX file carries the same
-learned integers (one recipe, one cache entry: docs/INT8.md, "Integer ONNX").
+"""Integer ONNX of SSR-Net: an integer-only TFLite file converted by tf2onnx's TFLite path,
+which writes every quantized TFLite tensor as QuantizeLinear -> DequantizeLinear around the
+operators, so the ONNX file carries the same integers as the TFLite file (one recipe, one
+file: docs/INT8.md, "Integer ONNX"). The source file per precision (:data:`RECIPES`):
+
+- ``--to onnx --precision int8-integer``: the file of :mod:`ssrconv.converters.tflite_qat`
+  (int8 convolutions, int16 SSR head, fine-tuned by distillation; the same cache entry);
+- ``--to onnx --precision int16x8`` (A16W8): the 16x8 file of
+  :func:`ssrconv.converters.tflite_int8.convert_int16x8` (int16 activations everywhere, int8
+  per-channel weights), the form Qualcomm QNN and other ONNX-fed NPUs take.
 
 tf2onnx's output is completed by :func:`complete_qdq` so that every compute node reads its
 activations from DequantizeLinear and writes them only into QuantizeLinear (or works on integer
 tensors directly: the crop's Slice, the flattening Transpose/Reshape, the merge's
 Concat/Slice), what an ONNX-fed NPU compiler takes as an integer graph:
 
-- the int16 head's int64 biases become int32 (DequantizeLinear has no int64 input; the largest
-  is ~1.4e7 steps), and the opset becomes 21 (int16 QuantizeLinear/DequantizeLinear);
+- int64 biases (the int16 layers') become int32 (DequantizeLinear has no int64 input; the
+  original's largest is ~1.4e7 steps; a dead channel, int8 weights all zero, that TFLite
+  stored at an epsilon scale beyond int32 takes a live channel's scales), and the opset
+  becomes 21 (int16 QuantizeLinear/DequantizeLinear);
 - each FULLY_CONNECTED (tf2onnx: MatMul, then Add of the bias) becomes one Gemm with its bias
   as third input, the QDQ Gemm pattern;
 - a fused ReLU after a Conv/Gemm is dropped when its QuantizeLinear's zero point is the type's
@@ -30,25 +37,24 @@ import numpy as np
 
 from ssrconv.converters.tool import run_tool
 from ssrconv.errors import ConverterError, Int8RecipeError
+from ssrconv.targets import INT16_QDQ_OPSET
 
-OPSET = 21  # the first with int16 QuantizeLinear/DequantizeLinear
 IR_VERSION = 10  # opset 21's
-TF2ONNX_OPSET = 18  # the newest tf2onnx 1.17 writes; converted to OPSET after
+TF2ONNX_OPSET = 18  # the newest tf2onnx 1.17 writes; converted to the target's opset after
 
 
-def convert_int8_integer(model, calibration, batch: int | None = None):
-    """The integer ONNX ModelProto of ``model`` (the ``per-head-int8-integer`` fast graph) and
-    the TFLite recipe's info (``fine_tuning``, ``cache``): input ``face_bgr``, outputs named
-    as the model's; tf2onnx's generated names as it numbers them (the caller canonicalizes:
-    ``converters.onnx.canonical_names``)."""
+def convert_integer(model, precision: str, calibration, opset: int, batch: int | None = None):
+    """The integer ONNX ModelProto of ``model`` (the fast graph of the ``precision`` row:
+    ``int8-integer`` or ``int16x8``, a key of :data:`RECIPES`) at ``opset`` and what the TFLite
+    recipe reports (``fine_tuning`` and ``cache`` for int8-integer; nothing for 16x8): input
+    ``face_bgr``, outputs named as the model's; tf2onnx's generated names as it numbers them
+    (the caller canonicalizes: ``converters.onnx.canonical_names``)."""
     from ssrconv._extras import require
     from ssrconv.atomic import scratch_dir
-    from ssrconv.converters.tflite_qat import integer_file
     from ssrconv.formats.tflite_flatbuffer import fix_batch, load, signature_output_names
 
     require("tf2onnx", "export", "ONNX export")
-    # the TFLite export's own call: the same cache key, so either export reuses the other's file
-    tfl, info = integer_file(model, calibration)
+    tfl, info = _integer_tflite(model, precision, calibration)
     if batch is not None:
         tfl = fix_batch(tfl, batch)
     flat = load(tfl)
@@ -63,7 +69,7 @@ def convert_int8_integer(model, calibration, batch: int | None = None):
         _name_io(proto, heads)
         _canonical_order(proto)
         _name_dequantized(proto)
-        proto = complete_qdq(proto)
+        proto = complete_qdq(proto, opset)
     except KeyError as missing:  # a tf2onnx whose graph names or omits what these rewrites read
         import tf2onnx
 
@@ -74,6 +80,29 @@ def convert_int8_integer(model, calibration, batch: int | None = None):
     # as facts (onnx_int8.convert_int8 drops them too)
     del proto.graph.value_info[:]
     return proto, info
+
+
+def _integer_tflite(model, precision: str, calibration) -> tuple[bytes, dict]:
+    """The integer-only .tflite the ``precision`` row converts, by the TFLite export's own
+    call (int8-integer: the same cache key, so either export reuses the other's file), its
+    converters' prints and warnings silenced as the TFLite export silences them (Keras lists
+    every captured variable of the SavedModel it writes)."""
+    import contextlib
+    import io
+    import warnings
+
+    from ssrconv._imports import silenced_fd2
+
+    with silenced_fd2(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if precision == "int8-integer":
+            from ssrconv.converters.tflite_qat import integer_file
+
+            return integer_file(model, calibration)
+        from ssrconv.converters.tflite_int8 import convert_int16x8
+        from ssrconv.reference.model import outputs_as_dict
+
+        return convert_int16x8(outputs_as_dict(model), calibration.inputs), {}
 
 
 TF2ONNX_TIMEOUT_S = 900
@@ -236,21 +265,22 @@ class _Graph:
         return numpy_helper.to_array(self.inits[name])
 
 
-def complete_qdq(proto):
+def complete_qdq(proto, opset: int = INT16_QDQ_OPSET):
     """``proto`` (tf2onnx's conversion of an integer-only .tflite) rewritten so that every
     compute node sits between DequantizeLinear and QuantizeLinear (the module docstring lists
     the rewrites; each computes the same integers, Pow(x, -0.5) up to the last bit of a float
-    against 1 / sqrt(x)), at opset 21. Returns a new ModelProto (``proto`` is not changed)."""
+    against 1 / sqrt(x)), at ``opset`` (the row's: INT16_QDQ_OPSET or above, int16 QDQ).
+    Returns a new ModelProto (``proto`` is not changed)."""
     import onnx
     from onnx import version_converter
 
     original, proto = proto, onnx.ModelProto()
     proto.CopyFrom(original)  # the caller's graph stays as it was
-    _int64_biases_to_int32(proto)
     _matmul_add_to_gemm(proto)
+    _int64_biases_to_int32(proto)
     _qdq_relus(proto)
     _rsqrt_as_pow(proto)
-    proto = version_converter.convert_version(proto, OPSET)
+    proto = version_converter.convert_version(proto, opset)
     proto.ir_version = IR_VERSION
     return proto
 
@@ -269,9 +299,50 @@ def _int64_biases_to_int32(proto) -> None:
                 continue
             values = numpy_helper.to_array(tensor)
             if np.abs(values).max(initial=0) >= 2**31:
-                raise Int8RecipeError(f"integer ONNX: bias {name} needs more than int32 "
-                                      "(DequantizeLinear reads no int64)")
+                values = _dead_channels_rescaled(g, node, values)
             tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int32), name))
+
+
+def _dead_channels_rescaled(g: _Graph, bias_dq, values: np.ndarray) -> np.ndarray:
+    """The int64 bias ``values`` of ``bias_dq`` (read by a Conv/Gemm) in int32, when every
+    channel beyond int32 is dead: its int8 weights all zero. TFLite's quantizer gives such a
+    channel the scale epsilon (the PyTorch port's 16x8 file: weight scale 4.8e-36, bias scale
+    1.5e-40, the bias saturated at int64's maximum), so its bias in those units overflows. The
+    channel gets the weight and bias scales of the layer's widest channel within int32
+    instead: its weights are zero at any scale, its bias (~1e-21 there) rounds to the same
+    output integer (the port's layer is dead in every channel: its outputs are its biases).
+    Anything else beyond int32 is an Int8RecipeError."""
+    from onnx import numpy_helper
+
+    name = bias_dq.input[0]
+    reader = g.only_consumer(bias_dq.output[0])
+    weights = g.producer.get(reader.input[1]) if reader is not None and len(reader.input) > 2 else None
+    if (reader is None or reader.op_type not in ("Conv", "Gemm") or reader.input[2] != bias_dq.output[0]
+            or weights is None or weights.op_type != "DequantizeLinear"
+            or weights.input[0] not in g.inits):
+        raise Int8RecipeError(f"integer ONNX: bias {name} needs more than int32 "
+                              "(DequantizeLinear reads no int64)")
+    axis = next((a.i for a in weights.attribute if a.name == "axis"), 1)
+    kernel = g.constant(weights.input[0])
+    dead = ~np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1).any(axis=1)
+    w_scale, b_scale = g.constant(weights.input[1]).copy(), g.constant(bias_dq.input[1]).copy()
+    over = np.abs(values) >= 2**31
+    if (w_scale.size != values.size or b_scale.size != values.size or not dead[over].all()
+            or over.all() or any(len(g.consumers[n]) != 1
+                                 for n in (weights.input[1], bias_dq.input[1]))):
+        raise Int8RecipeError(f"integer ONNX: bias {name} needs more than int32 in a channel "
+                              "whose weights are not all zero (DequantizeLinear reads no "
+                              "int64); export --to tflite --precision int16x8 instead")
+    # any channel within int32 holds a consistent pair (bias scale = input scale x weight
+    # scale); the widest one (a live one when there is one)
+    donor = int(np.argmax(np.where(over, -np.inf, w_scale)))
+    real = values.astype(np.float64) * b_scale.astype(np.float64)
+    w_scale[over], b_scale[over] = w_scale[donor], b_scale[donor]
+    values = values.copy()
+    values[over] = np.round(real[over] / float(b_scale[donor])).astype(values.dtype)
+    for tensor_name, array in ((weights.input[1], w_scale), (bias_dq.input[1], b_scale)):
+        g.inits[tensor_name].CopyFrom(numpy_helper.from_array(array, tensor_name))
+    return values
 
 
 def _matmul_add_to_gemm(proto) -> None:
@@ -294,8 +365,10 @@ def _matmul_add_to_gemm(proto) -> None:
             continue
         gemm = onnx.helper.make_node("Gemm", [node.input[0], node.input[1], bias[0]],
                                      list(add.output), name=node.name)
-        node.CopyFrom(gemm)
-        drop.add(id(add))
+        # in the Add's place: the bias's DequantizeLinear may come after the MatMul (the 16x8
+        # graph's stage-3 deltas), never after the Add that reads it
+        add.CopyFrom(gemm)
+        drop.add(id(node))
     _remove(proto, drop)
 
 
@@ -388,12 +461,18 @@ def _rsqrt_as_pow(proto) -> None:
     _remove(proto, drop)
 
 
-RECIPE = (
-    "the tflite-int8-integer file (its recipe: int8 convolutions, the SSR head on int16 "
-    "activations, fine-tuned by distillation; the same cache entry) converted by tf2onnx's "
-    "TFLite path: every quantized tensor a QuantizeLinear/DequantizeLinear pair, every compute "
-    "node (Conv, Gemm, MatMul, MaxPool, Tanh, Mul, Add, Relu, Pow) between them, the crop, "
-    "flattening and merge slices on integer tensors; int8 per-channel weights, int32 biases, "
-    "int16 head activations (opset 21). Exact rewrites of tf2onnx's output: FULLY_CONNECTED as "
-    "Gemm, fused ReLUs dropped or given their own QDQ pair, RSQRT as Pow(x, -0.5), int64 head "
-    "biases as int32. See docs/INT8.md.")
+_QDQ = (
+    "converted by tf2onnx's TFLite path: every quantized tensor a QuantizeLinear/"
+    "DequantizeLinear pair, every compute node (Conv, Gemm, MaxPool, Tanh, Mul, Add, Relu, Pow) "
+    "between them, the crop, flattening and merge slices on integer tensors; opset 21 (int16 "
+    "QDQ). Exact rewrites of tf2onnx's output: FULLY_CONNECTED as Gemm, fused ReLUs dropped or "
+    "given their own QDQ pair, RSQRT as Pow(x, -0.5), int64 biases as int32. See docs/INT8.md.")
+# The manifest's int8_recipe of each precision this module converts (onnx.py dispatches on it).
+RECIPES = {
+    "int8-integer": "the tflite-int8-integer file (its recipe: int8 convolutions, int8 "
+                    "per-channel weights, int32 biases, the SSR head on int16 activations, "
+                    "fine-tuned by distillation; the same cache entry) " + _QDQ,
+    "int16x8": "A16W8: the tflite-int16x8 file (its recipe: int16 activations everywhere, int8 "
+               "per-channel weights, int64 biases; the SSR head's division as rsqrt(x)^2) "
+               + _QDQ,
+}

@@ -38,12 +38,13 @@ def _source_onnx(model, target, options, dest: Path, calibration, metadata) -> P
     from ssrconv.converters import onnx as onnx_converter
     from ssrconv.converters import onnx_int8
 
+    opset = target.opset(options.opset)
     if target.precision != "int8":
-        proto = onnx_converter.to_proto(model, options.opset, options.batch)
+        proto = onnx_converter.to_proto(model, opset, options.batch)
     else:
         proto = onnx_int8.convert_int8(model, calibration,
                                        lambda keras_model: onnx_converter.to_proto(keras_model,
-                                                                                   options.opset,
+                                                                                   opset,
                                                                                    options.batch))
     onnx.save(proto, str(dest))
     return dest
