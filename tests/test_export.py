@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,9 +218,9 @@ def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_
      "--opset 17: onnx-int8-integer is written at opset 21 only; pass --opset 21 or leave "
      "--opset out"),
     (["--to", "onnx", "--precision", "fp32", "--precision", "int16x8", "--opset", "13"],
-     "--opset 13: onnx-int16x8 is written at opset 21 only"),
-    (["--to", "onnx", "--opset", "5"], "--opset 5: onnx-fp32 is written at opset 7..21 only; "
-                                       "choose from 7..21"),
+     "--opset 13: onnx-int16x8 is written at opset 21 only; export them separately"),
+    (["--to", "onnx", "--opset", "5"], "--opset 5: onnx-fp32 is written at opset 7..18 only; "
+                                       "choose from 7..18"),
     (["--to", "tflite", "--opset", "17"], "--opset applies to the onnx-fp32, onnx-int8"),
 ])
 def test_bad_options_one_line_nothing_written(tmp_path, args, needle, cli):
@@ -249,6 +250,23 @@ def test_each_row_says_its_opsets_and_an_accepted_opset_is_used():
     assert [t.opset(options.opset) for t in options.targets] == [21, 21]
     mixed = ExportOptions(to=("onnx", "tflite"), precision=("fp32",), opset=13)
     assert [t.opset(mixed.opset) for t in mixed.targets] == [13, None]
+
+
+def test_the_tables_opsets_are_those_the_installed_tf2onnx_writes():
+    """TF2ONNX_OPSETS's last is the newest opset tf2onnx writes (its OPSET_TO_IR_VERSION, read
+    from its source: importing tf2onnx imports TensorFlow), so an accepted --opset never fails
+    inside tf2onnx after TensorFlow has loaded."""
+    import ast
+    import importlib.util
+
+    from ssrconv.targets import TF2ONNX_OPSETS
+
+    path = Path(importlib.util.find_spec("tf2onnx").submodule_search_locations[0]) / "constants.py"
+    tree = ast.parse(path.read_text())
+    table = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                 if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "OPSET_TO_IR_VERSION" for t in node.targets))
+    assert TF2ONNX_OPSETS == (TF2ONNX_OPSETS[0], max(table)) and TF2ONNX_OPSETS[0] in table
 
 
 def test_bad_paths_one_line_nothing_written(tmp_path, assets_dir, cli):

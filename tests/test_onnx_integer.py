@@ -212,6 +212,11 @@ def test_a_dead_channels_overflowing_bias_gets_a_live_channels_scales():
     with pytest.raises(Int8RecipeError, match="not all zero"):
         complete_qdq(_dense(rng.integers(1, 100, (4, 3)), [0.01, 0.02, 0.03], live,
                             [5e-4, 1e-3, 1.5e-3]))
+    # a layer dead throughout at epsilon scales: no channel's scale brings the bias within
+    # int32, refused (a cast would have wrapped int64's maximum to -1)
+    tiny = np.array([0, np.iinfo(np.int64).max, 0], np.int64)
+    with pytest.raises(Int8RecipeError, match="at any of its channels' scales"):
+        complete_qdq(_dense(zero, [4.8e-36] * 3, tiny, [1.5e-40] * 3))
 
 
 def test_manifest_counts_a_float_node_as_float():

@@ -23,7 +23,7 @@ from ssrconv.targets import (
     DEFAULT_OPSET,
     ENGINES,
     FAMILIES,
-    INT16_QDQ_OPSET,
+    TF2ONNX_OPSETS,
     INT8_IO_TYPES,
     PRECISIONS,
     REFERENCE_ENGINES,
@@ -152,8 +152,10 @@ def _split_weights(values: tuple[str, ...], arch: str | None = None
 @click.option("--opset", type=int, default=None,
               help="ONNX opset of the targets written through ONNX ("
                    + ", ".join(dict.fromkeys(t.format.title for t in targets_taking("opset")))
-                   + f"). Default: {DEFAULT_OPSET}; the integer ONNX targets (int16 QDQ) are "
-                   f"opset {INT16_QDQ_OPSET} only.")
+                   + f"). Default: {DEFAULT_OPSET}, within each target's opsets ("
+                   + ", ".join(f"{t.key} {t.opsets_in_words()}" for t in targets_taking("opset")
+                               if t.opsets != TF2ONNX_OPSETS)
+                   + f"; the others {TF2ONNX_OPSETS[0]}..{TF2ONNX_OPSETS[1]}).")
 @click.option("--int8-io", type=click.Choice(INT8_IO_TYPES), default="float32",
               show_default=True, help="Input type of the tflite int8 model (uint8: camera bytes); outputs stay float32.")
 @click.option("--image-input", is_flag=True,

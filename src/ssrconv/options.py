@@ -11,6 +11,7 @@ from ssrconv.errors import OptionsError
 from ssrconv.reference import TASKS
 from ssrconv.targets import (
     CALIBRATED_PRECISIONS,
+    DEFAULT_OPSET,
     DEFAULT_PRECISION,
     FAMILIES,
     OPT_IN_FAMILIES,
@@ -92,7 +93,11 @@ class ExportOptions:
         set_(self, "precision", precision)
         set_(self, "out", Path(self.out).expanduser())
         if self.opset is not None:
-            set_(self, "opset", int(self.opset))
+            try:
+                set_(self, "opset", int(self.opset))
+            except (TypeError, ValueError):
+                raise OptionsError(f"--opset {self.opset!r}: give an integer, e.g. "
+                                   f"{DEFAULT_OPSET}") from None
         if self.calibration is not None:
             set_(self, "calibration", Path(self.calibration).expanduser())
         set_(self, "targets", tuple(self._select_targets()))
@@ -136,13 +141,18 @@ class ExportOptions:
                                f"{'s' if len(takers) > 1 else ''} only")
         if self.opset is None:
             return
-        for target in self.targets:
-            first, last = target.opsets
-            if "opset" in target.options and not first <= self.opset <= last:
-                words = target.opsets_in_words()
-                choice = f"pass --opset {first}" if first == last else f"choose from {words}"
+        takers = [t for t in self.targets if "opset" in t.options]
+        # the opsets every chosen row can be written at (the advice must hold for all of them)
+        first = max(t.opsets[0] for t in takers)
+        last = min(t.opsets[1] for t in takers)
+        for target in takers:
+            if not target.opsets[0] <= self.opset <= target.opsets[1]:
+                choice = ("export them separately" if first > last else
+                          f"pass --opset {first}" if first == last else
+                          f"choose from {first}..{last}")
                 raise OptionsError(f"--opset {self.opset}: {target.key} is written at opset "
-                                   f"{words} only; {choice} or leave --opset out")
+                                   f"{target.opsets_in_words()} only; {choice} or leave "
+                                   "--opset out")
 
     def check_paths(self) -> None:
         """Check the output directory is writable and the calibration directory usable,

@@ -27,10 +27,11 @@ PRECISIONS = ("fp32", "fp16", "bf16", "dynamic", "int8", "int8-integer", "int16x
 # Precisions whose export calibrates activation ranges (on --calibration faces or data-free).
 CALIBRATED_PRECISIONS = ("int8", "int8-integer", "int16x8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
-# ONNX opsets: those tf2onnx 1.17 writes (first, last), the one an export uses when --opset is
-# not given (where the row's range allows it), and the first with int16 QuantizeLinear/
-# DequantizeLinear (the integer ONNX rows' int16 tensors need it).
-TF2ONNX_OPSETS = (7, 21)
+# ONNX opsets: those tf2onnx 1.17 writes (first, last: its constants.OPSET_TO_IR_VERSION), the
+# one an export uses when --opset is not given (where the row's range allows it), and the first
+# with int16 QuantizeLinear/DequantizeLinear (the integer ONNX rows' int16 tensors need it:
+# written by tf2onnx at its last, then converted by onnx's version converter).
+TF2ONNX_OPSETS = (7, 18)
 DEFAULT_OPSET = 17
 INT16_QDQ_OPSET = 21
 # Weights files (the original .h5, the ports' .pth/.pt/.params): not artifacts, the reference
@@ -325,7 +326,7 @@ class Target:
         return int(asked) if asked is not None else min(max(DEFAULT_OPSET, first), last)
 
     def opsets_in_words(self) -> str:
-        """``opsets`` as a user reads it: "21", "7..21"."""
+        """``opsets`` as a user reads it: "21", "7..18"."""
         first, last = self.opsets
         return str(first) if first == last else f"{first}..{last}"
 
@@ -353,8 +354,8 @@ class Target:
 # The options of every target written through a tf2onnx graph (ONNX itself, and the formats
 # converted from it).
 ONNX_OPTIONS = ("opset",)
-# The integer ONNX rows: int16 QDQ tensors, opset INT16_QDQ_OPSET (tf2onnx's last) and no other.
-INTEGER_ONNX_OPSETS = (INT16_QDQ_OPSET, TF2ONNX_OPSETS[1])
+# The integer ONNX rows: int16 QDQ tensors, opset INT16_QDQ_OPSET and no other.
+INTEGER_ONNX_OPSETS = (INT16_QDQ_OPSET, INT16_QDQ_OPSET)
 
 # The 16x8 targets' distill_output_weight: tflite-int16x8 and ethos-u-int16x8 convert one file.
 DISTILL_OUTPUT_WEIGHT_16X8 = 1.0

@@ -37,10 +37,9 @@ import numpy as np
 
 from ssrconv.converters.tool import run_tool
 from ssrconv.errors import ConverterError, Int8RecipeError
-from ssrconv.targets import INT16_QDQ_OPSET
+from ssrconv.targets import INT16_QDQ_OPSET, TF2ONNX_OPSETS
 
 IR_VERSION = 10  # opset 21's
-TF2ONNX_OPSET = 18  # the newest tf2onnx 1.17 writes; converted to the target's opset after
 
 
 def convert_integer(model, precision: str, calibration, opset: int, batch: int | None = None):
@@ -54,7 +53,9 @@ def convert_integer(model, precision: str, calibration, opset: int, batch: int |
     from ssrconv.formats.tflite_flatbuffer import fix_batch, load, signature_output_names
 
     require("tf2onnx", "export", "ONNX export")
-    tfl, info = _integer_tflite(model, precision, calibration)
+    from ssrconv.converters.tflite import integer_source
+
+    tfl, info = integer_source(model, precision, calibration)
     if batch is not None:
         tfl = fix_batch(tfl, batch)
     flat = load(tfl)
@@ -82,29 +83,6 @@ def convert_integer(model, precision: str, calibration, opset: int, batch: int |
     return proto, info
 
 
-def _integer_tflite(model, precision: str, calibration) -> tuple[bytes, dict]:
-    """The integer-only .tflite the ``precision`` row converts, by the TFLite export's own
-    call (int8-integer: the same cache key, so either export reuses the other's file), its
-    converters' prints and warnings silenced as the TFLite export silences them (Keras lists
-    every captured variable of the SavedModel it writes)."""
-    import contextlib
-    import io
-    import warnings
-
-    from ssrconv._imports import silenced_fd2
-
-    with silenced_fd2(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if precision == "int8-integer":
-            from ssrconv.converters.tflite_qat import integer_file
-
-            return integer_file(model, calibration)
-        from ssrconv.converters.tflite_int8 import convert_int16x8
-        from ssrconv.reference.model import outputs_as_dict
-
-        return convert_int16x8(outputs_as_dict(model), calibration.inputs), {}
-
-
 TF2ONNX_TIMEOUT_S = 900
 
 
@@ -121,7 +99,7 @@ def _from_tflite(source: Path, dest: Path):
     import onnx
 
     command = [sys.executable, "-m", "tf2onnx.convert", "--tflite", str(source), "--output",
-               str(dest), "--opset", str(TF2ONNX_OPSET)]
+               str(dest), "--opset", str(TF2ONNX_OPSETS[1])]
     env = {**os.environ, "PYTHONHASHSEED": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     run_tool(command, "tf2onnx on the integer TFLite file", TF2ONNX_TIMEOUT_S, env=env)
     proto = onnx.load(str(dest))
@@ -299,6 +277,10 @@ def _int64_biases_to_int32(proto) -> None:
                 continue
             values = numpy_helper.to_array(tensor)
             if np.abs(values).max(initial=0) >= 2**31:
+                if name != node.input[0]:
+                    raise Int8RecipeError(f"integer ONNX: zero point {name} needs more than "
+                                          "int32; export --to tflite at the same precision "
+                                          "instead")
                 values = _dead_channels_rescaled(g, node, values)
             tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int32), name))
 
@@ -315,13 +297,16 @@ def _dead_channels_rescaled(g: _Graph, bias_dq, values: np.ndarray) -> np.ndarra
     from onnx import numpy_helper
 
     name = bias_dq.input[0]
+    refusal = (f"integer ONNX: bias {name} needs more than int32 (DequantizeLinear reads no "
+               "int64)")
+    action = "; export --to tflite at the same precision instead"
     reader = g.only_consumer(bias_dq.output[0])
-    weights = g.producer.get(reader.input[1]) if reader is not None and len(reader.input) > 2 else None
-    if (reader is None or reader.op_type not in ("Conv", "Gemm") or reader.input[2] != bias_dq.output[0]
-            or weights is None or weights.op_type != "DequantizeLinear"
-            or weights.input[0] not in g.inits):
-        raise Int8RecipeError(f"integer ONNX: bias {name} needs more than int32 "
-                              "(DequantizeLinear reads no int64)")
+    weights = (g.producer.get(reader.input[1])
+               if reader is not None and len(reader.input) > 2 else None)
+    if (weights is None or reader.op_type not in ("Conv", "Gemm")
+            or reader.input[2] != bias_dq.output[0] or weights.op_type != "DequantizeLinear"
+            or weights.input[0] not in g.inits or len(g.consumers[name]) != 1):
+        raise Int8RecipeError(refusal + action)
     axis = next((a.i for a in weights.attribute if a.name == "axis"), 1)
     kernel = g.constant(weights.input[0])
     dead = ~np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1).any(axis=1)
@@ -330,16 +315,17 @@ def _dead_channels_rescaled(g: _Graph, bias_dq, values: np.ndarray) -> np.ndarra
     if (w_scale.size != values.size or b_scale.size != values.size or not dead[over].all()
             or over.all() or any(len(g.consumers[n]) != 1
                                  for n in (weights.input[1], bias_dq.input[1]))):
-        raise Int8RecipeError(f"integer ONNX: bias {name} needs more than int32 in a channel "
-                              "whose weights are not all zero (DequantizeLinear reads no "
-                              "int64); export --to tflite --precision int16x8 instead")
+        raise Int8RecipeError(refusal + " in a channel whose weights are not all zero" + action)
     # any channel within int32 holds a consistent pair (bias scale = input scale x weight
     # scale); the widest one (a live one when there is one)
     donor = int(np.argmax(np.where(over, -np.inf, w_scale)))
     real = values.astype(np.float64) * b_scale.astype(np.float64)
     w_scale[over], b_scale[over] = w_scale[donor], b_scale[donor]
     values = values.copy()
-    values[over] = np.round(real[over] / float(b_scale[donor])).astype(values.dtype)
+    rescaled = np.round(real[over] / float(b_scale[donor]))
+    if np.abs(rescaled).max() >= 2**31:  # the donor's scale is as small (a layer dead throughout)
+        raise Int8RecipeError(refusal + " at any of its channels' scales" + action)
+    values[over] = rescaled.astype(values.dtype)
     for tensor_name, array in ((weights.input[1], w_scale), (bias_dq.input[1], b_scale)):
         g.inits[tensor_name].CopyFrom(numpy_helper.from_array(array, tensor_name))
     return values

@@ -52,20 +52,20 @@ def _converter(model, target, options, calibration):
 
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` to a .tflite at ``dest`` for ``target.precision``."""
-    from ssrconv._imports import silenced_fd2
+    if target.precision in INTEGER_PRECISIONS:
+        flatbuffer, integer_info = integer_source(model, target.precision, calibration,
+                                                  options.int8_io)
+        if target.precision == "int8-integer":
+            from ssrconv.converters.tflite_bands import band_rows
 
-    # The MLIR converter and calibrator print diagnostics from C++ ("fully_quantize: 0, ...")
-    # and a UserWarning about input statistics; failures still raise ConverterError.
-    with silenced_fd2(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if target.precision == "int8":
-            flatbuffer = _convert_int8(model, options, calibration)
-        elif target.precision == "int16x8":
-            flatbuffer = _convert_int16x8(model, calibration)
-        elif target.precision == "int8-integer":
-            flatbuffer, integer_info = _convert_int8_integer(model, options, calibration)
-        else:
-            flatbuffer = _converter(model, target, options, calibration).convert()
+            # the same outputs bit for bit; TFLite Micro's arena 198,176 -> 125,376 bytes
+            flatbuffer = band_rows(flatbuffer)
+    else:
+        with _converters_silenced():
+            if target.precision == "int8":
+                flatbuffer = _convert_int8(model, options, calibration)
+            else:
+                flatbuffer = _converter(model, target, options, calibration).convert()
     # int8: the float parts (first conv blocks, SSR head) keep float32 arithmetic but store their
     # weights as float16: a third fewer bytes; the age p99 moves within the recipe's noise
     # (0.86 -> 0.68 y on session 9's file: docs/INT8.md, "The one face whose gender flips").
@@ -147,27 +147,43 @@ INT8_INTEGER_RECIPE = (
     "distilled inputs and seeded variations of them). Cached by content hash. See docs/INT8.md.")
 
 
-def _convert_int8_integer(model, options, calibration) -> tuple[bytes, dict]:
-    """:func:`ssrconv.converters.tflite_qat.integer_file` with the ``--int8-io`` type, its
-    first convolutions computed in row bands (:func:`ssrconv.converters.tflite_bands.band_rows`:
-    the same outputs bit for bit, TFLite Micro's arena 198,176 -> 125,376 bytes)."""
-    from ssrconv.converters.tflite_bands import band_rows
-    from ssrconv.converters.tflite_qat import integer_file
-
-    flatbuffer, info = integer_file(model, calibration, input_type=options.int8_io)
-    return band_rows(flatbuffer), info
+# The precisions whose file is integer-only, made by integer_source (also the integer ONNX
+# rows' source: ssrconv.converters.onnx_integer).
+INTEGER_PRECISIONS = ("int8-integer", "int16x8")
 
 
-def _convert_int16x8(model, calibration) -> bytes:
-    """:func:`ssrconv.converters.tflite_int8.convert_int16x8`, outputs named by a dict
+@contextlib.contextmanager
+def _converters_silenced():
+    """The MLIR converter and calibrator print diagnostics from C++ ("fully_quantize: 0, ...")
+    and Python warnings (input statistics; Keras lists every captured variable of the
+    SavedModel it writes); failures still raise ConverterError."""
+    from ssrconv._imports import silenced_fd2
+
+    with silenced_fd2(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def integer_source(model, precision: str, calibration,
+                   input_type: str = "float32") -> tuple[bytes, dict]:
+    """The integer-only flatbuffer of the ``precision`` row (INTEGER_PRECISIONS) and its
+    fine-tuning info, before the TFLite export's layout passes (row bands, compaction, a fixed
+    batch): int8-integer: :func:`ssrconv.converters.tflite_qat.integer_file` with the
+    ``input_type`` (``--int8-io``; cached by content); int16x8:
+    :func:`ssrconv.converters.tflite_int8.convert_int16x8`, outputs named by a dict
     (:func:`ssrconv.reference.model.outputs_as_dict`: an unnamed wrapper's ``functional_<n>``
     had put in the file's tensor names how many Keras models the process had built: the MXNet
     pair's data-free 16x8 file was 158,856 bytes when the export distilled its inputs, 158,696
-    on a cache hit, same numbers)."""
-    from ssrconv.converters.tflite_int8 import convert_int16x8
-    from ssrconv.reference.model import outputs_as_dict
+    on a cache hit, same numbers). The TFLite export and the integer ONNX rows both call it."""
+    with _converters_silenced():
+        if precision == "int8-integer":
+            from ssrconv.converters.tflite_qat import integer_file
 
-    return convert_int16x8(outputs_as_dict(model), calibration.inputs)
+            return integer_file(model, calibration, input_type=input_type)
+        from ssrconv.converters.tflite_int8 import convert_int16x8
+        from ssrconv.reference.model import outputs_as_dict
+
+        return convert_int16x8(outputs_as_dict(model), calibration.inputs), {}
 
 
 def _convert_int8(model, options, calibration) -> bytes:

@@ -23,10 +23,10 @@ import numpy as np
 
 from ssrconv.formats.tflite_flatbuffer import operators, opcode_index, pack, schema
 
-# A conv output larger than this (elements: bytes at int8, batch 1) is computed in as few
-# bands as keep each under it: SSR-Net's relu stream's first conv (60x60x32) in 4 bands, the
-# tanh stream's (60x60x16) in 2, bands of 28,800 bytes, about the next largest map's (28x28x32,
-# 25,088). The age+gender int8-integer file's arena by this bound (docs/INT8.md, "TFLite Micro
+# A conv output larger than this (elements: bytes at int8, batch 1) is computed in
+# ceil(output / BAND_BYTES) bands of its pool's rows, each about this size: SSR-Net's relu
+# stream's first conv (60x60x32) in 4 bands (16, 16, 14, 14 conv rows: 30,720 bytes the
+# largest), the tanh stream's (60x60x16) in 2, about the next largest map's (28x28x32, 25,088). The age+gender int8-integer file's arena by this bound (docs/INT8.md, "TFLite Micro
 # arena"): 20,000: 131,280 bytes; 30,000: 125,376; 40,000: 132,720; 60,000: 144,400; each band
 # costs flash and the arena's persistent part (module docstring).
 BAND_BYTES = 30_000
@@ -132,8 +132,8 @@ def _split(rows: int, bands: int) -> list[tuple[int, int]]:
 
 def band_rows(tfl: bytes, band_bytes: int = BAND_BYTES) -> bytes:
     """``tfl`` with each conv + pool pair whose conv writes more than ``band_bytes`` elements
-    computed in bands of rows, as few as keep each band's conv output within ``band_bytes``
-    (module docstring); ``tfl`` itself when there is none. The same function, bit for bit, on
+    computed in ceil(conv output / ``band_bytes``) bands of the pool's rows, each band's conv
+    output about ``band_bytes`` (module docstring); ``tfl`` itself when there is none. The same function, bit for bit, on
     any batch size."""
     fb = schema()
     model, sg, ops = operators(tfl)
