@@ -206,19 +206,24 @@ def test_pytorch_ports_16x8_file_is_within_the_int8_budget(exported, ports_dir, 
 
 
 @pytest.mark.slow
-def test_mxnet_pairs_data_free_16x8_file_is_within_the_int8_budget(exported, ports_dir, faces_dir,
-                                                                  tmp_path, capsys):
-    """The MXNet pair's 16x8 file calibrated data-free holds the int8 budget on its aligned
-    faces, on LiteRT's builtin kernels and on TFLite Micro. It measured mean 0.17 / p99 1.34 /
-    max 2.54 y while the distilled inputs matched BatchNorm statistics alone: they spanned
-    10-55 y of output and reached a third to a tenth of the ranges the faces reach in the age
-    head's stage-1 tensors; each input now also gets a target output spread over [0, V]
-    (calibration.distill_inputs; docs/INT8.md, "The MXNet pair's data-free 16x8 file")."""
+@pytest.mark.parametrize("key, engines", [("tflite-int16x8", {"tflite-builtin", "tflite-micro"}),
+                                          ("tflite-int8-integer", {"tflite+xnnpack", "tflite-micro"})])
+def test_mxnet_pairs_data_free_integer_files_are_within_the_int8_budget(
+        exported, ports_dir, faces_dir, tmp_path, capsys, key, engines):
+    """The MXNet pair's integer files calibrated data-free hold the int8 budget on its aligned
+    faces, on LiteRT (XNNPACK for the int8 convolutions, builtin kernels for int16) and on
+    TFLite Micro. The 16x8 file measured mean 0.17 / p99 1.34 / max 2.54 y, the int8-integer
+    file 0.33 / 1.38 / 3.1 y, while the distilled inputs matched BatchNorm statistics alone:
+    they spanned 10-55 y of output and reached a third to a tenth of the ranges the faces reach
+    in the age head's stage-1 tensors; each input now also gets a target output spread over
+    [0, V] (calibration.distill_inputs; docs/INT8.md, "The MXNet pair's data-free 16x8 file"),
+    and the int8-integer file's average pools are clipped (tflite_qat.RECIPE_DATA_FREE; "Every
+    member's data-free int8-integer file")."""
     import json
 
     from ssrconv.calibration import DATA_FREE_KIND
 
-    artifact = exported("tflite-int16x8", age_weights=str(ports_dir / MX_AGE),
+    artifact = exported(key, age_weights=str(ports_dir / MX_AGE),
                         gender_weights=str(ports_dir / MX_GENDER), calibration=None)
     assert artifact.manifest["calibration"]["kind"] == DATA_FREE_KIND
     assert artifact.manifest["calibration"]["output_targets"] == ["age", "p_male"]
@@ -227,7 +232,7 @@ def test_mxnet_pairs_data_free_16x8_file_is_within_the_int8_budget(exported, por
     _cli(["parity", "--model", artifact.path, "--faces", faces_dir, "--synthetic", "0",
           "--engines", "litert,tflite-micro", "--json", report], capsys)
     results = json.loads(report.read_text())["results"]
-    assert {r["engine"] for r in results} == {"tflite-builtin", "tflite-micro"}
+    assert {r["engine"] for r in results} == engines
     for r in results:
         assert r["crop_rule"] == "align5-arcface112" and r["faces"] == 300
         assert r["budget"]["p99_age"] == 1.0 and r["budget"]["max_age"] == 2.5
