@@ -373,7 +373,7 @@ TARGETS: dict[str, Target] = {
                # and the MXNet pair's files are within the int8 budget calibrated on faces and
                # data-free (recipe version 9, data-free, XNNPACK: 0.19 / 0.73 / 0.87 y and
                # 0.23 / 0.95 / 1.7, mean / p99 / max), but the PyTorch port's is not
-               # (faces-calibrated 0.43 / 1.33 / 1.65, data-free about 0.5 / 2 / 7: the int8
+               # (faces-calibrated 0.43 / 1.33 / 1.65, data-free 0.50 / 2.5 / 7.7: the int8
                # rounding of its maps); its export costs ~55 CPU-s data-free (+~50 for a
                # distillation of its own), ~3.5 CPU-minutes on faces (fine-tuning)
                # (docs/INT8.md, "Every member's data-free int8-integer file").
