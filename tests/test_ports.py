@@ -152,18 +152,20 @@ def test_every_members_calibrated_targets_convert_its_fast_graph(tmp_path, membe
                                              None)
 
 
-def test_16x8_graph_splits_only_a_delta_wider_than_the_originals(ports_dir, faces):
-    """The 16x8 graph computes the PyTorch port's stage-1 delta (640 products) as four Dense
-    outputs, one per group of its weights by magnitude, summed by weights 1: the same
-    function, and a per-channel int8 scale per group (one scale for the 640 weights cost
-    the port's 16x8 file p99 1.05 y). The 160-wide deltas (the port's stages 2-3, every
+@pytest.mark.parametrize("name", ["per-head-integer", "per-head-int8-integer"])
+def test_integer_graphs_split_only_a_delta_wider_than_the_originals(ports_dir, faces, name):
+    """The integer graphs (16x8 and int8-integer) compute the PyTorch port's stage-1 delta
+    (640 products) as four Dense outputs, one per group of its weights by magnitude, summed
+    by weights 1: the same function, and a per-channel int8 scale per group (one scale for
+    the 640 weights cost the port's 16x8 file p99 1.05 y; its int8-integer file, calibrated
+    on faces, p99 1.53 -> 1.33 y). The 160-wide deltas (the port's stages 2-3, every
     original delta) stay one Dense: grouped, the original's data-free file measured worse
     (docs/INT8.md, "The 16x8 file")."""
     from ssrconv.graph import VARIANTS
     from ssrconv.graph.builder import build_export_graph, check_exact
     from ssrconv.reference import load_reference
 
-    variant = VARIANTS["per-head-integer"]
+    variant = VARIANTS[name]
     assert variant.delta_scale_groups == 4
     task, reference, model = _port_reference(ports_dir, (PTH,))
     fast = build_export_graph(model, task, variant, reference.members)
@@ -204,28 +206,54 @@ def test_pytorch_ports_16x8_file_is_within_the_int8_budget(exported, ports_dir, 
 
 
 @pytest.mark.slow
-def test_mxnet_pairs_data_free_16x8_file_is_within_the_int8_budget(exported, ports_dir, faces_dir,
-                                                                  tmp_path, capsys):
-    """The MXNet pair's 16x8 file calibrated data-free holds the int8 budget on its aligned
-    faces, on LiteRT's builtin kernels and on TFLite Micro. It measured mean 0.17 / p99 1.34 /
-    max 2.54 y while the distilled inputs matched BatchNorm statistics alone: they spanned
-    10-55 y of output and reached a third to a tenth of the ranges the faces reach in the age
-    head's stage-1 tensors; each input now also gets a target output spread over [0, V]
-    (calibration.distill_inputs; docs/INT8.md, "The MXNet pair's data-free 16x8 file")."""
-    import json
-
+@pytest.mark.parametrize("key, engines", [("tflite-int16x8", {"tflite-builtin", "tflite-micro"}),
+                                          ("tflite-int8-integer", {"tflite+xnnpack", "tflite-micro"})])
+def test_mxnet_pairs_data_free_integer_files_are_within_the_int8_budget(
+        exported, ports_dir, faces_dir, tmp_path, capsys, key, engines):
+    """The MXNet pair's integer files calibrated data-free hold the int8 budget on its aligned
+    faces, on LiteRT (XNNPACK for the int8 convolutions, builtin kernels for int16) and on
+    TFLite Micro. The 16x8 file measured mean 0.17 / p99 1.34 / max 2.54 y, the int8-integer
+    file 0.33 / 1.38 / 3.1 y, while the distilled inputs matched BatchNorm statistics alone:
+    they spanned 10-55 y of output and reached a third to a tenth of the ranges the faces reach
+    in the age head's stage-1 tensors; each input now also gets a target output spread over
+    [0, V] (calibration.distill_inputs; docs/INT8.md, "The MXNet pair's data-free 16x8 file"),
+    and the int8-integer file's average pools are clipped (tflite_qat.RECIPE_DATA_FREE; "Every
+    member's data-free int8-integer file")."""
     from ssrconv.calibration import DATA_FREE_KIND
 
-    artifact = exported("tflite-int16x8", age_weights=str(ports_dir / MX_AGE),
+    artifact = exported(key, age_weights=str(ports_dir / MX_AGE),
                         gender_weights=str(ports_dir / MX_GENDER), calibration=None)
     assert artifact.manifest["calibration"]["kind"] == DATA_FREE_KIND
     assert artifact.manifest["calibration"]["output_targets"] == ["age", "p_male"]
+    _assert_mxnet_integer_file_within_budget(artifact, faces_dir, tmp_path, capsys, engines)
+
+
+@pytest.mark.slow
+def test_mxnet_pairs_int8_integer_file_calibrated_on_faces_is_within_the_int8_budget(
+        exported, ports_dir, faces_dir, tmp_path, capsys):
+    """The MXNet pair's int8-integer file calibrated (and fine-tuned) on its aligned faces holds
+    the int8 budget on XNNPACK and TFLite Micro (measured 0.26 / 0.88 / 0.94 y and 0.25 / 0.95
+    / 1.2 y; docs/INT8.md, "Every member's data-free int8-integer file")."""
+    artifact = exported("tflite-int8-integer", age_weights=str(ports_dir / MX_AGE),
+                        gender_weights=str(ports_dir / MX_GENDER))
+    assert artifact.manifest["calibration"]["crop_rule"] == "align5-arcface112"
+    assert artifact.manifest["fine_tuning"]["steps"] > 0
+    _assert_mxnet_integer_file_within_budget(artifact, faces_dir, tmp_path, capsys,
+                                             {"tflite+xnnpack", "tflite-micro"})
+
+
+def _assert_mxnet_integer_file_within_budget(artifact, faces_dir, tmp_path, capsys, engines):
+    """``ssrconv parity`` of the MXNet pair's integer ``artifact`` on LiteRT and TFLite Micro:
+    one row per engine in ``engines``, each on the 300 faces aligned by 5 points, within the
+    int8 budget (tail included)."""
+    import json
+
     assert artifact.manifest["integer_only"] is True
     report = tmp_path / "parity.json"
     _cli(["parity", "--model", artifact.path, "--faces", faces_dir, "--synthetic", "0",
           "--engines", "litert,tflite-micro", "--json", report], capsys)
     results = json.loads(report.read_text())["results"]
-    assert {r["engine"] for r in results} == {"tflite-builtin", "tflite-micro"}
+    assert {r["engine"] for r in results} == engines
     for r in results:
         assert r["crop_rule"] == "align5-arcface112" and r["faces"] == 300
         assert r["budget"]["p99_age"] == 1.0 and r["budget"]["max_age"] == 2.5

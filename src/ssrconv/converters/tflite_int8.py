@@ -218,13 +218,16 @@ def convert_int8(model, calibration_inputs: np.ndarray, dynamic_batch: bool = Tr
 
 
 def edit_ranges(calibrated: bytes, inner, cal: np.ndarray, tanh_clip: float | None = TANH_CLIP,
-                mse_clip: bool = True, domains: dict | None = None) -> tuple[bytes, dict]:
+                mse_clip: bool = True, domains: dict | None = None,
+                clip_pools: bool = False) -> tuple[bytes, dict]:
     """Step 4 of the recipe on a calibrate-only flatbuffer of ``inner`` (TFLite's MinMax
     statistics on every tensor): the ranges of tanh inputs (and, through max pools, of their
     producers: the same scale) clipped to [-tanh_clip, tanh_clip], relu outputs' maxima at
     their quantization-MSE-optimal clip on ``cal``, and each output named in ``domains``
-    (signature name -> (min, max)) given that range. Returns the edited flatbuffer and the
-    relu clips chosen (layer name -> max)."""
+    (signature name -> (min, max)) given that range; with ``clip_pools`` the average pools'
+    outputs (the rewrite's "_dw" depthwise convolutions) at theirs as well (data-free: the
+    distilled inputs' first pool spans 1.7 times the faces' range; docs/INT8.md, "The other
+    family members"). Returns the edited flatbuffer and the clips chosen (layer name -> max)."""
     keras = _keras()
     g, sg, ops = operators(calibrated)
     ol = _op_layers(sg, ops, [layer.name for layer in inner.layers])
@@ -248,8 +251,10 @@ def edit_ranges(calibrated: bytes, inner, cal: np.ndarray, tanh_clip: float | No
             is_relu_act = isinstance(l, keras.layers.Activation) and l.get_config()["activation"] == "relu"
             is_relu_conv = type(l) is keras.layers.Conv2D and l.get_config()["activation"] == "relu"
             # The average pools (DepthwiseConv2D "_dw" layers: not Conv2D subclasses in Keras 3)
-            # are not clipped: their inputs' clipped relu ranges bound them (docs/INT8.md).
-            if (is_relu_act or is_relu_conv) and len(l.output.shape) == 4:
+            # are not clipped unless clip_pools: on faces their inputs' clipped relu ranges bound
+            # them (docs/INT8.md).
+            is_pool = clip_pools and isinstance(l, keras.layers.DepthwiseConv2D) and l.name.endswith("_dw")
+            if (is_relu_act or is_relu_conv or is_pool) and len(l.output.shape) == 4:
                 relu_like.append(l.name)
         acts = keras.Model(inner.inputs, [inner.get_layer(n).output for n in relu_like]).predict(cal, verbose=0)
         acts = acts if len(relu_like) > 1 else [acts]

@@ -47,7 +47,7 @@ is exact (docs/GRAPH.md has the measured effect):
    stage's one head only: hybrid kernels quantize each with one scale.
    ``merge_scales_in_sums`` (16x8): the merge's V/3^k in the stage-sum matrix's columns and
    the output matrix 0/1, so per-channel int8 weights store each exactly.
-   ``delta_scale_groups=n`` (16x8): a stage-1 delta wider than the original's
+   ``delta_scale_groups=n`` (16x8, int8-integer): a stage-1 delta wider than the original's
    (``ssrconv.reference.family.wide_stage1``) split into n
    magnitude groups summed by ones, each with its own int8 scale.
    ``input_scale_log2=n`` (ncnn/MNN fp16): the input times 2^-n and the first convs' kernels
