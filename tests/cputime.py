@@ -30,14 +30,17 @@ class CpuTimes:
     """The pytest plugin: one JSON line per test phase."""
 
     def __init__(self, directory: str):
-        os.makedirs(directory, exist_ok=True)
-        worker = os.environ.get("PYTEST_XDIST_WORKER", "serial")
-        self.out = open(os.path.join(directory, f"{worker}.jsonl"), "a")
+        self.directory = directory
+        self.out = None  # opened by the first test: xdist's controller runs none
 
     def _measure(self, item, phase):
         start, (own, reaped) = time.time(), _cpu()
         yield
         own_now, reaped_now = _cpu()
+        if self.out is None:
+            os.makedirs(self.directory, exist_ok=True)
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "serial")
+            self.out = open(os.path.join(self.directory, f"{worker}.jsonl"), "a")
         self.out.write(json.dumps({"id": item.nodeid, "phase": phase, "start": start,
                                    "wall": time.time() - start, "self": own_now - own,
                                    "children": reaped_now - reaped}) + "\n")
