@@ -45,6 +45,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 SHARED_EXPORTS = ("export_dir", "exported", "mxnet_export_dir")
 
 
+def pytest_configure(config):
+    """``SSRCONV_CPUTIME_DIR=DIR``: each test phase's CPU seconds, saved in DIR (tests/cputime.py)."""
+    if os.environ.get("SSRCONV_CPUTIME_DIR"):
+        from cputime import CpuTimes
+
+        config.pluginmanager.register(CpuTimes(os.environ["SSRCONV_CPUTIME_DIR"]), "cputime")
+
+
 def pytest_collection_modifyitems(config, items):
     """On pytest-xdist workers (``make test``): the tests that need the shared exports first,
     the slow ones at the front (the arm64 rows wait for ``--to all``, then run for minutes in
@@ -240,16 +248,17 @@ def exported(request, tmp_path_factory, assets_dir, faces_dir):
     ``export_dir``.
     When the options are the ``--to all`` export's and a selected test needs ``export_dir``
     anyway, the artifact is that export's file (the same converter, options and bytes), so no
-    row is converted twice; otherwise it is exported alone into a directory of its own.
+    row is converted twice; otherwise it is exported alone into a directory of its own, and
+    what the export said is kept (``export_progress``).
     """
     from ssrconv.artifacts import open_artifact
     from ssrconv.exporter import export
     from ssrconv.options import ExportOptions
     from ssrconv.targets import CALIBRATED_PRECISIONS, EXPORTED_BY_ALL, TARGETS
 
-    all_dir = None
-    if any("export_dir" in item.fixturenames for item in request.session.items):
-        all_dir = request.getfixturevalue("export_dir")
+    # Asked for only when a row of it is wanted: a worker that needs other rows does not wait
+    # while the other worker makes the --to all export (minutes, under its lock).
+    all_wanted = any("export_dir" in item.fixturenames for item in request.session.items)
     made: dict[tuple, object] = {}
 
     def export_one(key: str, **options):
@@ -261,12 +270,15 @@ def exported(request, tmp_path_factory, assets_dir, faces_dir):
         default = ExportOptions(to=(target.family,), precision=(target.precision,), **as_in_all)
         memo = (key, tuple(sorted(options.items())))
         if memo not in made:
-            if all_dir is not None and key in EXPORTED_BY_ALL and fields == default:
-                path = all_dir / target.filename(fields.task)
+            if all_wanted and key in EXPORTED_BY_ALL and fields == default:
+                path = request.getfixturevalue("export_dir") / target.filename(fields.task)
             else:
                 def make(out):
-                    (artifact,) = export(dataclasses.replace(fields, out=out / "out"))
+                    said = []
+                    (artifact,) = export(dataclasses.replace(fields, out=out / "out"),
+                                         progress=said.append)
                     (out / "artifact").write_text(artifact.path.name)
+                    (out / "progress.txt").write_text("".join(f"{line}\n" for line in said))
 
                 digest = hashlib.sha256(repr(memo).encode()).hexdigest()[:16]
                 out = _made_once(tmp_path_factory, f"exported-{key}-{digest}", make)
@@ -275,6 +287,14 @@ def exported(request, tmp_path_factory, assets_dir, faces_dir):
         return made[memo]
 
     return export_one
+
+
+@pytest.fixture(scope="session")
+def export_progress():
+    """``export_progress(artifact) -> str``: the progress lines (what ``ssrconv export`` prints
+    on stderr) of the export that wrote ``artifact``, an ``exported`` artifact exported alone
+    (not one of the ``--to all`` export's files)."""
+    return lambda artifact: (artifact.path.parent.parent / "progress.txt").read_text()
 
 
 @pytest.fixture(scope="session")

@@ -160,21 +160,22 @@ def test_real_faces_describe_themselves(faces_dir):
 
 
 @pytest.mark.slow
-def test_int8_export_without_calibration_is_data_free_and_within_budget(tmp_path, assets_dir,
-                                                                        faces_dir, faces, cli,
+def test_int8_export_without_calibration_is_data_free_and_within_budget(exported, export_progress,
+                                                                        faces_dir, faces,
                                                                         keras_reference):
-    """`ssrconv export --precision int8` with no --calibration: distilled inputs, recorded in
-    the manifest, and the int8 parity budget and accuracy hold on the real faces."""
+    """`ssrconv export --precision int8` with no --calibration: distilled inputs, said in the
+    export's progress and recorded in the manifest, and the int8 parity budget and accuracy hold
+    on the real faces. The session's data-free file (``exported``), also the "alone" export of
+    test_first_hour's byte-reproducibility test."""
     from ssrconv.evaluate import evaluate
     from ssrconv.parity import check
     from ssrconv.loading import load_runtime
 
-    out = tmp_path / "data-free"
-    result = cli("export", "--to", "tflite", "--precision", "int8", "--out", out)
-    assert result.returncode == 0, result.stderr
-    assert "distilling data-free calibration inputs" in result.stderr
-    path = out / "ssrnet_age_gender_int8.tflite"
-    calibration = json.loads((out / (path.name + ".json")).read_text())["calibration"]
+    artifact = exported("tflite-int8", calibration=None)
+    assert "distilling data-free calibration inputs" in export_progress(artifact)
+    path = artifact.path
+    assert path.name == "ssrnet_age_gender_int8.tflite"
+    calibration = artifact.manifest["calibration"]
     assert calibration["kind"] == DATA_FREE_KIND and calibration["images"] == 64
     assert calibration["seed"] == 0 and calibration["iterations"] > 0
     assert calibration["final_loss"] < calibration["initial_loss"] / 5

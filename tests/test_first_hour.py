@@ -311,13 +311,15 @@ def test_exports_are_byte_reproducible_whatever_else_the_command_exports(tmp_pat
     and its spec's protobuf maps, written in an order that varies between processes; ONNX
     rides along (tf2onnx keeps graph names too). The fp32 files are exported in reverse table
     order by a process of their own and compared with the session's (``exported``: in
-    ``make test`` the ``--to all`` export, every target in table order); the int8 pair is
-    exported here, in one process, so every process-wide counter has moved on between the
-    exports compared."""
+    ``make test`` the ``--to all`` export, every target in table order); the data-free int8
+    file alone is the session's (``exported``, test_calibration checks it) and the int8 file
+    beside fp32 is exported here, after it (in this process or in the other worker), so every
+    process-wide counter has moved on between the exports compared."""
     import json
     import subprocess
     import sys
 
+    from ssrconv.calibration import DATA_FREE_KIND
     from ssrconv.exporter import export
 
     def shas(name, **options):
@@ -330,11 +332,12 @@ def test_exports_are_byte_reproducible_whatever_else_the_command_exports(tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     index = json.loads((tmp_path / "backward" / "index.json").read_text())
     backward = {entry["target"]: entry["sha256"] for entry in index["artifacts"]}
-    alone = shas("alone", to=("tflite",), precision=("int8",))  # data-free calibration
+    alone = exported("tflite-int8", calibration=None)  # data-free calibration
     beside = shas("beside", to=("tflite",), precision=("int8", "fp32"))
     assert set(backward) == {"onnx-fp32", "tflite-fp32", "coreml-fp32"}
     assert backward == forward
-    assert beside == {"tflite-int8": alone["tflite-int8"], "tflite-fp32": forward["tflite-fp32"]}
+    assert alone.manifest["calibration"]["kind"] == DATA_FREE_KIND
+    assert beside == {"tflite-int8": alone.sha256, "tflite-fp32": forward["tflite-fp32"]}
 
 
 def test_parity_report_names_artifacts_no_installed_runtime_checked():
