@@ -382,8 +382,7 @@ TARGETS: dict[str, Target] = {
                distill_output_weight=DISTILL_OUTPUT_WEIGHT_INT8_INTEGER,
                # Not in `--to all`, as the TFLite file it converts (the PyTorch port's file
                # outside the budget; the original's on onnxruntime, faces, recipe version 8:
-               # 0.19 / 0.90 / 1.1 y; data-free recipe 8: 0.24 / 0.87 / 1.2, not re-measured
-               # on 9);
+               # 0.19 / 0.90 / 1.1 y; data-free, recipe version 9: 0.19 / 0.73 / 0.90);
                # on onnxruntime's CPU provider slower than onnx-int8 (docs/INT8.md,
                # "Integer ONNX").
                in_all=False),
