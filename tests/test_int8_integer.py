@@ -132,6 +132,17 @@ def test_simulation_is_the_file_and_fine_tuning_is_deterministic(integer_int8, f
     assert first == second and first != data and info["steps"] == 3
 
 
+
+@pytest.mark.slow
+def test_its_stage_tensors_are_found_and_read_as_values(integer_int8, exported, stage_drift):
+    """parity's "where drift starts" on the integer TFLite files: a stage tensor requantized
+    for the next operator (QUANTIZE, another scale: the 16x8 file) is not a second match
+    (tflite_rt lists QUANTIZE outputs under their input); the values are the stages (a stage
+    lies in [0, 1] or [-1, 1]: 0.25 from the reference's is another tensor)."""
+    for path in (integer_int8.path, exported("tflite-int16x8").path):
+        stages = stage_drift(path)
+        assert max(stages.values()) < 0.25, (path.name, stages)
+
 def test_widened_head_gets_headroom_except_its_outputs_and_tanh():
     """widen_head's headroom: every head tensor's int16 range is ``headroom`` times its int8
     range (data-free inputs fall short of real faces' ranges in the head: docs/INT8.md, "int16

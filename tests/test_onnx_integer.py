@@ -384,3 +384,20 @@ def test_a16w8_second_export_gives_the_same_bytes(a16w8_onnx, faces_dir, tmp_pat
     (again,) = export(to=("onnx",), precision=("int16x8",), calibration=faces_dir,
                       out=tmp_path / "again")
     assert again.sha256 == a16w8_onnx.sha256
+
+
+# A stage tensor lies in [0, 1] (probabilities) or [-1, 1] (tanh shifts): a located tensor
+# further than this from the reference's is not the stage (the integers, another layer).
+STAGE_DRIFT_BOUND = 0.25
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["onnx-int8-integer", "onnx-int16x8"])
+def test_the_integer_files_stage_tensors_are_found_and_read_as_values(key, exported, stage_drift):
+    """parity's "where drift starts" reads the 18 stage tensors of a QDQ file: each value is
+    one integer tensor under up to three names (the float before QuantizeLinear, the integers,
+    the DequantizeLinear's float) plus requantized copies, and Concat reads some integers
+    directly (onnx_rt.stage_candidates lists each once, dequantized); it was "n/a: 3 tensors
+    match" for both rows."""
+    stages = stage_drift(exported(key).path)
+    assert max(stages.values()) < STAGE_DRIFT_BOUND, stages

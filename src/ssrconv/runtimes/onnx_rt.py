@@ -59,9 +59,10 @@ class OnnxRuntime(Runtime):
         if getattr(self, "_stage_key", None) != key:
             proto = onnx.ModelProto()
             proto.CopyFrom(self.proto)
-            produced = {name: name for node in proto.graph.node for name in node.output}
+            produced, dequantizers = stage_candidates(proto.graph.node)
             located = [locate(s, self.heads, lambda units: produced) for s in specs]
             names = list(dict.fromkeys(name for name, _ in located))  # fused: shared tensors
+            proto.graph.node.extend(dequantizers[n] for n in names if n in dequantizers)
             for name in names:
                 proto.graph.output.append(
                     onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
@@ -84,6 +85,37 @@ class OnnxRuntime(Runtime):
         except Exception as err:  # noqa: BLE001 - onnxruntime's Fail/InvalidArgument/... types
             raise SsrconvError(f"{self.path}: onnxruntime cannot run it ({_first_line(err)})") from None
         return {head: self.head_values(head, r, len(batch)) for head, r in zip(self.heads, results)}
+
+
+def stage_candidates(nodes) -> tuple[dict[str, str], dict]:
+    """(tensor name -> the float tensor to read, for every tensor the graph computes; the
+    DequantizeLinear nodes to add for those read so). In a QDQ graph a quantized value is one
+    integer tensor under up to three names (the float before its QuantizeLinear, the integers,
+    a DequantizeLinear's float): it is listed once, under the integers' name, read through its
+    DequantizeLinear (the value the next node sees, rounding included), or through a new one
+    when integer nodes read the integers directly (Concat); a requantization (DequantizeLinear
+    -> QuantizeLinear to another scale) is not listed again; a stage tensor matched by name is
+    then unique (it matched three tensors, or only the integers, in the integer ONNX rows)."""
+    import onnx
+
+    dequantized = {n.input[0]: n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    quantized = {n.input[0] for n in nodes if n.op_type == "QuantizeLinear"}
+    candidates, dequantizers = {}, {}
+    for node in nodes:
+        if node.op_type == "QuantizeLinear" and node.input[0] in dequantized.values():
+            continue  # a requantization (another scale for the next node): listed already
+        for name in node.output:
+            if node.op_type == "QuantizeLinear":
+                if name not in dequantized:
+                    read = f"{name}/stage_dq"
+                    dequantizers[read] = onnx.helper.make_node(
+                        "DequantizeLinear", [name, *node.input[1:]], [read],
+                        name=read, **{a.name: onnx.helper.get_attribute_value(a)
+                                      for a in node.attribute if a.name == "axis"})
+                candidates[name] = dequantized.get(name, f"{name}/stage_dq")
+            elif node.op_type != "DequantizeLinear" and name not in quantized:
+                candidates[name] = name
+    return candidates, dequantizers
 
 
 def _first_line(err: Exception) -> str:

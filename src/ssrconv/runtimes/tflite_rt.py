@@ -78,7 +78,10 @@ class TFLiteRuntime(Runtime):
         if getattr(self, "_stage_key", None) != key:
             interpreter = load_interpreter(self.path, preserve_all_tensors=True, data=self._data)
             tensors = {d["index"]: d for d in interpreter.get_tensor_details()}
-            produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
+            # a QUANTIZE's output holds its input's values on another scale (an integer file
+            # requantizes some stage tensors for the next operator): the input is the stage
+            produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]
+                        if op["op_name"] != "QUANTIZE"}
 
             def candidates(units):
                 return {tensors[i]["name"]: tensors[i] for i in produced
