@@ -39,7 +39,6 @@ from ssrconv.converters.tool import run_tool
 from ssrconv.errors import ConverterError, Int8RecipeError
 from ssrconv.targets import INT16_QDQ_OPSET, TF2ONNX_OPSETS
 
-IR_VERSION = 10  # opset 21's
 
 
 def convert_integer(model, precision: str, calibration, opset: int, batch: int | None = None):
@@ -259,7 +258,7 @@ def complete_qdq(proto, opset: int = INT16_QDQ_OPSET):
     _qdq_relus(proto)
     _rsqrt_as_pow(proto)
     proto = version_converter.convert_version(proto, opset)
-    proto.ir_version = IR_VERSION
+    proto.ir_version = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
     return proto
 
 

@@ -58,9 +58,8 @@ def _bandable(ops, sg, readers, outputs, band_bytes) -> list[tuple[int, int]]:
     only by one pooling operator (a pool, or a depthwise conv standing for one)."""
     pairs = []
     for k, (name, op) in enumerate(ops):
-        if name != "CONV_2D" or _window(name, op, sg) is None:
-            continue
-        if op.builtinOptions.strideH != 1:
+        window = _window(name, op, sg) if name == "CONV_2D" else None
+        if window is None or window[1] != 1:  # (kernel rows, stride rows)
             continue
         y = int(op.outputs[0])
         if y in outputs or int(np.prod(sg.tensors[y].shape)) <= band_bytes:
