@@ -99,20 +99,22 @@ def stage_candidates(nodes) -> tuple[dict[str, str], dict]:
     import onnx
 
     dequantized = {n.input[0]: n.output[0] for n in nodes if n.op_type == "DequantizeLinear"}
+    dequantized_floats = set(dequantized.values())
     quantized = {n.input[0] for n in nodes if n.op_type == "QuantizeLinear"}
     candidates, dequantizers = {}, {}
     for node in nodes:
-        if node.op_type == "QuantizeLinear" and node.input[0] in dequantized.values():
+        if node.op_type == "QuantizeLinear" and node.input[0] in dequantized_floats:
             continue  # a requantization (another scale for the next node): listed already
         for name in node.output:
             if node.op_type == "QuantizeLinear":
-                if name not in dequantized:
+                read = dequantized.get(name)
+                if read is None:
                     read = f"{name}/stage_dq"
                     dequantizers[read] = onnx.helper.make_node(
                         "DequantizeLinear", [name, *node.input[1:]], [read],
                         name=read, **{a.name: onnx.helper.get_attribute_value(a)
                                       for a in node.attribute if a.name == "axis"})
-                candidates[name] = dequantized.get(name, f"{name}/stage_dq")
+                candidates[name] = read
             elif node.op_type != "DequantizeLinear" and name not in quantized:
                 candidates[name] = name
     return candidates, dequantizers
