@@ -70,6 +70,13 @@ class Variant:
     # deltas grouped made its data-free file worse (mean 0.14 -> 0.22 y: the groups' partial
     # sums get ranges of their own), so they stay one Dense (docs/INT8.md, "The 16x8 file").
     delta_scale_groups: int = 1
+    # The stage-2 and stage-3 summaries' 4x4 and 8x8 average pools as chains of two and three
+    # 2x2/stride-2 average pools: an average of equal blocks' averages is their average, and
+    # floor(floor(n/2)/2) = floor(n/4), so every output reads the same inputs. The int8 recipes
+    # write each average pool as a depthwise conv of its stride, and Vela 5.2 runs no
+    # depthwise conv with a stride above 3 on the NPU (it left the four stride-4/8 ones to the
+    # CPU; docs/INT8.md, "Ethos-U").
+    average_pools_stride2: bool = False
 
 
 VARIANTS = {v.name: v for v in (
@@ -86,14 +93,15 @@ VARIANTS = {v.name: v for v in (
     # each head its own convs: TFLite Micro's arena 350,864 bytes against 620,016 for the fused
     # graph, whose first convs write both heads' maps at once (docs/INT8.md, "TFLite Micro").
     Variant("per-head-integer", plain_groups=False, batched_dense=False, grouped_convs=False,
-            rsqrt_reciprocal=True, merge_scales_in_sums=True, delta_scale_groups=4),
+            rsqrt_reciprocal=True, merge_scales_in_sums=True, delta_scale_groups=4,
+            average_pools_stride2=True),
     # Integer-only int8: per head from the input to the outputs, one merge per head, so no int8
     # tensor (one scale) holds both heads' values (docs/INT8.md, "Integer-only int8"); a wide
     # stage-1 delta grouped as in the 16x8 graph (the PyTorch port's file calibrated on faces:
     # p99 1.53 -> 1.33 y, docs/INT8.md "The other family members").
     Variant("per-head-int8-integer", plain_groups=False, batched_dense=False,
             grouped_convs=False, rsqrt_reciprocal=True, merge_per_head=True,
-            delta_scale_groups=4),
+            delta_scale_groups=4, average_pools_stride2=True),
     # onnxruntime keeps its NCHWc blocked layout through 16-channel summaries (also used by
     # OpenVINO and onnxruntime-web: measured faster padded, docs/GRAPH.md).
     Variant("onnx", summary_channels=16),
