@@ -90,7 +90,7 @@ VARIANTS = {v.name: v for v in (
     # block-sparse zeros in float32 (ONNX int8: 399 KB batched and padded vs 248 KB, docs/INT8.md).
     Variant("per-head", plain_groups=False, batched_dense=False, grouped_convs=False),
     # Integer-only TFLite (int16x8, what microcontrollers and NPUs run): no DIV in the merge, and
-    # each head its own convs: TFLite Micro's arena 350,864 bytes against 620,016 for the fused
+    # each head its own convs: TFLite Micro's arena 352,576 bytes against 620,016 for the fused
     # graph, whose first convs write both heads' maps at once (docs/INT8.md, "TFLite Micro").
     Variant("per-head-integer", plain_groups=False, batched_dense=False, grouped_convs=False,
             rsqrt_reciprocal=True, merge_scales_in_sums=True, delta_scale_groups=4,
