@@ -66,7 +66,7 @@ def test_every_operator_is_integer_and_tflite_micro_allocates_it(integer_int8):
     # each head's first relu conv in 4 row bands, its first tanh conv in 2 (tflite_bands): the
     # 60x60 maps are never whole, and their pools are concatenated from the bands
     assert names.count("CONCATENATION") == 8 + 4 and names.count("CONV_2D") == 28 + 8
-    # Issue 23's target, 192 KiB for age+gender: measured 127,232 bytes (200,032 unbanded;
+    # Issue 23's target, 192 KiB for age+gender: measured 125,376 bytes (198,176 unbanded;
     # the fused 16x8 file needs 620,016, fp32 1,198,128; docs/INT8.md, "TFLite Micro arena")
     assert manifest["mcu"]["ram_bytes"] <= 192 * 1024
     micro = load_runtime(integer_int8.path, engine="tflite-micro")
@@ -74,11 +74,13 @@ def test_every_operator_is_integer_and_tflite_micro_allocates_it(integer_int8):
 
 
 @pytest.mark.slow
-def test_vela_runs_every_operator_but_the_float_io_on_the_npu(integer_int8, tmp_path):
-    """Vela 5.2 (ethos-u55-128, the options `--to ethos-u` uses) on the file: on the CPU only
-    its float I/O conversions (the input QUANTIZE, the two output DEQUANTIZEs), every MAC on
-    the NPU; the four stride-4/8 depthwise pools it once left there are 2x2/stride-2 ones
-    (Variant.average_pools_stride2: 203 of 210 operators before, 99.96% of the MACs)."""
+def test_vela_leaves_the_float_io_and_the_stride_4_8_pools_on_the_cpu(integer_int8, tmp_path):
+    """Vela 5.2 (ethos-u55-128, the options `--to ethos-u` uses) on the file: on the CPU its
+    float I/O conversions (the input QUANTIZE, the two output DEQUANTIZEs) and each head's
+    stage-2/3 average pools, depthwise convs of stride 4 and 8 (Vela takes strides 1-3); 203
+    of 210 operators measured. The 16x8 graph's 2x2 steps (Variant.average_pools_stride2) put
+    them on the NPU, but in this file they cost the MXNet pair's faces-calibrated file the
+    budget (docs/INT8.md, "Ethos-U")."""
     import shutil
 
     from ssrconv.converters.ethos_u import run_vela
@@ -86,16 +88,18 @@ def test_vela_runs_every_operator_but_the_float_io_on_the_npu(integer_int8, tmp_
     source = tmp_path / integer_int8.path.name
     shutil.copyfile(integer_int8.path, source)
     vela = run_vela(source, "ethos-u55-128", tmp_path)
-    assert vela["cpu_operators"] == 3 and vela["cpu_macs"] == 0, vela
-    assert vela["npu_operator_share"] >= 0.95 and vela["sram_kib"] <= 384, vela
+    pool_macs = 2 * (3 * 3 * 10) * (4 * 4 + 8 * 8)  # two heads' 3x3x10 outputs of 16 and 64 taps
+    assert vela["cpu_operators"] == 3 + 4 and vela["cpu_macs"] == pool_macs, vela
+    assert vela["npu_operator_share"] >= 0.95 and vela["npu_mac_share"] >= 0.999, vela
+    assert vela["sram_kib"] <= 384, vela
 
 
 @pytest.mark.slow
 def test_fine_tuning_lowers_its_loss_and_the_file_meets_the_int8_budget(integer_int8, budget_check):
     """The whole int8 budget (mean, p99, max 2.5 y, gender agreement) on XNNPACK (QS8 kernels
     for the int8 convolutions, LiteRT's builtin int16 kernels for the head) and on TFLite
-    Micro's reference kernels (measured 0.18 / 0.86 / 1.3 y and 0.18 / 0.92 / 1.4 y; docs/INT8.md,
-    "Ethos-U"), and the fine-tuning lowered its own (simulated) loss."""
+    Micro's reference kernels (docs/INT8.md, "int16 head": measured 0.19 / 0.91 / 1.2 y and
+    0.18 / 0.94 / 1.3 y), and the fine-tuning lowered its own (simulated) loss."""
     from ssrconv.loading import load_runtime
 
     tuned = integer_int8.manifest["fine_tuning"]

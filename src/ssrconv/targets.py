@@ -416,7 +416,7 @@ TARGETS: dict[str, Target] = {
                distill_output_weight=DISTILL_OUTPUT_WEIGHT_INT8_INTEGER,
                # Not in `--to all`, whose every row must hold for every member: the original's
                # and the MXNet pair's files are within the int8 budget calibrated on faces and
-               # data-free (recipe version 9, data-free, XNNPACK: 0.19 / 0.76 / 0.90 y and
+               # data-free (recipe version 9, data-free, XNNPACK: 0.19 / 0.73 / 0.87 y and
                # 0.23 / 0.95 / 1.7, mean / p99 / max), but the PyTorch port's is not
                # (faces-calibrated 0.43 / 1.33 / 1.65, data-free 0.50 / 2.5 / 7.7: the int8
                # rounding of its maps); its export costs ~55 CPU-s data-free (+~50 for a

@@ -50,7 +50,7 @@ is exact (docs/GRAPH.md has the measured effect):
    ``delta_scale_groups=n`` (16x8, int8-integer): a stage-1 delta wider than the original's
    (``ssrconv.reference.family.wide_stage1``) split into n
    magnitude groups summed by ones, each with its own int8 scale.
-   ``average_pools_stride2`` (16x8, int8-integer): the stage-2/3 summaries' 4x4 and 8x8
+   ``average_pools_stride2`` (16x8): the stage-2/3 summaries' 4x4 and 8x8
    average pools as two and three 2x2/stride-2 pools (an average of equal blocks' averages,
    and floor(floor(n/2)/2) = floor(n/4): the same inputs), which Vela runs on the NPU.
    ``input_scale_log2=n`` (ncnn/MNN fp16): the input times 2^-n and the first convs' kernels
