@@ -19,8 +19,11 @@ def probe_inputs(faces):
 
 
 @pytest.mark.parametrize("variant", ["tflite", "onnx", "onnx-unpadded", "onnx-unpadded-fp16",
-                                     "per-head", "per-head-int8-integer"])
+                                     "per-head", "per-head-integer", "per-head-int8-integer"])
 def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, variant):
+    import keras
+
+    from ssrconv.graph import get_variant
     from ssrconv.graph.builder import build_export_graph, check_exact
 
     model = reference_age_gender.model
@@ -28,6 +31,13 @@ def test_fast_graph_is_exact_for_both_heads(reference_age_gender, probe_inputs, 
     assert fast.output_names == ["age", "p_male"] and fast.input_shape == (None, 64, 64, 3)
     diffs = check_exact(model, fast, probe_inputs)
     assert diffs["age"] <= 1e-3 and diffs["p_male"] <= 1e-4
+    pools = [layer.pool_size for layer in fast.layers
+             if isinstance(layer, keras.layers.AveragePooling2D)]
+    # per head: relu_pool1..3, then 4x4 and 8x8 summary pools, or 2 + 3 steps of 2x2
+    if get_variant(variant).average_pools_stride2:
+        assert pools == [(2, 2)] * 8 * 2
+    else:
+        assert sorted(set(pools)) == [(2, 2), (4, 4), (8, 8)]
     # far fewer layers than the reference's ~190 (per-head keeps each head's convs and
     # Dense layers: fewer only by the BatchNorms, flattens and the merge)
     assert len(fast.layers) < (150 if variant.startswith("per-head") else 60) < len(model.layers)

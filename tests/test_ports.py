@@ -107,8 +107,10 @@ def test_fast_graph_of_each_port_is_exact_in_every_variant(ports_dir, faces, ind
     task, reference, model = _port_reference(ports_dir, files)
     inputs = np.concatenate([faces.inputs, synthetic_inputs(96, seed=13)])
     # one variant per knob: XLA groups, padded summaries, input scaling, per-head convs and
-    # Dense, per-stage Dense with plain groups (the integer ones differ only in the merge)
-    for variant in ("tflite", "onnx", "onnx-unpadded-fp16", "per-head", "coreml-perstage"):
+    # Dense, the 16x8 graph's summary pools in 2x2 steps (padding=1: 16 -> 8 -> 4 and
+    # 32 -> 16 -> 8 -> 4) and its merge, per-stage Dense with plain groups
+    for variant in ("tflite", "onnx", "onnx-unpadded-fp16", "per-head", "per-head-integer",
+                    "coreml-perstage"):
         fast = build_export_graph(model, task, variant, reference.members)
         diffs = check_exact(model, fast, inputs)  # raises above 1e-3 y / 1e-4
         assert set(diffs) == ({"age", "p_male"} if task == "age-gender" else {"age"})

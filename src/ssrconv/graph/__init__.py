@@ -70,6 +70,15 @@ class Variant:
     # deltas grouped made its data-free file worse (mean 0.14 -> 0.22 y: the groups' partial
     # sums get ranges of their own), so they stay one Dense (docs/INT8.md, "The 16x8 file").
     delta_scale_groups: int = 1
+    # The stage-2 and stage-3 summaries' 4x4 and 8x8 average pools as chains of two and three
+    # 2x2/stride-2 average pools: an average of equal blocks' averages is their average, and
+    # floor(floor(n/2)/2) = floor(n/4), so every output reads the same inputs. The int8 recipes
+    # write each average pool as a depthwise conv of its stride, and Vela 5.2 runs no
+    # depthwise conv with a stride above 3 on the NPU (it left the four stride-4/8 ones to the
+    # CPU). The 16x8 graph only: in the int8-integer file each step is one more int8 rounding,
+    # and the MXNet pair's file calibrated on faces left the budget (TFLite Micro p99 0.95 ->
+    # 1.1 y; docs/INT8.md, "Ethos-U").
+    average_pools_stride2: bool = False
 
 
 VARIANTS = {v.name: v for v in (
@@ -83,10 +92,11 @@ VARIANTS = {v.name: v for v in (
     # block-sparse zeros in float32 (ONNX int8: 399 KB batched and padded vs 248 KB, docs/INT8.md).
     Variant("per-head", plain_groups=False, batched_dense=False, grouped_convs=False),
     # Integer-only TFLite (int16x8, what microcontrollers and NPUs run): no DIV in the merge, and
-    # each head its own convs: TFLite Micro's arena 350,864 bytes against 620,016 for the fused
+    # each head its own convs: TFLite Micro's arena 352,576 bytes against 620,016 for the fused
     # graph, whose first convs write both heads' maps at once (docs/INT8.md, "TFLite Micro").
     Variant("per-head-integer", plain_groups=False, batched_dense=False, grouped_convs=False,
-            rsqrt_reciprocal=True, merge_scales_in_sums=True, delta_scale_groups=4),
+            rsqrt_reciprocal=True, merge_scales_in_sums=True, delta_scale_groups=4,
+            average_pools_stride2=True),
     # Integer-only int8: per head from the input to the outputs, one merge per head, so no int8
     # tensor (one scale) holds both heads' values (docs/INT8.md, "Integer-only int8"); a wide
     # stage-1 delta grouped as in the 16x8 graph (the PyTorch port's file calibrated on faces:

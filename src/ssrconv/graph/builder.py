@@ -50,6 +50,9 @@ is exact (docs/GRAPH.md has the measured effect):
    ``delta_scale_groups=n`` (16x8, int8-integer): a stage-1 delta wider than the original's
    (``ssrconv.reference.family.wide_stage1``) split into n
    magnitude groups summed by ones, each with its own int8 scale.
+   ``average_pools_stride2`` (16x8): the stage-2/3 summaries' 4x4 and 8x8
+   average pools as two and three 2x2/stride-2 pools (an average of equal blocks' averages,
+   and floor(floor(n/2)/2) = floor(n/4): the same inputs), which Vela runs on the NPU.
    ``input_scale_log2=n`` (ncnn/MNN fp16): the input times 2^-n and the first convs' kernels
    times 2^n: powers of two, so every product is bit-identical; float16 weight storage that
    flushes |w| < 2^-14 to zero then keeps the small BN-folded first-conv weights.
@@ -387,9 +390,15 @@ def build_export_graph(reference_model, task: str, variant: str | Variant,
             kernels, biases = zip(*[_weights(m, prefix + conv) for _, prefix, _ in own])
             t = _conv(t, list(kernels), list(biases), name, len(own), "relu" if relu else None,
                       pad_to=summary_width)
-            if pool is not None:
-                t = pool_cls(pool, pool, name=name + "_pool")(t)
-            return t
+            if pool is None:
+                return t
+            if variant.average_pools_stride2 and pool_cls is layers.AveragePooling2D:
+                # pool (4 or 8) x pool as log2(pool) 2x2/stride-2 pools, the last one under
+                # the single pool's name (Variant.average_pools_stride2)
+                for step in range(1, pool.bit_length() - 1):
+                    t = layers.AveragePooling2D(2, 2, name=f"{name}_pool_step{step}")(t)
+                return layers.AveragePooling2D(2, 2, name=name + "_pool")(t)
+            return pool_cls(pool, pool, name=name + "_pool")(t)
 
         # (stream s summary, stream x summary) per stage, as in the reference.
         return [
