@@ -53,8 +53,7 @@ def _converter(model, target, options, calibration):
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` to a .tflite at ``dest`` for ``target.precision``."""
     if target.precision in INTEGER_PRECISIONS:
-        flatbuffer, integer_info = integer_source(model, target.precision, calibration,
-                                                  options.int8_io)
+        flatbuffer, integer_info = integer_source(model, target, calibration, options.int8_io)
         if target.precision == "int8-integer":
             from ssrconv.converters.tflite_bands import band_rows
 
@@ -164,9 +163,8 @@ def _converters_silenced():
         yield
 
 
-def integer_source(model, precision: str, calibration,
-                   input_type: str = "float32") -> tuple[bytes, dict]:
-    """The integer-only flatbuffer of the ``precision`` row (INTEGER_PRECISIONS) and its
+def integer_source(model, target, calibration, input_type: str = "float32") -> tuple[bytes, dict]:
+    """The integer-only flatbuffer of ``target``'s precision (INTEGER_PRECISIONS) and its
     fine-tuning info, before the TFLite export's layout passes (row bands, compaction, a fixed
     batch): int8-integer: :func:`ssrconv.converters.tflite_qat.integer_file` with the
     ``input_type`` (``--int8-io``; cached by content); int16x8:
@@ -176,10 +174,12 @@ def integer_source(model, precision: str, calibration,
     pair's data-free 16x8 file was 158,856 bytes when the export distilled its inputs, 158,696
     on a cache hit, same numbers). The TFLite export and the integer ONNX rows both call it."""
     with _converters_silenced():
-        if precision == "int8-integer":
+        if target.precision == "int8-integer":
             from ssrconv.converters.tflite_qat import integer_file
+            from ssrconv.graph import VARIANTS
 
-            return integer_file(model, calibration, input_type=input_type)
+            return integer_file(model, calibration, VARIANTS[target.variant],
+                                input_type=input_type)
         from ssrconv.converters.tflite_int8 import convert_int16x8
         from ssrconv.reference.model import outputs_as_dict
 
