@@ -6,7 +6,14 @@ on int16 tensors with int8 weights and int64 biases, entered through one QUANTIZ
 file is edited after conversion; the result is still integer-only and runs on LiteRT's builtin
 kernels and TensorFlow Lite Micro.
 
-Why: simulated on the fine-tuned int8 file, the head's int8 rounding is most of the error
+With ``int8_maps`` (``Variant.wide_stage1_int8_maps``: the PyTorch port's file) the feature maps
+are widened too, all but the named layers': their operators run TFLite's 16x8 kernels (int8
+weights, int64 biases), and a QUANTIZE requantizes at each int8 <-> int16 boundary, both ways.
+The port's int8 maps summed their rounding past the budget (its input affine's alone 0.06 y of
+mean); int16 everywhere but relu_conv2 (44% of its multiply-adds) brings its file within it
+(docs/INT8.md, "The PyTorch port's int8-integer file: int16 maps").
+
+Why the head: simulated on the fine-tuned int8 file, the head's int8 rounding is most of the error
 (300 dev faces: every tensor int8 mean 0.41 / p99 1.56 y; body int8 and head float
 0.19 / 1.08; the merge alone int8 0.31 / 1.26). The merge multiplies three widths
 ``1 + tanh`` near 1 held on one int8 grid of step 0.015: a step is 1.5% of a width, the
@@ -99,7 +106,9 @@ def head_operators(ops, sg, int8_maps: tuple[str, ...] | None = None) -> list[in
 
 def widen_head(tfl: bytes, headroom: float = 1.0,
                int8_maps: tuple[str, ...] | None = None) -> bytes:
-    """``tfl`` (an integer-only int8 file) with its SSR head on int16 activations: each head
+    """``tfl`` (an integer-only int8 file) with its SSR head (and with ``int8_maps``, fast-graph
+    layer names, every feature map but those layers': :func:`head_operators`) on int16
+    activations: each head
     tensor's int8 range times ``headroom`` on a symmetric int16 grid (256 / ``headroom`` times
     finer), except the outputs (their int8 ranges are the outputs' domains already) and the
     TANH outputs (TFLite's int16 scale 1/32768); FULLY_CONNECTED biases requantized to int64

@@ -11,7 +11,10 @@ Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
     inputs clipped to [-4, 4], relu outputs at their MSE-optimal clip, each output's range the
     model's domain 0..V instead of the oldest face seen);
  2. the head widened to int16 activations (:func:`ssrconv.converters.tflite_mixed.widen_head`:
-    with an int8 head the merge's rounding alone kept the file outside the int8 budget), each
+    with an int8 head the merge's rounding alone kept the file outside the int8 budget), and
+    for a member whose stage-1 maps are wider than the original's every feature map but
+    ``Variant.wide_stage1_int8_maps`` (the PyTorch port: all but relu_conv2; its int8 maps
+    summed their rounding past the budget), each
     head range HEADROOM times its calibrated one, a product of two activations HEADROOM
     squared (data-free inputs fall short of real faces' head ranges, and clipped the oldest
     faces);
