@@ -188,7 +188,7 @@ def test_widened_head_gets_headroom_except_its_outputs_and_tanh():
             assert b == pytest.approx(factor * a, rel=1e-6), (name, tied)
 
 
-def _conv_pool_int8(pool: str) -> bytes:
+def _conv_pool_int8(pool: str, padding: str = "valid") -> bytes:
     """A small full-int8 .tflite: input 1x21x20x3, a VALID 3x3 conv (19x18x8, relu) read by one
     2x2 stride-2 pool (``pool``: "max", or "depthwise" for the fixed depthwise conv the int8
     recipe writes for an average pool), then a 1x1 conv: the shape of SSR-Net's first blocks
@@ -199,7 +199,7 @@ def _conv_pool_int8(pool: str) -> bytes:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = keras.Input(batch_shape=(1, 21, 20, 3))
-    t = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    t = keras.layers.Conv2D(8, 3, activation="relu", padding=padding)(x)
     if pool == "max":
         t = keras.layers.MaxPooling2D(2)(t)
     else:
@@ -215,8 +215,9 @@ def _conv_pool_int8(pool: str) -> bytes:
     return converter.convert()
 
 
-@pytest.mark.parametrize("pool", ["max", "depthwise"])
-def test_row_bands_give_the_same_integers_on_litert_and_tflite_micro(pool):
+@pytest.mark.parametrize("pool, padding", [("max", "valid"), ("depthwise", "valid"),
+                                           ("depthwise", "same")])
+def test_row_bands_give_the_same_integers_on_litert_and_tflite_micro(pool, padding):
     """band_rows computes a conv + pool pair in bands of rows (TFLite Micro's arena holds one
     band of the conv's output at a time): on LiteRT's builtin kernels and on TFLite Micro, the
     outputs equal the unbanded file's on the same engine bit for bit, on random int8 inputs."""
@@ -226,10 +227,12 @@ def test_row_bands_give_the_same_integers_on_litert_and_tflite_micro(pool):
     from ssrconv.formats.tflite_flatbuffer import operators
     from ssrconv.mcu import interpreter
 
-    plain = _conv_pool_int8(pool)
-    banded = band_rows(plain, band_bytes=1000)  # 19x18x8 = 2,736 conv outputs: 3 bands
+    plain = _conv_pool_int8(pool, padding)
+    # 19x18x8 = 2,736 conv outputs (SAME: 21x20x8 = 3,360 on an input PADded to 23x22): 3 bands
+    banded = band_rows(plain, band_bytes=1000 if padding == "valid" else 1200)
     names = [name for name, _ in operators(banded)[2]]
     assert names.count("STRIDED_SLICE") == names.count("CONCATENATION") * 3 == 3
+    assert names.count("PAD") == (padding == "same")
     assert names.count("CONV_2D") == 4 and band_rows(plain, band_bytes=10_000) == plain
     inputs = np.random.default_rng(1).integers(-128, 128, (6, 1, 21, 20, 3), dtype=np.int8)
 

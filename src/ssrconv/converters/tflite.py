@@ -83,6 +83,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         extra["int8_io"] = {"input": options.int8_io, "outputs": "float32"}
         extra["int8_recipe"] = INT8_INTEGER_RECIPE
         extra["fine_tuning"] = {**integer_info["fine_tuning"], "cache": integer_info["cache"]}
+        # the maps kept int8 when every other is int16 (None: every map int8)
+        extra["int8_maps"] = integer_info["recipe"].get("int8_maps")
         extra["mcu"] = mcu(flatbuffer)
     return extra
 
@@ -137,7 +139,10 @@ INT8_INTEGER_RECIPE = (
     "tanh deltas and merge) on int16 activations entered through one QUANTIZE per flattened "
     "map, int8 per-channel weights, int32 biases (int64 in the head), every operator integer "
     "from the input QUANTIZE to the output DEQUANTIZEs (the merge's division as rsqrt(x)^2, "
-    "one merge per head). Cross-layer equalization (age head), GPTQ rounding of every conv kernel, "
+    "one merge per head); a member whose stage-1 maps are wider than the original's (the "
+    "PyTorch port) keeps only its largest conv (relu_conv2) int8, every other map on int16 "
+    "(16x8 kernels, int64 biases; the manifest's int8_maps). "
+    "Cross-layer equalization (age head), GPTQ rounding of every conv kernel, "
     "clipped tanh and MSE-optimal relu ranges, outputs' ranges their domains (age 0..101, "
     "P(male) 0..1), the head's int16 ranges 2x the calibrated ones (4x for products); then, "
     "calibrated on real faces, quantization-aware fine-tuning of the kernels and biases by "

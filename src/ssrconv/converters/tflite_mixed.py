@@ -181,8 +181,8 @@ def widen_head(tfl: bytes, headroom: float = 1.0,
     source_of: dict[int, int] = {}
     for k in head:
         for i in (int(j) for j in ops[k][1].inputs):
-            if (producer.get(i, -1) not in head_set and i in activations
-                    and i not in twins):
+            if (producer.get(i, -1) not in head_set and i in activations and i not in twins
+                    and sg.tensors[i].type == fb.TensorType.INT8):  # (not a float input)
                 source = sg.tensors[i]
                 twin = fb.TensorT()
                 twin.name = source.name + b"/int16"
