@@ -300,6 +300,7 @@ def test_int16_maps_keep_only_the_named_maps_int8_and_run_on_litert_and_tflite_m
     from ai_edge_litert.interpreter import Interpreter
 
     from ssrconv.converters.tflite_mixed import layer_of, widen_head
+    from ssrconv.errors import Int8RecipeError
     from ssrconv.formats import tflite_flatbuffer as tfb
     from ssrconv.formats.tflite_flatbuffer import integer_only_violations, schema
     from ssrconv.mcu import interpreter
@@ -327,6 +328,8 @@ def test_int16_maps_keep_only_the_named_maps_int8_and_run_on_litert_and_tflite_m
     assert (fb.TensorType.INT16, fb.TensorType.INT8) in quantizes  # into relu_conv2
     assert (fb.TensorType.INT8, fb.TensorType.INT16) in quantizes  # out of it
     assert widen_head(int8, 2.0) == widen_head(int8, 2.0, None)
+    with pytest.raises(Int8RecipeError, match=r"no operator writes \['relu_conv9'\]"):
+        widen_head(int8, 2.0, ("relu_conv9",))  # a misspelt map: refused, not all widened
 
     x = np.random.default_rng(1).uniform(0, 1, (8, 16, 16, 3)).astype(np.float32)
     want = model.predict(x, verbose=0).reshape(-1)

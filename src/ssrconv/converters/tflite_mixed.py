@@ -23,6 +23,7 @@ same relative error of the age (docs/INT8.md, "int16 head").
 from __future__ import annotations
 
 import copy
+import re
 
 import numpy as np
 
@@ -69,8 +70,6 @@ def layer_of(tensor_name: bytes, layers) -> str | None:
     """The layer of ``layers`` (fast-graph layer names, with or without a head's ``age_`` /
     ``gender_`` prefix) whose output ``tensor_name`` is, or None: TFLite names a tensor
     ``<model>/<layer>_<n>/<op>`` (fused operators: several such names joined by ``;``)."""
-    import re
-
     first = tensor_name.decode().split(";")[0]
     for segment in first.split("/")[1:2]:
         bare = re.sub(r"_\d+$", "", segment)
@@ -108,8 +107,8 @@ def widen_head(tfl: bytes, headroom: float = 1.0,
                int8_maps: tuple[str, ...] | None = None) -> bytes:
     """``tfl`` (an integer-only int8 file) with its SSR head (and with ``int8_maps``, fast-graph
     layer names, every feature map but those layers': :func:`head_operators`) on int16
-    activations: each head
-    tensor's int8 range times ``headroom`` on a symmetric int16 grid (256 / ``headroom`` times
+    activations: each head tensor's int8 range times ``headroom`` on a symmetric int16 grid
+    (256 / ``headroom`` times
     finer), except the outputs (their int8 ranges are the outputs' domains already) and the
     TANH outputs (TFLite's int16 scale 1/32768); FULLY_CONNECTED biases requantized to int64
     at the new input scale x weight scale; int8 constants read by the head (the merge's stage
@@ -127,6 +126,11 @@ def widen_head(tfl: bytes, headroom: float = 1.0,
     fb = schema()
     model, sg, ops = operators(tfl)
     head = head_operators(ops, sg, int8_maps)
+    missing = set(int8_maps or ()) - {layer_of(sg.tensors[op.outputs[0]].name, int8_maps or ())
+                                      for _, op in ops}
+    if missing:
+        raise Int8RecipeError(f"int16 maps: no operator writes {sorted(missing)} (the maps to "
+                              "keep int8); export with --precision int16x8 or int8 instead")
     maps = {k for k in head if len(sg.tensors[ops[k][1].outputs[0]].shape) == 4}
     bad = sorted({ops[k][0] for k in set(head) - maps} - HEAD_OPS
                  | {ops[k][0] for k in maps} - MAP_OPS)
