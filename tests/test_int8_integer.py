@@ -209,7 +209,7 @@ def test_widened_head_gets_headroom_except_its_outputs_and_tanh():
             assert b == pytest.approx(factor * a, rel=1e-6), (name, tied)
 
 
-def _conv_pool_int8(pool: str) -> bytes:
+def _conv_pool_int8(pool: str, padding: str = "valid") -> bytes:
     """A small full-int8 .tflite: input 1x21x20x3, a VALID 3x3 conv (19x18x8, relu) read by one
     2x2 stride-2 pool (``pool``: "max", or "depthwise" for the fixed depthwise conv the int8
     recipe writes for an average pool), then a 1x1 conv: the shape of SSR-Net's first blocks
@@ -220,7 +220,7 @@ def _conv_pool_int8(pool: str) -> bytes:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = keras.Input(batch_shape=(1, 21, 20, 3))
-    t = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    t = keras.layers.Conv2D(8, 3, activation="relu", padding=padding)(x)
     if pool == "max":
         t = keras.layers.MaxPooling2D(2)(t)
     else:
@@ -236,8 +236,9 @@ def _conv_pool_int8(pool: str) -> bytes:
     return converter.convert()
 
 
-@pytest.mark.parametrize("pool", ["max", "depthwise"])
-def test_row_bands_give_the_same_integers_on_litert_and_tflite_micro(pool):
+@pytest.mark.parametrize("pool, padding", [("max", "valid"), ("depthwise", "valid"),
+                                           ("depthwise", "same")])
+def test_row_bands_give_the_same_integers_on_litert_and_tflite_micro(pool, padding):
     """band_rows computes a conv + pool pair in bands of rows (TFLite Micro's arena holds one
     band of the conv's output at a time): on LiteRT's builtin kernels and on TFLite Micro, the
     outputs equal the unbanded file's on the same engine bit for bit, on random int8 inputs."""
@@ -247,10 +248,12 @@ def test_row_bands_give_the_same_integers_on_litert_and_tflite_micro(pool):
     from ssrconv.formats.tflite_flatbuffer import operators
     from ssrconv.mcu import interpreter
 
-    plain = _conv_pool_int8(pool)
-    banded = band_rows(plain, band_bytes=1000)  # 19x18x8 = 2,736 conv outputs: 3 bands
+    plain = _conv_pool_int8(pool, padding)
+    # 19x18x8 = 2,736 conv outputs (SAME: 21x20x8 = 3,360 on an input PADded to 23x22): 3 bands
+    banded = band_rows(plain, band_bytes=1000 if padding == "valid" else 1200)
     names = [name for name, _ in operators(banded)[2]]
     assert names.count("STRIDED_SLICE") == names.count("CONCATENATION") * 3 == 3
+    assert names.count("PAD") == (padding == "same")
     assert names.count("CONV_2D") == 4 and band_rows(plain, band_bytes=10_000) == plain
     inputs = np.random.default_rng(1).integers(-128, 128, (6, 1, 21, 20, 3), dtype=np.int8)
 
@@ -277,3 +280,108 @@ def test_row_bands_give_the_same_integers_on_litert_and_tflite_micro(pool):
     assert np.ptp(want.astype(int)) > 10  # the model computes something
     assert np.array_equal(litert(banded), want)
     assert np.array_equal(micro(banded), micro(plain))  # (TFLM's kernels round unlike LiteRT's)
+
+
+def _small_streams_int8(int8_input: bool) -> tuple[bytes, object, np.ndarray]:
+    """A small integer-only int8 .tflite shaped as SSR-Net's streams (float32 or int8 input):
+    relu_conv1 (3x3, 16x16x8) -> relu_pool1 (2x2 average) -> relu_conv2 (3x3) -> relu_pool2
+    (2x2 max) -> tanh_conv3 (1x1, tanh) -> a Dense; with the Keras model and its calibration
+    inputs."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = keras.Input(batch_shape=(1, 16, 16, 3), name="face_bgr")
+    t = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="relu_conv1")(x)
+    t = keras.layers.AveragePooling2D(2, name="relu_pool1")(t)
+    t = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="relu_conv2")(t)
+    t = keras.layers.MaxPooling2D(2, name="relu_pool2")(t)
+    t = keras.layers.Conv2D(4, 1, activation="tanh", name="tanh_conv3")(t)
+    t = keras.layers.Flatten(name="flat")(t)
+    model = keras.Model(x, keras.layers.Dense(1, name="age_out")(t), name="small")
+    cal = rng.uniform(0, 1, (32, 16, 16, 3)).astype(np.float32)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([c[None]] for c in cal)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_input:
+        converter.inference_input_type = tf.int8
+    return converter.convert(), model, cal
+
+
+@pytest.mark.parametrize("int8_input", [False, True])
+def test_int16_maps_keep_only_the_named_maps_int8_and_run_on_litert_and_tflite_micro(int8_input):
+    """widen_head with ``int8_maps`` (Variant.wide_stage1_int8_maps: the PyTorch port's file):
+    every feature map but the named layer's is int16 (TFLite's 16x8 kernels: int8 weights,
+    int64 biases), entered and left through QUANTIZE (int8 -> int16 before the map, int16 ->
+    int8 into the int8 layer, at its own int8 range); an int8 input enters through an int16
+    twin. Nothing float; LiteRT and TFLite Micro run it and agree with the float model as the
+    all-int8 file does, or better; without ``int8_maps`` the file is the head-only widening."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from ssrconv.converters.tflite_mixed import layer_of, widen_head
+    from ssrconv.errors import Int8RecipeError
+    from ssrconv.formats import tflite_flatbuffer as tfb
+    from ssrconv.formats.tflite_flatbuffer import integer_only_violations, schema
+    from ssrconv.mcu import interpreter
+
+    LAYERS = ("relu_conv1", "relu_pool1", "relu_conv2", "relu_pool2", "tanh_conv3")
+    fb = schema()
+    int8, model, cal = _small_streams_int8(int8_input)
+    mixed = widen_head(int8, 2.0, ("relu_conv2",))
+    assert integer_only_violations(mixed) == []
+    _, sg, ops = tfb.operators(mixed)
+    types = {}
+    for name, op in ops:
+        out = sg.tensors[op.outputs[0]]
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TANH"):
+            types[layer_of(out.name, LAYERS)] = out.type
+            wide = out.type == fb.TensorType.INT16
+            assert sg.tensors[op.inputs[0]].type == out.type, name  # 16x8 or int8 kernels
+            if name == "CONV_2D":
+                assert sg.tensors[op.inputs[2]].type == (
+                    fb.TensorType.INT64 if wide else fb.TensorType.INT32)
+    assert types.pop("relu_conv2") == fb.TensorType.INT8
+    assert set(types.values()) == {fb.TensorType.INT16} and len(types) == 4
+    quantizes = [(sg.tensors[op.inputs[0]].type, sg.tensors[op.outputs[0]].type)
+                 for name, op in ops if name == "QUANTIZE"]
+    assert (fb.TensorType.INT16, fb.TensorType.INT8) in quantizes  # into relu_conv2
+    assert (fb.TensorType.INT8, fb.TensorType.INT16) in quantizes  # out of it
+    assert widen_head(int8, 2.0) == widen_head(int8, 2.0, None)
+    with pytest.raises(Int8RecipeError, match=r"no operator writes \['relu_conv9'\]"):
+        widen_head(int8, 2.0, ("relu_conv9",))  # a misspelt map: refused, not all widened
+
+    x = np.random.default_rng(1).uniform(0, 1, (8, 16, 16, 3)).astype(np.float32)
+    want = model.predict(x, verbose=0).reshape(-1)
+
+    if int8_input:  # the file's input grid
+        scale, zero = Interpreter(model_content=mixed).get_input_details()[0]["quantization"]
+        faces = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
+    else:
+        faces = x
+
+    def litert(data):
+        it = Interpreter(model_content=data)
+        it.allocate_tensors()
+        got = []
+        for face in faces:
+            it.set_tensor(it.get_input_details()[0]["index"], face[None])
+            it.invoke()
+            got.append(it.get_tensor(it.get_output_details()[0]["index"]).item())
+        return np.asarray(got, np.float64)
+
+    def micro(data):
+        it = interpreter(data, 64 * 1024)
+        got = []
+        for face in faces:
+            it.set_input(face[None], 0)
+            it.invoke()
+            got.append(np.asarray(it.get_output(0)).item())
+        return np.asarray(got, np.float64)
+
+    error = {name: np.abs(litert(data) - want).mean() for name, data in
+             (("int8", widen_head(int8, 2.0)), ("mixed", mixed))}
+    assert error["mixed"] <= error["int8"], error
+    # TFLite Micro's 16x8 kernels round as LiteRT's builtin ones, to an output step or so
+    assert np.abs(micro(mixed) - litert(mixed)).max() <= 0.05 * np.ptp(want)

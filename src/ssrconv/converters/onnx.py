@@ -98,7 +98,7 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         extra["int8_recipe"] = onnx_int8.INT8_RECIPE
         producer += " + onnxruntime.quantization"
     elif target.precision in onnx_integer.RECIPES:
-        proto, info = onnx_integer.convert_integer(model, target.precision, calibration, opset,
+        proto, info = onnx_integer.convert_integer(model, target, calibration, opset,
                                                    options.batch)
         canonical_names(proto)
         extra["int8_recipe"] = onnx_integer.RECIPES[target.precision]

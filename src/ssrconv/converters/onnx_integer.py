@@ -41,8 +41,8 @@ from ssrconv.targets import INT16_QDQ_OPSET, TF2ONNX_OPSETS
 
 
 
-def convert_integer(model, precision: str, calibration, opset: int, batch: int | None = None):
-    """The integer ONNX ModelProto of ``model`` (the fast graph of the ``precision`` row:
+def convert_integer(model, target, calibration, opset: int, batch: int | None = None):
+    """The integer ONNX ModelProto of ``model`` (the fast graph of ``target``, whose precision is
     ``int8-integer`` or ``int16x8``, a key of :data:`RECIPES`) at ``opset`` and what the TFLite
     recipe reports (``fine_tuning`` and ``cache`` for int8-integer; nothing for 16x8): input
     ``face_bgr``, outputs named as the model's; tf2onnx's generated names as it numbers them
@@ -54,7 +54,7 @@ def convert_integer(model, precision: str, calibration, opset: int, batch: int |
     require("tf2onnx", "export", "ONNX export")
     from ssrconv.converters.tflite import integer_source
 
-    tfl, info = integer_source(model, precision, calibration)
+    tfl, info = integer_source(model, target, calibration)
     if batch is not None:
         tfl = fix_batch(tfl, batch)
     flat = load(tfl)

@@ -53,8 +53,7 @@ def _converter(model, target, options, calibration):
 def convert(model, target, options, dest: Path, calibration, metadata: dict[str, str]) -> dict:
     """Convert ``model`` to a .tflite at ``dest`` for ``target.precision``."""
     if target.precision in INTEGER_PRECISIONS:
-        flatbuffer, integer_info = integer_source(model, target.precision, calibration,
-                                                  options.int8_io)
+        flatbuffer, integer_info = integer_source(model, target, calibration, options.int8_io)
         if target.precision == "int8-integer":
             from ssrconv.converters.tflite_bands import band_rows
 
@@ -84,6 +83,8 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
         extra["int8_io"] = {"input": options.int8_io, "outputs": "float32"}
         extra["int8_recipe"] = INT8_INTEGER_RECIPE
         extra["fine_tuning"] = {**integer_info["fine_tuning"], "cache": integer_info["cache"]}
+        # the maps kept int8 when every other is int16 (None: every map int8)
+        extra["int8_maps"] = integer_info["recipe"].get("int8_maps")
         extra["mcu"] = mcu(flatbuffer)
     return extra
 
@@ -138,7 +139,10 @@ INT8_INTEGER_RECIPE = (
     "tanh deltas and merge) on int16 activations entered through one QUANTIZE per flattened "
     "map, int8 per-channel weights, int32 biases (int64 in the head), every operator integer "
     "from the input QUANTIZE to the output DEQUANTIZEs (the merge's division as rsqrt(x)^2, "
-    "one merge per head). Cross-layer equalization (age head), GPTQ rounding of every conv kernel, "
+    "one merge per head); a member whose stage-1 maps are wider than the original's (the "
+    "PyTorch port) keeps only its largest conv (relu_conv2) int8, every other map on int16 "
+    "(16x8 kernels, int64 biases; the manifest's int8_maps). "
+    "Cross-layer equalization (age head), GPTQ rounding of every conv kernel, "
     "clipped tanh and MSE-optimal relu ranges, outputs' ranges their domains (age 0..101, "
     "P(male) 0..1), the head's int16 ranges 2x the calibrated ones (4x for products); then, "
     "calibrated on real faces, quantization-aware fine-tuning of the kernels and biases by "
@@ -164,9 +168,8 @@ def _converters_silenced():
         yield
 
 
-def integer_source(model, precision: str, calibration,
-                   input_type: str = "float32") -> tuple[bytes, dict]:
-    """The integer-only flatbuffer of the ``precision`` row (INTEGER_PRECISIONS) and its
+def integer_source(model, target, calibration, input_type: str = "float32") -> tuple[bytes, dict]:
+    """The integer-only flatbuffer of ``target``'s precision (INTEGER_PRECISIONS) and its
     fine-tuning info, before the TFLite export's layout passes (row bands, compaction, a fixed
     batch): int8-integer: :func:`ssrconv.converters.tflite_qat.integer_file` with the
     ``input_type`` (``--int8-io``; cached by content); int16x8:
@@ -176,10 +179,12 @@ def integer_source(model, precision: str, calibration,
     pair's data-free 16x8 file was 158,856 bytes when the export distilled its inputs, 158,696
     on a cache hit, same numbers). The TFLite export and the integer ONNX rows both call it."""
     with _converters_silenced():
-        if precision == "int8-integer":
+        if target.precision == "int8-integer":
             from ssrconv.converters.tflite_qat import integer_file
+            from ssrconv.graph import VARIANTS
 
-            return integer_file(model, calibration, input_type=input_type)
+            return integer_file(model, calibration, VARIANTS[target.variant],
+                                input_type=input_type)
         from ssrconv.converters.tflite_int8 import convert_int16x8
         from ssrconv.reference.model import outputs_as_dict
 

@@ -6,7 +6,14 @@ on int16 tensors with int8 weights and int64 biases, entered through one QUANTIZ
 file is edited after conversion; the result is still integer-only and runs on LiteRT's builtin
 kernels and TensorFlow Lite Micro.
 
-Why: simulated on the fine-tuned int8 file, the head's int8 rounding is most of the error
+With ``int8_maps`` (``Variant.wide_stage1_int8_maps``: the PyTorch port's file) the feature maps
+are widened too, all but the named layers': their operators run TFLite's 16x8 kernels (int8
+weights, int64 biases), and a QUANTIZE requantizes at each int8 <-> int16 boundary, both ways.
+The port's int8 maps summed their rounding past the budget (its input affine's alone 0.06 y of
+mean); int16 everywhere but relu_conv2 (44% of its multiply-adds) brings its file within it
+(docs/INT8.md, "The PyTorch port's int8-integer file: int16 maps").
+
+Why the head: simulated on the fine-tuned int8 file, the head's int8 rounding is most of the error
 (300 dev faces: every tensor int8 mean 0.41 / p99 1.56 y; body int8 and head float
 0.19 / 1.08; the merge alone int8 0.31 / 1.26). The merge multiplies three widths
 ``1 + tanh`` near 1 held on one int8 grid of step 0.015: a step is 1.5% of a width, the
@@ -14,6 +21,9 @@ same relative error of the age (docs/INT8.md, "int16 head").
 """
 
 from __future__ import annotations
+
+import copy
+import re
 
 import numpy as np
 
@@ -34,6 +44,12 @@ TANH_OUTPUT_SCALE = 1.0 / 32768  # TFLite's int16 TANH writes this scale
 # Operators allowed in the widened head; each has an int16 kernel in LiteRT and TFLite Micro.
 HEAD_OPS = frozenset({"FULLY_CONNECTED", "MUL", "ADD", "TANH", "QUANTIZE", "CONCATENATION",
                       "STRIDED_SLICE", "RESHAPE", "RSQRT"})
+# Operators allowed on a widened feature map (``int8_maps``): TFLite's 16x8 kernels (int16
+# activations, int8 weights, int64 biases), in LiteRT's builtin kernels and TFLite Micro.
+MAP_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D", "AVERAGE_POOL_2D", "TANH",
+                     "RESHAPE", "QUANTIZE"})
+_BIASED = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+_SAME_SCALE = ("RESHAPE", "MAX_POOL_2D", "AVERAGE_POOL_2D")
 
 
 def _params(tensor) -> tuple[float, int]:
@@ -50,24 +66,49 @@ def _int16_scale(tensor, headroom: float = 1.0) -> float:
     return float(np.float32((reach * headroom if reach >= DEAD else 1.0) / INT16_MAX))
 
 
-def head_operators(ops, sg) -> list[int]:
-    """Indices of the SSR head's operators: every operator writing a rank <= 2 tensor, except
-    the RESHAPEs that flatten a feature map (they stay int8: the boundary) and the output
-    DEQUANTIZEs."""
+def layer_of(tensor_name: bytes, layers) -> str | None:
+    """The layer of ``layers`` (fast-graph layer names, with or without a head's ``age_`` /
+    ``gender_`` prefix) whose output ``tensor_name`` is, or None: TFLite names a tensor
+    ``<model>/<layer>_<n>/<op>`` (fused operators: several such names joined by ``;``)."""
+    first = tensor_name.decode().split(";")[0]
+    for segment in first.split("/")[1:2]:
+        bare = re.sub(r"_\d+$", "", segment)
+        bare = re.sub(r"^(age|gender)_", "", bare)
+        if bare in layers:
+            return bare
+    return None
+
+
+def head_operators(ops, sg, int8_maps: tuple[str, ...] | None = None) -> list[int]:
+    """Indices of the operators to widen: the SSR head's (every operator writing a rank <= 2
+    tensor, except the RESHAPEs that flatten a feature map, which stay int8: the boundary, and
+    the output DEQUANTIZEs); with ``int8_maps`` (fast-graph layer names), also every operator
+    writing a feature map except those layers' and the input's QUANTIZE (float I/O; an int8
+    input is read through an int16 twin), and the RESHAPEs flattening a widened map."""
     head = []
+    inputs = {int(i) for i in sg.inputs}
     for k, (name, op) in enumerate(ops):
         out = sg.tensors[op.outputs[0]]
-        if len(out.shape) > 2 or name == "DEQUANTIZE":
+        if name == "DEQUANTIZE":
             continue
-        if name == "RESHAPE" and len(sg.tensors[op.inputs[0]].shape) > 2:
+        if len(out.shape) > 2:
+            entry = name == "QUANTIZE" and int(op.inputs[0]) in inputs  # float input -> int8
+            if int8_maps is not None and not entry and layer_of(out.name, int8_maps) is None:
+                head.append(k)
+            continue
+        if name == "RESHAPE" and len(sg.tensors[op.inputs[0]].shape) > 2 and (
+                int8_maps is None or layer_of(sg.tensors[op.inputs[0]].name, int8_maps)):
             continue
         head.append(k)
     return head
 
 
-def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
-    """``tfl`` (an integer-only int8 file) with its SSR head on int16 activations: each head
-    tensor's int8 range times ``headroom`` on a symmetric int16 grid (256 / ``headroom`` times
+def widen_head(tfl: bytes, headroom: float = 1.0,
+               int8_maps: tuple[str, ...] | None = None) -> bytes:
+    """``tfl`` (an integer-only int8 file) with its SSR head (and with ``int8_maps``, fast-graph
+    layer names, every feature map but those layers': :func:`head_operators`) on int16
+    activations: each head tensor's int8 range times ``headroom`` on a symmetric int16 grid
+    (256 / ``headroom`` times
     finer), except the outputs (their int8 ranges are the outputs' domains already) and the
     TANH outputs (TFLite's int16 scale 1/32768); FULLY_CONNECTED biases requantized to int64
     at the new input scale x weight scale; int8 constants read by the head (the merge's stage
@@ -84,8 +125,15 @@ def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
     head")."""
     fb = schema()
     model, sg, ops = operators(tfl)
-    head = head_operators(ops, sg)
-    bad = sorted({ops[k][0] for k in head} - HEAD_OPS)
+    head = head_operators(ops, sg, int8_maps)
+    missing = set(int8_maps or ()) - {layer_of(sg.tensors[op.outputs[0]].name, int8_maps or ())
+                                      for _, op in ops}
+    if missing:
+        raise Int8RecipeError(f"int16 maps: no operator writes {sorted(missing)} (the maps to "
+                              "keep int8); export with --precision int16x8 or int8 instead")
+    maps = {k for k in head if len(sg.tensors[ops[k][1].outputs[0]].shape) == 4}
+    bad = sorted({ops[k][0] for k in set(head) - maps} - HEAD_OPS
+                 | {ops[k][0] for k in maps} - MAP_OPS)
     if bad:
         raise Int8RecipeError(f"int16 head: operators {bad} have no int16 path here; export "
                               "with --precision int16x8 (all int16) or int8 instead")
@@ -108,15 +156,20 @@ def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
         factor = 1.0 if out in outputs else headroom ** 2 if product else headroom
         new_scale[out] = (TANH_OUTPUT_SCALE if name == "TANH" else
                           _int16_scale(sg.tensors[out], factor))
+        # an operator that does not rescale (TFLite requires its input's scale) keeps its
+        # input's int16 scale: after a TANH 1/32768, after an int8 map its twin's
+        x = int(op.inputs[0])
+        if int8_maps is not None and name in _SAME_SCALE and old[x] == old[out]:
+            new_scale[out] = new_scale[x] if x in new_scale else _int16_scale(sg.tensors[x])
     # the head's int8 constants (stage indices, the 1 of 1 + tanh) must match their int16
     # readers' type
     for k in head:
         name, op = ops[k]
         for position, i in enumerate(int(j) for j in op.inputs):
             t = sg.tensors[i] if i >= 0 else None
-            if t is None or i in producer or t.type != fb.TensorType.INT8 or i in new_scale:
+            if t is None or i in activations or t.type != fb.TensorType.INT8 or i in new_scale:
                 continue
-            if name == "FULLY_CONNECTED" and position == 1:
+            if name in _BIASED and position == 1:
                 continue  # int8 weights stay
             if any(i in op2.inputs for k2, (_, op2) in enumerate(ops) if k2 not in head_set):
                 raise Int8RecipeError(f"int16 head: constant {t.name.decode()} is read by the "
@@ -132,7 +185,8 @@ def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
     source_of: dict[int, int] = {}
     for k in head:
         for i in (int(j) for j in ops[k][1].inputs):
-            if i in producer and producer[i] not in head_set and i not in twins:
+            if (producer.get(i, -1) not in head_set and i in activations and i not in twins
+                    and sg.tensors[i].type == fb.TensorType.INT8):  # (not a float input)
                 source = sg.tensors[i]
                 twin = fb.TensorT()
                 twin.name = source.name + b"/int16"
@@ -148,6 +202,20 @@ def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
                 twins[i] = len(sg.tensors) - 1
                 source_of[twins[i]] = i
                 new_scale[twins[i]] = _int16_scale(source)
+    # and int16 maps read by an int8 operator an int8 twin at the map's int8 range
+    narrow: dict[int, int] = {}  # int16 map -> its int8 twin
+    for k, (name, op) in enumerate(ops):
+        if k in head_set or name == "DEQUANTIZE":
+            continue
+        for i in (int(j) for j in op.inputs):
+            if i in producer and producer[i] in head_set and i not in narrow:
+                source = sg.tensors[i]
+                twin = copy.deepcopy(source)
+                twin.name = source.name + b"/int8"
+                twin.buffer = 0
+                sg.tensors.append(twin)
+                narrow[i] = len(sg.tensors) - 1
+        op.inputs = np.asarray([narrow.get(int(i), int(i)) for i in op.inputs], np.int32)
     for k in head:
         name, op = ops[k]
         op.inputs = np.asarray([twins.get(int(i), int(i)) for i in op.inputs], np.int32)
@@ -157,8 +225,11 @@ def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
         out.quantization.zeroPoint = np.asarray([0], np.int64)
         if name == "ADD":
             op.builtinOptions.potScaleInt16 = False
-        if name == "FULLY_CONNECTED" and len(op.inputs) > 2 and op.inputs[2] >= 0:
+        if name in _BIASED and len(op.inputs) > 2 and op.inputs[2] >= 0:
             bias = sg.tensors[int(op.inputs[2])]
+            if sum(int(op.inputs[2]) in op2.inputs for _, op2 in ops) > 1:
+                raise Int8RecipeError(f"int16 maps: bias {bias.name.decode()} is shared by "
+                                      "several operators; export with --precision int16x8")
             weight_scale = np.asarray(sg.tensors[int(op.inputs[1])].quantization.scale, np.float64)
             x = int(op.inputs[0])
             in8 = old[source_of.get(x, x)][0]  # the scale the int32 bias was stored at
@@ -168,7 +239,9 @@ def widen_head(tfl: bytes, headroom: float = 1.0) -> bytes:
                          unit, np.zeros(len(unit), np.int64), fb.TensorType.INT64)
     # TFLite runs operators in list order: each QUANTIZE must follow its map's producer
     code = opcode_index(model, fb.BuiltinOperator.QUANTIZE, 1)
-    inserts = sorted(((producer[i], i, t) for i, t in twins.items()), reverse=True)
+    # (a graph input's twin first of all: position -1)
+    inserts = sorted(((producer.get(i, -1), i, t) for i, t in (*twins.items(), *narrow.items())),
+                     reverse=True)
     for after, source, twin in inserts:
         quantize = fb.OperatorT()
         quantize.opcodeIndex = code

@@ -11,7 +11,10 @@ Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
     inputs clipped to [-4, 4], relu outputs at their MSE-optimal clip, each output's range the
     model's domain 0..V instead of the oldest face seen);
  2. the head widened to int16 activations (:func:`ssrconv.converters.tflite_mixed.widen_head`:
-    with an int8 head the merge's rounding alone kept the file outside the int8 budget), each
+    with an int8 head the merge's rounding alone kept the file outside the int8 budget), and
+    for a member whose stage-1 maps are wider than the original's every feature map but
+    ``Variant.wide_stage1_int8_maps`` (the PyTorch port: all but relu_conv2; its int8 maps
+    summed their rounding past the budget), each
     head range HEADROOM times its calibrated one, a product of two activations HEADROOM
     squared (data-free inputs fall short of real faces' head ranges, and clipped the oldest
     faces);
@@ -41,6 +44,9 @@ from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 
 # What the recipe does, in the cache key: change it whenever the recipe's output changes.
+# ``int8_maps`` (integer_file: the maps kept int8 when the others are int16) joins a recipe
+# only when a member has it, so the files without int16 maps (the original's, the MXNet
+# pair's) keep their bytes and their keys.
 RECIPE = {"version": 9, "alpha": ALPHA, "head_headroom": HEADROOM, "tanh_clip": TANH_CLIP,
           "mse_clip": True, "pool_clip": False, "augment_copies": 4, "augment_seed": 0, "steps": 600, "batch_size": 32,
           "learning_rate": 0.005, "seed": 0, "prep_on_augmented": False}
@@ -53,14 +59,20 @@ RECIPE_DATA_FREE = {**RECIPE, "steps": 0, "prep_on_augmented": True, "pool_clip"
 CACHE_DIR = "int8-integer"  # a folder of the cache directory (ssrconv.content_cache)
 
 
-def integer_file(model, calibration, input_type: str = "float32") -> tuple[bytes, dict]:
-    """:func:`convert_int8_integer` of ``model`` (outputs named by a dict:
-    ``reference.model.outputs_as_dict``) on a ``calibration.CalibrationSet``, with
-    :data:`RECIPE_DATA_FREE` for distilled inputs and :data:`RECIPE` for real faces. The TFLite
-    and the integer ONNX export both ask here, so they convert, and cache, the same file."""
+def integer_file(model, calibration, variant, input_type: str = "float32") -> tuple[bytes, dict]:
+    """:func:`convert_int8_integer` of ``model`` (the fast graph of ``variant``, a
+    :class:`ssrconv.graph.Variant`; outputs named by a dict: ``reference.model.outputs_as_dict``)
+    on a ``calibration.CalibrationSet``, with :data:`RECIPE_DATA_FREE` for distilled inputs and
+    :data:`RECIPE` for real faces, and the variant's int16 maps for a member whose stage-1 is
+    wider than the original's (``Variant.wide_stage1_int8_maps``). The TFLite and the integer
+    ONNX export both ask here, so they convert, and cache, the same file."""
+    from ssrconv.graph import stage1_products
+    from ssrconv.reference.family import wide_stage1
     from ssrconv.reference.model import outputs_as_dict
 
     recipe = RECIPE_DATA_FREE if calibration.data_free else RECIPE
+    if wide_stage1(stage1_products(model)) and variant.wide_stage1_int8_maps is not None:
+        recipe = {**recipe, "int8_maps": list(variant.wide_stage1_int8_maps)}
     return convert_int8_integer(outputs_as_dict(model), calibration.inputs,
                                 input_type=input_type, recipe=recipe)
 
@@ -85,8 +97,9 @@ def convert_int8_integer(model, calibration_inputs: np.ndarray, input_type: str 
 
     inputs = augment(cal, recipe["augment_copies"], recipe["augment_seed"])
     prep = inputs if recipe["prep_on_augmented"] else None
+    int8_maps = None if recipe.get("int8_maps") is None else tuple(recipe["int8_maps"])
     ptq = widen_head(quantize_ptq(model, cal, input_type, recipe, prep_inputs=prep),
-                     recipe["head_headroom"])
+                     recipe["head_headroom"], int8_maps)
     if recipe["steps"]:
         targets = _reference_outputs(model, inputs)
         data, tuned = fine_tune(ptq, inputs, targets, steps=recipe["steps"],

@@ -79,6 +79,14 @@ class Variant:
     # and the MXNet pair's file calibrated on faces left the budget (TFLite Micro p99 0.95 ->
     # 1.1 y; docs/INT8.md, "Ethos-U").
     average_pools_stride2: bool = False
+    # Integer-only int8 (tflite_mixed.widen_head), for a member whose stage-1 maps are wider
+    # than the original's (family.wide_stage1): the feature maps (layer names of this graph)
+    # kept on int8 activations; every other map, as the SSR head, on int16 (TFLite's 16x8
+    # kernels). None: every map int8. The PyTorch port's int8 maps summed their rounding to
+    # 0.44 / 1.66 y (mean / p99, faces, before fine-tuning); its input affine alone costs
+    # 0.06 / 0.34 y int8, and relu_conv2 (44% of its multiply-adds) 0.03 / 0.13
+    # (docs/INT8.md, "The PyTorch port's int8-integer file: int16 maps").
+    wide_stage1_int8_maps: tuple[str, ...] | None = None
 
 
 VARIANTS = {v.name: v for v in (
@@ -103,7 +111,7 @@ VARIANTS = {v.name: v for v in (
     # p99 1.53 -> 1.33 y, docs/INT8.md "The other family members").
     Variant("per-head-int8-integer", plain_groups=False, batched_dense=False,
             grouped_convs=False, rsqrt_reciprocal=True, merge_per_head=True,
-            delta_scale_groups=4),
+            delta_scale_groups=4, wide_stage1_int8_maps=("relu_conv2",)),
     # onnxruntime keeps its NCHWc blocked layout through 16-channel summaries (also used by
     # OpenVINO and onnxruntime-web: measured faster padded, docs/GRAPH.md).
     Variant("onnx", summary_channels=16),
