@@ -1,5 +1,5 @@
-"""Integer-only int8 TFLite (issue 23, `--precision int8-integer`): every operator integer,
-the convolutions on int8 tensors, the SSR head on int16 ones (converters/tflite_mixed);
+"""Integer-only int8 TFLite (issue 23, `--to tflite --precision int8`): every operator integer,
+the convolutions on int8 tensors, the SSR head on int16 ones (converters/tflite_int16_head);
 quantization-aware fine-tuning by distillation, cached by content hash. The session's export is reused (one conversion; its fine-tuning is cached under
 SSRCONV_CACHE, so later sessions read it)."""
 
@@ -13,7 +13,7 @@ from ssrconv.targets import BUDGETS
 
 @pytest.fixture(scope="session")
 def integer_int8(exported):
-    return exported("tflite-int8-integer")
+    return exported("tflite-int8")
 
 
 def test_per_head_merges_keep_both_heads_for_the_recipe(reference_age_gender):
@@ -92,7 +92,7 @@ def test_fine_tuning_lowers_its_loss_and_the_file_meets_the_int8_budget(integer_
 def test_second_export_is_a_cache_hit_with_the_same_bytes(integer_int8, faces_dir, tmp_path):
     from ssrconv.exporter import export
 
-    (again,) = export(to=("tflite",), precision=("int8-integer",), calibration=faces_dir,
+    (again,) = export(to=("tflite",), precision=("int8",), calibration=faces_dir,
                       out=tmp_path / "again")
     assert again.manifest["fine_tuning"]["cache"]["status"] == "hit"
     assert again.manifest["fine_tuning"]["cache"]["key"] == \
@@ -152,7 +152,7 @@ def test_widened_head_gets_headroom_except_its_outputs_and_tanh():
     import keras
 
     from ssrconv.converters.tflite_int8 import calibrate_only
-    from ssrconv.converters.tflite_mixed import TANH_OUTPUT_SCALE, widen_head
+    from ssrconv.converters.tflite_int16_head import TANH_OUTPUT_SCALE, widen_head
     from ssrconv.converters.tflite_qat import _quantize
     from ssrconv.formats import tflite_flatbuffer as tfb
 
