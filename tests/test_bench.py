@@ -351,7 +351,7 @@ def test_backend_without_model_uses_or_makes_the_default_export(tmp_path, monkey
     (options,) = calls
     assert options.to == ("onnx",) and set(options.precision) == {"fp32", "int8"}
     assert options.out == command.DEFAULT_EXPORT_DIR and "exporting" in said[0]
-    # the opt-in rows (int8-integer, int16x8: minutes of fine-tuning, or not a desktop file)
+    # the opt-in rows (int8-mixed: beside the integer int8 file; int16x8: not a desktop file)
     # are not part of the default export
     command._default_artifacts("tflite", said.append)
     assert set(calls[1].precision) == {"fp32", "fp16", "dynamic", "int8"}

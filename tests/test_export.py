@@ -88,8 +88,8 @@ def test_tflite_loads_and_manifest_io_matches_interpreter(exported, faces, key):
     assert out["age"].shape == (1, 1) and np.all(np.isfinite(out["age"]))
 
 
-def test_int8_backbone_is_integer_head_float_and_says_so(export_dir):
-    _, manifest = _manifest(export_dir, "tflite-int8")
+def test_int8_mixed_backbone_is_integer_head_float_and_says_so(export_dir, exported):
+    manifest = exported("tflite-int8-mixed").manifest
     # The fast graph (docs/GRAPH.md): one fused conv per layer for both heads (groups=2 after the
     # first). int8: the relu stream's conv3/conv4 and pool3, the tanh stream's conv2-4 and their
     # pools (5 of the 14 convolutions, 1 of the 5 average pools as depthwise, 2 of the 5 max
@@ -170,11 +170,11 @@ def test_coreml_spec_matches_manifest(export_dir, key):
 
 def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir, cli):
     out = tmp_path / "one"
-    result = cli("export", "--to", "tflite", "--precision", "int8", "--task", "age",
+    result = cli("export", "--to", "tflite", "--precision", "int8-mixed", "--task", "age",
                  "--int8-io", "uint8", "--calibration", faces_dir, "--calibration-limit", "50",
                  "--out", out)
     assert result.returncode == 0, result.stderr
-    manifest = json.loads((out / "ssrnet_age_int8.tflite.json").read_text())
+    manifest = json.loads((out / "ssrnet_age_int8-mixed.tflite.json").read_text())
     assert [o["name"] for o in manifest["outputs"]] == ["age"]
     # camera bytes in; the float head gives float years out
     assert manifest["inputs"][0]["dtype"] == "uint8" and manifest["outputs"][0]["dtype"] == "float32"
@@ -192,15 +192,15 @@ def test_single_task_uint8_io_and_image_input(tmp_path, assets_dir, faces_dir, c
     assert len(index["artifacts"]) == 2  # merged with the earlier export into the same directory
 
 
-def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_dir, cli):
-    """`--graph original` still gives the reference-graph int8 file (the recipe finds the
+def test_int8_mixed_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_dir, cli):
+    """`--graph original` still gives the reference-graph mixed int8 file (the recipe finds the
     reference's own layer names): 18 Dense layers, per-stream convs, the same 5 of 14 in int8."""
     out = tmp_path / "original"
-    result = cli("export", "--to", "tflite", "--precision", "int8", "--task", "age",
+    result = cli("export", "--to", "tflite", "--precision", "int8-mixed", "--task", "age",
                  "--graph", "original", "--calibration", faces_dir,
                  "--calibration-limit", "40", "--out", out)
     assert result.returncode == 0, result.stderr
-    manifest = json.loads((out / "ssrnet_age_int8.tflite.json").read_text())
+    manifest = json.loads((out / "ssrnet_age_int8-mixed.tflite.json").read_text())
     assert manifest["graph"] == "original" and manifest["ops"]["FULLY_CONNECTED"] == 18
     assert manifest["ops"]["CONV_2D"] - manifest["float_ops"]["CONV_2D"] == 5
     assert "STRIDED_SLICE" not in manifest["ops"]  # no input crop
@@ -209,7 +209,13 @@ def test_int8_graph_original_is_the_reference_graph(tmp_path, assets_dir, faces_
 @pytest.mark.parametrize("args,needle", [
     (["--to", "tensorrt"], "Invalid value for '--to'"),
     (["--to", "coreml", "--precision", "int8"], "coreml has no int8 export"),
-    (["--to", "tflite", "--calibration", "."], "--calibration applies to int8, int8-integer, int16x8 exports only"),
+    (["--to", "tflite", "--calibration", "."],
+     "--calibration applies to int8, int8-mixed, int8-integer, int16x8 exports only"),
+    (["--to", "tflite", "--precision", "int8-integer"],
+     "tflite has no int8-integer export (available: fp32, fp16, dynamic, int8, int8-mixed, "
+     "int16x8)"),
+    (["--to", "tflite", "--precision", "int8", "--graph", "original"],
+     "--graph original: tflite-int8 is integer-only, made from the fast graph only"),
     (["--to", "onnx", "--int8-io", "uint8"], "--int8-io applies"),
     (["--to", "onnx", "--image-input"], "--image-input applies"),
     (["--to", "onnx", "--weights", "yunet"], "not SSR-Net weights"),

@@ -1,5 +1,5 @@
-"""Integer-only int8 TFLite (issue 23, `--precision int8-integer`): every operator integer,
-the convolutions on int8 tensors, the SSR head on int16 ones (converters/tflite_mixed);
+"""Integer-only int8 TFLite (issue 23, `--to tflite --precision int8`): every operator integer,
+the convolutions on int8 tensors, the SSR head on int16 ones (converters/tflite_int16_head);
 quantization-aware fine-tuning by distillation, cached by content hash. The session's export is reused (one conversion; its fine-tuning is cached under
 SSRCONV_CACHE, so later sessions read it)."""
 
@@ -13,7 +13,7 @@ from ssrconv.targets import BUDGETS
 
 @pytest.fixture(scope="session")
 def integer_int8(exported):
-    return exported("tflite-int8-integer")
+    return exported("tflite-int8")
 
 
 def test_per_head_merges_keep_both_heads_for_the_recipe(reference_age_gender):
@@ -113,7 +113,7 @@ def test_fine_tuning_lowers_its_loss_and_the_file_meets_the_int8_budget(integer_
 def test_second_export_is_a_cache_hit_with_the_same_bytes(integer_int8, faces_dir, tmp_path):
     from ssrconv.exporter import export
 
-    (again,) = export(to=("tflite",), precision=("int8-integer",), calibration=faces_dir,
+    (again,) = export(to=("tflite",), precision=("int8",), calibration=faces_dir,
                       out=tmp_path / "again")
     assert again.manifest["fine_tuning"]["cache"]["status"] == "hit"
     assert again.manifest["fine_tuning"]["cache"]["key"] == \
@@ -173,7 +173,7 @@ def test_widened_head_gets_headroom_except_its_outputs_and_tanh():
     import keras
 
     from ssrconv.converters.tflite_int8 import calibrate_only
-    from ssrconv.converters.tflite_mixed import TANH_OUTPUT_SCALE, widen_head
+    from ssrconv.converters.tflite_int16_head import TANH_OUTPUT_SCALE, widen_head
     from ssrconv.converters.tflite_qat import _quantize
     from ssrconv.formats import tflite_flatbuffer as tfb
 
@@ -320,7 +320,7 @@ def test_int16_maps_keep_only_the_named_maps_int8_and_run_on_litert_and_tflite_m
     all-int8 file does, or better; without ``int8_maps`` the file is the head-only widening."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from ssrconv.converters.tflite_mixed import layer_of, widen_head
+    from ssrconv.converters.tflite_int16_head import layer_of, widen_head
     from ssrconv.errors import Int8RecipeError
     from ssrconv.formats import tflite_flatbuffer as tfb
     from ssrconv.formats.tflite_flatbuffer import integer_only_violations, schema

@@ -256,11 +256,11 @@ def test_every_compute_node_is_between_dequantize_and_quantize(integer_onnx):
 @pytest.mark.slow
 def test_it_is_the_tflite_recipes_file_and_meets_the_int8_budget(integer_onnx, exported,
                                                                   budget_check):
-    """The same fine-tuned integers as tflite-int8-integer (one cache entry), within the whole
+    """The same fine-tuned integers as tflite-int8 (one cache entry), within the whole
     int8 budget on onnxruntime and OpenVINO (figures: docs/INT8.md, "Integer ONNX")."""
     from ssrconv.loading import load_runtime
 
-    tflite = exported("tflite-int8-integer")
+    tflite = exported("tflite-int8")
     assert (integer_onnx.manifest["fine_tuning"]["cache"]["key"]
             == tflite.manifest["fine_tuning"]["cache"]["key"])
     for engine in ("onnxruntime", "openvino"):

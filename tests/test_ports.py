@@ -156,10 +156,10 @@ def test_every_members_calibrated_targets_convert_its_fast_graph(tmp_path, membe
 
 @pytest.mark.parametrize("name", ["per-head-integer", "per-head-int8-integer"])
 def test_integer_graphs_split_only_a_delta_wider_than_the_originals(ports_dir, faces, name):
-    """The integer graphs (16x8 and int8-integer) compute the PyTorch port's stage-1 delta
+    """The integer graphs (16x8 and integer int8) compute the PyTorch port's stage-1 delta
     (640 products) as four Dense outputs, one per group of its weights by magnitude, summed
     by weights 1: the same function, and a per-channel int8 scale per group (one scale for
-    the 640 weights cost the port's 16x8 file p99 1.05 y; its int8-integer file, calibrated
+    the 640 weights cost the port's 16x8 file p99 1.05 y; its integer int8 file, calibrated
     on faces, p99 1.53 -> 1.33 y). The 160-wide deltas (the port's stages 2-3, every
     original delta) stay one Dense: grouped, the original's data-free file measured worse
     (docs/INT8.md, "The 16x8 file")."""
@@ -224,7 +224,7 @@ def test_pytorch_ports_int8_integer_file_is_within_the_int8_budget_on_both_engin
 
     fb = schema()
     options = {} if calibration == "faces" else {"calibration": None}
-    artifact = exported("tflite-int8-integer", task="age", age_weights=str(ports_dir / PTH),
+    artifact = exported("tflite-int8", task="age", age_weights=str(ports_dir / PTH),
                         **options)
     assert artifact.manifest["integer_only"] is True
     assert artifact.manifest["fine_tuning"]["steps"] == (600 if calibration == "faces" else 0)
@@ -252,17 +252,17 @@ def test_pytorch_ports_int8_integer_file_is_within_the_int8_budget_on_both_engin
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key, engines", [("tflite-int16x8", {"tflite-builtin", "tflite-micro"}),
-                                          ("tflite-int8-integer", {"tflite+xnnpack", "tflite-micro"})])
+                                          ("tflite-int8", {"tflite+xnnpack", "tflite-micro"})])
 def test_mxnet_pairs_data_free_integer_files_are_within_the_int8_budget(
         exported, ports_dir, faces_dir, tmp_path, capsys, key, engines):
     """The MXNet pair's integer files calibrated data-free hold the int8 budget on its aligned
     faces, on LiteRT (XNNPACK for the int8 convolutions, builtin kernels for int16) and on
-    TFLite Micro. The 16x8 file measured mean 0.17 / p99 1.34 / max 2.54 y, the int8-integer
+    TFLite Micro. The 16x8 file measured mean 0.17 / p99 1.34 / max 2.54 y, the integer int8
     file 0.33 / 1.38 / 3.1 y, while the distilled inputs matched BatchNorm statistics alone:
     they spanned 10-55 y of output and reached a third to a tenth of the ranges the faces reach
     in the age head's stage-1 tensors; each input now also gets a target output spread over
     [0, V] (calibration.distill_inputs; docs/INT8.md, "The MXNet pair's data-free 16x8 file"),
-    and the int8-integer file's average pools are clipped (tflite_qat.RECIPE_DATA_FREE; "Every
+    and the integer int8 file's average pools are clipped (tflite_qat.RECIPE_DATA_FREE; "Every
     member's data-free int8-integer file")."""
     from ssrconv.calibration import DATA_FREE_KIND
 
@@ -274,13 +274,15 @@ def test_mxnet_pairs_data_free_integer_files_are_within_the_int8_budget(
 
 
 @pytest.mark.slow
-def test_mxnet_pairs_int8_integer_file_calibrated_on_faces_is_within_the_int8_budget(
-        exported, ports_dir, faces_dir, tmp_path, capsys):
-    """The MXNet pair's int8-integer file calibrated (and fine-tuned) on its aligned faces holds
-    the int8 budget on XNNPACK and TFLite Micro (measured 0.26 / 0.88 / 0.94 y and 0.25 / 0.95
-    / 1.2 y; docs/INT8.md, "Every member's data-free int8-integer file")."""
-    artifact = exported("tflite-int8-integer", age_weights=str(ports_dir / MX_AGE),
-                        gender_weights=str(ports_dir / MX_GENDER))
+def test_mxnet_pairs_int8_file_calibrated_on_faces_is_within_the_int8_budget(
+        mxnet_export_dir, faces_dir, tmp_path, capsys):
+    """The MXNet pair's integer int8 file calibrated (and fine-tuned) on its aligned faces, the
+    one of its `--to all` export, holds the int8 budget on XNNPACK and TFLite Micro (measured
+    0.26 / 0.88 / 0.94 y and 0.25 / 0.95 / 1.2 y; docs/INT8.md, "Every member's data-free
+    int8-integer file")."""
+    from ssrconv.artifacts import open_artifact
+
+    artifact = open_artifact(mxnet_export_dir / "ssrnet_age_gender_int8.tflite")
     assert artifact.manifest["calibration"]["crop_rule"] == "align5-arcface112"
     assert artifact.manifest["fine_tuning"]["steps"] > 0
     _assert_mxnet_integer_file_within_budget(artifact, faces_dir, tmp_path, capsys,
@@ -683,7 +685,7 @@ def test_pytorch_port_exports_every_target_and_each_passes_parity(ports_dir, fac
                                                                    capsys):
     """One port through ``--to all`` (the CI budget allows one): every target is written and
     held to its budget against the port's own reference, faces cut by its contract (its
-    tflite-int8 keeps the wide fourth blocks float; its mnn-fp16 is rounded to nearest before
+    tflite-int8 is integer-only; its mnn-fp16 is rounded to nearest before
     MNN's truncating conversion: docs/PORTS.md)."""
     import json
 
@@ -771,7 +773,7 @@ def test_stage1_products_of_a_model_are_its_specs(ports_dir):
 
 def test_int8_recipe_keeps_a_wide_stage1_float_for_the_pytorch_port(ports_dir):
     """The PyTorch port's fourth blocks output 8 x 8 maps (the original's 4 x 4): both int8
-    recipes keep them float besides their float layers for the original (without: tflite-int8
+    recipes keep them float besides their float layers for the original (without: tflite-int8-mixed
     p99 1.23 y, onnx-int8 1.19 y; docs/PORTS.md)."""
     from ssrconv.converters.int8_prep import STAGE1_BLOCKS, rewrite
     from ssrconv.converters.onnx_int8 import INT8_LAYERS, int8_layer_names
@@ -797,7 +799,7 @@ def test_int8_recipe_keeps_a_wide_stage1_float_for_the_pytorch_port(ports_dir):
 def test_int8_float_layers_of_the_mxnet_pair_are_matched_through_twins(ports_dir):
     """The MXNet pair's reference graph has one ``input_affine`` per head, both reading
     ``face_bgr`` with the same kernel: TFLite keeps one op for the two, named for one head, and
-    tflite-int8 finds the other head's float layer through its twin (docs/PORTS.md, "int8")."""
+    tflite-int8-mixed finds the other head's float layer through its twin (docs/PORTS.md, "int8")."""
     from ssrconv.converters.tflite_int8 import _twins
     from ssrconv.reference import load_reference
 

@@ -138,7 +138,7 @@ def distill_inputs(model, images: int = 64, seed: int = 0, iterations: int = 100
     With ``output_weight`` > 0 each input is also given a target for each of the model's named
     outputs (``age``, ``p_male``: :func:`ssrconv.reference.model.output_domains`), stratified
     over the output's domain [0, V] within each batch, and the loss adds ``output_weight`` x the
-    mean |output - target| / V (the 16x8 targets': ``Target.distill_output_weight``). A BatchNorm
+    mean |output - target| / V (``Target.distill_output_weight``). A BatchNorm
     statistic is per channel over every position, while the SSR head's Dense layers weigh each
     position of the last maps: matched on BatchNorm statistics alone, the MXNet pair's inputs
     (a model trained on 5-point aligned faces) spanned 10-55 y of output, reached a third to a

@@ -130,7 +130,9 @@ def _split_weights(values: tuple[str, ...], arch: str | None = None
               help="Target family; repeat for several.")
 @click.option("--precision", multiple=True, type=click.Choice(PRECISIONS),
               help="Precision; repeat for several. Default: each family's default "
-                   "(onnx fp32, tflite fp32, coreml fp16), or every precision with --to all.")
+                   "(onnx fp32, tflite fp32, coreml fp16), or every precision with --to all. "
+                   "tflite int8 is integer-only (int8-mixed: float first blocks and SSR head); "
+                   "onnx int8-integer holds tflite int8's integers as QDQ.")
 @click.option("--task", default="age-gender", show_default=True,
               type=click.Choice(_TASKS),
               help="age-gender: one artifact with both heads sharing the input.")
@@ -157,7 +159,8 @@ def _split_weights(values: tuple[str, ...], arch: str | None = None
                                if t.opsets != TF2ONNX_OPSETS)
                    + f"; the others {TF2ONNX_OPSETS[0]}..{TF2ONNX_OPSETS[1]}).")
 @click.option("--int8-io", type=click.Choice(INT8_IO_TYPES), default="float32",
-              show_default=True, help="Input type of the tflite int8 model (uint8: camera bytes); outputs stay float32.")
+              show_default=True, help="Input type of the tflite int8 and int8-mixed files (uint8: camera bytes); "
+                   "outputs stay float32.")
 @click.option("--image-input", is_flag=True,
               help="CoreML: declare the input as an ImageType (BGR, scale 1) instead of a tensor.")
 @click.option("--graph", type=click.Choice(["fast", "original"]), default="fast",

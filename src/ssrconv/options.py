@@ -132,6 +132,17 @@ class ExportOptions:
                                                     for t in self.targets):
             raise OptionsError(f"--calibration applies to {', '.join(CALIBRATED_PRECISIONS)} "
                                "exports only; add --precision int8")
+        if self.graph == "original":
+            from ssrconv.graph import VARIANTS
+
+            # the integer-only files quantize a merge without division (Variant.rsqrt_reciprocal)
+            fast_only = [t.key for t in self.targets if VARIANTS[t.variant].rsqrt_reciprocal]
+            if fast_only:
+                raise OptionsError(f"--graph original: {', '.join(fast_only)} "
+                                   f"{'is' if len(fast_only) == 1 else 'are'} integer-only, "
+                                   "made from the fast graph only (the original graph's SSR "
+                                   "merge divides); leave --graph out (the mixed int8 TFLite "
+                                   "file, --precision int8-mixed, converts the original graph)")
         defaults = {name: ExportOptions.__dataclass_fields__[name].default for name in TARGET_OPTIONS}
         for name, flag in TARGET_OPTIONS.items():
             if getattr(self, name) == defaults[name] or any(name in t.options for t in self.targets):

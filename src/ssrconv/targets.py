@@ -23,9 +23,9 @@ import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PRECISIONS = ("fp32", "fp16", "bf16", "dynamic", "int8", "int8-integer", "int16x8")
+PRECISIONS = ("fp32", "fp16", "bf16", "dynamic", "int8", "int8-mixed", "int8-integer", "int16x8")
 # Precisions whose export calibrates activation ranges (on --calibration faces or data-free).
-CALIBRATED_PRECISIONS = ("int8", "int8-integer", "int16x8")
+CALIBRATED_PRECISIONS = ("int8", "int8-mixed", "int8-integer", "int16x8")
 INT8_IO_TYPES = ("float32", "int8", "uint8")
 # ONNX opsets: those tf2onnx 1.17 writes (first, last: its constants.OPSET_TO_IR_VERSION), the
 # one an export uses when --opset is not given (where the row's range allows it), and the first
@@ -64,7 +64,8 @@ BUDGETS = {
 }
 # The budget class a precision is judged by (an unmanaged file: the precision read from it).
 BUDGET_OF_PRECISION = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "dynamic": "int8",
-                       "int8": "int8", "int8-integer": "int8", "int16x8": "int8"}
+                       "int8": "int8", "int8-mixed": "int8", "int8-integer": "int8",
+                       "int16x8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -305,11 +306,9 @@ class Target:
     # Exported by `--to all` (False: only when its precision or family is asked for by name).
     in_all: bool = True
     # Data-free calibration (no --calibration): the weight of the distilled inputs' output
-    # targets (ssrconv.calibration.distill_inputs; 0: BatchNorm statistics alone). The int16
-    # files need inputs that span the outputs (the MXNet pair's 16x8 file failed without);
-    # the int8 recipes' clips and percentiles were tuned on BatchNorm-only inputs, and with
-    # targets the original's data-free onnx-int8 measured p99 1.07 y > 1.0 (docs/INT8.md, "The
-    # MXNet pair's data-free 16x8 file").
+    # targets (ssrconv.calibration.distill_inputs; 0: BatchNorm statistics alone): every
+    # calibrated row's DISTILL_OUTPUT_WEIGHT but the mixed TFLite file's, so one distillation
+    # serves an export (docs/INT8.md, "Which int8 TFLite file").
     distill_output_weight: float = 0.0
 
     @property
@@ -357,13 +356,14 @@ ONNX_OPTIONS = ("opset",)
 # The integer ONNX rows: int16 QDQ tensors, opset INT16_QDQ_OPSET and no other.
 INTEGER_ONNX_OPSETS = (INT16_QDQ_OPSET, INT16_QDQ_OPSET)
 
-# The 16x8 targets' distill_output_weight: tflite-int16x8 and ethos-u-int16x8 convert one file.
-DISTILL_OUTPUT_WEIGHT_16X8 = 1.0
-# The integer int8 targets' (tflite- and onnx-int8-integer convert one file): their int16 head
-# needs inputs that span the outputs (the MXNet pair's file: p99 1.38 y without), their int8
-# maps ranges no wider than the faces' (with weight 1 the original's file measured p99 1.09 y
-# on XNNPACK; 0.5: 0.73; docs/INT8.md, "Every member's data-free int8-integer file").
-DISTILL_OUTPUT_WEIGHT_INT8_INTEGER = 0.5
+# The calibrated rows' distill_output_weight. The int16 tensors (the 16x8 files, the integer
+# int8 file's head) need inputs that span the outputs (without: the MXNet pair's 16x8 file p99
+# 1.34 y, its integer int8 file 1.38); int8 maps want ranges no wider than the faces' (at
+# weight 1 the original's integer int8 file measured p99 1.09 y on XNNPACK, its onnx-int8
+# 1.07; at 0.5: 0.73 and 0.74). At 0.5 every member's data-free 16x8 file (builtin kernels and
+# TFLite Micro) and onnx-int8 / openvino-int8 are within the int8 budget as well, so one
+# distillation serves `--to all` (docs/INT8.md, "Which int8 TFLite file").
+DISTILL_OUTPUT_WEIGHT = 0.5
 
 TARGETS: dict[str, Target] = {
     t.key: t
@@ -372,26 +372,26 @@ TARGETS: dict[str, Target] = {
         Target("onnx", "int8", "int8",
                "ONNX int8: static QDQ (onnxruntime.quantization, int8 activations, int8 "
                "per-channel weights) on the relu stream's convolutions and pools, the rest "
-               "float; calibrated", graph_variant="per-head", options=ONNX_OPTIONS),
+               "float; calibrated", graph_variant="per-head", options=ONNX_OPTIONS,
+               distill_output_weight=DISTILL_OUTPUT_WEIGHT),
         Target("onnx", "int8-integer", "int8",
-               "ONNX integer: the tflite-int8-integer file (int8 convolutions, int16 SSR head, "
+               "ONNX integer: the tflite-int8 file (int8 convolutions, int16 SSR head, "
                "fine-tuned) as QDQ, every compute node between DequantizeLinear and "
                "QuantizeLinear (opset 21: int16 QDQ); for ONNX-fed NPUs; calibrated",
                graph_variant="per-head-int8-integer", options=ONNX_OPTIONS,
                opsets=INTEGER_ONNX_OPSETS,
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT_INT8_INTEGER,
-               # Not in `--to all`, as the TFLite file it converts (the PyTorch port's file
-               # outside the budget; the original's on onnxruntime, faces, recipe version 8:
-               # 0.19 / 0.90 / 1.1 y; data-free, recipe version 9: 0.19 / 0.73 / 0.90);
-               # on onnxruntime's CPU provider slower than onnx-int8 (docs/INT8.md,
-               # "Integer ONNX").
+               distill_output_weight=DISTILL_OUTPUT_WEIGHT,
+               # Not in `--to all`: an NPU compiler's input, on onnxruntime's CPU provider
+               # slower than onnx-int8 (the original's on onnxruntime, faces, recipe version 8:
+               # 0.19 / 0.90 / 1.1 y; data-free, recipe version 9: 0.19 / 0.73 / 0.90;
+               # docs/INT8.md, "Integer ONNX").
                in_all=False),
         Target("onnx", "int16x8", "int8",
                "ONNX A16W8: the tflite-int16x8 file (int16 activations, int8 per-channel "
                "weights) as QDQ, every compute node between DequantizeLinear and QuantizeLinear "
                "(opset 21: int16 QDQ); the form Qualcomm QNN and other ONNX-fed NPUs take; "
                "calibrated", graph_variant="per-head-integer", options=ONNX_OPTIONS,
-               opsets=INTEGER_ONNX_OPSETS, distill_output_weight=DISTILL_OUTPUT_WEIGHT_16X8,
+               opsets=INTEGER_ONNX_OPSETS, distill_output_weight=DISTILL_OUTPUT_WEIGHT,
                # Not in `--to all`, as the TFLite file it converts: an NPU compiler's input.
                # Every member's file is within the int8 budget on onnxruntime, OpenVINO and
                # onnxruntime-web, calibrated on faces and data-free (OpenVINO, faces: original
@@ -403,42 +403,54 @@ TARGETS: dict[str, Target] = {
         Target("tflite", "dynamic", "int8", "TFLite dynamic range: int8 weights, float activations",
                graph_variant="per-head"),
         Target("tflite", "int8", "int8",
-               "TFLite int8: convolutions and pools in int8 (weights and activations) except "
-               "each stream's first block; SSR head in float; calibrated", options=("int8_io",)),
-        Target("tflite", "int8-integer", "int8",
                "TFLite int8, integer-only: int8 activations and per-channel weights in the "
                "convolutions (a member with wider stage-1 maps, the PyTorch port: only its "
                "largest, the others int16), the SSR head on int16 activations (int8 weights, "
                "int64 biases), "
                "every operator integer (float32 or --int8-io input at the boundary); each head "
-               "its own tensors; calibrated on faces: quantization-aware fine-tuning by "
-               "distillation from the float graph; data-free: CLE and GPTQ, no fine-tuning; "
-               "for TFLite Micro, NPUs and XNNPACK",
+               "its own tensors, the first convolutions in row bands; calibrated on faces: "
+               "quantization-aware fine-tuning by distillation from the float graph; "
+               "data-free: CLE and GPTQ, no fine-tuning; for XNNPACK, TFLite Micro and NPUs",
                graph_variant="per-head-int8-integer", options=("int8_io",),
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT_INT8_INTEGER,
-               # Not in `--to all` (the integrator's call): every member's file is within the
-               # int8 budget calibrated on faces and data-free, on XNNPACK and TFLite Micro
-               # (recipe version 9, data-free, XNNPACK: original 0.19 / 0.73 / 0.87 y, MXNet
-               # pair 0.23 / 0.95 / 1.7, mean / p99 / max; the PyTorch port's with every map
-               # but relu_conv2 on int16, Variant.wide_stage1_int8_maps: 0.23 / 0.79 / 1.2,
-               # faces 0.15 / 0.49 / 0.72; all its maps int8 it was 0.50 / 2.5 / 7.7); its
-               # export costs ~40-55 CPU-s data-free (+~50 for a distillation of its own),
-               # 2.5-3.5 CPU-minutes on faces (fine-tuning) (docs/INT8.md, "Every member's
-               # data-free int8-integer file", "The PyTorch port's int8-integer file: int16
-               # maps").
+               distill_output_weight=DISTILL_OUTPUT_WEIGHT,
+               # In `--to all`: every member's file is within the int8 budget calibrated on
+               # faces and data-free, on XNNPACK and TFLite Micro (recipe version 9, data-free,
+               # XNNPACK: original 0.19 / 0.73 / 0.87 y, MXNet pair 0.23 / 0.95 / 1.7, mean /
+               # p99 / max; the PyTorch port's with every map but relu_conv2 on int16,
+               # Variant.wide_stage1_int8_maps: 0.23 / 0.79 / 1.2, faces 0.15 / 0.49 / 0.72;
+               # all its maps int8 it was 0.50 / 2.5 / 7.7); its export costs ~40-55 CPU-s
+               # data-free, 2.5-3.5 CPU-minutes on faces (fine-tuning) (docs/INT8.md, "Every
+               # member's data-free int8-integer file", "The PyTorch port's int8-integer file:
+               # int16 maps").
+               ),
+        Target("tflite", "int8-mixed", "int8",
+               "TFLite int8, mixed: convolutions and pools in int8 (weights and activations) "
+               "except each stream's first block; SSR head in float (float32 arithmetic, "
+               "float16-stored weights); calibrated", options=("int8_io",),
+               # Opt-in: tflite-int8 (integer-only) is smaller (159,280 against 190,888
+               # bytes), faster on XNNPACK (0.48x against 0.77x of the original-graph fp32
+               # file) and runs on TFLite Micro, which refuses this file's float16 weights.
+               # Kept for what the integer file does not give: the lowest error on faces of
+               # the int8 TFLite files (the original's 0.14 / 0.68 / 1.2 y against
+               # 0.19 / 0.91 / 1.1), an int8 file of the original graph (--graph original),
+               # and for the PyTorch port an int8 file whose maps are all int8 (its integer
+               # file runs them on int16: ~110x slower on XNNPACK) (docs/INT8.md, "Which int8
+               # TFLite file"). Data-free from BatchNorm-only inputs (distill_output_weight 0),
+               # on which its clips were tuned.
                in_all=False),
         Target("tflite", "int16x8", "int8",
                "TFLite 16x8, integer-only: int16 activations, int8 per-channel weights, every "
                "operator integer (SSR head included; float32 I/O at the boundary), each head "
                "its own convs (the smallest TFLite Micro arena); for TFLite Micro and Ethos-U; "
                "calibrated", graph_variant="per-head-integer",
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT_16X8,
+               distill_output_weight=DISTILL_OUTPUT_WEIGHT,
                # Every member's file is within the int8 budget calibrated on faces and
-               # data-free (data-free mean / p99 / max y: original 0.16 / 0.58 / 1.0,
-               # PyTorch port 0.16 / 0.64 / 1.0, MXNet pair 0.096 / 0.45 / 0.76, since the
-               # distilled inputs get target outputs). Not in `--to all` all the same: `--to
-               # all` already writes this file's integer graph as `ethos-u-int16x8` (the same
-               # conversion with int16 I/O, run on TFLite Micro by parity), and on a desktop
+               # data-free (data-free mean / p99 / max y, builtin kernels: original
+               # 0.11 / 0.47 / 0.53, PyTorch port 0.17 / 0.54 / 0.79, MXNet pair
+               # 0.095 / 0.45 / 0.60, since the distilled inputs get target outputs). Not in
+               # `--to all`: `--to ethos-u` writes this file's integer graph as
+               # `ethos-u-int16x8` (the same conversion with int16 I/O, run on TFLite Micro by
+               # parity), and on a desktop
                # CPU the 16x8 file runs on LiteRT's builtin int16 kernels at ~100x the fp32
                # file's time (docs/INT8.md, "Speed on this CPU").
                in_all=False),
@@ -446,7 +458,7 @@ TARGETS: dict[str, Target] = {
                "Arm Ethos-U: the tflite-int16x8 file with int16 I/O, compiled by Vela for "
                "ethos-u55-128 and ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's "
                "estimates); numerics on TFLite Micro", graph_variant="per-head-integer",
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT_16X8),
+               distill_output_weight=DISTILL_OUTPUT_WEIGHT),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
                graph_variant="coreml", options=("image_input",)),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",
@@ -476,7 +488,8 @@ TARGETS: dict[str, Target] = {
                graph_variant="onnx", options=ONNX_OPTIONS),
         Target("openvino", "int8", "int8",
                "OpenVINO IR of the int8 QDQ ONNX export (the project's int8 recipe)",
-               graph_variant="per-head", options=ONNX_OPTIONS),
+               graph_variant="per-head", options=ONNX_OPTIONS,
+               distill_output_weight=DISTILL_OUTPUT_WEIGHT),
     )
 }
 

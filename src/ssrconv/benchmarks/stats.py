@@ -20,7 +20,8 @@ FLOPS_PER_MAC = 2
 PARAMS_PER_HEAD = 40_915
 # Nominal bytes per stored parameter by precision. int8/dynamic keep float biases and
 # per-channel scales on top of this: the nominal figure is a floor, the file size the truth.
-BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "dynamic": 1, "int8": 1, "int8-integer": 1, "int16x8": 1}
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "dynamic": 1, "int8": 1, "int8-mixed": 1,
+                   "int8-integer": 1, "int16x8": 1}
 PERCENTILES = (10, 50, 90, 99)
 
 

@@ -279,7 +279,7 @@ def round_kernels(model, cal, only=lambda name: True):
 # its delta layer reads the product of the two flattened summaries. The original's are 4 x 4
 # (160 products, int8 error 0.021-0.024 y mean each: docs/INT8.md); a padding=1 member's are
 # 8 x 8 (640 products), and int8 there broke the budget; both int8 recipes keep these blocks
-# float for such a member (ssrconv.reference.family.wide_stage1; docs/PORTS.md, "int8"). oukohou-pytorch's tflite-int8 on the 300 dev
+# float for such a member (ssrconv.reference.family.wide_stage1; docs/PORTS.md, "int8"). oukohou-pytorch's tflite-int8-mixed on the 300 dev
 # faces, mean / p99 age error: both int8 0.308 / 1.23 y, conv2d_8 float 0.279 / 1.20, conv2d_4
 # float 0.296 / 1.09, both float 0.267 / 0.94 (budget 0.3 / 1.0).
 STAGE1_BLOCKS = ("conv2d_4", "batch_normalization_4", "activation_4",

@@ -25,10 +25,10 @@ TRAINED = ("CONV_2D", "FULLY_CONNECTED")  # whose kernel and bias are fine-tuned
 SUPPORTED = TRAINED + ("DEPTHWISE_CONV_2D", "MAX_POOL_2D", "TANH", "RESHAPE",
                        "CONCATENATION", "MUL", "ADD", "STRIDED_SLICE", "RSQRT", "QUANTIZE",
                        "DEQUANTIZE")
-# activation types simulated, with their integer range (int16: the widened head, tflite_mixed)
+# activation types simulated, with their integer range (int16: the widened head, tflite_int16_head)
 _GRID = {9: (-128, 127), 7: (-32768, 32767)}
 # An int16 tensor of the widened head has its int8 range (times the head's headroom) on a grid
-# 256 times finer (tflite_mixed): the bias unit of the fine-tuning stays about an int8 step
+# 256 times finer (tflite_int16_head): the bias unit of the fine-tuning stays about an int8 step
 # (256 int16 steps), not one int16 step.
 _INT16, _INT16_STEPS_PER_INT8 = 7, 256
 

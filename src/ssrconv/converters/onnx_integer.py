@@ -1,10 +1,12 @@
 """Integer ONNX of SSR-Net: an integer-only TFLite file converted by tf2onnx's TFLite path,
 which writes every quantized TFLite tensor as QuantizeLinear -> DequantizeLinear around the
 operators, so the ONNX file carries the same integers as the TFLite file (one recipe, one
-file: docs/INT8.md, "Integer ONNX"). The source file per precision (:data:`RECIPES`):
+file: docs/INT8.md, "Integer ONNX"). The source file per precision (:data:`SOURCES`, the
+TFLite row whose file it converts; :data:`RECIPES`):
 
-- ``--to onnx --precision int8-integer``: the file of :mod:`ssrconv.converters.tflite_qat`
-  (int8 convolutions, int16 SSR head, fine-tuned by distillation; the same cache entry);
+- ``--to onnx --precision int8-integer``: the ``tflite-int8`` file, made by
+  :mod:`ssrconv.converters.tflite_qat` (int8 convolutions, int16 SSR head, fine-tuned by
+  distillation; the same cache entry);
 - ``--to onnx --precision int16x8`` (A16W8): the 16x8 file of
   :func:`ssrconv.converters.tflite_int8.convert_int16x8` (int16 activations everywhere, int8
   per-channel weights), the form Qualcomm QNN and other ONNX-fed NPUs take.
@@ -37,13 +39,13 @@ import numpy as np
 
 from ssrconv.converters.tool import run_tool
 from ssrconv.errors import ConverterError, Int8RecipeError
-from ssrconv.targets import INT16_QDQ_OPSET, TF2ONNX_OPSETS
+from ssrconv.targets import INT16_QDQ_OPSET, TARGETS, TF2ONNX_OPSETS
 
 
 
 def convert_integer(model, target, calibration, opset: int, batch: int | None = None):
     """The integer ONNX ModelProto of ``model`` (the fast graph of ``target``, whose precision is
-    ``int8-integer`` or ``int16x8``, a key of :data:`RECIPES`) at ``opset`` and what the TFLite
+    ``int8-integer`` or ``int16x8``, a key of :data:`SOURCES`) at ``opset`` and what the TFLite
     recipe reports (``fine_tuning`` and ``cache`` for int8-integer; nothing for 16x8): input
     ``face_bgr``, outputs named as the model's; tf2onnx's generated names as it numbers them
     (the caller canonicalizes: ``converters.onnx.canonical_names``)."""
@@ -54,7 +56,7 @@ def convert_integer(model, target, calibration, opset: int, batch: int | None = 
     require("tf2onnx", "export", "ONNX export")
     from ssrconv.converters.tflite import integer_source
 
-    tfl, info = integer_source(model, target, calibration)
+    tfl, info = integer_source(model, TARGETS[SOURCES[target.precision]], calibration)
     if batch is not None:
         tfl = fix_batch(tfl, batch)
     flat = load(tfl)
@@ -278,8 +280,7 @@ def _int64_biases_to_int32(proto) -> None:
             if np.abs(values).max(initial=0) >= 2**31:
                 if name != node.input[0]:
                     raise Int8RecipeError(f"integer ONNX: zero point {name} needs more than "
-                                          "int32; export --to tflite at the same precision "
-                                          "instead")
+                                          f"int32{_TFLITE_INSTEAD}")
                 values = _dead_channels_rescaled(g, node, values)
             tensor.CopyFrom(numpy_helper.from_array(values.astype(np.int32), name))
 
@@ -298,14 +299,13 @@ def _dead_channels_rescaled(g: _Graph, bias_dq, values: np.ndarray) -> np.ndarra
     name = bias_dq.input[0]
     refusal = (f"integer ONNX: bias {name} needs more than int32 (DequantizeLinear reads no "
                "int64)")
-    action = "; export --to tflite at the same precision instead"
     reader = g.only_consumer(bias_dq.output[0])
     weights = (g.producer.get(reader.input[1])
                if reader is not None and len(reader.input) > 2 else None)
     if (weights is None or reader.op_type not in ("Conv", "Gemm")
             or reader.input[2] != bias_dq.output[0] or weights.op_type != "DequantizeLinear"
             or weights.input[0] not in g.inits or len(g.consumers[name]) != 1):
-        raise Int8RecipeError(refusal + action)
+        raise Int8RecipeError(refusal + _TFLITE_INSTEAD)
     axis = next((a.i for a in weights.attribute if a.name == "axis"), 1)
     kernel = g.constant(weights.input[0])
     dead = ~np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1).any(axis=1)
@@ -314,7 +314,8 @@ def _dead_channels_rescaled(g: _Graph, bias_dq, values: np.ndarray) -> np.ndarra
     if (w_scale.size != values.size or b_scale.size != values.size or not dead[over].all()
             or over.all() or any(len(g.consumers[n]) != 1
                                  for n in (weights.input[1], bias_dq.input[1]))):
-        raise Int8RecipeError(refusal + " in a channel whose weights are not all zero" + action)
+        raise Int8RecipeError(refusal + " in a channel whose weights are not all zero"
+                              + _TFLITE_INSTEAD)
     # any channel within int32 holds a consistent pair (bias scale = input scale x weight
     # scale); the widest one (a live one when there is one)
     donor = int(np.argmax(np.where(over, -np.inf, w_scale)))
@@ -323,7 +324,7 @@ def _dead_channels_rescaled(g: _Graph, bias_dq, values: np.ndarray) -> np.ndarra
     values = values.copy()
     rescaled = np.round(real[over] / float(b_scale[donor]))
     if np.abs(rescaled).max() >= 2**31:  # the donor's scale is as small (a layer dead throughout)
-        raise Int8RecipeError(refusal + " at any of its channels' scales" + action)
+        raise Int8RecipeError(refusal + " at any of its channels' scales" + _TFLITE_INSTEAD)
     values[over] = rescaled.astype(values.dtype)
     for tensor_name, array in ((weights.input[1], w_scale), (bias_dq.input[1], b_scale)):
         g.inits[tensor_name].CopyFrom(numpy_helper.from_array(array, tensor_name))
@@ -452,9 +453,15 @@ _QDQ = (
     "between them, the crop, flattening and merge slices on integer tensors; opset 21 (int16 "
     "QDQ). Exact rewrites of tf2onnx's output: FULLY_CONNECTED as Gemm, fused ReLUs dropped or "
     "given their own QDQ pair, RSQRT as Pow(x, -0.5), int64 biases as int32. See docs/INT8.md.")
+# What to do when the integers do not fit ONNX: ship the TFLite file they come from.
+_TFLITE_INSTEAD = "; export the TFLite file instead (--to tflite --precision int8 or int16x8)"
+# The TFLite row (a key of ssrconv.targets.TARGETS) whose integer-only file each ONNX
+# precision of this module converts
+# (ssrconv.converters.tflite.INTEGER_PRECISIONS).
+SOURCES = {"int8-integer": "tflite-int8", "int16x8": "tflite-int16x8"}
 # The manifest's int8_recipe of each precision this module converts (onnx.py dispatches on it).
 RECIPES = {
-    "int8-integer": "the tflite-int8-integer file (its recipe: int8 convolutions, int8 "
+    "int8-integer": "the tflite-int8 file (its recipe: int8 convolutions, int8 "
                     "per-channel weights, int32 biases, the SSR head on int16 activations, "
                     "fine-tuned by distillation; the same cache entry) " + _QDQ,
     "int16x8": "A16W8: the tflite-int16x8 file (its recipe: int16 activations everywhere, int8 "

@@ -1,4 +1,5 @@
-"""TFLite export: fp32, fp16 (float16 weights), dynamic range (int8 weights) and full int8.
+"""TFLite export: fp32, fp16 (float16 weights), dynamic range (int8 weights), integer-only int8
+and 16x8, and the mixed int8 file (float first blocks and head).
 
 The Keras model is wrapped so the SignatureDef's outputs are named (``age``, ``p_male``);
 ``TFLiteConverter.from_keras_model`` goes through a SavedModel export, which freezes the
@@ -54,32 +55,32 @@ def convert(model, target, options, dest: Path, calibration, metadata: dict[str,
     """Convert ``model`` to a .tflite at ``dest`` for ``target.precision``."""
     if target.precision in INTEGER_PRECISIONS:
         flatbuffer, integer_info = integer_source(model, target, calibration, options.int8_io)
-        if target.precision == "int8-integer":
+        if target.precision == "int8":
             from ssrconv.converters.tflite_bands import band_rows
 
             # the same outputs bit for bit; TFLite Micro's arena 198,176 -> 125,376 bytes
             flatbuffer = band_rows(flatbuffer)
     else:
         with _converters_silenced():
-            if target.precision == "int8":
-                flatbuffer = _convert_int8(model, options, calibration)
+            if target.precision == "int8-mixed":
+                flatbuffer = _convert_int8_mixed(model, options, calibration)
             else:
                 flatbuffer = _converter(model, target, options, calibration).convert()
-    # int8: the float parts (first conv blocks, SSR head) keep float32 arithmetic but store their
-    # weights as float16: a third fewer bytes; the age p99 moves within the recipe's noise
+    # int8-mixed: the float parts (first conv blocks, SSR head) keep float32 arithmetic but store
+    # their weights as float16: a third fewer bytes; the age p99 moves within the recipe's noise
     # (0.86 -> 0.68 y on session 9's file: docs/INT8.md, "The one face whose gender flips").
-    flatbuffer = compact(flatbuffer, fp16_constants=target.precision == "int8")
+    flatbuffer = compact(flatbuffer, fp16_constants=target.precision == "int8-mixed")
     if options.batch is not None:
         flatbuffer = fix_batch(flatbuffer, options.batch)
     dest.write_bytes(flatbuffer)
     extra = {}
-    if target.precision == "int8":
+    if target.precision == "int8-mixed":
         extra["int8_io"] = {"input": options.int8_io, "outputs": "float32"}
-        extra["int8_recipe"] = INT8_RECIPE
+        extra["int8_recipe"] = INT8_MIXED_RECIPE
     if target.precision == "int16x8":
         extra["int8_recipe"] = INT16X8_RECIPE
         extra["mcu"] = mcu(flatbuffer)
-    if target.precision == "int8-integer":
+    if target.precision == "int8":
         extra["int8_io"] = {"input": options.int8_io, "outputs": "float32"}
         extra["int8_recipe"] = INT8_INTEGER_RECIPE
         extra["fine_tuning"] = {**integer_info["fine_tuning"], "cache": integer_info["cache"]}
@@ -114,8 +115,8 @@ def integer_io(flatbuffer: bytes) -> bytes:
     return modify_model_io_type(flatbuffer, tf.int16, tf.int16)
 
 
-INT8_RECIPE = (
-    "int8 (per-channel weights): the relu stream's third and fourth conv blocks and the tanh "
+INT8_MIXED_RECIPE = (
+    "mixed int8 (per-channel weights): the relu stream's third and fourth conv blocks and the tanh "
     "stream's second to fourth (3.8 M of the 17.1 M multiply-adds per head); float (float32 "
     "arithmetic, float16-stored weights): the first conv block of each stream, the relu "
     "stream's second, the six 1x1 summary convs and the SSR head (and both fourth blocks of a "
@@ -151,9 +152,9 @@ INT8_INTEGER_RECIPE = (
     "distilled inputs and seeded variations of them). Cached by content hash. See docs/INT8.md.")
 
 
-# The precisions whose file is integer-only, made by integer_source (also the integer ONNX
-# rows' source: ssrconv.converters.onnx_integer).
-INTEGER_PRECISIONS = ("int8-integer", "int16x8")
+# The TFLite precisions whose file is integer-only, made by integer_source (also the integer
+# ONNX rows' source: ssrconv.converters.onnx_integer.SOURCES).
+INTEGER_PRECISIONS = ("int8", "int16x8")
 
 
 @contextlib.contextmanager
@@ -169,9 +170,9 @@ def _converters_silenced():
 
 
 def integer_source(model, target, calibration, input_type: str = "float32") -> tuple[bytes, dict]:
-    """The integer-only flatbuffer of ``target``'s precision (INTEGER_PRECISIONS) and its
-    fine-tuning info, before the TFLite export's layout passes (row bands, compaction, a fixed
-    batch): int8-integer: :func:`ssrconv.converters.tflite_qat.integer_file` with the
+    """The integer-only flatbuffer of the TFLite row ``target`` (its precision one of
+    INTEGER_PRECISIONS) and its fine-tuning info, before the TFLite export's layout passes (row bands, compaction, a fixed
+    batch): int8: :func:`ssrconv.converters.tflite_qat.integer_file` with the
     ``input_type`` (``--int8-io``; cached by content); int16x8:
     :func:`ssrconv.converters.tflite_int8.convert_int16x8`, outputs named by a dict
     (:func:`ssrconv.reference.model.outputs_as_dict`: an unnamed wrapper's ``functional_<n>``
@@ -179,7 +180,7 @@ def integer_source(model, target, calibration, input_type: str = "float32") -> t
     pair's data-free 16x8 file was 158,856 bytes when the export distilled its inputs, 158,696
     on a cache hit, same numbers). The TFLite export and the integer ONNX rows both call it."""
     with _converters_silenced():
-        if target.precision == "int8-integer":
+        if target.precision == "int8":
             from ssrconv.converters.tflite_qat import integer_file
             from ssrconv.graph import VARIANTS
 
@@ -191,15 +192,11 @@ def integer_source(model, target, calibration, input_type: str = "float32") -> t
         return convert_int16x8(outputs_as_dict(model), calibration.inputs), {}
 
 
-def _convert_int8(model, options, calibration) -> bytes:
-    """The int8 recipe of :mod:`ssrconv.converters.tflite_int8`, outputs named by a dict."""
+def _convert_int8_mixed(model, options, calibration) -> bytes:
+    """The mixed int8 recipe of :mod:`ssrconv.converters.tflite_int8`, outputs named by a
+    dict."""
     from ssrconv.converters.tflite_int8 import convert_int8
     from ssrconv.reference.model import outputs_as_dict
 
     return convert_int8(outputs_as_dict(model), calibration.inputs, dynamic_batch=True,
                         input_type=options.int8_io)
-
-
-
-
-

@@ -1,6 +1,8 @@
-"""The int8 TFLite export of SSR-Net: the inner conv blocks int8, the first blocks, the 1x1
-summary convs and the SSR head float (FLOAT_BACKBONE), accepted by XNNPACK and within the int8
-parity budget (docs/INT8.md has the measurements behind each step). It converts
+"""The mixed int8 TFLite export of SSR-Net (``--precision int8-mixed``; the integer-only files
+are made by :mod:`ssrconv.converters.tflite_qat` and :func:`convert_int16x8`, which reuse its
+range tools): the inner conv blocks int8, the first blocks, the 1x1 summary convs and the SSR
+head float (FLOAT_BACKBONE), accepted by XNNPACK and within the int8 parity budget
+(docs/INT8.md has the measurements behind each step). It converts
 the reference graph or the fast export graph of :mod:`ssrconv.graph` (the export's default):
 the layers it singles out are found in either by :func:`~ssrconv.converters.int8_prep.recipe_layers`.
 

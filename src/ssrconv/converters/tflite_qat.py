@@ -10,7 +10,7 @@ Recipe (:func:`convert_int8_integer`), on a graph whose merge has no division
     equalization (age head), GPTQ rounding of every conv kernel; calibrated ranges edited (tanh
     inputs clipped to [-4, 4], relu outputs at their MSE-optimal clip, each output's range the
     model's domain 0..V instead of the oldest face seen);
- 2. the head widened to int16 activations (:func:`ssrconv.converters.tflite_mixed.widen_head`:
+ 2. the head widened to int16 activations (:func:`ssrconv.converters.tflite_int16_head.widen_head`:
     with an int8 head the merge's rounding alone kept the file outside the int8 budget), and
     for a member whose stage-1 maps are wider than the original's every feature map but
     ``Variant.wide_stage1_int8_maps`` (the PyTorch port: all but relu_conv2; its int8 maps
@@ -39,7 +39,7 @@ import numpy as np
 
 from ssrconv.converters.int8_prep import ALPHA, equalize, model_heads, rewrite, round_kernels
 from ssrconv.converters.tflite_int8 import HEADROOM, TANH_CLIP, calibrate_only, edit_ranges
-from ssrconv.converters.tflite_mixed import widen_head
+from ssrconv.converters.tflite_int16_head import widen_head
 from ssrconv.errors import Int8RecipeError
 from ssrconv.formats.tflite_flatbuffer import integer_only_violations
 

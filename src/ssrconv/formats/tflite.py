@@ -259,17 +259,18 @@ def verify(path: Path) -> None:
 
 
 def file_precision(path: Path) -> str:
-    """The precision a .tflite file computes in, read from its tensors: int16x8 when operators
-    produce int16 activations, int8 when they produce 8-bit ones, dynamic when only weights are int8, fp16 for float16 weights,
-    else fp32."""
+    """The precision a .tflite file computes in, read from its tensors: int8 when operators
+    produce 8-bit activations (the integer int8 file's int16 head included), int16x8 when they
+    produce int16 ones and no 8-bit ones, dynamic when only weights are int8, fp16 for float16
+    weights, else fp32."""
     interpreter = load_interpreter(path, use_xnnpack=False)
     tensors = {d["index"]: np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
     produced = {i for op in interpreter._get_ops_details() for i in op["outputs"] if i >= 0}
     kinds = {tensors[i] for i in tensors}
-    if any(tensors[i] == np.dtype(np.int16) for i in produced if i in tensors):
-        return "int16x8"
     if any(tensors[i] in (np.dtype(np.int8), np.dtype(np.uint8)) for i in produced if i in tensors):
         return "int8"
+    if any(tensors[i] == np.dtype(np.int16) for i in produced if i in tensors):
+        return "int16x8"
     if np.dtype(np.int8) in kinds:
         return "dynamic"
     if np.dtype(np.float16) in kinds:

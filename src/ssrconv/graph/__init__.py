@@ -79,7 +79,7 @@ class Variant:
     # and the MXNet pair's file calibrated on faces left the budget (TFLite Micro p99 0.95 ->
     # 1.1 y; docs/INT8.md, "Ethos-U").
     average_pools_stride2: bool = False
-    # Integer-only int8 (tflite_mixed.widen_head), for a member whose stage-1 maps are wider
+    # Integer-only int8 (tflite_int16_head.widen_head), for a member whose stage-1 maps are wider
     # than the original's (family.wide_stage1): the feature maps (layer names of this graph)
     # kept on int8 activations; every other map, as the SSR head, on int16 (TFLite's 16x8
     # kernels). None: every map int8. The PyTorch port's int8 maps summed their rounding to

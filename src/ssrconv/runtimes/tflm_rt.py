@@ -27,7 +27,7 @@ def refuses(path: Path) -> str | None:
     if violations:
         names = ", ".join(sorted(set(violations)))
         return (f"TFLite Micro runs integer-only files; this one has {len(violations)} float "
-                f"operators ({names}): export --to tflite --precision int16x8 (or int8-integer)")
+                f"operators ({names}): export --to tflite --precision int8 (or int16x8)")
     return None
 
 
