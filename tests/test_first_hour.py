@@ -300,7 +300,7 @@ def test_truncated_tflite_error_names_the_whole_reason(tmp_path):
 # ------------------------------------------------------------------ byte-reproducible exports
 @pytest.mark.slow
 def test_exports_are_byte_reproducible_whatever_else_the_command_exports(tmp_path, assets_dir,
-                                                                        exported):
+                                                                        exported, monkeypatch):
     """The same weights, options and tool versions give the same sha256 for a target, whatever
     else the command exports and in what order, however many exports the process ran before.
 
@@ -314,7 +314,9 @@ def test_exports_are_byte_reproducible_whatever_else_the_command_exports(tmp_pat
     ``make test`` the ``--to all`` export, every target in table order); the data-free int8
     file alone is the session's (``exported``, test_calibration checks it) and the int8 file
     beside fp32 is exported here, after it (in this process or in the other worker), so every
-    process-wide counter has moved on between the exports compared."""
+    process-wide counter has moved on between the exports compared; with an empty cache, so
+    that it distils and quantizes again (the integer file and its distilled inputs are cached
+    by content, and a cache hit would compare the cached bytes with themselves)."""
     import json
     import subprocess
     import sys
@@ -333,7 +335,9 @@ def test_exports_are_byte_reproducible_whatever_else_the_command_exports(tmp_pat
     index = json.loads((tmp_path / "backward" / "index.json").read_text())
     backward = {entry["target"]: entry["sha256"] for entry in index["artifacts"]}
     alone = exported("tflite-int8", calibration=None)  # data-free calibration
+    monkeypatch.setenv("SSRCONV_CACHE", str(tmp_path / "empty-cache"))
     beside = shas("beside", to=("tflite",), precision=("int8", "fp32"))
+    assert (tmp_path / "empty-cache" / "int8-integer").is_dir()  # written afresh, not read
     assert set(backward) == {"onnx-fp32", "tflite-fp32", "coreml-fp32"}
     assert backward == forward
     assert alone.manifest["calibration"]["kind"] == DATA_FREE_KIND

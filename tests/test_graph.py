@@ -68,15 +68,58 @@ def test_every_target_converts_the_fast_graph():
 
 
 def test_graph_original_is_the_reference_for_every_target(reference_age_gender, tmp_path):
+    """`--to all --graph original` converts the reference graph for every row it can make and
+    says which rows it leaves out (the integer-only ones, made from the fast graph only); a
+    row only the fast graph makes, asked for by name, is refused in one line."""
+    from ssrconv.errors import OptionsError
     from ssrconv.exporter import _ExportGraphs
+    from ssrconv.graph import fast_graph_only
     from ssrconv.options import ExportOptions
-    from ssrconv.targets import TARGETS
+    from ssrconv.targets import EXPORTED_BY_ALL, TARGETS
 
     options = ExportOptions(to=("all",), out=tmp_path, graph="original")
-    graphs = _ExportGraphs(reference_age_gender.model, options, None, print,
+    said = []
+    graphs = _ExportGraphs(reference_age_gender.model, options, None, said.append,
                            reference_age_gender.members)
+    made = {t.key for t in graphs.targets}
+    assert {t.key for t in options.left_out} == {"tflite-int8"}
+    assert made == set(EXPORTED_BY_ALL) - {"tflite-int8"}
+    assert any("tflite-int8 left out of --to all" in line for line in said)
     for target in TARGETS.values():
-        assert graphs.for_target(target) == ("original", None, reference_age_gender.model, None)
+        if not fast_graph_only(target.variant):
+            assert graphs.for_target(target) == ("original", None, reference_age_gender.model,
+                                                 None)
+    with pytest.raises(OptionsError, match="tflite-int8 is integer-only") as err:
+        ExportOptions(to=("tflite",), precision=("int8",), out=tmp_path, graph="original")
+    assert "\n" not in str(err.value) and "int8-mixed" in str(err.value)
+
+
+def test_a_model_the_fast_graph_cannot_express_leaves_out_the_fast_only_rows(reference_age_gender,
+                                                                             tmp_path):
+    """A model whose heads one fast graph cannot serve converts its reference graph: `--to all`
+    leaves out the rows only the fast graph makes (the integer-only files) and says so; asked
+    for by name they are refused in one line before any work (they would fail after minutes of
+    quantization)."""
+    from dataclasses import replace
+
+    from ssrconv.errors import OptionsError
+    from ssrconv.exporter import _ExportGraphs
+    from ssrconv.options import ExportOptions
+    from ssrconv.reference.family import MEMBERS
+
+    # heads that pad differently: ssrconv.graph.fast_graph_blocker says "pad"
+    members = {"age": MEMBERS["oukohou-pytorch"], "gender": MEMBERS["wayen820-mxnet"]}
+    said = []
+    everything = ExportOptions(to=("all",), out=tmp_path)
+    graphs = _ExportGraphs(reference_age_gender.model, everything, None, said.append, members)
+    assert "tflite-int8" not in {t.key for t in graphs.targets}
+    assert len(graphs.targets) == len(everything.targets) - 1
+    assert any("tflite-int8 left out of --to all" in line for line in said)
+    by_name = replace(everything, to=("tflite",), precision=("int8", "fp32"))
+    with pytest.raises(OptionsError, match="cannot express this model .*pad.*tflite-int8 is "
+                                           "integer-only") as err:
+        _ExportGraphs(reference_age_gender.model, by_name, None, said.append, members)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("task", ["age", "gender"])

@@ -348,7 +348,14 @@ def test_int16_maps_keep_only_the_named_maps_int8_and_run_on_litert_and_tflite_m
                  for name, op in ops if name == "QUANTIZE"]
     assert (fb.TensorType.INT16, fb.TensorType.INT8) in quantizes  # into relu_conv2
     assert (fb.TensorType.INT8, fb.TensorType.INT16) in quantizes  # out of it
-    assert widen_head(int8, 2.0) == widen_head(int8, 2.0, None)
+    # without int8_maps only the head (rank <= 2 tensors) is widened: every map stays int8
+    _, sg_head, ops_head = tfb.operators(widen_head(int8, 2.0))
+    for name, op in ops_head:
+        out = sg_head.tensors[op.outputs[0]]
+        if name != "QUANTIZE" and len(out.shape) == 4:
+            assert out.type == fb.TensorType.INT8, (name, out.name)
+    assert any(sg_head.tensors[op.outputs[0]].type == fb.TensorType.INT16
+               for _, op in ops_head)
     with pytest.raises(Int8RecipeError, match=r"no operator writes \['relu_conv9'\]"):
         widen_head(int8, 2.0, ("relu_conv9",))  # a misspelt map: refused, not all widened
 

@@ -32,8 +32,8 @@ from ssrconv.artifacts import (
 )
 from ssrconv.atomic import (CommitPause, deferred_signals, fsync_dir, fsync_path, place, remove_path,
                             temp_path, track_created_dir, write_temp)
-from ssrconv.errors import ManifestError, SsrconvError
-from ssrconv.options import ExportOptions
+from ssrconv.errors import ManifestError, OptionsError, SsrconvError
+from ssrconv.options import ExportOptions, fast_only_refusal
 from ssrconv.targets import CALIBRATED_PRECISIONS, format_of
 
 
@@ -146,6 +146,26 @@ class _ExportGraphs:
                      "reference graph layer for layer (--graph original)")
         if self.note:
             say(f"      {self.note}")
+        self.targets, left_out = self._makeable(blocker)
+        for target in left_out:
+            say(f"      {target.key} left out of --to all: integer-only, made from the fast "
+                "graph only (--precision int8-mixed converts the original graph)")
+
+    def _makeable(self, blocker: str | None) -> tuple[list, list]:
+        """(the targets this export makes, the `--to all` rows it leaves out): a row only the
+        fast graph makes (ssrconv.graph.fast_graph_only) is left out of `--to all` when the
+        original graph is converted, and refused in one line, before any work, when asked for
+        by name."""
+        from ssrconv.graph import fast_graph_only
+
+        targets, left_out = list(self.options.targets), list(self.options.left_out)
+        if blocker is None:
+            return targets, left_out
+        fast_only = [t for t in targets if fast_graph_only(t.variant)]
+        if fast_only and "all" not in self.options.to:
+            raise OptionsError(fast_only_refusal(
+                [t.key for t in fast_only], f"--graph fast cannot express this model ({blocker})"))
+        return [t for t in targets if t not in fast_only], left_out + fast_only
 
     def for_target(self, target) -> tuple[str, str | None, object, str | None]:
         """("fast" or "original", the fast graph's variant or None, the Keras model, the note
@@ -238,13 +258,13 @@ def export(options: ExportOptions | None = None, progress: Callable[[str], None]
         export_graphs = _ExportGraphs(model, options, faces, say, reference.members)
         family = {head: m.describe() for head, m in reference.members.items()}
         tools = library_versions()
-        for number, target in enumerate(options.targets, start=1):
+        for number, target in enumerate(export_graphs.targets, start=1):
             final = options.out / target.filename(options.task)
             tmp = temp_path(final, f".part{target.suffix}")
             tmp_paths.append(tmp)
             calibration = calibration_for(target)
             step = "calibrating and converting" if calibration is not None else "converting"
-            say(f"[{number}/{len(options.targets)}] {target.key}: {step} -> {final.name}")
+            say(f"[{number}/{len(export_graphs.targets)}] {target.key}: {step} -> {final.name}")
             started = time.perf_counter()
             graph, variant, graph_model, graph_note = export_graphs.for_target(target)
             extra = target.format.converter().convert(graph_model, target, options, tmp,

@@ -29,6 +29,15 @@ MAX_STATIC_BATCH = 256
 TARGET_OPTIONS = {"int8_io": "--int8-io", "image_input": "--image-input", "opset": "--opset"}
 
 
+def fast_only_refusal(keys: list[str], why: str) -> str:
+    """The one-line refusal of the rows ``keys``, which only the fast graph makes, when ``why``
+    (--graph original, or a model the fast graph cannot express) rules it out."""
+    return (f"{why}: {', '.join(keys)} {'is' if len(keys) == 1 else 'are'} integer-only, made "
+            "from the fast graph only (the original graph's SSR merge divides); leave --graph "
+            "out, or export --precision int8-mixed (the mixed int8 TFLite file converts the "
+            "original graph)")
+
+
 def _as_tuple(value) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -60,6 +69,9 @@ class ExportOptions:
     # A static batch for the input (runtimes without a resize call, e.g. LiteRT.js); None: variable.
     batch: int | None = None
     targets: tuple[Target, ...] = field(init=False)
+    # `--to all` rows left out because this export cannot make them (fast_graph_only rows with
+    # --graph original); the exporter says so.
+    left_out: tuple[Target, ...] = field(init=False, default=())
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise fields once, here
@@ -133,16 +145,17 @@ class ExportOptions:
             raise OptionsError(f"--calibration applies to {', '.join(CALIBRATED_PRECISIONS)} "
                                "exports only; add --precision int8")
         if self.graph == "original":
-            from ssrconv.graph import VARIANTS
+            from ssrconv.graph import fast_graph_only
 
-            # the integer-only files quantize a merge without division (Variant.rsqrt_reciprocal)
-            fast_only = [t.key for t in self.targets if VARIANTS[t.variant].rsqrt_reciprocal]
-            if fast_only:
-                raise OptionsError(f"--graph original: {', '.join(fast_only)} "
-                                   f"{'is' if len(fast_only) == 1 else 'are'} integer-only, "
-                                   "made from the fast graph only (the original graph's SSR "
-                                   "merge divides); leave --graph out (the mixed int8 TFLite "
-                                   "file, --precision int8-mixed, converts the original graph)")
+            # `--to all` makes what the original graph can; a row asked for by name is refused
+            fast_only = [t for t in self.targets if fast_graph_only(t.variant)]
+            if "all" in self.to:
+                object.__setattr__(self, "targets",
+                                   tuple(t for t in self.targets if t not in fast_only))
+                object.__setattr__(self, "left_out", tuple(fast_only))
+            elif fast_only:
+                raise OptionsError(fast_only_refusal([t.key for t in fast_only],
+                                                     "--graph original"))
         defaults = {name: ExportOptions.__dataclass_fields__[name].default for name in TARGET_OPTIONS}
         for name, flag in TARGET_OPTIONS.items():
             if getattr(self, name) == defaults[name] or any(name in t.options for t in self.targets):

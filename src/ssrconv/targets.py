@@ -284,6 +284,16 @@ def get_engine(name: str) -> Engine:
         raise OptionsError(f"unknown engine {name!r}: known engines are {', '.join(ENGINES)}") from None
 
 
+# The calibrated rows' distill_output_weight. The int16 tensors (the 16x8 files, the integer
+# int8 file's head) need inputs that span the outputs (without: the MXNet pair's 16x8 file p99
+# 1.34 y, its integer int8 file 1.38); int8 maps want ranges no wider than the faces' (at
+# weight 1 the original's integer int8 file measured p99 1.09 y on XNNPACK, its onnx-int8
+# 1.07; at 0.5: 0.73 and 0.74). At 0.5 every member's data-free 16x8 file (builtin kernels and
+# TFLite Micro) and onnx-int8 / openvino-int8 are within the int8 budget as well, so one
+# distillation serves `--to all` (docs/INT8.md, "Which int8 TFLite file").
+DISTILL_OUTPUT_WEIGHT = 0.5
+
+
 @dataclass(frozen=True)
 class Target:
     """One exportable artifact kind: a format at a precision."""
@@ -306,10 +316,11 @@ class Target:
     # Exported by `--to all` (False: only when its precision or family is asked for by name).
     in_all: bool = True
     # Data-free calibration (no --calibration): the weight of the distilled inputs' output
-    # targets (ssrconv.calibration.distill_inputs; 0: BatchNorm statistics alone): every
-    # calibrated row's DISTILL_OUTPUT_WEIGHT but the mixed TFLite file's, so one distillation
-    # serves an export (docs/INT8.md, "Which int8 TFLite file").
-    distill_output_weight: float = 0.0
+    # targets (ssrconv.calibration.distill_inputs; 0: BatchNorm statistics alone): one
+    # DISTILL_OUTPUT_WEIGHT for every calibrated row but the mixed TFLite file, so one
+    # distillation serves an export (docs/INT8.md, "Which int8 TFLite file"); rows that are
+    # not calibrated never read it.
+    distill_output_weight: float = DISTILL_OUTPUT_WEIGHT
 
     @property
     def key(self) -> str:
@@ -356,14 +367,6 @@ ONNX_OPTIONS = ("opset",)
 # The integer ONNX rows: int16 QDQ tensors, opset INT16_QDQ_OPSET and no other.
 INTEGER_ONNX_OPSETS = (INT16_QDQ_OPSET, INT16_QDQ_OPSET)
 
-# The calibrated rows' distill_output_weight. The int16 tensors (the 16x8 files, the integer
-# int8 file's head) need inputs that span the outputs (without: the MXNet pair's 16x8 file p99
-# 1.34 y, its integer int8 file 1.38); int8 maps want ranges no wider than the faces' (at
-# weight 1 the original's integer int8 file measured p99 1.09 y on XNNPACK, its onnx-int8
-# 1.07; at 0.5: 0.73 and 0.74). At 0.5 every member's data-free 16x8 file (builtin kernels and
-# TFLite Micro) and onnx-int8 / openvino-int8 are within the int8 budget as well, so one
-# distillation serves `--to all` (docs/INT8.md, "Which int8 TFLite file").
-DISTILL_OUTPUT_WEIGHT = 0.5
 
 TARGETS: dict[str, Target] = {
     t.key: t
@@ -372,15 +375,13 @@ TARGETS: dict[str, Target] = {
         Target("onnx", "int8", "int8",
                "ONNX int8: static QDQ (onnxruntime.quantization, int8 activations, int8 "
                "per-channel weights) on the relu stream's convolutions and pools, the rest "
-               "float; calibrated", graph_variant="per-head", options=ONNX_OPTIONS,
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT),
+               "float; calibrated", graph_variant="per-head", options=ONNX_OPTIONS),
         Target("onnx", "int8-integer", "int8",
                "ONNX integer: the tflite-int8 file (int8 convolutions, int16 SSR head, "
                "fine-tuned) as QDQ, every compute node between DequantizeLinear and "
                "QuantizeLinear (opset 21: int16 QDQ); for ONNX-fed NPUs; calibrated",
                graph_variant="per-head-int8-integer", options=ONNX_OPTIONS,
                opsets=INTEGER_ONNX_OPSETS,
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT,
                # Not in `--to all`: an NPU compiler's input, on onnxruntime's CPU provider
                # slower than onnx-int8 (the original's on onnxruntime, faces, recipe version 8:
                # 0.19 / 0.90 / 1.1 y; data-free, recipe version 9: 0.19 / 0.73 / 0.90;
@@ -391,7 +392,7 @@ TARGETS: dict[str, Target] = {
                "weights) as QDQ, every compute node between DequantizeLinear and QuantizeLinear "
                "(opset 21: int16 QDQ); the form Qualcomm QNN and other ONNX-fed NPUs take; "
                "calibrated", graph_variant="per-head-integer", options=ONNX_OPTIONS,
-               opsets=INTEGER_ONNX_OPSETS, distill_output_weight=DISTILL_OUTPUT_WEIGHT,
+               opsets=INTEGER_ONNX_OPSETS,
                # Not in `--to all`, as the TFLite file it converts: an NPU compiler's input.
                # Every member's file is within the int8 budget on onnxruntime, OpenVINO and
                # onnxruntime-web, calibrated on faces and data-free (OpenVINO, faces: original
@@ -404,15 +405,15 @@ TARGETS: dict[str, Target] = {
                graph_variant="per-head"),
         Target("tflite", "int8", "int8",
                "TFLite int8, integer-only: int8 activations and per-channel weights in the "
-               "convolutions (a member with wider stage-1 maps, the PyTorch port: only its "
-               "largest, the others int16), the SSR head on int16 activations (int8 weights, "
-               "int64 biases), "
+               "convolutions (a member whose stage-1 maps are wider than the original's, the "
+               "PyTorch port: only the manifest's int8_maps, the others on int16, about 100x "
+               "slower on XNNPACK; --precision int8-mixed for a desktop CPU), the SSR head on "
+               "int16 activations (int8 weights, int64 biases), "
                "every operator integer (float32 or --int8-io input at the boundary); each head "
                "its own tensors, the first convolutions in row bands; calibrated on faces: "
                "quantization-aware fine-tuning by distillation from the float graph; "
                "data-free: CLE and GPTQ, no fine-tuning; for XNNPACK, TFLite Micro and NPUs",
                graph_variant="per-head-int8-integer", options=("int8_io",),
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT,
                # In `--to all`: every member's file is within the int8 budget calibrated on
                # faces and data-free, on XNNPACK and TFLite Micro (recipe version 9, data-free,
                # XNNPACK: original 0.19 / 0.73 / 0.87 y, MXNet pair 0.23 / 0.95 / 1.7, mean /
@@ -427,6 +428,7 @@ TARGETS: dict[str, Target] = {
                "TFLite int8, mixed: convolutions and pools in int8 (weights and activations) "
                "except each stream's first block; SSR head in float (float32 arithmetic, "
                "float16-stored weights); calibrated", options=("int8_io",),
+               distill_output_weight=0.0,
                # Opt-in: tflite-int8 (integer-only) is smaller (159,280 against 190,888
                # bytes), faster on XNNPACK (0.48x against 0.77x of the original-graph fp32
                # file) and runs on TFLite Micro, which refuses this file's float16 weights.
@@ -443,7 +445,6 @@ TARGETS: dict[str, Target] = {
                "operator integer (SSR head included; float32 I/O at the boundary), each head "
                "its own convs (the smallest TFLite Micro arena); for TFLite Micro and Ethos-U; "
                "calibrated", graph_variant="per-head-integer",
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT,
                # Every member's file is within the int8 budget calibrated on faces and
                # data-free (data-free mean / p99 / max y, builtin kernels: original
                # 0.11 / 0.47 / 0.53, PyTorch port 0.17 / 0.54 / 0.79, MXNet pair
@@ -457,8 +458,7 @@ TARGETS: dict[str, Target] = {
         Target("ethos-u", "int16x8", "int8",
                "Arm Ethos-U: the tflite-int16x8 file with int16 I/O, compiled by Vela for "
                "ethos-u55-128 and ethos-u65-256 (NPU/CPU split, SRAM, flash and time: Vela's "
-               "estimates); numerics on TFLite Micro", graph_variant="per-head-integer",
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT),
+               "estimates); numerics on TFLite Micro", graph_variant="per-head-integer"),
         Target("coreml", "fp16", "fp16", "CoreML mlprogram, float16 compute",
                graph_variant="coreml", options=("image_input",)),
         Target("coreml", "fp32", "fp32", "CoreML mlprogram, float32 compute",
@@ -488,8 +488,7 @@ TARGETS: dict[str, Target] = {
                graph_variant="onnx", options=ONNX_OPTIONS),
         Target("openvino", "int8", "int8",
                "OpenVINO IR of the int8 QDQ ONNX export (the project's int8 recipe)",
-               graph_variant="per-head", options=ONNX_OPTIONS,
-               distill_output_weight=DISTILL_OUTPUT_WEIGHT),
+               graph_variant="per-head", options=ONNX_OPTIONS),
     )
 }
 

@@ -43,7 +43,7 @@ class IntegerGraph:
         for name, op in ops:
             if name not in SUPPORTED:
                 raise Int8RecipeError(f"int8 fine-tuning: operator {name} is not simulated; "
-                                      "export this model with --precision int8 instead")
+                                      "export this model with --precision int8-mixed instead")
             self.ops.append((name, op))
         self.inputs = [int(i) for i in self.sg.inputs]
         self.outputs = [int(o) for o in self.sg.outputs]

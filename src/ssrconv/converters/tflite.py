@@ -182,9 +182,9 @@ def integer_source(model, target, calibration, input_type: str = "float32") -> t
     with _converters_silenced():
         if target.precision == "int8":
             from ssrconv.converters.tflite_qat import integer_file
-            from ssrconv.graph import VARIANTS
+            from ssrconv.graph import get_variant
 
-            return integer_file(model, calibration, VARIANTS[target.variant],
+            return integer_file(model, calibration, get_variant(target.variant),
                                 input_type=input_type)
         from ssrconv.converters.tflite_int8 import convert_int16x8
         from ssrconv.reference.model import outputs_as_dict

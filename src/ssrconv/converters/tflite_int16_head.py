@@ -130,13 +130,13 @@ def widen_head(tfl: bytes, headroom: float = 1.0,
                                       for _, op in ops}
     if missing:
         raise Int8RecipeError(f"int16 maps: no operator writes {sorted(missing)} (the maps to "
-                              "keep int8); export with --precision int16x8 or int8 instead")
+                              "keep int8); export with --precision int16x8 or int8-mixed instead")
     maps = {k for k in head if len(sg.tensors[ops[k][1].outputs[0]].shape) == 4}
     bad = sorted({ops[k][0] for k in set(head) - maps} - HEAD_OPS
                  | {ops[k][0] for k in maps} - MAP_OPS)
     if bad:
         raise Int8RecipeError(f"int16 head: operators {bad} have no int16 path here; export "
-                              "with --precision int16x8 (all int16) or int8 instead")
+                              "with --precision int16x8 (all int16) or int8-mixed instead")
     head_set = set(head)
     producer = {int(o): k for k, (_, op) in enumerate(ops) for o in op.outputs}
     old = {i: (_params(t) if t.quantization is not None and t.quantization.scale is not None
@@ -174,7 +174,7 @@ def widen_head(tfl: bytes, headroom: float = 1.0,
             if any(i in op2.inputs for k2, (_, op2) in enumerate(ops) if k2 not in head_set):
                 raise Int8RecipeError(f"int16 head: constant {t.name.decode()} is read by the "
                                       "int8 convolutions too; export with --precision "
-                                      "int16x8 or int8 instead")
+                                      "int16x8 or int8-mixed instead")
             scale, zero = old[i]
             values = (tfb.constant(model, t).astype(np.float64) - zero) * scale
             new_scale[i] = _int16_scale(t)

@@ -147,6 +147,13 @@ def fast_graph_blocker(members: dict) -> str | None:
     return None
 
 
+def fast_graph_only(name: str) -> bool:
+    """Whether the rows converting variant ``name`` can only be made from the fast graph: the
+    integer-only files quantize an SSR merge without a division (``rsqrt_reciprocal``), which
+    the original graph does not have."""
+    return get_variant(name).rsqrt_reciprocal
+
+
 def get_variant(name: str) -> Variant:
     """The variant called ``name``; GraphNotExactError naming the known ones otherwise."""
     try:
