@@ -92,6 +92,8 @@ def test_graph_original_is_the_reference_for_every_target(reference_age_gender, 
     with pytest.raises(OptionsError, match="tflite-int8 is integer-only") as err:
         ExportOptions(to=("tflite",), precision=("int8",), out=tmp_path, graph="original")
     assert "\n" not in str(err.value) and "int8-mixed" in str(err.value)
+    with pytest.raises(OptionsError, match="onnx-int16x8, tflite-int16x8 are integer-only"):  # nothing left
+        ExportOptions(to=("all",), precision=("int16x8",), out=tmp_path, graph="original")
 
 
 def test_a_model_the_fast_graph_cannot_express_leaves_out_the_fast_only_rows(reference_age_gender,

@@ -155,14 +155,14 @@ class _ExportGraphs:
         """(the targets this export makes, the `--to all` rows it leaves out): a row only the
         fast graph makes (ssrconv.graph.fast_graph_only) is left out of `--to all` when the
         original graph is converted, and refused in one line, before any work, when asked for
-        by name."""
+        by name or when nothing else would be made."""
         from ssrconv.graph import fast_graph_only
 
         targets, left_out = list(self.options.targets), list(self.options.left_out)
         if blocker is None:
             return targets, left_out
         fast_only = [t for t in targets if fast_graph_only(t.variant)]
-        if fast_only and "all" not in self.options.to:
+        if fast_only and ("all" not in self.options.to or len(fast_only) == len(targets)):
             raise OptionsError(fast_only_refusal(
                 [t.key for t in fast_only], f"--graph fast cannot express this model ({blocker})"))
         return [t for t in targets if t not in fast_only], left_out + fast_only

@@ -147,9 +147,10 @@ class ExportOptions:
         if self.graph == "original":
             from ssrconv.graph import fast_graph_only
 
-            # `--to all` makes what the original graph can; a row asked for by name is refused
+            # `--to all` makes what the original graph can; a row asked for by name is refused,
+            # and so is a `--to all` selection the original graph can make none of
             fast_only = [t for t in self.targets if fast_graph_only(t.variant)]
-            if "all" in self.to:
+            if "all" in self.to and len(fast_only) < len(self.targets):
                 object.__setattr__(self, "targets",
                                    tuple(t for t in self.targets if t not in fast_only))
                 object.__setattr__(self, "left_out", tuple(fast_only))
