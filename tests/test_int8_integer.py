@@ -311,7 +311,7 @@ def _small_streams_int8(int8_input: bool) -> tuple[bytes, object, np.ndarray]:
 
 
 @pytest.mark.parametrize("int8_input", [False, True])
-def test_int16_maps_keep_only_the_named_maps_int8_and_run_on_litert_and_tflite_micro(int8_input):
+def test_int16_maps_keep_only_the_named_maps_int8_and_run_on_litert_and_tflite_micro(int8_input, tmp_path):
     """widen_head with ``int8_maps`` (Variant.wide_stage1_int8_maps: the PyTorch port's file):
     every feature map but the named layer's is int16 (TFLite's 16x8 kernels: int8 weights,
     int64 biases), entered and left through QUANTIZE (int8 -> int16 before the map, int16 ->
@@ -356,6 +356,17 @@ def test_int16_maps_keep_only_the_named_maps_int8_and_run_on_litert_and_tflite_m
             assert out.type == fb.TensorType.INT8, (name, out.name)
     assert any(sg_head.tensors[op.outputs[0]].type == fb.TensorType.INT16
                for _, op in ops_head)
+    # LiteRT before 2 (1.4.0: the newest Linux aarch64 wheel) has no int8 -> int16 QUANTIZE:
+    # the engine refuses the file in one line on such a platform (parity: a not-run row)
+    from ssrconv.targets import ENGINES
+
+    wide_file, int8_file = tmp_path / "wide.tflite", tmp_path / "int8.tflite"
+    wide_file.write_bytes(mixed)
+    int8_file.write_bytes(int8)
+    old_litert = {"ai-edge-litert": "1.4.0"}
+    assert "no int8 -> int16 QUANTIZE" in ENGINES["litert"].refuses(wide_file, old_litert)
+    assert ENGINES["litert"].refuses(int8_file, old_litert) is None
+    assert ENGINES["litert"].refuses(wide_file, {"ai-edge-litert": "2.1.4"}) is None
     with pytest.raises(Int8RecipeError, match=r"no operator writes \['relu_conv9'\]"):
         widen_head(int8, 2.0, ("relu_conv9",))  # a misspelt map: refused, not all widened
 

@@ -313,7 +313,7 @@ def _why_not_run(artifact, chosen, worker, refusals: bool) -> tuple[str | None, 
         if not worker.engines.get(chosen.name):
             return (f"engine {chosen.name} has no runtime in the {worker.platform.name} root "
                     "filesystem (no aarch64 Linux wheel, or not installed by make arm64)"), None
-        return (chosen.refuses(artifact.path) if refusals else None), None
+        return (chosen.refuses(artifact.path, worker.versions) if refusals else None), None
     if artifact.format.family not in chosen.reads:
         return None, None  # loading it says why, as a failed row
     why = chosen.why_not_run(artifact.path, refusals=refusals)

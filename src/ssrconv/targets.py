@@ -86,12 +86,14 @@ class Engine:
     refusal: str | None = None
     in_browser: bool = False  # runs inside a web page (its timings include the page's calls)
 
-    def refuses(self, path) -> str | None:
-        """Why this engine cannot read ``path`` by design, or None."""
+    def refuses(self, path, versions: dict | None = None) -> str | None:
+        """Why this engine cannot read ``path`` by design, or None; ``versions``: the library
+        versions of the platform it would run on ({distribution: version}; None: this
+        process's), for a refusal that depends on the runtime's version."""
         if self.refusal is None:
             return None
         module, name = self.refusal.split(":")
-        return getattr(importlib.import_module(module), name)(Path(path))
+        return getattr(importlib.import_module(module), name)(Path(path), versions)
 
     def why_not_timed(self) -> str | None:
         """None when timing this engine here measures the runtime users deploy, else why not."""
@@ -173,7 +175,8 @@ ENGINES: dict[str, Engine] = {e.name: e for e in (
     Engine("onnxruntime", ("onnx",), "ssrconv.runtimes.onnx_rt:OnnxRuntime", None,
            ("onnxruntime", "onnx"), "onnxruntime, CPU execution provider"),
     Engine("litert", ("tflite",), "ssrconv.runtimes.tflite_rt:TFLiteRuntime", None,
-           ("ai_edge_litert",), "ai-edge-litert (TFLite without TensorFlow), XNNPACK"),
+           ("ai_edge_litert",), "ai-edge-litert (TFLite without TensorFlow), XNNPACK",
+           refusal="ssrconv.runtimes.tflite_rt:refuses"),
     Engine("chromium-ort-wasm", ("onnx", "web"), "ssrconv.runtimes.browser_rt:BrowserRuntime",
            "browser", ("playwright", "onnx"),
            "onnxruntime-web (wasm) in headless system Chromium (make browser)", in_browser=True),

@@ -320,7 +320,7 @@ class LiteRtBrowserRuntime(BrowserRuntime):
 ENGINES = {BrowserRuntime.engine: BrowserRuntime, LiteRtBrowserRuntime.engine: LiteRtBrowserRuntime}
 
 
-def litert_refuses(path: Path) -> str | None:
+def litert_refuses(path: Path, versions: dict | None = None) -> str | None:
     """Why LiteRT.js cannot run ``path`` by design (a variable-batch input: it has no resize
     call), or None."""
     from ssrconv.formats import tflite_flatbuffer

@@ -11,6 +11,42 @@ from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime, dequantize, quantize
 
 
+# The first LiteRT with a QUANTIZE from int8 to int16 (the integer int8 file's int16 head is
+# entered through it): 1.4.0, the newest Linux aarch64 wheel on PyPI, refuses the file at
+# allocation ("quantize.cc:138 output->type == kTfLiteUInt8 || output->type == kTfLiteInt8
+# was not true"); 2.x on x86 runs it (docs/ARM64.md).
+INT8_TO_INT16_QUANTIZE_SINCE = 2
+
+
+def refuses(path: Path, versions: dict | None = None) -> str | None:
+    """Why LiteRT (at ``versions``' ai-edge-litert, else the installed one) cannot run
+    ``path`` by design, or None: before version 2 it has no int8 -> int16 QUANTIZE."""
+    from importlib import metadata
+
+    from ssrconv.formats import tflite_flatbuffer as tfb
+
+    if versions is not None:
+        version = versions.get("ai-edge-litert")
+    else:
+        try:
+            version = metadata.version("ai-edge-litert")
+        except metadata.PackageNotFoundError:
+            return None  # not installed: why_not_run says so
+    if not version or int(version.split(".")[0]) >= INT8_TO_INT16_QUANTIZE_SINCE:
+        return None
+    try:
+        _, sg, ops = tfb.operators(Path(path).read_bytes())
+    except Exception:  # noqa: BLE001 - unreadable: the engine's own load reports it
+        return None
+    int8, int16 = tfb.schema().TensorType.INT8, tfb.schema().TensorType.INT16
+    if any(name == "QUANTIZE" and sg.tensors[op.inputs[0]].type == int8
+           and sg.tensors[op.outputs[0]].type == int16 for name, op in ops):
+        return (f"LiteRT {version} has no int8 -> int16 QUANTIZE (this integer file's int16 "
+                "head; LiteRT 2.x has it, and has no Linux aarch64 wheel): on arm64 Linux "
+                "export --precision int8-mixed, fp16 or the ONNX files")
+    return None
+
+
 def has_int8_dense(interpreter) -> bool:
     """True when a FULLY_CONNECTED op computes in int8.
 
@@ -42,6 +78,9 @@ class TFLiteRuntime(Runtime):
 
         self.path = Path(path)
         self._data = read_model(self.path)  # read and checked once, before C++ sees it
+        why = refuses(self.path)
+        if why:
+            raise SsrconvError(f"{self.path}: {why}")
         probe = load_interpreter(self.path, use_xnnpack=False, data=self._data)
         if use_xnnpack is None:
             use_xnnpack = not has_int8_dense(probe)

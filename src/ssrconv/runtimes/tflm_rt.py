@@ -15,7 +15,7 @@ from ssrconv.targets import format_of
 from ssrconv.formats import HEADS
 from ssrconv.runtimes.base import Runtime, dequantize, quantize
 
-def refuses(path: Path) -> str | None:
+def refuses(path: Path, versions: dict | None = None) -> str | None:
     """Why TFLite Micro does not run ``path`` by design (a float operator or a DEQUANTIZE of
     weights: the microcontroller targets are integer-only), or None."""
     from ssrconv.formats.tflite_flatbuffer import integer_only_violations

@@ -25,7 +25,7 @@ from ssrconv.runtimes.base import Runtime
 _MAX_MODELS = 4  # runnable models kept, one per batch size
 
 
-def refuses(path: Path) -> str | None:
+def refuses(path: Path, versions: dict | None = None) -> str | None:
     """Why tract does not run ``path`` by design, or None: tract 0.23's DequantizeLinear reads
     8-bit and int32 tensors only ("tensor is I16, accessed as I32"), so a graph with int16
     QuantizeLinear/DequantizeLinear (the integer ONNX's SSR head) is refused."""
