@@ -313,7 +313,12 @@ def _why_not_run(artifact, chosen, worker, refusals: bool) -> tuple[str | None, 
         if not worker.engines.get(chosen.name):
             return (f"engine {chosen.name} has no runtime in the {worker.platform.name} root "
                     "filesystem (no aarch64 Linux wheel, or not installed by make arm64)"), None
-        return (chosen.refuses(artifact.path, worker.versions) if refusals else None), None
+        why = chosen.refuses(artifact.path, worker.versions)
+        # a refusal by design (the host's engine refuses too) follows --engines as here; one
+        # only the platform's runtime version makes (LiteRT 1.4 on aarch64) is that platform's
+        # runtime lacking, as a missing runtime: a not-run row either way
+        platform_only = why is not None and chosen.refuses(artifact.path) is None
+        return (why if refusals or platform_only else None), None
     if artifact.format.family not in chosen.reads:
         return None, None  # loading it says why, as a failed row
     why = chosen.why_not_run(artifact.path, refusals=refusals)
