@@ -32,8 +32,8 @@ from ssrconv.artifacts import (
 )
 from ssrconv.atomic import (CommitPause, deferred_signals, fsync_dir, fsync_path, place, remove_path,
                             temp_path, track_created_dir, write_temp)
-from ssrconv.errors import ManifestError, OptionsError, SsrconvError
-from ssrconv.options import ExportOptions, fast_only_refusal
+from ssrconv.errors import ManifestError, SsrconvError
+from ssrconv.options import ExportOptions, without_fast_only
 from ssrconv.targets import CALIBRATED_PRECISIONS, format_of
 
 
@@ -146,26 +146,16 @@ class _ExportGraphs:
                      "reference graph layer for layer (--graph original)")
         if self.note:
             say(f"      {self.note}")
-        self.targets, left_out = self._makeable(blocker)
+        # a model the fast graph cannot express converts its reference graph: as --graph
+        # original, the rows only the fast graph makes are left out of `--to all` or refused
+        self.targets, left_out = list(options.targets), list(options.left_out)
+        if blocker is not None:
+            self.targets, more = without_fast_only(
+                self.targets, options.to, f"--graph fast cannot express this model ({blocker})")
+            left_out += more
         for target in left_out:
             say(f"      {target.key} left out of --to all: integer-only, made from the fast "
                 "graph only (--precision int8-mixed converts the original graph)")
-
-    def _makeable(self, blocker: str | None) -> tuple[list, list]:
-        """(the targets this export makes, the `--to all` rows it leaves out): a row only the
-        fast graph makes (ssrconv.graph.fast_graph_only) is left out of `--to all` when the
-        original graph is converted, and refused in one line, before any work, when asked for
-        by name or when nothing else would be made."""
-        from ssrconv.graph import fast_graph_only
-
-        targets, left_out = list(self.options.targets), list(self.options.left_out)
-        if blocker is None:
-            return targets, left_out
-        fast_only = [t for t in targets if fast_graph_only(t.variant)]
-        if fast_only and ("all" not in self.options.to or len(fast_only) == len(targets)):
-            raise OptionsError(fast_only_refusal(
-                [t.key for t in fast_only], f"--graph fast cannot express this model ({blocker})"))
-        return [t for t in targets if t not in fast_only], left_out + fast_only
 
     def for_target(self, target) -> tuple[str, str | None, object, str | None]:
         """("fast" or "original", the fast graph's variant or None, the Keras model, the note

@@ -29,13 +29,22 @@ MAX_STATIC_BATCH = 256
 TARGET_OPTIONS = {"int8_io": "--int8-io", "image_input": "--image-input", "opset": "--opset"}
 
 
-def fast_only_refusal(keys: list[str], why: str) -> str:
-    """The one-line refusal of the rows ``keys``, which only the fast graph makes, when ``why``
-    (--graph original, or a model the fast graph cannot express) rules it out."""
-    return (f"{why}: {', '.join(keys)} {'is' if len(keys) == 1 else 'are'} integer-only, made "
-            "from the fast graph only (the original graph's SSR merge divides); leave --graph "
-            "out, or export --precision int8-mixed (the mixed int8 TFLite file converts the "
-            "original graph)")
+def without_fast_only(targets, to, why: str) -> tuple[list, list]:
+    """(the rows of ``targets`` an export converting the original graph makes, the rows it
+    leaves out: those only the fast graph makes, ssrconv.graph.fast_graph_only) when ``why``
+    (--graph original, or a model the fast graph cannot express) rules the fast graph out.
+    `--to all` (in ``to``) leaves them out; asked for by name, or when nothing else would be
+    made, they are refused in one line (OptionsError), before any work."""
+    from ssrconv.graph import fast_graph_only
+
+    fast_only = [t for t in targets if fast_graph_only(t.variant)]
+    if fast_only and ("all" not in to or len(fast_only) == len(targets)):
+        keys = [t.key for t in fast_only]
+        raise OptionsError(f"{why}: {', '.join(keys)} {'is' if len(keys) == 1 else 'are'} "
+                           "integer-only, made from the fast graph only (the original graph's "
+                           "SSR merge divides); leave --graph out, or export --precision "
+                           "int8-mixed (the mixed int8 TFLite file converts the original graph)")
+    return [t for t in targets if t not in fast_only], fast_only
 
 
 def _as_tuple(value) -> tuple[str, ...]:
@@ -145,18 +154,9 @@ class ExportOptions:
             raise OptionsError(f"--calibration applies to {', '.join(CALIBRATED_PRECISIONS)} "
                                "exports only; add --precision int8")
         if self.graph == "original":
-            from ssrconv.graph import fast_graph_only
-
-            # `--to all` makes what the original graph can; a row asked for by name is refused,
-            # and so is a `--to all` selection the original graph can make none of
-            fast_only = [t for t in self.targets if fast_graph_only(t.variant)]
-            if "all" in self.to and len(fast_only) < len(self.targets):
-                object.__setattr__(self, "targets",
-                                   tuple(t for t in self.targets if t not in fast_only))
-                object.__setattr__(self, "left_out", tuple(fast_only))
-            elif fast_only:
-                raise OptionsError(fast_only_refusal([t.key for t in fast_only],
-                                                     "--graph original"))
+            kept, left_out = without_fast_only(self.targets, self.to, "--graph original")
+            object.__setattr__(self, "targets", tuple(kept))
+            object.__setattr__(self, "left_out", tuple(left_out))
         defaults = {name: ExportOptions.__dataclass_fields__[name].default for name in TARGET_OPTIONS}
         for name, flag in TARGET_OPTIONS.items():
             if getattr(self, name) == defaults[name] or any(name in t.options for t in self.targets):

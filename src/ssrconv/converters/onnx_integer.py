@@ -42,7 +42,6 @@ from ssrconv.errors import ConverterError, Int8RecipeError
 from ssrconv.targets import INT16_QDQ_OPSET, TARGETS, TF2ONNX_OPSETS
 
 
-
 def convert_integer(model, target, calibration, opset: int, batch: int | None = None):
     """The integer ONNX ModelProto of ``model`` (the fast graph of ``target``, whose precision is
     ``int8-integer`` or ``int16x8``, a key of :data:`SOURCES`) at ``opset`` and what the TFLite
@@ -455,9 +454,9 @@ _QDQ = (
     "given their own QDQ pair, RSQRT as Pow(x, -0.5), int64 biases as int32. See docs/INT8.md.")
 # What to do when the integers do not fit ONNX: ship the TFLite file they come from.
 _TFLITE_INSTEAD = "; export the TFLite file instead (--to tflite --precision int8 or int16x8)"
-# The TFLite row (a key of ssrconv.targets.TARGETS) whose integer-only file each ONNX
-# precision of this module converts
-# (ssrconv.converters.tflite.INTEGER_PRECISIONS).
+# The TFLite row (a key of ssrconv.targets.TARGETS, its precision one of
+# ssrconv.converters.tflite.INTEGER_PRECISIONS) whose integer-only file each ONNX precision of
+# this module converts.
 SOURCES = {"int8-integer": "tflite-int8", "int16x8": "tflite-int16x8"}
 # The manifest's int8_recipe of each precision this module converts (onnx.py dispatches on it).
 RECIPES = {

@@ -171,8 +171,8 @@ def _converters_silenced():
 
 def integer_source(model, target, calibration, input_type: str = "float32") -> tuple[bytes, dict]:
     """The integer-only flatbuffer of the TFLite row ``target`` (its precision one of
-    INTEGER_PRECISIONS) and its fine-tuning info, before the TFLite export's layout passes (row bands, compaction, a fixed
-    batch): int8: :func:`ssrconv.converters.tflite_qat.integer_file` with the
+    INTEGER_PRECISIONS) and its fine-tuning info, before the TFLite export's layout passes
+    (row bands, compaction, a fixed batch): int8: :func:`ssrconv.converters.tflite_qat.integer_file` with the
     ``input_type`` (``--int8-io``; cached by content); int16x8:
     :func:`ssrconv.converters.tflite_int8.convert_int16x8`, outputs named by a dict
     (:func:`ssrconv.reference.model.outputs_as_dict`: an unnamed wrapper's ``functional_<n>``

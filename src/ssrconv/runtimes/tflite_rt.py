@@ -38,7 +38,8 @@ def refuses(path: Path, versions: dict | None = None) -> str | None:
         _, sg, ops = tfb.operators(Path(path).read_bytes())
     except Exception:  # noqa: BLE001 - unreadable: the engine's own load reports it
         return None
-    int8, int16 = tfb.schema().TensorType.INT8, tfb.schema().TensorType.INT16
+    types = tfb.schema().TensorType
+    int8, int16 = types.INT8, types.INT16
     if any(name == "QUANTIZE" and sg.tensors[op.inputs[0]].type == int8
            and sg.tensors[op.outputs[0]].type == int16 for name, op in ops):
         return (f"LiteRT {version} has no int8 -> int16 QUANTIZE (this integer file's int16 "
